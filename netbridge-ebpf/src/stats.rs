@@ -1,0 +1,54 @@
+//! Per-CPU counters read by userspace (`netbridge stats`).
+//!
+//! Maps are pinned by name so a reloaded or restarted loader keeps counting.
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
+use netbridge_common::{MAX_PORTS, PortStats, drop_reason};
+
+use crate::parse::{Eth, L3};
+
+#[map]
+static NB_PORT_STATS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::pinned(MAX_PORTS, 0);
+
+#[map]
+static NB_DROP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(drop_reason::COUNT, 0);
+
+#[inline(always)]
+fn port_stats(ifindex: u32) -> Option<*mut PortStats> {
+    if let Some(p) = NB_PORT_STATS.get_ptr_mut(&ifindex) {
+        return Some(p);
+    }
+    // First packet of this port on this CPU: create the (per-CPU zeroed) slot.
+    // BPF_NOEXIST: another CPU may have created it meanwhile, which is fine.
+    let _ = NB_PORT_STATS.insert(&ifindex, &PortStats::default(), 1);
+    NB_PORT_STATS.get_ptr_mut(&ifindex)
+}
+
+#[inline(always)]
+pub fn count_rx(ifindex: u32, len: u64, eth: &Eth) {
+    let Some(s) = port_stats(ifindex) else { return };
+    let s = unsafe { &mut *s };
+    s.rx_packets += 1;
+    s.rx_bytes += len;
+    match eth.l3 {
+        L3::Ipv4 => s.rx_ipv4 += 1,
+        L3::Ipv6 => s.rx_ipv6 += 1,
+        L3::Arp => s.rx_arp += 1,
+        L3::Other => s.rx_other += 1,
+    }
+    if eth.vlan_tags > 0 {
+        s.rx_vlan += 1;
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(ifindex: u32, reason: u32) {
+    if let Some(c) = NB_DROP_STATS.get_ptr_mut(reason) {
+        unsafe { *c += 1 };
+    }
+    if let Some(s) = port_stats(ifindex) {
+        unsafe { (*s).rx_dropped += 1 };
+    }
+}

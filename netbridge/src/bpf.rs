@@ -1,0 +1,283 @@
+//! Loading the embedded eBPF object, attaching its programs, reading its maps.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::{SchedClassifier, TcAttachType, links::FdLink, tc::SchedClassifierLinkId},
+};
+use netbridge_common::{MAP_DROP_STATS, MAP_PORT_STATS, PROG_PORT_INGRESS, PortStats, drop_reason};
+
+/// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETBRIDGE_EBPF_OBJ"));
+
+/// Where netbridge mounts its own bpffs: outside /sys, because `ip netns exec`
+/// remounts /sys and would hide a bpffs there.
+pub const BPFFS_ROOT: &str = "/run/netbridge/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the eBPF object (pins in {pin_dir}): {source}")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("eBPF program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("eBPF program {name} on {ifname}: {source}")]
+    Program {
+        name: &'static str,
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {what} at {path}: {source}")]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("bpffs at {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Mounts a bpffs at [`BPFFS_ROOT`] unless one is already there, and creates
+/// `sub` below it (root-only).
+pub fn ensure_bpffs(sub: &str) -> Result<PathBuf, BpfError> {
+    let root = Path::new(BPFFS_ROOT);
+    let err = |source| BpfError::Bpffs {
+        path: root.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(root).map_err(err)?;
+    if !is_bpffs(root) {
+        nix::mount::mount(
+            Some("bpffs"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .map_err(|e| err(io::Error::from(e)))?;
+    }
+    let dir = root.join(sub);
+    fs::create_dir_all(&dir).map_err(err)?;
+    Ok(dir)
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Hook name used in link pins.
+pub const HOOK_TC_INGRESS: &str = "tc_ingress";
+
+/// Pin layout of one topology: maps by name in `dir`, links in `dir/links`.
+#[derive(Debug, Clone)]
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// bpffs rejects '.' in names; ifnames may contain it, so encode it ('%'
+    /// never occurs in a valid ifname, keeping the mapping one-to-one).
+    pub fn link(&self, ifname: &str, hook: &str) -> PathBuf {
+        self.0
+            .join("links")
+            .join(format!("{hook}@{}", ifname.replace('.', "%2e")))
+    }
+    /// Removes every pin (maps and links) and the directory itself.
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+}
+
+/// Maps userspace reads, each taken once from the object.
+pub struct Maps {
+    pub port_stats: PerCpuHashMap<MapData, u32, PortStats>,
+    pub drop_stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, BpfError> {
+            let map = ebpf.take_map(name).ok_or(BpfError::Map {
+                name,
+                source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
+            })?;
+            T::try_from(map).map_err(|e| BpfError::Map {
+                name,
+                source: Box::new(e),
+            })
+        }
+        Ok(Maps {
+            port_stats: take_map(ebpf, MAP_PORT_STATS)?,
+            drop_stats: take_map(ebpf, MAP_DROP_STATS)?,
+        })
+    }
+
+    /// Opens the pinned maps of a running topology (no program is loaded).
+    pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
+        fn open<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            pins: &PinDir,
+            name: &'static str,
+            wrap: fn(MapData) -> aya::maps::Map,
+        ) -> Result<T, BpfError> {
+            let map_err = |e| BpfError::Map {
+                name,
+                source: Box::new(e),
+            };
+            let data = MapData::from_pin(pins.map(name)).map_err(map_err)?;
+            T::try_from(wrap(data)).map_err(map_err)
+        }
+        Ok(Maps {
+            port_stats: open(pins, MAP_PORT_STATS, aya::maps::Map::PerCpuHashMap)?,
+            drop_stats: open(pins, MAP_DROP_STATS, aya::maps::Map::PerCpuArray)?,
+        })
+    }
+
+    /// Port counters summed over CPUs, by ifindex.
+    pub fn port_stats(&self) -> Result<BTreeMap<u32, PortStats>, BpfError> {
+        let mut out = BTreeMap::new();
+        for item in self.port_stats.iter() {
+            let (ifindex, per_cpu) = item.map_err(|e| BpfError::Map {
+                name: MAP_PORT_STATS,
+                source: Box::new(e),
+            })?;
+            let mut sum = PortStats::default();
+            per_cpu.iter().for_each(|s| sum.accumulate(s));
+            out.insert(ifindex, sum);
+        }
+        Ok(out)
+    }
+
+    /// Drops summed over CPUs, by reason name.
+    pub fn drop_stats(&self) -> Result<BTreeMap<&'static str, u64>, BpfError> {
+        let mut out = BTreeMap::new();
+        for code in 0..drop_reason::COUNT {
+            let per_cpu = self.drop_stats.get(&code, 0).map_err(|e| BpfError::Map {
+                name: MAP_DROP_STATS,
+                source: Box::new(e),
+            })?;
+            out.insert(drop_reason::NAMES[code as usize], per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+}
+
+/// A loaded copy of the datapath object.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pins: PinDir,
+}
+
+impl Datapath {
+    /// Loads the object; maps are pinned by name in `pins` and reused if
+    /// already there, so counters survive a reload.
+    pub fn load(pins: PinDir) -> Result<Self, BpfError> {
+        let load_err = |source| BpfError::Load {
+            pin_dir: pins.0.clone(),
+            source: Box::new(source),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.0)
+            .load(EBPF_OBJECT)
+            .map_err(load_err)?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_PORT_INGRESS)
+            .ok_or(BpfError::MissingProgram {
+                name: PROG_PORT_INGRESS,
+            })?
+            .try_into()
+            .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+        prog.load()
+            .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Datapath { ebpf, maps, pins })
+    }
+
+    /// Attaches the port program at TC ingress (TCX) of `ifname` and pins the
+    /// link so it outlives this process. Must run on a thread inside the
+    /// interface's namespace (see [`crate::netns::run_blocking_in`]).
+    pub fn attach_port(&mut self, ifname: &str) -> Result<PathBuf, BpfError> {
+        let path = self.pins.link(ifname, HOOK_TC_INGRESS);
+        if path.exists() {
+            // Already attached by an earlier `up`: the pinned link holds it.
+            return Ok(path);
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_PORT_INGRESS)
+            .ok_or(BpfError::MissingProgram {
+                name: PROG_PORT_INGRESS,
+            })?
+            .try_into()
+            .map_err(|e| prog_err(PROG_PORT_INGRESS, ifname, e))?;
+        let id: SchedClassifierLinkId = prog
+            .attach(ifname, TcAttachType::Ingress)
+            .map_err(|e| prog_err(PROG_PORT_INGRESS, ifname, e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| prog_err(PROG_PORT_INGRESS, ifname, e))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| BpfError::Pin {
+            what: format!("TC link on {ifname}"),
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
+            what: format!("TC link on {ifname}"),
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
+        fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        Ok(path)
+    }
+}
+
+fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) -> BpfError {
+    BpfError::Program {
+        name,
+        ifname: ifname.into(),
+        source: Box::new(e),
+    }
+}
+
+/// Names of the TCX ingress programs attached to `ifname` (current thread's
+/// namespace), for `netbridge status`.
+pub fn attached_ingress(ifname: &str) -> Vec<String> {
+    SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .map(|(_, progs)| {
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}

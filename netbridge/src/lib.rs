@@ -1,0 +1,5 @@
+//! netbridge: declarative namespaces, veths and a bridge, with the datapath
+//! running in eBPF. The binary (`main.rs`) is a thin CLI over this library;
+//! the integration tests use it directly.
+pub mod bpf;
+pub mod netns;

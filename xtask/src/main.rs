@@ -1,0 +1,196 @@
+//! `cargo xtask`: build, run and test netbridge on a fresh machine.
+//!
+//! Every command first checks the toolchain and the tools the tests drive
+//! (Debian's BPF-capable rustc, bpf-linker, iproute2, ping, ...) and installs
+//! whatever is missing, saying what it does.
+mod ebpf_build;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "netbridge developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing toolchain pieces and build the eBPF object.
+    BuildEbpf,
+    /// Build everything and run the demo lab (arguments go to `netbridge demo`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run all tests (arguments go to `cargo test`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Only check/install the toolchain and test tools.
+    Setup,
+}
+
+/// Debian packages: the eBPF toolchain (TOOLCHAIN.md) and what tests drive.
+const APT_TOOLCHAIN: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
+/// (binary that must exist, package providing it)
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/bin/ping", "iputils-ping"),
+    ("/usr/sbin/bpftool", "bpftool"),
+    ("/usr/bin/nsenter", "util-linux"),
+    ("/usr/bin/tcpdump", "tcpdump"),
+    ("/usr/bin/iperf3", "iperf3"),
+    ("/usr/bin/curl", "curl"),
+    ("/usr/bin/python3", "python3"),
+];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => {
+            setup()?;
+            build_ebpf(&root)
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
+            let bin = root.join("target/debug/netbridge");
+            // `cargo xtask run -- --duration 5s` means `netbridge demo --duration 5s`.
+            let mut full = vec!["demo".to_string()];
+            full.extend(args);
+            step(&format!("{} {}", bin.display(), full.join(" ")));
+            let status = Command::new(&bin)
+                .args(&full)
+                .status()
+                .context("running netbridge")?;
+            if !status.success() {
+                bail!("netbridge {} exited with {status}", full.join(" "));
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            // Integration tests drive the CLI binary: build it first.
+            cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
+            let mut test = vec!["test", "--workspace", "--no-fail-fast"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&root, &test)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("\x1b[1mxtask:\x1b[0m {msg}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    step(&format!("cargo {}", args.join(" ")));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(root).args(args))
+}
+
+/// Checks for every toolchain piece and test tool; installs what is missing.
+fn setup() -> Result<()> {
+    let mut packages: Vec<&str> = Vec::new();
+    // bpf-linker itself is built from crates.io and needs llvm-22-dev, so any
+    // missing piece means the whole Debian toolchain set.
+    if !ebpf_build::missing_pieces().is_empty() {
+        packages.extend(APT_TOOLCHAIN);
+    }
+    for (bin, pkg) in APT_TOOLS {
+        if !Path::new(bin).exists() {
+            packages.push(pkg);
+        }
+    }
+    packages.sort();
+    packages.dedup();
+    if !packages.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing Debian packages: {} (run as root, or `apt-get install` them yourself)",
+                packages.join(" ")
+            );
+        }
+        step(&format!(
+            "installing missing Debian packages: {}",
+            packages.join(" ")
+        ));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&packages))?;
+    }
+    if ebpf_build::find_bpf_linker().is_none() {
+        step(&format!(
+            "installing bpf-linker {} built against LLVM 22 (about a minute)",
+            ebpf_build::BPF_LINKER_VERSION
+        ));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
+            .env("LLVM_PREFIX", ebpf_build::LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", ebpf_build::LLVM_PREFIX)
+            .args(["install", "--locked"])
+            .arg(format!("bpf-linker@{}", ebpf_build::BPF_LINKER_VERSION))
+            .args(["--no-default-features", "--features", "llvm-22"]))?;
+    }
+    let missing = ebpf_build::missing_pieces();
+    if !missing.is_empty() {
+        bail!(
+            "toolchain still incomplete after install: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    let linker = ebpf_build::find_bpf_linker().context("bpf-linker not found")?;
+    step(&format!(
+        "building the eBPF object with {} and {}",
+        ebpf_build::BPF_CARGO,
+        linker.display()
+    ));
+    run(&mut ebpf_build::build_command(root, &linker))?;
+    step(&format!(
+        "eBPF object: {}",
+        ebpf_build::object_path(root).display()
+    ));
+    Ok(())
+}
