@@ -16,8 +16,72 @@ pub const MAP_PORT_STATS: &str = "NB_PORT_STATS";
 /// Per-CPU array: [`drop_reason`] code -> packets dropped for that reason (u64).
 pub const MAP_DROP_STATS: &str = "NB_DROP_STATS";
 
-/// Capacity of [`MAP_PORT_STATS`]: ports a single loaded object can serve.
+/// Hash: port ifindex (u32, host byte order) -> [`PortConfig`]. Written by
+/// userspace at `up`; a frame may only be redirected to a listed port.
+pub const MAP_PORTS: &str = "NB_PORTS";
+/// LRU hash: [`FdbKey`] -> [`FdbEntry`], learned from source MACs.
+pub const MAP_FDB: &str = "NB_FDB";
+/// Array of one [`BridgeConfig`], written by userspace.
+pub const MAP_CONFIG: &str = "NB_CONFIG";
+
+/// Capacity of the port maps: ports a single loaded object can serve.
 pub const MAX_PORTS: u32 = 1024;
+/// Capacity of [`MAP_FDB`]; the least recently used entry is evicted first.
+pub const FDB_SIZE: u32 = 16384;
+/// Default FDB aging, as the Linux bridge.
+pub const DEFAULT_AGING_SECS: u32 = 300;
+/// An FDB entry seen again within this long is not rewritten (saves map
+/// writes on every packet of a flow).
+pub const FDB_REFRESH_NS: u64 = 1_000_000_000;
+
+/// [`PortConfig::flags`]: frames to this port may take the redirect fast path.
+pub const PORT_FAST_PATH: u32 = 1;
+
+/// One bridge port as the datapath knows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortConfig {
+    /// Host-side veth ifindex (host byte order).
+    pub ifindex: u32,
+    /// `PORT_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortConfig>() == 8);
+
+/// FDB key: a MAC address in a VLAN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FdbKey {
+    /// MAC address, wire order.
+    pub mac: [u8; 6],
+    /// VLAN ID (host byte order); 0 = untagged.
+    pub vlan: u16,
+}
+const _: () = assert!(core::mem::size_of::<FdbKey>() == 8);
+
+/// FDB value: where a MAC was last seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FdbEntry {
+    /// Port (host-side veth ifindex, host byte order) the MAC sits behind.
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last refresh.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);
+
+/// Bridge-wide settings (index 0 of [`MAP_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BridgeConfig {
+    /// FDB entries older than this are ignored and removed; 0 = never age.
+    pub aging_ns: u64,
+    /// Kernel bridge ifindex (host byte order), the fallback for floods.
+    pub bridge_ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BridgeConfig>() == 16);
 
 /// Packet counters of one bridge port, as seen at its host-side ingress
 /// (`rx_*`: frames coming out of the namespace towards the bridge).
@@ -38,8 +102,17 @@ pub struct PortStats {
     pub rx_vlan: u64,
     /// Frames this port dropped (see [`MAP_DROP_STATS`] for reasons).
     pub rx_dropped: u64,
+    /// Frames from this port sent straight into another port's namespace
+    /// (`bpf_redirect_peer`), bypassing the kernel bridge.
+    pub rx_redirected: u64,
+    /// Frames from this port handed to the kernel bridge (broadcast,
+    /// multicast, unknown unicast, the gateway, VLAN-tagged).
+    pub rx_fallback: u64,
+    /// Frames redirected *to* this port by the fast path.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<PortStats>() == 64);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 96);
 
 impl PortStats {
     /// Adds another CPU's counters into this one.
@@ -52,6 +125,10 @@ impl PortStats {
         self.rx_other += o.rx_other;
         self.rx_vlan += o.rx_vlan;
         self.rx_dropped += o.rx_dropped;
+        self.rx_redirected += o.rx_redirected;
+        self.rx_fallback += o.rx_fallback;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
     }
 }
 
@@ -65,8 +142,10 @@ pub mod drop_reason {
     pub const VLAN_TOO_DEEP: u32 = 2;
     /// IPv4 header with IHL < 5 or version != 4.
     pub const BAD_IPV4_HEADER: u32 = 3;
+    /// Source MAC is multicast/broadcast or all-zero: never valid.
+    pub const BAD_SRC_MAC: u32 = 4;
     /// Number of reason codes (size of the drop map).
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 
     /// Human names, indexed by code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -74,11 +153,17 @@ pub mod drop_reason {
         "truncated_l3",
         "vlan_too_deep",
         "bad_ipv4_header",
+        "bad_src_mac",
     ];
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: PortStats is repr(C), Pod (no padding, any bit pattern valid).
+    // SAFETY: all are repr(C) and bytemuck::Pod: no padding, any bit
+    // pattern valid.
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::PortConfig {}
+    unsafe impl aya::Pod for super::FdbKey {}
+    unsafe impl aya::Pod for super::FdbEntry {}
+    unsafe impl aya::Pod for super::BridgeConfig {}
 }

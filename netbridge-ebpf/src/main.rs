@@ -2,14 +2,21 @@
 #![no_std]
 #![no_main]
 
+mod bridge;
 mod parse;
 mod stats;
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK, bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
 };
 
-use crate::parse::{L3, parse_eth};
+use crate::{
+    bridge::Verdict,
+    parse::{L3, parse_eth},
+};
 
 /// Ingress of a bridge port (host-side veth): classify and count the frame.
 #[classifier]
@@ -32,7 +39,20 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     if let L3::Ipv4 = eth.l3 {
         parse::check_ipv4(ctx.data(), ctx.data_end(), eth.l3_off)?;
     }
-    Ok(TC_ACT_OK)
+    // The kernel moves the outer VLAN tag out of the frame before TC runs.
+    let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    match bridge::decide(ifindex, &eth.src, &eth.dst, tagged)? {
+        Verdict::Redirect(out) => {
+            stats::count_verdict(ifindex, len, Some(out));
+            // Straight into the destination namespace's ingress: no bridge,
+            // no second veth hop, no backlog queue.
+            Ok(unsafe { bpf_redirect_peer(out, 0) } as i32)
+        }
+        Verdict::Fallback => {
+            stats::count_verdict(ifindex, len, None);
+            Ok(TC_ACT_OK)
+        }
+    }
 }
 
 #[cfg(not(test))]

@@ -22,6 +22,8 @@ pub enum L3 {
 
 /// Result of parsing the L2 header.
 pub struct Eth {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
     pub l3: L3,
     /// Offset of the L3 header from the start of the frame.
     pub l3_off: usize,
@@ -66,7 +68,15 @@ pub fn parse_eth(start: usize, end: usize) -> Result<Eth, u32> {
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     };
+    let macs = ptr_at::<[u8; 12]>(start, end, 0).ok_or(drop_reason::TRUNCATED_ETH)?;
+    let macs = unsafe { *macs };
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&macs[..6]);
+    src.copy_from_slice(&macs[6..]);
     Ok(Eth {
+        dst,
+        src,
         l3,
         l3_off: off,
         vlan_tags: tags,

@@ -44,6 +44,25 @@ pub fn count_rx(ifindex: u32, len: u64, eth: &Eth) {
 }
 
 #[inline(always)]
+pub fn count_verdict(in_port: u32, len: u64, redirected_to: Option<u32>) {
+    if let Some(s) = port_stats(in_port) {
+        let s = unsafe { &mut *s };
+        if redirected_to.is_some() {
+            s.rx_redirected += 1;
+        } else {
+            s.rx_fallback += 1;
+        }
+    }
+    if let Some(out) = redirected_to
+        && let Some(s) = port_stats(out)
+    {
+        let s = unsafe { &mut *s };
+        s.tx_packets += 1;
+        s.tx_bytes += len;
+    }
+}
+
+#[inline(always)]
 pub fn count_drop(ifindex: u32, reason: u32) {
     if let Some(c) = NB_DROP_STATS.get_ptr_mut(reason) {
         unsafe { *c += 1 };

@@ -7,10 +7,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, TcAttachType, links::FdLink, tc::SchedClassifierLinkId},
 };
-use netbridge_common::{MAP_DROP_STATS, MAP_PORT_STATS, PROG_PORT_INGRESS, PortStats, drop_reason};
+use netbridge_common::{
+    BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB, MAP_PORT_STATS, MAP_PORTS,
+    PROG_PORT_INGRESS, PortConfig, PortStats, drop_reason,
+};
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETBRIDGE_EBPF_OBJ"));
@@ -114,10 +117,32 @@ impl PinDir {
     }
 }
 
-/// Maps userspace reads, each taken once from the object.
+/// Maps shared with the programs, each taken once from the object.
 pub struct Maps {
     pub port_stats: PerCpuHashMap<MapData, u32, PortStats>,
     pub drop_stats: PerCpuArray<MapData, u64>,
+    pub ports: HashMap<MapData, u32, PortConfig>,
+    /// An LRU hash in the kernel; aya reads it through `HashMap`.
+    pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
+    pub config: Array<MapData, BridgeConfig>,
+}
+
+/// One learned FDB entry, as `netbridge fdb` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FdbRow {
+    pub mac: String,
+    pub vlan: u16,
+    pub ifindex: u32,
+    /// Seconds since the MAC was last seen.
+    pub age_secs: f64,
+    pub expired: bool,
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 impl Maps {
@@ -138,6 +163,9 @@ impl Maps {
         Ok(Maps {
             port_stats: take_map(ebpf, MAP_PORT_STATS)?,
             drop_stats: take_map(ebpf, MAP_DROP_STATS)?,
+            ports: take_map(ebpf, MAP_PORTS)?,
+            fdb: take_map(ebpf, MAP_FDB)?,
+            config: take_map(ebpf, MAP_CONFIG)?,
         })
     }
 
@@ -158,7 +186,75 @@ impl Maps {
         Ok(Maps {
             port_stats: open(pins, MAP_PORT_STATS, aya::maps::Map::PerCpuHashMap)?,
             drop_stats: open(pins, MAP_DROP_STATS, aya::maps::Map::PerCpuArray)?,
+            ports: open(pins, MAP_PORTS, aya::maps::Map::HashMap)?,
+            fdb: open(pins, MAP_FDB, aya::maps::Map::LruHashMap)?,
+            config: open(pins, MAP_CONFIG, aya::maps::Map::Array)?,
         })
+    }
+
+    /// Makes exactly `ports` (ifindexes) fast-path ports and sets the aging.
+    pub fn configure(
+        &mut self,
+        ports: &[u32],
+        aging_secs: u32,
+        bridge_ifindex: u32,
+    ) -> Result<(), BpfError> {
+        let err = |name| {
+            move |e| BpfError::Map {
+                name,
+                source: Box::new(e),
+            }
+        };
+        let stale: Vec<u32> = self
+            .ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ports.contains(k))
+            .collect();
+        for k in stale {
+            self.ports.remove(&k).map_err(err(MAP_PORTS))?;
+        }
+        for &ifindex in ports {
+            let cfg = PortConfig {
+                ifindex,
+                flags: netbridge_common::PORT_FAST_PATH,
+            };
+            self.ports.insert(ifindex, cfg, 0).map_err(err(MAP_PORTS))?;
+        }
+        let cfg = BridgeConfig {
+            aging_ns: aging_secs as u64 * 1_000_000_000,
+            bridge_ifindex,
+            _pad: 0,
+        };
+        self.config.set(0, cfg, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// Learned FDB entries, newest first.
+    pub fn fdb(&self) -> Result<Vec<FdbRow>, BpfError> {
+        let now = monotonic_ns();
+        let aging_ns = self.config.get(&0, 0).map(|c| c.aging_ns).unwrap_or(0);
+        let mut rows = Vec::new();
+        for item in self.fdb.iter() {
+            let (k, e) = item.map_err(|e| BpfError::Map {
+                name: MAP_FDB,
+                source: Box::new(e),
+            })?;
+            let age_ns = now.saturating_sub(e.last_seen_ns);
+            rows.push(FdbRow {
+                mac: k
+                    .mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+                vlan: k.vlan,
+                ifindex: e.ifindex,
+                age_secs: age_ns as f64 / 1e9,
+                expired: aging_ns != 0 && age_ns > aging_ns,
+            });
+        }
+        rows.sort_by(|a, b| a.age_secs.total_cmp(&b.age_secs));
+        Ok(rows)
     }
 
     /// Port counters summed over CPUs, by ifindex.
@@ -222,14 +318,37 @@ impl Datapath {
         Ok(Datapath { ebpf, maps, pins })
     }
 
+    /// Fd of the loaded port program (for BPF_PROG_TEST_RUN in tests).
+    pub fn port_prog_fd(&self) -> Result<std::os::fd::RawFd, BpfError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(PROG_PORT_INGRESS)
+            .ok_or(BpfError::MissingProgram {
+                name: PROG_PORT_INGRESS,
+            })?
+            .try_into()
+            .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+        let fd = prog.fd().map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+
     /// Attaches the port program at TC ingress (TCX) of `ifname` and pins the
     /// link so it outlives this process. Must run on a thread inside the
     /// interface's namespace (see [`crate::netns::run_blocking_in`]).
-    pub fn attach_port(&mut self, ifname: &str) -> Result<PathBuf, BpfError> {
+    /// Returns the pin and whether it was newly attached.
+    pub fn attach_port(&mut self, ifname: &str) -> Result<(PathBuf, bool), BpfError> {
         let path = self.pins.link(ifname, HOOK_TC_INGRESS);
         if path.exists() {
-            // Already attached by an earlier `up`: the pinned link holds it.
-            return Ok(path);
+            // Attached by an earlier `up`, unless the interface was recreated
+            // since (then the pinned link is dead and is replaced).
+            if attached_ingress(ifname)
+                .iter()
+                .any(|p| p == PROG_PORT_INGRESS)
+            {
+                return Ok((path, false));
+            }
+            let _ = fs::remove_file(&path);
         }
         let prog: &mut SchedClassifier = self
             .ebpf
@@ -257,7 +376,7 @@ impl Datapath {
         };
         fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
         fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
-        Ok(path)
+        Ok((path, true))
     }
 }
 

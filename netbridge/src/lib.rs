@@ -2,4 +2,8 @@
 //! running in eBPF. The binary (`main.rs`) is a thin CLI over this library;
 //! the integration tests use it directly.
 pub mod bpf;
+pub mod config;
+pub mod netlink;
 pub mod netns;
+pub mod state;
+pub mod topology;

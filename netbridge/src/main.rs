@@ -1,1 +1,577 @@
-fn main() {}
+//! netbridge CLI.
+use std::{
+    ffi::CString,
+    os::fd::AsFd,
+    path::PathBuf,
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use netbridge::{
+    bpf::{Maps, PinDir},
+    config::Topology,
+    netns::{self, Netns},
+    state::State,
+    topology::{self, host_has_link},
+};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Namespaces, veths and a bridge from one file, with an eBPF datapath"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Which {
+    /// Topology file (TOML). Without it: the embedded default lab.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// A topology brought up earlier, by name (its journaled copy is used).
+    #[arg(long, conflicts_with = "file")]
+    name: Option<String>,
+    /// Prefix the topology's name and every namespace name (run several
+    /// copies of one file side by side).
+    #[arg(long, conflicts_with = "name")]
+    prefix: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create (or repair) everything the topology describes.
+    Up {
+        #[command(flatten)]
+        which: Which,
+        /// Print the list of changes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove exactly what `up` created.
+    Down {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Show namespaces, links, addresses and attached programs.
+    Status {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show datapath counters read from the BPF maps.
+    Stats {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the MAC addresses the BPF datapath learned (port, age).
+    Fdb {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a topology file without changing anything.
+    Check {
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// Run a command inside a namespace (like `ip netns exec`).
+    Exec {
+        netns: String,
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Bring up the default lab, send traffic, show counters, tear down.
+    Demo {
+        /// How long to run traffic (e.g. 5s, 1m). Without it: until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (try 5s, 1m)"))?;
+    if !(0.0..=86400.0).contains(&v) {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netbridge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Up { which, json } => {
+            let t = load(&which)?;
+            let report = topology::up(&t).with_context(|| format!("up {}", t.name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.changes.is_empty() {
+                println!("{}: up to date, no changes", t.name);
+            } else {
+                for c in &report.changes {
+                    println!("  {c}");
+                }
+                println!("{}: up ({} changes)", t.name, report.changes.len());
+            }
+            Ok(())
+        }
+        Cmd::Down { which } => {
+            let name = name_of(&which)?;
+            let report = topology::down(&name)?;
+            for d in &report.done {
+                println!("  {d}");
+            }
+            println!("{name}: down");
+            Ok(())
+        }
+        Cmd::Status { which, json } => {
+            let t = load(&which)?;
+            let st = topology::status(&t)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(());
+            }
+            println!("topology {}", t.name);
+            for ns in st {
+                if !ns.exists {
+                    println!("namespace {}: missing", ns.name);
+                    continue;
+                }
+                println!("namespace {}", ns.name);
+                for l in ns.links {
+                    println!(
+                        "  {:<15} {:<7} {:<4} mtu {:<5} {}{}{}",
+                        l.name,
+                        l.kind.as_deref().unwrap_or("-"),
+                        if l.up { "UP" } else { "DOWN" },
+                        l.mtu,
+                        l.master.map(|m| format!("master {m} ")).unwrap_or_default(),
+                        l.addresses.join(" "),
+                        if l.programs.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  bpf: {}", l.programs.join(","))
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Stats { which, json } => stats(&which, json),
+        Cmd::Fdb { which, json } => fdb(&which, json),
+        Cmd::Check { file } => {
+            let t = load(&Which {
+                file,
+                name: None,
+                prefix: None,
+            })?;
+            println!(
+                "{}: ok ({} namespaces, {} links, {} forwards)",
+                t.name,
+                t.namespaces.len(),
+                t.links.len(),
+                t.forwards.len()
+            );
+            Ok(())
+        }
+        Cmd::Exec { netns, cmd } => exec(&netns, &cmd),
+        Cmd::Demo { duration } => demo(duration),
+    }
+}
+
+/// Parses and validates the topology named by `which`.
+fn load(which: &Which) -> Result<Topology> {
+    if let Some(name) = &which.name {
+        let st = State::load(name)?.with_context(|| format!("no topology named {name:?} is up"))?;
+        return st
+            .topology
+            .with_context(|| format!("state of {name:?} has no topology recorded"));
+    }
+    let (text, file) = match &which.file {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|source| {
+                netbridge::config::ConfigError::Read {
+                    file: path.display().to_string(),
+                    source,
+                }
+            })?,
+            path.display().to_string(),
+        ),
+        None => (
+            netbridge::config::DEFAULT_LAB.to_string(),
+            "<default lab>".to_string(),
+        ),
+    };
+    // The uplink check needs the host namespace, which the file names:
+    // parse once without it, then validate for real.
+    let mut t = Topology::parse(&text, &file, &|_| true)?;
+    if let Some(p) = &which.prefix {
+        t = topology::prefixed(&t, p, &file)?;
+    }
+    let host_ns = t.host_netns.clone();
+    let text = toml::to_string(&t).context("re-serializing the topology")?;
+    Ok(Topology::parse(&text, &file, &|ifname| {
+        host_has_link(host_ns.as_deref(), ifname)
+    })?)
+}
+
+fn name_of(which: &Which) -> Result<String> {
+    Ok(match (&which.name, &which.file) {
+        (Some(n), _) => n.clone(),
+        (None, Some(_)) => load(which)?.name,
+        (None, None) => format!(
+            "{}{}",
+            which.prefix.as_deref().unwrap_or(""),
+            Topology::default_lab().name
+        ),
+    })
+}
+
+fn exec(ns: &str, cmd: &[String]) -> Result<()> {
+    if !netns::exists(ns) {
+        bail!("network namespace {ns:?} does not exist (see `ip netns list`)");
+    }
+    let f = netns::open(&Netns::named(ns))?;
+    // Single-threaded here, so switching this process is safe. Like
+    // `ip netns exec`, give the command its own /sys for the new namespace.
+    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    remount_sys();
+    let argv: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .context("argument contains a NUL byte")?;
+    let err = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+    bail!("exec {}: {err}", cmd[0])
+}
+
+fn remount_sys() {
+    use nix::mount::{MsFlags, mount, umount2};
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err() {
+        return;
+    }
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    );
+    let _ = umount2("/sys", nix::mount::MntFlags::MNT_DETACH);
+    let _ = mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
+}
+
+/// The pinned maps of a running topology, plus ifindex -> port name.
+fn open_maps(which: &Which) -> Result<(String, Maps, impl Fn(u32) -> String)> {
+    let name = name_of(which)?;
+    let st = State::load(&name)?.with_context(|| format!("no topology named {name:?} is up"))?;
+    let dir = st
+        .pin_dir
+        .with_context(|| format!("{name} has no datapath loaded (no bridge ports)"))?;
+    let maps = Maps::open_pinned(&PinDir(dir)).context("opening pinned maps")?;
+    // Ifindex -> name in the topology's host namespace.
+    let host = st
+        .topology
+        .as_ref()
+        .map(topology::host_of)
+        .unwrap_or(Netns::Current);
+    let names = netns::run_in(
+        &host,
+        |h| async move { netbridge::netlink::links(&h).await },
+    )??;
+    let name_of = move |i: u32| {
+        names
+            .iter()
+            .find(|l| l.index == i)
+            .map(|l| l.name.clone())
+            .unwrap_or(format!("#{i}"))
+    };
+    Ok((name, maps, name_of))
+}
+
+fn fdb(which: &Which, json: bool) -> Result<()> {
+    let (_, maps, port_name) = open_maps(which)?;
+    let rows = maps.fdb()?;
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| serde_json::json!({"mac": r.mac, "vlan": r.vlan, "port": port_name(r.ifindex), "ifindex": r.ifindex, "age_secs": r.age_secs, "expired": r.expired}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{:<17} {:>4} {:<15} {:>8}", "mac", "vlan", "port", "age");
+    for r in rows {
+        println!(
+            "{:<17} {:>4} {:<15} {:>7.1}s{}",
+            r.mac,
+            r.vlan,
+            port_name(r.ifindex),
+            r.age_secs,
+            if r.expired { " (expired)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn stats(which: &Which, json: bool) -> Result<()> {
+    let (name, maps, name_of) = open_maps(which)?;
+    let ports = maps.port_stats()?;
+    let drops = maps.drop_stats()?;
+    if json {
+        let ports: serde_json::Map<_, _> = ports
+            .iter()
+            .map(|(i, s)| {
+                (
+                    name_of(*i),
+                    serde_json::json!({
+                        "ifindex": i, "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
+                        "rx_ipv4": s.rx_ipv4, "rx_ipv6": s.rx_ipv6, "rx_arp": s.rx_arp,
+                        "rx_other": s.rx_other, "rx_vlan": s.rx_vlan, "rx_dropped": s.rx_dropped,
+                        "rx_redirected": s.rx_redirected, "rx_fallback": s.rx_fallback,
+                        "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
+                    }),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "topology": name, "ports": ports, "drops": drops })
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<15} {:>9} {:>11} {:>7} {:>6} {:>5} {:>9} {:>8} {:>9} {:>11} {:>7}",
+        "port",
+        "rx_pkts",
+        "rx_bytes",
+        "ipv4",
+        "ipv6",
+        "arp",
+        "redirect",
+        "kernel",
+        "tx_pkts",
+        "tx_bytes",
+        "dropped"
+    );
+    for (i, s) in &ports {
+        println!(
+            "{:<15} {:>9} {:>11} {:>7} {:>6} {:>5} {:>9} {:>8} {:>9} {:>11} {:>7}",
+            name_of(*i),
+            s.rx_packets,
+            s.rx_bytes,
+            s.rx_ipv4,
+            s.rx_ipv6,
+            s.rx_arp,
+            s.rx_redirected,
+            s.rx_fallback,
+            s.tx_packets,
+            s.tx_bytes,
+            s.rx_dropped
+        );
+    }
+    let total: u64 = drops.values().sum();
+    println!(
+        "drops: {}",
+        if total == 0 {
+            "none".to_string()
+        } else {
+            drops
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
+    Ok(())
+}
+
+/// Tears the demo lab down on every exit path.
+struct DemoGuard {
+    name: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for DemoGuard {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        match topology::down(&self.name) {
+            Ok(_) => println!("demo: lab {} torn down", self.name),
+            Err(e) => eprintln!("demo: teardown of {} failed: {e}", self.name),
+        }
+    }
+}
+
+fn in_ns(ns: &str, argv: &[&str]) -> Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("netbridge"));
+    let mut c = Command::new(exe);
+    c.arg("exec").arg(ns).arg("--").args(argv);
+    c
+}
+
+fn demo(duration: Option<Duration>) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the demo creates namespaces and loads eBPF programs: run it as root");
+    }
+    let t = Topology::default_lab();
+    println!(
+        "demo: bringing up lab {:?} (never touches the machine's root namespace)",
+        t.name
+    );
+    let mut guard = DemoGuard {
+        name: t.name.clone(),
+        children: Vec::new(),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc_flag(stop);
+    }
+    let report = topology::up(&t)?;
+    println!("demo: up ({} changes)", report.changes.len());
+    let bridged: Vec<_> = t.namespaces.iter().filter(|n| t.on_bridge(n)).collect();
+    let first_v4 = |n: &netbridge::config::Namespace| {
+        n.addresses
+            .iter()
+            .find(|a| a.addr().is_ipv4())
+            .map(|a| a.addr().to_string())
+    };
+    // An HTTP server in the last bridged namespace; fetch it from the first.
+    let server = bridged
+        .last()
+        .context("default lab has no bridged namespace")?;
+    let server_ip = first_v4(server).context("server namespace has no IPv4 address")?;
+    // --bind 0.0.0.0: with a specific address http.server does a reverse DNS
+    // lookup at start, which would hang (and send a query) inside the lab.
+    let child = in_ns(
+        &server.name,
+        &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("starting python3 -m http.server")?;
+    guard.children.push(child);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let start = Instant::now();
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        for a in &bridged {
+            for b in &bridged {
+                if a.name != b.name
+                    && let Some(ip) = first_v4(b)
+                {
+                    let _ = in_ns(&a.name, &["ping", "-c", "1", "-W", "1", "-q", &ip])
+                        .stdout(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        let url = format!("http://{server_ip}:8000/");
+        let fetched = in_ns(
+            &bridged[0].name,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "2",
+                &url,
+            ],
+        )
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "netbridge demo: lab {} | round {round} | {:.0}s | HTTP {} from {} -> {}",
+            t.name,
+            start.elapsed().as_secs_f64(),
+            fetched,
+            bridged[0].name,
+            url
+        );
+        println!("per-port counters read from the BPF maps (TC ingress of each bridge port):\n");
+        stats(
+            &Which {
+                file: None,
+                name: Some(t.name.clone()),
+                prefix: None,
+            },
+            false,
+        )?;
+        let done = duration.is_some_and(|d| start.elapsed() >= d);
+        if done || stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        println!("\n(Ctrl-C to stop and tear down)");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drop(guard);
+    Ok(())
+}
+
+/// Sets `flag` on SIGINT/SIGTERM instead of dying, so the lab is torn down.
+fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            rt.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            });
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+}

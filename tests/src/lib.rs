@@ -13,6 +13,8 @@ use std::{
 
 pub use netbridge;
 
+pub mod testrun;
+
 /// Skips the calling test, loudly, when not root (CI runs as root).
 #[macro_export]
 macro_rules! require_root {
@@ -57,7 +59,7 @@ pub fn unique_id() -> String {
 
 /// One test's namespaces, pins and processes.
 pub struct Sandbox {
-    /// Short unique id, used as a name prefix ("t<id>").
+    /// Short unique id; every name this sandbox makes starts with `prefix()`.
     pub id: String,
     /// The "host" namespace netbridge runs in.
     pub host: String,
@@ -84,9 +86,15 @@ impl Sandbox {
         sb
     }
 
+    /// `t<id>-`: prefix of every namespace, topology, state file and pin
+    /// directory of this sandbox (pass it to `netbridge --prefix`).
+    pub fn prefix(&self) -> String {
+        format!("t{}-", self.id)
+    }
+
     /// A name with this sandbox's prefix, e.g. `t1234560-red`.
     pub fn name(&self, suffix: &str) -> String {
-        format!("t{}-{suffix}", self.id)
+        format!("{}{suffix}", self.prefix())
     }
 
     /// Creates (and owns) a namespace `t<id>-<suffix>` with loopback up.
@@ -213,6 +221,44 @@ impl Sandbox {
     }
 }
 
+/// What a sandbox's host looks like: compared before/after to prove a
+/// command changed nothing (or removed everything it made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub netns: Vec<String>,
+    pub host_links: Vec<String>,
+    pub state_files: Vec<String>,
+    pub pin_dirs: Vec<String>,
+}
+
+impl Sandbox {
+    pub fn snapshot(&self) -> Snapshot {
+        let prefix = self.prefix();
+        let ls = |dir: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with(&prefix))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        let links = self.sh(
+            &self.host,
+            "ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort",
+        );
+        Snapshot {
+            netns: ls(netbridge::netns::NETNS_RUN_DIR),
+            host_links: links.lines().map(String::from).collect(),
+            state_files: ls(netbridge::state::STATE_DIR),
+            pin_dirs: ls(netbridge::bpf::BPFFS_ROOT),
+        }
+    }
+}
+
 impl Default for Sandbox {
     fn default() -> Self {
         Self::new()
@@ -230,6 +276,30 @@ impl Drop for Sandbox {
         }
         for d in &self.pin_dirs {
             let _ = std::fs::remove_dir_all(d);
+        }
+        // Anything netbridge made under this sandbox's prefix, even if the
+        // test died before `down`: pins, journals, namespaces.
+        let prefix = self.prefix();
+        let swept = |dir: &str| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for d in swept(netbridge::bpf::BPFFS_ROOT) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        for f in swept(netbridge::state::STATE_DIR) {
+            let _ = std::fs::remove_file(f);
+        }
+        for ns in netbridge::netns::list() {
+            if ns.starts_with(&prefix) && !self.namespaces.contains(&ns) {
+                self.namespaces.push(ns);
+            }
         }
         // Lab namespaces first, the host last (veths die with either end).
         for ns in self.namespaces.iter().rev() {

@@ -1,0 +1,340 @@
+//! Thin async helpers over rtnetlink for the objects netbridge manages.
+//! Every call runs on a handle bound to one namespace (see `netns::run_in`).
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::RawFd,
+};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    route::{RouteAttribute, RouteScope},
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct NetlinkError {
+    pub op: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+impl NetlinkError {
+    /// The kernel's errno, if the kernel answered with an error.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.source {
+            rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn ctx(op: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |source| NetlinkError { op: op(), source }
+}
+
+/// What netbridge needs to know about an existing interface.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkInfoLite {
+    pub index: u32,
+    pub name: String,
+    /// rtnetlink kind ("veth", "bridge", ...); None for physical/loopback.
+    pub kind: Option<String>,
+    pub up: bool,
+    pub mtu: u32,
+    pub master: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn lite(msg: &LinkMessage) -> LinkInfoLite {
+    let mut l = LinkInfoLite {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        mtu: 0,
+        master: None,
+        mac: None,
+    };
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(m) => l.mtu = *m,
+            LinkAttribute::Controller(c) if *c != 0 => l.master = Some(*c),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                l.mac = Some(a[..6].try_into().unwrap());
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+pub async fn links(h: &Handle) -> Result<Vec<LinkInfoLite>> {
+    let msgs: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(ctx(|| "list links".into()))?;
+    Ok(msgs.iter().map(lite).collect())
+}
+
+pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkInfoLite>> {
+    Ok(links(h).await?.into_iter().find(|l| l.name == name))
+}
+
+pub async fn create_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> Result<()> {
+    let mut b = LinkBridge::new(name);
+    if let Some(m) = mtu {
+        b = b.mtu(m);
+    }
+    h.link()
+        .add(b.build())
+        .execute()
+        .await
+        .map_err(ctx(|| format!("create bridge {name}")))
+}
+
+/// Creates veth `name` here with its peer `peer` directly in the namespace
+/// behind `peer_ns` (no temporary names, no move afterwards).
+pub async fn create_veth(
+    h: &Handle,
+    name: &str,
+    peer: &str,
+    peer_ns: RawFd,
+    mtu: Option<u32>,
+) -> Result<()> {
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .setns_by_fd(peer_ns);
+    let mut msg =
+        LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth).name(name.to_string());
+    if let Some(m) = mtu {
+        peer_msg = peer_msg.mtu(m);
+        msg = msg.mtu(m);
+    }
+    let msg = msg
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+        .build();
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(ctx(|| format!("create veth {name} (peer {peer})")))
+}
+
+/// Brings `index` up, optionally setting its MTU and bridge master.
+pub async fn set_link(h: &Handle, index: u32, mtu: Option<u32>, master: Option<u32>) -> Result<()> {
+    let mut b = LinkUnspec::new_with_index(index).up();
+    if let Some(m) = mtu {
+        b = b.mtu(m);
+    }
+    if let Some(m) = master {
+        b = b.controller(m);
+    }
+    h.link()
+        .change(b.build())
+        .execute()
+        .await
+        .map_err(ctx(|| format!("configure link #{index}")))
+}
+
+pub async fn del_link(h: &Handle, index: u32) -> Result<()> {
+    h.link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(ctx(|| format!("delete link #{index}")))
+}
+
+/// Addresses on `index` (scope global and link-local alike).
+pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(ctx(|| format!("list addresses of link #{index}")))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(|m| {
+            // IFA_LOCAL is the interface's own address on point-to-point
+            // links; IFA_ADDRESS otherwise.
+            let addr = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                })
+                .or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                })?;
+            IpNet::new(addr, m.header.prefix_len).ok()
+        })
+        .collect())
+}
+
+pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<()> {
+    h.address()
+        .add(index, net.addr(), net.prefix_len())
+        .execute()
+        .await
+        .map_err(ctx(|| format!("add address {net} to link #{index}")))
+}
+
+/// A route as netbridge configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+/// Adds a route; an identical existing route is not an error (returns false).
+pub async fn add_route(h: &Handle, r: &RouteSpec) -> Result<bool> {
+    let what = || format!("add route {} via {:?} dev #{:?}", r.dst, r.via, r.oif);
+    let msg = match (r.dst, r.via) {
+        (IpNet::V4(d), via) => {
+            let mut b =
+                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+            b = match via {
+                Some(IpAddr::V4(gw)) => b.gateway(gw),
+                // `ip route add PREFIX dev X`: directly connected (on-link).
+                _ => b.scope(RouteScope::Link),
+            };
+            if let Some(oif) = r.oif {
+                b = b.output_interface(oif);
+                // A gateway named together with its device is on-link there,
+                // even outside the interface's subnet (`... dev X onlink`).
+                if via.is_some() {
+                    b = b.onlink();
+                }
+            }
+            b.build()
+        }
+        (IpNet::V6(d), via) => {
+            let mut b =
+                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+            b = match via {
+                Some(IpAddr::V6(gw)) => b.gateway(gw),
+                _ => b.scope(RouteScope::Link),
+            };
+            if let Some(oif) = r.oif {
+                b = b.output_interface(oif);
+                if via.is_some() {
+                    b = b.onlink();
+                }
+            }
+            b.build()
+        }
+    };
+    match h.route().add(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let err = ctx(what)(e);
+            if err.errno() == Some(libc::EEXIST) {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Routes of the main table, as (dst, via, oif), for reconciliation/status.
+pub async fn routes(h: &Handle, v6: bool) -> Result<Vec<RouteSpec>> {
+    let msg = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let msgs: Vec<_> = h
+        .route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(ctx(|| "list routes".into()))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.table == 254)
+        .filter_map(|m| {
+            let mut dst = None;
+            let mut via = None;
+            let mut oif = None;
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(d) => dst = route_addr(d),
+                    RouteAttribute::Gateway(g) => via = route_addr(g),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let len = m.header.destination_prefix_length;
+            let dst = match dst {
+                Some(d) => IpNet::new(d, len).ok()?,
+                None if v6 => IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).ok()?,
+                None => IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).ok()?,
+            };
+            Some(RouteSpec { dst, via, oif })
+        })
+        .collect())
+}
+
+fn route_addr(a: &netlink_packet_route::route::RouteAddress) -> Option<IpAddr> {
+    use netlink_packet_route::route::RouteAddress;
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+pub async fn del_route(h: &Handle, r: &RouteSpec) -> Result<()> {
+    let msg = match (r.dst, r.via) {
+        (IpNet::V4(d), via) => {
+            let mut b =
+                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+            if let Some(IpAddr::V4(gw)) = via {
+                b = b.gateway(gw);
+            }
+            b.build()
+        }
+        (IpNet::V6(d), via) => {
+            let mut b =
+                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+            if let Some(IpAddr::V6(gw)) = via {
+                b = b.gateway(gw);
+            }
+            b.build()
+        }
+    };
+    h.route()
+        .del(msg)
+        .execute()
+        .await
+        .map_err(ctx(|| format!("delete route {}", r.dst)))
+}

@@ -1,0 +1,852 @@
+//! `up`, `down` and `status`: turning a [`Topology`] into namespaces, veths,
+//! a bridge, addresses, routes and attached programs, and back.
+//!
+//! `up` is a reconciler: every step checks what exists and only changes what
+//! differs, so a second run reports no changes and a manual change is
+//! repaired. Every object it creates is journaled in [`State`] before the
+//! next step, so a failure rolls back what this run created, and a crash
+//! leaves a journal that `down` (or the next `up`) finishes.
+use std::{fs, io, net::IpAddr, os::fd::AsRawFd, path::PathBuf, str::FromStr};
+
+use ipnet::IpNet;
+use rtnetlink::Handle;
+use serde::Serialize;
+
+use crate::{
+    bpf::{self, BpfError, Datapath, PinDir},
+    config::{Route, Topology},
+    netlink::{self, NetlinkError, RouteSpec},
+    netns::{self, Netns, NetnsError},
+    state::{ChangedSysctl, CreatedLink, State, StateError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("in namespace {ns}: {source}")]
+    Netlink {
+        ns: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("sysctl {key} in namespace {ns}: {source}")]
+    Sysctl {
+        ns: String,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Something on the host is in the way; nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("interface {ifname} is missing in namespace {ns} right after it was created")]
+    Vanished { ns: String, ifname: String },
+    #[error("{source}\n  rolled back: {}{}", if undone.is_empty() { "nothing was created".to_string() } else { undone.join(", ") },
+        if rollback_errors.is_empty() { String::new() } else { format!("\n  rollback failed for: {}", rollback_errors.join("; ")) })]
+    RolledBack {
+        #[source]
+        source: Box<TopologyError>,
+        undone: Vec<String>,
+        rollback_errors: Vec<String>,
+    },
+    #[error("teardown of {name} incomplete:\n  - {}", errors.join("\n  - "))]
+    Teardown { name: String, errors: Vec<String> },
+}
+
+type Result<T, E = TopologyError> = std::result::Result<T, E>;
+
+fn nl(ns: &Netns) -> impl Fn(NetlinkError) -> TopologyError + '_ {
+    move |source| TopologyError::Netlink {
+        ns: ns.label().to_string(),
+        source,
+    }
+}
+
+/// The namespace a topology calls "host": its own `host_netns`, or the one
+/// netbridge runs in.
+pub fn host_of(t: &Topology) -> Netns {
+    match &t.host_netns {
+        Some(n) => Netns::Named(n.clone()),
+        None => Netns::Current,
+    }
+}
+
+fn ns_of(t: &Topology, netns: &Option<String>) -> Netns {
+    match netns {
+        Some(n) => Netns::Named(n.clone()),
+        None => host_of(t),
+    }
+}
+
+fn state_ns(ns: &Netns) -> Option<String> {
+    match ns {
+        Netns::Current => None,
+        Netns::Named(n) => Some(n.clone()),
+    }
+}
+
+/// Whether interface `ifname` exists in the host namespace of `t` (for the
+/// config's uplink check). A host namespace netbridge has not made yet has
+/// no interfaces.
+pub fn host_has_link(host_netns: Option<&str>, ifname: &str) -> bool {
+    let ns = match host_netns {
+        Some(n) if !netns::exists(n) => return false,
+        Some(n) => Netns::named(n),
+        None => Netns::Current,
+    };
+    let name = ifname.to_string();
+    netns::run_in(&ns, move |h| async move {
+        netlink::link(&h, &name).await.ok().flatten().is_some()
+    })
+    .unwrap_or(false)
+}
+
+/// `t` with `prefix` put before its name and every namespace name
+/// (references in links and forwards included), re-validated.
+pub fn prefixed(
+    t: &Topology,
+    prefix: &str,
+    file: &str,
+) -> Result<Topology, crate::config::ConfigError> {
+    let mut t = t.clone();
+    let p = |n: &mut String| *n = format!("{prefix}{n}");
+    p(&mut t.name);
+    if let Some(h) = &mut t.host_netns {
+        p(h);
+    }
+    for ns in &mut t.namespaces {
+        // Keep the host-side name the file implied (the prefixed default
+        // would not fit 15 bytes).
+        ns.host_ifname = Some(Topology::host_ifname(ns));
+        p(&mut ns.name);
+    }
+    for l in &mut t.links {
+        for e in [&mut l.a, &mut l.b] {
+            if let Some(n) = &mut e.netns {
+                p(n);
+            }
+        }
+    }
+    for f in &mut t.forwards {
+        p(&mut f.to);
+    }
+    // Re-validate: a prefixed name may now be too long.
+    let text = toml::to_string(&t).map_err(|e| crate::config::ConfigError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    Topology::parse(&text, file, &|_| true)
+}
+
+/// What `up` did.
+#[derive(Debug, Default, Serialize)]
+pub struct UpReport {
+    pub changes: Vec<String>,
+}
+
+struct Run {
+    st: State,
+    /// Objects created by this run only: what a failure rolls back.
+    mine: State,
+    changes: Vec<String>,
+}
+
+/// Fault injection for tests: `NETBRIDGE_FAULT=fail:N` makes the N-th
+/// creation of this run fail (exercises rollback); `NETBRIDGE_FAULT=crash:N`
+/// aborts the process right after journaling it (like kill -9 mid-`up`).
+fn inject_fault(created: usize) -> Result<()> {
+    let Ok(spec) = std::env::var("NETBRIDGE_FAULT") else {
+        return Ok(());
+    };
+    let (kind, n) = spec.split_once(':').unwrap_or((&spec, "1"));
+    if n.parse::<usize>().ok() != Some(created) {
+        return Ok(());
+    }
+    match kind {
+        "crash" => std::process::abort(),
+        _ => Err(TopologyError::Conflict(format!(
+            "injected fault after {created} creations (NETBRIDGE_FAULT={spec})"
+        ))),
+    }
+}
+
+impl Run {
+    /// Journals an object *before* creating it, so a crash in between
+    /// cannot leave something `down` does not know about.
+    fn intend_netns(&mut self, name: &str) -> Result<()> {
+        self.st.netns.push(name.to_string());
+        self.mine.netns.push(name.to_string());
+        Ok(self.st.save()?)
+    }
+
+    fn intend_link(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
+        let l = CreatedLink {
+            netns: state_ns(ns),
+            ifname: ifname.to_string(),
+        };
+        self.st.links.push(l.clone());
+        self.mine.links.push(l);
+        Ok(self.st.save()?)
+    }
+
+    /// Records a completed creation (and is where faults are injected).
+    fn created(&mut self, what: String) -> Result<()> {
+        self.changes.push(what);
+        inject_fault(self.mine.netns.len() + self.mine.links.len())
+    }
+
+    fn ensure_netns(&mut self, name: &str) -> Result<()> {
+        if netns::exists(name) {
+            return Ok(());
+        }
+        self.intend_netns(name)?;
+        netns::create(name)?;
+        self.created(format!("created namespace {name}"))
+    }
+
+    /// Creates veth `ifa`@`na` <-> `ifb`@`nb` unless `ifa` exists.
+    fn ensure_veth(
+        &mut self,
+        na: &Netns,
+        ifa: &str,
+        nb: &Netns,
+        ifb: &str,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        let name = ifa.to_string();
+        if in_ns(na, move |h| async move {
+            netlink::link(&h, &name).await.map(|l| l.is_some())
+        })? {
+            return Ok(());
+        }
+        self.intend_link(na, ifa)?;
+        let peer_fd = netns::open(nb)?;
+        let raw = peer_fd.as_raw_fd();
+        let (a, b) = (ifa.to_string(), ifb.to_string());
+        // peer_fd stays open until the namespace thread has joined.
+        in_ns(na, move |h| async move {
+            netlink::create_veth(&h, &a, &b, raw, mtu).await
+        })?;
+        drop(peer_fd);
+        self.created(format!(
+            "created veth {ifa} in {} (peer {ifb} in {})",
+            na.label(),
+            nb.label()
+        ))
+    }
+
+    fn ensure_bridge(&mut self, ns: &Netns, name: &str, mtu: Option<u32>) -> Result<()> {
+        let n = name.to_string();
+        if in_ns(ns, move |h| async move {
+            netlink::link(&h, &n).await.map(|l| l.is_some())
+        })? {
+            return Ok(());
+        }
+        self.intend_link(ns, name)?;
+        let n = name.to_string();
+        in_ns(ns, move |h| async move {
+            netlink::create_bridge(&h, &n, mtu).await
+        })?;
+        self.created(format!("created bridge {name} in {}", ns.label()))
+    }
+}
+
+/// Brings the topology up (or repairs it). See the module docs.
+pub fn up(t: &Topology) -> Result<UpReport> {
+    preflight(t)?;
+    let st = State::load(&t.name)?.unwrap_or_else(|| State {
+        name: t.name.clone(),
+        ..State::default()
+    });
+    let mut run = Run {
+        st,
+        mine: State {
+            name: t.name.clone(),
+            ..State::default()
+        },
+        changes: Vec::new(),
+    };
+    run.st.topology = Some(t.clone());
+    match apply(t, &mut run) {
+        Ok(()) => {
+            run.st.save()?;
+            Ok(UpReport {
+                changes: run.changes,
+            })
+        }
+        Err(e) => {
+            let (undone, rollback_errors) = teardown(&run.mine);
+            // Forget what was rolled back; keep older objects journaled.
+            run.st.netns.retain(|n| !run.mine.netns.contains(n));
+            run.st.links.retain(|l| !run.mine.links.contains(l));
+            run.st
+                .host_routes
+                .retain(|r| !run.mine.host_routes.contains(r));
+            run.st.sysctls.retain(|s| !run.mine.sysctls.contains(s));
+            if run.mine.pin_dir.is_some() {
+                run.st.pin_dir = None;
+            }
+            let _ = if run.st.is_empty() {
+                run.st.remove()
+            } else {
+                run.st.save()
+            };
+            Err(TopologyError::RolledBack {
+                source: Box::new(e),
+                undone,
+                rollback_errors,
+            })
+        }
+    }
+}
+
+/// Read-only checks against what already exists: an existing interface of
+/// the wrong kind where the topology wants its own is refused up front.
+fn preflight(t: &Topology) -> Result<()> {
+    let mut wanted: Vec<(Netns, String, &'static str)> = Vec::new();
+    let host = host_of(t);
+    if let Some(b) = &t.bridge {
+        wanted.push((host.clone(), b.name.clone(), "bridge"));
+    }
+    for ns in t.namespaces.iter().filter(|n| t.on_bridge(n)) {
+        wanted.push((host.clone(), Topology::host_ifname(ns), "veth"));
+        wanted.push((Netns::named(&ns.name), ns.ifname.clone(), "veth"));
+    }
+    for l in &t.links {
+        for e in [&l.a, &l.b] {
+            wanted.push((ns_of(t, &e.netns), e.ifname.clone(), "veth"));
+        }
+    }
+    for (ns, ifname, kind) in wanted {
+        if let Netns::Named(n) = &ns
+            && !netns::exists(n)
+        {
+            continue;
+        }
+        let name = ifname.clone();
+        let found = netns::run_in(&ns, move |h| async move { netlink::link(&h, &name).await })?
+            .map_err(nl(&ns))?;
+        if let Some(l) = found
+            && l.kind.as_deref() != Some(kind)
+        {
+            return Err(TopologyError::Conflict(format!(
+                "interface {ifname} already exists in namespace {} as a {}, but the topology needs a {kind} there; \
+                 nothing was changed",
+                ns.label(),
+                l.kind.as_deref().unwrap_or("physical device")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn apply(t: &Topology, run: &mut Run) -> Result<()> {
+    let host = host_of(t);
+    if let Some(h) = &t.host_netns {
+        run.ensure_netns(h)?;
+    }
+    for ns in &t.namespaces {
+        run.ensure_netns(&ns.name)?;
+    }
+    let mut all = vec![host.clone()];
+    all.extend(t.namespaces.iter().map(|n| Netns::named(&n.name)));
+    for ns in &all {
+        let changes = in_ns(ns, |h| async move { loopback_up(&h).await })?;
+        run.changes.extend(changes);
+    }
+
+    if let Some(b) = &t.bridge {
+        let mtu = b.mtu.or(t.mtu);
+        run.ensure_bridge(&host, &b.name, mtu)?;
+        let changes = configure_endpoint(&host, &b.name, mtu, None, &b.addresses, &[])?;
+        run.changes.extend(changes);
+    }
+
+    for ns in t.namespaces.iter().filter(|n| t.on_bridge(n)) {
+        let target = Netns::named(&ns.name);
+        let host_if = Topology::host_ifname(ns);
+        let mtu = t.mtu_for_namespace(ns);
+        run.ensure_veth(&host, &host_if, &target, &ns.ifname, mtu)?;
+        let bridge = t.bridge.as_ref().map(|b| b.name.as_str());
+        let changes = configure_endpoint(&host, &host_if, mtu, bridge, &[], &[])?;
+        run.changes.extend(changes);
+        let changes =
+            configure_endpoint(&target, &ns.ifname, mtu, None, &ns.addresses, &ns.routes)?;
+        run.changes.extend(changes);
+        for (k, v) in &ns.sysctls {
+            set_sysctl(run, &target, k, v)?;
+        }
+    }
+
+    for l in &t.links {
+        let (na, nb) = (ns_of(t, &l.a.netns), ns_of(t, &l.b.netns));
+        let mtu = l.mtu.or(t.mtu);
+        run.ensure_veth(&na, &l.a.ifname, &nb, &l.b.ifname, mtu)?;
+        for (ns, e) in [(&na, &l.a), (&nb, &l.b)] {
+            let changes = configure_endpoint(ns, &e.ifname, mtu, None, &e.addresses, &e.routes)?;
+            run.changes.extend(changes);
+        }
+    }
+
+    if let Some(u) = &t.uplink {
+        // Lab traffic leaves through the uplink: the host must route.
+        set_sysctl(run, &host, "net.ipv4.ip_forward", "1")?;
+        if let Some(gw) = u.gateway {
+            let dst = default_for(gw);
+            let label = host.label().to_string();
+            let spec = RouteSpec {
+                dst,
+                via: Some(gw),
+                oif: None,
+            };
+            let added = in_ns(&host, move |h| async move {
+                netlink::add_route(&h, &spec)
+                    .await
+                    .map_err(|e| e.with_ns(&label))
+            })?;
+            if added {
+                let r = (dst.to_string(), Some(gw.to_string()));
+                run.st.host_routes.push(r.clone());
+                run.mine.host_routes.push(r);
+                run.changes
+                    .push(format!("added route {dst} via {gw} in {}", host.label()));
+                run.st.save()?;
+            }
+        }
+    }
+
+    let ports: Vec<String> = t
+        .namespaces
+        .iter()
+        .filter(|n| t.on_bridge(n))
+        .map(Topology::host_ifname)
+        .collect();
+    if !ports.is_empty() {
+        let dir = bpf::ensure_bpffs(&t.name)?;
+        if run.st.pin_dir.is_none() {
+            run.st.pin_dir = Some(dir.clone());
+            run.mine.pin_dir = Some(dir.clone());
+            run.st.save()?;
+        }
+        let pins = PinDir(dir);
+        let aging = t
+            .bridge
+            .as_ref()
+            .map(|b| b.aging_secs)
+            .unwrap_or(netbridge_common::DEFAULT_AGING_SECS);
+        let bridge = t.bridge.as_ref().map(|b| b.name.clone());
+        let attached = netns::run_blocking_in(&host, move || -> Result<Vec<String>, BpfError> {
+            let mut dp = Datapath::load(pins)?;
+            let mut new = Vec::new();
+            let mut ifindexes = Vec::new();
+            for p in &ports {
+                if dp.attach_port(p)?.1 {
+                    new.push(p.clone());
+                }
+                ifindexes.push(nix::net::if_::if_nametoindex(p.as_str()).unwrap_or(0));
+            }
+            let br = bridge
+                .and_then(|b| nix::net::if_::if_nametoindex(b.as_str()).ok())
+                .unwrap_or(0);
+            dp.maps.configure(&ifindexes, aging, br)?;
+            Ok(new)
+        })??;
+        for p in attached {
+            run.changes.push(format!(
+                "attached {} to {p} (TC ingress)",
+                netbridge_common::PROG_PORT_INGRESS
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl NetlinkError {
+    fn with_ns(self, ns: &str) -> TopologyError {
+        TopologyError::Netlink {
+            ns: ns.to_string(),
+            source: self,
+        }
+    }
+}
+
+/// Runs `f` in `ns` and flattens both error layers.
+fn in_ns<T, E, F, Fut>(ns: &Netns, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<TopologyError> + Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>>,
+{
+    match netns::run_in(ns, f)? {
+        Ok(v) => Ok(v),
+        Err(e) => Err(match e.into() {
+            // Attach the namespace to bare netlink errors.
+            TopologyError::Netlink { ns: n, source } if n.is_empty() => TopologyError::Netlink {
+                ns: ns.label().to_string(),
+                source,
+            },
+            other => other,
+        }),
+    }
+}
+
+impl From<NetlinkError> for TopologyError {
+    fn from(source: NetlinkError) -> Self {
+        TopologyError::Netlink {
+            ns: String::new(),
+            source,
+        }
+    }
+}
+
+fn default_for(gw: IpAddr) -> IpNet {
+    match gw {
+        IpAddr::V4(_) => IpNet::from_str("0.0.0.0/0").unwrap(),
+        IpAddr::V6(_) => IpNet::from_str("::/0").unwrap(),
+    }
+}
+
+async fn loopback_up(h: &Handle) -> Result<Vec<String>, NetlinkError> {
+    let lo = netlink::link(h, "lo").await?;
+    match lo {
+        Some(l) if !l.up => {
+            netlink::set_link(h, l.index, None, None).await?;
+            Ok(vec!["set lo up".into()])
+        }
+        _ => Ok(vec![]),
+    }
+}
+
+/// Makes `ifname` up, with the MTU, bridge master and addresses wanted;
+/// returns what it had to change.
+async fn configure(
+    h: &Handle,
+    label: &str,
+    ifname: &str,
+    mtu: Option<u32>,
+    master: Option<&str>,
+    addrs: &[IpNet],
+) -> Result<Vec<String>, TopologyError> {
+    let mut changes = Vec::new();
+    let Some(link) = netlink::link(h, ifname).await? else {
+        return Err(TopologyError::Vanished {
+            ns: label.into(),
+            ifname: ifname.into(),
+        });
+    };
+    let master_idx = match master {
+        Some(m) => netlink::link(h, m).await?.map(|l| l.index),
+        None => None,
+    };
+    let mtu_fix = mtu.filter(|m| *m != link.mtu);
+    let master_fix = master_idx.filter(|m| link.master != Some(*m));
+    if !link.up || mtu_fix.is_some() || master_fix.is_some() {
+        netlink::set_link(h, link.index, mtu_fix, master_fix).await?;
+        let mut what = Vec::new();
+        if !link.up {
+            what.push("up".to_string());
+        }
+        if let Some(m) = mtu_fix {
+            what.push(format!("mtu {m}"));
+        }
+        if master_fix.is_some() {
+            what.push(format!("master {}", master.unwrap_or_default()));
+        }
+        changes.push(format!("set {ifname} {} in {label}", what.join(", ")));
+    }
+    let have = netlink::addresses(h, link.index).await?;
+    for a in addrs {
+        if !have.contains(a) {
+            netlink::add_address(h, link.index, *a).await?;
+            changes.push(format!("added address {a} to {ifname} in {label}"));
+        }
+    }
+    Ok(changes)
+}
+
+/// Configures one interface inside `ns` (up, MTU, master, addresses), then
+/// its routes.
+fn configure_endpoint(
+    ns: &Netns,
+    ifname: &str,
+    mtu: Option<u32>,
+    master: Option<&str>,
+    addrs: &[IpNet],
+    routes: &[Route],
+) -> Result<Vec<String>> {
+    let (label, ifname, addrs, routes) = (
+        ns.label().to_string(),
+        ifname.to_string(),
+        addrs.to_vec(),
+        routes.to_vec(),
+    );
+    let master = master.map(String::from);
+    in_ns(ns, move |h| async move {
+        let mut changes = configure(&h, &label, &ifname, mtu, master.as_deref(), &addrs).await?;
+        for r in &routes {
+            let spec = route_spec(&h, r).await?;
+            if netlink::add_route(&h, &spec).await? {
+                changes.push(format!("added route {} in {label}", describe_route(r)));
+            }
+        }
+        Ok::<_, TopologyError>(changes)
+    })
+}
+
+fn describe_route(r: &Route) -> String {
+    let mut s = r.to.clone();
+    if let Some(v) = r.via {
+        s += &format!(" via {v}");
+    }
+    if let Some(d) = &r.dev {
+        s += &format!(" dev {d}");
+    }
+    s
+}
+
+async fn route_spec(h: &Handle, r: &Route) -> Result<RouteSpec, TopologyError> {
+    let dst = if r.to == "default" {
+        default_for(r.via.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+    } else {
+        // Validated by the config loader.
+        IpNet::from_str(&r.to)
+            .map(|n| n.trunc())
+            .unwrap_or_else(|_| default_for(IpAddr::V4(0.into())))
+    };
+    let oif = match &r.dev {
+        Some(d) => netlink::link(h, d).await?.map(|l| l.index),
+        None => None,
+    };
+    Ok(RouteSpec {
+        dst,
+        via: r.via,
+        oif,
+    })
+}
+
+fn sysctl_path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Sets a sysctl inside `ns`, journaling the old value so `down` restores it.
+fn set_sysctl(run: &mut Run, ns: &Netns, key: &str, value: &str) -> Result<()> {
+    let (k, v) = (key.to_string(), value.to_string());
+    let previous = netns::run_blocking_in(ns, move || -> io::Result<Option<String>> {
+        let path = sysctl_path(&k);
+        let old = fs::read_to_string(&path)?.trim().to_string();
+        if old == v {
+            return Ok(None);
+        }
+        fs::write(&path, &v)?;
+        Ok(Some(old))
+    })?
+    .map_err(|source| TopologyError::Sysctl {
+        ns: ns.label().into(),
+        key: key.into(),
+        source,
+    })?;
+    if let Some(previous) = previous {
+        let already = run
+            .st
+            .sysctls
+            .iter()
+            .any(|s| s.netns == state_ns(ns) && s.key == key);
+        if !already {
+            let c = ChangedSysctl {
+                netns: state_ns(ns),
+                key: key.into(),
+                previous,
+            };
+            run.st.sysctls.push(c.clone());
+            run.mine.sysctls.push(c);
+        }
+        run.changes
+            .push(format!("set {key}={value} in {}", ns.label()));
+        run.st.save()?;
+    }
+    Ok(())
+}
+
+/// Removes everything `st` lists; returns (done, errors). Never stops at the
+/// first error: teardown collects all of them.
+pub fn teardown(st: &State) -> (Vec<String>, Vec<String>) {
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    let dying = |n: &Option<String>| {
+        n.as_ref()
+            .is_some_and(|n| st.netns.contains(n) || !netns::exists(n))
+    };
+    if let Some(dir) = &st.pin_dir {
+        // Unpinning the links detaches the programs; unpinning maps frees them.
+        match PinDir(dir.clone()).remove() {
+            Ok(()) => done.push(format!("removed pins {}", dir.display())),
+            Err(e) => errors.push(format!("remove pins {}: {e}", dir.display())),
+        }
+    }
+    for s in st.sysctls.iter().rev().filter(|s| !dying(&s.netns)) {
+        let ns = s.netns.clone().map(Netns::Named).unwrap_or(Netns::Current);
+        let (k, v) = (s.key.clone(), s.previous.clone());
+        match netns::run_blocking_in(&ns, move || fs::write(sysctl_path(&k), v)) {
+            Ok(Ok(())) => done.push(format!("restored {}={}", s.key, s.previous)),
+            Ok(Err(e)) => errors.push(format!("restore {}: {e}", s.key)),
+            Err(e) => errors.push(format!("restore {}: {e}", s.key)),
+        }
+    }
+    let host = st.topology.as_ref().map(host_of).unwrap_or(Netns::Current);
+    if !dying(&state_ns(&host)) {
+        for (dst, via) in &st.host_routes {
+            let (dst, via) = (dst.clone(), via.clone());
+            let r = in_ns(&host, move |h| async move {
+                del_route(&h, &dst, via.as_deref()).await
+            });
+            match r {
+                Ok(()) => done.push("removed host route".to_string()),
+                Err(e) => errors.push(format!("remove host route: {e}")),
+            }
+        }
+    }
+    for l in st.links.iter().rev().filter(|l| !dying(&l.netns)) {
+        let ns = l.netns.clone().map(Netns::Named).unwrap_or(Netns::Current);
+        let name = l.ifname.clone();
+        let r = in_ns(&ns, move |h| async move {
+            match netlink::link(&h, &name).await? {
+                Some(link) => netlink::del_link(&h, link.index).await.map(|_| true),
+                None => Ok(false),
+            }
+        });
+        match r {
+            Ok(true) => done.push(format!("deleted {} in {}", l.ifname, ns.label())),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("delete {} in {}: {e}", l.ifname, ns.label())),
+        }
+    }
+    // Lab namespaces before the host namespace they hang off.
+    for n in st.netns.iter().rev() {
+        match netns::delete(n) {
+            Ok(()) => done.push(format!("deleted namespace {n}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (done, errors)
+}
+
+async fn del_route(h: &Handle, dst: &str, via: Option<&str>) -> Result<(), TopologyError> {
+    let dst = IpNet::from_str(dst).ok();
+    let via = via.and_then(|v| IpAddr::from_str(v).ok());
+    for v6 in [false, true] {
+        for r in netlink::routes(h, v6).await? {
+            if Some(r.dst) == dst && r.via == via {
+                netlink::del_route(h, &r).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `down` did.
+#[derive(Debug, Default, Serialize)]
+pub struct DownReport {
+    pub done: Vec<String>,
+}
+
+/// Tears down topology `name` as journaled; unknown names are a no-op.
+pub fn down(name: &str) -> Result<DownReport> {
+    let Some(st) = State::load(name)? else {
+        return Ok(DownReport::default());
+    };
+    let (done, errors) = teardown(&st);
+    if errors.is_empty() {
+        st.remove()?;
+        Ok(DownReport { done })
+    } else {
+        Err(TopologyError::Teardown {
+            name: name.into(),
+            errors,
+        })
+    }
+}
+
+/// One interface as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct LinkStatus {
+    pub name: String,
+    pub kind: Option<String>,
+    pub up: bool,
+    pub mtu: u32,
+    pub master: Option<String>,
+    pub addresses: Vec<String>,
+    /// TCX ingress programs attached.
+    pub programs: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NsStatus {
+    pub name: String,
+    pub exists: bool,
+    pub links: Vec<LinkStatus>,
+}
+
+/// Live view of every namespace of the topology.
+pub fn status(t: &Topology) -> Result<Vec<NsStatus>> {
+    let mut all = vec![host_of(t)];
+    all.extend(t.namespaces.iter().map(|n| Netns::named(&n.name)));
+    let mut out = Vec::new();
+    for ns in all {
+        if let Netns::Named(n) = &ns
+            && !netns::exists(n)
+        {
+            out.push(NsStatus {
+                name: n.clone(),
+                exists: false,
+                links: vec![],
+            });
+            continue;
+        }
+        let links = in_ns(&ns, |h| async move {
+            let links = netlink::links(&h).await?;
+            let mut v = Vec::new();
+            for l in &links {
+                if l.name == "lo" {
+                    continue;
+                }
+                let addresses = netlink::addresses(&h, l.index)
+                    .await?
+                    .iter()
+                    .filter(|a| !is_link_local(a))
+                    .map(|a| a.to_string())
+                    .collect();
+                v.push(LinkStatus {
+                    name: l.name.clone(),
+                    kind: l.kind.clone(),
+                    up: l.up,
+                    mtu: l.mtu,
+                    master: l
+                        .master
+                        .and_then(|m| links.iter().find(|x| x.index == m).map(|x| x.name.clone())),
+                    addresses,
+                    programs: bpf::attached_ingress(&l.name),
+                });
+            }
+            Ok::<_, NetlinkError>(v)
+        })?;
+        out.push(NsStatus {
+            name: ns.label().to_string(),
+            exists: true,
+            links,
+        });
+    }
+    Ok(out)
+}
+
+fn is_link_local(a: &IpNet) -> bool {
+    match a {
+        IpNet::V6(v6) => (v6.addr().segments()[0] & 0xffc0) == 0xfe80,
+        IpNet::V4(v4) => v4.addr().is_link_local(),
+    }
+}

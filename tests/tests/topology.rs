@@ -1,0 +1,507 @@
+//! Control plane: the example topologies come up in a sandbox, real traffic
+//! flows, `up` is idempotent and repairs, bad input changes nothing, a
+//! failure or crash mid-`up` is rolled back or repaired, `down` leaves no
+//! residue.
+use std::{path::PathBuf, process::Output, time::Duration};
+
+use netbridge_tests::{Sandbox, require_root};
+
+fn example(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    p.canonicalize().unwrap().display().to_string()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `netbridge ARGS -f FILE --prefix <sandbox prefix>`, asserting success.
+fn nb_ok(sb: &Sandbox, args: &[&str], file: &str) -> String {
+    let prefix = sb.prefix();
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["-f", file, "--prefix", &prefix]);
+    let out = sb.netbridge(&full);
+    assert!(
+        out.status.success(),
+        "netbridge {full:?} failed:\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ping(sb: &Sandbox, from: &str, to: &str) {
+    let out = sb.sh_output(from, &format!("ping -c 2 -i 0.2 -W 2 {to}"));
+    assert!(
+        out.status.success(),
+        "ping {from} -> {to} failed:\n{}",
+        text(&out)
+    );
+}
+
+/// `down` must leave exactly what the sandbox had before `up`.
+fn assert_down_clean(sb: &Sandbox, file: &str, before: &netbridge_tests::Snapshot) {
+    let out = nb_ok(sb, &["down"], file);
+    assert!(out.contains("down"), "{out}");
+    let after = sb.snapshot();
+    assert_eq!(&after, before, "residue after down");
+    // No qdiscs or programs left on the sandbox host's interfaces.
+    let tc = sb.sh(
+        &sb.host,
+        "tc qdisc show | grep -v -e noqueue -e 'qdisc mq' || true",
+    );
+    assert!(!tc.contains("clsact"), "qdisc residue: {tc}");
+    // A second down is a no-op, not an error.
+    nb_ok(sb, &["down"], file);
+}
+
+#[test]
+fn two_namespaces_direct_veth() {
+    require_root!();
+    let sb = Sandbox::new();
+    let file = example("two-namespaces.toml");
+    let before = sb.snapshot();
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(out.contains("created namespace"), "{out}");
+    let (red, green) = (sb.name("red"), sb.name("green"));
+    // Namespaces are visible to `ip netns`.
+    let list = sb.sh(&sb.host, "ip netns list");
+    assert!(list.contains(&red) && list.contains(&green), "{list}");
+    ping(&sb, &red, "192.168.1.2");
+    ping(&sb, &green, "192.168.1.1");
+    assert_down_clean(&sb, &file, &before);
+    assert!(!netbridge::netns::exists(&red) && !netbridge::netns::exists(&green));
+}
+
+#[test]
+fn bridge_three_all_pairs_http_status_and_stats() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let file = example("bridge-three.toml");
+    let before = sb.snapshot();
+    nb_ok(&sb, &["up"], &file);
+    let ns: Vec<(String, &str)> = [
+        ("black", "192.168.1.1"),
+        ("white", "192.168.2.1"),
+        ("green", "192.168.3.1"),
+    ]
+    .into_iter()
+    .map(|(n, ip)| (sb.name(n), ip))
+    .collect();
+    for (a, _) in &ns {
+        ping(&sb, a, "192.168.0.1");
+        for (b, ip) in &ns {
+            if a != b {
+                ping(&sb, a, ip);
+            }
+        }
+    }
+    // A real HTTP server in white, fetched from black and green. 0.0.0.0: a
+    // specific --bind makes http.server do a reverse DNS lookup at start.
+    sb.spawn(
+        &ns[1].0,
+        &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+    );
+    for (client, _) in [&ns[0], &ns[2]] {
+        let got = Sandbox::wait_for(Duration::from_secs(10), || {
+            let o = sb.sh_output(
+                client,
+                "curl -s -m 2 -o /dev/null -w '%{http_code}' http://192.168.2.1:8000/",
+            );
+            let code = String::from_utf8_lossy(&o.stdout).into_owned();
+            (code == "200").then_some(code)
+        });
+        assert_eq!(got.as_deref(), Some("200"), "curl from {client}");
+    }
+
+    // status: the three ports, enslaved to bri0, each with the program.
+    let st = nb_ok(&sb, &["status", "--json"], &file);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let host_links = v[0]["links"].as_array().unwrap();
+    let ports: Vec<&serde_json::Value> = host_links
+        .iter()
+        .filter(|l| l["master"] == "bri0")
+        .collect();
+    assert_eq!(ports.len(), 3, "{st}");
+    for p in &ports {
+        assert_eq!(p["programs"][0], netbridge_common::PROG_PORT_INGRESS, "{p}");
+    }
+    // stats: every port saw IPv4 traffic (read from the pinned maps).
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["stats", "--json", "-f", &file, "--prefix", &prefix]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in &ports {
+        let name = p["name"].as_str().unwrap();
+        assert!(
+            s["ports"][name]["rx_ipv4"].as_u64().unwrap() > 0,
+            "{name}: {s}"
+        );
+    }
+    assert_down_clean(&sb, &file, &before);
+}
+
+#[test]
+fn up_is_idempotent_and_repairs_manual_changes() {
+    require_root!();
+    let sb = Sandbox::new();
+    let file = example("bridge-three.toml");
+    let before = sb.snapshot();
+    nb_ok(&sb, &["up"], &file);
+    // What `up` controls: links (flags, MTU, master), addresses, routes;
+    // not what the kernel changes by itself (operstate, IPv6 DAD flags).
+    let script = "ip -o link show | sed -E 's/ link\\/.*//; s/ state [A-Z]+//; s/,?LOWER_UP//'; \
+                  ip -o addr show | awk '{print $2, $4}'; ip route show";
+    let dump = |sb: &Sandbox| {
+        let mut s = String::new();
+        for n in ["black", "white", "green"] {
+            s += &sb.sh(&sb.name(n), script);
+        }
+        s + &sb.sh(&sb.host, script)
+    };
+    let state1 = dump(&sb);
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(
+        out.contains("no changes"),
+        "second up changed something:\n{out}"
+    );
+    assert_eq!(dump(&sb), state1, "second up altered the host");
+
+    // Break things by hand: remove an address, down a link, delete a port.
+    let (black, white, green) = (sb.name("black"), sb.name("white"), sb.name("green"));
+    sb.sh(&black, "ip addr flush dev eth0");
+    sb.sh(&green, "ip link set eth0 down");
+    sb.sh(&sb.host, "ip link del nb-white");
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(out.contains("added address 192.168.1.1/24"), "{out}");
+    assert!(out.contains("set eth0 up"), "{out}");
+    assert!(out.contains("created veth nb-white"), "{out}");
+    ping(&sb, &black, "192.168.2.1");
+    ping(&sb, &green, "192.168.1.1");
+    ping(&sb, &white, "192.168.0.1");
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(out.contains("no changes"), "{out}");
+    assert_down_clean(&sb, &file, &before);
+}
+
+#[test]
+fn nat_lab_and_default_lab_come_up_self_contained() {
+    require_root!();
+    let sb = Sandbox::new();
+    for file in [example("nat-lab.toml"), String::new()] {
+        let before = sb.snapshot();
+        let prefix = sb.prefix();
+        let args: Vec<&str> = if file.is_empty() {
+            vec!["up", "--prefix", &prefix]
+        } else {
+            vec!["up", "-f", &file, "--prefix", &prefix]
+        };
+        let out = sb.netbridge(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        // The lab's own host namespace holds the bridge and the uplink; the
+        // sandbox host (where netbridge ran) got nothing.
+        let after = sb.snapshot();
+        assert_eq!(
+            after.host_links, before.host_links,
+            "lab touched the namespace netbridge ran in"
+        );
+        let host = after
+            .netns
+            .iter()
+            .find(|n| n.ends_with("-host") && **n != sb.host)
+            .expect("lab host namespace")
+            .clone();
+        let upstream = after
+            .netns
+            .iter()
+            .find(|n| n.contains("up"))
+            .expect("upstream namespace")
+            .clone();
+        ping(&sb, &upstream, "203.0.113.1");
+        assert_eq!(
+            sb.sh(&host, "cat /proc/sys/net/ipv4/ip_forward").trim(),
+            "1"
+        );
+        let down: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "up" { "down" } else { a })
+            .collect();
+        let out = sb.netbridge(&down);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(sb.snapshot(), before, "residue after down");
+    }
+}
+
+#[test]
+fn exec_runs_inside_the_namespace() {
+    require_root!();
+    let sb = Sandbox::new();
+    let file = example("two-namespaces.toml");
+    nb_ok(&sb, &["up"], &file);
+    let red = sb.name("red");
+    let out = sb.netbridge(&[
+        "exec", &red, "--", "ip", "-o", "addr", "show", "dev", "veth-red",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("192.168.1.1/24"),
+        "{}",
+        text(&out)
+    );
+    // /sys is the namespace's own.
+    let out = sb.netbridge(&["exec", &red, "--", "ls", "/sys/class/net"]);
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(ls.contains("veth-red") && !ls.contains("eth0"), "{ls}");
+    let out = sb.netbridge(&["exec", "no-such-ns-xyz", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"no-such-ns-xyz\" does not exist"));
+    nb_ok(&sb, &["down"], &file);
+}
+
+/// One bad file per validation rule: each fails with a message naming the
+/// field and the value, and the host is left exactly as it was.
+#[test]
+fn bad_input_is_rejected_and_changes_nothing() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let dir = tempdir(&mut sb);
+    let base = |body: &str| format!("name = \"bad\"\n{body}");
+    let bridge = "[bridge]\nname = \"br0\"\naddresses = [\"192.168.0.1/16\"]\n";
+    let ns = |n: &str, addr: &str| {
+        format!(
+            "[[namespace]]\nname = \"{n}\"\nhost_ifname = \"v-{n}\"\naddresses = [\"{addr}\"]\n"
+        )
+    };
+    let uplink = "[[link]]\na = { ifname = \"up0\", addresses = [\"203.0.113.1/24\"] }\nb = { netns = \"wan\", ifname = \"eth0\", addresses = [\"203.0.113.2/24\"] }\n[uplink]\nifname = \"up0\"\nmasquerade = true\n";
+    let wan = "[[namespace]]\nname = \"wan\"\nbridge = false\n";
+    let fwd = |proto: &str, port: &str, to: &str| {
+        format!("[[forward]]\nproto = \"{proto}\"\nport = {port}\nto = \"{to}\"\n")
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "syntax",
+            "name = \"x\"\n[bridge\n".into(),
+            vec!["invalid TOML"],
+        ),
+        ("unknown field", base("colour = \"red\"\n"), vec!["colour"]),
+        (
+            "overlapping CIDRs",
+            base(&format!(
+                "{bridge}{}[[namespace]]\nname = \"r\"\nbridge = false\n[[namespace]]\nname = \"g\"\nbridge = false\n[[link]]\na = {{ netns = \"r\", ifname = \"x\", addresses = [\"192.168.5.1/24\"] }}\nb = {{ netns = \"g\", ifname = \"y\", addresses = [\"192.168.5.2/24\"] }}\n",
+                ns("a", "192.168.1.1/24")
+            )),
+            vec!["192.168.5", "overlap"],
+        ),
+        (
+            "invalid CIDR",
+            base(&format!("{bridge}{}", ns("a", "192.168.1.300/24"))),
+            vec!["192.168.1.300"],
+        ),
+        (
+            "duplicate namespace",
+            base(&format!(
+                "{bridge}{}{}",
+                ns("a", "192.168.1.1/24"),
+                ns("a", "192.168.1.2/24")
+            )),
+            vec!["namespace[1].name", "\"a\""],
+        ),
+        (
+            "interface name too long",
+            base("[bridge]\nname = \"bridge-name-too-long\"\n"),
+            vec!["bridge.name", "bridge-name-too-long", "15 bytes"],
+        ),
+        (
+            "interface name bad chars",
+            base("[bridge]\nname = \"br 0;rm\"\n"),
+            vec!["bridge.name", "br 0;rm"],
+        ),
+        (
+            "namespace name path trick",
+            base("[[namespace]]\nname = \"../etc\"\nbridge = false\n"),
+            vec!["namespace[0].name", "../etc"],
+        ),
+        (
+            "gateway outside bridge subnet",
+            base(&format!(
+                "{bridge}[[namespace]]\nname = \"a\"\nhost_ifname = \"v-a\"\naddresses = [\"192.168.1.1/24\"]\nroutes = [{{ to = \"default\", via = \"10.9.9.9\" }}]\n"
+            )),
+            vec!["10.9.9.9", "outside"],
+        ),
+        (
+            "forward to unknown namespace",
+            base(&format!(
+                "{bridge}{}{wan}{uplink}{}",
+                ns("a", "192.168.1.1/24"),
+                fwd("tcp", "8080", "nosuch:80")
+            )),
+            vec!["forward[0].to", "nosuch"],
+        ),
+        (
+            "forward port 0",
+            base(&format!(
+                "{bridge}{}{wan}{uplink}{}",
+                ns("a", "192.168.1.1/24"),
+                fwd("tcp", "0", "a:80")
+            )),
+            vec!["forward[0].port", "0"],
+        ),
+        (
+            "forward port out of range",
+            base(&format!(
+                "{bridge}{}{wan}{uplink}{}",
+                ns("a", "192.168.1.1/24"),
+                fwd("udp", "\"70000\"", "a:80")
+            )),
+            vec!["forward[0].port", "70000"],
+        ),
+        (
+            "duplicate forwards",
+            base(&format!(
+                "{bridge}{}{wan}{uplink}{}{}",
+                ns("a", "192.168.1.1/24"),
+                fwd("tcp", "8080", "a:80"),
+                fwd("tcp", "\"8000-8090\"", "a:9000")
+            )),
+            vec!["forward[1]", "forward[0]"],
+        ),
+        (
+            "missing uplink interface",
+            base(&format!(
+                "{bridge}{}[uplink]\nifname = \"nosuch0\"\nmasquerade = true\n",
+                ns("a", "192.168.1.1/24")
+            )),
+            vec!["uplink.ifname", "nosuch0", "does not exist"],
+        ),
+        ("mtu out of range", base("mtu = 20\n"), vec!["mtu", "20"]),
+    ];
+    let before = sb.snapshot();
+    for (what, body, expect) in &cases {
+        let path = dir.join(format!("{}.toml", what.replace(' ', "-")));
+        std::fs::write(&path, body).unwrap();
+        let p = path.display().to_string();
+        let prefix = sb.prefix();
+        let out = sb.netbridge(&["up", "-f", &p, "--prefix", &prefix]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: accepted:\n{body}\n{}",
+            text(&out)
+        );
+        assert!(
+            err.contains(&p),
+            "{what}: error does not name the file:\n{err}"
+        );
+        for e in expect {
+            assert!(err.contains(e), "{what}: error lacks {e:?}:\n{err}");
+        }
+        assert_eq!(sb.snapshot(), before, "{what}: host changed");
+    }
+
+    // Pre-flight: an existing interface of the wrong kind where the bridge
+    // should go is refused before anything is created.
+    sb.sh(
+        &sb.host,
+        &format!("ip link add bri0 type veth peer name t{}x", sb.id),
+    );
+    let before = sb.snapshot();
+    let prefix = sb.prefix();
+    let f = example("bridge-three.toml");
+    let out = sb.netbridge(&["up", "-f", &f, "--prefix", &prefix]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bri0 already exists") && err.contains("as a veth"),
+        "{err}"
+    );
+    assert_eq!(sb.snapshot(), before, "pre-flight failure changed the host");
+}
+
+#[test]
+fn failure_mid_up_rolls_back_and_crash_is_repaired() {
+    require_root!();
+    let sb = Sandbox::new();
+    let file = example("bridge-three.toml");
+    let prefix = sb.prefix();
+    let before = sb.snapshot();
+    // Fail at each creation step in turn: everything this run made goes.
+    for n in 1..=7 {
+        let out = sb
+            .cmd(
+                &sb.host,
+                &[
+                    netbridge_tests::netbridge_bin().to_str().unwrap(),
+                    "up",
+                    "-f",
+                    &file,
+                    "--prefix",
+                    &prefix,
+                ],
+            )
+            .env("NETBRIDGE_FAULT", format!("fail:{n}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "fault {n} not hit:\n{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("injected fault") && err.contains("rolled back"),
+            "{err}"
+        );
+        assert_eq!(sb.snapshot(), before, "fault {n}: rollback left residue");
+    }
+    // Crash (abort, like kill -9) after 4 creations: the journal survives,
+    // the next `up` converges, `down` leaves nothing.
+    let out = sb
+        .cmd(
+            &sb.host,
+            &[
+                netbridge_tests::netbridge_bin().to_str().unwrap(),
+                "up",
+                "-f",
+                &file,
+                "--prefix",
+                &prefix,
+            ],
+        )
+        .env("NETBRIDGE_FAULT", "crash:4")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_ne!(sb.snapshot(), before, "crash should leave a half-made lab");
+    nb_ok(&sb, &["up"], &file);
+    ping(&sb, &sb.name("black"), "192.168.3.1");
+    assert_down_clean(&sb, &file, &before);
+    // And a crash followed directly by `down` also cleans up.
+    let _ = sb
+        .cmd(
+            &sb.host,
+            &[
+                netbridge_tests::netbridge_bin().to_str().unwrap(),
+                "up",
+                "-f",
+                &file,
+                "--prefix",
+                &prefix,
+            ],
+        )
+        .env("NETBRIDGE_FAULT", "crash:5")
+        .output()
+        .unwrap();
+    assert_down_clean(&sb, &file, &before);
+}
+
+fn tempdir(sb: &mut Sandbox) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("netbridge-{}", sb.id));
+    std::fs::create_dir_all(&d).unwrap();
+    let rm = d.clone();
+    sb.on_cleanup(move || {
+        let _ = std::fs::remove_dir_all(rm);
+    });
+    d
+}
