@@ -10,6 +10,11 @@ use bytemuck::{Pod, Zeroable};
 
 /// TC program attached to the ingress of every bridge port (host-side veth).
 pub const PROG_PORT_INGRESS: &str = "nb_port_ingress";
+/// XDP variant of the same lookups (`datapath = "xdp"`), on the same ports.
+pub const PROG_PORT_XDP: &str = "nb_port_xdp";
+/// XDP_PASS program for each namespace's veth in XDP mode: a veth only
+/// accepts XDP_REDIRECTed frames when its peer end runs XDP.
+pub const PROG_PEER_XDP: &str = "nb_peer_xdp";
 
 /// Per-CPU hash: port ifindex (u32, host byte order) -> [`PortStats`].
 pub const MAP_PORT_STATS: &str = "NB_PORT_STATS";

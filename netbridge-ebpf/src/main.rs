@@ -7,10 +7,10 @@ mod parse;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect_peer,
-    macros::classifier,
-    programs::TcContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::{bpf_redirect, bpf_redirect_peer},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 
 use crate::{
@@ -53,6 +53,50 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
             Ok(TC_ACT_OK)
         }
     }
+}
+
+/// XDP on a bridge port: the same parse, learn and lookup as the TC program,
+/// redirecting known unicast with XDP_REDIRECT out of the destination port.
+#[xdp]
+pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match try_port_xdp(&ctx, ifindex) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_drop(ifindex, reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let len = (end - start) as u64;
+    let eth = parse_eth(start, end)?;
+    stats::count_rx(ifindex, len, &eth);
+    if let L3::Ipv4 = eth.l3 {
+        parse::check_ipv4(start, end, eth.l3_off)?;
+    }
+    match bridge::decide(ifindex, &eth.src, &eth.dst, eth.vlan_tags > 0)? {
+        Verdict::Redirect(out) => {
+            stats::count_verdict(ifindex, len, Some(out));
+            // Transmit out of the destination port: its peer (the namespace
+            // end, running nb_peer_xdp) receives the frame.
+            Ok(unsafe { bpf_redirect(out, 0) } as u32)
+        }
+        Verdict::Fallback => {
+            stats::count_verdict(ifindex, len, None);
+            Ok(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+/// On the namespace end of each port in XDP mode: passes everything. A veth
+/// only accepts XDP_REDIRECTed frames when its peer runs an XDP program.
+#[xdp]
+pub fn nb_peer_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

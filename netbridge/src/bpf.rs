@@ -8,11 +8,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{SchedClassifier, TcAttachType, links::FdLink, tc::SchedClassifierLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::SchedClassifierLinkId,
+    },
 };
 use netbridge_common::{
     BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB, MAP_PORT_STATS, MAP_PORTS,
-    PROG_PORT_INGRESS, PortConfig, PortStats, drop_reason,
+    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP, PortConfig, PortStats, drop_reason,
 };
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
@@ -92,6 +94,7 @@ pub fn is_bpffs(path: &Path) -> bool {
 
 /// Hook name used in link pins.
 pub const HOOK_TC_INGRESS: &str = "tc_ingress";
+pub const HOOK_XDP: &str = "xdp";
 
 /// Pin layout of one topology: maps by name in `dir`, links in `dir/links`.
 #[derive(Debug, Clone)]
@@ -314,22 +317,26 @@ impl Datapath {
             .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
         prog.load()
             .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+        for name in [PROG_PORT_XDP, PROG_PEER_XDP] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::MissingProgram { name })?
+                .try_into()
+                .map_err(|e| prog_err(name, "-", e))?;
+            prog.load().map_err(|e| prog_err(name, "-", e))?;
+        }
         let maps = Maps::take(&mut ebpf)?;
         Ok(Datapath { ebpf, maps, pins })
     }
 
-    /// Fd of the loaded port program (for BPF_PROG_TEST_RUN in tests).
-    pub fn port_prog_fd(&self) -> Result<std::os::fd::RawFd, BpfError> {
+    /// Fd of a loaded program (for BPF_PROG_TEST_RUN in tests).
+    pub fn prog_fd(&self, name: &'static str) -> Result<std::os::fd::RawFd, BpfError> {
         use std::os::fd::{AsFd, AsRawFd};
-        let prog: &SchedClassifier = self
+        let prog = self
             .ebpf
-            .program(PROG_PORT_INGRESS)
-            .ok_or(BpfError::MissingProgram {
-                name: PROG_PORT_INGRESS,
-            })?
-            .try_into()
-            .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
-        let fd = prog.fd().map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+            .program(name)
+            .ok_or(BpfError::MissingProgram { name })?;
+        let fd = prog.fd().map_err(|e| prog_err(name, "-", e))?;
         Ok(fd.as_fd().as_raw_fd())
     }
 
@@ -380,6 +387,59 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// Attaches an XDP program (`PROG_PORT_XDP` or `PROG_PEER_XDP`, native
+    /// mode) to `ifname` in the calling thread's namespace and pins the link
+    /// under `pin_key` (unique across namespaces). `attached` is the XDP
+    /// program id netlink reports on the interface now: a pin whose link no
+    /// longer holds the interface is replaced. Returns (pin, newly attached).
+    pub fn attach_xdp(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        pin_key: &str,
+        attached: Option<u32>,
+    ) -> Result<(PathBuf, bool), BpfError> {
+        let path = self.pins.link(pin_key, HOOK_XDP);
+        if path.exists() {
+            if attached.is_some() {
+                return Ok((path, false));
+            }
+            let _ = fs::remove_file(&path);
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| prog_err(name, ifname, e))?;
+        let id = prog
+            .attach(ifname, XdpMode::Driver)
+            .map_err(|e| prog_err(name, ifname, e))?;
+        let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
+            what: format!("XDP link on {ifname}"),
+            path: path.clone(),
+            source,
+        };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+        fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
+        fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        Ok((path, true))
+    }
+
+    /// Detaches the TC port program from `ifname` (switching a port to XDP).
+    pub fn detach_port_tc(&self, ifname: &str) -> bool {
+        let path = self.pins.link(ifname, HOOK_TC_INGRESS);
+        fs::remove_file(path).is_ok()
+    }
+
+    /// Detaches an XDP link pinned under `pin_key` (switching back to TC).
+    pub fn detach_xdp(&self, pin_key: &str) -> bool {
+        fs::remove_file(self.pins.link(pin_key, HOOK_XDP)).is_ok()
+    }
+}
+
 fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) -> BpfError {
     BpfError::Program {
         name,
@@ -400,3 +460,12 @@ pub fn attached_ingress(ifname: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+// `up` moves the loaded object from namespace thread to namespace thread to
+// attach programs inside each one.
+const _: () = {
+    fn assert_send<T: Send>() {}
+    #[allow(dead_code)]
+    fn datapath_is_send() {
+        assert_send::<Datapath>();
+    }
+};

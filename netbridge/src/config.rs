@@ -881,6 +881,24 @@ mod tests {
     }
 
     #[test]
+    fn datapath() {
+        assert_eq!(
+            parse("name = \"x\"\ndatapath = \"tc\"\n").unwrap().datapath,
+            Datapath::Tc
+        );
+        assert_eq!(
+            parse("name = \"x\"\ndatapath = \"xdp\"\n")
+                .unwrap()
+                .datapath,
+            Datapath::Xdp
+        );
+        assert_err(
+            "name = \"x\"\ndatapath = \"dpdk\"\n",
+            &["invalid TOML", "dpdk"],
+        );
+    }
+
+    #[test]
     fn syntax_and_unknown_fields() {
         assert!(matches!(
             parse("name = \"x\"\n[bridge\n"),

@@ -131,6 +131,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Up { which, json } => {
             let t = load(&which)?;
+            if t.uplink.as_ref().is_some_and(|u| u.masquerade) || !t.forwards.is_empty() {
+                eprintln!(
+                    "netbridge: note: masquerade and port forwards are validated but not active yet \
+                     (BPF NAT is the next milestone); the uplink only gets IP forwarding"
+                );
+            }
             let report = topology::up(&t).with_context(|| format!("up {}", t.name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -51,6 +51,8 @@ pub struct LinkInfoLite {
     pub mtu: u32,
     pub master: Option<u32>,
     pub mac: Option<[u8; 6]>,
+    /// Id of the XDP program attached, if any.
+    pub xdp_prog: Option<u32>,
 }
 
 fn lite(msg: &LinkMessage) -> LinkInfoLite {
@@ -62,6 +64,7 @@ fn lite(msg: &LinkMessage) -> LinkInfoLite {
         mtu: 0,
         master: None,
         mac: None,
+        xdp_prog: None,
     };
     for a in &msg.attributes {
         match a {
@@ -70,6 +73,12 @@ fn lite(msg: &LinkMessage) -> LinkInfoLite {
             LinkAttribute::Controller(c) if *c != 0 => l.master = Some(*c),
             LinkAttribute::Address(a) if a.len() == 6 => {
                 l.mac = Some(a[..6].try_into().unwrap());
+            }
+            LinkAttribute::Xdp(xdp) => {
+                l.xdp_prog = xdp.iter().find_map(|x| match x {
+                    netlink_packet_route::link::LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                    _ => None,
+                });
             }
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -337,4 +346,61 @@ pub async fn del_route(h: &Handle, r: &RouteSpec) -> Result<()> {
         .execute()
         .await
         .map_err(ctx(|| format!("delete route {}", r.dst)))
+}
+
+/// Turns TX checksum offload of `ifname` (in the calling thread's namespace)
+/// on or off with the ethtool ioctl. Returns the previous setting.
+///
+/// XDP mode needs it off on the namespace end of each port: XDP_REDIRECT
+/// between veths drops the skb's "checksum still to be filled in" state, so
+/// partially checksummed TCP/UDP would arrive corrupt.
+pub fn set_tx_checksum(ifname: &str, on: bool) -> std::io::Result<bool> {
+    const ETHTOOL_GTXCSUM: u32 = 0x16;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    // SAFETY: plain socket; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let call = |cmd: u32, data: u32| -> std::io::Result<u32> {
+        let mut value = EthtoolValue { cmd, data };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: &mut value,
+            _pad: [0; 16],
+        };
+        req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+        // SAFETY: req and value outlive the call; SIOCETHTOOL reads/writes them.
+        let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(value.data)
+    };
+    let result = call(ETHTOOL_GTXCSUM, 0).and_then(|prev| {
+        if (prev != 0) != on {
+            call(ETHTOOL_STXCSUM, on as u32)?;
+        }
+        Ok(prev != 0)
+    });
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result
 }

@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use rtnetlink::Handle;
 use serde::Serialize;
 
+use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP};
+
 use crate::{
     bpf::{self, BpfError, Datapath, PinDir},
     config::{Route, Topology},
@@ -420,11 +422,12 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
         }
     }
 
-    let ports: Vec<String> = t
+    // (host-side port, namespace, namespace-side ifname) of every bridge port.
+    let ports: Vec<(String, String, String)> = t
         .namespaces
         .iter()
         .filter(|n| t.on_bridge(n))
-        .map(Topology::host_ifname)
+        .map(|n| (Topology::host_ifname(n), n.name.clone(), n.ifname.clone()))
         .collect();
     if !ports.is_empty() {
         let dir = bpf::ensure_bpffs(&t.name)?;
@@ -440,27 +443,91 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
             .map(|b| b.aging_secs)
             .unwrap_or(netbridge_common::DEFAULT_AGING_SECS);
         let bridge = t.bridge.as_ref().map(|b| b.name.clone());
-        let attached = netns::run_blocking_in(&host, move || -> Result<Vec<String>, BpfError> {
+        let xdp = t.datapath == crate::config::Datapath::Xdp;
+        let host_ports: Vec<String> = ports.iter().map(|p| p.0.clone()).collect();
+        // Host side: load (maps reused from pins), attach the port program
+        // of the chosen datapath, detach the other one, write the port set.
+        let (mut dp, changes) = in_ns(&host, move |h| async move {
             let mut dp = Datapath::load(pins)?;
-            let mut new = Vec::new();
+            let links = netlink::links(&h).await?;
+            let find = |n: &str| links.iter().find(|l| l.name == n);
+            let mut changes = Vec::new();
             let mut ifindexes = Vec::new();
-            for p in &ports {
-                if dp.attach_port(p)?.1 {
-                    new.push(p.clone());
+            for p in &host_ports {
+                let l = find(p).ok_or_else(|| TopologyError::Vanished {
+                    ns: "host".into(),
+                    ifname: p.clone(),
+                })?;
+                ifindexes.push(l.index);
+                let (drop_other, attached) = if xdp {
+                    (
+                        dp.detach_port_tc(p),
+                        dp.attach_xdp(PROG_PORT_XDP, p, p, l.xdp_prog)?.1,
+                    )
+                } else {
+                    (dp.detach_xdp(p), dp.attach_port(p)?.1)
+                };
+                if drop_other {
+                    changes.push(format!(
+                        "detached the {} program from {p}",
+                        if xdp { "TC" } else { "XDP" }
+                    ));
                 }
-                ifindexes.push(nix::net::if_::if_nametoindex(p.as_str()).unwrap_or(0));
+                if attached {
+                    let (prog, hook) = if xdp {
+                        (PROG_PORT_XDP, "XDP")
+                    } else {
+                        (PROG_PORT_INGRESS, "TC ingress")
+                    };
+                    changes.push(format!("attached {prog} to {p} ({hook})"));
+                }
             }
-            let br = bridge
-                .and_then(|b| nix::net::if_::if_nametoindex(b.as_str()).ok())
-                .unwrap_or(0);
+            let br = bridge.and_then(|b| find(&b).map(|l| l.index)).unwrap_or(0);
             dp.maps.configure(&ifindexes, aging, br)?;
-            Ok(new)
-        })??;
-        for p in attached {
-            run.changes.push(format!(
-                "attached {} to {p} (TC ingress)",
-                netbridge_common::PROG_PORT_INGRESS
-            ));
+            Ok::<_, TopologyError>((dp, changes))
+        })?;
+        run.changes.extend(changes);
+        // Namespace side, XDP only: a pass-through program so the veth
+        // accepts XDP_REDIRECTed frames.
+        for (_, ns, ifname) in ports {
+            let key = format!("{ns}@{ifname}");
+            if !xdp {
+                if dp.detach_xdp(&key) {
+                    run.changes
+                        .push(format!("detached {PROG_PEER_XDP} from {ifname} in {ns}"));
+                    // Back to the kernel default for veth.
+                    let (i, n) = (ifname.clone(), ns.clone());
+                    netns::run_blocking_in(&Netns::named(&ns), move || {
+                        netlink::set_tx_checksum(&i, true)
+                    })?
+                    .map_err(|source| TopologyError::Sysctl {
+                        ns: n,
+                        key: format!("ethtool tx-checksumming of {ifname}"),
+                        source,
+                    })?;
+                }
+                continue;
+            }
+            let label = ns.clone();
+            let (moved, attached) = in_ns(&Netns::named(&ns), move |h| async move {
+                let xdp_prog = netlink::link(&h, &ifname).await?.and_then(|l| l.xdp_prog);
+                let attached = dp.attach_xdp(PROG_PEER_XDP, &ifname, &key, xdp_prog)?.1;
+                // Checksums must be complete before XDP_REDIRECT (see
+                // set_tx_checksum); the sender computes them in software.
+                netlink::set_tx_checksum(&ifname, false).map_err(|source| {
+                    TopologyError::Sysctl {
+                        ns: label,
+                        key: format!("ethtool tx-checksumming of {ifname}"),
+                        source,
+                    }
+                })?;
+                Ok::<_, TopologyError>((dp, attached))
+            })?;
+            dp = moved;
+            if attached {
+                run.changes
+                    .push(format!("attached {PROG_PEER_XDP} to eth end in {ns} (XDP)"));
+            }
         }
     }
     Ok(())

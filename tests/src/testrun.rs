@@ -31,6 +31,15 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// the test context, so tests configure `lo` as the ingress bridge port.
 /// Returns the program's return value (TC_ACT_*) or the syscall error.
 pub fn run_tc(prog_fd: i32, frame: &[u8]) -> std::io::Result<u32> {
+    run(prog_fd, frame)
+}
+
+/// Same for an XDP program (frames arrive on the thread's loopback device).
+pub fn run_xdp(prog_fd: i32, frame: &[u8]) -> std::io::Result<u32> {
+    run(prog_fd, frame)
+}
+
+fn run(prog_fd: i32, frame: &[u8]) -> std::io::Result<u32> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = TestAttr {
         prog_fd: prog_fd as u32,

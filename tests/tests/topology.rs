@@ -224,6 +224,16 @@ fn nat_lab_and_default_lab_come_up_self_contained() {
             .expect("upstream namespace")
             .clone();
         ping(&sb, &upstream, "203.0.113.1");
+        // Routed between the /24s behind the bridge, via the gateway.
+        let black = after
+            .netns
+            .iter()
+            .find(|n| n.ends_with("black"))
+            .expect("black namespace")
+            .clone();
+        ping(&sb, &black, "192.168.0.1");
+        ping(&sb, &black, "192.168.2.10");
+        ping(&sb, &black, "203.0.113.1");
         assert_eq!(
             sb.sh(&host, "cat /proc/sys/net/ipv4/ip_forward").trim(),
             "1"
@@ -380,6 +390,11 @@ fn bad_input_is_rejected_and_changes_nothing() {
             vec!["uplink.ifname", "nosuch0", "does not exist"],
         ),
         ("mtu out of range", base("mtu = 20\n"), vec!["mtu", "20"]),
+        (
+            "unknown datapath",
+            base("datapath = \"dpdk\"\n"),
+            vec!["datapath", "dpdk"],
+        ),
     ];
     let before = sb.snapshot();
     for (what, body, expect) in &cases {
