@@ -84,9 +84,14 @@ pub struct BridgeConfig {
     pub aging_ns: u64,
     /// Kernel bridge ifindex (host byte order), the fallback for floods.
     pub bridge_ifindex: u32,
-    pub _pad: u32,
+    /// Gateway (bridge) IPv4 address, network byte order; 0 if none.
+    pub gateway_ipv4: [u8; 4],
+    /// Gateway (bridge) MAC, wire order: frames to it always go to the
+    /// kernel (routing, the host's own services), never to a port.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<BridgeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<BridgeConfig>() == 24);
 
 /// Packet counters of one bridge port, as seen at its host-side ingress
 /// (`rx_*`: frames coming out of the namespace towards the bridge).

@@ -55,9 +55,12 @@ pub fn decide(
         return Ok(Verdict::Fallback);
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let aging_ns = NB_CONFIG.get(0).map(|c| c.aging_ns).unwrap_or(0);
+    let (aging_ns, gateway_mac) = match NB_CONFIG.get(0) {
+        Some(c) => (c.aging_ns, c.gateway_mac),
+        None => (0, [0u8; 6]),
+    };
     learn(in_port, src, now);
-    if is_multicast(dst) {
+    if is_multicast(dst) || *dst == gateway_mac {
         return Ok(Verdict::Fallback);
     }
     let key = FdbKey { mac: *dst, vlan: 0 };

@@ -130,6 +130,14 @@ pub struct Maps {
     pub config: Array<MapData, BridgeConfig>,
 }
 
+/// The bridge as the datapath's gateway.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gateway {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub ipv4: Option<std::net::Ipv4Addr>,
+}
+
 /// One learned FDB entry, as `netbridge fdb` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FdbRow {
@@ -195,12 +203,13 @@ impl Maps {
         })
     }
 
-    /// Makes exactly `ports` (ifindexes) fast-path ports and sets the aging.
+    /// Makes exactly `ports` (ifindexes) fast-path ports and sets the aging
+    /// and the gateway (the bridge): ifindex, MAC, first IPv4 address.
     pub fn configure(
         &mut self,
         ports: &[u32],
         aging_secs: u32,
-        bridge_ifindex: u32,
+        gateway: Option<Gateway>,
     ) -> Result<(), BpfError> {
         let err = |name| {
             move |e| BpfError::Map {
@@ -224,10 +233,13 @@ impl Maps {
             };
             self.ports.insert(ifindex, cfg, 0).map_err(err(MAP_PORTS))?;
         }
+        let gw = gateway.unwrap_or_default();
         let cfg = BridgeConfig {
             aging_ns: aging_secs as u64 * 1_000_000_000,
-            bridge_ifindex,
-            _pad: 0,
+            bridge_ifindex: gw.ifindex,
+            gateway_ipv4: gw.ipv4.map(|ip| ip.octets()).unwrap_or([0; 4]),
+            gateway_mac: gw.mac,
+            _pad: [0; 2],
         };
         self.config.set(0, cfg, 0).map_err(err(MAP_CONFIG))
     }

@@ -380,8 +380,10 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
         let changes =
             configure_endpoint(&target, &ns.ifname, mtu, None, &ns.addresses, &ns.routes)?;
         run.changes.extend(changes);
+    }
+    for ns in &t.namespaces {
         for (k, v) in &ns.sysctls {
-            set_sysctl(run, &target, k, v)?;
+            set_sysctl(run, &Netns::named(&ns.name), k, v)?;
         }
     }
 
@@ -442,7 +444,13 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
             .as_ref()
             .map(|b| b.aging_secs)
             .unwrap_or(netbridge_common::DEFAULT_AGING_SECS);
-        let bridge = t.bridge.as_ref().map(|b| b.name.clone());
+        let bridge = t.bridge.as_ref().map(|b| {
+            let ipv4 = b.addresses.iter().find_map(|a| match a.addr() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            });
+            (b.name.clone(), ipv4)
+        });
         let xdp = t.datapath == crate::config::Datapath::Xdp;
         let host_ports: Vec<String> = ports.iter().map(|p| p.0.clone()).collect();
         // Host side: load (maps reused from pins), attach the port program
@@ -482,8 +490,14 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
                     changes.push(format!("attached {prog} to {p} ({hook})"));
                 }
             }
-            let br = bridge.and_then(|b| find(&b).map(|l| l.index)).unwrap_or(0);
-            dp.maps.configure(&ifindexes, aging, br)?;
+            let gateway = bridge.and_then(|(name, ipv4)| {
+                find(&name).map(|l| bpf::Gateway {
+                    ifindex: l.index,
+                    mac: l.mac.unwrap_or_default(),
+                    ipv4,
+                })
+            });
+            dp.maps.configure(&ifindexes, aging, gateway)?;
             Ok::<_, TopologyError>((dp, changes))
         })?;
         run.changes.extend(changes);

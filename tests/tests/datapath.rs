@@ -22,6 +22,7 @@ const XDP_REDIRECT: u32 = 4;
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 const MAC_UNKNOWN: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+const MAC_GW: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 
 /// BPF_PROG_TEST_RUN frames enter on `lo` (ifindex 1: this kernel rejects
 /// any ifindex in the test context), configured as bridge port "A"; a
@@ -41,7 +42,13 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
         let mut dp = Datapath::load(pins).expect("load");
         let ia = 1; // lo
         let ib = nix::net::if_::if_nametoindex(pb.as_str()).unwrap();
-        dp.maps.configure(&[ia, ib], 300, 0).unwrap();
+        // The gateway: frames to its MAC always go to the kernel.
+        let gw = netbridge::bpf::Gateway {
+            ifindex: 0,
+            mac: MAC_GW,
+            ipv4: Some(std::net::Ipv4Addr::new(192, 168, 0, 1)),
+        };
+        dp.maps.configure(&[ia, ib], 300, Some(gw)).unwrap();
         let fd = dp.prog_fd(netbridge_common::PROG_PORT_INGRESS).unwrap();
         let run = |f: &[u8]| {
             run_tc(fd, f).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {f:02x?}: {e}"))
@@ -92,6 +99,14 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
         assert_eq!((sa.rx_redirected, sa.rx_fallback), (1, 2));
         assert_eq!((sb_.tx_packets, sb_.tx_bytes), (1, f.len() as u64));
 
+        // To the gateway: the kernel (routing), even if its MAC was learned.
+        seed(&mut dp, MAC_GW, ib);
+        assert_eq!(
+            run(&frame::ipv4_udp(MAC_GW, MAC_A, 5)),
+            TC_ACT_OK,
+            "gateway -> kernel"
+        );
+
         // Non-IP ethertype (LLDP-like 0x88cc) to a known MAC: still bridged.
         let mut lldp = frame::eth(MAC_B, MAC_A, &[], 0x88cc);
         lldp.resize(60, 0);
@@ -103,7 +118,7 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
         tagged.extend_from_slice(&frame::ipv4_udp(MAC_B, MAC_A, 5)[14..]);
         assert_eq!(run(&tagged), TC_ACT_OK, "tagged -> kernel");
         let sa = port(&dp, ia);
-        assert_eq!((sa.rx_vlan, sa.rx_ipv4), (1, 3));
+        assert_eq!((sa.rx_vlan, sa.rx_ipv4), (1, 4));
 
         // Multicast destination (IPv6 all-nodes): kernel.
         let mut mcast = frame::eth([0x33, 0x33, 0, 0, 0, 1], MAC_A, &[], 0x86dd);
@@ -146,7 +161,7 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
 
         // Aging: with a 1 s aging time, an entry 2 s old is ignored and removed.
         seed(&mut dp, MAC_UNKNOWN, ib);
-        dp.maps.configure(&[ia, ib], 1, 0).unwrap();
+        dp.maps.configure(&[ia, ib], 1, Some(gw)).unwrap();
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(
             run(&frame::ipv4_udp(MAC_UNKNOWN, [0x02, 0, 0, 0, 0, 0xc], 5)),
@@ -171,7 +186,7 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
         let xfd = dp.prog_fd(netbridge_common::PROG_PORT_XDP).unwrap();
         let xrun =
             |f: &[u8]| run_xdp(xfd, f).unwrap_or_else(|e| panic!("XDP test run on {f:02x?}: {e}"));
-        dp.maps.configure(&[ia, ib], 300, 0).unwrap();
+        dp.maps.configure(&[ia, ib], 300, Some(gw)).unwrap();
         seed(&mut dp, MAC_B, ib);
         let before = port(&dp, ib).tx_packets;
         assert_eq!(
@@ -196,7 +211,7 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
 
         // A port removed from the configuration no longer gets redirects.
         seed(&mut dp, MAC_B, ib);
-        dp.maps.configure(&[ia], 300, 0).unwrap();
+        dp.maps.configure(&[ia], 300, Some(gw)).unwrap();
         assert_eq!(
             run(&frame::ipv4_udp(MAC_B, MAC_A, 5)),
             TC_ACT_OK,

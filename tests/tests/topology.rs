@@ -75,6 +75,13 @@ fn two_namespaces_direct_veth() {
     assert!(list.contains(&red) && list.contains(&green), "{list}");
     ping(&sb, &red, "192.168.1.2");
     ping(&sb, &green, "192.168.1.1");
+    // The example's per-namespace sysctl is set in red only.
+    let fwd = |ns: &str| {
+        sb.sh(ns, "cat /proc/sys/net/ipv4/ip_forward")
+            .trim()
+            .to_string()
+    };
+    assert_eq!((fwd(&red), fwd(&green)), ("1".to_string(), "0".to_string()));
     assert_down_clean(&sb, &file, &before);
     assert!(!netbridge::netns::exists(&red) && !netbridge::netns::exists(&green));
 }
