@@ -156,7 +156,7 @@ fn setup() -> Result<()> {
             );
         }
         step(&format!(
-            "installing missing Debian packages: {}",
+            "installing Debian packages (toolchain or test tools missing): {}",
             packages.join(" ")
         ));
         run(Command::new("apt-get").args(["update", "-qq"]))?;
