@@ -6,4 +6,5 @@ pub mod config;
 pub mod netlink;
 pub mod netns;
 pub mod state;
+pub mod stats;
 pub mod topology;

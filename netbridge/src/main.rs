@@ -10,10 +10,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use netbridge::{
-    bpf::{Maps, PinDir},
     config::Topology,
     netns::{self, Netns},
     state::State,
+    stats,
     topology::{self, host_has_link},
 };
 
@@ -67,8 +67,28 @@ enum Cmd {
     Stats {
         #[command(flatten)]
         which: Which,
+        /// Machine-readable output (one JSON object per refresh with --watch).
         #[arg(long)]
         json: bool,
+        /// Refresh in place like `top`, with rates (pps, bit/s).
+        #[arg(long)]
+        watch: bool,
+        /// Refresh interval for --watch (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Stop --watch after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Serve the counters as Prometheus metrics on http://LISTEN/metrics.
+    Metrics {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long, default_value = "127.0.0.1:9469")]
+        listen: std::net::SocketAddr,
+        /// Exit after serving this many requests (bounded runs, tests).
+        #[arg(long)]
+        max_requests: Option<u64>,
     },
     /// List the MAC addresses the BPF datapath learned (port, age).
     Fdb {
@@ -93,6 +113,9 @@ enum Cmd {
         /// How long to run traffic (e.g. 5s, 1m). Without it: until Ctrl-C.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Prefix the lab's names (run beside another copy).
+        #[arg(long)]
+        prefix: Option<String>,
     },
 }
 
@@ -192,7 +215,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Stats { which, json } => stats(&which, json),
+        Cmd::Stats {
+            which,
+            json,
+            watch,
+            interval,
+            count,
+        } => stats_cmd(&which, json, watch, interval, count),
+        Cmd::Metrics {
+            which,
+            listen,
+            max_requests,
+        } => {
+            let source = stats::Source::open(&name_of(&which)?)?;
+            stats::serve_metrics(source, listen, max_requests)
+                .with_context(|| format!("metrics server on {listen}"))
+        }
         Cmd::Fdb { which, json } => fdb(&which, json),
         Cmd::Check { file } => {
             let t = load(&Which {
@@ -210,7 +248,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Exec { netns, cmd } => exec(&netns, &cmd),
-        Cmd::Demo { duration } => demo(duration),
+        Cmd::Demo { duration, prefix } => demo(duration, prefix),
     }
 }
 
@@ -302,52 +340,27 @@ fn remount_sys() {
     );
 }
 
-/// The pinned maps of a running topology, plus ifindex -> port name.
-fn open_maps(which: &Which) -> Result<(String, Maps, impl Fn(u32) -> String)> {
-    let name = name_of(which)?;
-    let st = State::load(&name)?.with_context(|| format!("no topology named {name:?} is up"))?;
-    let dir = st
-        .pin_dir
-        .with_context(|| format!("{name} has no datapath loaded (no bridge ports)"))?;
-    let maps = Maps::open_pinned(&PinDir(dir)).context("opening pinned maps")?;
-    // Ifindex -> name in the topology's host namespace.
-    let host = st
-        .topology
-        .as_ref()
-        .map(topology::host_of)
-        .unwrap_or(Netns::Current);
-    let names = netns::run_in(
-        &host,
-        |h| async move { netbridge::netlink::links(&h).await },
-    )??;
-    let name_of = move |i: u32| {
-        names
-            .iter()
-            .find(|l| l.index == i)
-            .map(|l| l.name.clone())
-            .unwrap_or(format!("#{i}"))
-    };
-    Ok((name, maps, name_of))
-}
-
 fn fdb(which: &Which, json: bool) -> Result<()> {
-    let (_, maps, port_name) = open_maps(which)?;
-    let rows = maps.fdb()?;
+    let source = stats::Source::open(&name_of(which)?)?;
+    let rows = source.fdb()?;
     if json {
         let v: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"mac": r.mac, "vlan": r.vlan, "port": port_name(r.ifindex), "ifindex": r.ifindex, "age_secs": r.age_secs, "expired": r.expired}))
+            .map(|(r, port)| {
+                serde_json::json!({"mac": r.mac, "vlan": r.vlan, "port": port, "ifindex": r.ifindex,
+                                   "age_secs": r.age_secs, "expired": r.expired})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("{:<17} {:>4} {:<15} {:>8}", "mac", "vlan", "port", "age");
-    for r in rows {
+    for (r, port) in rows {
         println!(
             "{:<17} {:>4} {:<15} {:>7.1}s{}",
             r.mac,
             r.vlan,
-            port_name(r.ifindex),
+            port,
             r.age_secs,
             if r.expired { " (expired)" } else { "" }
         );
@@ -355,79 +368,48 @@ fn fdb(which: &Which, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn stats(which: &Which, json: bool) -> Result<()> {
-    let (name, maps, name_of) = open_maps(which)?;
-    let ports = maps.port_stats()?;
-    let drops = maps.drop_stats()?;
-    if json {
-        let ports: serde_json::Map<_, _> = ports
-            .iter()
-            .map(|(i, s)| {
-                (
-                    name_of(*i),
-                    serde_json::json!({
-                        "ifindex": i, "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
-                        "rx_ipv4": s.rx_ipv4, "rx_ipv6": s.rx_ipv6, "rx_arp": s.rx_arp,
-                        "rx_other": s.rx_other, "rx_vlan": s.rx_vlan, "rx_dropped": s.rx_dropped,
-                        "rx_redirected": s.rx_redirected, "rx_fallback": s.rx_fallback,
-                        "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
-                    }),
-                )
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "topology": name, "ports": ports, "drops": drops })
-            )?
-        );
+fn stats_cmd(
+    which: &Which,
+    json: bool,
+    watch: bool,
+    interval: Duration,
+    count: Option<u64>,
+) -> Result<()> {
+    let source = stats::Source::open(&name_of(which)?)?;
+    if !watch {
+        let snap = source.snapshot()?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&snap.json(None))?);
+        } else {
+            print!("{}", snap.table(None));
+        }
         return Ok(());
     }
-    println!(
-        "{:<15} {:>9} {:>11} {:>7} {:>6} {:>5} {:>9} {:>8} {:>9} {:>11} {:>7}",
-        "port",
-        "rx_pkts",
-        "rx_bytes",
-        "ipv4",
-        "ipv6",
-        "arp",
-        "redirect",
-        "kernel",
-        "tx_pkts",
-        "tx_bytes",
-        "dropped"
-    );
-    for (i, s) in &ports {
-        println!(
-            "{:<15} {:>9} {:>11} {:>7} {:>6} {:>5} {:>9} {:>8} {:>9} {:>11} {:>7}",
-            name_of(*i),
-            s.rx_packets,
-            s.rx_bytes,
-            s.rx_ipv4,
-            s.rx_ipv6,
-            s.rx_arp,
-            s.rx_redirected,
-            s.rx_fallback,
-            s.tx_packets,
-            s.tx_bytes,
-            s.rx_dropped
-        );
-    }
-    let total: u64 = drops.values().sum();
-    println!(
-        "drops: {}",
-        if total == 0 {
-            "none".to_string()
+    // Refresh in place like `top`: counters, and rates since the last frame.
+    let mut prev: Option<stats::Snapshot> = None;
+    let mut n = 0u64;
+    loop {
+        let snap = source.snapshot()?;
+        if json {
+            println!("{}", serde_json::to_string(&snap.json(prev.as_ref()))?);
         } else {
-            drops
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            print!("\x1b[2J\x1b[H");
+            println!(
+                "netbridge stats: {} (every {:.1}s, Ctrl-C to quit)\n",
+                snap.topology,
+                interval.as_secs_f64()
+            );
+            print!("{}", snap.table(prev.as_ref()));
         }
-    );
-    Ok(())
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        prev = Some(snap);
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
 }
 
 /// Tears the demo lab down on every exit path.
@@ -456,24 +438,26 @@ fn in_ns(ns: &str, argv: &[&str]) -> Command {
     c
 }
 
-fn demo(duration: Option<Duration>) -> Result<()> {
+fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
+    use std::io::IsTerminal;
     if !nix::unistd::Uid::effective().is_root() {
         bail!("the demo creates namespaces and loads eBPF programs: run it as root");
     }
-    let t = Topology::default_lab();
+    let mut t = Topology::default_lab();
+    if let Some(p) = &prefix {
+        t = topology::prefixed(&t, p, "<default lab>")?;
+    }
     println!(
-        "demo: bringing up lab {:?} (never touches the machine's root namespace)",
-        t.name
+        "demo: bringing up lab {:?}: its own host namespace {}, a simulated upstream, never the machine's root namespace",
+        t.name,
+        t.host_netns.as_deref().unwrap_or("-")
     );
     let mut guard = DemoGuard {
         name: t.name.clone(),
         children: Vec::new(),
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc_flag(stop);
-    }
+    ctrlc_flag(stop.clone());
     let report = topology::up(&t)?;
     println!("demo: up ({} changes)", report.changes.len());
     let bridged: Vec<_> = t.namespaces.iter().filter(|n| t.on_bridge(n)).collect();
@@ -501,18 +485,28 @@ fn demo(duration: Option<Duration>) -> Result<()> {
     guard.children.push(child);
     std::thread::sleep(Duration::from_millis(500));
 
+    let source = stats::Source::open(&t.name)?;
+    let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
+    let mut prev: Option<stats::Snapshot> = None;
     let mut round = 0u32;
+    let mut http_ok = 0u32;
     loop {
         round += 1;
+        // Every pair: the lab routes between its /24s through the gateway
+        // (kernel), while frames between on-link neighbours take the BPF
+        // fast path.
         for a in &bridged {
             for b in &bridged {
                 if a.name != b.name
                     && let Some(ip) = first_v4(b)
                 {
-                    let _ = in_ns(&a.name, &["ping", "-c", "1", "-W", "1", "-q", &ip])
-                        .stdout(Stdio::null())
-                        .status();
+                    let _ = in_ns(
+                        &a.name,
+                        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", &ip],
+                    )
+                    .stdout(Stdio::null())
+                    .status();
                 }
             }
         }
@@ -534,30 +528,38 @@ fn demo(duration: Option<Duration>) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-        print!("\x1b[2J\x1b[H");
+        http_ok += u32::from(fetched == "200");
+        let snap = source.snapshot()?;
+        if tty {
+            print!("\x1b[2J\x1b[H");
+        }
         println!(
-            "netbridge demo: lab {} | round {round} | {:.0}s | HTTP {} from {} -> {}",
+            "netbridge demo: lab {} | round {round} | {:.0}s | HTTP {fetched} from {} -> {url}",
             t.name,
             start.elapsed().as_secs_f64(),
-            fetched,
             bridged[0].name,
-            url
         );
-        println!("per-port counters read from the BPF maps (TC ingress of each bridge port):\n");
-        stats(
-            &Which {
-                file: None,
-                name: Some(t.name.clone()),
-                prefix: None,
-            },
-            false,
-        )?;
+        println!(
+            "per-port counters from the BPF maps (TC ingress of each bridge port; redirect = BPF fast path, kernel = Linux bridge):\n"
+        );
+        print!("{}", snap.table(prev.as_ref()));
+        prev = Some(snap);
         let done = duration.is_some_and(|d| start.elapsed() >= d);
         if done || stop.load(std::sync::atomic::Ordering::Relaxed) {
             break;
         }
-        println!("\n(Ctrl-C to stop and tear down)");
+        if tty {
+            println!("\n(Ctrl-C to stop and tear down)");
+        }
         std::thread::sleep(Duration::from_secs(1));
+    }
+    if let Some(last) = &prev {
+        let (redirected, kernel): (u64, u64) = last.ports.iter().fold((0, 0), |(r, k), p| {
+            (r + p.stats.rx_redirected, k + p.stats.rx_fallback)
+        });
+        println!(
+            "\ndemo summary: {round} rounds, HTTP 200 in {http_ok}; {redirected} frames took the BPF fast path, {kernel} went to the kernel bridge"
+        );
     }
     drop(guard);
     Ok(())

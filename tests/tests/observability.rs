@@ -1,0 +1,217 @@
+//! Live stats: `stats --json/--watch`, the Prometheus endpoint scraped by a
+//! real HTTP client while traffic runs, and the non-interactive demo.
+use std::time::Duration;
+
+use netbridge_tests::{Sandbox, require_root};
+
+fn example(name: &str) -> String {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    p.canonicalize().unwrap().display().to_string()
+}
+
+/// Value of the sample `name{...labels...}` in a Prometheus text body.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        let (metric, rest) = key.split_once('{')?;
+        let ok = metric == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        if ok { value.parse().ok() } else { None }
+    })
+}
+
+#[test]
+fn metrics_endpoint_and_stats_move_with_traffic() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let file = example("bridge-three.toml");
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (black, white) = (sb.name("black"), sb.name("white"));
+    let topo = format!("{prefix}bridge-three");
+
+    // The metrics server runs in the sandbox host, on its loopback.
+    let bin = netbridge_tests::netbridge_bin();
+    let host = sb.host.clone();
+    sb.spawn(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "metrics",
+            "--name",
+            &topo,
+            "--listen",
+            "127.0.0.1:9469",
+            "--max-requests",
+            "20",
+        ],
+    );
+    let scrape = |sb: &Sandbox| -> Option<String> {
+        let o = sb.sh_output(
+            &sb.host,
+            "curl -s -m 2 -w '\\n%{http_code} %{content_type}' http://127.0.0.1:9469/metrics",
+        );
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, status) = s.rsplit_once('\n')?;
+        status
+            .starts_with("200 text/plain")
+            .then(|| body.to_string())
+    };
+    let first =
+        Sandbox::wait_for(Duration::from_secs(10), || scrape(&sb)).expect("metrics endpoint up");
+    assert!(
+        first.contains("# TYPE netbridge_port_rx_packets_total counter"),
+        "{first}"
+    );
+    let labels = [
+        ("topology", topo.as_str()),
+        ("port", "nb-black"),
+        ("namespace", black.as_str()),
+    ];
+    let redirected =
+        |body: &str| sample(body, "netbridge_port_redirected_total", &labels).unwrap_or(0);
+    let before = redirected(&first);
+
+    sb.sh(&black, "ping -c 50 -i 0.01 -W 2 -q 192.168.2.1");
+    let second = scrape(&sb).expect("second scrape");
+    let after = redirected(&second);
+    assert!(
+        after >= before + 50,
+        "redirected {before} -> {after}\n{second}"
+    );
+    assert!(
+        sample(
+            &second,
+            "netbridge_port_rx_frames_total",
+            &[("port", "nb-white"), ("class", "ipv4")]
+        )
+        .unwrap()
+            >= 50,
+        "{second}"
+    );
+    assert!(
+        sample(
+            &second,
+            "netbridge_fdb_entries",
+            &[("topology", topo.as_str())]
+        )
+        .unwrap()
+            >= 2
+    );
+    assert_eq!(
+        sample(
+            &second,
+            "netbridge_drops_total",
+            &[("reason", "bad_ipv4_header")]
+        ),
+        Some(0)
+    );
+    // Unknown paths are 404, not metrics.
+    let o = sb.sh_output(
+        &sb.host,
+        "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9469/nope",
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "404");
+
+    // stats --watch --json: one object per refresh, the later ones with rates.
+    sb.spawn(
+        &black,
+        &["ping", "-c", "40", "-i", "0.05", "-q", "192.168.2.1"],
+    );
+    let out = sb.netbridge(&[
+        "stats",
+        "--name",
+        &topo,
+        "--watch",
+        "--json",
+        "--interval",
+        "500ms",
+        "--count",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 3);
+    assert!(frames[0]["ports"]["nb-black"].get("rates").is_none());
+    let pps = frames[2]["ports"]["nb-black"]["rates"]["rx_pps"]
+        .as_f64()
+        .unwrap();
+    assert!(pps > 0.0, "no rate while pinging: {}", frames[2]);
+    assert_eq!(frames[2]["ports"]["nb-white"]["namespace"], white.as_str());
+
+    // The table form names the columns a user looks for.
+    let out = sb.netbridge(&["stats", "--name", &topo]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for col in [
+        "port",
+        "namespace",
+        "redirect",
+        "kernel",
+        "rx_pps",
+        "dropped",
+        "fdb entries",
+    ] {
+        assert!(table.contains(col), "missing {col}:\n{table}");
+    }
+    let out = sb.netbridge(&["down", "--name", &topo]);
+    assert!(out.status.success());
+}
+
+/// What `cargo xtask run -- --duration 5s` runs: exits 0 on its own, shows
+/// non-zero counters and working HTTP, and leaves nothing behind.
+#[test]
+fn demo_runs_non_interactively_and_cleans_up() {
+    require_root!();
+    let sb = Sandbox::new();
+    let before = sb.snapshot();
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["demo", "--duration", "3s", "--prefix", &prefix]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("\x1b[2J"),
+        "no screen clearing when not a terminal"
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("demo summary"))
+        .expect("summary line");
+    // "demo summary: N rounds, HTTP 200 in K; R frames took the BPF fast path, F went ..."
+    let num_before = |word: &str| -> u64 {
+        let i = summary.find(word).unwrap();
+        summary[..i]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_end_matches(';')
+            .parse()
+            .unwrap()
+    };
+    assert!(num_before("frames took") > 0, "{summary}");
+    assert!(
+        summary.contains("HTTP 200 in") && !summary.contains("HTTP 200 in 0;"),
+        "{summary}"
+    );
+    assert!(stdout.contains("torn down"), "{stdout}");
+    assert_eq!(sb.snapshot(), before, "demo left residue");
+}
