@@ -3,6 +3,7 @@
 //! Every command first checks the toolchain and the tools the tests drive
 //! (Debian's BPF-capable rustc, bpf-linker, iproute2, ping, ...) and installs
 //! whatever is missing, saying what it does.
+mod bench;
 mod ebpf_build;
 
 use std::{
@@ -36,6 +37,18 @@ enum Cmd {
     },
     /// Only check/install the toolchain and test tools.
     Setup,
+    /// Datapaths side by side (direct veth, Linux bridge, netbridge TC and
+    /// XDP), interleaved rounds; writes target/bench/results.{txt,json,svg}.
+    Bench {
+        /// Smoke-test size (~1 minute): 2 rounds of 2 s streams.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds per stream measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+    },
 }
 
 /// Debian packages: the eBPF toolchain (TOOLCHAIN.md) and what tests drive.
@@ -83,6 +96,31 @@ fn main() -> Result<()> {
                 bail!("netbridge {} exited with {status}", full.join(" "));
             }
             Ok(())
+        }
+        Cmd::Bench {
+            quick,
+            rounds,
+            secs,
+        } => {
+            setup()?;
+            if !is_root() {
+                bail!("the bench builds namespaces and loads eBPF: run it as root");
+            }
+            cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
+            let opts = if quick {
+                bench::Options {
+                    rounds: 2,
+                    secs: 2,
+                    rr_count: 200,
+                }
+            } else {
+                bench::Options {
+                    rounds: rounds.max(1),
+                    secs: secs.clamp(1, 60),
+                    rr_count: 1000,
+                }
+            };
+            bench::run(&root, &root.join("target/debug/netbridge"), &opts)
         }
         Cmd::Test { args } => {
             setup()?;

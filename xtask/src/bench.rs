@@ -1,0 +1,485 @@
+//! `cargo xtask bench`: the datapaths side by side, interleaved, in one run.
+//!
+//! Every setup is two sandbox namespaces ("client", "server") joined by a
+//! different datapath; rounds run A B D D' A B D D' ... so drift (thermal,
+//! noisy neighbours) hits every setup alike. Each tool is pinned: server on
+//! the last CPU, client on CPU 0. Nothing touches the root namespace.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+const SERVER_IP: &str = "192.168.50.2";
+const CLIENT_IP: &str = "192.168.50.1";
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Setup {
+    /// A: a direct veth pair, the physical limit.
+    Direct,
+    /// B: two veths on a Linux bridge.
+    LinuxBridge,
+    /// D: netbridge, TC programs with bpf_redirect_peer.
+    NetbridgeTc,
+    /// D': netbridge, XDP programs with XDP_REDIRECT.
+    NetbridgeXdp,
+}
+
+impl Setup {
+    const ALL: [Setup; 4] = [
+        Setup::Direct,
+        Setup::LinuxBridge,
+        Setup::NetbridgeTc,
+        Setup::NetbridgeXdp,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Direct => "A direct veth",
+            Setup::LinuxBridge => "B linux bridge",
+            Setup::NetbridgeTc => "D netbridge tc",
+            Setup::NetbridgeXdp => "D' netbridge xdp",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Setup::Direct => "direct",
+            Setup::LinuxBridge => "bridge",
+            Setup::NetbridgeTc => "netbridge_tc",
+            Setup::NetbridgeXdp => "netbridge_xdp",
+        }
+    }
+}
+
+/// Workloads and their unit; higher is better except latency.
+const WORKLOADS: [(&str, &str, bool); 4] = [
+    ("tcp_stream", "Gbit/s", true),
+    ("udp64_pps", "kpps", true),
+    ("rr_p50", "us", false),
+    ("rr_p99", "us", false),
+];
+
+fn sh(ns: Option<&str>, script: &str) -> Result<String> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .args(["--", "sh", "-c", script]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        }
+    };
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{script}` in {} failed: {}",
+            ns.unwrap_or("(bench host)"),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One setup's namespaces; removed on drop, also on error or panic.
+struct Lab {
+    prefix: String,
+    netbridge: PathBuf,
+    topo_file: Option<PathBuf>,
+}
+
+impl Lab {
+    fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn up(setup: Setup, id: &str, netbridge: &Path, dir: &Path) -> Result<Lab> {
+        let mut lab = Lab {
+            prefix: format!("nbb{id}{}-", setup.key().chars().next().unwrap_or('x')),
+            netbridge: netbridge.to_path_buf(),
+            topo_file: None,
+        };
+        let (c, s, h) = (lab.ns("client"), lab.ns("server"), lab.ns("host"));
+        match setup {
+            Setup::Direct => {
+                for n in [&c, &s] {
+                    sh(
+                        None,
+                        &format!("ip netns add {n} && ip -n {n} link set lo up"),
+                    )?;
+                }
+                sh(
+                    None,
+                    &format!("ip -n {c} link add eth0 type veth peer name eth0 netns {s}"),
+                )?;
+                for (n, ip) in [(&c, CLIENT_IP), (&s, SERVER_IP)] {
+                    sh(
+                        None,
+                        &format!(
+                            "ip -n {n} addr add {ip}/24 dev eth0 && ip -n {n} link set eth0 up"
+                        ),
+                    )?;
+                }
+            }
+            Setup::LinuxBridge => {
+                for n in [&c, &s, &h] {
+                    sh(
+                        None,
+                        &format!("ip netns add {n} && ip -n {n} link set lo up"),
+                    )?;
+                }
+                sh(
+                    None,
+                    &format!("ip -n {h} link add br0 type bridge && ip -n {h} link set br0 up"),
+                )?;
+                for (n, port, ip) in [(&c, "p-client", CLIENT_IP), (&s, "p-server", SERVER_IP)] {
+                    sh(
+                        None,
+                        &format!(
+                            "ip -n {h} link add {port} type veth peer name eth0 netns {n} && \
+                             ip -n {h} link set {port} master br0 up && \
+                             ip -n {n} addr add {ip}/24 dev eth0 && ip -n {n} link set eth0 up"
+                        ),
+                    )?;
+                }
+            }
+            Setup::NetbridgeTc | Setup::NetbridgeXdp => {
+                let datapath = if setup == Setup::NetbridgeXdp {
+                    "xdp"
+                } else {
+                    "tc"
+                };
+                let file = dir.join(format!("{}{datapath}.toml", lab.prefix));
+                std::fs::write(
+                    &file,
+                    format!(
+                        "name = \"bench\"\nhost_netns = \"host\"\ndatapath = \"{datapath}\"\n\
+                         [bridge]\nname = \"br0\"\n\
+                         [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n\
+                         [[namespace]]\nname = \"server\"\nhost_ifname = \"p-server\"\naddresses = [\"{SERVER_IP}/24\"]\n"
+                    ),
+                )?;
+                lab.topo_file = Some(file.clone());
+                let out = Command::new(&lab.netbridge)
+                    .args(["up", "-f"])
+                    .arg(&file)
+                    .args(["--prefix", &lab.prefix])
+                    .output()?;
+                if !out.status.success() {
+                    bail!(
+                        "netbridge up ({datapath}): {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        // Warm up ARP and, for netbridge, the FDB.
+        sh(Some(&c), &format!("ping -c 3 -i 0.2 -W 2 -q {SERVER_IP}"))?;
+        Ok(lab)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(f) = &self.topo_file {
+            let _ = Command::new(&self.netbridge)
+                .args(["down", "-f"])
+                .arg(f)
+                .args(["--prefix", &self.prefix])
+                .stdout(Stdio::null())
+                .status();
+            let _ = std::fs::remove_file(f);
+        }
+        for role in ["client", "server", "host"] {
+            let n = self.ns(role);
+            if Path::new("/run/netns").join(&n).exists() {
+                let _ = sh(None, &format!("ip netns del {n}"));
+            }
+        }
+    }
+}
+
+/// Runs an iperf3 client against a one-shot server, both pinned.
+fn iperf(lab: &Lab, secs: u32, udp64: bool) -> Result<f64> {
+    let (c, s) = (lab.ns("client"), lab.ns("server"));
+    let last_cpu = std::thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0);
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{s}"))
+        .args([
+            "--",
+            "taskset",
+            "-c",
+            &last_cpu.to_string(),
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            SERVER_IP,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let args = if udp64 {
+        format!("-u -b 0 -l 64 -t {secs}")
+    } else {
+        format!("-t {secs}")
+    };
+    let out = sh(
+        Some(&c),
+        &format!(
+            "timeout {} taskset -c 0 iperf3 -c {SERVER_IP} {args} -J",
+            secs + 10
+        ),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_str(&out?).context("iperf3 JSON")?;
+    if udp64 {
+        // Packets the receiver got per second.
+        let sum = &v["end"]["sum"];
+        let sent = sum["packets"].as_f64().context("udp packets")?;
+        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+        let secs = sum["seconds"].as_f64().unwrap_or(secs as f64);
+        Ok((sent - lost) / secs / 1e3)
+    } else {
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("tcp bits_per_second")?;
+        Ok(bps / 1e9)
+    }
+}
+
+/// Request/response latency: `count` ICMP echo exchanges, one outstanding
+/// at a time; returns (p50, p99) in microseconds.
+fn rr(lab: &Lab, count: u32) -> Result<(f64, f64)> {
+    let out = sh(
+        Some(&lab.ns("client")),
+        &format!("taskset -c 0 ping -c {count} -i 0.002 -W 1 {SERVER_IP}"),
+    )?;
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next())
+        .filter_map(|t| t.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    if rtts.is_empty() {
+        bail!("no RTTs measured");
+    }
+    rtts.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    Ok((pct(0.50), pct(0.99)))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+pub struct Options {
+    pub rounds: u32,
+    pub secs: u32,
+    pub rr_count: u32,
+}
+
+pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let id = format!("{:05}", std::process::id() % 100_000);
+    // samples[setup][workload] = one value per round
+    let mut samples: BTreeMap<Setup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let started = Instant::now();
+    let total = opts.rounds as usize * Setup::ALL.len();
+    let mut done = 0;
+    for round in 1..=opts.rounds {
+        for setup in Setup::ALL {
+            done += 1;
+            eprintln!(
+                "bench: [{done}/{total}] round {round}/{} {:<17} ({:.0}s elapsed)",
+                opts.rounds,
+                setup.label(),
+                started.elapsed().as_secs_f64()
+            );
+            let lab = Lab::up(setup, &id, netbridge, &out_dir)?;
+            let s = samples.entry(setup).or_default();
+            s.entry("tcp_stream")
+                .or_default()
+                .push(iperf(&lab, opts.secs, false)?);
+            s.entry("udp64_pps")
+                .or_default()
+                .push(iperf(&lab, opts.secs, true)?);
+            let (p50, p99) = rr(&lab, opts.rr_count)?;
+            s.entry("rr_p50").or_default().push(p50);
+            s.entry("rr_p99").or_default().push(p99);
+            drop(lab);
+        }
+    }
+
+    let med = |s: Setup, w: &str| {
+        median(
+            samples
+                .get(&s)
+                .and_then(|m| m.get(w))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        )
+    };
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "medians of {} interleaved rounds ({} s per stream, {} RR exchanges); ratios are netbridge / baseline\n",
+        opts.rounds, opts.secs, opts.rr_count
+    );
+    let _ = writeln!(
+        table,
+        "{:<11} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "workload", "unit", "A direct", "B bridge", "D tc", "D' xdp", "D/A", "D/B", "D'/A", "D'/B"
+    );
+    let mut json_workloads = serde_json::Map::new();
+    for (w, unit, _) in WORKLOADS {
+        let (a, b, d, x) = (
+            med(Setup::Direct, w),
+            med(Setup::LinuxBridge, w),
+            med(Setup::NetbridgeTc, w),
+            med(Setup::NetbridgeXdp, w),
+        );
+        let _ = writeln!(
+            table,
+            "{w:<11} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            d / a,
+            d / b,
+            x / a,
+            x / b
+        );
+        let per_setup: serde_json::Map<String, serde_json::Value> = Setup::ALL
+            .iter()
+            .map(|s| {
+                let v = samples
+                    .get(s)
+                    .and_then(|m| m.get(w))
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    s.key().to_string(),
+                    serde_json::json!({"median": med(*s, w), "samples": v}),
+                )
+            })
+            .collect();
+        json_workloads.insert(
+            w.to_string(),
+            serde_json::json!({"unit": unit, "setups": per_setup,
+                "ratios": {"tc_vs_direct": d / a, "tc_vs_bridge": d / b, "xdp_vs_direct": x / a, "xdp_vs_bridge": x / b}}),
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nnot yet measured: C (bridge + iptables NAT) and the SNAT/DNAT paths need the BPF NAT; \
+         scale runs (100k sessions, 1000 forwards, 100-namespace up) likewise"
+    );
+    print!("{table}");
+    let json = serde_json::json!({
+        "rounds": opts.rounds, "seconds_per_stream": opts.secs, "rr_exchanges": opts.rr_count,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "workloads": json_workloads,
+    });
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(out_dir.join("results.txt"), &table)?;
+    std::fs::write(out_dir.join("results.svg"), svg(&med))?;
+    eprintln!(
+        "bench: wrote {}/results.{{txt,json,svg}} in {:.0}s",
+        out_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Grouped bar chart: one panel per workload, bars normalised to A.
+fn svg(med: &dyn Fn(Setup, &str) -> f64) -> String {
+    let colors = ["#888888", "#4477aa", "#228833", "#ccbb44"];
+    let (pw, ph, pad) = (230.0, 220.0, 40.0);
+    let width = pad + WORKLOADS.len() as f64 * (pw + pad);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{pad}\" y=\"20\" font-size=\"14\">netbridge bench: medians, relative to A (direct veth = 1.0)</text>\n",
+        ph + 110.0
+    );
+    for (i, (w, unit, higher_better)) in WORKLOADS.iter().enumerate() {
+        let x0 = pad + i as f64 * (pw + pad);
+        let y0 = 50.0;
+        let base = med(Setup::Direct, w);
+        let vals: Vec<f64> = Setup::ALL.iter().map(|st| med(*st, w) / base).collect();
+        let max = vals
+            .iter()
+            .cloned()
+            .filter(|v| v.is_finite())
+            .fold(1.0, f64::max)
+            * 1.1;
+        let _ = writeln!(
+            s,
+            "<text x=\"{x0}\" y=\"{}\">{w} ({unit}, {} is better)</text>",
+            y0 - 6.0,
+            if *higher_better { "higher" } else { "lower" }
+        );
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+            y0 + ph,
+            x0 + pw,
+            y0 + ph
+        );
+        let bw = pw / (vals.len() as f64 * 1.5);
+        for (j, v) in vals.iter().enumerate() {
+            let v = if v.is_finite() { *v } else { 0.0 };
+            let h = v / max * ph;
+            let x = x0 + j as f64 * bw * 1.5 + bw * 0.25;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{h:.1}\" fill=\"{}\"/>\n\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.2}</text>",
+                y0 + ph - h,
+                colors[j],
+                x + bw / 2.0,
+                y0 + ph - h - 3.0
+            );
+        }
+    }
+    for (j, st) in Setup::ALL.iter().enumerate() {
+        let x = pad + j as f64 * 160.0;
+        let y = ph + 85.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            colors[j],
+            x + 16.0,
+            y + 10.0,
+            st.label()
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
