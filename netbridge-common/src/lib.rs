@@ -41,6 +41,11 @@ pub const FDB_REFRESH_NS: u64 = 1_000_000_000;
 
 /// [`PortConfig::flags`]: frames to this port may take the redirect fast path.
 pub const PORT_FAST_PATH: u32 = 1;
+/// [`PortConfig::flags`]: frames from this port must carry the namespace's
+/// own MAC and one of its IPv4 addresses (anti-spoofing).
+pub const PORT_ANTI_SPOOF: u32 = 2;
+/// IPv4 source addresses a port may use.
+pub const MAX_PORT_IPV4: usize = 4;
 
 /// One bridge port as the datapath knows it.
 #[repr(C)]
@@ -50,8 +55,14 @@ pub struct PortConfig {
     pub ifindex: u32,
     /// `PORT_*` bits.
     pub flags: u32,
+    /// MAC of the namespace end of the port, wire order.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// IPv4 sources the namespace may use, network byte order; unused
+    /// slots are 0.0.0.0 (which is always allowed: DHCP).
+    pub ipv4: [[u8; 4]; MAX_PORT_IPV4],
 }
-const _: () = assert!(core::mem::size_of::<PortConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<PortConfig>() == 32);
 
 /// FDB key: a MAC address in a VLAN.
 #[repr(C)]
@@ -154,8 +165,14 @@ pub mod drop_reason {
     pub const BAD_IPV4_HEADER: u32 = 3;
     /// Source MAC is multicast/broadcast or all-zero: never valid.
     pub const BAD_SRC_MAC: u32 = 4;
+    /// Source MAC is not the namespace's own (anti-spoofing).
+    pub const SPOOFED_MAC: u32 = 5;
+    /// IPv4 source is not one of the namespace's addresses (anti-spoofing).
+    pub const SPOOFED_IPV4: u32 = 6;
+    /// ARP sender MAC/IP is not the namespace's own (anti-spoofing).
+    pub const SPOOFED_ARP: u32 = 7;
     /// Number of reason codes (size of the drop map).
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
 
     /// Human names, indexed by code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -164,6 +181,9 @@ pub mod drop_reason {
         "vlan_too_deep",
         "bad_ipv4_header",
         "bad_src_mac",
+        "spoofed_mac",
+        "spoofed_ipv4",
+        "spoofed_arp",
     ];
 }
 

@@ -11,9 +11,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
 };
 use netbridge_common::{
-    BridgeConfig, FDB_REFRESH_NS, FDB_SIZE, FdbEntry, FdbKey, MAX_PORTS, PORT_FAST_PATH,
-    PortConfig, drop_reason,
+    BridgeConfig, FDB_REFRESH_NS, FDB_SIZE, FdbEntry, FdbKey, MAX_PORTS, PORT_ANTI_SPOOF,
+    PORT_FAST_PATH, PortConfig, drop_reason,
 };
+
+use crate::{guard, parse::Eth};
 
 #[map]
 static NB_PORTS: HashMap<u32, PortConfig> = HashMap::pinned(MAX_PORTS, 0);
@@ -38,20 +40,30 @@ fn is_multicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
 }
 
-/// Bridging decision for a frame that entered port `in_port`.
-/// `vlan_tagged` frames are left to the kernel bridge (VLAN filtering is its job).
+/// Bridging decision for a frame (`eth`, within `start..end`) that entered
+/// port `in_port`. `vlan_tagged` frames are left to the kernel bridge (VLAN
+/// filtering is its job).
 #[inline(always)]
 pub fn decide(
     in_port: u32,
-    src: &[u8; 6],
-    dst: &[u8; 6],
+    eth: &Eth,
+    start: usize,
+    end: usize,
     vlan_tagged: bool,
 ) -> Result<Verdict, u32> {
+    let (src, dst) = (&eth.src, &eth.dst);
     if is_multicast(src) || *src == [0u8; 6] {
         return Err(drop_reason::BAD_SRC_MAC);
     }
     // Only ports netbridge configured take part; anything else is untouched.
-    if unsafe { NB_PORTS.get(&in_port) }.is_none() || vlan_tagged {
+    let Some(port) = (unsafe { NB_PORTS.get(&in_port) }) else {
+        return Ok(Verdict::Fallback);
+    };
+    if port.flags & PORT_ANTI_SPOOF != 0 {
+        // Before learning: a forged MAC must not poison the FDB either.
+        guard::check_source(port, eth, start, end)?;
+    }
+    if vlan_tagged {
         return Ok(Verdict::Fallback);
     }
     let now = unsafe { bpf_ktime_get_ns() };

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod bridge;
+mod guard;
 mod parse;
 mod stats;
 
@@ -41,7 +42,7 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     }
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
-    match bridge::decide(ifindex, &eth.src, &eth.dst, tagged)? {
+    match bridge::decide(ifindex, &eth, ctx.data(), ctx.data_end(), tagged)? {
         Verdict::Redirect(out) => {
             stats::count_verdict(ifindex, len, Some(out));
             // Straight into the destination namespace's ingress: no bridge,
@@ -78,7 +79,7 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     if let L3::Ipv4 = eth.l3 {
         parse::check_ipv4(start, end, eth.l3_off)?;
     }
-    match bridge::decide(ifindex, &eth.src, &eth.dst, eth.vlan_tags > 0)? {
+    match bridge::decide(ifindex, &eth, start, end, eth.vlan_tags > 0)? {
         Verdict::Redirect(out) => {
             stats::count_verdict(ifindex, len, Some(out));
             // Transmit out of the destination port: its peer (the namespace

@@ -130,6 +130,24 @@ pub struct Maps {
     pub config: Array<MapData, BridgeConfig>,
 }
 
+/// A port's datapath entry: fast path on, anti-spoofing if `identity` (the
+/// namespace's MAC and IPv4 addresses, at most MAX_PORT_IPV4) is given.
+pub fn port_config(ifindex: u32, identity: Option<([u8; 6], &[std::net::Ipv4Addr])>) -> PortConfig {
+    let mut p = PortConfig {
+        ifindex,
+        flags: netbridge_common::PORT_FAST_PATH,
+        ..PortConfig::default()
+    };
+    if let Some((mac, ips)) = identity {
+        p.flags |= netbridge_common::PORT_ANTI_SPOOF;
+        p.mac = mac;
+        for (slot, ip) in p.ipv4.iter_mut().zip(ips) {
+            *slot = ip.octets();
+        }
+    }
+    p
+}
+
 /// The bridge as the datapath's gateway.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gateway {
@@ -203,11 +221,12 @@ impl Maps {
         })
     }
 
-    /// Makes exactly `ports` (ifindexes) fast-path ports and sets the aging
-    /// and the gateway (the bridge): ifindex, MAC, first IPv4 address.
+    /// Makes exactly `ports` the datapath's ports (replacing any others)
+    /// and sets the aging and the gateway (the bridge): ifindex, MAC, first
+    /// IPv4 address.
     pub fn configure(
         &mut self,
-        ports: &[u32],
+        ports: &[PortConfig],
         aging_secs: u32,
         gateway: Option<Gateway>,
     ) -> Result<(), BpfError> {
@@ -221,17 +240,15 @@ impl Maps {
             .ports
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !ports.contains(k))
+            .filter(|k| !ports.iter().any(|p| p.ifindex == *k))
             .collect();
         for k in stale {
             self.ports.remove(&k).map_err(err(MAP_PORTS))?;
         }
-        for &ifindex in ports {
-            let cfg = PortConfig {
-                ifindex,
-                flags: netbridge_common::PORT_FAST_PATH,
-            };
-            self.ports.insert(ifindex, cfg, 0).map_err(err(MAP_PORTS))?;
+        for p in ports {
+            self.ports
+                .insert(p.ifindex, *p, 0)
+                .map_err(err(MAP_PORTS))?;
         }
         let gw = gateway.unwrap_or_default();
         let cfg = BridgeConfig {

@@ -90,6 +90,10 @@ fn default_ifname() -> String {
     "eth0".into()
 }
 
+fn default_true() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bridge {
@@ -124,6 +128,10 @@ pub struct Namespace {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
+    /// Drop frames from this namespace whose source MAC, IPv4 address or ARP
+    /// sender is not its own (bridge ports only).
+    #[serde(default = "default_true")]
+    pub anti_spoof: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -507,6 +515,17 @@ impl Validator<'_> {
                         "namespace is on the bridge but the topology has no [bridge]",
                     ));
                 }
+                let v4 = ns.addresses.iter().filter(|a| a.addr().is_ipv4()).count();
+                if ns.anti_spoof && v4 > netbridge_common::MAX_PORT_IPV4 {
+                    return Err(self.err(
+                        f("addresses"),
+                        format!("{v4} IPv4 addresses"),
+                        format!(
+                            "anti-spoofing allows at most {} IPv4 addresses per namespace; set anti_spoof = false",
+                            netbridge_common::MAX_PORT_IPV4
+                        ),
+                    ));
+                }
                 let host_if = Topology::host_ifname(ns);
                 self.ifname(&f("host_ifname"), &host_if)?;
                 declare(None, &host_if, f("host_ifname"))?;
@@ -878,6 +897,29 @@ mod tests {
         );
         let bt = parse(include_str!("../../examples/bridge-three.toml")).unwrap();
         assert_eq!(bt.namespaces.iter().filter(|n| bt.on_bridge(n)).count(), 3);
+    }
+
+    #[test]
+    fn anti_spoof() {
+        let ns = |extra: &str, n: usize| {
+            let addrs: Vec<String> = (1..=n).map(|i| format!("\"192.168.{i}.1/24\"")).collect();
+            format!(
+                "{BRIDGE}[[namespace]]\nname = \"a\"\naddresses = [{}]\n{extra}",
+                addrs.join(", ")
+            )
+        };
+        assert!(
+            parse(&ns("", 1)).unwrap().namespaces[0].anti_spoof,
+            "on by default"
+        );
+        assert_err(
+            &ns("", 5),
+            &[
+                "namespace[0].addresses = 5 IPv4 addresses",
+                "anti_spoof = false",
+            ],
+        );
+        assert!(!parse(&ns("anti_spoof = false\n", 5)).unwrap().namespaces[0].anti_spoof);
     }
 
     #[test]

@@ -452,7 +452,31 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
             (b.name.clone(), ipv4)
         });
         let xdp = t.datapath == crate::config::Datapath::Xdp;
-        let host_ports: Vec<String> = ports.iter().map(|p| p.0.clone()).collect();
+        // Each port's identity for anti-spoofing: the namespace end's MAC
+        // and the namespace's IPv4 addresses.
+        let mut host_ports = Vec::new();
+        for n in t.namespaces.iter().filter(|n| t.on_bridge(n)) {
+            let identity = if n.anti_spoof {
+                let ifname = n.ifname.clone();
+                let mac = in_ns(&Netns::named(&n.name), move |h| async move {
+                    netlink::link(&h, &ifname)
+                        .await
+                        .map(|l| l.and_then(|l| l.mac))
+                })?;
+                let v4: Vec<std::net::Ipv4Addr> = n
+                    .addresses
+                    .iter()
+                    .filter_map(|a| match a.addr() {
+                        IpAddr::V4(v4) => Some(v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                mac.map(|m| (m, v4))
+            } else {
+                None
+            };
+            host_ports.push((Topology::host_ifname(n), identity));
+        }
         // Host side: load (maps reused from pins), attach the port program
         // of the chosen datapath, detach the other one, write the port set.
         let (mut dp, changes) = in_ns(&host, move |h| async move {
@@ -460,13 +484,14 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
             let links = netlink::links(&h).await?;
             let find = |n: &str| links.iter().find(|l| l.name == n);
             let mut changes = Vec::new();
-            let mut ifindexes = Vec::new();
-            for p in &host_ports {
+            let mut port_configs = Vec::new();
+            for (p, identity) in &host_ports {
                 let l = find(p).ok_or_else(|| TopologyError::Vanished {
                     ns: "host".into(),
                     ifname: p.clone(),
                 })?;
-                ifindexes.push(l.index);
+                let identity = identity.as_ref().map(|(mac, v4)| (*mac, v4.as_slice()));
+                port_configs.push(bpf::port_config(l.index, identity));
                 let (drop_other, attached) = if xdp {
                     (
                         dp.detach_port_tc(p),
@@ -497,7 +522,7 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
                     ipv4,
                 })
             });
-            dp.maps.configure(&ifindexes, aging, gateway)?;
+            dp.maps.configure(&port_configs, aging, gateway)?;
             Ok::<_, TopologyError>((dp, changes))
         })?;
         run.changes.extend(changes);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use netbridge::{
-    bpf::{Datapath, PinDir, ensure_bpffs},
+    bpf::{Datapath, PinDir, ensure_bpffs, port_config},
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{FdbKey, drop_reason};
@@ -23,6 +23,7 @@ const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 const MAC_UNKNOWN: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 const MAC_GW: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 
 /// BPF_PROG_TEST_RUN frames enter on `lo` (ifindex 1: this kernel rejects
 /// any ifindex in the test context), configured as bridge port "A"; a
@@ -48,7 +49,13 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
             mac: MAC_GW,
             ipv4: Some(std::net::Ipv4Addr::new(192, 168, 0, 1)),
         };
-        dp.maps.configure(&[ia, ib], 300, Some(gw)).unwrap();
+        dp.maps
+            .configure(
+                &[port_config(ia, None), port_config(ib, None)],
+                300,
+                Some(gw),
+            )
+            .unwrap();
         let fd = dp.prog_fd(netbridge_common::PROG_PORT_INGRESS).unwrap();
         let run = |f: &[u8]| {
             run_tc(fd, f).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {f:02x?}: {e}"))
@@ -159,9 +166,52 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
         assert_eq!(drops(&dp, drop_reason::BAD_SRC_MAC), 1);
         assert_eq!(port(&dp, ia).rx_dropped, 5);
 
+        // Anti-spoofing: port A may only use MAC_A and 192.168.1.1.
+        let a_ip = [std::net::Ipv4Addr::new(192, 168, 1, 1)];
+        let guarded = [
+            port_config(ia, Some((MAC_A, &a_ip[..]))),
+            port_config(ib, None),
+        ];
+        dp.maps.configure(&guarded, 300, Some(gw)).unwrap();
+        seed(&mut dp, MAC_B, ib);
+        assert_eq!(
+            run(&frame::ipv4_udp(MAC_B, MAC_A, 5)),
+            TC_ACT_REDIRECT,
+            "own MAC and IP pass"
+        );
+        assert_eq!(
+            run(&frame::ipv4_udp(MAC_B, [0x02, 0, 0, 0, 0, 0x66], 5)),
+            TC_ACT_SHOT,
+            "forged MAC"
+        );
+        assert_eq!(drops(&dp, drop_reason::SPOOFED_MAC), 1);
+        let mut forged_ip = frame::ipv4_udp(MAC_B, MAC_A, 5);
+        forged_ip[14 + 12..14 + 16].copy_from_slice(&[10, 9, 9, 9]);
+        assert_eq!(run(&forged_ip), TC_ACT_SHOT, "forged IPv4 source");
+        assert_eq!(drops(&dp, drop_reason::SPOOFED_IPV4), 1);
+        assert_eq!(run(&frame::arp(MAC_A)), TC_ACT_OK, "own ARP");
+        let mut arp_spoof = frame::arp(MAC_A);
+        arp_spoof[14 + 14..14 + 18].copy_from_slice(&[192, 168, 1, 77]);
+        assert_eq!(run(&arp_spoof), TC_ACT_SHOT, "ARP claiming another IP");
+        assert_eq!(drops(&dp, drop_reason::SPOOFED_ARP), 1);
+        let mut dhcp = frame::ipv4_udp(BROADCAST_MAC, MAC_A, 5);
+        dhcp[14 + 12..14 + 16].copy_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(run(&dhcp), TC_ACT_OK, "0.0.0.0 (DHCP) is allowed");
+        // A forged source is not learned: it cannot poison the FDB.
+        assert_eq!(fdb_port(&dp, [0x02, 0, 0, 0, 0, 0x66]), None);
+        dp.maps
+            .configure(
+                &[port_config(ia, None), port_config(ib, None)],
+                300,
+                Some(gw),
+            )
+            .unwrap();
+
         // Aging: with a 1 s aging time, an entry 2 s old is ignored and removed.
         seed(&mut dp, MAC_UNKNOWN, ib);
-        dp.maps.configure(&[ia, ib], 1, Some(gw)).unwrap();
+        dp.maps
+            .configure(&[port_config(ia, None), port_config(ib, None)], 1, Some(gw))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(
             run(&frame::ipv4_udp(MAC_UNKNOWN, [0x02, 0, 0, 0, 0, 0xc], 5)),
@@ -186,7 +236,13 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
         let xfd = dp.prog_fd(netbridge_common::PROG_PORT_XDP).unwrap();
         let xrun =
             |f: &[u8]| run_xdp(xfd, f).unwrap_or_else(|e| panic!("XDP test run on {f:02x?}: {e}"));
-        dp.maps.configure(&[ia, ib], 300, Some(gw)).unwrap();
+        dp.maps
+            .configure(
+                &[port_config(ia, None), port_config(ib, None)],
+                300,
+                Some(gw),
+            )
+            .unwrap();
         seed(&mut dp, MAC_B, ib);
         let before = port(&dp, ib).tx_packets;
         assert_eq!(
@@ -211,7 +267,9 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
 
         // A port removed from the configuration no longer gets redirects.
         seed(&mut dp, MAC_B, ib);
-        dp.maps.configure(&[ia], 300, Some(gw)).unwrap();
+        dp.maps
+            .configure(&[port_config(ia, None)], 300, Some(gw))
+            .unwrap();
         assert_eq!(
             run(&frame::ipv4_udp(MAC_B, MAC_A, 5)),
             TC_ACT_OK,
@@ -487,4 +545,66 @@ fn xdp_mode_carries_real_traffic_and_switches_back_to_tc() {
     let out = nb_in(&sb, &["up", "-f", &tc_file, "--prefix", &prefix]);
     assert!(out.contains("no changes"), "{out}");
     nb_in(&sb, &["down", "-f", &tc_file, "--prefix", &prefix]);
+}
+
+/// Anti-spoofing on real traffic: a namespace that claims an address or a
+/// MAC that is not its own gets nothing through, and the drops are counted
+/// by reason; its own traffic is unaffected.
+#[test]
+fn forged_source_ip_or_mac_is_dropped_and_counted() {
+    require_root!();
+    let sb = Sandbox::new();
+    let file = example("bridge-three.toml");
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (black, white) = (sb.name("black"), sb.name("white"));
+    sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.2.1");
+    let drops = |sb: &Sandbox| {
+        let s = port_stats(sb, &file);
+        let d = |r: &str| s["drops"][r].as_u64().unwrap();
+        (d("spoofed_mac"), d("spoofed_ipv4"), d("spoofed_arp"))
+    };
+    let before = drops(&sb);
+
+    // Forged IPv4 source: an address black was never given (white's).
+    sb.sh(&black, "ip addr add 192.168.2.1/32 dev eth0");
+    let o = sb.sh_output(&black, "ping -c 3 -i 0.2 -W 1 -I 192.168.2.1 192.168.3.1");
+    assert!(!o.status.success(), "spoofed ping got an answer");
+    sb.sh(&black, "ip addr del 192.168.2.1/32 dev eth0");
+    let mid = drops(&sb);
+    assert!(
+        mid.1 + mid.2 > before.1 + before.2,
+        "no spoofed_ipv4/arp drops: {before:?} -> {mid:?}"
+    );
+
+    // Forged MAC.
+    // Not /sys: nsenter keeps the caller's /sys, so ask netlink.
+    let mac = sb.sh(&black, "ip -br link show eth0 | awk '{print $3}'");
+    let mac = mac.trim().to_string();
+    sb.sh(&black, "ip link set eth0 address 02:66:66:66:66:66");
+    let o = sb.sh_output(
+        &black,
+        "ip neigh flush all; ping -c 3 -i 0.2 -W 1 192.168.2.1",
+    );
+    assert!(!o.status.success(), "ping with a forged MAC got an answer");
+    let after = drops(&sb);
+    assert!(
+        after.0 > mid.0,
+        "no spoofed_mac drops: {mid:?} -> {after:?}"
+    );
+
+    // Back to its own identity: traffic flows again, and white was never affected.
+    sb.sh(
+        &black,
+        &format!("ip link set eth0 address {mac}; ip neigh flush all"),
+    );
+    sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.2.1");
+    sb.sh(&white, "ping -c 2 -i 0.2 -W 2 192.168.3.1");
+    let out = sb.netbridge(&["down", "-f", &file, "--prefix", &prefix]);
+    assert!(out.status.success());
 }
