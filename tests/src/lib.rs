@@ -43,6 +43,17 @@ pub fn netbridge_bin() -> PathBuf {
     bin
 }
 
+/// Absolute path of a file in the repository's `examples/`.
+pub fn example(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    p.canonicalize()
+        .unwrap_or_else(|e| panic!("example {name}: {e}"))
+        .display()
+        .to_string()
+}
+
 /// A short id unique per process and call, so names fit 15-byte ifnames and
 /// tests can run after a crashed run left older sandboxes behind.
 pub fn unique_id() -> String {
@@ -180,6 +191,20 @@ impl Sandbox {
             .stdin(Stdio::null())
             .output()
             .expect("spawn netbridge")
+    }
+
+    /// Runs the netbridge CLI in the host namespace, asserting success;
+    /// returns its stdout.
+    pub fn nb_ok(&self, args: &[&str]) -> String {
+        let out = self.netbridge(args);
+        assert!(
+            out.status.success(),
+            "netbridge {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Creates a veth pair `a_if`@`a_ns` <-> `b_if`@`b_ns`, both up, with

@@ -8,7 +8,7 @@ use netbridge::{
 };
 use netbridge_common::{FdbKey, drop_reason};
 use netbridge_tests::{
-    Sandbox, require_root,
+    Sandbox, example, require_root,
     testrun::{frame, run_tc, run_xdp},
 };
 
@@ -286,13 +286,6 @@ fn parser_and_fdb_decisions_with_hand_built_frames() {
     println!("{report}");
 }
 
-fn example(name: &str) -> String {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name);
-    p.canonicalize().unwrap().display().to_string()
-}
-
 /// Kernel TX packet counter of an interface (what the Linux bridge bumps
 /// when it forwards out of a port).
 fn kernel_tx_packets(sb: &Sandbox, ns: &str, ifname: &str) -> u64 {
@@ -324,12 +317,7 @@ fn fast_path_bypasses_the_kernel_bridge_on_real_traffic() {
     let sb = Sandbox::new();
     let file = example("bridge-three.toml");
     let prefix = sb.prefix();
-    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
     let (black, white) = (sb.name("black"), sb.name("white"));
     // Warm up: ARP goes through the kernel bridge, both MACs get learned.
     sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.2.1");
@@ -556,12 +544,7 @@ fn forged_source_ip_or_mac_is_dropped_and_counted() {
     let sb = Sandbox::new();
     let file = example("bridge-three.toml");
     let prefix = sb.prefix();
-    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
     let (black, white) = (sb.name("black"), sb.name("white"));
     sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.2.1");
     let drops = |sb: &Sandbox| {

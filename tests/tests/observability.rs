@@ -2,14 +2,7 @@
 //! real HTTP client while traffic runs, and the non-interactive demo.
 use std::time::Duration;
 
-use netbridge_tests::{Sandbox, require_root};
-
-fn example(name: &str) -> String {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name);
-    p.canonicalize().unwrap().display().to_string()
-}
+use netbridge_tests::{Sandbox, example, require_root};
 
 /// Value of the sample `name{...labels...}` in a Prometheus text body.
 fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
@@ -30,12 +23,7 @@ fn metrics_endpoint_and_stats_move_with_traffic() {
     let mut sb = Sandbox::new();
     let file = example("bridge-three.toml");
     let prefix = sb.prefix();
-    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
     let (black, white) = (sb.name("black"), sb.name("white"));
     let topo = format!("{prefix}bridge-three");
 

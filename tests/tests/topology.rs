@@ -4,14 +4,7 @@
 //! residue.
 use std::{path::PathBuf, process::Output, time::Duration};
 
-use netbridge_tests::{Sandbox, require_root};
-
-fn example(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name);
-    p.canonicalize().unwrap().display().to_string()
-}
+use netbridge_tests::{Sandbox, example, require_root};
 
 fn text(o: &Output) -> String {
     format!(
@@ -27,13 +20,20 @@ fn nb_ok(sb: &Sandbox, args: &[&str], file: &str) -> String {
     let prefix = sb.prefix();
     let mut full: Vec<&str> = args.to_vec();
     full.extend(["-f", file, "--prefix", &prefix]);
-    let out = sb.netbridge(&full);
-    assert!(
-        out.status.success(),
-        "netbridge {full:?} failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    sb.nb_ok(&full)
+}
+
+/// `netbridge up -f FILE --prefix P` with fault injection (NETBRIDGE_FAULT).
+fn up_with_fault(sb: &Sandbox, file: &str, fault: &str) -> Output {
+    let prefix = sb.prefix();
+    let bin = netbridge_tests::netbridge_bin();
+    sb.cmd(
+        &sb.host,
+        &[bin.to_str().unwrap(), "up", "-f", file, "--prefix", &prefix],
+    )
+    .env("NETBRIDGE_FAULT", fault)
+    .output()
+    .unwrap()
 }
 
 fn ping(sb: &Sandbox, from: &str, to: &str) {
@@ -450,25 +450,10 @@ fn failure_mid_up_rolls_back_and_crash_is_repaired() {
     require_root!();
     let sb = Sandbox::new();
     let file = example("bridge-three.toml");
-    let prefix = sb.prefix();
     let before = sb.snapshot();
     // Fail at each creation step in turn: everything this run made goes.
     for n in 1..=7 {
-        let out = sb
-            .cmd(
-                &sb.host,
-                &[
-                    netbridge_tests::netbridge_bin().to_str().unwrap(),
-                    "up",
-                    "-f",
-                    &file,
-                    "--prefix",
-                    &prefix,
-                ],
-            )
-            .env("NETBRIDGE_FAULT", format!("fail:{n}"))
-            .output()
-            .unwrap();
+        let out = up_with_fault(&sb, &file, &format!("fail:{n}"));
         assert!(!out.status.success(), "fault {n} not hit:\n{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -479,42 +464,14 @@ fn failure_mid_up_rolls_back_and_crash_is_repaired() {
     }
     // Crash (abort, like kill -9) after 4 creations: the journal survives,
     // the next `up` converges, `down` leaves nothing.
-    let out = sb
-        .cmd(
-            &sb.host,
-            &[
-                netbridge_tests::netbridge_bin().to_str().unwrap(),
-                "up",
-                "-f",
-                &file,
-                "--prefix",
-                &prefix,
-            ],
-        )
-        .env("NETBRIDGE_FAULT", "crash:4")
-        .output()
-        .unwrap();
+    let out = up_with_fault(&sb, &file, "crash:4");
     assert!(!out.status.success());
     assert_ne!(sb.snapshot(), before, "crash should leave a half-made lab");
     nb_ok(&sb, &["up"], &file);
     ping(&sb, &sb.name("black"), "192.168.3.1");
     assert_down_clean(&sb, &file, &before);
     // And a crash followed directly by `down` also cleans up.
-    let _ = sb
-        .cmd(
-            &sb.host,
-            &[
-                netbridge_tests::netbridge_bin().to_str().unwrap(),
-                "up",
-                "-f",
-                &file,
-                "--prefix",
-                &prefix,
-            ],
-        )
-        .env("NETBRIDGE_FAULT", "crash:5")
-        .output()
-        .unwrap();
+    let _ = up_with_fault(&sb, &file, "crash:5");
     assert_down_clean(&sb, &file, &before);
 }
 

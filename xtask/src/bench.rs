@@ -90,6 +90,16 @@ fn sh(ns: Option<&str>, script: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn add_netns(names: &[&str]) -> Result<()> {
+    for n in names {
+        sh(
+            None,
+            &format!("ip netns add {n} && ip -n {n} link set lo up"),
+        )?;
+    }
+    Ok(())
+}
+
 /// One setup's namespaces; removed on drop, also on error or panic.
 struct Lab {
     prefix: String,
@@ -111,12 +121,7 @@ impl Lab {
         let (c, s, h) = (lab.ns("client"), lab.ns("server"), lab.ns("host"));
         match setup {
             Setup::Direct => {
-                for n in [&c, &s] {
-                    sh(
-                        None,
-                        &format!("ip netns add {n} && ip -n {n} link set lo up"),
-                    )?;
-                }
+                add_netns(&[&c, &s])?;
                 sh(
                     None,
                     &format!("ip -n {c} link add eth0 type veth peer name eth0 netns {s}"),
@@ -131,12 +136,7 @@ impl Lab {
                 }
             }
             Setup::LinuxBridge => {
-                for n in [&c, &s, &h] {
-                    sh(
-                        None,
-                        &format!("ip netns add {n} && ip -n {n} link set lo up"),
-                    )?;
-                }
+                add_netns(&[&c, &s, &h])?;
                 sh(
                     None,
                     &format!("ip -n {h} link add br0 type bridge && ip -n {h} link set br0 up"),
