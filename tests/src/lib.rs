@@ -20,7 +20,11 @@ pub mod testrun;
 macro_rules! require_root {
     () => {
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!(
+            // Straight to the stderr handle: libtest captures eprintln! of
+            // passing tests, and this must be seen.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!!!!! SKIPPED {}: needs root (CAP_NET_ADMIN, CAP_BPF) !!!!!!!!\n",
                 module_path!()
             );

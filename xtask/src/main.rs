@@ -130,7 +130,7 @@ fn main() -> Result<()> {
             // (netbridge/build.rs builds it).
             let mut test = vec!["test", "--no-fail-fast"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&root, &test)
+            run_tests(&root, &test)
         }
     }
 }
@@ -169,6 +169,67 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     step(&format!("cargo {}", args.join(" ")));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).current_dir(root).args(args))
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one summary line
+/// over all test binaries: `tests: N passed, M failed, K skipped`, where
+/// skipped counts the tests that skipped themselves for lack of root.
+fn run_tests(root: &Path, args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    step(&format!("cargo {}", args.join(" ")));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .current_dir(root)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    let stderr = child.stderr.take().unwrap();
+    let skipped = std::thread::spawn(move || {
+        let mut skipped = 0u64;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("SKIPPED") {
+                skipped += 1;
+            }
+            eprintln!("{line}");
+        }
+        skipped
+    });
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    let skipped = skipped.join().unwrap_or(0);
+    println!(
+        "tests: {} passed, {failed} failed, {skipped} skipped",
+        passed - skipped.min(passed)
+    );
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
 }
 
 /// Checks for every toolchain piece and test tool; installs what is missing.
