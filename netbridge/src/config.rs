@@ -899,6 +899,48 @@ mod tests {
         assert_eq!(bt.namespaces.iter().filter(|n| bt.on_bridge(n)).count(), 3);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Arbitrary text never panics the parser, and every error names
+        /// the file.
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            if let Err(e) = Topology::parse(&text, "fuzz.toml", &|_| false) {
+                proptest::prop_assert!(e.to_string().starts_with("fuzz.toml: "));
+            }
+        }
+
+        /// Valid files with one byte range replaced: still no panic, and
+        /// what is accepted is really valid (re-parses from its own TOML).
+        #[test]
+        fn mutated_examples_never_panic(
+            which in 0usize..4,
+            at in 0usize..4000,
+            len in 0usize..8,
+            insert in "[ -~]{0,8}",
+        ) {
+            let base = [
+                include_str!("../../examples/two-namespaces.toml"),
+                include_str!("../../examples/bridge-three.toml"),
+                include_str!("../../examples/nat-lab.toml"),
+                DEFAULT_LAB,
+            ][which];
+            let mut bytes = base.as_bytes().to_vec();
+            let at = at % (bytes.len() + 1);
+            let end = (at + len).min(bytes.len());
+            bytes.splice(at..end, insert.bytes());
+            let text = String::from_utf8_lossy(&bytes);
+            match Topology::parse(&text, "fuzz.toml", &|_| true) {
+                Ok(t) => {
+                    let again = toml::to_string(&t).unwrap();
+                    proptest::prop_assert!(Topology::parse(&again, "fuzz.toml", &|_| true).is_ok());
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("fuzz.toml: ")),
+            }
+        }
+    }
+
     #[test]
     fn anti_spoof() {
         let ns = |extra: &str, n: usize| {

@@ -173,6 +173,17 @@ fn up_is_idempotent_and_repairs_manual_changes() {
         s + &sb.sh(&sb.host, script)
     };
     let state1 = dump(&sb);
+    // Journal and pins are root-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let journal = format!(
+        "{}/{}bridge-three.json",
+        netbridge::state::STATE_DIR,
+        sb.prefix()
+    );
+    assert_eq!(mode(netbridge::state::STATE_DIR), 0o700);
+    assert_eq!(mode(&journal), 0o600);
+    assert_eq!(mode(netbridge::bpf::BPFFS_ROOT), 0o700);
     let out = nb_ok(&sb, &["up"], &file);
     assert!(
         out.contains("no changes"),
@@ -483,4 +494,51 @@ fn tempdir(sb: &mut Sandbox) -> PathBuf {
         let _ = std::fs::remove_dir_all(rm);
     });
     d
+}
+
+/// The hostile-input corpus (tests/corpus/bad/*.toml): syntax errors, wrong
+/// types, huge values, unicode and shell metacharacters, path tricks,
+/// duplicates and overlaps. Each file's first line says what its error
+/// must mention. Each is refused with an error naming the file, nothing on
+/// the host changes, and nothing panics.
+#[test]
+fn hostile_topology_corpus_is_refused_without_changes() {
+    require_root!();
+    let sb = Sandbox::new();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/bad");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 40, "corpus has only {} files", files.len());
+    let before = sb.snapshot();
+    let prefix = sb.prefix();
+    for f in &files {
+        let body = std::fs::read_to_string(f).unwrap();
+        let expect = body
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", f.display()));
+        let path = f.display().to_string();
+        let out = sb.netbridge(&["up", "-f", &path, "--prefix", &prefix]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{path} was accepted:\n{}",
+            text(&out)
+        );
+        assert!(
+            err.contains(&path),
+            "{path}: error does not name the file:\n{err}"
+        );
+        assert!(
+            err.contains(expect),
+            "{path}: error lacks {expect:?}:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{path}: panic:\n{err}");
+        assert_eq!(sb.snapshot(), before, "{path}: host changed");
+    }
 }
