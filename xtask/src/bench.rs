@@ -303,6 +303,79 @@ pub struct Options {
     pub rr_count: u32,
 }
 
+/// Namespaces brought up by the `up`-time comparison.
+const UP_NAMESPACES: usize = 100;
+
+/// Seconds for `netbridge up` of a bridge with `n` namespaces vs a shell
+/// script of the equivalent `ip` commands (netbridge also attaches and pins
+/// its programs, the script does not). Both are torn down afterwards.
+fn up_time(netbridge: &Path, id: &str, n: usize, dir: &Path) -> Result<(f64, f64)> {
+    let prefix = format!("nbu{id}-");
+    let mut toml = String::from(
+        "name = \"up100\"\nhost_netns = \"h\"\n[bridge]\nname = \"br0\"\naddresses = [\"192.168.60.254/24\"]\n",
+    );
+    for i in 0..n {
+        let _ = write!(
+            toml,
+            "[[namespace]]\nname = \"n{i}\"\nhost_ifname = \"p{i}\"\naddresses = [\"192.168.60.{}/24\"]\n",
+            i + 1
+        );
+    }
+    let file = dir.join(format!("{prefix}up.toml"));
+    std::fs::write(&file, toml)?;
+    let t0 = Instant::now();
+    let out = Command::new(netbridge)
+        .args(["up", "-f"])
+        .arg(&file)
+        .args(["--prefix", &prefix])
+        .output()?;
+    let nb = t0.elapsed().as_secs_f64();
+    let down = Command::new(netbridge)
+        .args(["down", "-f"])
+        .arg(&file)
+        .args(["--prefix", &prefix])
+        .output();
+    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        bail!(
+            "netbridge up of {n} namespaces: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !down?.status.success() {
+        bail!("netbridge down of {n} namespaces failed");
+    }
+
+    let h = format!("{prefix}ip-h");
+    let mut script = format!(
+        "set -e\nip netns add {h}\nip -n {h} link set lo up\nip -n {h} link add br0 type bridge\n\
+         ip -n {h} addr add 192.168.60.254/24 dev br0\nip -n {h} link set br0 up\n"
+    );
+    for i in 0..n {
+        let ns = format!("{prefix}ip-n{i}");
+        let _ = write!(
+            script,
+            "ip netns add {ns}\nip -n {ns} link set lo up\n\
+             ip -n {h} link add p{i} type veth peer name eth0 netns {ns}\n\
+             ip -n {h} link set p{i} master br0 up\n\
+             ip -n {ns} addr add 192.168.60.{}/24 dev eth0\nip -n {ns} link set eth0 up\n",
+            i + 1
+        );
+    }
+    let t0 = Instant::now();
+    let result = sh(None, &script);
+    let ip = t0.elapsed().as_secs_f64();
+    for i in 0..n {
+        let ns = format!("{prefix}ip-n{i}");
+        if Path::new("/run/netns").join(&ns).exists() {
+            let _ = sh(None, &format!("ip netns del {ns}"));
+        }
+    }
+    let _ = sh(None, &format!("ip netns del {h}"));
+    result?;
+    Ok((nb, ip))
+}
+
 pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -310,6 +383,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     // samples[setup][workload] = one value per round
     let mut samples: BTreeMap<Setup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let started = Instant::now();
+    let (mut up_nb, mut up_ip) = (Vec::new(), Vec::new());
     let total = opts.rounds as usize * Setup::ALL.len();
     let mut done = 0;
     for round in 1..=opts.rounds {
@@ -334,6 +408,13 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
             s.entry("rr_p99").or_default().push(p99);
             drop(lab);
         }
+        eprintln!(
+            "bench: round {round}/{}: up of {UP_NAMESPACES} namespaces, netbridge vs ip script",
+            opts.rounds
+        );
+        let (nb, ip) = up_time(netbridge, &id, UP_NAMESPACES, &out_dir)?;
+        up_nb.push(nb);
+        up_ip.push(ip);
     }
 
     let med = |s: Setup, w: &str| {
@@ -392,16 +473,25 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
                 "ratios": {"tc_vs_direct": d / a, "tc_vs_bridge": d / b, "xdp_vs_direct": x / a, "xdp_vs_bridge": x / b}}),
         );
     }
+    let (up_nb_med, up_ip_med) = (median(&up_nb), median(&up_ip));
+    let _ = writeln!(
+        table,
+        "\nup of {UP_NAMESPACES} namespaces on a bridge: netbridge {up_nb_med:.2} s (with programs attached), \
+         ip-command script {up_ip_med:.2} s, ratio {:.2}",
+        up_nb_med / up_ip_med
+    );
     let _ = writeln!(
         table,
         "\nnot yet measured: C (bridge + iptables NAT) and the SNAT/DNAT paths need the BPF NAT; \
-         scale runs (100k sessions, 1000 forwards, 100-namespace up) likewise"
+         scale runs (100k sessions, 1000 forwards) likewise"
     );
     print!("{table}");
     let json = serde_json::json!({
         "rounds": opts.rounds, "seconds_per_stream": opts.secs, "rr_exchanges": opts.rr_count,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "workloads": json_workloads,
+        "up_namespaces": {"count": UP_NAMESPACES, "netbridge_secs": up_nb, "ip_script_secs": up_ip,
+                          "ratio": up_nb_med / up_ip_med},
     });
     std::fs::write(
         out_dir.join("results.json"),
