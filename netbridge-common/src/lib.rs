@@ -171,8 +171,22 @@ pub mod drop_reason {
     pub const SPOOFED_IPV4: u32 = 6;
     /// ARP sender MAC/IP is not the namespace's own (anti-spoofing).
     pub const SPOOFED_ARP: u32 = 7;
+    /// New SNAT flow, but no free port in the NAT port range (after the
+    /// bounded retries).
+    pub const NAT_PORT_EXHAUSTED: u32 = 8;
+    /// New NAT flow, but the session table is at `max_sessions`.
+    pub const NAT_TABLE_FULL: u32 = 9;
+    /// Inserting a conntrack entry failed (lost a race or map error).
+    pub const NAT_CT_INSERT: u32 = 10;
+    /// A non-first IPv4 fragment that would need translation: it carries no
+    /// ports, so it cannot be mapped (netbridge does not reassemble).
+    pub const NAT_FRAGMENT: u32 = 11;
+    /// Rewriting the packet (store or checksum helper) failed.
+    pub const NAT_REWRITE: u32 = 12;
+    /// A hairpin reply whose destination is not a known lab host.
+    pub const NAT_NO_ROUTE: u32 = 13;
     /// Number of reason codes (size of the drop map).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 14;
 
     /// Human names, indexed by code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -184,6 +198,254 @@ pub mod drop_reason {
         "spoofed_mac",
         "spoofed_ipv4",
         "spoofed_arp",
+        "nat_port_exhausted",
+        "nat_table_full",
+        "nat_ct_insert",
+        "nat_fragment",
+        "nat_rewrite",
+        "nat_no_route",
+    ];
+}
+
+// ---------------------------------------------------------------------------
+// NAT: SNAT masquerade and DNAT port forwards on the uplink, hairpin on the
+// bridge ports.
+
+/// TC ingress of the uplink: reverse SNAT, DNAT of forwarded ports, ICMP
+/// errors about translated flows (RFC 5508).
+pub const PROG_UPLINK_INGRESS: &str = "nb_uplink_ingress";
+/// TC egress of the uplink: SNAT (masquerade), reverse DNAT, ICMP errors.
+pub const PROG_UPLINK_EGRESS: &str = "nb_uplink_egress";
+
+/// Array of one [`NatConfig`], written by userspace.
+pub const MAP_NAT_CONFIG: &str = "NB_NAT_CONFIG";
+/// LRU hash: [`CtKey`] -> [`CtEntry`]; two entries per session.
+pub const MAP_CT: &str = "NB_CT";
+/// Hash: [`FwdKey`] (single external port) -> [`FwdTarget`].
+pub const MAP_FORWARDS: &str = "NB_FORWARDS";
+/// Array of [`FwdTarget`] port ranges (first `NatConfig::range_count` used).
+pub const MAP_FWD_RANGES: &str = "NB_FWD_RANGES";
+/// Per-CPU hash: [`FwdKey`] (proto, first external port) -> new DNAT sessions.
+pub const MAP_FWD_HITS: &str = "NB_FWD_HITS";
+/// Per-CPU array: [`nat_stat`] index -> count.
+pub const MAP_NAT_STATS: &str = "NB_NAT_STATS";
+/// Per-CPU array of one u64: sessions created (by the programs).
+pub const MAP_CT_CREATED: &str = "NB_CT_CREATED";
+/// Array of one u64: sessions removed (written only by userspace: the GC
+/// and forward purges). Live sessions = sum(created) - removed.
+pub const MAP_CT_REMOVED: &str = "NB_CT_REMOVED";
+/// CPUs the session count sums over (bpf_map_lookup_percpu_elem).
+pub const MAX_CPUS: u32 = 512;
+/// LRU hash: [`EimKey`] (inside endpoint) -> external port, for
+/// endpoint-independent mapping (RFC 4787).
+pub const MAP_EIM: &str = "NB_EIM";
+/// Hash: lab IPv4 (network byte order) -> [`HostEntry`], for hairpin replies.
+pub const MAP_HOSTS: &str = "NB_HOSTS";
+
+/// Capacity of [`MAP_CT`] (two entries per session).
+pub const CT_SIZE: u32 = 262_144;
+/// Highest `max_sessions` allowed: keeps the LRU map from ever evicting a
+/// live session (it only evicts when full).
+pub const MAX_SESSIONS_LIMIT: u32 = CT_SIZE / 2 - 4096;
+/// Default session limit.
+pub const DEFAULT_MAX_SESSIONS: u32 = 65_536;
+/// Port ranges ([`MAP_FWD_RANGES`]) a topology may forward.
+pub const MAX_FWD_RANGES: u32 = 64;
+/// Single-port forwards ([`MAP_FORWARDS`]).
+pub const MAX_FWD_PORTS: u32 = 4096;
+/// Random ports tried after the source port when allocating a mapping.
+pub const NAT_PORT_RETRIES: u32 = 32;
+/// A conntrack entry seen again within this long is not rewritten.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// [`NatConfig::flags`]: SNAT lab traffic leaving the uplink.
+pub const NAT_MASQUERADE: u32 = 1;
+/// [`NatConfig::flags`]: endpoint-independent mapping (RFC 4787 REQ-1).
+pub const NAT_EIM: u32 = 2;
+/// [`NatConfig::flags`]: port forwards exist (ports check for hairpin).
+pub const NAT_FORWARDS: u32 = 4;
+
+/// [`CtKey::dir`]: seen leaving through the uplink (or, for hairpin
+/// replies, entering a bridge port): the source is rewritten.
+pub const CT_DIR_OUT: u8 = 0;
+/// [`CtKey::dir`]: seen entering through the uplink (or a hairpin request
+/// at a bridge port): the destination is rewritten.
+pub const CT_DIR_IN: u8 = 1;
+
+/// [`CtEntry::kind`] values.
+pub const CT_SNAT: u8 = 1;
+pub const CT_DNAT: u8 = 2;
+pub const CT_HAIRPIN: u8 = 3;
+
+/// [`CtEntry::state`] values. TCP states are ordered: a session's state is
+/// the highest of its two entries.
+pub const CT_TCP_SYN: u8 = 1;
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+pub const CT_TCP_CLOSING: u8 = 3;
+pub const CT_TCP_CLOSED: u8 = 4;
+pub const CT_UDP: u8 = 5;
+pub const CT_UDP_REPLIED: u8 = 6;
+pub const CT_ICMP: u8 = 7;
+
+/// [`CtEntry::flags`]: this entry is the direction that opened the session.
+pub const CT_F_ORIGINAL: u8 = 1;
+
+/// NAT settings (index 0 of [`MAP_NAT_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatConfig {
+    /// Uplink IPv4 address, network byte order (the masquerade address).
+    pub uplink_ipv4: [u8; 4],
+    /// Uplink ifindex in the host namespace (host byte order).
+    pub uplink_ifindex: u32,
+    /// `NAT_*` bits; 0 disables NAT everywhere.
+    pub flags: u32,
+    /// SNAT port range, inclusive, host byte order.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// New sessions are dropped (`nat_table_full`) at this many live ones.
+    pub max_sessions: u32,
+    /// Entries used in [`MAP_FWD_RANGES`].
+    pub range_count: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 24);
+
+/// Conntrack key: a packet's 5-tuple as seen at one hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    /// network byte order
+    pub saddr: [u8; 4],
+    /// network byte order
+    pub daddr: [u8; 4],
+    /// Network byte order. ICMP echo: the identifier for packets from the
+    /// inside (requests), 0 for packets from outside.
+    pub sport: u16,
+    /// Network byte order. ICMP echo: 0 from the inside, the identifier
+    /// from outside (replies).
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// Conntrack value: how to rewrite packets matching the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtEntry {
+    /// The key of the opposite direction (deleted together).
+    pub reverse: CtKey,
+    /// New source (dir OUT) or destination (dir IN) address, network byte order.
+    pub nat_addr: [u8; 4],
+    /// New source/destination port (ICMP: identifier), network byte order.
+    pub nat_port: u16,
+    /// `CT_TCP_*`, `CT_UDP*`, `CT_ICMP`.
+    pub state: u8,
+    /// `CT_SNAT`, `CT_DNAT`, `CT_HAIRPIN`.
+    pub kind: u8,
+    /// `CT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 7],
+    /// `bpf_ktime_get_ns()` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most every
+    /// [`CT_REFRESH_NS`]).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
+
+/// Forward key: protocol and external port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FwdKey {
+    /// External port, host byte order (first port for a range).
+    pub port: u16,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FwdKey>() == 4);
+
+/// Where a forward (single port or range) goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FwdTarget {
+    /// Target namespace address, network byte order.
+    pub addr: [u8; 4],
+    /// Target port for `first`, host byte order; port p maps to
+    /// `port + (p - first)`.
+    pub port: u16,
+    /// External ports covered, inclusive, host byte order.
+    pub first: u16,
+    pub last: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FwdTarget>() == 12);
+
+/// Endpoint-independent mapping key: an inside endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct EimKey {
+    /// network byte order
+    pub addr: [u8; 4],
+    /// network byte order
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<EimKey>() == 8);
+
+/// A lab host for hairpin replies: its bridge port and MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostEntry {
+    /// Host-side veth ifindex (host byte order).
+    pub ifindex: u32,
+    /// The namespace end's MAC, wire order.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<HostEntry>() == 12);
+
+/// Indexes into [`MAP_NAT_STATS`].
+pub mod nat_stat {
+    /// New SNAT sessions.
+    pub const SNAT_NEW: u32 = 0;
+    /// New DNAT sessions (from the uplink).
+    pub const DNAT_NEW: u32 = 1;
+    /// New hairpin sessions (lab host to the uplink address).
+    pub const HAIRPIN_NEW: u32 = 2;
+    /// Packets rewritten at the uplink egress (source).
+    pub const XLATE_OUT: u32 = 3;
+    /// Packets rewritten at the uplink ingress (destination).
+    pub const XLATE_IN: u32 = 4;
+    /// Packets rewritten on bridge ports (hairpin).
+    pub const XLATE_HAIRPIN: u32 = 5;
+    /// ICMP errors translated (RFC 5508).
+    pub const ICMP_ERRORS: u32 = 6;
+    /// Port allocation attempts that hit a used port.
+    pub const PORT_RETRIES: u32 = 7;
+    /// Mappings that kept the inside source port.
+    pub const PORT_KEPT: u32 = 8;
+    /// Mappings reused through endpoint-independent mapping.
+    pub const EIM_REUSED: u32 = 9;
+    pub const COUNT: u32 = 10;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "snat_new",
+        "dnat_new",
+        "hairpin_new",
+        "translated_out",
+        "translated_in",
+        "translated_hairpin",
+        "icmp_errors_translated",
+        "port_retries",
+        "port_kept",
+        "eim_reused",
     ];
 }
 
@@ -196,4 +458,11 @@ mod user {
     unsafe impl aya::Pod for super::FdbKey {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::BridgeConfig {}
+    unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::FwdKey {}
+    unsafe impl aya::Pod for super::FwdTarget {}
+    unsafe impl aya::Pod for super::EimKey {}
+    unsafe impl aya::Pod for super::HostEntry {}
 }

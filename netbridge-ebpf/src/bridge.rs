@@ -26,6 +26,12 @@ static NB_FDB: LruHashMap<FdbKey, FdbEntry> = LruHashMap::pinned(FDB_SIZE, 0);
 #[map]
 static NB_CONFIG: Array<BridgeConfig> = Array::pinned(1, 0);
 
+/// The gateway (bridge) MAC, zero if unset.
+#[inline(always)]
+pub fn gateway_mac() -> [u8; 6] {
+    NB_CONFIG.get(0).map(|c| c.gateway_mac).unwrap_or([0; 6])
+}
+
 /// What to do with a frame.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verdict {

@@ -3,7 +3,9 @@
 #![no_main]
 
 mod bridge;
+mod csum;
 mod guard;
+mod nat;
 mod parse;
 mod stats;
 
@@ -42,7 +44,16 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     }
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
-    match bridge::decide(ifindex, &eth, ctx.data(), ctx.data_end(), tagged)? {
+    let verdict = bridge::decide(ifindex, &eth, ctx.data(), ctx.data_end(), tagged)?;
+    if let L3::Ipv4 = eth.l3
+        && !tagged
+        && let Some(out) = nat::port_hook(ctx, eth.l3_off)?
+    {
+        // Hairpin NAT readdressed the frame to another port's host.
+        stats::count_verdict(ifindex, len, Some(out));
+        return Ok(unsafe { bpf_redirect_peer(out, 0) } as i32);
+    }
+    match verdict {
         Verdict::Redirect(out) => {
             stats::count_verdict(ifindex, len, Some(out));
             // Straight into the destination namespace's ingress: no bridge,
@@ -52,6 +63,30 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
         Verdict::Fallback => {
             stats::count_verdict(ifindex, len, None);
             Ok(TC_ACT_OK)
+        }
+    }
+}
+
+/// TC egress of the uplink: SNAT (masquerade) and reverse DNAT.
+#[classifier]
+pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
+    match nat::try_uplink_egress(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_drop_reason(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// TC ingress of the uplink: reverse SNAT and DNAT of forwarded ports.
+#[classifier]
+pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
+    match nat::try_uplink_ingress(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_drop_reason(reason);
+            TC_ACT_SHOT
         }
     }
 }

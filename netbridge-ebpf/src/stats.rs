@@ -62,11 +62,17 @@ pub fn count_verdict(in_port: u32, len: u64, redirected_to: Option<u32>) {
     }
 }
 
+/// Counts a drop by reason only (the uplink is not a bridge port).
 #[inline(always)]
-pub fn count_drop(ifindex: u32, reason: u32) {
+pub fn count_drop_reason(reason: u32) {
     if let Some(c) = NB_DROP_STATS.get_ptr_mut(reason) {
         unsafe { *c += 1 };
     }
+}
+
+#[inline(always)]
+pub fn count_drop(ifindex: u32, reason: u32) {
+    count_drop_reason(reason);
     if let Some(s) = port_stats(ifindex) {
         unsafe { (*s).rx_dropped += 1 };
     }

@@ -5,6 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::nat::NatMaps;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -14,7 +15,8 @@ use aya::{
 };
 use netbridge_common::{
     BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB, MAP_PORT_STATS, MAP_PORTS,
-    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP, PortConfig, PortStats, drop_reason,
+    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    PortConfig, PortStats, drop_reason,
 };
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
@@ -95,6 +97,8 @@ pub fn is_bpffs(path: &Path) -> bool {
 /// Hook name used in link pins.
 pub const HOOK_TC_INGRESS: &str = "tc_ingress";
 pub const HOOK_XDP: &str = "xdp";
+pub const HOOK_UPLINK_IN: &str = "uplink_in";
+pub const HOOK_UPLINK_OUT: &str = "uplink_out";
 
 /// Pin layout of one topology: maps by name in `dir`, links in `dir/links`.
 #[derive(Debug, Clone)]
@@ -128,6 +132,7 @@ pub struct Maps {
     /// An LRU hash in the kernel; aya reads it through `HashMap`.
     pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
     pub config: Array<MapData, BridgeConfig>,
+    pub nat: NatMaps,
 }
 
 /// A port's datapath entry: fast path on, anti-spoofing if `identity` (the
@@ -174,50 +179,57 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// Takes map `name` out of a loaded object, typed.
+pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, BpfError> {
+    let map = ebpf.take_map(name).ok_or(BpfError::Map {
+        name,
+        source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
+    })?;
+    T::try_from(map).map_err(|e| BpfError::Map {
+        name,
+        source: Box::new(e),
+    })
+}
+
+/// Opens pinned map `name` of a running topology, typed.
+pub(crate) fn open_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    pins: &PinDir,
+    name: &'static str,
+    wrap: fn(MapData) -> aya::maps::Map,
+) -> Result<T, BpfError> {
+    let map_err = |e| BpfError::Map {
+        name,
+        source: Box::new(e),
+    };
+    let data = MapData::from_pin(pins.map(name)).map_err(map_err)?;
+    T::try_from(wrap(data)).map_err(map_err)
+}
+
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
-        fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, BpfError> {
-            let map = ebpf.take_map(name).ok_or(BpfError::Map {
-                name,
-                source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
-            })?;
-            T::try_from(map).map_err(|e| BpfError::Map {
-                name,
-                source: Box::new(e),
-            })
-        }
         Ok(Maps {
             port_stats: take_map(ebpf, MAP_PORT_STATS)?,
             drop_stats: take_map(ebpf, MAP_DROP_STATS)?,
             ports: take_map(ebpf, MAP_PORTS)?,
             fdb: take_map(ebpf, MAP_FDB)?,
             config: take_map(ebpf, MAP_CONFIG)?,
+            nat: NatMaps::take(ebpf)?,
         })
     }
 
     /// Opens the pinned maps of a running topology (no program is loaded).
     pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
-        fn open<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-            pins: &PinDir,
-            name: &'static str,
-            wrap: fn(MapData) -> aya::maps::Map,
-        ) -> Result<T, BpfError> {
-            let map_err = |e| BpfError::Map {
-                name,
-                source: Box::new(e),
-            };
-            let data = MapData::from_pin(pins.map(name)).map_err(map_err)?;
-            T::try_from(wrap(data)).map_err(map_err)
-        }
+        use aya::maps::Map;
         Ok(Maps {
-            port_stats: open(pins, MAP_PORT_STATS, aya::maps::Map::PerCpuHashMap)?,
-            drop_stats: open(pins, MAP_DROP_STATS, aya::maps::Map::PerCpuArray)?,
-            ports: open(pins, MAP_PORTS, aya::maps::Map::HashMap)?,
-            fdb: open(pins, MAP_FDB, aya::maps::Map::LruHashMap)?,
-            config: open(pins, MAP_CONFIG, aya::maps::Map::Array)?,
+            port_stats: open_map(pins, MAP_PORT_STATS, Map::PerCpuHashMap)?,
+            drop_stats: open_map(pins, MAP_DROP_STATS, Map::PerCpuArray)?,
+            ports: open_map(pins, MAP_PORTS, Map::HashMap)?,
+            fdb: open_map(pins, MAP_FDB, Map::LruHashMap)?,
+            config: open_map(pins, MAP_CONFIG, Map::Array)?,
+            nat: NatMaps::open_pinned(pins)?,
         })
     }
 
@@ -337,15 +349,14 @@ impl Datapath {
             .default_map_pin_directory(&pins.0)
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG_PORT_INGRESS)
-            .ok_or(BpfError::MissingProgram {
-                name: PROG_PORT_INGRESS,
-            })?
-            .try_into()
-            .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
-        prog.load()
-            .map_err(|e| prog_err(PROG_PORT_INGRESS, "-", e))?;
+        for name in [PROG_PORT_INGRESS, PROG_UPLINK_INGRESS, PROG_UPLINK_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::MissingProgram { name })?
+                .try_into()
+                .map_err(|e| prog_err(name, "-", e))?;
+            prog.load().map_err(|e| prog_err(name, "-", e))?;
+        }
         for name in [PROG_PORT_XDP, PROG_PEER_XDP] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -374,46 +385,94 @@ impl Datapath {
     /// interface's namespace (see [`crate::netns::run_blocking_in`]).
     /// Returns the pin and whether it was newly attached.
     pub fn attach_port(&mut self, ifname: &str) -> Result<(PathBuf, bool), BpfError> {
-        let path = self.pins.link(ifname, HOOK_TC_INGRESS);
+        self.attach_tc(
+            PROG_PORT_INGRESS,
+            ifname,
+            TcAttachType::Ingress,
+            HOOK_TC_INGRESS,
+        )
+    }
+
+    /// Attaches the NAT programs to the uplink (TC ingress and egress).
+    /// Returns the hooks newly attached.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<Vec<&'static str>, BpfError> {
+        let mut new = Vec::new();
+        for (prog, kind, hook) in [
+            (PROG_UPLINK_INGRESS, TcAttachType::Ingress, HOOK_UPLINK_IN),
+            (PROG_UPLINK_EGRESS, TcAttachType::Egress, HOOK_UPLINK_OUT),
+        ] {
+            if self.attach_tc(prog, ifname, kind, hook)?.1 {
+                new.push(prog);
+            }
+        }
+        Ok(new)
+    }
+
+    /// Detaches the NAT programs from every uplink but `keep` (pins under
+    /// the uplink hooks). Returns the interfaces detached.
+    pub fn detach_uplinks_except(&self, keep: Option<&str>) -> Vec<String> {
+        let mut gone = Vec::new();
+        let Ok(dir) = fs::read_dir(self.pins.0.join("links")) else {
+            return gone;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some((hook, ifname)) = name.split_once('@') else {
+                continue;
+            };
+            let ifname = ifname.replace("%2e", ".");
+            if (hook == HOOK_UPLINK_IN || hook == HOOK_UPLINK_OUT)
+                && Some(ifname.as_str()) != keep
+                && fs::remove_file(e.path()).is_ok()
+                && !gone.contains(&ifname)
+            {
+                gone.push(ifname);
+            }
+        }
+        gone
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        kind: TcAttachType,
+        hook: &str,
+    ) -> Result<(PathBuf, bool), BpfError> {
+        let path = self.pins.link(ifname, hook);
         if path.exists() {
             // Attached by an earlier `up`, unless the interface was recreated
             // since (then the pinned link is dead and is replaced).
-            if attached_ingress(ifname)
-                .iter()
-                .any(|p| p == PROG_PORT_INGRESS)
-            {
+            if attached_tc(ifname, kind).iter().any(|p| same_prog(p, name)) {
                 return Ok((path, false));
             }
             let _ = fs::remove_file(&path);
         }
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut(PROG_PORT_INGRESS)
-            .ok_or(BpfError::MissingProgram {
-                name: PROG_PORT_INGRESS,
-            })?
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram { name })?
             .try_into()
-            .map_err(|e| prog_err(PROG_PORT_INGRESS, ifname, e))?;
+            .map_err(|e| prog_err(name, ifname, e))?;
         let id: SchedClassifierLinkId = prog
-            .attach(ifname, TcAttachType::Ingress)
-            .map_err(|e| prog_err(PROG_PORT_INGRESS, ifname, e))?;
-        let link = prog
-            .take_link(id)
-            .map_err(|e| prog_err(PROG_PORT_INGRESS, ifname, e))?;
-        let fd_link = FdLink::try_from(link).map_err(|e| BpfError::Pin {
-            what: format!("TC link on {ifname}"),
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
+            .attach(ifname, kind)
+            .map_err(|e| prog_err(name, ifname, e))?;
+        let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
         let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
             what: format!("TC link on {ifname}"),
             path: path.clone(),
             source,
         };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
         fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
         fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
         Ok((path, true))
     }
+}
+
+/// The kernel keeps 15 characters of a program name.
+fn same_prog(kernel_name: &str, name: &str) -> bool {
+    kernel_name == &name[..name.len().min(15)]
 }
 
 impl Datapath {
@@ -480,7 +539,12 @@ fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) ->
 /// Names of the TCX ingress programs attached to `ifname` (current thread's
 /// namespace), for `netbridge status`.
 pub fn attached_ingress(ifname: &str) -> Vec<String> {
-    SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+    attached_tc(ifname, TcAttachType::Ingress)
+}
+
+/// Names of the TCX programs attached to `ifname` at `kind`.
+pub fn attached_tc(ifname: &str, kind: TcAttachType) -> Vec<String> {
+    SchedClassifier::query_tcx(ifname, kind)
         .map(|(_, progs)| {
             progs
                 .iter()

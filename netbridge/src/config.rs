@@ -179,6 +179,90 @@ pub struct Uplink {
     /// If set: default route in the host namespace via this gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
+    /// SNAT port range, "first-last" (default 1024-65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_ports: Option<PortSpec>,
+    /// Endpoint-independent mapping (RFC 4787): an inside address:port keeps
+    /// one external port for every destination.
+    #[serde(default)]
+    pub endpoint_independent: bool,
+    /// New NAT sessions are dropped (counted) beyond this many.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+    #[serde(default)]
+    pub timeouts: NatTimeouts,
+}
+
+fn default_max_sessions() -> u32 {
+    netbridge_common::DEFAULT_MAX_SESSIONS
+}
+
+/// Conntrack timeouts in seconds, enforced by `netbridge gc`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatTimeouts {
+    pub tcp_syn: u32,
+    /// RFC 5382: at least 2 h 4 min.
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub tcp_closed: u32,
+    /// UDP seen one way only.
+    pub udp: u32,
+    /// UDP with replies (RFC 4787: at least 2 min).
+    pub udp_replied: u32,
+    pub icmp: u32,
+}
+
+impl Default for NatTimeouts {
+    fn default() -> Self {
+        NatTimeouts {
+            tcp_syn: 60,
+            tcp_established: 7440,
+            tcp_closing: 120,
+            tcp_closed: 10,
+            udp: 30,
+            udp_replied: 180,
+            icmp: 30,
+        }
+    }
+}
+
+impl NatTimeouts {
+    /// Timeout of a session in conntrack `state` (CT_* code).
+    pub fn for_state(&self, state: u8) -> u32 {
+        use netbridge_common::*;
+        match state {
+            CT_TCP_SYN => self.tcp_syn,
+            CT_TCP_ESTABLISHED => self.tcp_established,
+            CT_TCP_CLOSING => self.tcp_closing,
+            CT_TCP_CLOSED => self.tcp_closed,
+            CT_UDP => self.udp,
+            CT_UDP_REPLIED => self.udp_replied,
+            _ => self.icmp,
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, u32); 7] {
+        [
+            ("tcp_syn", self.tcp_syn),
+            ("tcp_established", self.tcp_established),
+            ("tcp_closing", self.tcp_closing),
+            ("tcp_closed", self.tcp_closed),
+            ("udp", self.udp),
+            ("udp_replied", self.udp_replied),
+            ("icmp", self.icmp),
+        ]
+    }
+}
+
+impl Uplink {
+    /// SNAT port range (first, last); valid after validation.
+    pub fn port_range(&self) -> (u16, u16) {
+        self.nat_ports
+            .as_ref()
+            .and_then(|p| p.range())
+            .unwrap_or((1024, 65535))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -701,12 +785,47 @@ impl Validator<'_> {
         // Uplink.
         if let Some(u) = &t.uplink {
             self.ifname("uplink.ifname", &u.ifname)?;
+            if let Some(p) = &u.nat_ports
+                && p.range().is_none()
+            {
+                return Err(self.err(
+                    "uplink.nat_ports",
+                    q(&p.raw),
+                    "must be \"first-last\" within 1..=65535 with first <= last",
+                ));
+            }
+            let limit = netbridge_common::MAX_SESSIONS_LIMIT;
+            if u.max_sessions == 0 || u.max_sessions > limit {
+                return Err(self.err(
+                    "uplink.max_sessions",
+                    u.max_sessions.to_string(),
+                    format!("must be 1..={limit}"),
+                ));
+            }
+            for (name, v) in u.timeouts.fields() {
+                if v == 0 || v > 604_800 {
+                    return Err(self.err(
+                        format!("uplink.timeouts.{name}"),
+                        v.to_string(),
+                        "must be 1..=604800 seconds",
+                    ));
+                }
+            }
             let endpoint =
                 t.links.iter().flat_map(|l| [&l.a, &l.b]).find(|e| {
                     (e.netns.is_none() || e.netns == t.host_netns) && e.ifname == u.ifname
                 });
             match endpoint {
                 Some(e) => {
+                    if (u.masquerade || !t.forwards.is_empty())
+                        && !e.addresses.iter().any(|a| a.addr().is_ipv4())
+                    {
+                        return Err(self.err(
+                            "uplink.ifname",
+                            q(&u.ifname),
+                            "NAT needs an IPv4 address on the uplink",
+                        ));
+                    }
                     if let Some(gw) = u.gateway
                         && !e.addresses.iter().any(|n| n.contains(&gw))
                     {
@@ -778,6 +897,17 @@ impl Validator<'_> {
                 ));
             }
             ranges.push((i, fw.proto, first, last));
+            let n_ranges = ranges.iter().filter(|(_, _, a, b)| a != b).count();
+            if n_ranges > netbridge_common::MAX_FWD_RANGES as usize {
+                return Err(self.err(
+                    f("port"),
+                    q(&fw.port.raw),
+                    format!(
+                        "more than {} port ranges (single ports are unlimited up to {MAX_FORWARDS})",
+                        netbridge_common::MAX_FWD_RANGES
+                    ),
+                ));
+            }
         }
         Ok(())
     }

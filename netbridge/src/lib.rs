@@ -3,6 +3,7 @@
 //! the integration tests use it directly.
 pub mod bpf;
 pub mod config;
+pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod state;

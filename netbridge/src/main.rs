@@ -97,6 +97,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List NAT sessions (like `conntrack -L`) and the port-pool use.
+    Conntrack {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove NAT sessions past their timeout (once, or every --every).
+    Gc {
+        #[command(flatten)]
+        which: Which,
+        /// Keep running, collecting at this interval (e.g. 10s).
+        #[arg(long, value_parser = parse_duration)]
+        every: Option<Duration>,
+        /// With --every: stop after this many rounds.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Add, remove or list port forwards of a running topology (maps only,
+    /// no reload; affected sessions are purged).
+    Forward {
+        #[command(subcommand)]
+        op: ForwardOp,
+    },
     /// Check a topology file without changing anything.
     Check {
         #[arg(short = 'f', long = "file")]
@@ -116,6 +140,32 @@ enum Cmd {
         /// Prefix the lab's names (run beside another copy).
         #[arg(long)]
         prefix: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForwardOp {
+    /// Forward PROTO PORT (or "first-last") on the uplink address to NS:PORT.
+    Add {
+        #[command(flatten)]
+        which: Which,
+        proto: String,
+        port: String,
+        to: String,
+    },
+    /// Remove the forward of PROTO PORT and purge its sessions.
+    Del {
+        #[command(flatten)]
+        which: Which,
+        proto: String,
+        port: String,
+    },
+    /// List forwards and their hits (new sessions).
+    List {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -154,12 +204,6 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Up { which, json } => {
             let t = load(&which)?;
-            if t.uplink.as_ref().is_some_and(|u| u.masquerade) || !t.forwards.is_empty() {
-                eprintln!(
-                    "netbridge: note: masquerade and port forwards are validated but not active yet \
-                     (BPF NAT is the next milestone); the uplink only gets IP forwarding"
-                );
-            }
             let report = topology::up(&t).with_context(|| format!("up {}", t.name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -232,6 +276,13 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("metrics server on {listen}"))
         }
         Cmd::Fdb { which, json } => fdb(&which, json),
+        Cmd::Conntrack { which, json } => conntrack(&which, json),
+        Cmd::Gc {
+            which,
+            every,
+            count,
+        } => gc(&which, every, count),
+        Cmd::Forward { op } => forward(op),
         Cmd::Check { file } => {
             let t = load(&Which {
                 file,
@@ -338,6 +389,181 @@ fn remount_sys() {
         MsFlags::empty(),
         None::<&str>,
     );
+}
+
+fn uplink_timeouts(t: &Topology) -> netbridge::config::NatTimeouts {
+    t.uplink
+        .as_ref()
+        .map(|u| u.timeouts.clone())
+        .unwrap_or_default()
+}
+
+fn conntrack(which: &Which, json: bool) -> Result<()> {
+    let source = stats::Source::open(&name_of(which)?)?;
+    let ct = source
+        .maps
+        .nat
+        .conntrack(&uplink_timeouts(&source.topology))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ct)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<8} {:<12} {:<21} {:<21} {:<21} {:>7} {:>8}",
+        "proto", "kind", "state", "inside", "external", "remote", "idle", "expires"
+    );
+    for s in &ct.sessions {
+        println!(
+            "{:<5} {:<8} {:<12} {:<21} {:<21} {:<21} {:>6.0}s {:>7.0}s",
+            s.proto,
+            s.kind,
+            s.state,
+            s.inside,
+            s.external,
+            s.remote,
+            s.idle_secs,
+            s.expires_in_secs
+        );
+    }
+    println!(
+        "\nsessions: {} listed, {} counted live, limit {}",
+        ct.sessions.len(),
+        ct.live_sessions,
+        ct.max_sessions
+    );
+    for p in &ct.pools {
+        println!(
+            "port pool {}: {} of {} in use ({:.1}%)",
+            p.proto,
+            p.ports_in_use,
+            p.pool_size,
+            100.0 * p.ports_in_use as f64 / p.pool_size.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn gc(which: &Which, every: Option<Duration>, count: Option<u64>) -> Result<()> {
+    let mut source = stats::Source::open(&name_of(which)?)?;
+    let timeouts = uplink_timeouts(&source.topology);
+    let mut rounds = 0u64;
+    loop {
+        let n = source.maps.nat.gc(&timeouts)?;
+        println!(
+            "gc: removed {n} expired sessions, {} live",
+            source.maps.nat.live_sessions()
+        );
+        rounds += 1;
+        match every {
+            Some(d) if count.is_none_or(|c| rounds < c) => std::thread::sleep(d),
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn forward(op: ForwardOp) -> Result<()> {
+    use netbridge::config::{Forward, PortSpec};
+    let (which, change) = match &op {
+        ForwardOp::List { which, json } => return forward_list(which, *json),
+        ForwardOp::Add {
+            which,
+            proto,
+            port,
+            to,
+        } => (which, Some((proto, port, Some(to)))),
+        ForwardOp::Del { which, proto, port } => (which, Some((proto, port, None))),
+    };
+    let name = name_of(which)?;
+    let mut st =
+        State::load(&name)?.with_context(|| format!("no topology named {name:?} is up"))?;
+    let mut t = st
+        .topology
+        .clone()
+        .with_context(|| format!("state of {name:?} has no topology recorded"))?;
+    let (proto, port, to) = change.unwrap();
+    let p: netbridge::config::Proto = match proto.as_str() {
+        "tcp" => netbridge::config::Proto::Tcp,
+        "udp" => netbridge::config::Proto::Udp,
+        other => bail!("protocol {other:?}: must be tcp or udp"),
+    };
+    match to {
+        Some(to) => t.forwards.push(Forward {
+            proto: p,
+            port: PortSpec { raw: port.clone() },
+            to: to.clone(),
+        }),
+        None => {
+            let before = t.forwards.len();
+            t.forwards
+                .retain(|f| !(f.proto == p && f.port.raw == *port));
+            if t.forwards.len() == before {
+                bail!("{name}: no {proto} forward on port {port:?}");
+            }
+        }
+    }
+    // Validate exactly as a file would be (clear errors, nothing changed).
+    let host_ns = t.host_netns.clone();
+    let text = toml::to_string(&t).context("re-serializing the topology")?;
+    let t = Topology::parse(
+        &text,
+        &format!(
+            "<{name} + forward {op_name}>",
+            op_name = if to.is_some() { "add" } else { "del" }
+        ),
+        &|ifname| host_has_link(host_ns.as_deref(), ifname),
+    )?;
+    let mut source = stats::Source::open(&name)?;
+    let active = source.maps.nat.config().flags != 0;
+    if !active {
+        // No NAT programs on the uplink yet: a full (idempotent) up attaches them.
+        drop(source);
+        let report = topology::up(&t).with_context(|| format!("up {name}"))?;
+        for c in &report.changes {
+            println!("  {c}");
+        }
+        return Ok(());
+    }
+    let forwards = topology::forward_targets(&t);
+    for c in source.maps.nat.set_forwards(forwards)? {
+        println!("  {c}");
+    }
+    st.topology = Some(t);
+    st.save()?;
+    Ok(())
+}
+
+fn forward_list(which: &Which, json: bool) -> Result<()> {
+    let source = stats::Source::open(&name_of(which)?)?;
+    let hits = source.maps.nat.forward_hits();
+    let rows: Vec<serde_json::Value> = source
+        .maps
+        .nat
+        .forwards()?
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "proto": netbridge::nat::proto_name(f.proto),
+                "port": netbridge::nat::port_label(f),
+                "to": format!("{}:{}", std::net::Ipv4Addr::from(f.addr), f.port),
+                "hits": hits.get(&(f.proto, f.first)).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<5} {:<12} {:<21} {:>8}", "proto", "port", "to", "hits");
+    for r in rows {
+        println!(
+            "{:<5} {:<12} {:<21} {:>8}",
+            r["proto"].as_str().unwrap_or(""),
+            r["port"].as_str().unwrap_or(""),
+            r["to"].as_str().unwrap_or(""),
+            r["hits"]
+        );
+    }
+    Ok(())
 }
 
 fn fdb(which: &Which, json: bool) -> Result<()> {

@@ -49,12 +49,28 @@ pub struct Snapshot {
     pub ports: Vec<PortRow>,
     pub drops: BTreeMap<&'static str, u64>,
     pub fdb_entries: usize,
+    /// NAT state, when the topology has NAT on.
+    pub nat: Option<NatSnapshot>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatSnapshot {
+    pub counters: BTreeMap<&'static str, u64>,
+    pub live_sessions: u64,
+    pub max_sessions: u32,
+    /// Sessions by protocol name.
+    pub sessions: BTreeMap<&'static str, u64>,
+    pub pools: Vec<crate::nat::PoolUse>,
+    /// (proto, external port(s), target, new sessions).
+    pub forwards: Vec<(&'static str, String, String, u64)>,
 }
 
 /// The pinned maps of one running topology, opened once.
 pub struct Source {
     name: String,
-    maps: Maps,
+    pub maps: Maps,
+    /// The topology as journaled by `up`.
+    pub topology: crate::config::Topology,
     /// ifindex -> (port, namespace), for the ports of the topology.
     ports: HashMap<u32, (String, String)>,
 }
@@ -85,6 +101,7 @@ impl Source {
         Ok(Source {
             name: name.into(),
             maps,
+            topology: t,
             ports,
         })
     }
@@ -130,7 +147,48 @@ impl Source {
             ports,
             drops: self.maps.drop_stats()?,
             fdb_entries: self.maps.fdb.keys().filter(|k| k.is_ok()).count(),
+            nat: self.nat_snapshot()?,
         })
+    }
+
+    fn nat_snapshot(&self) -> Result<Option<NatSnapshot>, StatsError> {
+        let nat = &self.maps.nat;
+        let cfg = nat.config();
+        if cfg.flags == 0 {
+            return Ok(None);
+        }
+        let timeouts = self
+            .topology
+            .uplink
+            .as_ref()
+            .map(|u| u.timeouts.clone())
+            .unwrap_or_default();
+        let ct = nat.conntrack(&timeouts)?;
+        let mut sessions = BTreeMap::new();
+        for s in &ct.sessions {
+            *sessions.entry(s.proto).or_insert(0) += 1;
+        }
+        let hits = nat.forward_hits();
+        let forwards = nat
+            .forwards()?
+            .iter()
+            .map(|f| {
+                (
+                    crate::nat::proto_name(f.proto),
+                    crate::nat::port_label(f),
+                    format!("{}:{}", std::net::Ipv4Addr::from(f.addr), f.port),
+                    hits.get(&(f.proto, f.first)).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        Ok(Some(NatSnapshot {
+            counters: nat.counters()?,
+            live_sessions: ct.live_sessions,
+            max_sessions: ct.max_sessions,
+            sessions,
+            pools: ct.pools,
+            forwards,
+        }))
     }
 }
 
@@ -218,6 +276,41 @@ impl Snapshot {
                 .join(" ")
         };
         let _ = writeln!(out, "drops: {drops}\nfdb entries: {}", self.fdb_entries);
+        if let Some(n) = &self.nat {
+            let by_proto = n
+                .sessions
+                .iter()
+                .map(|(p, c)| format!("{p}={c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(
+                out,
+                "nat sessions: {} of {} ({by_proto})",
+                n.live_sessions, n.max_sessions
+            );
+            let pools = n
+                .pools
+                .iter()
+                .map(|p| format!("{} {}/{}", p.proto, p.ports_in_use, p.pool_size))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "nat port pool: {pools}");
+            let c = n
+                .counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(
+                out,
+                "nat: {}",
+                if c.is_empty() { "no traffic yet" } else { &c }
+            );
+            for (proto, port, to, hits) in &n.forwards {
+                let _ = writeln!(out, "forward {proto} {port} -> {to}: {hits} sessions");
+            }
+        }
         out
     }
 
@@ -242,11 +335,24 @@ impl Snapshot {
                 (r.port.clone(), v)
             })
             .collect();
+        let nat = self.nat.as_ref().map(|n| {
+            json!({
+                "counters": n.counters,
+                "live_sessions": n.live_sessions,
+                "max_sessions": n.max_sessions,
+                "sessions": n.sessions,
+                "pools": n.pools,
+                "forwards": n.forwards.iter().map(|(p, port, to, hits)| {
+                    json!({"proto": p, "port": port, "to": to, "hits": hits})
+                }).collect::<Vec<_>>(),
+            })
+        });
         json!({
             "topology": self.topology,
             "ports": ports,
             "drops": self.drops,
             "fdb_entries": self.fdb_entries,
+            "nat": nat,
         })
     }
 
@@ -343,6 +449,60 @@ impl Snapshot {
             "# HELP {name} MAC addresses in the BPF forwarding database.\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {}",
             self.fdb_entries
         );
+        if let Some(n) = &self.nat {
+            let name = "netbridge_nat_events_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} NAT events (new sessions, translated packets, port retries), by kind.\n# TYPE {name} counter"
+            );
+            for (k, v) in &n.counters {
+                let _ = writeln!(out, "{name}{{topology=\"{topo}\",event=\"{k}\"}} {v}");
+            }
+            let name = "netbridge_nat_sessions";
+            let _ = writeln!(
+                out,
+                "# HELP {name} NAT sessions in the conntrack table, by protocol.\n# TYPE {name} gauge"
+            );
+            for (p, v) in &n.sessions {
+                let _ = writeln!(out, "{name}{{topology=\"{topo}\",proto=\"{p}\"}} {v}");
+            }
+            let name = "netbridge_nat_sessions_max";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Session limit (max_sessions).\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {}",
+                n.max_sessions
+            );
+            let name = "netbridge_nat_ports_in_use";
+            let _ = writeln!(
+                out,
+                "# HELP {name} SNAT external ports in use, by protocol.\n# TYPE {name} gauge"
+            );
+            for p in &n.pools {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topology=\"{topo}\",proto=\"{}\"}} {}",
+                    p.proto, p.ports_in_use
+                );
+            }
+            let name = "netbridge_nat_port_pool_size";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Ports in the SNAT range.\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {}",
+                n.pools.first().map_or(0, |p| p.pool_size)
+            );
+            let name = "netbridge_forward_sessions_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} New DNAT sessions per port forward.\n# TYPE {name} counter"
+            );
+            for (proto, port, to, hits) in &n.forwards {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topology=\"{topo}\",proto=\"{proto}\",port=\"{port}\",to=\"{}\"}} {hits}",
+                    escape(to)
+                );
+            }
+        }
         out
     }
 }

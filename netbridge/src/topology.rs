@@ -12,11 +12,15 @@ use ipnet::IpNet;
 use rtnetlink::Handle;
 use serde::Serialize;
 
-use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP};
+use netbridge_common::{
+    FwdTarget, HostEntry, NAT_EIM, NAT_FORWARDS, NAT_MASQUERADE, NatConfig, PROG_PEER_XDP,
+    PROG_PORT_INGRESS, PROG_PORT_XDP,
+};
 
 use crate::{
     bpf::{self, BpfError, Datapath, PinDir},
     config::{Route, Topology},
+    nat::NatPlan,
     netlink::{self, NetlinkError, RouteSpec},
     netns::{self, Netns, NetnsError},
     state::{ChangedSysctl, CreatedLink, State, StateError},
@@ -431,7 +435,8 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
         .filter(|n| t.on_bridge(n))
         .map(|n| (Topology::host_ifname(n), n.name.clone(), n.ifname.clone()))
         .collect();
-    if !ports.is_empty() {
+    let nat_inputs = nat_inputs(t);
+    if !ports.is_empty() || nat_inputs.is_some() || run.st.pin_dir.is_some() {
         let dir = bpf::ensure_bpffs(&t.name)?;
         if run.st.pin_dir.is_none() {
             run.st.pin_dir = Some(dir.clone());
@@ -455,22 +460,27 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
         // Each port's identity for anti-spoofing: the namespace end's MAC
         // and the namespace's IPv4 addresses.
         let mut host_ports = Vec::new();
+        // (port, namespace MAC, its IPv4 addresses): hairpin delivery.
+        let mut lab_hosts = Vec::new();
         for n in t.namespaces.iter().filter(|n| t.on_bridge(n)) {
+            let ifname = n.ifname.clone();
+            let mac = in_ns(&Netns::named(&n.name), move |h| async move {
+                netlink::link(&h, &ifname)
+                    .await
+                    .map(|l| l.and_then(|l| l.mac))
+            })?;
+            let v4: Vec<std::net::Ipv4Addr> = n
+                .addresses
+                .iter()
+                .filter_map(|a| match a.addr() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            if let Some(m) = mac {
+                lab_hosts.push((Topology::host_ifname(n), m, v4.clone()));
+            }
             let identity = if n.anti_spoof {
-                let ifname = n.ifname.clone();
-                let mac = in_ns(&Netns::named(&n.name), move |h| async move {
-                    netlink::link(&h, &ifname)
-                        .await
-                        .map(|l| l.and_then(|l| l.mac))
-                })?;
-                let v4: Vec<std::net::Ipv4Addr> = n
-                    .addresses
-                    .iter()
-                    .filter_map(|a| match a.addr() {
-                        IpAddr::V4(v4) => Some(v4),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
                 mac.map(|m| (m, v4))
             } else {
                 None
@@ -523,6 +533,7 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
                 })
             });
             dp.maps.configure(&port_configs, aging, gateway)?;
+            changes.extend(apply_nat(&h, &mut dp, nat_inputs, &lab_hosts, &links).await?);
             Ok::<_, TopologyError>((dp, changes))
         })?;
         run.changes.extend(changes);
@@ -570,6 +581,148 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The NAT part of a topology, resolved to datapath terms (the uplink's
+/// address and the port ifindexes are found in the host namespace).
+#[derive(Debug, Clone)]
+struct NatInputs {
+    uplink: String,
+    flags: u32,
+    ports: (u16, u16),
+    max_sessions: u32,
+    forwards: Vec<FwdTarget>,
+}
+
+/// The topology's forwards in datapath terms (target namespace's first
+/// IPv4 address).
+pub fn forward_targets(t: &Topology) -> Vec<FwdTarget> {
+    t.forwards
+        .iter()
+        .filter_map(|f| {
+            let (first, last) = f.port.range()?;
+            let (ns, port) = f.target();
+            let addr = t
+                .namespace(&ns)?
+                .addresses
+                .iter()
+                .find_map(|a| match a.addr() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })?;
+            Some(FwdTarget {
+                addr: addr.octets(),
+                port,
+                first,
+                last,
+                proto: crate::nat::proto_num(f.proto),
+                _pad: 0,
+            })
+        })
+        .collect()
+}
+
+fn nat_inputs(t: &Topology) -> Option<NatInputs> {
+    let u = t.uplink.as_ref()?;
+    if !u.masquerade && t.forwards.is_empty() {
+        return None;
+    }
+    let mut flags = 0;
+    if u.masquerade {
+        flags |= NAT_MASQUERADE;
+    }
+    if u.endpoint_independent {
+        flags |= NAT_EIM;
+    }
+    if !t.forwards.is_empty() {
+        flags |= NAT_FORWARDS;
+    }
+    let forwards = forward_targets(t);
+    Some(NatInputs {
+        uplink: u.ifname.clone(),
+        flags,
+        ports: u.port_range(),
+        max_sessions: u.max_sessions,
+        forwards,
+    })
+}
+
+/// Attaches (or detaches) the uplink programs and writes the NAT maps.
+/// Runs on the host namespace's thread.
+async fn apply_nat(
+    h: &Handle,
+    dp: &mut Datapath,
+    inputs: Option<NatInputs>,
+    lab_hosts: &[(String, [u8; 6], Vec<std::net::Ipv4Addr>)],
+    links: &[netlink::LinkInfoLite],
+) -> Result<Vec<String>> {
+    let mut changes = Vec::new();
+    let find = |n: &str| links.iter().find(|l| l.name == n);
+    let Some(inp) = inputs else {
+        for ifname in dp.detach_uplinks_except(None) {
+            changes.push(format!("detached the NAT programs from {ifname}"));
+        }
+        let off = NatPlan {
+            config: NatConfig::default(),
+            forwards: vec![],
+            hosts: vec![],
+        };
+        changes.extend(dp.maps.nat.apply(&off)?);
+        return Ok(changes);
+    };
+    let up = find(&inp.uplink).ok_or_else(|| TopologyError::Vanished {
+        ns: "host".into(),
+        ifname: inp.uplink.clone(),
+    })?;
+    let addr = netlink::addresses(h, up.index)
+        .await?
+        .iter()
+        .find_map(|a| match a.addr() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| {
+            TopologyError::Conflict(format!(
+                "uplink {} has no IPv4 address: NAT needs one to masquerade as",
+                inp.uplink
+            ))
+        })?;
+    let mut hosts = Vec::new();
+    for (port, mac, v4) in lab_hosts {
+        if let Some(l) = find(port) {
+            for a in v4 {
+                hosts.push((
+                    *a,
+                    HostEntry {
+                        ifindex: l.index,
+                        mac: *mac,
+                        _pad: [0; 2],
+                    },
+                ));
+            }
+        }
+    }
+    let plan = NatPlan {
+        config: NatConfig {
+            uplink_ipv4: addr.octets(),
+            uplink_ifindex: up.index,
+            flags: inp.flags,
+            port_min: inp.ports.0,
+            port_max: inp.ports.1,
+            max_sessions: inp.max_sessions,
+            range_count: 0,
+        },
+        forwards: inp.forwards,
+        hosts,
+    };
+    for ifname in dp.detach_uplinks_except(Some(&inp.uplink)) {
+        changes.push(format!("detached the NAT programs from {ifname}"));
+    }
+    changes.extend(dp.maps.nat.apply(&plan)?);
+    for prog in dp.attach_uplink(&inp.uplink)? {
+        changes.push(format!("attached {prog} to {}", inp.uplink));
+    }
+    Ok(changes)
 }
 
 impl NetlinkError {
@@ -936,7 +1089,14 @@ pub fn status(t: &Topology) -> Result<Vec<NsStatus>> {
                         .master
                         .and_then(|m| links.iter().find(|x| x.index == m).map(|x| x.name.clone())),
                     addresses,
-                    programs: bpf::attached_ingress(&l.name),
+                    programs: bpf::attached_ingress(&l.name)
+                        .into_iter()
+                        .chain(
+                            bpf::attached_tc(&l.name, aya::programs::TcAttachType::Egress)
+                                .into_iter()
+                                .map(|p| format!("{p}(egress)")),
+                        )
+                        .collect(),
                 });
             }
             Ok::<_, NetlinkError>(v)

@@ -69,6 +69,14 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/curl", "curl"),
     ("/usr/bin/python3", "python3"),
     ("/usr/sbin/ethtool", "ethtool"),
+    ("/usr/sbin/traceroute", "traceroute"),
+    ("/usr/bin/tshark", "tshark"),
+    ("/usr/sbin/nft", "nftables"),
+    ("/usr/sbin/iptables", "iptables"),
+    (
+        "/usr/lib/python3/dist-packages/scapy/__init__.py",
+        "python3-scapy",
+    ),
 ];
 
 fn main() -> Result<()> {

@@ -1,0 +1,165 @@
+//! DNAT port forwards: the forward tables, new sessions, and the lab host
+//! table used to deliver hairpin traffic straight to a port.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuHashMap},
+    programs::TcContext,
+};
+use netbridge_common::{
+    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CtEntry, CtKey, FwdKey, FwdTarget,
+    HostEntry, MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NatConfig, drop_reason, nat_stat,
+};
+
+use crate::{
+    bridge,
+    nat::{
+        Tuple, count,
+        ct::{self, BPF_NOEXIST, NB_CT},
+    },
+};
+
+#[map]
+static NB_FORWARDS: HashMap<FwdKey, FwdTarget> = HashMap::pinned(MAX_FWD_PORTS, 0);
+
+#[map]
+static NB_FWD_RANGES: Array<FwdTarget> = Array::pinned(MAX_FWD_RANGES, 0);
+
+#[map]
+static NB_FWD_HITS: PerCpuHashMap<FwdKey, u64> =
+    PerCpuHashMap::pinned(MAX_FWD_PORTS + MAX_FWD_RANGES, 0);
+
+#[map]
+static NB_HOSTS: HashMap<[u8; 4], HostEntry> = HashMap::pinned(MAX_PORTS * 4, 0);
+
+/// The forward for external `port` (host order): an O(1) hash lookup for
+/// single ports, then a scan of the (few) ranges.
+#[inline(always)]
+pub fn find_forward(cfg: &NatConfig, proto: u8, port: u16) -> Option<FwdTarget> {
+    let key = FwdKey {
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(t) = unsafe { NB_FORWARDS.get(&key) } {
+        return Some(*t);
+    }
+    let n = cfg.range_count.min(MAX_FWD_RANGES);
+    let mut i = 0;
+    while i < MAX_FWD_RANGES {
+        if i >= n {
+            break;
+        }
+        if let Some(r) = NB_FWD_RANGES.get(i)
+            && r.proto == proto
+            && r.first <= port
+            && port <= r.last
+        {
+            return Some(*r);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn count_hit(fwd: &FwdTarget) {
+    let key = FwdKey {
+        port: fwd.first,
+        proto: fwd.proto,
+        _pad: 0,
+    };
+    match NB_FWD_HITS.get_ptr_mut(&key) {
+        Some(c) => unsafe { *c += 1 },
+        None => {
+            let _ = NB_FWD_HITS.insert(&key, &1, 0);
+        }
+    }
+}
+
+/// Opens a DNAT session for `t` (a client reaching the uplink address on a
+/// forwarded port: from upstream, or from a lab host when `hairpin`) and
+/// returns the new destination (raw network order).
+#[inline(always)]
+pub fn new_session(
+    cfg: &NatConfig,
+    t: &Tuple,
+    fwd: &FwdTarget,
+    hairpin: bool,
+    tcp_flags: u8,
+) -> Result<(u32, u16), u32> {
+    if ct::full(cfg) {
+        return Err(drop_reason::NAT_TABLE_FULL);
+    }
+    let dport = u16::from_be(t.dport);
+    let tport = fwd.port.wrapping_add(dport.wrapping_sub(fwd.first)).to_be();
+    let kind = if hairpin { CT_HAIRPIN } else { CT_DNAT };
+    let now = ct::now();
+    let state = ct::initial_state(t.proto, tcp_flags);
+    let in_key = ct::key(t, CT_DIR_IN);
+    let out_key = CtKey {
+        saddr: fwd.addr,
+        daddr: t.saddr.to_ne_bytes(),
+        sport: tport,
+        dport: t.sport,
+        proto: t.proto,
+        dir: CT_DIR_OUT,
+        _pad: [0; 2],
+    };
+    let out_val = CtEntry {
+        reverse: in_key,
+        nat_addr: t.daddr.to_ne_bytes(),
+        nat_port: t.dport,
+        state,
+        kind,
+        flags: 0,
+        _pad: [0; 7],
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let in_val = CtEntry {
+        reverse: out_key,
+        nat_addr: fwd.addr,
+        nat_port: tport,
+        state,
+        kind,
+        flags: CT_F_ORIGINAL,
+        _pad: [0; 7],
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let inserted = NB_CT.insert(&out_key, &out_val, BPF_NOEXIST).is_ok()
+        && (NB_CT.insert(&in_key, &in_val, BPF_NOEXIST).is_ok() || {
+            let _ = NB_CT.remove(&out_key);
+            false
+        });
+    if !inserted {
+        // Lost a race with another CPU opening the same session?
+        return match unsafe { NB_CT.get(&in_key) } {
+            Some(e) => Ok((u32::from_ne_bytes(e.nat_addr), e.nat_port)),
+            None => Err(drop_reason::NAT_CT_INSERT),
+        };
+    }
+    ct::count_session();
+    count_hit(fwd);
+    count(if hairpin {
+        nat_stat::HAIRPIN_NEW
+    } else {
+        nat_stat::DNAT_NEW
+    });
+    Ok((u32::from_ne_bytes(fwd.addr), tport))
+}
+
+/// If `addr` (raw) is a lab host, readdresses the frame to it (its MAC,
+/// from the gateway MAC) and returns its port for a redirect.
+#[inline(always)]
+pub fn host_port(ctx: &TcContext, addr: u32) -> Result<Option<u32>, u32> {
+    let Some(h) = (unsafe { NB_HOSTS.get(&addr.to_ne_bytes()) }) else {
+        return Ok(None);
+    };
+    let (ifindex, mac) = (h.ifindex, h.mac);
+    let gw = bridge::gateway_mac();
+    let err = |_| drop_reason::NAT_REWRITE;
+    ctx.store(0, &mac, 0).map_err(err)?;
+    ctx.store(6, &gw, 0).map_err(err)?;
+    Ok(Some(ifindex))
+}
