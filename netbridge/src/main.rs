@@ -693,23 +693,89 @@ fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
             .find(|a| a.addr().is_ipv4())
             .map(|a| a.addr().to_string())
     };
-    // An HTTP server in the last bridged namespace; fetch it from the first.
-    let server = bridged
-        .last()
+    // An HTTP server in the target of the first TCP forward (else the last
+    // bridged namespace); fetched from the first bridged namespace directly
+    // and from upstream through the forward (DNAT).
+    let forward = t
+        .forwards
+        .iter()
+        .find(|f| f.proto == netbridge::config::Proto::Tcp);
+    let server = forward
+        .and_then(|f| bridged.iter().find(|n| n.name == f.target().0))
+        .or(bridged.last())
         .context("default lab has no bridged namespace")?;
+    let server_port = forward.map_or(8000, |f| f.target().1).to_string();
+    // The upstream end of the uplink: a namespace with an address there.
+    let upstream = t.uplink.as_ref().and_then(|u| {
+        t.links.iter().find_map(|l| {
+            let (near, far) = if l.a.ifname == u.ifname && l.a.netns.is_none() {
+                (&l.a, &l.b)
+            } else if l.b.ifname == u.ifname && l.b.netns.is_none() {
+                (&l.b, &l.a)
+            } else {
+                return None;
+            };
+            let v4 = |e: &netbridge::config::Endpoint| {
+                e.addresses
+                    .iter()
+                    .find(|a| a.addr().is_ipv4())
+                    .map(|a| a.addr().to_string())
+            };
+            Some((far.netns.clone()?, v4(far)?, v4(near)?))
+        })
+    });
     let server_ip = first_v4(server).context("server namespace has no IPv4 address")?;
     // --bind 0.0.0.0: with a specific address http.server does a reverse DNS
     // lookup at start, which would hang (and send a query) inside the lab.
     let child = in_ns(
         &server.name,
-        &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &server_port,
+            "--bind",
+            "0.0.0.0",
+        ],
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
     .context("starting python3 -m http.server")?;
     guard.children.push(child);
-    std::thread::sleep(Duration::from_millis(500));
+    // A web server "on the internet" for the lab to reach through SNAT.
+    if let Some((up_ns, _, _)) = &upstream {
+        let child = in_ns(
+            up_ns,
+            &["python3", "-m", "http.server", "80", "--bind", "0.0.0.0"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting python3 -m http.server upstream")?;
+        guard.children.push(child);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let curl = |ns: &str, url: &str| {
+        in_ns(
+            ns,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "2",
+                url,
+            ],
+        )
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    };
+    let (mut dnat_ok, mut snat_ok) = (0u32, 0u32);
 
     let source = stats::Source::open(&t.name)?;
     let tty = std::io::stdout().is_terminal();
@@ -736,31 +802,33 @@ fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
                 }
             }
         }
-        let url = format!("http://{server_ip}:8000/");
-        let fetched = in_ns(
-            &bridged[0].name,
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-m",
-                "2",
-                &url,
-            ],
-        )
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+        let url = format!("http://{server_ip}:{server_port}/");
+        let fetched = curl(&bridged[0].name, &url);
         http_ok += u32::from(fetched == "200");
+        let mut nat_line = String::new();
+        if let Some((up_ns, up_ip, uplink_ip)) = &upstream {
+            // SNAT: the lab reaches the upstream server as the uplink address.
+            let s = curl(&bridged[0].name, &format!("http://{up_ip}/"));
+            snat_ok += u32::from(s == "200");
+            nat_line = format!(
+                "\nNAT: HTTP {s} from {} -> http://{up_ip}/ (masquerade)",
+                bridged[0].name
+            );
+            if let Some(f) = forward {
+                let d = curl(up_ns, &format!("http://{uplink_ip}:{}/", f.port));
+                dnat_ok += u32::from(d == "200");
+                nat_line += &format!(
+                    "; HTTP {d} from {up_ns} -> http://{uplink_ip}:{} (forward to {})",
+                    f.port, f.to
+                );
+            }
+        }
         let snap = source.snapshot()?;
         if tty {
             print!("\x1b[2J\x1b[H");
         }
         println!(
-            "netbridge demo: lab {} | round {round} | {:.0}s | HTTP {fetched} from {} -> {url}",
+            "netbridge demo: lab {} | round {round} | {:.0}s | HTTP {fetched} from {} -> {url}{nat_line}",
             t.name,
             start.elapsed().as_secs_f64(),
             bridged[0].name,
@@ -786,6 +854,16 @@ fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
         println!(
             "\ndemo summary: {round} rounds, HTTP 200 in {http_ok}; {redirected} frames took the BPF fast path, {kernel} went to the kernel bridge"
         );
+        if let Some(n) = &last.nat {
+            let c = |k: &str| n.counters.get(k).copied().unwrap_or(0);
+            println!(
+                "demo nat: HTTP 200 through SNAT in {snat_ok}, through DNAT in {dnat_ok}; {} SNAT and {} DNAT sessions opened, {} packets translated out, {} in",
+                c("snat_new"),
+                c("dnat_new"),
+                c("translated_out"),
+                c("translated_in")
+            );
+        }
     }
     drop(guard);
     Ok(())

@@ -200,6 +200,15 @@ fn demo_runs_non_interactively_and_cleans_up() {
         summary.contains("HTTP 200 in") && !summary.contains("HTTP 200 in 0;"),
         "{summary}"
     );
+    // NAT both ways: "demo nat: HTTP 200 through SNAT in S, through DNAT in D; ..."
+    let nat = stdout
+        .lines()
+        .find(|l| l.starts_with("demo nat:"))
+        .expect("nat summary line");
+    assert!(
+        !nat.contains("SNAT in 0,") && !nat.contains("DNAT in 0;"),
+        "{nat}"
+    );
     assert!(stdout.contains("torn down"), "{stdout}");
     assert_eq!(sb.snapshot(), before, "demo left residue");
 }
