@@ -727,3 +727,160 @@ fn endpoint_independent_mapping_and_gc() {
     assert!(sessions(&lab.conntrack()).is_empty());
     lab.down_clean();
 }
+
+/// MAC of `ifname` in `ns` (through `ip -j`: nsenter keeps the caller's /sys).
+fn mac_of(lab: &NatLab, ns: &str, ifname: &str) -> String {
+    let v: Value = serde_json::from_str(&lab.sh(ns, &format!("ip -j link show {ifname}"))).unwrap();
+    v[0]["address"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn exposure_scan_finds_exactly_the_forwarded_ports() {
+    require_root!();
+    let mut lab = NatLab::new(
+        "",
+        r#"
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "white:8000"
+
+[[forward]]
+proto = "tcp"
+port = "9000-9002"
+to = "black:9000"
+"#,
+    );
+    // Lab services: the forwarded ones, plus some that must stay hidden.
+    lab.http_server("white", 8000);
+    for p in [9000, 9001, 9002] {
+        lab.http_server("black", p);
+    }
+    lab.http_server("white", 22);
+    lab.http_server("black", 80);
+    let out = lab.sh(
+        "server",
+        &format!("python3 {} {UPLINK}", script("port_scan.py")),
+    );
+    let open: Vec<u64> = serde_json::from_str::<Vec<u64>>(out.trim()).unwrap();
+    assert_eq!(open, [8080, 9000, 9001, 9002], "open on the uplink");
+    lab.down_clean();
+}
+
+#[test]
+fn hostile_frames_are_dropped_and_counted_without_harm() {
+    require_root!();
+    let mut lab = NatLab::new(
+        "",
+        r#"
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "white:8000"
+"#,
+    );
+    lab.http_server("white", 8000);
+    lab.sh("black", &format!("ping -c 1 -W 2 {SERVER}"));
+    let drops = |lab: &NatLab| -> Value {
+        let v: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
+        v["drops"].clone()
+    };
+    let delta = |before: &Value, after: &Value, k: &str| {
+        after[k].as_u64().unwrap() - before[k].as_u64().unwrap()
+    };
+    const N: u64 = 5;
+    let scapy = |lab: &NatLab, ns: &str, args: [&str; 6]| {
+        let out = lab.sh(
+            ns,
+            &format!(
+                "/usr/bin/python3 {} {} {N}",
+                script("hostile.py"),
+                args.join(" ")
+            ),
+        );
+        let sent: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(sent.as_object().unwrap().len(), 14, "{sent}");
+    };
+
+    // From a lab namespace into its bridge port (and, routed, the uplink).
+    let (black_mac, gw_mac) = (mac_of(&lab, "black", "eth0"), mac_of(&lab, "gw", "br0"));
+    let before = drops(&lab);
+    scapy(
+        &lab,
+        "black",
+        [
+            "eth0",
+            &black_mac,
+            "192.168.1.10",
+            &gw_mac,
+            SERVER,
+            "192.168.2.10",
+        ],
+    );
+    let after = Sandbox::wait_for(Duration::from_secs(5), || {
+        let a = drops(&lab);
+        (delta(&before, &a, "nat_fragment") >= N).then_some(a)
+    })
+    .unwrap_or_else(|| drops(&lab));
+    for (reason, kinds) in [
+        ("truncated_l3", 2),    // truncated_ip, ihl_beyond_frame
+        ("bad_ipv4_header", 2), // bad_ihl, bad_version
+        ("vlan_too_deep", 1),
+        ("spoofed_arp", 1),
+        ("spoofed_ipv4", 1),
+        ("spoofed_mac", 1),
+        ("bad_src_mac", 1),
+        ("nat_fragment", 1), // a non-first fragment cannot be mapped
+    ] {
+        assert!(
+            delta(&before, &after, reason) >= kinds * N,
+            "{reason}: {} < {}; drops {after}",
+            delta(&before, &after, reason),
+            kinds * N
+        );
+    }
+
+    // From upstream into the uplink program.
+    let (router_mac, uplink_mac) = (
+        mac_of(&lab, "router", "eth0"),
+        mac_of(&lab, "gw", "uplink0"),
+    );
+    let before = drops(&lab);
+    scapy(
+        &lab,
+        "router",
+        [
+            "eth0",
+            &router_mac,
+            "203.0.113.254",
+            &uplink_mac,
+            UPLINK,
+            "203.0.113.99",
+        ],
+    );
+    let after = drops(&lab);
+    assert!(
+        delta(&before, &after, "bad_ipv4_header") >= 2 * N,
+        "{after}"
+    );
+    assert!(delta(&before, &after, "truncated_l3") >= 2 * N, "{after}");
+
+    // Nothing broke: programs attached, valid traffic in both directions,
+    // no session made from a forged source.
+    let status = lab.nb(&["status"]);
+    assert!(
+        status.contains("nb_uplink_ingre") && status.contains("nb_port_ingress"),
+        "{status}"
+    );
+    lab.sh("black", &format!("ping -c 2 -i 0.2 -W 2 {SERVER}"));
+    assert_eq!(lab.curl("server", &format!("http://{UPLINK}:8080/")), "200");
+    assert_eq!(lab.curl("black", &format!("http://{UPLINK}:8080/")), "200");
+    let ct = lab.conntrack();
+    assert!(
+        !sessions(&ct).iter().any(
+            |s| s["inside"].as_str().unwrap().starts_with("192.168.2.10:") && s["kind"] == "snat"
+        ),
+        "a forged source got a mapping: {ct}"
+    );
+    lab.down_clean();
+}
