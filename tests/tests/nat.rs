@@ -465,11 +465,29 @@ to = "white:8000"
     let dumps = [
         lab.spawn(
             "black",
-            &["tcpdump", "-i", "eth0", "-U", "-w", &lab_pcap, "ip"],
+            &[
+                "tcpdump",
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-w",
+                &lab_pcap,
+                "ip",
+            ],
         ),
         lab.spawn(
             "server",
-            &["tcpdump", "-i", "eth0", "-U", "-w", &up_pcap, "ip"],
+            &[
+                "tcpdump",
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-w",
+                &up_pcap,
+                "ip",
+            ],
         ),
     ];
     std::thread::sleep(Duration::from_millis(800));
@@ -480,8 +498,10 @@ to = "white:8000"
     assert!(r["43000:7"].is_string(), "{r}");
     lab.sh("black", &format!("ping -c 2 -i 0.2 {SERVER}"));
     lab.sh("black", &format!("traceroute -n -q 1 -w 1 -m 3 {SERVER}"));
-    std::thread::sleep(Duration::from_millis(500));
-    // Stop our own captures (by pid: other tests run tcpdump too).
+    std::thread::sleep(Duration::from_millis(1000));
+    // Stop our own captures (by pid: other tests run tcpdump too). With
+    // --immediate-mode every packet is written as it arrives; without it
+    // libpcap holds a ring block that a stopped tcpdump never writes.
     for pid in dumps {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),

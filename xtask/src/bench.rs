@@ -208,9 +208,151 @@ impl Drop for Lab {
     }
 }
 
+/// The NAT comparison: a lab host ("client", 192.168.50.1) on a bridge in
+/// "host", whose uplink (203.0.113.1) faces "server" (203.0.113.2). SNAT:
+/// client -> server; DNAT: server -> 203.0.113.1:5201 -> client:5201.
+const NAT_UPLINK: &str = "203.0.113.1";
+const NAT_SERVER: &str = "203.0.113.2";
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum NatSetup {
+    /// C: Linux bridge + iptables MASQUERADE/DNAT (the seeds' way).
+    Iptables,
+    /// D: netbridge, BPF NAT on the uplink.
+    Netbridge,
+}
+
+impl NatSetup {
+    const ALL: [NatSetup; 2] = [NatSetup::Iptables, NatSetup::Netbridge];
+    fn label(self) -> &'static str {
+        match self {
+            NatSetup::Iptables => "C bridge+iptables",
+            NatSetup::Netbridge => "D netbridge nat",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            NatSetup::Iptables => "iptables_nat",
+            NatSetup::Netbridge => "netbridge_nat",
+        }
+    }
+}
+
+/// NAT workloads: (name, unit, higher is better).
+const NAT_WORKLOADS: [(&str, &str, bool); 5] = [
+    ("snat_tcp_stream", "Gbit/s", true),
+    ("snat_udp64_pps", "kpps", true),
+    ("snat_rr_p50", "us", false),
+    ("dnat_tcp_stream", "Gbit/s", true),
+    ("dnat_udp64_pps", "kpps", true),
+];
+
+fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path) -> Result<Lab> {
+    let mut lab = Lab {
+        prefix: format!("nbn{id}{}-", &setup.key()[..1]),
+        netbridge: netbridge.to_path_buf(),
+        topo_file: None,
+    };
+    let (c, s, h) = (lab.ns("client"), lab.ns("server"), lab.ns("host"));
+    match setup {
+        NatSetup::Iptables => {
+            add_netns(&[&c, &s, &h])?;
+            sh(
+                None,
+                &format!(
+                    "set -e
+                     ip -n {h} link add br0 type bridge && ip -n {h} link set br0 up
+                     ip -n {h} addr add 192.168.50.254/24 dev br0
+                     ip -n {h} link add p-client type veth peer name eth0 netns {c}
+                     ip -n {h} link set p-client master br0 up
+                     ip -n {c} addr add {CLIENT_IP}/24 dev eth0 && ip -n {c} link set eth0 up
+                     ip -n {c} route add default via 192.168.50.254
+                     ip -n {h} link add uplink0 type veth peer name eth0 netns {s}
+                     ip -n {h} addr add {NAT_UPLINK}/24 dev uplink0 && ip -n {h} link set uplink0 up
+                     ip -n {s} addr add {NAT_SERVER}/24 dev eth0 && ip -n {s} link set eth0 up
+                     ip netns exec {h} sysctl -qw net.ipv4.ip_forward=1
+                     ip netns exec {h} iptables -t nat -A POSTROUTING -s 192.168.50.0/24 -o uplink0 -j MASQUERADE
+                     ip netns exec {h} iptables -t nat -A PREROUTING -i uplink0 -p tcp --dport 5201 -j DNAT --to-destination {CLIENT_IP}:5201
+                     ip netns exec {h} iptables -t nat -A PREROUTING -i uplink0 -p udp --dport 5201 -j DNAT --to-destination {CLIENT_IP}:5201
+"
+                ),
+            )?;
+        }
+        NatSetup::Netbridge => {
+            let file = dir.join(format!("{}nat.toml", lab.prefix));
+            std::fs::write(
+                &file,
+                format!(
+                    "name = \"benchnat\"\nhost_netns = \"host\"\n                     [bridge]\nname = \"br0\"\naddresses = [\"192.168.50.254/24\"]\n                     [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n                     routes = [{{ to = \"default\", via = \"192.168.50.254\" }}]\n                     [[namespace]]\nname = \"server\"\nbridge = false\n                     [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{NAT_UPLINK}/24\"] }}\n                     b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{NAT_SERVER}/24\"] }}\n                     [uplink]\nifname = \"uplink0\"\nmasquerade = true\n                     [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n                     [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n"
+                ),
+            )?;
+            lab.topo_file = Some(file.clone());
+            let out = Command::new(&lab.netbridge)
+                .args(["up", "-f"])
+                .arg(&file)
+                .args(["--prefix", &lab.prefix])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "netbridge up (nat): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    sh(Some(&c), &format!("ping -c 3 -i 0.2 -W 2 -q {NAT_SERVER}"))?;
+    Ok(lab)
+}
+
+/// One NAT round: SNAT stream, packet rate and latency, DNAT stream and rate.
+fn nat_round(lab: &Lab, opts: &Options, s: &mut BTreeMap<&'static str, Vec<f64>>) -> Result<()> {
+    let (c, sv) = (lab.ns("client"), lab.ns("server"));
+    s.entry("snat_tcp_stream").or_default().push(iperf_between(
+        &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, false,
+    )?);
+    s.entry("snat_udp64_pps").or_default().push(iperf_between(
+        &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, true,
+    )?);
+    let out = sh(
+        Some(&c),
+        &format!(
+            "taskset -c 0 ping -c {} -i 0.002 -W 1 {NAT_SERVER}",
+            opts.rr_count
+        ),
+    )?;
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    s.entry("snat_rr_p50").or_default().push(median(&rtts));
+    s.entry("dnat_tcp_stream").or_default().push(iperf_between(
+        &sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, false,
+    )?);
+    s.entry("dnat_udp64_pps").or_default().push(iperf_between(
+        &sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, true,
+    )?);
+    Ok(())
+}
+
 /// Runs an iperf3 client against a one-shot server, both pinned.
 fn iperf(lab: &Lab, secs: u32, udp64: bool) -> Result<f64> {
     let (c, s) = (lab.ns("client"), lab.ns("server"));
+    iperf_between(&c, &s, SERVER_IP, SERVER_IP, secs, udp64)
+}
+
+/// iperf3 from namespace `c` to a one-shot server in `s` bound to `bind`,
+/// reached at `target` (differs through DNAT). Gbit/s or receiver kpps.
+fn iperf_between(
+    c: &str,
+    s: &str,
+    bind: &str,
+    target: &str,
+    secs: u32,
+    udp64: bool,
+) -> Result<f64> {
     let last_cpu = std::thread::available_parallelism()
         .map(|n| n.get() - 1)
         .unwrap_or(0);
@@ -225,7 +367,7 @@ fn iperf(lab: &Lab, secs: u32, udp64: bool) -> Result<f64> {
             "-s",
             "-1",
             "-B",
-            SERVER_IP,
+            bind,
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -237,9 +379,9 @@ fn iperf(lab: &Lab, secs: u32, udp64: bool) -> Result<f64> {
         format!("-t {secs}")
     };
     let out = sh(
-        Some(&c),
+        Some(c),
         &format!(
-            "timeout {} taskset -c 0 iperf3 -c {SERVER_IP} {args} -J",
+            "timeout {} taskset -c 0 iperf3 -c {target} {args} -J",
             secs + 10
         ),
     );
@@ -384,6 +526,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     let mut samples: BTreeMap<Setup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let started = Instant::now();
     let (mut up_nb, mut up_ip) = (Vec::new(), Vec::new());
+    let mut nat_samples: BTreeMap<NatSetup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let total = opts.rounds as usize * Setup::ALL.len();
     let mut done = 0;
     for round in 1..=opts.rounds {
@@ -407,6 +550,16 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
             s.entry("rr_p50").or_default().push(p50);
             s.entry("rr_p99").or_default().push(p99);
             drop(lab);
+        }
+        for setup in NatSetup::ALL {
+            eprintln!(
+                "bench: round {round}/{} NAT paths: {:<17} ({:.0}s elapsed)",
+                opts.rounds,
+                setup.label(),
+                started.elapsed().as_secs_f64()
+            );
+            let lab = nat_lab(setup, &id, netbridge, &out_dir)?;
+            nat_round(&lab, opts, nat_samples.entry(setup).or_default())?;
         }
         eprintln!(
             "bench: round {round}/{}: up of {UP_NAMESPACES} namespaces, netbridge vs ip script",
@@ -480,16 +633,48 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
          ip-command script {up_ip_med:.2} s, ratio {:.2}",
         up_nb_med / up_ip_med
     );
+    let nat_med = |s: NatSetup, w: &str| {
+        nat_samples
+            .get(&s)
+            .and_then(|m| m.get(w))
+            .map(|v| median(v))
+            .unwrap_or(f64::NAN)
+    };
     let _ = writeln!(
         table,
-        "\nnot yet measured: C (bridge + iptables NAT) and the SNAT/DNAT paths need the BPF NAT; \
-         scale runs (100k sessions, 1000 forwards) likewise"
+        "\nNAT paths (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n\n{:<16} {:>6} {:>12} {:>12} {:>8}",
+        "workload", "unit", "C iptables", "D netbridge", "D/C"
+    );
+    let mut json_nat = serde_json::Map::new();
+    for (w, unit, _) in NAT_WORKLOADS {
+        let (c, d) = (
+            nat_med(NatSetup::Iptables, w),
+            nat_med(NatSetup::Netbridge, w),
+        );
+        let _ = writeln!(
+            table,
+            "{w:<16} {unit:>6} {c:>12.2} {d:>12.2} {:>8.2}",
+            d / c
+        );
+        json_nat.insert(
+            w.to_string(),
+            serde_json::json!({"unit": unit,
+                "samples": NatSetup::ALL.iter().map(|s| (s.key(), nat_samples.get(s).and_then(|m| m.get(w)).cloned().unwrap_or_default())).collect::<BTreeMap<_, _>>(),
+                "medians": {"iptables_nat": c, "netbridge_nat": d},
+                "ratios": {"netbridge_vs_iptables": d / c}}),
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nnot yet measured: scale runs (100k NAT sessions vs 100, 1000 forwards vs 1000 iptables rules), \
+         transactions/s and new connections/s through DNAT"
     );
     print!("{table}");
     let json = serde_json::json!({
         "rounds": opts.rounds, "seconds_per_stream": opts.secs, "rr_exchanges": opts.rr_count,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "workloads": json_workloads,
+        "nat_workloads": json_nat,
         "up_namespaces": {"count": UP_NAMESPACES, "netbridge_secs": up_nb, "ip_script_secs": up_ip,
                           "ratio": up_nb_med / up_ip_med},
     });
