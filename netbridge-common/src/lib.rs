@@ -100,8 +100,27 @@ pub struct BridgeConfig {
     /// Gateway (bridge) MAC, wire order: frames to it always go to the
     /// kernel (routing, the host's own services), never to a port.
     pub gateway_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `BRIDGE_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// [`BridgeConfig::flags`]: an isolation policy is set ([`MAP_POLICY`]).
+pub const BRIDGE_ISOLATION: u8 = 1;
+
+/// Hash: [`PolicyKey`] -> 1 for each denied (source port, destination port).
+pub const MAP_POLICY: &str = "NB_POLICY";
+
+/// An isolated pair of bridge ports, one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PolicyKey {
+    /// Source port ifindex (host byte order).
+    pub src: u32,
+    /// Destination port ifindex (host byte order).
+    pub dst: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
 const _: () = assert!(core::mem::size_of::<BridgeConfig>() == 24);
 
 /// Packet counters of one bridge port, as seen at its host-side ingress
@@ -185,8 +204,10 @@ pub mod drop_reason {
     pub const NAT_REWRITE: u32 = 12;
     /// A hairpin reply whose destination is not a known lab host.
     pub const NAT_NO_ROUTE: u32 = 13;
+    /// The isolation policy denies this source/destination pair.
+    pub const POLICY_DENIED: u32 = 14;
     /// Number of reason codes (size of the drop map).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Human names, indexed by code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -204,6 +225,7 @@ pub mod drop_reason {
         "nat_fragment",
         "nat_rewrite",
         "nat_no_route",
+        "policy_denied",
     ];
 }
 
@@ -465,4 +487,5 @@ mod user {
     unsafe impl aya::Pod for super::FwdTarget {}
     unsafe impl aya::Pod for super::EimKey {}
     unsafe impl aya::Pod for super::HostEntry {}
+    unsafe impl aya::Pod for super::PolicyKey {}
 }

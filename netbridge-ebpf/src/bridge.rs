@@ -32,6 +32,12 @@ pub fn gateway_mac() -> [u8; 6] {
     NB_CONFIG.get(0).map(|c| c.gateway_mac).unwrap_or([0; 6])
 }
 
+/// `BRIDGE_*` flags of the bridge config.
+#[inline(always)]
+pub fn flags() -> u8 {
+    NB_CONFIG.get(0).map(|c| c.flags).unwrap_or(0)
+}
+
 /// What to do with a frame.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verdict {

@@ -7,6 +7,7 @@ mod csum;
 mod guard;
 mod nat;
 mod parse;
+mod policy;
 mod stats;
 
 use aya_ebpf::{
@@ -45,6 +46,7 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let verdict = bridge::decide(ifindex, &eth, ctx.data(), ctx.data_end(), tagged)?;
+    policy::check(ifindex, &eth, ctx.data(), ctx.data_end(), verdict)?;
     if let L3::Ipv4 = eth.l3
         && !tagged
         && let Some(out) = nat::port_hook(ctx, eth.l3_off)?
@@ -114,7 +116,9 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     if let L3::Ipv4 = eth.l3 {
         parse::check_ipv4(start, end, eth.l3_off)?;
     }
-    match bridge::decide(ifindex, &eth, start, end, eth.vlan_tags > 0)? {
+    let verdict = bridge::decide(ifindex, &eth, start, end, eth.vlan_tags > 0)?;
+    policy::check(ifindex, &eth, start, end, verdict)?;
+    match verdict {
         Verdict::Redirect(out) => {
             stats::count_verdict(ifindex, len, Some(out));
             // Transmit out of the destination port: its peer (the namespace

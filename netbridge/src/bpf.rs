@@ -14,9 +14,9 @@ use aya::{
     },
 };
 use netbridge_common::{
-    BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB, MAP_PORT_STATS, MAP_PORTS,
-    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
-    PortConfig, PortStats, drop_reason,
+    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB,
+    MAP_POLICY, MAP_PORT_STATS, MAP_PORTS, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP,
+    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats, drop_reason,
 };
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
@@ -132,6 +132,7 @@ pub struct Maps {
     /// An LRU hash in the kernel; aya reads it through `HashMap`.
     pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
     pub config: Array<MapData, BridgeConfig>,
+    pub policy: HashMap<MapData, PolicyKey, u32>,
     pub nat: NatMaps,
 }
 
@@ -216,6 +217,7 @@ impl Maps {
             ports: take_map(ebpf, MAP_PORTS)?,
             fdb: take_map(ebpf, MAP_FDB)?,
             config: take_map(ebpf, MAP_CONFIG)?,
+            policy: take_map(ebpf, MAP_POLICY)?,
             nat: NatMaps::take(ebpf)?,
         })
     }
@@ -229,6 +231,7 @@ impl Maps {
             ports: open_map(pins, MAP_PORTS, Map::HashMap)?,
             fdb: open_map(pins, MAP_FDB, Map::LruHashMap)?,
             config: open_map(pins, MAP_CONFIG, Map::Array)?,
+            policy: open_map(pins, MAP_POLICY, Map::HashMap)?,
             nat: NatMaps::open_pinned(pins)?,
         })
     }
@@ -263,14 +266,55 @@ impl Maps {
                 .map_err(err(MAP_PORTS))?;
         }
         let gw = gateway.unwrap_or_default();
+        let flags = self.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
         let cfg = BridgeConfig {
             aging_ns: aging_secs as u64 * 1_000_000_000,
             bridge_ifindex: gw.ifindex,
             gateway_ipv4: gw.ipv4.map(|ip| ip.octets()).unwrap_or([0; 4]),
             gateway_mac: gw.mac,
-            _pad: [0; 2],
+            flags,
+            _pad: 0,
         };
         self.config.set(0, cfg, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// Makes the isolation policy exactly `pairs` of (port, port) ifindexes,
+    /// both directions, and flags it on (or off when empty). Returns
+    /// whether anything changed.
+    pub fn set_policy(&mut self, pairs: &[(u32, u32)]) -> Result<bool, BpfError> {
+        let err = |e| BpfError::Map {
+            name: MAP_POLICY,
+            source: Box::new(e),
+        };
+        let want: Vec<PolicyKey> = pairs
+            .iter()
+            .flat_map(|&(a, b)| [PolicyKey { src: a, dst: b }, PolicyKey { src: b, dst: a }])
+            .collect();
+        let have: Vec<PolicyKey> = self.policy.keys().filter_map(|k| k.ok()).collect();
+        let mut changed = false;
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            self.policy.remove(k).map_err(err)?;
+            changed = true;
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            self.policy.insert(k, 1, 0).map_err(err)?;
+            changed = true;
+        }
+        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
+        let flags = if want.is_empty() {
+            cfg.flags & !BRIDGE_ISOLATION
+        } else {
+            cfg.flags | BRIDGE_ISOLATION
+        };
+        if flags != cfg.flags {
+            cfg.flags = flags;
+            self.config.set(0, cfg, 0).map_err(|e| BpfError::Map {
+                name: MAP_CONFIG,
+                source: Box::new(e),
+            })?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// Learned FDB entries, newest first.
@@ -335,6 +379,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     pub maps: Maps,
     pins: PinDir,
+    /// Replace programs already attached by an earlier `up` with this
+    /// object's (upgrade without a gap: see [`Datapath::attach_tc`]).
+    pub reload: bool,
 }
 
 impl Datapath {
@@ -366,7 +413,12 @@ impl Datapath {
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Datapath { ebpf, maps, pins })
+        Ok(Datapath {
+            ebpf,
+            maps,
+            pins,
+            reload: false,
+        })
     }
 
     /// Fd of a loaded program (for BPF_PROG_TEST_RUN in tests).
@@ -443,11 +495,26 @@ impl Datapath {
         if path.exists() {
             // Attached by an earlier `up`, unless the interface was recreated
             // since (then the pinned link is dead and is replaced).
-            if attached_tc(ifname, kind).iter().any(|p| same_prog(p, name)) {
+            let live = attached_tc(ifname, kind).iter().any(|p| same_prog(p, name));
+            if live && !self.reload {
                 return Ok((path, false));
             }
-            let _ = fs::remove_file(&path);
+            if !live {
+                let _ = fs::remove_file(&path);
+            }
         }
+        // Reload: the new program goes first in the TCX chain while the old
+        // one is still attached. Ours return TC_ACT_OK (= TCX_PASS, which
+        // ends the chain), so from that instant the new program sees every
+        // packet and the old one none; then the old link is unpinned (its
+        // last reference: detached). No gap, no packet handled twice; the
+        // pinned maps (conntrack, FDB, counters) are shared by both.
+        let replacing = path.exists();
+        let order = if replacing {
+            aya::programs::LinkOrder::first()
+        } else {
+            aya::programs::LinkOrder::default()
+        };
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
@@ -455,7 +522,11 @@ impl Datapath {
             .try_into()
             .map_err(|e| prog_err(name, ifname, e))?;
         let id: SchedClassifierLinkId = prog
-            .attach(ifname, kind)
+            .attach_with_options(
+                ifname,
+                kind,
+                aya::programs::tc::TcAttachOptions::TcxOrder(order),
+            )
             .map_err(|e| prog_err(name, ifname, e))?;
         let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
         let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
@@ -465,7 +536,17 @@ impl Datapath {
         };
         let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
         fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
-        fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        if replacing {
+            let mut fresh = path.clone().into_os_string();
+            fresh.push("%new");
+            let fresh = PathBuf::from(fresh);
+            let _ = fs::remove_file(&fresh);
+            fd_link.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
+            fs::remove_file(&path).map_err(|e| pin_err(Box::new(e)))?;
+            fs::rename(&fresh, &path).map_err(|e| pin_err(Box::new(e)))?;
+        } else {
+            fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        }
         Ok((path, true))
     }
 }
@@ -540,6 +621,19 @@ fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) ->
 /// namespace), for `netbridge status`.
 pub fn attached_ingress(ifname: &str) -> Vec<String> {
     attached_tc(ifname, TcAttachType::Ingress)
+}
+
+/// Kernel ids of the TCX programs attached to `ifname` (ingress, then
+/// egress), for `netbridge status --json`.
+pub fn attached_tc_ids(ifname: &str) -> Vec<u32> {
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .flat_map(|kind| {
+            SchedClassifier::query_tcx(ifname, kind)
+                .map(|(_, progs)| progs.iter().map(|p| p.id()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Names of the TCX programs attached to `ifname` at `kind`.

@@ -80,6 +80,10 @@ pub struct Topology {
     pub uplink: Option<Uplink>,
     #[serde(default, rename = "forward", skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<Forward>,
+    /// Pairs of bridged namespaces that must not exchange packets
+    /// (enforced on the bridge ports, fast path and kernel path alike).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolate: Vec<[String; 2]>,
 }
 
 fn default_aging() -> u32 {
@@ -847,6 +851,49 @@ impl Validator<'_> {
                         ),
                     ));
                 }
+            }
+        }
+
+        // Isolation pairs.
+        let mut pairs = HashSet::new();
+        for (i, pair) in t.isolate.iter().enumerate() {
+            for (j, name) in pair.iter().enumerate() {
+                match t.namespace(name) {
+                    Some(n) if t.on_bridge(n) => {}
+                    Some(_) => {
+                        return Err(self.err(
+                            format!("isolate[{i}][{j}]"),
+                            q(name),
+                            "namespace is not on the bridge (isolation is enforced on bridge ports)",
+                        ));
+                    }
+                    None => {
+                        return Err(self.err(
+                            format!("isolate[{i}][{j}]"),
+                            q(name),
+                            format!("unknown namespace {name:?}"),
+                        ));
+                    }
+                }
+            }
+            if pair[0] == pair[1] {
+                return Err(self.err(
+                    format!("isolate[{i}]"),
+                    q(&pair[0]),
+                    "a namespace cannot be isolated from itself",
+                ));
+            }
+            let key = if pair[0] < pair[1] {
+                (pair[0].clone(), pair[1].clone())
+            } else {
+                (pair[1].clone(), pair[0].clone())
+            };
+            if !pairs.insert(key) {
+                return Err(self.err(
+                    format!("isolate[{i}]"),
+                    format!("[{}, {}]", q(&pair[0]), q(&pair[1])),
+                    "pair listed twice",
+                ));
             }
         }
 

@@ -50,6 +50,10 @@ enum Cmd {
         /// Print the list of changes as JSON.
         #[arg(long)]
         json: bool,
+        /// Replace the running TC programs with this binary's (upgrade):
+        /// no gap, pinned maps, conntrack and counters kept.
+        #[arg(long)]
+        reload: bool,
     },
     /// Remove exactly what `up` created.
     Down {
@@ -202,9 +206,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Up { which, json } => {
+        Cmd::Up {
+            which,
+            json,
+            reload,
+        } => {
             let t = load(&which)?;
-            let report = topology::up(&t).with_context(|| format!("up {}", t.name))?;
+            let report = topology::up_with(&t, topology::UpOptions { reload })
+                .with_context(|| format!("up {}", t.name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.changes.is_empty() {

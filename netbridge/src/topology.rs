@@ -141,6 +141,9 @@ pub fn prefixed(
     for f in &mut t.forwards {
         p(&mut f.to);
     }
+    for pair in &mut t.isolate {
+        pair.iter_mut().for_each(p);
+    }
     // Re-validate: a prefixed name may now be too long.
     let text = toml::to_string(&t).map_err(|e| crate::config::ConfigError::Parse {
         file: file.to_string(),
@@ -262,8 +265,21 @@ impl Run {
     }
 }
 
+/// Options of [`up_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpOptions {
+    /// Replace attached TC programs with this binary's, without a gap
+    /// (upgrade); maps and sessions are kept.
+    pub reload: bool,
+}
+
 /// Brings the topology up (or repairs it). See the module docs.
 pub fn up(t: &Topology) -> Result<UpReport> {
+    up_with(t, UpOptions::default())
+}
+
+/// [`up`] with options.
+pub fn up_with(t: &Topology, opts: UpOptions) -> Result<UpReport> {
     preflight(t)?;
     let st = State::load(&t.name)?.unwrap_or_else(|| State {
         name: t.name.clone(),
@@ -278,7 +294,7 @@ pub fn up(t: &Topology) -> Result<UpReport> {
         changes: Vec::new(),
     };
     run.st.topology = Some(t.clone());
-    match apply(t, &mut run) {
+    match apply(t, &mut run, opts) {
         Ok(()) => {
             run.st.save()?;
             Ok(UpReport {
@@ -351,7 +367,7 @@ fn preflight(t: &Topology) -> Result<()> {
     Ok(())
 }
 
-fn apply(t: &Topology, run: &mut Run) -> Result<()> {
+fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> {
     let host = host_of(t);
     if let Some(h) = &t.host_netns {
         run.ensure_netns(h)?;
@@ -487,10 +503,22 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
             };
             host_ports.push((Topology::host_ifname(n), identity));
         }
+        // Isolated pairs, by host-side port name.
+        let isolate: Vec<(String, String)> = t
+            .isolate
+            .iter()
+            .filter_map(|[a, b]| {
+                Some((
+                    Topology::host_ifname(t.namespace(a)?),
+                    Topology::host_ifname(t.namespace(b)?),
+                ))
+            })
+            .collect();
         // Host side: load (maps reused from pins), attach the port program
         // of the chosen datapath, detach the other one, write the port set.
         let (mut dp, changes) = in_ns(&host, move |h| async move {
             let mut dp = Datapath::load(pins)?;
+            dp.reload = opts.reload;
             let links = netlink::links(&h).await?;
             let find = |n: &str| links.iter().find(|l| l.name == n);
             let mut changes = Vec::new();
@@ -522,7 +550,12 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
                     } else {
                         (PROG_PORT_INGRESS, "TC ingress")
                     };
-                    changes.push(format!("attached {prog} to {p} ({hook})"));
+                    let verb = if opts.reload {
+                        "attached (replacing)"
+                    } else {
+                        "attached"
+                    };
+                    changes.push(format!("{verb} {prog} to {p} ({hook})"));
                 }
             }
             let gateway = bridge.and_then(|(name, ipv4)| {
@@ -533,6 +566,13 @@ fn apply(t: &Topology, run: &mut Run) -> Result<()> {
                 })
             });
             dp.maps.configure(&port_configs, aging, gateway)?;
+            let pairs: Vec<(u32, u32)> = isolate
+                .iter()
+                .filter_map(|(a, b)| Some((find(a)?.index, find(b)?.index)))
+                .collect();
+            if dp.maps.set_policy(&pairs)? {
+                changes.push(format!("isolation policy: {} pairs", pairs.len()));
+            }
             changes.extend(apply_nat(&h, &mut dp, nat_inputs, &lab_hosts, &links).await?);
             Ok::<_, TopologyError>((dp, changes))
         })?;
@@ -658,6 +698,22 @@ async fn apply_nat(
 ) -> Result<Vec<String>> {
     let mut changes = Vec::new();
     let find = |n: &str| links.iter().find(|l| l.name == n);
+    // Lab hosts by address: hairpin delivery and the isolation policy.
+    let mut hosts = Vec::new();
+    for (port, mac, v4) in lab_hosts {
+        if let Some(l) = find(port) {
+            for a in v4 {
+                hosts.push((
+                    *a,
+                    HostEntry {
+                        ifindex: l.index,
+                        mac: *mac,
+                        _pad: [0; 2],
+                    },
+                ));
+            }
+        }
+    }
     let Some(inp) = inputs else {
         for ifname in dp.detach_uplinks_except(None) {
             changes.push(format!("detached the NAT programs from {ifname}"));
@@ -665,7 +721,7 @@ async fn apply_nat(
         let off = NatPlan {
             config: NatConfig::default(),
             forwards: vec![],
-            hosts: vec![],
+            hosts,
         };
         changes.extend(dp.maps.nat.apply(&off)?);
         return Ok(changes);
@@ -687,21 +743,6 @@ async fn apply_nat(
                 inp.uplink
             ))
         })?;
-    let mut hosts = Vec::new();
-    for (port, mac, v4) in lab_hosts {
-        if let Some(l) = find(port) {
-            for a in v4 {
-                hosts.push((
-                    *a,
-                    HostEntry {
-                        ifindex: l.index,
-                        mac: *mac,
-                        _pad: [0; 2],
-                    },
-                ));
-            }
-        }
-    }
     let plan = NatPlan {
         config: NatConfig {
             uplink_ipv4: addr.octets(),
@@ -720,7 +761,12 @@ async fn apply_nat(
     }
     changes.extend(dp.maps.nat.apply(&plan)?);
     for prog in dp.attach_uplink(&inp.uplink)? {
-        changes.push(format!("attached {prog} to {}", inp.uplink));
+        let verb = if dp.reload {
+            "attached (replacing)"
+        } else {
+            "attached"
+        };
+        changes.push(format!("{verb} {prog} to {}", inp.uplink));
     }
     Ok(changes)
 }
@@ -1040,8 +1086,10 @@ pub struct LinkStatus {
     pub mtu: u32,
     pub master: Option<String>,
     pub addresses: Vec<String>,
-    /// TCX ingress programs attached.
+    /// TCX programs attached (egress ones marked "(egress)").
     pub programs: Vec<String>,
+    /// Their kernel program ids (change when `up --reload` replaces them).
+    pub program_ids: Vec<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1097,6 +1145,7 @@ pub fn status(t: &Topology) -> Result<Vec<NsStatus>> {
                                 .map(|p| format!("{p}(egress)")),
                         )
                         .collect(),
+                    program_ids: bpf::attached_tc_ids(&l.name),
                 });
             }
             Ok::<_, NetlinkError>(v)

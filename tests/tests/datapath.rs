@@ -593,3 +593,93 @@ fn forged_source_ip_or_mac_is_dropped_and_counted() {
     let out = sb.netbridge(&["down", "-f", &file, "--prefix", &prefix]);
     assert!(out.status.success());
 }
+
+#[test]
+fn isolated_pairs_exchange_nothing_others_unaffected() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    // bridge-three (on-link routes: ARP and the BPF fast path) with black and
+    // white isolated. Top-level keys go before the first table.
+    let base = std::fs::read_to_string(example("bridge-three.toml")).unwrap();
+    let file = format!("/tmp/{}isolate.toml", sb.prefix());
+    std::fs::write(&file, format!("isolate = [[\"black\", \"white\"]]\n{base}")).unwrap();
+    let f = file.clone();
+    sb.on_cleanup(move || {
+        let _ = std::fs::remove_file(f);
+    });
+    let prefix = sb.prefix();
+    let out = sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    assert!(out.contains("isolation policy: 1 pairs"), "{out}");
+    let (black, white, green) = (sb.name("black"), sb.name("white"), sb.name("green"));
+    let denied = |sb: &Sandbox| {
+        port_stats(sb, &file)["drops"]["policy_denied"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // Allowed pairs are unaffected.
+    sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.3.1");
+    sb.sh(&white, "ping -c 2 -i 0.2 -W 2 192.168.3.1");
+    sb.sh(&green, "ping -c 2 -i 0.2 -W 2 192.168.1.1");
+
+    // Nothing from black arrives in white while both try, on-link
+    // (fast path) and routed through the gateway (kernel path).
+    let before = denied(&sb);
+    let pid = sb.spawn(
+        &white,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "timeout 8 tcpdump -i eth0 -Q in --immediate-mode -n -l 'ip host 192.168.1.1' > /tmp/{prefix}white.txt 2>/dev/null"
+            ),
+        ],
+    );
+    let dump = format!("/tmp/{prefix}white.txt");
+    let d = dump.clone();
+    sb.on_cleanup(move || {
+        let _ = std::fs::remove_file(d);
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    for (from, to) in [(&black, "192.168.2.1"), (&white, "192.168.1.1")] {
+        let o = sb.sh_output(from, &format!("ping -c 3 -i 0.2 -W 1 {to}"));
+        assert!(
+            !o.status.success(),
+            "isolated ping {from} -> {to} got through"
+        );
+    }
+    sb.sh(
+        &black,
+        "ip route add 192.168.2.1/32 via 192.168.0.1 dev eth0 onlink",
+    );
+    let o = sb.sh_output(&black, "ping -c 3 -i 0.2 -W 1 192.168.2.1");
+    assert!(
+        !o.status.success(),
+        "isolated ping via the gateway got through"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = std::fs::read_to_string(&dump).unwrap_or_default();
+    assert_eq!(
+        seen.lines().count(),
+        0,
+        "white saw black's packets:\n{seen}"
+    );
+    assert!(
+        denied(&sb) >= before + 6,
+        "policy_denied {} -> {}",
+        before,
+        denied(&sb)
+    );
+
+    // Without the policy (the plain file), the same pair talks again.
+    sb.sh(&black, "ip route del 192.168.2.1/32");
+    let plain = example("bridge-three.toml");
+    let out = sb.nb_ok(&["up", "-f", &plain, "--prefix", &prefix]);
+    assert!(out.contains("isolation policy: 0 pairs"), "{out}");
+    sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.2.1");
+    sb.nb_ok(&["down", "-f", &plain, "--prefix", &prefix]);
+}

@@ -904,3 +904,113 @@ to = "white:8000"
     );
     lab.down_clean();
 }
+
+/// TCX program ids on `dev` of namespace `ns` (`netbridge status --json`).
+fn tcx_prog_ids(lab: &NatLab, ns: &str, dev: &str) -> Vec<u64> {
+    let v: Value = serde_json::from_str(&lab.nb(&["status", "--json"])).unwrap();
+    let ns = lab.ns(ns);
+    let link = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == ns.as_str())
+        .and_then(|n| {
+            n["links"]
+                .as_array()?
+                .iter()
+                .find(|l| l["name"] == dev)
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("{dev} in {ns} not in status: {v}"));
+    let mut ids: Vec<u64> = link["program_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn restart_and_upgrade_lose_no_packets_or_sessions() {
+    require_root!();
+    let mut lab = NatLab::new("", "");
+    let out = format!("/tmp/{}count.json", lab.sb.prefix());
+    let o = out.clone();
+    lab.sb.on_cleanup(move || {
+        let _ = std::fs::remove_file(o);
+    });
+    lab.spawn(
+        "server",
+        &["python3", &script("udp_count.py"), "9999", &out, "2", "60"],
+    );
+    lab.wait_listen("server", "udp", 9999);
+    let before = (
+        tcx_prog_ids(&lab, "gw", "uplink0"),
+        tcx_prog_ids(&lab, "gw", "nb-black"),
+    );
+    assert_eq!(before.0.len(), 2, "uplink programs: {before:?}");
+    // A counted UDP stream through SNAT (3,000 datagrams over ~3 s) while
+    // the loader restarts (plain `up`) and upgrades the programs in place
+    // (`up --reload`) several times.
+    let black = lab.ns("black");
+    let sender = std::thread::spawn(move || {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{black}"))
+            .args([
+                "--",
+                "python3",
+                &script("udp_send.py"),
+                SERVER,
+                "9999",
+                "45000",
+                "3000",
+                "0.001",
+            ])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut replaced = 0;
+    for i in 0..4 {
+        let args: &[&str] = if i == 1 { &["up"] } else { &["up", "--reload"] };
+        let o = lab.nb(args);
+        replaced += o.matches("attached (replacing)").count();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let sent = sender.join().unwrap();
+    assert!(sent.status.success(), "{sent:?}");
+    assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "3000");
+    // 3 reloads x (2 uplink + 2 port programs).
+    assert_eq!(replaced, 12, "programs replaced");
+    let after = (
+        tcx_prog_ids(&lab, "gw", "uplink0"),
+        tcx_prog_ids(&lab, "gw", "nb-black"),
+    );
+    assert_eq!(
+        after.0.len(),
+        2,
+        "exactly the new uplink programs: {after:?}"
+    );
+    assert!(
+        after.0.iter().all(|id| !before.0.contains(id)) && after.1 != before.1,
+        "programs not replaced: {before:?} -> {after:?}"
+    );
+    let counted = Sandbox::wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    })
+    .expect("counter result");
+    assert_eq!(counted["received"], 3000, "lost packets: {counted}");
+    assert_eq!(counted["distinct"], 3000, "{counted}");
+    // One session the whole time: the server saw a single mapped source.
+    let sources = counted["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "mapping changed: {counted}");
+    assert!(
+        sources[0].as_str().unwrap().starts_with(UPLINK),
+        "{counted}"
+    );
+    lab.down_clean();
+}

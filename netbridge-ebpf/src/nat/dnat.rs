@@ -149,6 +149,12 @@ pub fn new_session(
     Ok((u32::from_ne_bytes(fwd.addr), tport))
 }
 
+/// The lab host with IPv4 `addr` (network order bytes), if any.
+#[inline(always)]
+pub fn host(addr: [u8; 4]) -> Option<HostEntry> {
+    unsafe { NB_HOSTS.get(&addr) }.copied()
+}
+
 /// If `addr` (raw) is a lab host, readdresses the frame to it (its MAC,
 /// from the gateway MAC) and returns its port for a redirect.
 #[inline(always)]

@@ -1,0 +1,51 @@
+//! Isolation policy: denied pairs of bridge ports exchange nothing, on the
+//! fast path (redirect) and the kernel path (routed via the gateway, or ARP)
+//! alike. Broadcast and multicast other than ARP are not filtered.
+use aya_ebpf::{macros::map, maps::HashMap};
+use netbridge_common::{BRIDGE_ISOLATION, MAX_PORTS, PolicyKey, drop_reason};
+
+use crate::{
+    bridge::{self, Verdict},
+    nat::dnat,
+    parse::{Eth, L3, ptr_at},
+};
+
+#[map]
+static NB_POLICY: HashMap<PolicyKey, u32> = HashMap::pinned(MAX_PORTS * 4, 0);
+
+/// Drops (POLICY_DENIED) a frame from `in_port` whose destination port,
+/// known from the bridging verdict or the destination/ARP target IPv4
+/// address, is isolated from it.
+#[inline(always)]
+pub fn check(
+    in_port: u32,
+    eth: &Eth,
+    start: usize,
+    end: usize,
+    verdict: Verdict,
+) -> Result<(), u32> {
+    if bridge::flags() & BRIDGE_ISOLATION == 0 {
+        return Ok(());
+    }
+    let dst = match verdict {
+        Verdict::Redirect(out) => Some(out),
+        Verdict::Fallback => {
+            // IPv4 destination at +16; ARP target protocol address at +24.
+            let off = match eth.l3 {
+                L3::Ipv4 => Some(16),
+                L3::Arp => Some(24),
+                _ => None,
+            };
+            match off.and_then(|o| ptr_at::<[u8; 4]>(start, end, eth.l3_off + o)) {
+                Some(p) => dnat::host(unsafe { *p }).map(|h| h.ifindex),
+                None => None,
+            }
+        }
+    };
+    if let Some(dst) = dst
+        && unsafe { NB_POLICY.get(&PolicyKey { src: in_port, dst }) }.is_some()
+    {
+        return Err(drop_reason::POLICY_DENIED);
+    }
+    Ok(())
+}
