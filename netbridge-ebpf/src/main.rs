@@ -5,6 +5,7 @@
 mod bridge;
 mod csum;
 mod guard;
+mod log;
 mod nat;
 mod parse;
 mod policy;
@@ -28,7 +29,9 @@ pub fn nb_port_ingress(ctx: TcContext) -> i32 {
     match try_port_ingress(&ctx) {
         Ok(action) => action,
         Err(reason) => {
-            stats::count_drop(unsafe { (*ctx.skb.skb).ifindex }, reason);
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            stats::count_drop(ifindex, reason);
+            log::drop(ifindex, reason);
             TC_ACT_SHOT
         }
     }
@@ -76,6 +79,7 @@ pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_drop_reason(reason);
+            log::drop(unsafe { (*ctx.skb.skb).ifindex }, reason);
             TC_ACT_SHOT
         }
     }
@@ -88,6 +92,7 @@ pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_drop_reason(reason);
+            log::drop(unsafe { (*ctx.skb.skb).ifindex }, reason);
             TC_ACT_SHOT
         }
     }

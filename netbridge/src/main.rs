@@ -54,6 +54,24 @@ enum Cmd {
         /// no gap, pinned maps, conntrack and counters kept.
         #[arg(long)]
         reload: bool,
+        /// After `up`, stay in the foreground printing the datapath's log
+        /// events (new NAT sessions, drops) at this level (error..trace).
+        #[arg(long)]
+        log_level: Option<log::LevelFilter>,
+        /// With --log-level: stop after this long (default: Ctrl-C).
+        #[arg(long, value_parser = parse_duration, requires = "log_level")]
+        log_duration: Option<Duration>,
+    },
+    /// Print the datapath's log events (new NAT sessions, drops; rate-limited
+    /// in BPF) of a running topology until Ctrl-C.
+    Log {
+        #[command(flatten)]
+        which: Which,
+        #[arg(long, default_value = "info")]
+        level: log::LevelFilter,
+        /// Stop after this long.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
     },
     /// Remove exactly what `up` created.
     Down {
@@ -210,6 +228,8 @@ fn run(cli: Cli) -> Result<()> {
             which,
             json,
             reload,
+            log_level,
+            log_duration,
         } => {
             let t = load(&which)?;
             let report = topology::up_with(&t, topology::UpOptions { reload })
@@ -224,8 +244,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!("{}: up ({} changes)", t.name, report.changes.len());
             }
+            if let Some(level) = log_level {
+                follow_logs(&t.name, level, log_duration)?;
+            }
             Ok(())
         }
+        Cmd::Log {
+            which,
+            level,
+            duration,
+        } => follow_logs(&name_of(&which)?, level, duration),
         Cmd::Down { which } => {
             let name = name_of(&which)?;
             let report = topology::down(&name)?;
@@ -398,6 +426,115 @@ fn remount_sys() {
         MsFlags::empty(),
         None::<&str>,
     );
+}
+
+/// Follows the aya-log ring buffers of the programs attached for `name`
+/// (one reader per distinct buffer: programs of one load share it).
+fn follow_logs(name: &str, level: log::LevelFilter, duration: Option<Duration>) -> Result<()> {
+    let st = State::load(name)?.with_context(|| format!("no topology named {name:?} is up"))?;
+    let t = st
+        .topology
+        .with_context(|| format!("state of {name:?} has no topology recorded"))?;
+    let mut ifnames: Vec<String> = t
+        .namespaces
+        .iter()
+        .filter(|n| t.on_bridge(n))
+        .map(Topology::host_ifname)
+        .collect();
+    ifnames.extend(t.uplink.as_ref().map(|u| u.ifname.clone()));
+    let ids: Vec<u32> = netns::run_blocking_in(&topology::host_of(&t), move || {
+        ifnames
+            .iter()
+            .flat_map(|i| netbridge::bpf::attached_tc_ids(i))
+            .collect()
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    let mut loggers = Vec::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        if !ids.contains(&info.id()) {
+            continue;
+        }
+        for m in info.map_ids().ok().flatten().unwrap_or_default() {
+            let is_log = aya::maps::MapInfo::from_id(m)
+                .ok()
+                .is_some_and(|mi| mi.name_as_str() == Some("AYA_LOGS"));
+            if is_log && seen.insert(m) {
+                loggers.push(
+                    aya_log::EbpfLogger::init_from_id_with_logger(info.id(), DatapathLog { level })
+                        .with_context(|| {
+                            format!("reading the log buffer of program {}", info.id())
+                        })?,
+                );
+            }
+        }
+    }
+    if loggers.is_empty() {
+        bail!("{name}: no netbridge program with a log buffer is attached");
+    }
+    eprintln!(
+        "netbridge: following the datapath log of {name} ({} buffer(s); at most 10 events of a kind per CPU per second){}",
+        loggers.len(),
+        if duration.is_none() {
+            ", Ctrl-C to stop"
+        } else {
+            ""
+        }
+    );
+    use std::io::Write;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    ctrlc_flag(stop.clone());
+    let start = Instant::now();
+    loop {
+        for l in &mut loggers {
+            l.flush();
+        }
+        let _ = std::io::stdout().flush();
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints datapath log records (from aya-log) to stdout with a UTC time,
+/// naming drop reasons (the programs send only the code).
+struct DatapathLog {
+    level: log::LevelFilter,
+}
+
+impl log::Log for DatapathLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let mut msg = r.args().to_string();
+        if let Some(rest) = msg.strip_prefix("drop reason ") {
+            let code: Option<usize> = rest.split_whitespace().next().and_then(|c| c.parse().ok());
+            if let Some(name) = code.and_then(|c| netbridge_common::drop_reason::NAMES.get(c)) {
+                msg = format!("drop {name} (reason {rest}");
+                msg = msg.replacen(" on ", ") on ", 1);
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (s, ms) = (now.as_secs() % 86400, now.subsec_millis());
+        println!(
+            "{:02}:{:02}:{:02}.{ms:03} {:<5} {msg}",
+            s / 3600,
+            s / 60 % 60,
+            s % 60,
+            r.level()
+        );
+    }
+
+    fn flush(&self) {}
 }
 
 fn uplink_timeouts(t: &Topology) -> netbridge::config::NatTimeouts {

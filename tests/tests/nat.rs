@@ -1014,3 +1014,85 @@ fn restart_and_upgrade_lose_no_packets_or_sessions() {
     );
     lab.down_clean();
 }
+
+#[test]
+fn datapath_log_shows_new_sessions_and_drops_rate_limited() {
+    require_root!();
+    let mut lab = NatLab::new(
+        "",
+        r#"
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "white:8000"
+"#,
+    );
+    lab.http_server("white", 8000);
+    lab.spawn(
+        "server",
+        &["python3", &script("udp_echo.py"), "7", "server", "60"],
+    );
+    lab.wait_listen("server", "udp", 7);
+    let log = format!("/tmp/{}log.txt", lab.sb.prefix());
+    let l = log.clone();
+    lab.sb.on_cleanup(move || {
+        let _ = std::fs::remove_file(l);
+    });
+    let bin = netbridge_tests::netbridge_bin();
+    let name = lab.sb.name("nat");
+    let host = lab.sb.host.clone();
+    lab.sb.spawn(
+        &host,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "exec {} log --name {name} --duration 6s > {log}",
+                bin.display()
+            ),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // 200 new UDP sessions in a burst, one DNAT session, one forged source.
+    let pairs: Vec<String> = (46000..46200).map(|p| format!("{p}:7")).collect();
+    let r = lab.udp_probe("black", SERVER, &pairs);
+    assert!(pairs.iter().all(|p| r[p].is_string()), "{r}");
+    // The burst used up this second's budget of new-session events.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(lab.curl("server", &format!("http://{UPLINK}:8080/")), "200");
+    lab.sh(
+        "black",
+        &format!("ip addr add 192.168.9.9/32 dev eth0; ping -c 1 -W 1 -I 192.168.9.9 {SERVER} || true; ip addr del 192.168.9.9/32 dev eth0"),
+    );
+    let text = Sandbox::wait_for(Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&log).ok()?;
+        (t.contains("new dnat") && t.contains("spoofed_ipv4")).then_some(t)
+    })
+    .unwrap_or_else(|| std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        text.contains(
+            "new snat proto 17 192.168.1.10:46000 -> 203.0.113.1:46000 to 198.51.100.10:7"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("new dnat proto 6 from {SERVER}:"))
+            && text.contains("-> 192.168.2.10:8000"),
+        "{text}"
+    );
+    assert!(text.contains("drop spoofed_ipv4 (reason 6)"), "{text}");
+    // Rate limit: at most 10 new-session events per CPU per second were
+    // logged out of 200 sessions opened within a couple of seconds.
+    let logged = text
+        .lines()
+        .filter(|l| l.contains("new snat proto 17"))
+        .count();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    assert!(
+        logged >= 1 && logged <= 10 * cpus * 4 && logged < 200,
+        "{logged} snat events logged"
+    );
+    lab.down_clean();
+}

@@ -141,6 +141,20 @@ pub fn new_session(
     }
     ct::count_session();
     count_hit(fwd);
+    if crate::log::allow(crate::log::NEW_SESSION) {
+        aya_log_ebpf::info!(
+            &(),
+            "new {} proto {} from {:i}:{} to {:i}:{} -> {:i}:{}",
+            if hairpin { "hairpin" } else { "dnat" },
+            t.proto,
+            t.saddr.to_ne_bytes(),
+            u16::from_be(t.sport),
+            t.daddr.to_ne_bytes(),
+            dport,
+            fwd.addr,
+            u16::from_be(tport)
+        );
+    }
     count(if hairpin {
         nat_stat::HAIRPIN_NEW
     } else {

@@ -134,5 +134,18 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
     }
     ct::count_session();
     count(nat_stat::SNAT_NEW);
+    if crate::log::allow(crate::log::NEW_SESSION) {
+        aya_log_ebpf::info!(
+            &(),
+            "new snat proto {} {:i}:{} -> {:i}:{} to {:i}:{}",
+            t.proto,
+            t.saddr.to_ne_bytes(),
+            u16::from_be(t.sport),
+            cfg.uplink_ipv4,
+            chosen,
+            t.daddr.to_ne_bytes(),
+            u16::from_be(t.dport)
+        );
+    }
     Ok((uplink, nat_port))
 }
