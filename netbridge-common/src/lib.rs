@@ -286,6 +286,9 @@ pub const NAT_MASQUERADE: u32 = 1;
 pub const NAT_EIM: u32 = 2;
 /// [`NatConfig::flags`]: port forwards exist (ports check for hairpin).
 pub const NAT_FORWARDS: u32 = 4;
+/// [`NatConfig::flags`]: packets of established sessions skip the kernel's
+/// bridge and routing (redirect straight to the uplink or the lab host).
+pub const NAT_FAST_PATH: u32 = 8;
 
 /// [`CtKey::dir`]: seen leaving through the uplink (or, for hairpin
 /// replies, entering a bridge port): the source is rewritten.
@@ -328,7 +331,10 @@ pub struct NatConfig {
     /// New sessions are dropped (`nat_table_full`) at this many live ones.
     pub max_sessions: u32,
     /// Entries used in [`MAP_FWD_RANGES`].
-    pub range_count: u32,
+    pub range_count: u16,
+    /// Uplink MTU: larger packets take the kernel path (which fragments or
+    /// answers "fragmentation needed").
+    pub uplink_mtu: u16,
 }
 const _: () = assert!(core::mem::size_of::<NatConfig>() == 24);
 
@@ -430,7 +436,8 @@ pub struct HostEntry {
     pub ifindex: u32,
     /// The namespace end's MAC, wire order.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The port's MTU (host byte order).
+    pub mtu: u16,
 }
 const _: () = assert!(core::mem::size_of::<HostEntry>() == 12);
 
@@ -456,7 +463,11 @@ pub mod nat_stat {
     pub const PORT_KEPT: u32 = 8;
     /// Mappings reused through endpoint-independent mapping.
     pub const EIM_REUSED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Packets sent from a bridge port straight out of the uplink.
+    pub const FAST_OUT: u32 = 10;
+    /// Packets sent from the uplink straight into a lab namespace.
+    pub const FAST_IN: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "snat_new",
         "dnat_new",
@@ -468,6 +479,8 @@ pub mod nat_stat {
         "port_retries",
         "port_kept",
         "eim_reused",
+        "fast_path_out",
+        "fast_path_in",
     ];
 }
 

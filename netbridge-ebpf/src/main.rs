@@ -13,7 +13,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -52,11 +52,20 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     policy::check(ifindex, &eth, ctx.data(), ctx.data_end(), verdict)?;
     if let L3::Ipv4 = eth.l3
         && !tagged
-        && let Some(out) = nat::port_hook(ctx, eth.l3_off)?
+        && let Some(hook) = nat::port_hook(ctx, eth.l3_off)?
     {
-        // Hairpin NAT readdressed the frame to another port's host.
-        stats::count_verdict(ifindex, len, Some(out));
-        return Ok(unsafe { bpf_redirect_peer(out, 0) } as i32);
+        return Ok(match hook {
+            // Hairpin NAT readdressed the frame to another port's host.
+            nat::Hook::Peer(out) => {
+                stats::count_verdict(ifindex, len, Some(out));
+                unsafe { bpf_redirect_peer(out, 0) as i32 }
+            }
+            // Translated and routed here: out of the uplink.
+            nat::Hook::Neigh(uplink) => {
+                stats::count_redirect_only(ifindex);
+                unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
+            }
+        });
     }
     match verdict {
         Verdict::Redirect(out) => {

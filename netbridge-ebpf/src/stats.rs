@@ -43,6 +43,24 @@ pub fn count_rx(ifindex: u32, len: u64, eth: &Eth) {
     }
 }
 
+/// A frame from `in_port` redirected somewhere other than a port.
+#[inline(always)]
+pub fn count_redirect_only(in_port: u32) {
+    if let Some(s) = port_stats(in_port) {
+        unsafe { (*s).rx_redirected += 1 };
+    }
+}
+
+/// A frame delivered to port `out` by a redirect from outside the bridge.
+#[inline(always)]
+pub fn count_tx(out: u32, len: u64) {
+    if let Some(s) = port_stats(out) {
+        let s = unsafe { &mut *s };
+        s.tx_packets += 1;
+        s.tx_bytes += len;
+    }
+}
+
 #[inline(always)]
 pub fn count_verdict(in_port: u32, len: u64, redirected_to: Option<u32>) {
     if let Some(s) = port_stats(in_port) {

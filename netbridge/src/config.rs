@@ -193,6 +193,11 @@ pub struct Uplink {
     /// New NAT sessions are dropped (counted) beyond this many.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
+    /// Established sessions skip the kernel's bridge and routing (see
+    /// README, NAT). Off: every packet is routed by the kernel and
+    /// translated on the uplink.
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
     #[serde(default)]
     pub timeouts: NatTimeouts,
 }

@@ -181,7 +181,7 @@ impl NatMaps {
             .iter()
             .filter_map(|r| r.ok().map(|(_, v)| v))
             .collect();
-        let n = self.config().range_count.min(MAX_FWD_RANGES);
+        let n = (self.config().range_count as u32).min(MAX_FWD_RANGES);
         for i in 0..n {
             out.push(self.ranges.get(&i, 0).map_err(map_err(MAP_FWD_RANGES))?);
         }
@@ -258,7 +258,7 @@ impl NatMaps {
                 .map_err(map_err(MAP_HOSTS))?;
         }
         let mut cfg = plan.config;
-        cfg.range_count = ranges.len() as u32;
+        cfg.range_count = ranges.len() as u16;
         if self.config() != cfg {
             if cfg.flags != 0 {
                 changes.push(format!(

@@ -677,6 +677,9 @@ fn nat_inputs(t: &Topology) -> Option<NatInputs> {
     if !t.forwards.is_empty() {
         flags |= NAT_FORWARDS;
     }
+    if u.fast_path {
+        flags |= netbridge_common::NAT_FAST_PATH;
+    }
     let forwards = forward_targets(t);
     Some(NatInputs {
         uplink: u.ifname.clone(),
@@ -708,7 +711,7 @@ async fn apply_nat(
                     HostEntry {
                         ifindex: l.index,
                         mac: *mac,
-                        _pad: [0; 2],
+                        mtu: l.mtu.min(u16::MAX as u32) as u16,
                     },
                 ));
             }
@@ -752,6 +755,7 @@ async fn apply_nat(
             port_max: inp.ports.1,
             max_sessions: inp.max_sessions,
             range_count: 0,
+            uplink_mtu: up.mtu.min(u16::MAX as u32) as u16,
         },
         forwards: inp.forwards,
         hosts,

@@ -258,6 +258,10 @@ fn snat_reaches_upstream_from_every_namespace() {
             .all(|x| x["external"].as_str().unwrap().starts_with(UPLINK))
     );
     assert!(lab.nat_counter("snat_new") >= 6);
+    // Established sessions took the fast path both ways (bridge port ->
+    // uplink, uplink -> namespace), skipping the host's routing.
+    assert!(lab.nat_counter("fast_path_out") > 1000, "fast path out");
+    assert!(lab.nat_counter("fast_path_in") > 1000, "fast path in");
     lab.assert_no_netfilter_rules();
     lab.down_clean();
 }

@@ -239,17 +239,30 @@ impl NatSetup {
 }
 
 /// NAT workloads: (name, unit, higher is better).
-const NAT_WORKLOADS: [(&str, &str, bool); 5] = [
+const NAT_WORKLOADS: [(&str, &str, bool); 7] = [
     ("snat_tcp_stream", "Gbit/s", true),
     ("snat_udp64_pps", "kpps", true),
     ("snat_rr_p50", "us", false),
     ("dnat_tcp_stream", "Gbit/s", true),
     ("dnat_udp64_pps", "kpps", true),
+    ("dnat_crr", "kconn/s", true),
+    ("dnat_crr_1000fwd", "kconn/s", true),
 ];
 
-fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path) -> Result<Lab> {
+/// Extra forwards (or iptables DNAT rules, all evaluated before the measured
+/// one) for the 1,000-forward scale run.
+const SCALE_FORWARDS: usize = 999;
+/// NAT sessions for the 100,000-session scale run: 1,000 source ports x 100
+/// destination ports.
+const SCALE_SESSIONS: (u32, u32) = (1000, 100);
+
+fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize) -> Result<Lab> {
     let mut lab = Lab {
-        prefix: format!("nbn{id}{}-", &setup.key()[..1]),
+        prefix: format!(
+            "nbn{id}{}{}-",
+            &setup.key()[..1],
+            if extra > 0 { "x" } else { "" }
+        ),
         netbridge: netbridge.to_path_buf(),
         topo_file: None,
     };
@@ -277,13 +290,49 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path) -> Result<La
 "
                 ),
             )?;
+            if extra > 0 {
+                // Inserted in front: every new connection to 5201 walks them.
+                let mut rules = String::from("*nat\n");
+                for i in 0..extra {
+                    let p = 10000 + i;
+                    let _ = writeln!(
+                        rules,
+                        "-I PREROUTING 1 -i uplink0 -p tcp --dport {p} -j DNAT --to-destination {CLIENT_IP}:{p}"
+                    );
+                }
+                rules.push_str("COMMIT\n");
+                let file = dir.join(format!("{}rules", lab.prefix));
+                std::fs::write(&file, rules)?;
+                let r = sh(
+                    Some(&h),
+                    &format!("iptables-restore --noflush < {}", file.display()),
+                );
+                let _ = std::fs::remove_file(&file);
+                r?;
+            }
         }
         NatSetup::Netbridge => {
             let file = dir.join(format!("{}nat.toml", lab.prefix));
             std::fs::write(
                 &file,
                 format!(
-                    "name = \"benchnat\"\nhost_netns = \"host\"\n                     [bridge]\nname = \"br0\"\naddresses = [\"192.168.50.254/24\"]\n                     [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n                     routes = [{{ to = \"default\", via = \"192.168.50.254\" }}]\n                     [[namespace]]\nname = \"server\"\nbridge = false\n                     [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{NAT_UPLINK}/24\"] }}\n                     b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{NAT_SERVER}/24\"] }}\n                     [uplink]\nifname = \"uplink0\"\nmasquerade = true\n                     [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n                     [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n"
+                    "name = \"benchnat\"\nhost_netns = \"host\"\n\
+                     [bridge]\nname = \"br0\"\naddresses = [\"192.168.50.254/24\"]\n\
+                     [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n\
+                     routes = [{{ to = \"default\", via = \"192.168.50.254\" }}]\n\
+                     [[namespace]]\nname = \"server\"\nbridge = false\n\
+                     [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{NAT_UPLINK}/24\"] }}\n\
+                     b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{NAT_SERVER}/24\"] }}\n\
+                     [uplink]\nifname = \"uplink0\"\nmasquerade = true\nmax_sessions = {}\n\
+                     [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n\
+                     [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n{}",
+                    netbridge_common_max_sessions(),
+                    (0..extra)
+                        .map(|i| format!(
+                            "[[forward]]\nproto = \"tcp\"\nport = {0}\nto = \"client:{0}\"\n",
+                            10000 + i
+                        ))
+                        .collect::<String>()
                 ),
             )?;
             lab.topo_file = Some(file.clone());
@@ -302,6 +351,47 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path) -> Result<La
     }
     sh(Some(&c), &format!("ping -c 3 -i 0.2 -W 2 -q {NAT_SERVER}"))?;
     Ok(lab)
+}
+
+/// The highest session limit netbridge accepts (MAX_SESSIONS_LIMIT): the
+/// bench opens many short connections and never runs the GC.
+fn netbridge_common_max_sessions() -> u32 {
+    262_144 / 2 - 4096
+}
+
+/// New connections per second through DNAT: upstream -> uplink:5201 ->
+/// client:5201 (a transaction server there).
+fn dnat_crr(lab: &Lab, secs: u32) -> Result<f64> {
+    let last_cpu = std::thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0);
+    let _server = crate::crr::Server::start(
+        &lab.ns("client"),
+        format!("{CLIENT_IP}:5201").parse()?,
+        last_cpu,
+    )?;
+    crate::crr::client(
+        &lab.ns("server"),
+        format!("{NAT_UPLINK}:5201").parse()?,
+        secs as f64,
+        0,
+    )
+}
+
+/// Opens SCALE_SESSIONS UDP sessions from the lab host through SNAT.
+fn fill_sessions(lab: &Lab) -> Result<()> {
+    let (ports, dports) = SCALE_SESSIONS;
+    let script = format!(
+        "import socket\nsocks = []\nfor p in range(40000, 40000 + {ports}):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.bind(('0.0.0.0', p))\n    socks.append(s)\nfor d in range(20000, 20000 + {dports}):\n    for s in socks:\n        s.sendto(b'x', ('{NAT_SERVER}', d))\n"
+    );
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.ns("client")))
+        .args(["--", "python3", "-c", &script])
+        .output()?;
+    if !out.status.success() {
+        bail!("filling sessions: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// One NAT round: SNAT stream, packet rate and latency, DNAT stream and rate.
@@ -334,6 +424,9 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut BTreeMap<&'static str, Vec<f64>>
     s.entry("dnat_udp64_pps").or_default().push(iperf_between(
         &sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, true,
     )?);
+    s.entry("dnat_crr")
+        .or_default()
+        .push(dnat_crr(lab, opts.secs)? / 1e3);
     Ok(())
 }
 
@@ -527,6 +620,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
     let (mut up_nb, mut up_ip) = (Vec::new(), Vec::new());
     let mut nat_samples: BTreeMap<NatSetup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut sessions_filled: Vec<f64> = Vec::new();
     let total = opts.rounds as usize * Setup::ALL.len();
     let mut done = 0;
     for round in 1..=opts.rounds {
@@ -558,8 +652,41 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
                 setup.label(),
                 started.elapsed().as_secs_f64()
             );
-            let lab = nat_lab(setup, &id, netbridge, &out_dir)?;
+            let lab = nat_lab(setup, &id, netbridge, &out_dir, 0)?;
             nat_round(&lab, opts, nat_samples.entry(setup).or_default())?;
+            drop(lab);
+            eprintln!(
+                "bench: round {round}/{} scale: {:<17} with {} more forwards",
+                opts.rounds,
+                setup.label(),
+                SCALE_FORWARDS
+            );
+            let lab = nat_lab(setup, &id, netbridge, &out_dir, SCALE_FORWARDS)?;
+            let v = dnat_crr(&lab, opts.secs)? / 1e3;
+            let s = nat_samples.entry(setup).or_default();
+            s.entry("dnat_crr_1000fwd").or_default().push(v);
+            if setup == NatSetup::Netbridge {
+                // SNAT packet rate with 100,000 live sessions in the table.
+                eprintln!(
+                    "bench: round {round}/{} scale: {} SNAT sessions",
+                    opts.rounds,
+                    SCALE_SESSIONS.0 * SCALE_SESSIONS.1
+                );
+                fill_sessions(&lab)?;
+                let live = Command::new(netbridge)
+                    .args(["conntrack", "--json", "--name"])
+                    .arg(format!("{}benchnat", lab.prefix))
+                    .output()?;
+                let live: serde_json::Value =
+                    serde_json::from_slice(&live.stdout).unwrap_or_default();
+                sessions_filled.push(live["live_sessions"].as_f64().unwrap_or(0.0));
+                let (c, sv) = (lab.ns("client"), lab.ns("server"));
+                s.entry("snat_udp64_pps_100k")
+                    .or_default()
+                    .push(iperf_between(
+                        &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, true,
+                    )?);
+            }
         }
         eprintln!(
             "bench: round {round}/{}: up of {UP_NAMESPACES} namespaces, netbridge vs ip script",
@@ -664,10 +791,28 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
                 "ratios": {"netbridge_vs_iptables": d / c}}),
         );
     }
+    let (c1, c1000) = (
+        nat_med(NatSetup::Iptables, "dnat_crr"),
+        nat_med(NatSetup::Iptables, "dnat_crr_1000fwd"),
+    );
+    let (d1, d1000) = (
+        nat_med(NatSetup::Netbridge, "dnat_crr"),
+        nat_med(NatSetup::Netbridge, "dnat_crr_1000fwd"),
+    );
+    let (s100, s100k) = (
+        nat_med(NatSetup::Netbridge, "snat_udp64_pps"),
+        nat_med(NatSetup::Netbridge, "snat_udp64_pps_100k"),
+    );
     let _ = writeln!(
         table,
-        "\nnot yet measured: scale runs (100k NAT sessions vs 100, 1000 forwards vs 1000 iptables rules), \
-         transactions/s and new connections/s through DNAT"
+        "\nscale: 1,000 forwards vs 1,000 iptables DNAT rules (new connections/s through the last one):\n  \
+         iptables {c1000:.2} kconn/s ({:.2} of its 1-rule rate), netbridge {d1000:.2} kconn/s ({:.2} of its 1-forward rate); netbridge/iptables {:.2}\n\
+         scale: SNAT UDP-64 with {:.0} live sessions vs a handful: {s100k:.1} vs {s100:.1} kpps, ratio {:.2}",
+        c1000 / c1,
+        d1000 / d1,
+        d1000 / c1000,
+        median(&sessions_filled),
+        s100k / s100
     );
     print!("{table}");
     let json = serde_json::json!({
@@ -675,6 +820,9 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "workloads": json_workloads,
         "nat_workloads": json_nat,
+        "scale": {"forwards": SCALE_FORWARDS + 1, "crr_1000_vs_1": {"iptables": c1000 / c1, "netbridge": d1000 / d1},
+                  "crr_1000_netbridge_vs_iptables": d1000 / c1000,
+                  "sessions_filled": sessions_filled, "snat_udp64_100k_vs_few": s100k / s100},
         "up_namespaces": {"count": UP_NAMESPACES, "netbridge_secs": up_nb, "ip_script_secs": up_ip,
                           "ratio": up_nb_med / up_ip_med},
     });

@@ -43,7 +43,7 @@ pub fn find_forward(cfg: &NatConfig, proto: u8, port: u16) -> Option<FwdTarget> 
     if let Some(t) = unsafe { NB_FORWARDS.get(&key) } {
         return Some(*t);
     }
-    let n = cfg.range_count.min(MAX_FWD_RANGES);
+    let n = (cfg.range_count as u32).min(MAX_FWD_RANGES);
     let mut i = 0;
     while i < MAX_FWD_RANGES {
         if i >= n {
@@ -176,10 +176,17 @@ pub fn host_port(ctx: &TcContext, addr: u32) -> Result<Option<u32>, u32> {
     let Some(h) = (unsafe { NB_HOSTS.get(&addr.to_ne_bytes()) }) else {
         return Ok(None);
     };
-    let (ifindex, mac) = (h.ifindex, h.mac);
+    let h = *h;
+    readdress(ctx, &h)?;
+    Ok(Some(h.ifindex))
+}
+
+/// Sets the frame's MACs for delivery to lab host `h` from the gateway.
+#[inline(always)]
+pub fn readdress(ctx: &TcContext, h: &HostEntry) -> Result<(), u32> {
     let gw = bridge::gateway_mac();
     let err = |_| drop_reason::NAT_REWRITE;
-    ctx.store(0, &mac, 0).map_err(err)?;
+    ctx.store(0, &h.mac, 0).map_err(err)?;
     ctx.store(6, &gw, 0).map_err(err)?;
-    Ok(Some(ifindex))
+    Ok(())
 }

@@ -15,13 +15,14 @@ pub mod snat;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
+    helpers::bpf_redirect_peer,
     macros::map,
     maps::{Array, PerCpuArray},
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, NAT_FORWARDS, NAT_MASQUERADE, NatConfig, drop_reason,
-    nat_stat,
+    CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig,
+    drop_reason, nat_stat,
 };
 
 use crate::{
@@ -132,45 +133,75 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         _ => return Ok(TC_ACT_OK),
     };
     let flags = ip.tcp_flags(ctx);
-    if let Some((addr, port)) = ct::lookup(&t, CT_DIR_IN, flags) {
-        packet::rewrite(ctx, &ip, &t, false, addr, port)?;
-        count(nat_stat::XLATE_IN);
-        return Ok(TC_ACT_OK);
-    }
-    if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(fwd) = dnat::find_forward(cfg, t.proto, u16::from_be(t.dport)) else {
-        return Ok(TC_ACT_OK);
+    let (addr, port) = match ct::lookup(&t, CT_DIR_IN, flags) {
+        Some(m) => m,
+        None => {
+            if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
+                return Ok(TC_ACT_OK);
+            }
+            let Some(fwd) = dnat::find_forward(cfg, t.proto, u16::from_be(t.dport)) else {
+                return Ok(TC_ACT_OK);
+            };
+            dnat::new_session(cfg, &t, &fwd, false, flags)?
+        }
     };
-    let (addr, port) = dnat::new_session(cfg, &t, &fwd, false, flags)?;
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
+    // Fast path: straight into the lab host's namespace, as the gateway
+    // would deliver it (TTL decremented, MACs set), skipping the host's
+    // routing and the bridge.
+    if cfg.flags & NAT_FAST_PATH != 0
+        && let Some(h) = dnat::host(addr.to_ne_bytes())
+        && packet::fits(ctx, &ip, h.mtu)
+        && packet::decrement_ttl(ctx, &ip)?
+    {
+        dnat::readdress(ctx, &h)?;
+        count(nat_stat::FAST_IN);
+        crate::stats::count_tx(h.ifindex, ctx.len() as u64);
+        return Ok(unsafe { bpf_redirect_peer(h.ifindex, 0) } as i32);
+    }
     Ok(TC_ACT_OK)
 }
 
-/// Bridge-port hook for hairpin: a lab host reaching a forwarded port on the
-/// uplink address. The request is DNATed here and the reply un-DNATed here
-/// (the kernel would drop a routed packet whose source is its own address),
-/// both sent straight to the other host's port. Returns the port redirected
-/// to, or None to carry on with bridging.
+/// Where the bridge-port hook sends a packet.
+pub enum Hook {
+    /// Into this port's namespace (bpf_redirect_peer).
+    Peer(u32),
+    /// Out of this interface, L2 from the neighbour table (bpf_redirect_neigh).
+    Neigh(u32),
+}
+
+/// Bridge-port hook. Hairpin: a lab host reaching a forwarded port on the
+/// uplink address is DNATed here and the reply un-DNATed here (the kernel
+/// would drop a routed packet whose source is its own address), both sent
+/// straight to the other host's port. Fast path: packets of established
+/// SNAT/DNAT sessions are translated here and sent straight out of the
+/// uplink. None: carry on with bridging (and the kernel).
 #[inline(always)]
-pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<u32>, u32> {
+pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
     let Some(cfg) = config() else {
         return Ok(None);
     };
-    if cfg.flags & NAT_FORWARDS == 0 {
+    if cfg.flags & (NAT_FORWARDS | NAT_FAST_PATH) == 0 {
         return Ok(None);
     }
     let Some(ip) = packet::parse_ipv4(ctx, l3_off)? else {
         return Ok(None);
     };
-    if ip.non_first_fragment() || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+    if ip.non_first_fragment() {
         return Ok(None);
     }
-    let t = ip.tuple(ctx, false)?;
+    let t = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
+        IPPROTO_ICMP if packet::icmp_type(ctx, &ip)? == ICMP_ECHO => ip.tuple(ctx, true)?,
+        _ => return Ok(None),
+    };
     let flags = ip.tcp_flags(ctx);
-    if t.daddr == u32::from_ne_bytes(cfg.uplink_ipv4) {
+    let uplink = u32::from_ne_bytes(cfg.uplink_ipv4);
+    if t.daddr == uplink {
+        if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
+            return Ok(None);
+        }
         let (addr, port) = match ct::lookup(&t, CT_DIR_IN, flags) {
             Some(m) => m,
             None => {
@@ -184,21 +215,33 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<u32>, u32> {
         count(nat_stat::XLATE_HAIRPIN);
         // To the target's port if known; else the kernel routes it.
         return match dnat::host_port(ctx, addr)? {
-            Some(out) => Ok(Some(out)),
+            Some(out) => Ok(Some(Hook::Peer(out))),
             None => Ok(None),
         };
     }
     let Some((addr, port, kind)) = ct::lookup_kind(&t, CT_DIR_OUT, flags) else {
         return Ok(None);
     };
-    if kind != CT_HAIRPIN {
-        // A reply of an upstream DNAT session: un-DNATed at the uplink.
+    if kind == CT_HAIRPIN {
+        packet::rewrite(ctx, &ip, &t, true, addr, port)?;
+        count(nat_stat::XLATE_HAIRPIN);
+        return match dnat::host_port(ctx, t.daddr)? {
+            Some(out) => Ok(Some(Hook::Peer(out))),
+            None => Err(drop_reason::NAT_NO_ROUTE),
+        };
+    }
+    // An established SNAT session or a DNAT reply, bound for the uplink.
+    // Too big or TTL expiring: the kernel path (fragmentation needed, time
+    // exceeded); the uplink egress program translates it there.
+    if cfg.flags & NAT_FAST_PATH == 0
+        || !packet::fits(ctx, &ip, cfg.uplink_mtu)
+        || packet::ttl(ctx, &ip) <= 1
+    {
         return Ok(None);
     }
     packet::rewrite(ctx, &ip, &t, true, addr, port)?;
-    count(nat_stat::XLATE_HAIRPIN);
-    match dnat::host_port(ctx, t.daddr)? {
-        Some(out) => Ok(Some(out)),
-        None => Err(drop_reason::NAT_NO_ROUTE),
-    }
+    packet::decrement_ttl(ctx, &ip)?;
+    count(nat_stat::XLATE_OUT);
+    count(nat_stat::FAST_OUT);
+    Ok(Some(Hook::Neigh(cfg.uplink_ifindex)))
 }

@@ -179,3 +179,49 @@ pub fn rewrite(
     }
     Ok(())
 }
+
+/// Does the packet fit `mtu` once forwarded? GSO packets are checked per
+/// segment (payload size plus headers).
+#[inline(always)]
+pub fn fits(ctx: &TcContext, ip: &Ip4, mtu: u16) -> bool {
+    let skb = unsafe { &*ctx.skb.skb };
+    let gso = skb.gso_size;
+    let hdrs = (ip.l4_off - ip.ip_off) as u32
+        + match ip.proto {
+            IPPROTO_TCP => match ctx.load::<u8>(ip.l4_off + 12) {
+                Ok(doff) => ((doff >> 4) as u32) * 4,
+                Err(_) => return false,
+            },
+            _ => 8,
+        };
+    let size = if gso != 0 {
+        gso + hdrs
+    } else {
+        skb.len - ip.ip_off as u32
+    };
+    size <= mtu as u32
+}
+
+/// Decrements the TTL as a router does (fixing the header checksum);
+/// false, untouched, if it would reach zero (the kernel then sends Time
+/// Exceeded).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, ip: &Ip4) -> Result<bool, u32> {
+    // TTL and protocol share one 16-bit word.
+    let old: u16 = load(ctx, ip.ip_off + 8)?;
+    let bytes = old.to_ne_bytes();
+    if bytes[0] <= 1 {
+        return Ok(false);
+    }
+    let new = u16::from_ne_bytes([bytes[0] - 1, bytes[1]]);
+    store(ctx, ip.ip_off + 8, &new)?;
+    ctx.l3_csum_replace(ip.ip_off + 10, old as u64, new as u64, 2)
+        .map_err(|_| drop_reason::NAT_REWRITE)?;
+    Ok(true)
+}
+
+/// TTL of the packet.
+#[inline(always)]
+pub fn ttl(ctx: &TcContext, ip: &Ip4) -> u8 {
+    ctx.load::<u8>(ip.ip_off + 8).unwrap_or(0)
+}
