@@ -262,6 +262,48 @@ fn snat_reaches_upstream_from_every_namespace() {
     // uplink, uplink -> namespace), skipping the host's routing.
     assert!(lab.nat_counter("fast_path_out") > 1000, "fast path out");
     assert!(lab.nat_counter("fast_path_in") > 1000, "fast path in");
+    // The Prometheus endpoint carries the NAT state too.
+    let bin = netbridge_tests::netbridge_bin();
+    let host = lab.sb.host.clone();
+    let name = lab.sb.name("nat");
+    lab.sb.spawn(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "metrics",
+            "--name",
+            &name,
+            "--listen",
+            "127.0.0.1:9469",
+            "--max-requests",
+            "1",
+        ],
+    );
+    let metrics = Sandbox::wait_for(Duration::from_secs(10), || {
+        let o = lab
+            .sb
+            .sh_output(&host, "curl -sf -m 2 http://127.0.0.1:9469/metrics");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    })
+    .expect("metrics endpoint");
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in metrics:\n{metrics}"))
+    };
+    assert!(value("netbridge_nat_events_total{topology=\"") >= 0.0);
+    let snat_new = metrics
+        .lines()
+        .find(|l| l.contains("event=\"snat_new\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(snat_new >= 6.0, "snat_new in metrics: {snat_new}");
+    assert!(metrics.contains("netbridge_nat_sessions{") && metrics.contains("proto=\"tcp\""));
+    assert!(value("netbridge_nat_port_pool_size{") > 60000.0);
     lab.assert_no_netfilter_rules();
     lab.down_clean();
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod crr;
 mod ebpf_build;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -49,6 +50,13 @@ enum Cmd {
         /// Seconds per stream measurement.
         #[arg(long, default_value_t = 5)]
         secs: u32,
+    },
+    /// Opt-in endurance run: a NAT lab under steady load for N minutes
+    /// (bounded to 60); sessions must drain to baseline and the loaders'
+    /// memory stay flat. Writes target/soak/results.{txt,json}.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
     },
 }
 
@@ -130,6 +138,18 @@ fn main() -> Result<()> {
                 }
             };
             bench::run(&root, &root.join("target/debug/netbridge"), &opts)
+        }
+        Cmd::Soak { minutes } => {
+            setup()?;
+            if !is_root() {
+                bail!("the soak builds namespaces and loads eBPF: run it as root");
+            }
+            cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
+            soak::run(
+                &root,
+                &root.join("target/debug/netbridge"),
+                minutes.clamp(1, 60),
+            )
         }
         Cmd::Test { args } => {
             setup()?;
