@@ -15,6 +15,8 @@ use serde_json::Value;
 
 const SERVER: &str = "198.51.100.10";
 const UPLINK: &str = "203.0.113.1";
+/// The forward most tests use: uplink tcp/8080 -> white:8000.
+const FWD_8080_WHITE: &str = "[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:8000\"\n";
 
 fn script(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -160,6 +162,13 @@ gateway = "203.0.113.254"
         assert!(ok.is_some(), "nothing listens on {proto}/{port} in {ns}");
     }
 
+    /// A UDP echo server (tests/scripts/udp_echo.py) answering as `tag`.
+    fn udp_echo(&mut self, ns: &str, port: u16, tag: &str) {
+        let p = port.to_string();
+        self.spawn(ns, &["python3", &script("udp_echo.py"), &p, tag, "60"]);
+        self.wait_listen(ns, "udp", port);
+    }
+
     fn http_server(&mut self, ns: &str, port: u16) {
         let p = port.to_string();
         // --bind 0.0.0.0: with an address, http.server does reverse DNS.
@@ -206,11 +215,7 @@ fn snat_reaches_upstream_from_every_namespace() {
     require_root!();
     let mut lab = NatLab::new("", "");
     lab.http_server("server", 80);
-    lab.spawn(
-        "server",
-        &["python3", &script("udp_echo.py"), "7", "server", "60"],
-    );
-    lab.wait_listen("server", "udp", 7);
+    lab.udp_echo("server", 7, "server");
     for ns in ["black", "white"] {
         lab.sh(ns, &format!("ping -c 2 -i 0.2 -W 2 {SERVER}"));
         assert_eq!(
@@ -332,11 +337,7 @@ to = "white:5353"
     );
     lab.http_server("white", 8000);
     lab.http_server("black", 7003);
-    lab.spawn(
-        "white",
-        &["python3", &script("udp_echo.py"), "5353", "white", "60"],
-    );
-    lab.wait_listen("white", "udp", 5353);
+    lab.udp_echo("white", 5353, "white");
     // From upstream, to the uplink address.
     assert_eq!(lab.curl("server", &format!("http://{UPLINK}:8080/")), "200");
     assert_eq!(lab.curl("server", &format!("http://{UPLINK}:9003/")), "200");
@@ -475,15 +476,7 @@ fn tshark_checks(lab: &NatLab, ns: &str, pcap: &str) -> Vec<(String, String)> {
 #[test]
 fn checksums_valid_on_both_sides() {
     require_root!();
-    let mut lab = NatLab::new(
-        "",
-        r#"
-[[forward]]
-proto = "tcp"
-port = 8080
-to = "white:8000"
-"#,
-    );
+    let mut lab = NatLab::new("", FWD_8080_WHITE);
     // Full checksums from the senders (no veth offload), so a capture shows
     // exactly what the NAT wrote; tshark validates every header.
     for ns in ["black", "white", "server", "router"] {
@@ -496,11 +489,7 @@ to = "white:8000"
     }
     lab.http_server("server", 80);
     lab.http_server("white", 8000);
-    lab.spawn(
-        "server",
-        &["python3", &script("udp_echo.py"), "7", "server", "60"],
-    );
-    lab.wait_listen("server", "udp", 7);
+    lab.udp_echo("server", 7, "server");
     let dir = format!("/tmp/{}pcap", lab.sb.prefix());
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.clone();
@@ -587,8 +576,7 @@ to = "white:5353"
 "#,
     );
     for ns in ["white", "black"] {
-        lab.spawn(ns, &["python3", &script("udp_echo.py"), "5353", ns, "60"]);
-        lab.wait_listen(ns, "udp", 5353);
+        lab.udp_echo(ns, 5353, ns);
     }
     let probe = || {
         let r = lab.udp_probe("server", UPLINK, &["44000:5353".into()]);
@@ -640,14 +628,9 @@ to = "white:5353"
 fn port_pool_and_session_table_limits() {
     require_root!();
     let mut lab = NatLab::new("nat_ports = \"40000-40003\"\nmax_sessions = 6", "");
-    for port in ["7", "8"] {
-        lab.spawn(
-            "server",
-            &["python3", &script("udp_echo.py"), port, "server", "60"],
-        );
+    for port in [7, 8] {
+        lab.udp_echo("server", port, "server");
     }
-    lab.wait_listen("server", "udp", 7);
-    lab.wait_listen("server", "udp", 8);
     let pairs = |dport: u16, sports: std::ops::Range<u16>| -> Vec<String> {
         sports.map(|s| format!("{s}:{dport}")).collect()
     };
@@ -760,12 +743,8 @@ fn endpoint_independent_mapping_and_gc() {
         "nat_ports = \"40000-49999\"\nendpoint_independent = true\ntimeouts = { udp = 2, udp_replied = 2 }",
         "",
     );
-    for port in ["7", "8", "9"] {
-        lab.spawn(
-            "server",
-            &["python3", &script("udp_echo.py"), port, "server", "60"],
-        );
-        lab.wait_listen("server", "udp", port.parse().unwrap());
+    for port in [7, 8, 9] {
+        lab.udp_echo("server", port, "server");
     }
     let pairs: Vec<String> = ["7", "8", "9"]
         .iter()
@@ -836,15 +815,7 @@ to = "black:9000"
 #[test]
 fn hostile_frames_are_dropped_and_counted_without_harm() {
     require_root!();
-    let mut lab = NatLab::new(
-        "",
-        r#"
-[[forward]]
-proto = "tcp"
-port = 8080
-to = "white:8000"
-"#,
-    );
+    let mut lab = NatLab::new("", FWD_8080_WHITE);
     lab.http_server("white", 8000);
     lab.sh("black", &format!("ping -c 1 -W 2 {SERVER}"));
     let drops = |lab: &NatLab| -> Value {
@@ -1064,21 +1035,9 @@ fn restart_and_upgrade_lose_no_packets_or_sessions() {
 #[test]
 fn datapath_log_shows_new_sessions_and_drops_rate_limited() {
     require_root!();
-    let mut lab = NatLab::new(
-        "",
-        r#"
-[[forward]]
-proto = "tcp"
-port = 8080
-to = "white:8000"
-"#,
-    );
+    let mut lab = NatLab::new("", FWD_8080_WHITE);
     lab.http_server("white", 8000);
-    lab.spawn(
-        "server",
-        &["python3", &script("udp_echo.py"), "7", "server", "60"],
-    );
-    lab.wait_listen("server", "udp", 7);
+    lab.udp_echo("server", 7, "server");
     let log = format!("/tmp/{}log.txt", lab.sb.prefix());
     let l = log.clone();
     lab.sb.on_cleanup(move || {

@@ -112,6 +112,24 @@ impl Lab {
         format!("{}{role}", self.prefix)
     }
 
+    /// `netbridge up` of `file` under this lab's prefix; `down` on drop.
+    fn netbridge_up(&mut self, file: PathBuf) -> Result<()> {
+        self.topo_file = Some(file.clone());
+        let out = Command::new(&self.netbridge)
+            .args(["up", "-f"])
+            .arg(&file)
+            .args(["--prefix", &self.prefix])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "netbridge up {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn up(setup: Setup, id: &str, netbridge: &Path, dir: &Path) -> Result<Lab> {
         let mut lab = Lab {
             prefix: format!("nbb{id}{}-", setup.key().chars().next().unwrap_or('x')),
@@ -168,18 +186,7 @@ impl Lab {
                          [[namespace]]\nname = \"server\"\nhost_ifname = \"p-server\"\naddresses = [\"{SERVER_IP}/24\"]\n"
                     ),
                 )?;
-                lab.topo_file = Some(file.clone());
-                let out = Command::new(&lab.netbridge)
-                    .args(["up", "-f"])
-                    .arg(&file)
-                    .args(["--prefix", &lab.prefix])
-                    .output()?;
-                if !out.status.success() {
-                    bail!(
-                        "netbridge up ({datapath}): {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                lab.netbridge_up(file)?;
             }
         }
         // Warm up ARP and, for netbridge, the FDB.
@@ -335,18 +342,7 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize
                         .collect::<String>()
                 ),
             )?;
-            lab.topo_file = Some(file.clone());
-            let out = Command::new(&lab.netbridge)
-                .args(["up", "-f"])
-                .arg(&file)
-                .args(["--prefix", &lab.prefix])
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "netbridge up (nat): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            lab.netbridge_up(file)?;
         }
     }
     sh(Some(&c), &format!("ping -c 3 -i 0.2 -W 2 -q {NAT_SERVER}"))?;
