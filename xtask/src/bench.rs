@@ -54,12 +54,17 @@ impl Setup {
     }
 }
 
-/// Workloads and their unit; higher is better except latency.
-const WORKLOADS: [(&str, &str, bool); 4] = [
+/// Workloads and their unit; higher is better except latency. udp64_pps
+/// and rr_* use iperf3 and ping; udp64_pps_rust and udp_rr_* the tools in
+/// crr.rs.
+const WORKLOADS: [(&str, &str, bool); 7] = [
     ("tcp_stream", "Gbit/s", true),
     ("udp64_pps", "kpps", true),
+    ("udp64_pps_rust", "kpps", true),
     ("rr_p50", "us", false),
     ("rr_p99", "us", false),
+    ("udp_rr_tps", "ktps", true),
+    ("udp_rr_p50", "us", false),
 ];
 
 fn sh(ns: Option<&str>, script: &str) -> Result<String> {
@@ -246,12 +251,18 @@ impl NatSetup {
 }
 
 /// NAT workloads: (name, unit, higher is better).
-const NAT_WORKLOADS: [(&str, &str, bool); 7] = [
+const NAT_WORKLOADS: [(&str, &str, bool); 13] = [
     ("snat_tcp_stream", "Gbit/s", true),
     ("snat_udp64_pps", "kpps", true),
+    ("snat_udp64_pps_rust", "kpps", true),
     ("snat_rr_p50", "us", false),
+    ("snat_udp_rr_tps", "ktps", true),
+    ("snat_udp_rr_p50", "us", false),
     ("dnat_tcp_stream", "Gbit/s", true),
     ("dnat_udp64_pps", "kpps", true),
+    ("dnat_udp64_pps_rust", "kpps", true),
+    ("dnat_udp_rr_tps", "ktps", true),
+    ("dnat_udp_rr_p50", "us", false),
     ("dnat_crr", "kconn/s", true),
     ("dnat_crr_1000fwd", "kconn/s", true),
 ];
@@ -390,6 +401,24 @@ fn fill_sessions(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// The Rust tools from namespace `c` to `sv`, port 5201 (a forwarded port
+/// on the NAT paths): UDP-64 rate received at `bind`, then UDP
+/// request/response to an echo server there, both addressed to `target`.
+/// Returns (kpps, ktps, p50 us).
+fn rust_tools(c: &str, sv: &str, bind: &str, target: &str, secs: u32) -> Result<(f64, f64, f64)> {
+    let last_cpu = std::thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0);
+    let (bind, target): (std::net::SocketAddr, std::net::SocketAddr) = (
+        format!("{bind}:5201").parse()?,
+        format!("{target}:5201").parse()?,
+    );
+    let pps = crate::crr::udp_blast(c, sv, bind, target, secs as f64, 0, last_cpu)?;
+    let _echo = crate::crr::UdpEcho::start(sv, bind, last_cpu)?;
+    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs as f64, 0)?;
+    Ok((pps / 1e3, tps / 1e3, p50))
+}
+
 /// One NAT round: SNAT stream, packet rate and latency, DNAT stream and rate.
 fn nat_round(lab: &Lab, opts: &Options, s: &mut BTreeMap<&'static str, Vec<f64>>) -> Result<()> {
     let (c, sv) = (lab.ns("client"), lab.ns("server"));
@@ -423,6 +452,14 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut BTreeMap<&'static str, Vec<f64>>
     s.entry("dnat_crr")
         .or_default()
         .push(dnat_crr(lab, opts.secs)? / 1e3);
+    let (pps, tps, p50) = rust_tools(&c, &sv, NAT_SERVER, NAT_SERVER, opts.secs)?;
+    s.entry("snat_udp64_pps_rust").or_default().push(pps);
+    s.entry("snat_udp_rr_tps").or_default().push(tps);
+    s.entry("snat_udp_rr_p50").or_default().push(p50);
+    let (pps, tps, p50) = rust_tools(&sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs)?;
+    s.entry("dnat_udp64_pps_rust").or_default().push(pps);
+    s.entry("dnat_udp_rr_tps").or_default().push(tps);
+    s.entry("dnat_udp_rr_p50").or_default().push(p50);
     Ok(())
 }
 
@@ -639,6 +676,11 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
             let (p50, p99) = rr(&lab, opts.rr_count)?;
             s.entry("rr_p50").or_default().push(p50);
             s.entry("rr_p99").or_default().push(p99);
+            let (c, sv) = (lab.ns("client"), lab.ns("server"));
+            let (pps, tps, rr50) = rust_tools(&c, &sv, SERVER_IP, SERVER_IP, opts.secs)?;
+            s.entry("udp64_pps_rust").or_default().push(pps);
+            s.entry("udp_rr_tps").or_default().push(tps);
+            s.entry("udp_rr_p50").or_default().push(rr50);
             drop(lab);
         }
         for setup in NatSetup::ALL {
@@ -710,7 +752,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     );
     let _ = writeln!(
         table,
-        "{:<11} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "{:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
         "workload", "unit", "A direct", "B bridge", "D tc", "D' xdp", "D/A", "D/B", "D'/A", "D'/B"
     );
     let mut json_workloads = serde_json::Map::new();
@@ -723,7 +765,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
         );
         let _ = writeln!(
             table,
-            "{w:<11} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            "{w:<15} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             d / a,
             d / b,
             x / a,
@@ -765,7 +807,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     };
     let _ = writeln!(
         table,
-        "\nNAT paths (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n\n{:<16} {:>6} {:>12} {:>12} {:>8}",
+        "\nNAT paths (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n\n{:<20} {:>7} {:>12} {:>12} {:>8}",
         "workload", "unit", "C iptables", "D netbridge", "D/C"
     );
     let mut json_nat = serde_json::Map::new();
@@ -776,7 +818,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
         );
         let _ = writeln!(
             table,
-            "{w:<16} {unit:>6} {c:>12.2} {d:>12.2} {:>8.2}",
+            "{w:<20} {unit:>7} {c:>12.2} {d:>12.2} {:>8.2}",
             d / c
         );
         json_nat.insert(

@@ -1,6 +1,7 @@
-//! Connection-rate tool for the bench: TCP connect, 1-byte request, 1-byte
-//! reply, close, one transaction per connection (like netperf TCP_CRR).
-//! Client and server are threads that enter their namespaces with setns
+//! Rust traffic tools for the bench: connection rate (TCP connect, 1-byte
+//! request, 1-byte reply, close; like netperf TCP_CRR), UDP request/response
+//! (transactions/s and latency; like netperf UDP_RR) and a UDP-64 packet
+//! blaster counted at the receiver. Clients and servers are threads that enter their namespaces with setns
 //! (plain OS threads, not async workers) and pin themselves to a CPU.
 use std::{
     io::{Read, Write},
@@ -146,4 +147,171 @@ pub fn client(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<f64
     })
     .join()
     .map_err(|_| anyhow::anyhow!("crr client thread panicked"))?
+}
+
+/// A UDP echo server in a namespace (for the request/response test);
+/// stopped on drop.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &str, addr: SocketAddr, cpu: usize) -> Result<UdpEcho> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (ns, stop_t) = (ns.to_string(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let sock = enter(&ns, cpu).and_then(|_| {
+                let s = std::net::UdpSocket::bind(addr)
+                    .with_context(|| format!("bind udp {addr} in {ns}"))?;
+                s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                Ok(s)
+            });
+            let sock = match sock {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !stop_t.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        rx.recv().context("udp echo thread")??;
+        Ok(UdpEcho {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// UDP request/response from `ns` to `target` (an echo server) for `secs`:
+/// one 64-byte request outstanding. Returns (transactions/s, p50 us, p99 us).
+pub fn udp_rr(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<(f64, f64, f64)> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || -> Result<(f64, f64, f64)> {
+        enter(&ns, cpu)?;
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(target)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let (req, mut buf) = ([7u8; 64], [0u8; 2048]);
+        let mut lat = Vec::with_capacity(1 << 16);
+        let mut lost = 0u64;
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            let t = Instant::now();
+            s.send(&req)?;
+            match s.recv(&mut buf) {
+                Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1e6),
+                Err(_) => lost += 1,
+            }
+            if lost > 20 && lost * 10 > lat.len() as u64 {
+                bail!(
+                    "udp rr to {target} from {ns}: {lost} of {} lost",
+                    lost + lat.len() as u64
+                );
+            }
+        }
+        let tps = lat.len() as f64 / start.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        if lat.is_empty() {
+            bail!("udp rr to {target}: no answers");
+        }
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+        Ok((tps, pct(0.5), pct(0.99)))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("udp rr thread panicked"))?
+}
+
+/// UDP packet rate: a sender in `tx_ns` sends 64-byte datagrams to
+/// `target` as fast as it can for `secs`; a receiver in `rx_ns` bound to
+/// `bind` counts what arrives. Returns received packets per second.
+pub fn udp_blast(
+    tx_ns: &str,
+    rx_ns: &str,
+    bind: SocketAddr,
+    target: SocketAddr,
+    secs: f64,
+    tx_cpu: usize,
+    rx_cpu: usize,
+) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (rx_ns_t, stop_t) = (rx_ns.to_string(), stop.clone());
+    let receiver = std::thread::spawn(move || -> Result<u64> {
+        let sock = enter(&rx_ns_t, rx_cpu).and_then(|_| {
+            let s = std::net::UdpSocket::bind(bind)
+                .with_context(|| format!("bind udp {bind} in {rx_ns_t}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let size: libc::c_int = 8 << 20;
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    &size as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            Ok(s)
+        });
+        let sock = match sock {
+            Ok(s) => {
+                let _ = ready_tx.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return Ok(0);
+            }
+        };
+        let (mut n, mut buf) = (0u64, [0u8; 2048]);
+        while !stop_t.load(Ordering::Relaxed) {
+            if sock.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    });
+    ready_rx.recv().context("udp receiver thread")??;
+    let tx_ns = tx_ns.to_string();
+    let sent = std::thread::spawn(move || -> Result<f64> {
+        enter(&tx_ns, tx_cpu)?;
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(target)?;
+        let payload = [0u8; 64];
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            for _ in 0..64 {
+                let _ = s.send(&payload);
+            }
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("udp sender thread panicked"))??;
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("udp receiver thread panicked"))??;
+    Ok(received as f64 / sent)
 }
