@@ -869,31 +869,56 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     std::fs::write(out_dir.join("results.txt"), &table)?;
-    std::fs::write(out_dir.join("results.svg"), svg(&med))?;
+    let labels: Vec<&str> = Setup::ALL.iter().map(|s| s.label()).collect();
+    std::fs::write(
+        out_dir.join("results.svg"),
+        svg(
+            "netbridge bench: bridged paths, medians relative to A (direct veth = 1.0)",
+            &WORKLOADS,
+            &labels,
+            &|k, w| med(Setup::ALL[k], w),
+        ),
+    )?;
+    let labels: Vec<&str> = NatSetup::ALL.iter().map(|s| s.label()).collect();
+    std::fs::write(
+        out_dir.join("results-nat.svg"),
+        svg(
+            "netbridge bench: NAT paths, medians relative to C (bridge + iptables = 1.0)",
+            &NAT_WORKLOADS,
+            &labels,
+            &|k, w| nat_med(NatSetup::ALL[k], w),
+        ),
+    )?;
     eprintln!(
-        "bench: wrote {}/results.{{txt,json,svg}} in {:.0}s",
+        "bench: wrote {}/results.{{txt,json,svg}} and results-nat.svg in {:.0}s",
         out_dir.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-/// Grouped bar chart: one panel per workload, bars normalised to A.
-fn svg(med: &dyn Fn(Setup, &str) -> f64) -> String {
+/// Grouped bar chart: one panel per workload, one bar per setup
+/// (`labels`), normalised to the first setup. `val(setup index, workload)`.
+fn svg(
+    title: &str,
+    workloads: &[(&str, &str, bool)],
+    labels: &[&str],
+    val: &dyn Fn(usize, &str) -> f64,
+) -> String {
     let colors = ["#888888", "#4477aa", "#228833", "#ccbb44"];
     let (pw, ph, pad) = (230.0, 220.0, 40.0);
-    let width = pad + WORKLOADS.len() as f64 * (pw + pad);
+    let width = pad + workloads.len() as f64 * (pw + pad);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{pad}\" y=\"20\" font-size=\"14\">netbridge bench: medians, relative to A (direct veth = 1.0)</text>\n",
+         <text x=\"{pad}\" y=\"20\" font-size=\"14\">{title}</text>\n",
         ph + 110.0
     );
-    for (i, (w, unit, higher_better)) in WORKLOADS.iter().enumerate() {
+    for (i, (w, unit, higher_better)) in workloads.iter().enumerate() {
         let x0 = pad + i as f64 * (pw + pad);
         let y0 = 50.0;
-        let base = med(Setup::Direct, w);
-        let vals: Vec<f64> = Setup::ALL.iter().map(|st| med(*st, w) / base).collect();
+        let base = val(0, w);
+        let vals: Vec<f64> = (0..labels.len()).map(|k| val(k, w) / base).collect();
         let max = vals
             .iter()
             .cloned()
@@ -923,22 +948,21 @@ fn svg(med: &dyn Fn(Setup, &str) -> f64) -> String {
                 "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{h:.1}\" fill=\"{}\"/>\n\
                  <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.2}</text>",
                 y0 + ph - h,
-                colors[j],
+                colors[j % colors.len()],
                 x + bw / 2.0,
                 y0 + ph - h - 3.0
             );
         }
     }
-    for (j, st) in Setup::ALL.iter().enumerate() {
+    for (j, label) in labels.iter().enumerate() {
         let x = pad + j as f64 * 160.0;
         let y = ph + 85.0;
         let _ = writeln!(
             s,
-            "<rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            colors[j],
+            "<rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{label}</text>",
+            colors[j % colors.len()],
             x + 16.0,
-            y + 10.0,
-            st.label()
+            y + 10.0
         );
     }
     s.push_str("</svg>\n");
