@@ -42,7 +42,8 @@ enum Cmd {
     /// Datapaths side by side (direct veth, Linux bridge, netbridge TC and
     /// XDP), interleaved rounds; writes target/bench/results.{txt,json,svg}.
     Bench {
-        /// Smoke-test size (~1 minute): 2 rounds of 2 s streams.
+        /// Smoke-test size for CI (about a minute and a half): one round of
+        /// 1 s streams, every workload and scale run once, no thresholds.
         #[arg(long)]
         quick: bool,
         #[arg(long, default_value_t = 5)]
@@ -126,8 +127,8 @@ fn main() -> Result<()> {
             cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
             let opts = if quick {
                 bench::Options {
-                    rounds: 2,
-                    secs: 2,
+                    rounds: 1,
+                    secs: 1,
                     rr_count: 200,
                 }
             } else {
