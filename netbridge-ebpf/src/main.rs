@@ -84,20 +84,19 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
 /// TC egress of the uplink: SNAT (masquerade) and reverse DNAT.
 #[classifier]
 pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
-    match nat::try_uplink_egress(&ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            stats::count_drop_reason(reason);
-            log::drop(unsafe { (*ctx.skb.skb).ifindex }, reason);
-            TC_ACT_SHOT
-        }
-    }
+    uplink_action(&ctx, nat::try_uplink_egress(&ctx))
 }
 
 /// TC ingress of the uplink: reverse SNAT and DNAT of forwarded ports.
 #[classifier]
 pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
-    match nat::try_uplink_ingress(&ctx) {
+    uplink_action(&ctx, nat::try_uplink_ingress(&ctx))
+}
+
+/// The uplink is not a bridge port: drops are counted by reason only.
+#[inline(always)]
+fn uplink_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
+    match r {
         Ok(action) => action,
         Err(reason) => {
             stats::count_drop_reason(reason);

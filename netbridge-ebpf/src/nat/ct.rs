@@ -40,6 +40,30 @@ pub fn key(t: &Tuple, dir: u8) -> CtKey {
     }
 }
 
+/// A new session half: rewrite to `nat_addr`:`nat_port`, created `now`.
+#[inline(always)]
+pub fn entry(
+    reverse: CtKey,
+    nat_addr: [u8; 4],
+    nat_port: u16,
+    state: u8,
+    kind: u8,
+    flags: u8,
+    now: u64,
+) -> CtEntry {
+    CtEntry {
+        reverse,
+        nat_addr,
+        nat_port,
+        state,
+        kind,
+        flags,
+        _pad: [0; 7],
+        created_ns: now,
+        last_seen_ns: now,
+    }
+}
+
 #[inline(always)]
 pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CtEntry, CtKey, FwdKey, FwdTarget,
-    HostEntry, MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NatConfig, drop_reason, nat_stat,
+    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CtKey, FwdKey, FwdTarget, HostEntry,
+    MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NAT_FORWARDS, NatConfig, drop_reason, nat_stat,
 };
 
 use crate::{
@@ -15,6 +15,7 @@ use crate::{
     nat::{
         Tuple, count,
         ct::{self, BPF_NOEXIST, NB_CT},
+        packet::IPPROTO_ICMP,
     },
 };
 
@@ -76,6 +77,28 @@ fn count_hit(fwd: &FwdTarget) {
     }
 }
 
+/// Where `t`, addressed to the uplink, goes: its session's mapping (SNAT
+/// reply or DNAT), else a new DNAT session if a forward matches (`hairpin`:
+/// from a lab host). None: not for a mapping.
+#[inline(always)]
+pub fn mapping(
+    cfg: &NatConfig,
+    t: &Tuple,
+    hairpin: bool,
+    tcp_flags: u8,
+) -> Result<Option<(u32, u16)>, u32> {
+    if let Some(m) = ct::lookup(t, CT_DIR_IN, tcp_flags) {
+        return Ok(Some(m));
+    }
+    if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
+        return Ok(None);
+    }
+    let Some(fwd) = find_forward(cfg, t.proto, u16::from_be(t.dport)) else {
+        return Ok(None);
+    };
+    new_session(cfg, t, &fwd, hairpin, tcp_flags).map(Some)
+}
+
 /// Opens a DNAT session for `t` (a client reaching the uplink address on a
 /// forwarded port: from upstream, or from a lab host when `hairpin`) and
 /// returns the new destination (raw network order).
@@ -105,28 +128,8 @@ pub fn new_session(
         dir: CT_DIR_OUT,
         _pad: [0; 2],
     };
-    let out_val = CtEntry {
-        reverse: in_key,
-        nat_addr: t.daddr.to_ne_bytes(),
-        nat_port: t.dport,
-        state,
-        kind,
-        flags: 0,
-        _pad: [0; 7],
-        created_ns: now,
-        last_seen_ns: now,
-    };
-    let in_val = CtEntry {
-        reverse: out_key,
-        nat_addr: fwd.addr,
-        nat_port: tport,
-        state,
-        kind,
-        flags: CT_F_ORIGINAL,
-        _pad: [0; 7],
-        created_ns: now,
-        last_seen_ns: now,
-    };
+    let out_val = ct::entry(in_key, t.daddr.to_ne_bytes(), t.dport, state, kind, 0, now);
+    let in_val = ct::entry(out_key, fwd.addr, tport, state, kind, CT_F_ORIGINAL, now);
     let inserted = NB_CT.insert(&out_key, &out_val, BPF_NOEXIST).is_ok()
         && (NB_CT.insert(&in_key, &in_val, BPF_NOEXIST).is_ok() || {
             let _ = NB_CT.remove(&out_key);
@@ -173,10 +176,9 @@ pub fn host(addr: [u8; 4]) -> Option<HostEntry> {
 /// from the gateway MAC) and returns its port for a redirect.
 #[inline(always)]
 pub fn host_port(ctx: &TcContext, addr: u32) -> Result<Option<u32>, u32> {
-    let Some(h) = (unsafe { NB_HOSTS.get(&addr.to_ne_bytes()) }) else {
+    let Some(h) = host(addr.to_ne_bytes()) else {
         return Ok(None);
     };
-    let h = *h;
     readdress(ctx, &h)?;
     Ok(Some(h.ifindex))
 }

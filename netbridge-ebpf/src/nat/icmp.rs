@@ -8,14 +8,9 @@ use crate::{
     csum,
     nat::{
         Tuple, count, ct,
-        packet::{ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, load},
+        packet::{ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, load, store},
     },
 };
-
-#[inline(always)]
-fn store<T>(ctx: &TcContext, off: usize, v: &T) -> Result<(), u32> {
-    ctx.store(off, v, 0).map_err(|_| drop_reason::NAT_REWRITE)
-}
 
 /// Adds a 16/32-bit change inside the ICMP message to its checksum.
 #[inline(always)]

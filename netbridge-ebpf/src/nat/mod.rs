@@ -58,6 +58,32 @@ pub struct Tuple {
     pub proto: u8,
 }
 
+/// The session tuple of `ip` at the uplink: TCP, UDP, or ICMP echo of
+/// `echo_type`. ICMP errors are translated in place (RFC 5508) going `dir`;
+/// they and everything else give None.
+#[inline(always)]
+fn uplink_tuple(
+    ctx: &TcContext,
+    ip: &packet::Ip4,
+    cfg: &NatConfig,
+    echo_type: u8,
+    dir: u8,
+) -> Result<Option<Tuple>, u32> {
+    let t = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
+        IPPROTO_ICMP => match packet::icmp_type(ctx, ip)? {
+            ty if ty == echo_type => ip.tuple(ctx, true)?,
+            ty if packet::is_icmp_error(ty) => {
+                icmp::translate_error(ctx, ip, cfg, dir)?;
+                return Ok(None);
+            }
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(t))
+}
+
 /// Uplink egress: rewrite the source of established sessions (SNAT and
 /// DNAT replies), open SNAT sessions for lab traffic, translate ICMP errors.
 #[inline(always)]
@@ -77,17 +103,8 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
             Ok(TC_ACT_OK)
         };
     }
-    let t = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
-        IPPROTO_ICMP => match packet::icmp_type(ctx, &ip)? {
-            ICMP_ECHO => ip.tuple(ctx, true)?,
-            ty if packet::is_icmp_error(ty) => {
-                icmp::translate_error(ctx, &ip, cfg, CT_DIR_OUT)?;
-                return Ok(TC_ACT_OK);
-            }
-            _ => return Ok(TC_ACT_OK),
-        },
-        _ => return Ok(TC_ACT_OK),
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO, CT_DIR_OUT)? else {
+        return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
     if let Some((addr, port)) = ct::lookup(&t, CT_DIR_OUT, flags) {
@@ -119,31 +136,13 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         // Not for a mapping; a fragment the host reassembles for itself.
         return Ok(TC_ACT_OK);
     }
-    let t = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
-        IPPROTO_ICMP => match packet::icmp_type(ctx, &ip)? {
-            ICMP_ECHO_REPLY => ip.tuple(ctx, true)?,
-            ty if packet::is_icmp_error(ty) => {
-                icmp::translate_error(ctx, &ip, cfg, CT_DIR_IN)?;
-                return Ok(TC_ACT_OK);
-            }
-            // Echo requests and the rest are for the host itself.
-            _ => return Ok(TC_ACT_OK),
-        },
-        _ => return Ok(TC_ACT_OK),
+    // Inbound echo requests (and other ICMP) are for the host itself.
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO_REPLY, CT_DIR_IN)? else {
+        return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
-    let (addr, port) = match ct::lookup(&t, CT_DIR_IN, flags) {
-        Some(m) => m,
-        None => {
-            if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
-                return Ok(TC_ACT_OK);
-            }
-            let Some(fwd) = dnat::find_forward(cfg, t.proto, u16::from_be(t.dport)) else {
-                return Ok(TC_ACT_OK);
-            };
-            dnat::new_session(cfg, &t, &fwd, false, flags)?
-        }
+    let Some((addr, port)) = dnat::mapping(cfg, &t, false, flags)? else {
+        return Ok(TC_ACT_OK);
     };
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
@@ -202,14 +201,8 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
         if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
             return Ok(None);
         }
-        let (addr, port) = match ct::lookup(&t, CT_DIR_IN, flags) {
-            Some(m) => m,
-            None => {
-                let Some(fwd) = dnat::find_forward(cfg, t.proto, u16::from_be(t.dport)) else {
-                    return Ok(None);
-                };
-                dnat::new_session(cfg, &t, &fwd, true, flags)?
-            }
+        let Some((addr, port)) = dnat::mapping(cfg, &t, true, flags)? else {
+            return Ok(None);
         };
         packet::rewrite(ctx, &ip, &t, false, addr, port)?;
         count(nat_stat::XLATE_HAIRPIN);

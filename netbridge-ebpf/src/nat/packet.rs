@@ -38,7 +38,7 @@ pub fn load<T>(ctx: &TcContext, off: usize) -> Result<T, u32> {
 }
 
 #[inline(always)]
-fn store<T>(ctx: &TcContext, off: usize, v: &T) -> Result<(), u32> {
+pub fn store<T>(ctx: &TcContext, off: usize, v: &T) -> Result<(), u32> {
     ctx.store(off, v, 0).map_err(|_| drop_reason::NAT_REWRITE)
 }
 

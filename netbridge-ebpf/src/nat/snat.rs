@@ -1,8 +1,8 @@
 //! SNAT (masquerade): new sessions for lab traffic leaving the uplink.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_SNAT, CtEntry, CtKey, EimKey, NAT_EIM,
-    NAT_PORT_RETRIES, NatConfig, drop_reason, nat_stat,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_SNAT, CtKey, EimKey, NAT_EIM, NAT_PORT_RETRIES,
+    NatConfig, drop_reason, nat_stat,
 };
 
 use crate::nat::{
@@ -80,17 +80,15 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
             dir: CT_DIR_IN,
             _pad: [0; 2],
         };
-        let in_val = CtEntry {
-            reverse: out_key,
-            nat_addr: t.saddr.to_ne_bytes(),
-            nat_port: t.sport,
+        let in_val = ct::entry(
+            out_key,
+            t.saddr.to_ne_bytes(),
+            t.sport,
             state,
-            kind: CT_SNAT,
-            flags: 0,
-            _pad: [0; 7],
-            created_ns: now,
-            last_seen_ns: now,
-        };
+            CT_SNAT,
+            0,
+            now,
+        );
         if NB_CT.insert(&in_key, &in_val, BPF_NOEXIST).is_ok() {
             chosen = port;
             found = true;
@@ -110,17 +108,15 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
         return Err(drop_reason::NAT_PORT_EXHAUSTED);
     }
     let nat_port = (chosen as u16).to_be();
-    let out_val = CtEntry {
-        reverse: in_key,
-        nat_addr: cfg.uplink_ipv4,
+    let out_val = ct::entry(
+        in_key,
+        cfg.uplink_ipv4,
         nat_port,
         state,
-        kind: CT_SNAT,
-        flags: CT_F_ORIGINAL,
-        _pad: [0; 7],
-        created_ns: now,
-        last_seen_ns: now,
-    };
+        CT_SNAT,
+        CT_F_ORIGINAL,
+        now,
+    );
     if NB_CT.insert(&out_key, &out_val, BPF_NOEXIST).is_err() {
         // Another CPU opened this session meanwhile: use its mapping.
         let _ = NB_CT.remove(&in_key);
