@@ -180,6 +180,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// Wraps an error of map `name`.
+pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
+    move |e| BpfError::Map {
+        name,
+        source: Box::new(e),
+    }
+}
+
 /// Takes map `name` out of a loaded object, typed.
 pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
@@ -189,10 +197,7 @@ pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
         name,
         source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
     })?;
-    T::try_from(map).map_err(|e| BpfError::Map {
-        name,
-        source: Box::new(e),
-    })
+    T::try_from(map).map_err(map_err(name))
 }
 
 /// Opens pinned map `name` of a running topology, typed.
@@ -201,12 +206,8 @@ pub(crate) fn open_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     name: &'static str,
     wrap: fn(MapData) -> aya::maps::Map,
 ) -> Result<T, BpfError> {
-    let map_err = |e| BpfError::Map {
-        name,
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(pins.map(name)).map_err(map_err)?;
-    T::try_from(wrap(data)).map_err(map_err)
+    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
+    T::try_from(wrap(data)).map_err(map_err(name))
 }
 
 impl Maps {
@@ -245,12 +246,6 @@ impl Maps {
         aging_secs: u32,
         gateway: Option<Gateway>,
     ) -> Result<(), BpfError> {
-        let err = |name| {
-            move |e| BpfError::Map {
-                name,
-                source: Box::new(e),
-            }
-        };
         let stale: Vec<u32> = self
             .ports
             .keys()
@@ -258,12 +253,12 @@ impl Maps {
             .filter(|k| !ports.iter().any(|p| p.ifindex == *k))
             .collect();
         for k in stale {
-            self.ports.remove(&k).map_err(err(MAP_PORTS))?;
+            self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
         }
         for p in ports {
             self.ports
                 .insert(p.ifindex, *p, 0)
-                .map_err(err(MAP_PORTS))?;
+                .map_err(map_err(MAP_PORTS))?;
         }
         let gw = gateway.unwrap_or_default();
         let flags = self.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
@@ -275,17 +270,13 @@ impl Maps {
             flags,
             _pad: 0,
         };
-        self.config.set(0, cfg, 0).map_err(err(MAP_CONFIG))
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
     }
 
     /// Makes the isolation policy exactly `pairs` of (port, port) ifindexes,
     /// both directions, and flags it on (or off when empty). Returns
     /// whether anything changed.
     pub fn set_policy(&mut self, pairs: &[(u32, u32)]) -> Result<bool, BpfError> {
-        let err = |e| BpfError::Map {
-            name: MAP_POLICY,
-            source: Box::new(e),
-        };
         let want: Vec<PolicyKey> = pairs
             .iter()
             .flat_map(|&(a, b)| [PolicyKey { src: a, dst: b }, PolicyKey { src: b, dst: a }])
@@ -293,11 +284,11 @@ impl Maps {
         let have: Vec<PolicyKey> = self.policy.keys().filter_map(|k| k.ok()).collect();
         let mut changed = false;
         for k in have.iter().filter(|k| !want.contains(k)) {
-            self.policy.remove(k).map_err(err)?;
+            self.policy.remove(k).map_err(map_err(MAP_POLICY))?;
             changed = true;
         }
         for k in want.iter().filter(|k| !have.contains(k)) {
-            self.policy.insert(k, 1, 0).map_err(err)?;
+            self.policy.insert(k, 1, 0).map_err(map_err(MAP_POLICY))?;
             changed = true;
         }
         let mut cfg = self.config.get(&0, 0).unwrap_or_default();
@@ -308,10 +299,7 @@ impl Maps {
         };
         if flags != cfg.flags {
             cfg.flags = flags;
-            self.config.set(0, cfg, 0).map_err(|e| BpfError::Map {
-                name: MAP_CONFIG,
-                source: Box::new(e),
-            })?;
+            self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))?;
             changed = true;
         }
         Ok(changed)
@@ -323,10 +311,7 @@ impl Maps {
         let aging_ns = self.config.get(&0, 0).map(|c| c.aging_ns).unwrap_or(0);
         let mut rows = Vec::new();
         for item in self.fdb.iter() {
-            let (k, e) = item.map_err(|e| BpfError::Map {
-                name: MAP_FDB,
-                source: Box::new(e),
-            })?;
+            let (k, e) = item.map_err(map_err(MAP_FDB))?;
             let age_ns = now.saturating_sub(e.last_seen_ns);
             rows.push(FdbRow {
                 mac: k
@@ -349,10 +334,7 @@ impl Maps {
     pub fn port_stats(&self) -> Result<BTreeMap<u32, PortStats>, BpfError> {
         let mut out = BTreeMap::new();
         for item in self.port_stats.iter() {
-            let (ifindex, per_cpu) = item.map_err(|e| BpfError::Map {
-                name: MAP_PORT_STATS,
-                source: Box::new(e),
-            })?;
+            let (ifindex, per_cpu) = item.map_err(map_err(MAP_PORT_STATS))?;
             let mut sum = PortStats::default();
             per_cpu.iter().for_each(|s| sum.accumulate(s));
             out.insert(ifindex, sum);
@@ -364,10 +346,10 @@ impl Maps {
     pub fn drop_stats(&self) -> Result<BTreeMap<&'static str, u64>, BpfError> {
         let mut out = BTreeMap::new();
         for code in 0..drop_reason::COUNT {
-            let per_cpu = self.drop_stats.get(&code, 0).map_err(|e| BpfError::Map {
-                name: MAP_DROP_STATS,
-                source: Box::new(e),
-            })?;
+            let per_cpu = self
+                .drop_stats
+                .get(&code, 0)
+                .map_err(map_err(MAP_DROP_STATS))?;
             out.insert(drop_reason::NAMES[code as usize], per_cpu.iter().sum());
         }
         Ok(out)

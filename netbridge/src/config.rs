@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::Path,
     str::FromStr,
 };
@@ -49,6 +49,14 @@ pub enum Datapath {
     #[default]
     Tc,
     Xdp,
+}
+
+/// The IPv4 addresses among `addrs`, in order.
+pub fn ipv4s(addrs: &[IpNet]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    addrs.iter().filter_map(|a| match a.addr() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -391,6 +399,32 @@ impl Topology {
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.iter().find(|n| n.name == name)
+    }
+
+    /// The uplink's NAT timeouts (defaults without an uplink).
+    pub fn nat_timeouts(&self) -> NatTimeouts {
+        self.uplink
+            .as_ref()
+            .map(|u| u.timeouts.clone())
+            .unwrap_or_default()
+    }
+
+    /// The link the uplink is one end of, if the file declares it:
+    /// (the uplink's end in the host namespace, the far end).
+    pub fn uplink_ends(&self) -> Option<(&Endpoint, &Endpoint)> {
+        let u = self.uplink.as_ref()?;
+        let near = |e: &Endpoint| {
+            (e.netns.is_none() || e.netns == self.host_netns) && e.ifname == u.ifname
+        };
+        self.links.iter().find_map(|l| {
+            if near(&l.a) {
+                Some((&l.a, &l.b))
+            } else if near(&l.b) {
+                Some((&l.b, &l.a))
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -820,11 +854,7 @@ impl Validator<'_> {
                     ));
                 }
             }
-            let endpoint =
-                t.links.iter().flat_map(|l| [&l.a, &l.b]).find(|e| {
-                    (e.netns.is_none() || e.netns == t.host_netns) && e.ifname == u.ifname
-                });
-            match endpoint {
+            match t.uplink_ends().map(|(near, _)| near) {
                 Some(e) => {
                     if (u.masquerade || !t.forwards.is_empty())
                         && !e.addresses.iter().any(|a| a.addr().is_ipv4())

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use netbridge::{
-    config::Topology,
+    config::{Topology, ipv4s},
     netns::{self, Netns},
     state::State,
     stats,
@@ -537,19 +537,9 @@ impl log::Log for DatapathLog {
     fn flush(&self) {}
 }
 
-fn uplink_timeouts(t: &Topology) -> netbridge::config::NatTimeouts {
-    t.uplink
-        .as_ref()
-        .map(|u| u.timeouts.clone())
-        .unwrap_or_default()
-}
-
 fn conntrack(which: &Which, json: bool) -> Result<()> {
     let source = stats::Source::open(&name_of(which)?)?;
-    let ct = source
-        .maps
-        .nat
-        .conntrack(&uplink_timeouts(&source.topology))?;
+    let ct = source.maps.nat.conntrack(&source.topology.nat_timeouts())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&ct)?);
         return Ok(());
@@ -591,7 +581,7 @@ fn conntrack(which: &Which, json: bool) -> Result<()> {
 
 fn gc(which: &Which, every: Option<Duration>, count: Option<u64>) -> Result<()> {
     let mut source = stats::Source::open(&name_of(which)?)?;
-    let timeouts = uplink_timeouts(&source.topology);
+    let timeouts = source.topology.nat_timeouts();
     let mut rounds = 0u64;
     loop {
         let n = source.maps.nat.gc(&timeouts)?;
@@ -609,15 +599,15 @@ fn gc(which: &Which, every: Option<Duration>, count: Option<u64>) -> Result<()> 
 
 fn forward(op: ForwardOp) -> Result<()> {
     use netbridge::config::{Forward, PortSpec};
-    let (which, change) = match &op {
+    let (which, proto, port, to) = match &op {
         ForwardOp::List { which, json } => return forward_list(which, *json),
         ForwardOp::Add {
             which,
             proto,
             port,
             to,
-        } => (which, Some((proto, port, Some(to)))),
-        ForwardOp::Del { which, proto, port } => (which, Some((proto, port, None))),
+        } => (which, proto, port, Some(to)),
+        ForwardOp::Del { which, proto, port } => (which, proto, port, None),
     };
     let name = name_of(which)?;
     let mut st =
@@ -626,7 +616,6 @@ fn forward(op: ForwardOp) -> Result<()> {
         .topology
         .clone()
         .with_context(|| format!("state of {name:?} has no topology recorded"))?;
-    let (proto, port, to) = change.unwrap();
     let p: netbridge::config::Proto = match proto.as_str() {
         "tcp" => netbridge::config::Proto::Tcp,
         "udp" => netbridge::config::Proto::Udp,
@@ -680,34 +669,14 @@ fn forward(op: ForwardOp) -> Result<()> {
 
 fn forward_list(which: &Which, json: bool) -> Result<()> {
     let source = stats::Source::open(&name_of(which)?)?;
-    let hits = source.maps.nat.forward_hits();
-    let rows: Vec<serde_json::Value> = source
-        .maps
-        .nat
-        .forwards()?
-        .iter()
-        .map(|f| {
-            serde_json::json!({
-                "proto": netbridge::nat::proto_name(f.proto),
-                "port": netbridge::nat::port_label(f),
-                "to": format!("{}:{}", std::net::Ipv4Addr::from(f.addr), f.port),
-                "hits": hits.get(&(f.proto, f.first)).copied().unwrap_or(0),
-            })
-        })
-        .collect();
+    let rows = source.maps.nat.forward_uses()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!("{:<5} {:<12} {:<21} {:>8}", "proto", "port", "to", "hits");
     for r in rows {
-        println!(
-            "{:<5} {:<12} {:<21} {:>8}",
-            r["proto"].as_str().unwrap_or(""),
-            r["port"].as_str().unwrap_or(""),
-            r["to"].as_str().unwrap_or(""),
-            r["hits"]
-        );
+        println!("{:<5} {:<12} {:<21} {:>8}", r.proto, r.port, r.to, r.hits);
     }
     Ok(())
 }
@@ -833,12 +802,7 @@ fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
     let report = topology::up(&t)?;
     println!("demo: up ({} changes)", report.changes.len());
     let bridged: Vec<_> = t.namespaces.iter().filter(|n| t.on_bridge(n)).collect();
-    let first_v4 = |n: &netbridge::config::Namespace| {
-        n.addresses
-            .iter()
-            .find(|a| a.addr().is_ipv4())
-            .map(|a| a.addr().to_string())
-    };
+    let first_v4 = |addrs: &[ipnet::IpNet]| ipv4s(addrs).next().map(|a| a.to_string());
     // An HTTP server in the target of the first TCP forward (else the last
     // bridged namespace); fetched from the first bridged namespace directly
     // and from upstream through the forward (DNAT).
@@ -852,25 +816,14 @@ fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
         .context("default lab has no bridged namespace")?;
     let server_port = forward.map_or(8000, |f| f.target().1).to_string();
     // The upstream end of the uplink: a namespace with an address there.
-    let upstream = t.uplink.as_ref().and_then(|u| {
-        t.links.iter().find_map(|l| {
-            let (near, far) = if l.a.ifname == u.ifname && l.a.netns.is_none() {
-                (&l.a, &l.b)
-            } else if l.b.ifname == u.ifname && l.b.netns.is_none() {
-                (&l.b, &l.a)
-            } else {
-                return None;
-            };
-            let v4 = |e: &netbridge::config::Endpoint| {
-                e.addresses
-                    .iter()
-                    .find(|a| a.addr().is_ipv4())
-                    .map(|a| a.addr().to_string())
-            };
-            Some((far.netns.clone()?, v4(far)?, v4(near)?))
-        })
+    let upstream = t.uplink_ends().and_then(|(near, far)| {
+        Some((
+            far.netns.clone()?,
+            first_v4(&far.addresses)?,
+            first_v4(&near.addresses)?,
+        ))
     });
-    let server_ip = first_v4(server).context("server namespace has no IPv4 address")?;
+    let server_ip = first_v4(&server.addresses).context("server namespace has no IPv4 address")?;
     // --bind 0.0.0.0: with a specific address http.server does a reverse DNS
     // lookup at start, which would hang (and send a query) inside the lab.
     let child = in_ns(
@@ -937,7 +890,7 @@ fn demo(duration: Option<Duration>, prefix: Option<String>) -> Result<()> {
         for a in &bridged {
             for b in &bridged {
                 if a.name != b.name
-                    && let Some(ip) = first_v4(b)
+                    && let Some(ip) = first_v4(&b.addresses)
                 {
                     let _ = in_ns(
                         &a.name,

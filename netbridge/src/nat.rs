@@ -17,7 +17,7 @@ use netbridge_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{BpfError, PinDir, monotonic_ns, open_map, take_map},
+    bpf::{BpfError, PinDir, map_err, monotonic_ns, open_map, take_map},
     config::{NatTimeouts, Proto},
 };
 
@@ -38,13 +38,6 @@ pub struct NatMaps {
     pub removed: Array<MapData, u64>,
     pub eim: HashMap<MapData, EimKey, u16>,
     pub hosts: HashMap<MapData, [u8; 4], HostEntry>,
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
-    move |e| BpfError::Map {
-        name,
-        source: Box::new(e),
-    }
 }
 
 pub fn proto_num(p: Proto) -> u8 {
@@ -113,6 +106,18 @@ pub struct Session {
     pub expires_in_secs: f64,
 }
 
+/// A forward and the sessions it opened (`forward list`, `stats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardUse {
+    pub proto: &'static str,
+    /// External port, or "first-last".
+    pub port: String,
+    /// Target address:port.
+    pub to: String,
+    /// New DNAT sessions.
+    pub hits: u64,
+}
+
 /// Port-pool use of the SNAT range, per protocol.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolUse {
@@ -136,6 +141,15 @@ fn ip(b: [u8; 4]) -> Ipv4Addr {
 
 fn ep(addr: [u8; 4], port: u16) -> String {
     format!("{}:{}", ip(addr), u16::from_be(port))
+}
+
+/// A session's last activity and state: the later and further of its two
+/// halves (`r`, the reverse entry, may be gone), as the GC judges it.
+fn activity(e: &CtEntry, r: Option<&CtEntry>) -> (u64, u8) {
+    match r {
+        Some(r) => (e.last_seen_ns.max(r.last_seen_ns), e.state.max(r.state)),
+        None => (e.last_seen_ns, e.state),
+    }
 }
 
 impl NatMaps {
@@ -372,10 +386,7 @@ impl NatMaps {
     pub fn gc(&mut self, timeouts: &NatTimeouts) -> Result<u64, BpfError> {
         let now = monotonic_ns();
         let n = self.delete_where(|_, e, r| {
-            let (last, state) = match r {
-                Some(r) => (e.last_seen_ns.max(r.last_seen_ns), e.state.max(r.state)),
-                None => (e.last_seen_ns, e.state),
-            };
+            let (last, state) = activity(e, r);
             now.saturating_sub(last) > timeouts.for_state(state) as u64 * 1_000_000_000
         })?;
         let alive: HashSet<EimKey> = self
@@ -411,9 +422,7 @@ impl NatMaps {
         let mut sessions = Vec::new();
         let mut used: BTreeMap<u8, BTreeSet<u16>> = BTreeMap::new();
         for (k, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_ORIGINAL != 0) {
-            let r = entries.get(&e.reverse);
-            let last = r.map_or(e.last_seen_ns, |r| r.last_seen_ns.max(e.last_seen_ns));
-            let state = r.map_or(e.state, |r| r.state.max(e.state));
+            let (last, state) = activity(e, entries.get(&e.reverse));
             let idle = now.saturating_sub(last) as f64 / 1e9;
             let icmp = k.proto == IPPROTO_ICMP;
             let (inside, external, remote) = if e.kind == CT_SNAT {
@@ -473,13 +482,24 @@ impl NatMaps {
         Ok(out)
     }
 
-    /// New DNAT sessions per forward, keyed (proto, first external port).
-    pub fn forward_hits(&self) -> BTreeMap<(u8, u16), u64> {
-        self.hits
+    /// Every forward with its new DNAT sessions.
+    pub fn forward_uses(&self) -> Result<Vec<ForwardUse>, BpfError> {
+        let hits: BTreeMap<(u8, u16), u64> = self
+            .hits
             .iter()
             .filter_map(|r| r.ok())
             .map(|(k, v)| ((k.proto, k.port), v.iter().sum()))
-            .collect()
+            .collect();
+        Ok(self
+            .forwards()?
+            .iter()
+            .map(|f| ForwardUse {
+                proto: proto_name(f.proto),
+                port: port_label(f),
+                to: format!("{}:{}", ip(f.addr), f.port),
+                hits: hits.get(&(f.proto, f.first)).copied().unwrap_or(0),
+            })
+            .collect())
     }
 }
 

@@ -61,8 +61,7 @@ pub struct NatSnapshot {
     /// Sessions by protocol name.
     pub sessions: BTreeMap<&'static str, u64>,
     pub pools: Vec<crate::nat::PoolUse>,
-    /// (proto, external port(s), target, new sessions).
-    pub forwards: Vec<(&'static str, String, String, u64)>,
+    pub forwards: Vec<crate::nat::ForwardUse>,
 }
 
 /// The pinned maps of one running topology, opened once.
@@ -157,37 +156,18 @@ impl Source {
         if cfg.flags == 0 {
             return Ok(None);
         }
-        let timeouts = self
-            .topology
-            .uplink
-            .as_ref()
-            .map(|u| u.timeouts.clone())
-            .unwrap_or_default();
-        let ct = nat.conntrack(&timeouts)?;
+        let ct = nat.conntrack(&self.topology.nat_timeouts())?;
         let mut sessions = BTreeMap::new();
         for s in &ct.sessions {
             *sessions.entry(s.proto).or_insert(0) += 1;
         }
-        let hits = nat.forward_hits();
-        let forwards = nat
-            .forwards()?
-            .iter()
-            .map(|f| {
-                (
-                    crate::nat::proto_name(f.proto),
-                    crate::nat::port_label(f),
-                    format!("{}:{}", std::net::Ipv4Addr::from(f.addr), f.port),
-                    hits.get(&(f.proto, f.first)).copied().unwrap_or(0),
-                )
-            })
-            .collect();
         Ok(Some(NatSnapshot {
             counters: nat.counters()?,
             live_sessions: ct.live_sessions,
             max_sessions: ct.max_sessions,
             sessions,
             pools: ct.pools,
-            forwards,
+            forwards: nat.forward_uses()?,
         }))
     }
 }
@@ -307,8 +287,12 @@ impl Snapshot {
                 "nat: {}",
                 if c.is_empty() { "no traffic yet" } else { &c }
             );
-            for (proto, port, to, hits) in &n.forwards {
-                let _ = writeln!(out, "forward {proto} {port} -> {to}: {hits} sessions");
+            for f in &n.forwards {
+                let _ = writeln!(
+                    out,
+                    "forward {} {} -> {}: {} sessions",
+                    f.proto, f.port, f.to, f.hits
+                );
             }
         }
         out
@@ -342,9 +326,7 @@ impl Snapshot {
                 "max_sessions": n.max_sessions,
                 "sessions": n.sessions,
                 "pools": n.pools,
-                "forwards": n.forwards.iter().map(|(p, port, to, hits)| {
-                    json!({"proto": p, "port": port, "to": to, "hits": hits})
-                }).collect::<Vec<_>>(),
+                "forwards": n.forwards,
             })
         });
         json!({
@@ -495,11 +477,14 @@ impl Snapshot {
                 out,
                 "# HELP {name} New DNAT sessions per port forward.\n# TYPE {name} counter"
             );
-            for (proto, port, to, hits) in &n.forwards {
+            for f in &n.forwards {
                 let _ = writeln!(
                     out,
-                    "{name}{{topology=\"{topo}\",proto=\"{proto}\",port=\"{port}\",to=\"{}\"}} {hits}",
-                    escape(to)
+                    "{name}{{topology=\"{topo}\",proto=\"{}\",port=\"{}\",to=\"{}\"}} {}",
+                    f.proto,
+                    f.port,
+                    escape(&f.to),
+                    f.hits
                 );
             }
         }

@@ -19,7 +19,7 @@ use netbridge_common::{
 
 use crate::{
     bpf::{self, BpfError, Datapath, PinDir},
-    config::{Route, Topology},
+    config::{Route, Topology, ipv4s},
     nat::NatPlan,
     netlink::{self, NetlinkError, RouteSpec},
     netns::{self, Netns, NetnsError},
@@ -465,13 +465,10 @@ fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> {
             .as_ref()
             .map(|b| b.aging_secs)
             .unwrap_or(netbridge_common::DEFAULT_AGING_SECS);
-        let bridge = t.bridge.as_ref().map(|b| {
-            let ipv4 = b.addresses.iter().find_map(|a| match a.addr() {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            });
-            (b.name.clone(), ipv4)
-        });
+        let bridge = t
+            .bridge
+            .as_ref()
+            .map(|b| (b.name.clone(), ipv4s(&b.addresses).next()));
         let xdp = t.datapath == crate::config::Datapath::Xdp;
         // Each port's identity for anti-spoofing: the namespace end's MAC
         // and the namespace's IPv4 addresses.
@@ -485,14 +482,7 @@ fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> {
                     .await
                     .map(|l| l.and_then(|l| l.mac))
             })?;
-            let v4: Vec<std::net::Ipv4Addr> = n
-                .addresses
-                .iter()
-                .filter_map(|a| match a.addr() {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
+            let v4: Vec<std::net::Ipv4Addr> = ipv4s(&n.addresses).collect();
             if let Some(m) = mac {
                 lab_hosts.push((Topology::host_ifname(n), m, v4.clone()));
             }
@@ -642,14 +632,7 @@ pub fn forward_targets(t: &Topology) -> Vec<FwdTarget> {
         .filter_map(|f| {
             let (first, last) = f.port.range()?;
             let (ns, port) = f.target();
-            let addr = t
-                .namespace(&ns)?
-                .addresses
-                .iter()
-                .find_map(|a| match a.addr() {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                })?;
+            let addr = ipv4s(&t.namespace(&ns)?.addresses).next()?;
             Some(FwdTarget {
                 addr: addr.octets(),
                 port,
@@ -733,13 +716,8 @@ async fn apply_nat(
         ns: "host".into(),
         ifname: inp.uplink.clone(),
     })?;
-    let addr = netlink::addresses(h, up.index)
-        .await?
-        .iter()
-        .find_map(|a| match a.addr() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
+    let addr = ipv4s(&netlink::addresses(h, up.index).await?)
+        .next()
         .ok_or_else(|| {
             TopologyError::Conflict(format!(
                 "uplink {} has no IPv4 address: NAT needs one to masquerade as",
