@@ -333,24 +333,26 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize
             let file = dir.join(format!("{}nat.toml", lab.prefix));
             std::fs::write(
                 &file,
-                format!(
-                    "name = \"benchnat\"\nhost_netns = \"host\"\n\
-                     [bridge]\nname = \"br0\"\naddresses = [\"192.168.50.254/24\"]\n\
-                     [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n\
-                     routes = [{{ to = \"default\", via = \"192.168.50.254\" }}]\n\
-                     [[namespace]]\nname = \"server\"\nbridge = false\n\
-                     [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{NAT_UPLINK}/24\"] }}\n\
-                     b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{NAT_SERVER}/24\"] }}\n\
-                     [uplink]\nifname = \"uplink0\"\nmasquerade = true\nmax_sessions = {}\n\
-                     [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n\
-                     [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n{}",
-                    netbridge_common_max_sessions(),
-                    (0..extra)
-                        .map(|i| format!(
-                            "[[forward]]\nproto = \"tcp\"\nport = {0}\nto = \"client:{0}\"\n",
-                            10000 + i
-                        ))
-                        .collect::<String>()
+                nat_lab_toml(
+                    "benchnat",
+                    "192.168.50.254",
+                    CLIENT_IP,
+                    NAT_UPLINK,
+                    NAT_SERVER,
+                    &format!(
+                        "max_sessions = {}\n\
+                         [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n\
+                         [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n{}",
+                        // The highest limit: the bench opens many short
+                        // connections and never runs the GC.
+                        netbridge_common::MAX_SESSIONS_LIMIT,
+                        (0..extra)
+                            .map(|i| format!(
+                                "[[forward]]\nproto = \"tcp\"\nport = {0}\nto = \"client:{0}\"\n",
+                                10000 + i
+                            ))
+                            .collect::<String>()
+                    ),
                 ),
             )?;
             lab.netbridge_up(file)?;
@@ -360,18 +362,41 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize
     Ok(lab)
 }
 
-/// The highest session limit netbridge accepts (MAX_SESSIONS_LIMIT): the
-/// bench opens many short connections and never runs the GC.
-fn netbridge_common_max_sessions() -> u32 {
-    262_144 / 2 - 4096
+/// The NAT lab as a netbridge topology (bench and soak): lab host "client"
+/// (`client`/24, default via the bridge at `gateway`) behind "uplink0"
+/// (`uplink`/24), which faces "server" (`server`/24). `uplink_extra` ends
+/// the `[uplink]` table and may add tables after it (forwards).
+pub(crate) fn nat_lab_toml(
+    name: &str,
+    gateway: &str,
+    client: &str,
+    uplink: &str,
+    server: &str,
+    uplink_extra: &str,
+) -> String {
+    format!(
+        "name = \"{name}\"\nhost_netns = \"host\"\n\
+         [bridge]\nname = \"br0\"\naddresses = [\"{gateway}/24\"]\n\
+         [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{client}/24\"]\n\
+         routes = [{{ to = \"default\", via = \"{gateway}\" }}]\n\
+         [[namespace]]\nname = \"server\"\nbridge = false\n\
+         [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{uplink}/24\"] }}\n\
+         b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{server}/24\"] }}\n\
+         [uplink]\nifname = \"uplink0\"\nmasquerade = true\n{uplink_extra}"
+    )
+}
+
+/// Servers are pinned here, clients on CPU 0.
+fn last_cpu() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0)
 }
 
 /// New connections per second through DNAT: upstream -> uplink:5201 ->
 /// client:5201 (a transaction server there).
 fn dnat_crr(lab: &Lab, secs: u32) -> Result<f64> {
-    let last_cpu = std::thread::available_parallelism()
-        .map(|n| n.get() - 1)
-        .unwrap_or(0);
+    let last_cpu = last_cpu();
     let _server = crate::crr::Server::start(
         &lab.ns("client"),
         format!("{CLIENT_IP}:5201").parse()?,
@@ -406,9 +431,7 @@ fn fill_sessions(lab: &Lab) -> Result<()> {
 /// request/response to an echo server there, both addressed to `target`.
 /// Returns (kpps, ktps, p50 us).
 fn rust_tools(c: &str, sv: &str, bind: &str, target: &str, secs: u32) -> Result<(f64, f64, f64)> {
-    let last_cpu = std::thread::available_parallelism()
-        .map(|n| n.get() - 1)
-        .unwrap_or(0);
+    let last_cpu = last_cpu();
     let (bind, target): (std::net::SocketAddr, std::net::SocketAddr) = (
         format!("{bind}:5201").parse()?,
         format!("{target}:5201").parse()?,
@@ -428,21 +451,8 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut BTreeMap<&'static str, Vec<f64>>
     s.entry("snat_udp64_pps").or_default().push(iperf_between(
         &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, true,
     )?);
-    let out = sh(
-        Some(&c),
-        &format!(
-            "taskset -c 0 ping -c {} -i 0.002 -W 1 {NAT_SERVER}",
-            opts.rr_count
-        ),
-    )?;
-    let mut rtts: Vec<f64> = out
-        .lines()
-        .filter_map(|l| l.split("time=").nth(1))
-        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|ms| ms * 1000.0)
-        .collect();
-    rtts.sort_by(f64::total_cmp);
-    s.entry("snat_rr_p50").or_default().push(median(&rtts));
+    let (p50, _) = rr_between(&c, NAT_SERVER, opts.rr_count)?;
+    s.entry("snat_rr_p50").or_default().push(p50);
     s.entry("dnat_tcp_stream").or_default().push(iperf_between(
         &sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, false,
     )?);
@@ -479,9 +489,7 @@ fn iperf_between(
     secs: u32,
     udp64: bool,
 ) -> Result<f64> {
-    let last_cpu = std::thread::available_parallelism()
-        .map(|n| n.get() - 1)
-        .unwrap_or(0);
+    let last_cpu = last_cpu();
     let mut server = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{s}"))
         .args([
@@ -532,9 +540,15 @@ fn iperf_between(
 /// Request/response latency: `count` ICMP echo exchanges, one outstanding
 /// at a time; returns (p50, p99) in microseconds.
 fn rr(lab: &Lab, count: u32) -> Result<(f64, f64)> {
+    rr_between(&lab.ns("client"), SERVER_IP, count)
+}
+
+/// `count` ICMP echo exchanges from namespace `c` to `target`, one
+/// outstanding at a time; (p50, p99) in microseconds.
+fn rr_between(c: &str, target: &str, count: u32) -> Result<(f64, f64)> {
     let out = sh(
-        Some(&lab.ns("client")),
-        &format!("taskset -c 0 ping -c {count} -i 0.002 -W 1 {SERVER_IP}"),
+        Some(c),
+        &format!("taskset -c 0 ping -c {count} -i 0.002 -W 1 {target}"),
     )?;
     let mut rtts: Vec<f64> = out
         .lines()

@@ -32,6 +32,49 @@ fn enter(ns: &str, cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on a new thread inside namespace `ns`, pinned to `cpu`, and
+/// waits for it (a client).
+fn run_in<R: Send + 'static>(
+    ns: &str,
+    cpu: usize,
+    what: &'static str,
+    f: impl FnOnce(&str) -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns, cpu)?;
+        f(&ns)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
+}
+
+/// Starts a thread inside namespace `ns`, pinned to `cpu` (a server):
+/// `setup` (bind) has succeeded or failed by the time this returns; then
+/// the thread runs `serve` with what it made (it must watch a stop flag).
+fn spawn_in<S: 'static, R: Default + Send + 'static>(
+    ns: &str,
+    cpu: usize,
+    what: &'static str,
+    setup: impl FnOnce(&str) -> Result<S> + Send + 'static,
+    serve: impl FnOnce(S) -> R + Send + 'static,
+) -> Result<JoinHandle<R>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let handle = std::thread::spawn(move || match enter(&ns, cpu).and_then(|_| setup(&ns)) {
+        Ok(s) => {
+            let _ = tx.send(Ok(()));
+            serve(s)
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            R::default()
+        }
+    });
+    rx.recv().with_context(|| format!("{what} thread"))??;
+    Ok(handle)
+}
+
 /// Close with RST (SO_LINGER 0): no TIME_WAIT, so the client's ports do
 /// not run out during a run.
 fn linger0(s: &TcpStream) {
@@ -61,22 +104,8 @@ pub struct Server {
 impl Server {
     pub fn start(ns: &str, addr: SocketAddr, cpu: usize) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (ns_t, stop_t) = (ns.to_string(), stop.clone());
-        let handle = std::thread::spawn(move || {
-            let listener = enter(&ns_t, cpu).and_then(|_| {
-                TcpListener::bind(addr).with_context(|| format!("bind {addr} in {ns_t}"))
-            });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
+        let stop_t = stop.clone();
+        let serve = move |listener: TcpListener| {
             for conn in listener.incoming() {
                 if stop_t.load(Ordering::Relaxed) {
                     return;
@@ -87,8 +116,14 @@ impl Server {
                     let _ = c.write_all(&b);
                 }
             }
-        });
-        rx.recv().context("crr server thread")??;
+        };
+        let handle = spawn_in(
+            ns,
+            cpu,
+            "crr server",
+            move |ns| TcpListener::bind(addr).with_context(|| format!("bind {addr} in {ns}")),
+            serve,
+        )?;
         Ok(Server {
             stop,
             addr,
@@ -102,13 +137,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the blocking accept from inside its namespace.
-        let (ns, addr) = (self.ns.clone(), self.addr);
-        let _ = std::thread::spawn(move || {
-            if enter(&ns, 0).is_ok() {
-                let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(500));
-            }
-        })
-        .join();
+        let addr = self.addr;
+        let _ = run_in(&self.ns, 0, "crr server wake-up", move |_| {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+            Ok(())
+        });
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -118,9 +151,7 @@ impl Drop for Server {
 /// Connections (transactions) per second from namespace `ns` to `target`
 /// for `secs` seconds.
 pub fn client(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<f64> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || -> Result<f64> {
-        enter(&ns, cpu)?;
+    run_in(ns, cpu, "crr client", move |ns| {
         let start = Instant::now();
         let (mut ok, mut failed) = (0u64, 0u64);
         while start.elapsed().as_secs_f64() < secs {
@@ -145,8 +176,6 @@ pub fn client(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<f64
         }
         Ok(ok as f64 / start.elapsed().as_secs_f64())
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("crr client thread panicked"))?
 }
 
 /// A UDP echo server in a namespace (for the request/response test);
@@ -159,33 +188,21 @@ pub struct UdpEcho {
 impl UdpEcho {
     pub fn start(ns: &str, addr: SocketAddr, cpu: usize) -> Result<UdpEcho> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (ns, stop_t) = (ns.to_string(), stop.clone());
-        let handle = std::thread::spawn(move || {
-            let sock = enter(&ns, cpu).and_then(|_| {
-                let s = std::net::UdpSocket::bind(addr)
-                    .with_context(|| format!("bind udp {addr} in {ns}"))?;
-                s.set_read_timeout(Some(Duration::from_millis(100)))?;
-                Ok(s)
-            });
-            let sock = match sock {
-                Ok(s) => {
-                    let _ = tx.send(Ok(()));
-                    s
+        let stop_t = stop.clone();
+        let handle = spawn_in(
+            ns,
+            cpu,
+            "udp echo",
+            move |ns| udp_bind(ns, addr),
+            move |sock: std::net::UdpSocket| {
+                let mut buf = [0u8; 2048];
+                while !stop_t.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let mut buf = [0u8; 2048];
-            while !stop_t.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
-                }
-            }
-        });
-        rx.recv().context("udp echo thread")??;
+            },
+        )?;
         Ok(UdpEcho {
             stop,
             handle: Some(handle),
@@ -202,12 +219,18 @@ impl Drop for UdpEcho {
     }
 }
 
+/// A UDP socket bound to `addr` in the current thread's namespace `ns`,
+/// with a short read timeout so its loop sees the stop flag.
+fn udp_bind(ns: &str, addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr).with_context(|| format!("bind udp {addr} in {ns}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok(s)
+}
+
 /// UDP request/response from `ns` to `target` (an echo server) for `secs`:
 /// one 64-byte request outstanding. Returns (transactions/s, p50 us, p99 us).
 pub fn udp_rr(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<(f64, f64, f64)> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || -> Result<(f64, f64, f64)> {
-        enter(&ns, cpu)?;
+    run_in(ns, cpu, "udp rr", move |ns| {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         s.connect(target)?;
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -237,8 +260,6 @@ pub fn udp_rr(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<(f6
         let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
         Ok((tps, pct(0.5), pct(0.99)))
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("udp rr thread panicked"))?
 }
 
 /// UDP packet rate: a sender in `tx_ns` sends 64-byte datagrams to
@@ -254,47 +275,32 @@ pub fn udp_blast(
     rx_cpu: usize,
 ) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (rx_ns_t, stop_t) = (rx_ns.to_string(), stop.clone());
-    let receiver = std::thread::spawn(move || -> Result<u64> {
-        let sock = enter(&rx_ns_t, rx_cpu).and_then(|_| {
-            let s = std::net::UdpSocket::bind(bind)
-                .with_context(|| format!("bind udp {bind} in {rx_ns_t}"))?;
-            s.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let size: libc::c_int = 8 << 20;
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    &size as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-            Ok(s)
-        });
-        let sock = match sock {
-            Ok(s) => {
-                let _ = ready_tx.send(Ok(()));
-                s
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return Ok(0);
-            }
-        };
+    let stop_t = stop.clone();
+    let setup = move |ns: &str| {
+        let s = udp_bind(ns, bind)?;
+        let size: libc::c_int = 8 << 20;
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        Ok(s)
+    };
+    let count = move |sock: std::net::UdpSocket| {
         let (mut n, mut buf) = (0u64, [0u8; 2048]);
         while !stop_t.load(Ordering::Relaxed) {
             if sock.recv(&mut buf).is_ok() {
                 n += 1;
             }
         }
-        Ok(n)
-    });
-    ready_rx.recv().context("udp receiver thread")??;
-    let tx_ns = tx_ns.to_string();
-    let sent = std::thread::spawn(move || -> Result<f64> {
-        enter(&tx_ns, tx_cpu)?;
+        n
+    };
+    let receiver = spawn_in(rx_ns, rx_cpu, "udp receiver", setup, count)?;
+    let sent = run_in(tx_ns, tx_cpu, "udp sender", move |_| {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         s.connect(target)?;
         let payload = [0u8; 64];
@@ -305,13 +311,11 @@ pub fn udp_blast(
             }
         }
         Ok(start.elapsed().as_secs_f64())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("udp sender thread panicked"))??;
+    })?;
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let received = receiver
         .join()
-        .map_err(|_| anyhow::anyhow!("udp receiver thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("udp receiver thread panicked"))?;
     Ok(received as f64 / sent)
 }

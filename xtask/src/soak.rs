@@ -100,17 +100,14 @@ pub fn run(root: &Path, netbridge: &Path, minutes: u32) -> Result<()> {
     let file = out_dir.join(format!("{prefix}soak.toml"));
     std::fs::write(
         &file,
-        format!(
-            "name = \"soak\"\nhost_netns = \"host\"\n\
-             [bridge]\nname = \"br0\"\naddresses = [\"192.168.70.254/24\"]\n\
-             [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n\
-             routes = [{{ to = \"default\", via = \"192.168.70.254\" }}]\n\
-             [[namespace]]\nname = \"server\"\nbridge = false\n\
-             [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{UPLINK}/24\"] }}\n\
-             b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{SERVER_IP}/24\"] }}\n\
-             [uplink]\nifname = \"uplink0\"\nmasquerade = true\n\
-             timeouts = {{ tcp_syn = 5, tcp_established = 20, tcp_closing = 5, tcp_closed = 2, udp = 5, udp_replied = 5, icmp = 5 }}\n\
-             [[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"client:8000\"\n"
+        crate::bench::nat_lab_toml(
+            "soak",
+            "192.168.70.254",
+            CLIENT_IP,
+            UPLINK,
+            SERVER_IP,
+            "timeouts = { tcp_syn = 5, tcp_established = 20, tcp_closing = 5, tcp_closed = 2, udp = 5, udp_replied = 5, icmp = 5 }\n\
+             [[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"client:8000\"\n",
         ),
     )?;
     let mut soak = Soak {
