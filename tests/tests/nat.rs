@@ -318,12 +318,8 @@ fn dnat_forwards_ranges_udp_and_hairpin() {
     require_root!();
     let mut lab = NatLab::new(
         "",
-        r#"
-[[forward]]
-proto = "tcp"
-port = 8080
-to = "white:8000"
-
+        &format!(
+            r#"{FWD_8080_WHITE}
 [[forward]]
 proto = "tcp"
 port = "9000-9009"
@@ -333,7 +329,8 @@ to = "black:7000"
 proto = "udp"
 port = 5353
 to = "white:5353"
-"#,
+"#
+        ),
     );
     lab.http_server("white", 8000);
     lab.http_server("black", 7003);
@@ -784,17 +781,14 @@ fn exposure_scan_finds_exactly_the_forwarded_ports() {
     require_root!();
     let mut lab = NatLab::new(
         "",
-        r#"
-[[forward]]
-proto = "tcp"
-port = 8080
-to = "white:8000"
-
+        &format!(
+            r#"{FWD_8080_WHITE}
 [[forward]]
 proto = "tcp"
 port = "9000-9002"
 to = "black:9000"
-"#,
+"#
+        ),
     );
     // Lab services: the forwarded ones, plus some that must stay hidden.
     lab.http_server("white", 8000);
