@@ -199,6 +199,22 @@ impl Fields {
         }
     }
 
+    /// A string key parsed with `FromStr`; `problem` says what it must be.
+    pub(crate) fn parsed<T: std::str::FromStr>(
+        &mut self,
+        k: &str,
+        problem: &str,
+    ) -> Result<Option<T>, CniError> {
+        let key = self.key(k);
+        match self.string(k)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| CniError::invalid(&key, &Value::String(s), problem)),
+        }
+    }
+
     pub(crate) fn uint(&mut self, k: &str, min: u64, max: u64) -> Result<Option<u64>, CniError> {
         match self.take(k) {
             None => Ok(None),
@@ -554,16 +570,11 @@ fn parse_port_mapping(at: &str, v: Value) -> Result<PortMapping, CniError> {
             }
         },
     };
-    let host_ip = match f.string("hostIP")?.filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
-            CniError::invalid(
-                &f.key("hostIP"),
-                &Value::String(s.clone()),
-                "expected an IP address",
-            )
-        })?),
-    };
+    // podman sends "" for "every address".
+    if f.m.get("hostIP").and_then(Value::as_str) == Some("") {
+        f.take("hostIP");
+    }
+    let host_ip = f.parsed("hostIP", "expected an IP address")?;
     f.deny_unknown("a port mapping")?;
     Ok(PortMapping {
         host_port: host_port as u16,

@@ -123,25 +123,11 @@ impl BuiltinIpam {
 }
 
 fn ip_field(f: &mut Fields, k: &str) -> Result<Option<IpAddr>, CniError> {
-    let key = f.key(k);
-    match f.string(k)? {
-        None => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| CniError::invalid(&key, &Value::String(s), "expected an IP address")),
-    }
+    f.parsed(k, "expected an IP address")
 }
 
 fn net_field(f: &mut Fields, k: &str) -> Result<Option<IpNet>, CniError> {
-    let key = f.key(k);
-    match f.string(k)? {
-        None => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| CniError::invalid(&key, &Value::String(s), "expected a CIDR")),
-    }
+    f.parsed(k, "expected a CIDR")
 }
 
 /// Address arithmetic over both families.
