@@ -87,6 +87,11 @@ const APT_TOOLS: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/scapy/__init__.py",
         "python3-scapy",
     ),
+    // CNI tests: the reference plugins (positive control, IPAM delegation,
+    // chaining), podman with the CNI backend, a static busybox rootfs.
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/usr/bin/podman", "podman"),
+    ("/bin/busybox", "busybox-static"),
 ];
 
 fn main() -> Result<()> {
