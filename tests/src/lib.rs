@@ -191,6 +191,27 @@ impl Sandbox {
         self.sh(name, "ip link set lo up");
     }
 
+    /// A path under /tmp named for this sandbox, removed at cleanup.
+    pub fn tmp_file(&mut self, name: &str) -> PathBuf {
+        let p = PathBuf::from(format!("/tmp/{}{name}", self.prefix()));
+        let q = p.clone();
+        self.on_cleanup(move || {
+            let _ = std::fs::remove_file(&q);
+        });
+        p
+    }
+
+    /// MAC address of `ifname` in `ns` (through netlink: nsenter keeps the
+    /// caller's /sys).
+    pub fn mac_of(&self, ns: &str, ifname: &str) -> String {
+        let out = self.sh(ns, &format!("ip -j link show {ifname}"));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no MAC for {ifname} in {ns}: {out}"))
+            .to_string()
+    }
+
     /// Deletes one of this sandbox's namespaces now.
     pub fn remove_ns(&mut self, name: &str) {
         netbridge::netns::delete(name).unwrap_or_else(|e| panic!("delete netns {name}: {e}"));

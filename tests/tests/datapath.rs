@@ -1,6 +1,6 @@
 //! Bridging datapath: parser and FDB decisions with hand-built frames
 //! (BPF_PROG_TEST_RUN), then the fast path proven on real traffic.
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use netbridge::{
     bpf::{Datapath, PinDir, ensure_bpffs, port_config},
@@ -400,16 +400,6 @@ fn port_stats(sb: &Sandbox, file: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// A file under /tmp named for this sandbox, removed at cleanup.
-fn tmp_file(sb: &mut Sandbox, name: &str) -> PathBuf {
-    let p = PathBuf::from(format!("/tmp/{}{name}", sb.prefix()));
-    let q = p.clone();
-    sb.on_cleanup(move || {
-        let _ = std::fs::remove_file(q);
-    });
-    p
-}
-
 /// Lines of a text capture containing `needle`.
 fn lines_with(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
@@ -435,10 +425,7 @@ fn fast_path_bypasses_the_kernel_bridge_on_real_traffic() {
 
     // tcpdump in white counts the echo requests that arrive (seed check);
     // on nb-white, everything the kernel bridge transmits.
-    let (arrived, egress) = (
-        tmp_file(&mut sb, "dump.txt"),
-        tmp_file(&mut sb, "egress.txt"),
-    );
+    let (arrived, egress) = (sb.tmp_file("dump.txt"), sb.tmp_file("egress.txt"));
     let arrive = sb.tcpdump(
         &white,
         &[
@@ -523,13 +510,6 @@ fn fdb_rows(sb: &Sandbox, file: &str) -> Vec<serde_json::Value> {
     v.as_array().unwrap_or_else(|| panic!("fdb: {v}")).clone()
 }
 
-/// MAC of `ifname` in `ns` (through netlink: nsenter keeps the caller's /sys).
-fn mac_of(sb: &Sandbox, ns: &str, ifname: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&sb.sh(ns, &format!("ip -j link show {ifname}"))).unwrap();
-    v[0]["address"].as_str().unwrap().to_string()
-}
-
 /// The FDB row of `mac`, if any.
 fn fdb_row(rows: &[serde_json::Value], mac: &str) -> Option<serde_json::Value> {
     rows.iter().find(|r| r["mac"] == mac).cloned()
@@ -540,7 +520,7 @@ fn bridge_three_with(sb: &mut Sandbox, name: &str, edit: impl Fn(String) -> Stri
     let base = std::fs::read_to_string(example("bridge-three.toml")).unwrap();
     let edited = edit(base.clone());
     assert_ne!(edited, base, "edit of bridge-three.toml changed nothing");
-    let file = tmp_file(sb, name);
+    let file = sb.tmp_file(name);
     std::fs::write(&file, edited).unwrap();
     file.display().to_string()
 }
@@ -569,7 +549,7 @@ fn fdb_entries_age_out_on_real_traffic() {
     sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
     quiet_ipv6(&sb, &["black", "white", "green"]);
     let (black, white, host) = (sb.name("black"), sb.name("white"), sb.host.clone());
-    let (mac_b, mac_w) = (mac_of(&sb, &black, "eth0"), mac_of(&sb, &white, "eth0"));
+    let (mac_b, mac_w) = (sb.mac_of(&black, "eth0"), sb.mac_of(&white, "eth0"));
     // Permanent neighbours: no ARP probe refreshes an entry either.
     sb.sh(
         &black,
@@ -579,7 +559,7 @@ fn fdb_entries_age_out_on_real_traffic() {
         &white,
         &format!("ip neigh replace 192.168.1.1 lladdr {mac_b} dev eth0 nud permanent"),
     );
-    let egress = tmp_file(&mut sb, "egress.txt");
+    let egress = sb.tmp_file("egress.txt");
     let out = sb.tcpdump(
         &host,
         &[
@@ -653,16 +633,13 @@ fn mac_moving_between_ports_is_followed_on_real_traffic() {
     sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
     quiet_ipv6(&sb, &["black", "white", "green"]);
     let (black, white, green) = (sb.name("black"), sb.name("white"), sb.name("green"));
-    let mac = mac_of(&sb, &black, "eth0");
+    let mac = sb.mac_of(&black, "eth0");
     sb.sh(&white, "ping -c 2 -i 0.2 -W 2 192.168.1.1");
     let port_of = |sb: &Sandbox| {
         fdb_row(&fdb_rows(sb, &file), &mac).map(|r| r["port"].as_str().unwrap().to_string())
     };
     assert_eq!(port_of(&sb).as_deref(), Some("nb-black"));
-    let (at_black, at_green) = (
-        tmp_file(&mut sb, "black.txt"),
-        tmp_file(&mut sb, "green.txt"),
-    );
+    let (at_black, at_green) = (sb.tmp_file("black.txt"), sb.tmp_file("green.txt"));
     let filter = "icmp[icmptype] == icmp-echo and src 192.168.2.1";
     let cap_b = sb.tcpdump(
         &black,
@@ -859,7 +836,7 @@ fn forged_source_ip_or_mac_is_dropped_and_counted() {
     );
 
     // Forged MAC.
-    let mac = mac_of(&sb, &black, "eth0");
+    let mac = sb.mac_of(&black, "eth0");
     sb.sh(&black, "ip link set eth0 address 02:66:66:66:66:66");
     let o = sb.sh_output(
         &black,
@@ -911,7 +888,7 @@ fn isolated_pairs_exchange_nothing_others_unaffected() {
     // (fast path) and routed through the gateway (kernel path); green's
     // pings in the same capture show it works.
     let before = denied(&sb);
-    let dump = tmp_file(&mut sb, "white.txt");
+    let dump = sb.tmp_file("white.txt");
     let cap = sb.tcpdump(
         &white,
         &[

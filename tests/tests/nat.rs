@@ -84,12 +84,8 @@ gateway = "203.0.113.254"
 {forwards}
 "#
         );
-        let file = format!("/tmp/{}nat.toml", sb.prefix());
+        let file = sb.tmp_file("nat.toml").display().to_string();
         std::fs::write(&file, toml).unwrap();
-        let f = file.clone();
-        sb.on_cleanup(move || {
-            let _ = std::fs::remove_file(f);
-        });
         let lab = NatLab { sb, file };
         lab.nb(&["up"]);
         lab
@@ -703,11 +699,8 @@ fn two_thousand_connections_get_distinct_mappings() {
     // collides with the first and must be moved to a free port.
     let mut ready = Vec::new();
     for ns in ["black", "white"] {
-        let f = format!("/tmp/{}{ns}.ready", lab.sb.prefix());
-        let cleanup = f.clone();
-        lab.sb.on_cleanup(move || {
-            let _ = std::fs::remove_file(cleanup);
-        });
+        let f = lab.sb.tmp_file(&format!("{ns}.ready"));
+        let f = f.display().to_string();
         let cmd = format!(
             "ulimit -n 4096; exec python3 {} clients {SERVER} 80 30000 1000 {f} 90",
             script("tcp_hold.py")
@@ -780,10 +773,9 @@ fn endpoint_independent_mapping_and_gc() {
     lab.down_clean();
 }
 
-/// MAC of `ifname` in `ns` (through `ip -j`: nsenter keeps the caller's /sys).
+/// MAC of `ifname` in the lab namespace `ns`.
 fn mac_of(lab: &NatLab, ns: &str, ifname: &str) -> String {
-    let v: Value = serde_json::from_str(&lab.sh(ns, &format!("ip -j link show {ifname}"))).unwrap();
-    v[0]["address"].as_str().unwrap().to_string()
+    lab.sb.mac_of(&lab.ns(ns), ifname)
 }
 
 #[test]
@@ -1176,16 +1168,6 @@ fn tcx_prog_ids(lab: &NatLab, ns: &str, dev: &str) -> Vec<u64> {
     ids
 }
 
-/// A file under /tmp named for this lab's sandbox, removed at cleanup.
-fn tmp_file(lab: &mut NatLab, name: &str) -> PathBuf {
-    let p = PathBuf::from(format!("/tmp/{}{name}", lab.sb.prefix()));
-    let q = p.clone();
-    lab.sb.on_cleanup(move || {
-        let _ = std::fs::remove_file(q);
-    });
-    p
-}
-
 /// A counted UDP stream through SNAT while the loader restarts (plain `up`)
 /// and upgrades the programs in place (`up --reload`) three times. The
 /// stream provably runs across each step (datagrams were sent while each
@@ -1195,11 +1177,11 @@ fn tmp_file(lab: &mut NatLab, name: &str) -> PathBuf {
 fn restart_and_upgrade_lose_no_packets_or_sessions() {
     require_root!();
     let mut lab = NatLab::new("", "");
-    let out = tmp_file(&mut lab, "count.json");
+    let out = lab.sb.tmp_file("count.json");
     let (progress, stop, total) = (
-        tmp_file(&mut lab, "progress"),
-        tmp_file(&mut lab, "stop"),
-        tmp_file(&mut lab, "sent"),
+        lab.sb.tmp_file("progress"),
+        lab.sb.tmp_file("stop"),
+        lab.sb.tmp_file("sent"),
     );
     lab.spawn(
         "server",
@@ -1319,7 +1301,7 @@ fn datapath_log_shows_new_sessions_and_drops_rate_limited() {
     let mut lab = NatLab::new("", FWD_8080_WHITE);
     lab.http_server("white", 8000);
     lab.udp_echo("server", 7, "server");
-    let log = tmp_file(&mut lab, "log.txt");
+    let log = lab.sb.tmp_file("log.txt");
     let bin = netbridge_tests::netbridge_bin();
     let name = lab.sb.name("nat");
     let host = lab.sb.host.clone();
