@@ -541,14 +541,18 @@ impl Sandbox {
     pub fn snapshot(&self) -> Snapshot {
         let prefix = self.prefix();
         let ls = |dir: &str| -> Vec<String> {
-            let mut v: Vec<String> = std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.starts_with(&prefix))
-                        .collect()
-                })
-                .unwrap_or_default();
+            // A directory that does not exist (yet) holds nothing; any
+            // other error must not read as "nothing".
+            let rd = match std::fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+                Err(e) => panic!("listing {dir}: {e}"),
+            };
+            let mut v: Vec<String> = rd
+                .map(|e| e.unwrap_or_else(|e| panic!("listing {dir}: {e}")))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
             v.sort();
             v
         };
