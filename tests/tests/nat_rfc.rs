@@ -235,8 +235,9 @@ impl Lab {
     }
 
     /// coturn's STUN server on both upstream addresses, ports 3478 and
-    /// 3479 (RFC 5780 needs the alternate address and port). Its files live
-    /// in a sandbox directory; the process is killed by pid at cleanup.
+    /// 3479 (RFC 5780 needs the alternate address and port), and a UDP echo
+    /// on port 7. Files live in a sandbox directory; both processes are
+    /// killed by pid at cleanup.
     fn start_stun(&mut self) {
         let dir = format!("/tmp/{}turn", self.sb.prefix());
         std::fs::create_dir_all(&dir).unwrap();
@@ -277,10 +278,17 @@ impl Lab {
                 &pid,
             ],
         );
+        // And a UDP echo on port 7 for the fragmentation probe.
+        self.sb.spawn(
+            &ns,
+            &["python3", &script("udp_echo.py"), "7", "stun", "300"],
+        );
         let ready = Sandbox::wait_for(Duration::from_secs(15), || {
             let ss = self.sh("stun", "ss -uln");
-            (ss.contains(&format!("{STUN1}:3479")) && ss.contains(&format!("{STUN2}:3479")))
-                .then_some(())
+            (ss.contains(&format!("{STUN1}:3479"))
+                && ss.contains(&format!("{STUN2}:3479"))
+                && ss.contains(":7 "))
+            .then_some(())
         });
         assert!(ready.is_some(), "turnserver did not listen; log: {log}");
     }
@@ -404,6 +412,16 @@ fn profile(lab: &Lab) -> Profile {
             script("udp_icmp_probe.py")
         ),
     );
+    // A 4000-byte datagram (the sender fragments it, DF clear) and its echo.
+    let big = lab.sh(
+        "black",
+        &format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.bind(('{BLACK}', 55000)); s.settimeout(2); s.sendto(b'x' * 4000, ('{STUN1}', 7))\n\
+             try: print('echoed %d bytes' % len(s.recv(65535)))\n\
+             except socket.timeout: print('lost')\""
+        ),
+    );
     let all = [&m, &mc, &f, &h, &c];
     let alg = all.iter().any(|o| o.contains("ALG detected"));
     let mapping = verdict(&m, "Mapping");
@@ -451,6 +469,10 @@ fn profile(lab: &Lab) -> Profile {
             ),
         ),
         ("ICMP port unreachable to sender (x2)", icmp.trim().into()),
+        (
+            "4000-byte UDP datagram (fragments) echoed",
+            big.trim().into(),
+        ),
     ];
     Profile {
         rows,
