@@ -34,6 +34,16 @@ fn script(name: &str) -> String {
         .to_string()
 }
 
+/// A scratch file path `/tmp/<sandbox prefix><name>`, removed at cleanup.
+fn scratch(sb: &mut Sandbox, name: &str) -> String {
+    let path = format!("/tmp/{}{name}", sb.prefix());
+    let p = path.clone();
+    sb.on_cleanup(move || {
+        let _ = std::fs::remove_file(p);
+    });
+    path
+}
+
 /// Which NAT the lab's "gw" runs.
 enum Nat {
     /// netbridge (`up` of a topology file), BPF SNAT on the uplink.
@@ -94,11 +104,7 @@ impl Lab {
     /// netbridge's NAT; `uplink_extra` is appended to `[uplink]`.
     fn netbridge(uplink_extra: &str) -> Lab {
         let mut sb = Sandbox::new();
-        let file = format!("/tmp/{}nat.toml", sb.prefix());
-        let f = file.clone();
-        sb.on_cleanup(move || {
-            let _ = std::fs::remove_file(f);
-        });
+        let file = scratch(&mut sb, "nat.toml");
         let mut lab = Lab {
             sb,
             nat: Nat::Netbridge {
@@ -485,11 +491,7 @@ fn profile(lab: &Lab) -> Profile {
 /// `-t -T 40` started in the background in `lab`'s black; returns the
 /// output file to collect with [`collect`].
 fn start_lifetime(lab: &mut Lab) -> String {
-    let out = format!("/tmp/{}lifetime.txt", lab.sb.prefix());
-    let o = out.clone();
-    lab.sb.on_cleanup(move || {
-        let _ = std::fs::remove_file(o);
-    });
+    let out = scratch(&mut lab.sb, "lifetime.txt");
     let ns = lab.ns("black");
     lab.sb.spawn(
         &ns,
@@ -750,11 +752,7 @@ fn rfc5382_req2_tcp_simultaneous_open() {
 fn rfc4787_req6_outbound_refresh_keeps_mapping() {
     require_root!();
     let mut lab = Lab::netbridge("timeouts = { udp = 3, udp_replied = 3 }");
-    let result = format!("/tmp/{}count.json", lab.sb.prefix());
-    let r = result.clone();
-    lab.sb.on_cleanup(move || {
-        let _ = std::fs::remove_file(r);
-    });
+    let result = scratch(&mut lab.sb, "count.json");
     let ns = lab.ns("stun");
     lab.sb.spawn(
         &ns,
