@@ -245,6 +245,12 @@ impl Lab {
     /// on port 7. Files live in a sandbox directory; both processes are
     /// killed by pid at cleanup.
     fn start_stun(&mut self) {
+        for bin in ["/usr/bin/turnserver", "/usr/bin/turnutils_natdiscovery"] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} missing: install Debian's coturn (cargo xtask setup)"
+            );
+        }
         let dir = format!("/tmp/{}turn", self.sb.prefix());
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.clone();
