@@ -91,6 +91,15 @@ pub fn netbridge_bin() -> PathBuf {
     bin
 }
 
+/// Absolute path of a helper script in `tests/scripts/`.
+pub fn script(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 /// Absolute path of a file in the repository's `examples/`.
 pub fn example(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

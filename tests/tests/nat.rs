@@ -10,25 +10,16 @@
 //! lab's 192.168.0.0/16: only translated traffic can come back.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     time::Duration,
 };
 
-use netbridge_tests::{Sandbox, require_root};
+use netbridge_tests::{Sandbox, require_root, script};
 use serde_json::Value;
 
 const SERVER: &str = "198.51.100.10";
 const UPLINK: &str = "203.0.113.1";
 /// The forward most tests use: uplink tcp/8080 -> white:8000.
 const FWD_8080_WHITE: &str = "[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:8000\"\n";
-
-fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 struct NatLab {
     sb: Sandbox,

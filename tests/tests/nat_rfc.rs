@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netbridge_tests::{Sandbox, require_root};
+use netbridge_tests::{Sandbox, require_root, script};
 use serde_json::Value;
 
 const STUN1: &str = "198.51.100.10";
@@ -25,24 +25,6 @@ const STUN2: &str = "198.51.100.11";
 const UPLINK: &str = "203.0.113.1";
 const BLACK: &str = "192.168.1.10";
 const BLACK2: &str = "192.168.1.11";
-
-fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// A scratch file path `/tmp/<sandbox prefix><name>`, removed at cleanup.
-fn scratch(sb: &mut Sandbox, name: &str) -> String {
-    let path = format!("/tmp/{}{name}", sb.prefix());
-    let p = path.clone();
-    sb.on_cleanup(move || {
-        let _ = std::fs::remove_file(p);
-    });
-    path
-}
 
 /// Which NAT the lab's "gw" runs.
 enum Nat {
@@ -104,7 +86,7 @@ impl Lab {
     /// netbridge's NAT; `uplink_extra` is appended to `[uplink]`.
     fn netbridge(uplink_extra: &str) -> Lab {
         let mut sb = Sandbox::new();
-        let file = scratch(&mut sb, "nat.toml");
+        let file = sb.tmp_file("nat.toml").display().to_string();
         let mut lab = Lab {
             sb,
             nat: Nat::Netbridge {
@@ -497,7 +479,7 @@ fn profile(lab: &Lab) -> Profile {
 /// `-t -T 40` started in the background in `lab`'s black; returns the
 /// output file to collect with [`collect`].
 fn start_lifetime(lab: &mut Lab) -> String {
-    let out = scratch(&mut lab.sb, "lifetime.txt");
+    let out = lab.sb.tmp_file("lifetime.txt").display().to_string();
     let ns = lab.ns("black");
     lab.sb.spawn(
         &ns,
@@ -758,7 +740,7 @@ fn rfc5382_req2_tcp_simultaneous_open() {
 fn rfc4787_req6_outbound_refresh_keeps_mapping() {
     require_root!();
     let mut lab = Lab::netbridge("timeouts = { udp = 3, udp_replied = 3 }");
-    let result = scratch(&mut lab.sb, "count.json");
+    let result = lab.sb.tmp_file("count.json").display().to_string();
     let ns = lab.ns("stun");
     lab.sb.spawn(
         &ns,

@@ -94,6 +94,8 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("/usr/bin/podman", "podman"),
     ("/bin/busybox", "busybox-static"),
+    // NAT conformance tests: a real RFC 5780 client and STUN server.
+    ("/usr/bin/turnutils_natdiscovery", "coturn"),
 ];
 
 fn main() -> Result<()> {
