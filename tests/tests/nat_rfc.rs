@@ -758,6 +758,8 @@ fn rfc4787_req6_outbound_refresh_keeps_mapping() {
     });
     assert!(ok.is_some(), "udp sink not listening");
     let ns = lab.ns("black");
+    let progress = lab.sb.tmp_file("sent.txt").display().to_string();
+    let stop = lab.sb.tmp_file("stop").display().to_string();
     // 16 datagrams, one every 0.5 s, from port 54000.
     lab.sb.spawn(
         &ns,
@@ -767,8 +769,11 @@ fn rfc4787_req6_outbound_refresh_keeps_mapping() {
             STUN1,
             "5000",
             "54000",
-            "16",
             "0.5",
+            &progress,
+            &stop,
+            "16",
+            "30",
         ],
     );
     std::thread::sleep(Duration::from_secs(5));
