@@ -1,11 +1,6 @@
 //! Loading the embedded eBPF object, attaching its programs, reading its maps.
-use std::{
-    collections::BTreeMap,
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, fs, path::PathBuf};
 
-use crate::nat::NatMaps;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -19,110 +14,15 @@ use netbridge_common::{
     PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats, drop_reason,
 };
 
+use crate::nat::NatMaps;
+// The pin layer, re-exported where callers have always found it.
+pub use crate::pins::{
+    BPFFS_ROOT, BpfError, HOOK_TC_INGRESS, HOOK_UPLINK_IN, HOOK_UPLINK_OUT, HOOK_XDP, MapSource,
+    PinDir, ensure_bpffs, is_bpffs, map_err, monotonic_ns,
+};
+
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETBRIDGE_EBPF_OBJ"));
-
-/// Where netbridge mounts its own bpffs: outside /sys, because `ip netns exec`
-/// remounts /sys and would hide a bpffs there.
-pub const BPFFS_ROOT: &str = "/run/netbridge/bpf";
-
-#[derive(Debug, thiserror::Error)]
-pub enum BpfError {
-    #[error("loading the eBPF object (pins in {pin_dir}): {source}")]
-    Load {
-        pin_dir: PathBuf,
-        #[source]
-        source: Box<aya::EbpfError>,
-    },
-    #[error("eBPF program {name} is missing from the object")]
-    MissingProgram { name: &'static str },
-    #[error("eBPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("eBPF program {name} on {ifname}: {source}")]
-    Program {
-        name: &'static str,
-        ifname: String,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("pinning {what} at {path}: {source}")]
-    Pin {
-        what: String,
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("bpffs at {path}: {source}")]
-    Bpffs {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Mounts a bpffs at [`BPFFS_ROOT`] unless one is already there, and creates
-/// `sub` below it (root-only).
-pub fn ensure_bpffs(sub: &str) -> Result<PathBuf, BpfError> {
-    let root = Path::new(BPFFS_ROOT);
-    let err = |source| BpfError::Bpffs {
-        path: root.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(root).map_err(err)?;
-    if !is_bpffs(root) {
-        nix::mount::mount(
-            Some("bpffs"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            Some("mode=0700"),
-        )
-        .map_err(|e| err(io::Error::from(e)))?;
-    }
-    let dir = root.join(sub);
-    fs::create_dir_all(&dir).map_err(err)?;
-    Ok(dir)
-}
-
-pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        .unwrap_or(false)
-}
-
-/// Hook name used in link pins.
-pub const HOOK_TC_INGRESS: &str = "tc_ingress";
-pub const HOOK_XDP: &str = "xdp";
-pub const HOOK_UPLINK_IN: &str = "uplink_in";
-pub const HOOK_UPLINK_OUT: &str = "uplink_out";
-
-/// Pin layout of one topology: maps by name in `dir`, links in `dir/links`.
-#[derive(Debug, Clone)]
-pub struct PinDir(pub PathBuf);
-
-impl PinDir {
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    /// bpffs rejects '.' in names; ifnames may contain it, so encode it ('%'
-    /// never occurs in a valid ifname, keeping the mapping one-to-one).
-    pub fn link(&self, ifname: &str, hook: &str) -> PathBuf {
-        self.0
-            .join("links")
-            .join(format!("{hook}@{}", ifname.replace('.', "%2e")))
-    }
-    /// Removes every pin (maps and links) and the directory itself.
-    pub fn remove(&self) -> io::Result<()> {
-        match fs::remove_dir_all(&self.0) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        }
-    }
-}
 
 /// Maps shared with the programs, each taken once from the object.
 pub struct Maps {
@@ -173,68 +73,24 @@ pub struct FdbRow {
     pub expired: bool,
 }
 
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
-pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
-
-/// Wraps an error of map `name`.
-pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
-    move |e| BpfError::Map {
-        name,
-        source: Box::new(e),
-    }
-}
-
-/// Takes map `name` out of a loaded object, typed.
-pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, BpfError> {
-    let map = ebpf.take_map(name).ok_or(BpfError::Map {
-        name,
-        source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
-    })?;
-    T::try_from(map).map_err(map_err(name))
-}
-
-/// Opens pinned map `name` of a running topology, typed.
-pub(crate) fn open_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    pins: &PinDir,
-    name: &'static str,
-    wrap: fn(MapData) -> aya::maps::Map,
-) -> Result<T, BpfError> {
-    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
-    T::try_from(wrap(data)).map_err(map_err(name))
-}
-
 impl Maps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+    /// The bridge maps from a loaded object or from pins (one table).
+    pub fn from_source(src: &mut impl MapSource) -> Result<Self, BpfError> {
+        use aya::maps::Map;
         Ok(Maps {
-            port_stats: take_map(ebpf, MAP_PORT_STATS)?,
-            drop_stats: take_map(ebpf, MAP_DROP_STATS)?,
-            ports: take_map(ebpf, MAP_PORTS)?,
-            fdb: take_map(ebpf, MAP_FDB)?,
-            config: take_map(ebpf, MAP_CONFIG)?,
-            policy: take_map(ebpf, MAP_POLICY)?,
-            nat: NatMaps::take(ebpf)?,
+            port_stats: src.map(MAP_PORT_STATS, Map::PerCpuHashMap)?,
+            drop_stats: src.map(MAP_DROP_STATS, Map::PerCpuArray)?,
+            ports: src.map(MAP_PORTS, Map::HashMap)?,
+            fdb: src.map(MAP_FDB, Map::LruHashMap)?,
+            config: src.map(MAP_CONFIG, Map::Array)?,
+            policy: src.map(MAP_POLICY, Map::HashMap)?,
+            nat: NatMaps::from_source(src)?,
         })
     }
 
     /// Opens the pinned maps of a running topology (no program is loaded).
     pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
-        use aya::maps::Map;
-        Ok(Maps {
-            port_stats: open_map(pins, MAP_PORT_STATS, Map::PerCpuHashMap)?,
-            drop_stats: open_map(pins, MAP_DROP_STATS, Map::PerCpuArray)?,
-            ports: open_map(pins, MAP_PORTS, Map::HashMap)?,
-            fdb: open_map(pins, MAP_FDB, Map::LruHashMap)?,
-            config: open_map(pins, MAP_CONFIG, Map::Array)?,
-            policy: open_map(pins, MAP_POLICY, Map::HashMap)?,
-            nat: NatMaps::open_pinned(pins)?,
-        })
+        Self::from_source(&mut pins.clone())
     }
 
     /// Makes exactly `ports` the datapath's ports (replacing any others)
@@ -394,7 +250,7 @@ impl Datapath {
                 .map_err(|e| prog_err(name, "-", e))?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
-        let maps = Maps::take(&mut ebpf)?;
+        let maps = Maps::from_source(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
             maps,
@@ -446,18 +302,10 @@ impl Datapath {
     /// the uplink hooks). Returns the interfaces detached.
     pub fn detach_uplinks_except(&self, keep: Option<&str>) -> Vec<String> {
         let mut gone = Vec::new();
-        let Ok(dir) = fs::read_dir(self.pins.0.join("links")) else {
-            return gone;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some((hook, ifname)) = name.split_once('@') else {
-                continue;
-            };
-            let ifname = ifname.replace("%2e", ".");
+        for (hook, ifname, path) in self.pins.links() {
             if (hook == HOOK_UPLINK_IN || hook == HOOK_UPLINK_OUT)
                 && Some(ifname.as_str()) != keep
-                && fs::remove_file(e.path()).is_ok()
+                && fs::remove_file(path).is_ok()
                 && !gone.contains(&ifname)
             {
                 gone.push(ifname);

@@ -3,9 +3,11 @@
 //! the integration tests use it directly.
 pub mod bpf;
 pub mod config;
+pub mod lock;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod pins;
 pub mod state;
 pub mod stats;
 pub mod topology;

@@ -100,18 +100,23 @@ pub fn list() -> Vec<String> {
 }
 
 /// Makes /run/netns a shared mount point, as iproute2 does, so namespace
-/// mounts propagate to other mount namespaces.
+/// mounts propagate to other mount namespaces. Under a lock: two processes
+/// that both found no mount point would bind it twice, and namespaces
+/// mounted under the lower copy would vanish from view.
 fn prepare_run_dir() -> Result<(), NetnsError> {
     let err = |op, source| NetnsError::Sys {
         name: NETNS_RUN_DIR.into(),
         op,
         source,
     };
-    fs::create_dir_all(NETNS_RUN_DIR).map_err(|source| NetnsError::Io {
+    let io_err = |op, source| NetnsError::Io {
         name: NETNS_RUN_DIR.into(),
-        op: "create /run/netns",
+        op,
         source,
-    })?;
+    };
+    let _lock = crate::lock::exclusive("mount-netns", |_| {})
+        .map_err(|e| io_err("lock /run/netns mount", e.source))?;
+    fs::create_dir_all(NETNS_RUN_DIR).map_err(|source| io_err("create /run/netns", source))?;
     let shared = || {
         mount(
             None::<&str>,
