@@ -496,15 +496,16 @@ fn tempdir(sb: &mut Sandbox) -> PathBuf {
     d
 }
 
+/// Files in tests/corpus/bad: exactly this many (a lost file fails).
+const CORPUS_FILES: usize = 53;
+
 /// The hostile-input corpus (tests/corpus/bad/*.toml): syntax errors, wrong
 /// types, huge values, unicode and shell metacharacters, path tricks,
-/// duplicates and overlaps. Each file's first line says what its error
-/// must mention. Each is refused with an error naming the file, nothing on
-/// the host changes, and nothing panics.
-#[test]
-fn hostile_topology_corpus_is_refused_without_changes() {
-    require_root!();
-    let sb = Sandbox::new();
+/// duplicates and overlaps. Each file starts with `# expect: ...` lines,
+/// every one of which its error must contain; none may be part of the
+/// file's own path (the error names the path, so such an expectation could
+/// not fail).
+fn corpus() -> Vec<(String, Vec<String>)> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/bad");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -512,17 +513,61 @@ fn hostile_topology_corpus_is_refused_without_changes() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 40, "corpus has only {} files", files.len());
+    assert_eq!(files.len(), CORPUS_FILES, "corpus files: {files:?}");
+    files
+        .into_iter()
+        .map(|f| {
+            let path = f.display().to_string();
+            let body = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+            let expect: Vec<String> = body
+                .lines()
+                .map_while(|l| l.strip_prefix("# expect: "))
+                .map(String::from)
+                .collect();
+            assert!(
+                !expect.is_empty(),
+                "{path}: first line must be `# expect: ...`"
+            );
+            for e in &expect {
+                assert!(
+                    !path.contains(e.as_str()),
+                    "{path}: {e:?} is part of its own path"
+                );
+            }
+            (path, expect)
+        })
+        .collect()
+}
+
+/// The corpus through the parser and validator alone: no root, no
+/// namespace, every file refused with its expected error.
+#[test]
+fn hostile_corpus_is_refused_by_the_parser_without_root() {
+    for (path, expect) in corpus() {
+        let err = match netbridge::config::Topology::load(std::path::Path::new(&path), &|_| false) {
+            Ok(_) => panic!("{path} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with(&format!("{path}: ")), "{path}: {err}");
+        for e in &expect {
+            assert!(
+                err.contains(e.as_str()),
+                "{path}: error lacks {e:?}:\n{err}"
+            );
+        }
+    }
+}
+
+/// The corpus through `netbridge up`: each file is refused with an error
+/// naming the file and saying what its expectations say, nothing on the
+/// host changes, and nothing panics.
+#[test]
+fn hostile_topology_corpus_is_refused_without_changes() {
+    require_root!();
+    let sb = Sandbox::new();
     let before = sb.snapshot();
     let prefix = sb.prefix();
-    for f in &files {
-        let body = std::fs::read_to_string(f).unwrap();
-        let expect = body
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", f.display()));
-        let path = f.display().to_string();
+    for (path, expect) in corpus() {
         let out = sb.netbridge(&["up", "-f", &path, "--prefix", &prefix]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -534,10 +579,12 @@ fn hostile_topology_corpus_is_refused_without_changes() {
             err.contains(&path),
             "{path}: error does not name the file:\n{err}"
         );
-        assert!(
-            err.contains(expect),
-            "{path}: error lacks {expect:?}:\n{err}"
-        );
+        for e in &expect {
+            assert!(
+                err.contains(e.as_str()),
+                "{path}: error lacks {e:?}:\n{err}"
+            );
+        }
         assert!(!err.contains("panicked"), "{path}: panic:\n{err}");
         assert_eq!(sb.snapshot(), before, "{path}: host changed");
     }
