@@ -1,17 +1,26 @@
 //! Loading the embedded eBPF object, attaching its programs, reading its maps.
-use std::{collections::BTreeMap, fs, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs,
+    net::Ipv4Addr,
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::SchedClassifierLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLinkId,
+        xdp::XdpLink,
     },
 };
 use netbridge_common::{
-    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB,
-    MAP_POLICY, MAP_PORT_STATS, MAP_PORTS, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP,
-    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats, drop_reason,
+    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
+    MAP_FDB, MAP_HOSTS, MAP_POLICY, MAP_PORT_STATS, MAP_PORTS, PROG_PEER_XDP, PROG_PORT_INGRESS,
+    PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats,
+    drop_reason,
 };
 
 use crate::nat::NatMaps;
@@ -102,20 +111,92 @@ impl Maps {
         aging_secs: u32,
         gateway: Option<Gateway>,
     ) -> Result<(), BpfError> {
+        self.set_ports(ports)?;
+        self.set_bridge(aging_secs, gateway)
+    }
+
+    /// Makes exactly `ports` the datapath's ports (replacing any others).
+    pub fn set_ports(&mut self, ports: &[PortConfig]) -> Result<(), BpfError> {
+        let wanted: HashSet<u32> = ports.iter().map(|p| p.ifindex).collect();
         let stale: Vec<u32> = self
             .ports
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !ports.iter().any(|p| p.ifindex == *k))
+            .filter(|k| !wanted.contains(k))
             .collect();
         for k in stale {
             self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
         }
         for p in ports {
-            self.ports
-                .insert(p.ifindex, *p, 0)
-                .map_err(map_err(MAP_PORTS))?;
+            self.add_port(*p)?;
         }
+        Ok(())
+    }
+
+    /// Adds (or updates) one port, leaving the others as they are.
+    pub fn add_port(&mut self, p: PortConfig) -> Result<(), BpfError> {
+        self.ports
+            .insert(p.ifindex, p, 0)
+            .map_err(map_err(MAP_PORTS))
+    }
+
+    /// Adds (or updates) one lab host: an address of a port's namespace.
+    pub fn add_host(&mut self, addr: Ipv4Addr, e: HostEntry) -> Result<(), BpfError> {
+        self.nat
+            .hosts
+            .insert(addr.octets(), e, 0)
+            .map_err(map_err(MAP_HOSTS))
+    }
+
+    /// Takes port `ifindex` out of every table: the port table, its
+    /// counters, the FDB entries on it, isolation pairs with it and the lab
+    /// hosts `v4` pointing at it. Other ports' entries stay as they are.
+    /// Returns how many FDB entries went.
+    pub fn remove_port(&mut self, ifindex: u32, v4: &[Ipv4Addr]) -> Result<usize, BpfError> {
+        let gone = |r: Result<(), aya::maps::MapError>| match r {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r,
+        };
+        gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;
+        gone(self.port_stats.remove(&ifindex)).map_err(map_err(MAP_PORT_STATS))?;
+        let macs: Vec<FdbKey> = self
+            .fdb
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| e.ifindex == ifindex)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &macs {
+            gone(self.fdb.remove(k)).map_err(map_err(MAP_FDB))?;
+        }
+        let pairs: Vec<PolicyKey> = self
+            .policy
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.src == ifindex || k.dst == ifindex)
+            .collect();
+        for k in &pairs {
+            gone(self.policy.remove(k)).map_err(map_err(MAP_POLICY))?;
+        }
+        for a in v4 {
+            if self
+                .nat
+                .hosts
+                .get(&a.octets(), 0)
+                .is_ok_and(|h| h.ifindex == ifindex)
+            {
+                gone(self.nat.hosts.remove(&a.octets())).map_err(map_err(MAP_HOSTS))?;
+            }
+        }
+        Ok(macs.len())
+    }
+
+    /// Sets the FDB aging and the gateway, keeping the policy flag.
+    pub fn set_bridge(
+        &mut self,
+        aging_secs: u32,
+        gateway: Option<Gateway>,
+    ) -> Result<(), BpfError> {
         let gw = gateway.unwrap_or_default();
         let flags = self.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
         let cfg = BridgeConfig {
@@ -359,26 +440,41 @@ impl Datapath {
             )
             .map_err(|e| prog_err(name, ifname, e))?;
         let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
-        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
-            what: format!("TC link on {ifname}"),
-            path: path.clone(),
-            source,
-        };
-        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-        fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
-        if replacing {
-            let mut fresh = path.clone().into_os_string();
-            fresh.push("%new");
-            let fresh = PathBuf::from(fresh);
-            let _ = fs::remove_file(&fresh);
-            fd_link.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
-            fs::remove_file(&path).map_err(|e| pin_err(Box::new(e)))?;
-            fs::rename(&fresh, &path).map_err(|e| pin_err(Box::new(e)))?;
-        } else {
-            fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
-        }
+        pin_link(link, &path, &format!("TC link on {ifname}"), replacing)?;
         Ok((path, true))
     }
+}
+
+/// Pins `link` at `path` so it outlives this process. `replacing`: a link
+/// is pinned there already; the new one is pinned beside it, then the old
+/// pin (its last reference: detached) is replaced by the new one.
+fn pin_link<L>(link: L, path: &std::path::Path, what: &str, replacing: bool) -> Result<(), BpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
+        what: what.into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| pin_err(Box::new(e)))?;
+    }
+    if !replacing {
+        return fd_link
+            .pin(path)
+            .map(drop)
+            .map_err(|e| pin_err(Box::new(e)));
+    }
+    let mut fresh = path.to_path_buf().into_os_string();
+    fresh.push("%new");
+    let fresh = PathBuf::from(fresh);
+    let _ = fs::remove_file(&fresh);
+    fd_link.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
+    fs::remove_file(path).map_err(|e| pin_err(Box::new(e)))?;
+    fs::rename(&fresh, path).map_err(|e| pin_err(Box::new(e)))
 }
 
 /// The kernel keeps 15 characters of a program name.
@@ -400,11 +496,9 @@ impl Datapath {
         attached: Option<u32>,
     ) -> Result<(PathBuf, bool), BpfError> {
         let path = self.pins.link(pin_key, HOOK_XDP);
-        if path.exists() {
-            if attached.is_some() {
-                return Ok((path, false));
-            }
-            let _ = fs::remove_file(&path);
+        let pinned = path.exists();
+        if pinned && attached.is_some() && !self.reload {
+            return Ok((path, false));
         }
         let prog: &mut Xdp = self
             .ebpf
@@ -412,18 +506,32 @@ impl Datapath {
             .ok_or(BpfError::MissingProgram { name })?
             .try_into()
             .map_err(|e| prog_err(name, ifname, e))?;
+        if pinned && attached.is_some() {
+            // Reload: the pinned link switches to the new program in one
+            // step (BPF_LINK_UPDATE), no gap; the pin stays.
+            let pin_err = |e: aya::programs::links::LinkError| BpfError::Pin {
+                what: format!("XDP link on {ifname}"),
+                path: path.clone(),
+                source: Box::new(e),
+            };
+            let link = PinnedLink::from_pin(&path).map_err(pin_err)?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(pin_err)?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|e| prog_err(name, ifname, e))?;
+            // Our copy of the link fd closes here; the pin holds the link.
+            drop(prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?);
+            return Ok((path, true));
+        }
+        if pinned {
+            // The interface was recreated since: the pinned link is dead.
+            let _ = fs::remove_file(&path);
+        }
         let id = prog
             .attach(ifname, XdpMode::Driver)
             .map_err(|e| prog_err(name, ifname, e))?;
         let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
-        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
-            what: format!("XDP link on {ifname}"),
-            path: path.clone(),
-            source,
-        };
-        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-        fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
-        fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        pin_link(link, &path, &format!("XDP link on {ifname}"), false)?;
         Ok((path, true))
     }
 

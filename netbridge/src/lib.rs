@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod config;
 pub mod lock;
+pub mod metrics;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

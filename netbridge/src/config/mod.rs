@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use ipnet::IpNet;
@@ -145,6 +145,82 @@ pub struct Namespace {
     /// sender is not its own (bridge ports only).
     #[serde(default = "default_true")]
     pub anti_spoof: bool,
+}
+
+/// Where a port's inner end lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortNetns {
+    /// A namespace under /run/netns, created by netbridge if missing (and
+    /// then deleted with the port).
+    Named(String),
+    /// An existing namespace file (a CNI runtime's CNI_NETNS,
+    /// /proc/PID/ns/net), never created or deleted by netbridge.
+    Path(PathBuf),
+}
+
+/// One port on the bridge: a veth pair whose host end (`host_ifname`) is
+/// enslaved to the bridge and whose other end (`ifname`) sits in `netns`
+/// with the port's addresses and routes. A bridged `[[namespace]]` is one;
+/// a port attached to a running topology (`topology::add_port`, the CNI
+/// plugin's attachment) is another.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Unique among the topology's namespaces and ports (1-32 of A-Z a-z
+    /// 0-9 - _); names it in the journal, `stats`, `fdb` and `status`.
+    pub name: String,
+    pub netns: PortNetns,
+    pub ifname: String,
+    pub host_ifname: String,
+    #[serde(default)]
+    pub addresses: Vec<IpNet>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Drop frames whose source MAC, IPv4 address or ARP sender is not this
+    /// port's namespace end's (see `Namespace::anti_spoof`).
+    #[serde(default = "default_true")]
+    pub anti_spoof: bool,
+    /// MAC of the namespace end; None: the kernel's random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Port {
+    /// The port of bridged namespace `ns` of `t`.
+    pub fn of_namespace(t: &Topology, ns: &Namespace) -> Port {
+        Port {
+            name: ns.name.clone(),
+            netns: PortNetns::Named(ns.name.clone()),
+            ifname: ns.ifname.clone(),
+            host_ifname: Topology::host_ifname(ns),
+            addresses: ns.addresses.clone(),
+            routes: ns.routes.clone(),
+            mtu: t.mtu_for_namespace(ns),
+            sysctls: ns.sysctls.clone(),
+            anti_spoof: ns.anti_spoof,
+            mac: None,
+        }
+    }
+
+    /// The port as a bridged `[[namespace]]`, for validation.
+    fn as_namespace(&self) -> Namespace {
+        Namespace {
+            name: self.name.clone(),
+            bridge: Some(true),
+            ifname: self.ifname.clone(),
+            host_ifname: Some(self.host_ifname.clone()),
+            addresses: self.addresses.clone(),
+            routes: self.routes.clone(),
+            mtu: self.mtu,
+            sysctls: self.sysctls.clone(),
+            anti_spoof: self.anti_spoof,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -396,6 +472,36 @@ impl Topology {
         ns.mtu
             .or(self.bridge.as_ref().and_then(|b| b.mtu))
             .or(self.mtu)
+    }
+
+    /// Every port on the bridge: the bridged namespaces, then `attached`.
+    pub fn ports(&self, attached: &[Port]) -> Vec<Port> {
+        self.namespaces
+            .iter()
+            .filter(|n| self.on_bridge(n))
+            .map(|n| Port::of_namespace(self, n))
+            .chain(attached.iter().cloned())
+            .collect()
+    }
+
+    /// Checks the topology with `attached` ports added, as if each were a
+    /// bridged `[[namespace]]` of `file`: unique names and interfaces,
+    /// addresses unique and inside the bridge's segment, routes, limits.
+    pub fn check_ports(&self, attached: &[Port], file: &str) -> Result<(), ConfigError> {
+        if attached.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.clone();
+        t.namespaces.extend(attached.iter().map(Port::as_namespace));
+        if t.bridge.is_none() {
+            return Err(ConfigError::Invalid {
+                file: file.into(),
+                field: "bridge".into(),
+                value: "none".into(),
+                problem: format!("topology {} has no bridge to attach ports to", self.name),
+            });
+        }
+        validate::validate(file, &t, &|_| true)
     }
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
