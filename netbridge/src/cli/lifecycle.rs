@@ -27,6 +27,9 @@ pub fn up(which: &Which, a: UpArgs) -> Result<()> {
         }
         println!("{}: up ({} changes)", t.name, report.changes.len());
     }
+    if let Some(msg) = &report.fault_not_reached {
+        eprintln!("netbridge: {msg}");
+    }
     if let Some(level) = a.log_level {
         super::logs::follow(&t.name, level, a.log_duration)?;
     }

@@ -7,6 +7,8 @@
 //! journal is written before each object is made, so the next `up` or
 //! `down` finishes the job. A run that ends before step N says so in its
 //! report, which is how a test knows it has tried every step.
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::{Result, TopologyError};
@@ -19,7 +21,7 @@ use crate::{
 pub const FAULT_ENV: &str = "NETBRIDGE_FAULT";
 
 /// What kind of change a step makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Namespace,
@@ -31,6 +33,22 @@ pub enum Step {
     Program,
     Maps,
     Nat,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Namespace => "namespace",
+            Step::Link => "link",
+            Step::Address => "address",
+            Step::Route => "route",
+            Step::Sysctl => "sysctl",
+            Step::Pins => "pins",
+            Step::Program => "program",
+            Step::Maps => "maps",
+            Step::Nat => "nat",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +97,8 @@ pub(super) struct Run {
     pub changes: Vec<String>,
     /// Steps taken so far (the fault points passed).
     pub steps: usize,
+    /// Of which, by kind.
+    kinds: BTreeMap<Step, usize>,
     fault: Option<Fault>,
 }
 
@@ -89,6 +109,7 @@ impl Run {
             st,
             changes: Vec::new(),
             steps: 0,
+            kinds: BTreeMap::new(),
             fault: Fault::from_env()?,
         })
     }
@@ -104,6 +125,7 @@ impl Run {
     /// datapath's tables): not reported, but a fault point like a change.
     pub fn point(&mut self, kind: Step, what: impl Into<String>) -> Result<()> {
         self.steps += 1;
+        *self.kinds.entry(kind).or_default() += 1;
         let Some(f) = &self.fault else {
             return Ok(());
         };
@@ -125,9 +147,16 @@ impl Run {
     /// ended before reaching it.
     pub fn fault_not_reached(&self) -> Option<String> {
         self.fault.as_ref().filter(|f| f.at > self.steps).map(|f| {
+            let kinds: Vec<String> = self
+                .kinds
+                .iter()
+                .map(|(k, n)| format!("{} {n}", k.name()))
+                .collect();
             format!(
-                "{FAULT_ENV}={} not reached: this run had {} fault points",
-                f.spec, self.steps
+                "{FAULT_ENV}={} not reached: this run had {} fault points ({})",
+                f.spec,
+                self.steps,
+                kinds.join(", ")
             )
         })
     }
@@ -202,6 +231,7 @@ mod tests {
             st: State::new("t"),
             changes: Vec::new(),
             steps: 0,
+            kinds: BTreeMap::new(),
             fault: Some(Fault::parse(spec)?),
         })
     }
@@ -216,7 +246,7 @@ mod tests {
         r.changed(Step::Link, "x").unwrap();
         assert_eq!(
             r.fault_not_reached().unwrap(),
-            "NETBRIDGE_FAULT=fail:5 not reached: this run had 1 fault points"
+            "NETBRIDGE_FAULT=fail:5 not reached: this run had 1 fault points (link 1)"
         );
         assert_eq!(r.changes, vec!["x".to_string()]);
         assert!(run_with("boom:1").is_err() && run_with("fail:0").is_err());
