@@ -320,7 +320,19 @@ fn ensure_bridge(run: &mut Run, ns: &Netns, name: &str, mtu: Option<u32>) -> Res
     }
     run.intend_link(ns, name)?;
     in_ns(ns, |h| async move {
-        netlink::create_bridge(&h, name, mtu).await
+        netlink::create_bridge(&h, name, mtu).await?;
+        // A bridge whose MAC was never set takes the lowest MAC of its
+        // ports and changes it when ports come and go, which strands every
+        // neighbour's ARP entry for the gateway. Setting it (to the random
+        // one it got) pins it.
+        match netlink::link(&h, name).await? {
+            Some(LinkInfoLite {
+                index,
+                mac: Some(mac),
+                ..
+            }) => netlink::set_mac(&h, index, mac).await,
+            _ => Ok(()),
+        }
     })?;
     run.changed(
         Step::Link,
