@@ -676,10 +676,20 @@ impl Validator<'_> {
         Ok(())
     }
 
-    /// Port forwards: an uplink, valid ports, a bridged IPv4 target, no two
+    /// Port forwards: the TC datapath (hairpin), an uplink, valid ports, a
+    /// bridged IPv4 target, no two
     /// forwards of one protocol on one external port, a bounded number of
     /// ranges. Taken ranges are kept per protocol, sorted by first port.
     fn validate_forwards(&self) -> Result<(), ConfigError> {
+        if self.t.datapath == super::Datapath::Xdp && !self.t.forwards.is_empty() {
+            return Err(self.err(
+                "datapath",
+                q("xdp"),
+                "port forwards need datapath = \"tc\": lab hosts reach them through the uplink \
+                 address (hairpin), which only the TC port program translates (masquerade alone \
+                 works with \"xdp\")",
+            ));
+        }
         let mut taken: HashMap<Proto, BTreeMap<u16, (u16, usize)>> = HashMap::new();
         let mut n_ranges = 0;
         for (i, fw) in self.t.forwards.iter().enumerate() {
@@ -1599,6 +1609,15 @@ mod tests {
                 &format!("forward[{max}].port"),
                 &format!("more than {max} port ranges"),
             ],
+        );
+        // Forwards need the TC datapath (hairpin); masquerade alone does not.
+        let one = fw("80", "a:80");
+        let xdp = |t: &str| t.replacen("name = \"x\"\n", "name = \"x\"\ndatapath = \"xdp\"\n", 1);
+        parse(&xdp(&base)).unwrap();
+        rule(
+            &one,
+            &xdp(&one),
+            &["datapath = \"xdp\": port forwards need datapath = \"tc\""],
         );
     }
 }
