@@ -523,32 +523,13 @@ echo "failed=$fail"
 
 /// nat-lab on the XDP datapath, masquerade only (forwards need TC, see
 /// the corpus).
-const XDP_NAT_LAB: &str = r#"
-name = "xnat"
-host_netns = "xh"
-datapath = "xdp"
-[bridge]
-name = "br0"
-addresses = ["192.168.0.1/16"]
-[[namespace]]
-name = "black"
-addresses = ["192.168.1.10/24"]
-routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }]
-[[namespace]]
-name = "white"
-addresses = ["192.168.2.10/24"]
-routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }]
-[[namespace]]
-name = "upstream"
-bridge = false
-[[link]]
-a = { ifname = "uplink0", addresses = ["203.0.113.1/24"] }
-b = { netns = "upstream", ifname = "eth0", addresses = ["203.0.113.254/24"] }
-[uplink]
-ifname = "uplink0"
-masquerade = true
-gateway = "203.0.113.254"
-"#;
+fn xdp_nat_lab() -> String {
+    let lab = std::fs::read_to_string(example("nat-lab.toml")).unwrap();
+    let lab = &lab[..lab.find("[[forward]]").expect("nat-lab has forwards")];
+    let with = lab.replacen("\n[bridge]", "\ndatapath = \"xdp\"\n\n[bridge]", 1);
+    assert_ne!(with, lab, "nat-lab has no [bridge]");
+    with
+}
 
 /// Program ids of the lab: XDP on each port and namespace end, TC on the
 /// uplink.
@@ -585,7 +566,7 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
     require_root!();
     let mut sb = Sandbox::new();
     let file = std::env::temp_dir().join(format!("{}xnat.toml", sb.prefix()));
-    std::fs::write(&file, XDP_NAT_LAB).unwrap();
+    std::fs::write(&file, xdp_nat_lab()).unwrap();
     let f = file.clone();
     sb.on_cleanup(move || {
         let _ = std::fs::remove_file(f);
@@ -594,7 +575,7 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
     let before = sb.snapshot();
     let up = ["up", "-f", &file, "--prefix", &prefix];
     sb.nb_ok(&up);
-    let topo = sb.name("xnat");
+    let topo = sb.name("nat-lab");
     let (black, white, upstream) = (sb.name("black"), sb.name("white"), sb.name("upstream"));
     sb.spawn(
         &upstream,

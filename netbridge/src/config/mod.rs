@@ -535,28 +535,36 @@ impl Topology {
     }
 }
 
+/// Parsing helpers of the unit tests here and in `validate`.
 #[cfg(test)]
-mod tests {
+mod testing {
     use super::*;
 
-    fn parse(text: &str) -> Result<Topology, ConfigError> {
+    /// Parses `text` as file t.toml; only eth9 exists in the host.
+    pub fn parse(text: &str) -> Result<Topology, ConfigError> {
         Topology::parse(text, "t.toml", &|n| n == "eth9")
     }
 
-    fn err(text: &str) -> String {
+    pub fn err(text: &str) -> String {
         match parse(text) {
             Ok(_) => panic!("accepted:\n{text}"),
             Err(e) => e.to_string(),
         }
     }
 
-    fn assert_err(text: &str, parts: &[&str]) {
+    pub fn assert_err(text: &str, parts: &[&str]) {
         let e = err(text);
         assert!(e.starts_with("t.toml: "), "{e}");
         for p in parts {
             assert!(e.contains(p), "error {e:?} lacks {p:?}");
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{assert_err, parse};
+    use super::*;
 
     #[test]
     fn examples_and_default_lab_are_valid() {
@@ -643,6 +651,47 @@ mod tests {
         assert_err(
             "name = \"x\"\ndatapath = \"dpdk\"\n",
             &["invalid TOML", "dpdk"],
+        );
+    }
+
+    /// Attached ports are checked as bridged namespaces of the topology;
+    /// a topology without a bridge takes none.
+    #[test]
+    fn attached_ports_are_validated_with_the_topology() {
+        let t = parse(include_str!("../../../examples/bridge-three.toml")).unwrap();
+        let ports = t.ports(&[]);
+        assert_eq!(ports.len(), 3);
+        let mut p = ports[0].clone();
+        p.name = "new".into();
+        p.netns = PortNetns::Path("/proc/1/ns/net".into());
+        p.host_ifname = "nb-new".into();
+        p.addresses = vec!["192.168.7.1/24".parse().unwrap()];
+        t.check_ports(std::slice::from_ref(&p), "add").unwrap();
+        assert_eq!(t.ports(std::slice::from_ref(&p)).len(), 4);
+        let clash = Port {
+            addresses: vec!["192.168.1.1/24".parse().unwrap()],
+            ..p.clone()
+        };
+        let e = t.check_ports(&[clash], "add").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "add: namespace[3].addresses[0] = \"192.168.1.1/24\": address already assigned"
+            ),
+            "{e}"
+        );
+        let e = t
+            .check_ports(&[p.clone(), p.clone()], "add")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("namespace[4].name = \"new\": duplicate namespace name"),
+            "{e}"
+        );
+        let bare = parse("name = \"x\"\n").unwrap();
+        let e = bare.check_ports(&[p], "add").unwrap_err().to_string();
+        assert!(
+            e.contains("bridge = none: topology x has no bridge to attach ports to"),
+            "{e}"
         );
     }
 

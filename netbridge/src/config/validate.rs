@@ -779,26 +779,8 @@ fn span(n: &IpNet) -> (u8, u128, u128) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{assert_err, parse};
     use super::super::*;
-
-    fn parse(text: &str) -> Result<Topology, ConfigError> {
-        Topology::parse(text, "t.toml", &|n| n == "eth9")
-    }
-
-    fn err(text: &str) -> String {
-        match parse(text) {
-            Ok(_) => panic!("accepted:\n{text}"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    fn assert_err(text: &str, parts: &[&str]) {
-        let e = err(text);
-        assert!(e.starts_with("t.toml: "), "{e}");
-        for p in parts {
-            assert!(e.contains(p), "error {e:?} lacks {p:?}");
-        }
-    }
 
     /// `good` parses; `bad` fails with an error naming every part. Each rule
     /// is tested this way: the positive control proves the error comes from
