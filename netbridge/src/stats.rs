@@ -190,6 +190,61 @@ impl Source {
     }
 }
 
+/// One line of the `stats` table.
+fn row<S: AsRef<str>>(c: [S; 13]) -> String {
+    let c = c.map(|s| s.as_ref().to_string());
+    format!(
+        "{:<15} {:<14} {:>9} {:>11} {:>9} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7}\n",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+    )
+}
+
+/// "name=value" for every non-zero counter.
+fn nonzero(counters: &BTreeMap<&str, u64>) -> String {
+    let v: Vec<String> = counters
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    v.join(" ")
+}
+
+impl NatSnapshot {
+    /// The NAT part of the `stats` table.
+    fn lines(&self) -> String {
+        let join = |v: Vec<String>, sep: &str| v.join(sep);
+        let by_proto = join(
+            self.sessions
+                .iter()
+                .map(|(p, c)| format!("{p}={c}"))
+                .collect(),
+            " ",
+        );
+        let pools = join(
+            self.pools
+                .iter()
+                .map(|p| format!("{} {}/{}", p.proto, p.ports_in_use, p.pool_size))
+                .collect(),
+            ", ",
+        );
+        let c = nonzero(&self.counters);
+        let mut out = format!(
+            "nat sessions: {} of {} ({by_proto})\nnat port pool: {pools}\nnat: {}\n",
+            self.live_sessions,
+            self.max_sessions,
+            if c.is_empty() { "no traffic yet" } else { &c }
+        );
+        for f in &self.forwards {
+            let _ = writeln!(
+                out,
+                "forward {} {} -> {}: {} sessions",
+                f.proto, f.port, f.to, f.hits
+            );
+        }
+        out
+    }
+}
+
 /// Per-second rates between two snapshots: (pps, bit/s) of rx and tx.
 fn rates(now: &PortRow, prev: Option<&Snapshot>, secs: f64) -> Option<(f64, f64, f64, f64)> {
     let p = prev?.ports.iter().find(|r| r.port == now.port)?;
@@ -221,10 +276,7 @@ impl Snapshot {
     /// The human table; with `prev`, rates per second as well.
     pub fn table(&self, prev: Option<&Snapshot>) -> String {
         let secs = self.elapsed_since(prev);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<15} {:<14} {:>9} {:>11} {:>9} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7}",
+        let mut out = row([
             "port",
             "namespace",
             "rx_pkts",
@@ -237,81 +289,35 @@ impl Snapshot {
             "rx_bit/s",
             "tx_pps",
             "tx_bit/s",
-            "dropped"
-        );
+            "dropped",
+        ]);
         for r in &self.ports {
             let s = &r.stats;
             let (rp, rb, tp, tb) = rates(r, prev, secs)
                 .map(|(a, b, c, d)| (human(a), human(b), human(c), human(d)))
                 .unwrap_or_else(|| ("-".into(), "-".into(), "-".into(), "-".into()));
-            let _ = writeln!(
-                out,
-                "{:<15} {:<14} {:>9} {:>11} {:>9} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7}",
-                r.port,
-                r.namespace,
-                s.rx_packets,
-                s.rx_bytes,
-                s.rx_redirected,
-                s.rx_fallback,
-                s.tx_packets,
-                s.tx_bytes,
+            let n = |v: u64| v.to_string();
+            out += &row([
+                r.port.clone(),
+                r.namespace.clone(),
+                n(s.rx_packets),
+                n(s.rx_bytes),
+                n(s.rx_redirected),
+                n(s.rx_fallback),
+                n(s.tx_packets),
+                n(s.tx_bytes),
                 rp,
                 rb,
                 tp,
                 tb,
-                s.rx_dropped
-            );
+                n(s.rx_dropped),
+            ]);
         }
-        let total: u64 = self.drops.values().sum();
-        let drops = if total == 0 {
-            "none".to_string()
-        } else {
-            self.drops
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let drops = nonzero(&self.drops);
+        let drops = if drops.is_empty() { "none" } else { &drops };
         let _ = writeln!(out, "drops: {drops}\nfdb entries: {}", self.fdb_entries);
         if let Some(n) = &self.nat {
-            let by_proto = n
-                .sessions
-                .iter()
-                .map(|(p, c)| format!("{p}={c}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let _ = writeln!(
-                out,
-                "nat sessions: {} of {} ({by_proto})",
-                n.live_sessions, n.max_sessions
-            );
-            let pools = n
-                .pools
-                .iter()
-                .map(|p| format!("{} {}/{}", p.proto, p.ports_in_use, p.pool_size))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(out, "nat port pool: {pools}");
-            let c = n
-                .counters
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let _ = writeln!(
-                out,
-                "nat: {}",
-                if c.is_empty() { "no traffic yet" } else { &c }
-            );
-            for f in &n.forwards {
-                let _ = writeln!(
-                    out,
-                    "forward {} {} -> {}: {} sessions",
-                    f.proto, f.port, f.to, f.hits
-                );
-            }
+            out += &n.lines();
         }
         out
     }
@@ -354,5 +360,59 @@ impl Snapshot {
             "fdb_entries": self.fdb_entries,
             "nat": nat,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table: a header and a row per port in fixed columns, drops by
+    /// name (or none), and the NAT lines when NAT is on.
+    #[test]
+    fn table_columns_and_sections() {
+        let mut snap = Snapshot {
+            topology: "lab".into(),
+            at: Instant::now(),
+            ports: vec![PortRow {
+                port: "nb-a".into(),
+                namespace: "a".into(),
+                stats: PortStats {
+                    rx_packets: 12,
+                    rx_redirected: 10,
+                    ..PortStats::default()
+                },
+            }],
+            drops: [("spoofed_mac", 0), ("bad_src_mac", 0)]
+                .into_iter()
+                .collect(),
+            fdb_entries: 3,
+            nat: None,
+        };
+        let t = snap.table(None);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("port            namespace"), "{t}");
+        assert_eq!(lines[0].len(), lines[1].len(), "columns align:\n{t}");
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(&cols[..6], ["nb-a", "a", "12", "0", "10", "0"], "{t}");
+        assert_eq!(cols[8], "-", "no rates without a previous snapshot");
+        assert_eq!(lines[2], "drops: none");
+        assert_eq!(lines[3], "fdb entries: 3");
+        snap.drops.insert("spoofed_mac", 4);
+        snap.nat = Some(NatSnapshot {
+            counters: [("snat_new", 2), ("dnat_new", 0)].into_iter().collect(),
+            live_sessions: 2,
+            max_sessions: 100,
+            sessions: [("tcp", 2)].into_iter().collect(),
+            pools: vec![],
+            forwards: vec![],
+        });
+        let t = snap.table(Some(&snap.clone()));
+        assert!(t.contains("drops: spoofed_mac=4\n"), "{t}");
+        assert!(
+            t.contains("nat sessions: 2 of 100 (tcp=2)\nnat port pool: \nnat: snat_new=2\n"),
+            "{t}"
+        );
     }
 }

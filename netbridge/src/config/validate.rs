@@ -1020,7 +1020,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_per_section() {
+    fn limits_of_entries() {
         // Entry counts.
         let links = |n: usize| {
             let l: String = (0..n)
@@ -1054,6 +1054,10 @@ mod tests {
             &fwds(4097),
             &["forward = 4097", "at most 4096 entries"],
         );
+    }
+
+    #[test]
+    fn limits_per_interface() {
         // Addresses per interface: bridge, namespace, link endpoint.
         let v6 = |n: usize, base: u32| list(n, |i| format!("\"fd00::{:x}/64\"", base + i as u32));
         let bridge = |n| {

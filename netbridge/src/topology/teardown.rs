@@ -11,7 +11,7 @@ use crate::{
     bpf::PinDir,
     netlink,
     netns::{self, Netns, NetnsError},
-    state::State,
+    state::{ChangedSysctl, State},
 };
 
 /// One object teardown could not undo.
@@ -73,64 +73,78 @@ pub fn teardown(st: &State) -> Teardown {
         }
     }
     for s in st.sysctls.iter().rev().filter(|s| !dying(&s.netns)) {
-        let ns = Netns::from_record(&s.netns);
-        let undo = netns::run_blocking_in(&ns, || fs::write(sysctl_path(&s.key), &s.previous));
-        match undo {
-            Ok(Ok(())) => td.done.push(format!("restored {}={}", s.key, s.previous)),
-            Ok(Err(source)) => td.errors.push(UndoError::Sysctl {
-                ns: ns.label().into(),
-                key: s.key.clone(),
-                source,
-            }),
-            Err(e) => td.errors.push(e.into()),
-        }
+        td.record(restore_sysctl(s));
     }
     let host = st.topology.as_ref().map(host_of).unwrap_or(Netns::Current);
     if !dying(&host.to_record()) {
         for (dst, via) in &st.host_routes {
-            match in_ns(&host, |h| async move {
-                del_route(&h, dst, via.as_deref()).await
-            }) {
-                Ok(()) => td.done.push("removed host route".to_string()),
-                Err(e) => td.errors.push(UndoError::Route {
-                    dst: dst.clone(),
-                    source: Box::new(e),
-                }),
-            }
+            td.record(remove_host_route(&host, dst, via.as_deref()));
         }
     }
     for l in st.links.iter().rev().filter(|l| !dying(&l.netns)) {
-        let ns = Netns::from_record(&l.netns);
-        match delete_link(&ns, &l.ifname) {
-            Ok(true) => td
-                .done
-                .push(format!("deleted {} in {}", l.ifname, ns.label())),
-            Ok(false) => {}
-            Err(e) => td.errors.push(UndoError::Link {
-                ns: ns.label().into(),
-                ifname: l.ifname.clone(),
-                source: Box::new(e),
-            }),
-        }
+        td.record(delete_link(&Netns::from_record(&l.netns), &l.ifname));
     }
     // Lab namespaces before the host namespace they hang off.
     for n in st.netns.iter().rev() {
-        match netns::delete(n) {
-            Ok(()) => td.done.push(format!("deleted namespace {n}")),
-            Err(e) => td.errors.push(e.into()),
-        }
+        let undo = netns::delete(n).map(|()| Some(format!("deleted namespace {n}")));
+        td.record(undo.map_err(UndoError::from));
     }
     td
 }
 
-/// Deletes `ifname` in `ns`; false if it was not there.
-fn delete_link(ns: &Netns, ifname: &str) -> Result<bool> {
-    in_ns(ns, |h| async move {
+impl Teardown {
+    fn record(&mut self, r: std::result::Result<Option<String>, UndoError>) {
+        match r {
+            Ok(Some(done)) => self.done.push(done),
+            Ok(None) => {}
+            Err(e) => self.errors.push(e),
+        }
+    }
+}
+
+fn restore_sysctl(s: &ChangedSysctl) -> std::result::Result<Option<String>, UndoError> {
+    let ns = Netns::from_record(&s.netns);
+    netns::run_blocking_in(&ns, || fs::write(sysctl_path(&s.key), &s.previous))?.map_err(
+        |source| UndoError::Sysctl {
+            ns: ns.label().into(),
+            key: s.key.clone(),
+            source,
+        },
+    )?;
+    Ok(Some(format!("restored {}={}", s.key, s.previous)))
+}
+
+fn remove_host_route(
+    host: &Netns,
+    dst: &str,
+    via: Option<&str>,
+) -> std::result::Result<Option<String>, UndoError> {
+    in_ns(host, |h| async move { del_route(&h, dst, via).await }).map_err(|e| {
+        UndoError::Route {
+            dst: dst.into(),
+            source: Box::new(e),
+        }
+    })?;
+    Ok(Some("removed host route".into()))
+}
+
+/// Deletes `ifname` in `ns` (nothing to report if it was not there).
+fn delete_link(ns: &Netns, ifname: &str) -> std::result::Result<Option<String>, UndoError> {
+    let deleted = in_ns(ns, |h| async move {
         match netlink::link(&h, ifname).await? {
             Some(link) => netlink::del_link(&h, link.index).await.map(|_| true),
             None => Ok(false),
         }
-    })
+    });
+    match deleted {
+        Ok(true) => Ok(Some(format!("deleted {ifname} in {}", ns.label()))),
+        Ok(false) => Ok(None),
+        Err(e) => Err(UndoError::Link {
+            ns: ns.label().into(),
+            ifname: ifname.into(),
+            source: Box::new(e),
+        }),
+    }
 }
 
 async fn del_route(h: &rtnetlink::Handle, dst: &str, via: Option<&str>) -> Result<()> {
