@@ -104,8 +104,21 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkInfoLite>> {
     Ok(msgs.iter().map(lite).collect())
 }
 
+/// Link `name`, asked by name (one lookup in the kernel, not a dump of
+/// every link: namespaces with many ports stay linear).
 pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkInfoLite>> {
-    Ok(links(h).await?.into_iter().find(|l| l.name == name))
+    let mut answer = h.link().get().match_name(name).execute();
+    match answer.try_next().await {
+        Ok(msg) => Ok(msg.as_ref().map(lite)),
+        Err(e) => {
+            let err = ctx(|| format!("look up link {name}"))(e);
+            if err.errno() == Some(libc::ENODEV) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
 }
 
 pub async fn create_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> Result<()> {

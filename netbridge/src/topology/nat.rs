@@ -91,11 +91,15 @@ pub(super) fn apply(
     let inputs = inputs(t);
     in_ns(&host_of(t), |h| async move {
         let links = netlink::links(&h).await?;
+        let links = phases::by_name(&links);
         let hosts = ports
             .iter()
             .filter_map(|p| {
-                let l = links.iter().find(|l| l.name == p.host_ifname)?;
-                Some(port::hosts(p, l, *macs.get(&p.name)?))
+                Some(port::hosts(
+                    p,
+                    links.get(p.host_ifname.as_str())?,
+                    *macs.get(&p.name)?,
+                ))
             })
             .flatten()
             .collect();

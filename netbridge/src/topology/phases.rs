@@ -173,16 +173,17 @@ fn datapath(
         let mut dp = Datapath::load(pins)?;
         dp.reload = opts.reload;
         let links = netlink::links(&h).await?;
+        let by_name = by_name(&links);
         let mut configs = Vec::new();
         for p in ports {
-            let l = find(&links, &p.host_ifname)?;
+            let l = find(&by_name, &p.host_ifname)?;
             port::attach(run, &mut dp, t, p, l)?;
             configs.push(port::config(p, l, macs));
         }
         dp.maps.set_ports(&configs)?;
-        bridge_config(&mut dp, t, &links)?;
+        bridge_config(&mut dp, t, &by_name)?;
         run.point(Step::Maps, format!("port table: {} ports", configs.len()))?;
-        isolation(run, &mut dp, t, &links)?;
+        isolation(run, &mut dp, t, &by_name)?;
         Ok::<_, TopologyError>(dp)
     })?;
     for p in ports {
@@ -193,9 +194,13 @@ fn datapath(
 
 /// The bridge as the datapath's gateway (ifindex, MAC, first IPv4
 /// address) and the FDB aging.
-pub(super) fn bridge_config(dp: &mut Datapath, t: &Topology, links: &[LinkInfoLite]) -> Result<()> {
+pub(super) fn bridge_config(
+    dp: &mut Datapath,
+    t: &Topology,
+    links: &HashMap<&str, &LinkInfoLite>,
+) -> Result<()> {
     let gateway = t.bridge.as_ref().and_then(|b| {
-        let l = links.iter().find(|l| l.name == b.name)?;
+        let l = links.get(b.name.as_str())?;
         Some(bpf::Gateway {
             ifindex: l.index,
             mac: l.mac.unwrap_or_default(),
@@ -208,11 +213,17 @@ pub(super) fn bridge_config(dp: &mut Datapath, t: &Topology, links: &[LinkInfoLi
 }
 
 /// The isolation policy: the isolated pairs, by their ports' ifindexes.
-fn isolation(run: &mut Run, dp: &mut Datapath, t: &Topology, links: &[LinkInfoLite]) -> Result<()> {
-    let by_name: HashMap<&str, u32> = links.iter().map(|l| (l.name.as_str(), l.index)).collect();
+fn isolation(
+    run: &mut Run,
+    dp: &mut Datapath,
+    t: &Topology,
+    links: &HashMap<&str, &LinkInfoLite>,
+) -> Result<()> {
     let index = |ns: &str| {
         let n = t.namespace(ns)?;
-        by_name.get(Topology::host_ifname(n).as_str()).copied()
+        links
+            .get(Topology::host_ifname(n).as_str())
+            .map(|l| l.index)
     };
     let pairs: Vec<(u32, u32)> = t
         .isolate
@@ -245,11 +256,19 @@ pub(super) fn ensure_pins(run: &mut Run, name: &str) -> Result<PinDir> {
     Ok(PinDir(dir))
 }
 
-/// Link `name` among `links` (the host's), or the error saying it vanished.
-pub(super) fn find<'a>(links: &'a [LinkInfoLite], name: &str) -> Result<&'a LinkInfoLite> {
+/// Links by name.
+pub(super) fn by_name(links: &[LinkInfoLite]) -> HashMap<&str, &LinkInfoLite> {
+    links.iter().map(|l| (l.name.as_str(), l)).collect()
+}
+
+/// Link `name` of the host, or the error saying it vanished.
+pub(super) fn find<'a>(
+    links: &HashMap<&str, &'a LinkInfoLite>,
+    name: &str,
+) -> Result<&'a LinkInfoLite> {
     links
-        .iter()
-        .find(|l| l.name == name)
+        .get(name)
+        .copied()
         .ok_or_else(|| TopologyError::Vanished {
             ns: "host".into(),
             ifname: name.into(),

@@ -276,6 +276,7 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
         let run = r;
         let mut dp = Datapath::load(pins)?;
         let links = netlink::links(&h).await?;
+        let links = phases::by_name(&links);
         let l = phases::find(&links, &p.host_ifname)?;
         attach(run, &mut dp, t, p, l)?;
         dp.maps.add_port(config(p, l, &macs))?;

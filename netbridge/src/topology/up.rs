@@ -109,8 +109,9 @@ fn preflight(t: &Topology, st: &State) -> Result<()> {
     }
     for (ns, ifaces) in wanted.iter().filter(|(ns, _)| ns.exists()) {
         let links = in_ns(ns, |h| async move { netlink::links(&h).await })?;
+        let links = super::phases::by_name(&links);
         for (ifname, kind) in ifaces {
-            let Some(l) = links.iter().find(|l| l.name == *ifname) else {
+            let Some(l) = links.get(ifname.as_str()) else {
                 continue;
             };
             if l.kind.as_deref() != Some(*kind) {
