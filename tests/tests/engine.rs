@@ -685,3 +685,69 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
     sb.nb_ok(&["down", "--name", &topo]);
     assert_eq!(sb.snapshot(), before);
 }
+
+/// What the CNI plugin starts from: a network that is only a bridge (no
+/// port, no NAT, so no datapath yet). The first attached port brings the
+/// datapath up (pins, program, gateway); two attached ports reach the
+/// gateway and each other and show in `stats`; removing both and `down`
+/// leave nothing.
+#[test]
+fn ports_on_a_bare_bridge_start_the_datapath() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let dir = std::env::temp_dir().join(format!("{}bare.toml", sb.prefix()));
+    std::fs::write(
+        &dir,
+        "name = \"bare\"\nhost_netns = \"h\"\n[bridge]\nname = \"cni0\"\naddresses = [\"192.168.0.1/16\"]\n",
+    )
+    .unwrap();
+    let f = dir.clone();
+    sb.on_cleanup(move || {
+        let _ = std::fs::remove_file(f);
+    });
+    let before = sb.snapshot();
+    let (file, prefix) = (dir.display().to_string(), sb.prefix());
+    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let topo = sb.name("bare");
+    let st = netbridge::state::State::load(&topo).unwrap().unwrap();
+    assert!(st.pin_dir.is_none(), "a bare bridge needs no datapath");
+    let (a, b) = (sb.name("ca"), sb.name("cb"));
+    // On-link default routes (no IP forwarding in a bare host): the two
+    // subnets share the bridge's segment.
+    let onlink = |p: Port| Port {
+        routes: vec![Route {
+            to: "default".into(),
+            via: None,
+            dev: Some("eth0".into()),
+        }],
+        ..p
+    };
+    let pa = onlink(port(&a, PortNetns::Named(a.clone()), "eth0", "veth-ca", 1));
+    let r = topology::add_port(&topo, &pa).unwrap();
+    assert!(
+        r.changes
+            .iter()
+            .any(|c| c.starts_with("created pin directory")),
+        "{r:?}"
+    );
+    let pb = onlink(port(&b, PortNetns::Named(b.clone()), "eth0", "veth-cb", 2));
+    topology::add_port(&topo, &pb).unwrap();
+    ping(&sb, &a, "192.168.0.1");
+    ping(&sb, &a, "192.168.2.10");
+    let stats = json(&sb, &["stats", "--json", "--name", &topo]);
+    assert_eq!(
+        stats["ports"]["veth-ca"]["namespace"],
+        a.as_str(),
+        "{stats}"
+    );
+    assert!(
+        stats["ports"]["veth-cb"]["rx_ipv4"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    topology::remove_port(&topo, &a).unwrap();
+    topology::remove_port(&topo, &b).unwrap();
+    let e = topology::remove_port(&topo, &b).unwrap_err().to_string();
+    assert!(e.contains("is not attached"), "{e}");
+    sb.nb_ok(&["down", "--name", &topo]);
+    assert_eq!(sb.snapshot(), before);
+}
