@@ -689,8 +689,8 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
 /// What the CNI plugin starts from: a network that is only a bridge (no
 /// port, no NAT, so no datapath yet). The first attached port brings the
 /// datapath up (pins, program, gateway); two attached ports reach the
-/// gateway and each other and show in `stats`; removing both and `down`
-/// leave nothing.
+/// gateway and each other (over the BPF fast path) and show in `stats`;
+/// removing both and `down` leave nothing.
 #[test]
 fn ports_on_a_bare_bridge_start_the_datapath() {
     require_root!();
@@ -744,6 +744,9 @@ fn ports_on_a_bare_bridge_start_the_datapath() {
         stats["ports"]["veth-cb"]["rx_ipv4"].as_u64().unwrap() >= 2,
         "{stats}"
     );
+    // Learned neighbours on one segment: the BPF fast path carried them.
+    let redirected = stats["ports"]["veth-ca"]["rx_redirected"].as_u64().unwrap();
+    assert!(redirected >= 1, "{stats}");
     topology::remove_port(&topo, &a).unwrap();
     topology::remove_port(&topo, &b).unwrap();
     let e = topology::remove_port(&topo, &b).unwrap_err().to_string();
