@@ -4,9 +4,12 @@
 pub mod bpf;
 pub mod cni;
 pub mod config;
+pub mod lock;
+pub mod metrics;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod pins;
 pub mod state;
 pub mod stats;
 pub mod topology;

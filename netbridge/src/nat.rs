@@ -17,8 +17,8 @@ use netbridge_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{BpfError, PinDir, map_err, monotonic_ns, open_map, take_map},
     config::{NatTimeouts, Proto},
+    pins::{BpfError, MapSource, PinDir, map_err, monotonic_ns},
 };
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -153,35 +153,25 @@ fn activity(e: &CtEntry, r: Option<&CtEntry>) -> (u64, u8) {
 }
 
 impl NatMaps {
-    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, BpfError> {
+    /// The NAT maps from a loaded object or from pins (one table).
+    pub fn from_source(src: &mut impl MapSource) -> Result<Self, BpfError> {
+        use aya::maps::Map;
         Ok(NatMaps {
-            config: take_map(ebpf, MAP_NAT_CONFIG)?,
-            ct: take_map(ebpf, MAP_CT)?,
-            forwards: take_map(ebpf, MAP_FORWARDS)?,
-            ranges: take_map(ebpf, MAP_FWD_RANGES)?,
-            hits: take_map(ebpf, MAP_FWD_HITS)?,
-            stats: take_map(ebpf, MAP_NAT_STATS)?,
-            created: take_map(ebpf, MAP_CT_CREATED)?,
-            removed: take_map(ebpf, MAP_CT_REMOVED)?,
-            eim: take_map(ebpf, MAP_EIM)?,
-            hosts: take_map(ebpf, MAP_HOSTS)?,
+            config: src.map(MAP_NAT_CONFIG, Map::Array)?,
+            ct: src.map(MAP_CT, Map::LruHashMap)?,
+            forwards: src.map(MAP_FORWARDS, Map::HashMap)?,
+            ranges: src.map(MAP_FWD_RANGES, Map::Array)?,
+            hits: src.map(MAP_FWD_HITS, Map::PerCpuHashMap)?,
+            stats: src.map(MAP_NAT_STATS, Map::PerCpuArray)?,
+            created: src.map(MAP_CT_CREATED, Map::PerCpuArray)?,
+            removed: src.map(MAP_CT_REMOVED, Map::Array)?,
+            eim: src.map(MAP_EIM, Map::LruHashMap)?,
+            hosts: src.map(MAP_HOSTS, Map::HashMap)?,
         })
     }
 
     pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
-        use aya::maps::Map;
-        Ok(NatMaps {
-            config: open_map(pins, MAP_NAT_CONFIG, Map::Array)?,
-            ct: open_map(pins, MAP_CT, Map::LruHashMap)?,
-            forwards: open_map(pins, MAP_FORWARDS, Map::HashMap)?,
-            ranges: open_map(pins, MAP_FWD_RANGES, Map::Array)?,
-            hits: open_map(pins, MAP_FWD_HITS, Map::PerCpuHashMap)?,
-            stats: open_map(pins, MAP_NAT_STATS, Map::PerCpuArray)?,
-            created: open_map(pins, MAP_CT_CREATED, Map::PerCpuArray)?,
-            removed: open_map(pins, MAP_CT_REMOVED, Map::Array)?,
-            eim: open_map(pins, MAP_EIM, Map::LruHashMap)?,
-            hosts: open_map(pins, MAP_HOSTS, Map::HashMap)?,
-        })
+        Self::from_source(&mut pins.clone())
     }
 
     pub fn config(&self) -> NatConfig {
