@@ -56,7 +56,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct NatSnapshot {
     pub counters: BTreeMap<&'static str, u64>,
+    /// Live sessions and their highest count, as the datapath keeps them.
     pub live_sessions: u64,
+    pub high_water_sessions: u64,
     pub max_sessions: u32,
     /// Sessions by protocol name.
     pub sessions: BTreeMap<&'static str, u64>,
@@ -156,7 +158,7 @@ impl Source {
         if cfg.flags == 0 {
             return Ok(None);
         }
-        let ct = nat.conntrack(&self.topology.nat_timeouts())?;
+        let ct = nat.conntrack()?;
         let mut sessions = BTreeMap::new();
         for s in &ct.sessions {
             *sessions.entry(s.proto).or_insert(0) += 1;
@@ -164,6 +166,7 @@ impl Source {
         Ok(Some(NatSnapshot {
             counters: nat.counters()?,
             live_sessions: ct.live_sessions,
+            high_water_sessions: ct.high_water_sessions,
             max_sessions: ct.max_sessions,
             sessions,
             pools: ct.pools,
@@ -265,8 +268,8 @@ impl Snapshot {
                 .join(" ");
             let _ = writeln!(
                 out,
-                "nat sessions: {} of {} ({by_proto})",
-                n.live_sessions, n.max_sessions
+                "nat sessions: {} of {} ({by_proto}; highest {})",
+                n.live_sessions, n.max_sessions, n.high_water_sessions
             );
             let pools = n
                 .pools
@@ -323,6 +326,7 @@ impl Snapshot {
             json!({
                 "counters": n.counters,
                 "live_sessions": n.live_sessions,
+                "high_water_sessions": n.high_water_sessions,
                 "max_sessions": n.max_sessions,
                 "sessions": n.sessions,
                 "pools": n.pools,
@@ -447,6 +451,23 @@ impl Snapshot {
             );
             for (p, v) in &n.sessions {
                 let _ = writeln!(out, "{name}{{topology=\"{topo}\",proto=\"{p}\"}} {v}");
+            }
+            for (name, help, v) in [
+                (
+                    "netbridge_nat_sessions_live",
+                    "NAT sessions counted against max_sessions (kernel count).",
+                    n.live_sessions,
+                ),
+                (
+                    "netbridge_nat_sessions_high_water",
+                    "Highest live NAT session count reached.",
+                    n.high_water_sessions,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {v}"
+                );
             }
             let name = "netbridge_nat_sessions_max";
             let _ = writeln!(

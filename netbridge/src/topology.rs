@@ -452,6 +452,9 @@ fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> {
         .map(|n| (Topology::host_ifname(n), n.name.clone(), n.ifname.clone()))
         .collect();
     let nat_inputs = nat_inputs(t);
+    let max_sessions = nat_inputs
+        .as_ref()
+        .map_or(netbridge_common::DEFAULT_MAX_SESSIONS, |n| n.max_sessions);
     if !ports.is_empty() || nat_inputs.is_some() || run.st.pin_dir.is_some() {
         let dir = bpf::ensure_bpffs(&t.name)?;
         if run.st.pin_dir.is_none() {
@@ -507,7 +510,7 @@ fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> {
         // Host side: load (maps reused from pins), attach the port program
         // of the chosen datapath, detach the other one, write the port set.
         let (mut dp, changes) = in_ns(&host, move |h| async move {
-            let mut dp = Datapath::load(pins)?;
+            let mut dp = Datapath::load_sized(pins, max_sessions)?;
             dp.reload = opts.reload;
             let links = netlink::links(&h).await?;
             let find = |n: &str| links.iter().find(|l| l.name == n);
@@ -621,6 +624,7 @@ struct NatInputs {
     flags: u32,
     ports: (u16, u16),
     max_sessions: u32,
+    timeouts: crate::config::NatTimeouts,
     forwards: Vec<FwdTarget>,
 }
 
@@ -669,6 +673,7 @@ fn nat_inputs(t: &Topology) -> Option<NatInputs> {
         flags,
         ports: u.port_range(),
         max_sessions: u.max_sessions,
+        timeouts: u.timeouts.clone(),
         forwards,
     })
 }
@@ -734,6 +739,8 @@ async fn apply_nat(
             max_sessions: inp.max_sessions,
             range_count: 0,
             uplink_mtu: up.mtu.min(u16::MAX as u32) as u16,
+            timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
+            ..NatConfig::default()
         },
         forwards: inp.forwards,
         hosts,
@@ -742,6 +749,7 @@ async fn apply_nat(
         changes.push(format!("detached the NAT programs from {ifname}"));
     }
     changes.extend(dp.maps.nat.apply(&plan)?);
+    changes.extend(dp.start_ct_sweep()?);
     for prog in dp.attach_uplink(&inp.uplink)? {
         let verb = if dp.reload {
             "attached (replacing)"
