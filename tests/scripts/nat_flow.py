@@ -1,7 +1,5 @@
 """One NAT flow of a given shape, for the expiry tests. Prints one line.
 
-  nat_flow.py udp SPORT DST DPORT
-      A datagram "probe" from SPORT; prints the reply, or "none" (1 s).
   nat_flow.py tcp MODE SPORT DST DPORT HOLD
       A TCP connection from SPORT. MODE syn: give up after 0.3 s (one SYN,
       unanswered); refused: expect a RST; hold: read the server's greeting
@@ -10,8 +8,6 @@
       greeting, or the error's name. Exits by itself.
   nat_flow.py tcpserver PORT LIFETIME
       Accepts connections: sends "<peer-ip:port>\\n", then echoes.
-  nat_flow.py udpsink PORT LIFETIME
-      Receives datagrams and never answers.
   nat_flow.py late PROTO SRC SPORT DST DPORT
       With scapy: one packet SRC:SPORT -> DST:DPORT, as a late reply: tcp
       (ACK+PSH with data), udp, or icmp (echo reply, identifier DPORT)."""
@@ -19,18 +15,6 @@ import socket
 import sys
 import threading
 import time
-
-
-def udp(sport, dst, dport):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", sport))
-    s.settimeout(1.0)
-    s.sendto(b"probe", (dst, dport))
-    try:
-        print(s.recvfrom(2048)[0].decode())
-    except socket.timeout:
-        print("none")
 
 
 def tcp(mode, sport, dst, dport, hold):
@@ -80,18 +64,6 @@ def tcpserver(port, life):
         threading.Thread(target=serve, args=(c, peer), daemon=True).start()
 
 
-def udpsink(port, life):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
-    s.settimeout(0.5)
-    end = time.time() + life
-    while time.time() < end:
-        try:
-            s.recvfrom(2048)
-        except socket.timeout:
-            pass
-
-
 def late(proto, src, sport, dst, dport):
     from scapy.all import ICMP, IP, TCP, UDP, conf, send
     conf.verb = 0
@@ -107,13 +79,9 @@ def late(proto, src, sport, dst, dport):
 
 
 cmd, args = sys.argv[1], sys.argv[2:]
-if cmd == "udp":
-    udp(int(args[0]), args[1], int(args[2]))
-elif cmd == "tcp":
+if cmd == "tcp":
     tcp(args[0], int(args[1]), args[2], int(args[3]), float(args[4]))
 elif cmd == "tcpserver":
     tcpserver(int(args[0]), float(args[1]))
-elif cmd == "udpsink":
-    udpsink(int(args[0]), float(args[1]))
 else:
     late(args[0], args[1], int(args[2]), args[3], int(args[4]))

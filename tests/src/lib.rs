@@ -13,6 +13,7 @@ use std::{
 
 pub use netbridge;
 
+pub mod natlab;
 pub mod testrun;
 
 /// Skips the calling test, loudly, when not root (CI runs as root).

@@ -8,174 +8,45 @@
 //! uplink (203.0.113.1) faces a router, behind which sit a server
 //! (198.51.100.10) and a blackholed half subnet (198.51.100.128/25:
 //! packets there vanish, nothing answers).
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use netbridge_common::{CtlCmd, ctl};
-use netbridge_tests::{Sandbox, require_root, testrun};
+use netbridge_tests::{
+    Sandbox,
+    natlab::{NatLab as Lab, SERVER, UPLINK, script, sessions},
+    require_root, testrun,
+};
 use serde_json::Value;
 
-const SERVER: &str = "198.51.100.10";
-const UPLINK: &str = "203.0.113.1";
 /// In the router's blackhole: a remote that never answers.
 const NOWHERE: &str = "198.51.100.200";
 
-fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-        .display()
-        .to_string()
+/// `nat_flow.py ARGS` in `ns`; its one line of output.
+fn flow(lab: &Lab, ns: &str, args: &str) -> String {
+    // scapy (late packets) is in Debian's python.
+    let py = if args.starts_with("late") {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = lab.sh(ns, &format!("{py} {} {args}", script("nat_flow.py")));
+    out.trim().to_string()
 }
 
-struct Lab {
-    sb: Sandbox,
-    file: String,
+/// One datagram from black's `sport` to the server's `dport`: the reply.
+fn udp(lab: &Lab, sport: u16, dport: u16) -> Option<String> {
+    let pair = format!("{sport}:{dport}");
+    let r = lab.udp_probe("black", SERVER, std::slice::from_ref(&pair));
+    r[&pair].as_str().map(String::from)
 }
 
-impl Lab {
-    /// Brings the lab up; `uplink_extra` goes into `[uplink]`, `extra` at
-    /// the end of the file.
-    fn new(uplink_extra: &str, extra: &str) -> Lab {
-        let mut sb = Sandbox::new();
-        let toml = format!(
-            r#"name = "exp"
-host_netns = "gw"
-
-[bridge]
-name = "br0"
-addresses = ["192.168.0.1/16"]
-
-[[namespace]]
-name = "black"
-addresses = ["192.168.1.10/24"]
-routes = [{{ to = "default", via = "192.168.0.1", dev = "eth0" }}]
-
-[[namespace]]
-name = "white"
-addresses = ["192.168.2.10/24"]
-routes = [{{ to = "default", via = "192.168.0.1", dev = "eth0" }}]
-
-[[namespace]]
-name = "router"
-bridge = false
-sysctls = {{ "net.ipv4.ip_forward" = "1" }}
-
-[[namespace]]
-name = "server"
-bridge = false
-
-[[link]]
-a = {{ ifname = "uplink0", addresses = ["203.0.113.1/24"] }}
-b = {{ netns = "router", ifname = "eth0", addresses = ["203.0.113.254/24"] }}
-
-[[link]]
-a = {{ netns = "router", ifname = "eth1", addresses = ["198.51.100.1/24"] }}
-b = {{ netns = "server", ifname = "eth0", addresses = ["198.51.100.10/24"], routes = [{{ to = "default", via = "198.51.100.1" }}] }}
-
-[uplink]
-ifname = "uplink0"
-masquerade = true
-gateway = "203.0.113.254"
-{uplink_extra}
-
-{extra}
-"#
-        );
-        let file = format!("/tmp/{}exp.toml", sb.prefix());
-        std::fs::write(&file, toml).unwrap();
-        let f = file.clone();
-        sb.on_cleanup(move || {
-            let _ = std::fs::remove_file(f);
-        });
-        let lab = Lab { sb, file };
-        lab.nb(&["up"]);
-        lab.sh("router", "ip route add blackhole 198.51.100.128/25");
-        lab
-    }
-
-    fn topology(&self) -> String {
-        self.sb.name("exp")
-    }
-
-    /// `netbridge ARGS -f FILE --prefix P`, asserting success.
-    fn nb(&self, args: &[&str]) -> String {
-        let prefix = self.sb.prefix();
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-f", &self.file, "--prefix", &prefix]);
-        self.sb.nb_ok(&full)
-    }
-
-    /// `netbridge ARGS --name <lab>`, asserting success.
-    fn named(&self, args: &[&str]) -> String {
-        let name = self.topology();
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--name", &name]);
-        self.sb.nb_ok(&full)
-    }
-
-    fn sh(&self, ns: &str, script: &str) -> String {
-        self.sb.sh(&self.sb.name(ns), script)
-    }
-
-    fn spawn(&mut self, ns: &str, argv: &[&str]) {
-        let ns = self.sb.name(ns);
-        self.sb.spawn(&ns, argv);
-    }
-
-    /// `nat_flow.py ARGS` in `ns`; its one line of output.
-    fn flow(&self, ns: &str, args: &str) -> String {
-        let py = if args.starts_with("late") {
-            "/usr/bin/python3" // scapy
-        } else {
-            "python3"
-        };
-        let out = self.sh(ns, &format!("{py} {} {args}", script("nat_flow.py")));
-        out.trim().to_string()
-    }
-
-    fn conntrack(&self) -> Value {
-        serde_json::from_str(&self.named(&["conntrack", "--json"])).unwrap()
-    }
-
-    /// Drop and NAT counters by name (kernel figures from `stats`).
-    fn counter(&self, name: &str) -> u64 {
-        let v: Value = serde_json::from_str(&self.nb(&["stats", "--json"])).unwrap();
-        v["drops"][name]
-            .as_u64()
-            .or_else(|| v["nat"]["counters"][name].as_u64())
-            .unwrap_or_else(|| panic!("no counter {name} in {v}"))
-    }
-
-    fn wait_listen(&self, ns: &str, flag: &str, port: u16) {
-        let ok = Sandbox::wait_for(Duration::from_secs(10), || {
-            self.sh(ns, &format!("ss {flag}"))
-                .contains(&format!(":{port} "))
-                .then_some(())
-        });
-        assert!(ok.is_some(), "nothing listens on {port} in {ns}");
-    }
-
-    fn udp_echo(&mut self, ns: &str, port: u16) {
-        let p = port.to_string();
-        self.spawn(ns, &["python3", &script("udp_echo.py"), &p, ns, "300"]);
-        self.wait_listen(ns, "-uln", port);
-    }
-
-    /// Waits until `cond` holds for the conntrack listing (bounded).
-    fn wait_ct(&self, secs: u64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        Sandbox::wait_for(Duration::from_secs(secs), || {
-            let ct = self.conntrack();
-            cond(&ct).then_some(ct)
-        })
-        .unwrap_or_else(|| panic!("{what}: {}", self.conntrack()))
-    }
-}
-
-fn sessions(ct: &Value) -> Vec<Value> {
-    ct["sessions"].as_array().cloned().unwrap_or_default()
+/// A UDP socket on `port` in `ns` that never reads nor answers.
+fn udp_sink(lab: &mut Lab, ns: &str, port: u16) {
+    let code = format!(
+        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', {port}))\ntime.sleep(300)"
+    );
+    lab.spawn(ns, &["python3", "-c", &code]);
+    lab.wait_listen(ns, "udp", port);
 }
 
 /// The session whose inside endpoint is `inside` (ICMP: address only).
@@ -250,7 +121,8 @@ fn check_expiry(lab: &mut Lab, c: &Case, sport: u16) {
     // A late packet from the remote to the dead mapping: dropped, counted.
     let (dropped, translated) = (lab.counter("nat_expired"), lab.counter("translated_in"));
     let (addr, port) = c.remote.split_once(':').unwrap_or((&c.remote, "0"));
-    lab.flow(
+    flow(
+        lab,
         c.remote_ns,
         &format!("late {} {addr} {port} {UPLINK} 40000", c.proto),
     );
@@ -284,15 +156,11 @@ const PER_STATE: &str = "nat_ports = \"40000-40000\"\ntimeouts = { tcp_syn = 3, 
 fn udp_sessions_expire_per_state() {
     require_root!();
     let mut lab = Lab::new(PER_STATE, "");
-    lab.udp_echo("server", 5002);
-    lab.spawn(
-        "server",
-        &["python3", &script("nat_flow.py"), "udpsink", "5001", "300"],
-    );
-    lab.wait_listen("server", "-uln", 5001);
+    lab.udp_echo("server", 5002, "server");
+    udp_sink(&mut lab, "server", 5001);
     let send = |dport: u16| {
         move |lab: &mut Lab, sport: u16| {
-            lab.flow("black", &format!("udp {sport} {SERVER} {dport}"));
+            udp(lab, sport, dport);
         }
     };
     let unreplied = send(5001);
@@ -317,7 +185,7 @@ fn udp_sessions_expire_per_state() {
             remote: format!("{SERVER}:5002"),
             remote_ns: "server",
             open: &|lab: &mut Lab, sport: u16| {
-                let r = lab.flow("black", &format!("udp {sport} {SERVER} 5002"));
+                let r = udp(lab, sport, 5002).unwrap_or_default();
                 assert!(r.starts_with(&format!("server {UPLINK}:40000 ")), "{r}");
             },
             probe: &replied,
@@ -325,7 +193,7 @@ fn udp_sessions_expire_per_state() {
         50020,
     );
     // The freed port really carries the next flow: the server sees it.
-    let r = lab.flow("black", &format!("udp 50021 {SERVER} 5002"));
+    let r = udp(&lab, 50021, 5002).unwrap_or_default();
     assert!(r.starts_with(&format!("server {UPLINK}:40000 ")), "{r}");
 }
 
@@ -339,11 +207,12 @@ fn tcp_sessions_expire_per_state() {
             &["python3", &script("nat_flow.py"), "tcpserver", port, "300"],
         );
     }
-    lab.wait_listen("server", "-tln", 5005);
+    lab.wait_listen("server", "tcp", 5005);
+    lab.sh("router", "ip route add blackhole 198.51.100.128/25");
     // Second flows only need their SYN to reach the NAT.
     let syn = |remote: &'static str, dport: u16| {
         move |lab: &mut Lab, sport: u16| {
-            lab.flow("black", &format!("tcp syn {sport} {remote} {dport} 0"));
+            flow(lab, "black", &format!("tcp syn {sport} {remote} {dport} 0"));
         }
     };
     let to_nowhere = syn(NOWHERE, 80);
@@ -398,7 +267,11 @@ fn tcp_sessions_expire_per_state() {
             remote: format!("{SERVER}:5006"),
             remote_ns: "server",
             open: &|lab: &mut Lab, sport: u16| {
-                let r = lab.flow("black", &format!("tcp refused {sport} {SERVER} 5006 0"));
+                let r = flow(
+                    lab,
+                    "black",
+                    &format!("tcp refused {sport} {SERVER} 5006 0"),
+                );
                 assert_eq!(r, "ConnectionRefusedError");
             },
             probe: &refused,
@@ -443,7 +316,7 @@ fn thirty_flows_through_an_eight_session_table_with_no_process() {
         "max_sessions = 8\ntimeouts = { udp = 1, udp_replied = 1 }",
         "",
     );
-    lab.udp_echo("server", 7);
+    lab.udp_echo("server", 7, "server");
     let out = lab.sh(
         "black",
         &format!(
@@ -488,12 +361,12 @@ fn thirty_flows_through_an_eight_session_table_with_no_process() {
 fn full_table_drops_new_sessions_and_keeps_live_ones() {
     require_root!();
     let mut lab = Lab::new("max_sessions = 4", "");
-    lab.udp_echo("server", 7);
-    let probe = |lab: &Lab, sport: u16| lab.flow("black", &format!("udp {sport} {SERVER} 7"));
+    lab.udp_echo("server", 7, "server");
+    let probe = |lab: &Lab, sport: u16| udp(lab, sport, 7).unwrap_or_default();
     for sport in 43000..43004 {
         assert!(probe(&lab, sport).starts_with("server "));
     }
-    assert_eq!(probe(&lab, 43004), "none");
+    assert_eq!(udp(&lab, 43004, 7), None);
     assert_eq!(lab.counter("nat_table_full"), 1);
     for sport in 43000..43004 {
         assert!(probe(&lab, sport).starts_with("server "), "live flow broke");
@@ -552,7 +425,7 @@ fn expiry_on_lookup_without_the_sweep() {
         "nat_ports = \"40000-40000\"\ntimeouts = { udp = 1, udp_replied = 1 }",
         "",
     );
-    lab.udp_echo("server", 5002);
+    lab.udp_echo("server", 5002, "server");
     let name = lab.topology();
     let stop = CtlCmd {
         op: ctl::OP_STOP,
@@ -571,12 +444,16 @@ fn expiry_on_lookup_without_the_sweep() {
             session(ct, &inside, &remote).is_some_and(|s| s["expires_in_secs"] == 0.0)
         });
     };
-    let udp = |lab: &Lab, sport: u16| lab.flow("black", &format!("udp {sport} {SERVER} 5002"));
+    let udp = |lab: &Lab, sport: u16| udp(lab, sport, 5002).unwrap_or_default();
     // A late reply: dropped, counted, and its session removed on the spot.
     assert!(udp(&lab, 44000).starts_with(&format!("server {UPLINK}:40000 ")));
     expired_listed(&lab, 44000);
     let (dropped, by_lookup) = (lab.counter("nat_expired"), lab.counter("expired_lookup"));
-    lab.flow("server", &format!("late udp {SERVER} 5002 {UPLINK} 40000"));
+    flow(
+        &lab,
+        "server",
+        &format!("late udp {SERVER} 5002 {UPLINK} 40000"),
+    );
     let ok = Sandbox::wait_for(Duration::from_secs(5), || {
         (lab.counter("nat_expired") == dropped + 1).then_some(())
     });
@@ -601,7 +478,7 @@ fn expiry_on_lookup_without_the_sweep() {
     assert_eq!(lab.conntrack()["live_sessions"], 1);
     // ... but never the port of a live one.
     let exhausted = lab.counter("nat_port_exhausted");
-    assert_eq!(udp(&lab, 44003), "none");
+    assert_eq!(udp(&lab, 44003), "");
     assert_eq!(lab.counter("nat_port_exhausted"), exhausted + 1);
 
     // `up` restarts the stopped sweep.
@@ -694,8 +571,8 @@ fn short_soak_admits_every_flow_within_the_limit() {
     }
     let echo_log = script("udp_echo_log.py");
     lab.spawn("server", &["python3", &echo_log, "serve", "7", &log, "300"]);
-    lab.wait_listen("server", "-uln", 7);
-    lab.udp_echo("white", 5300);
+    lab.wait_listen("server", "udp", 7);
+    lab.udp_echo("white", 5300, "white");
     // Through the forward, from upstream, in the background.
     let flows = script("udp_flows.py");
     lab.spawn(

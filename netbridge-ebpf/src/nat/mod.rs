@@ -40,9 +40,7 @@ static NB_NAT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(nat_stat::COUNT, 0);
 
 #[inline(always)]
 pub fn count(stat: u32) {
-    if let Some(c) = NB_NAT_STATS.get_ptr_mut(stat) {
-        unsafe { *c += 1 };
-    }
+    count_n(stat, 1);
 }
 
 #[inline(always)]
