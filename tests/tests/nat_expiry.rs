@@ -81,6 +81,7 @@ fn check_expiry(lab: &mut Lab, c: &Case, sport: u16) {
     } else {
         format!("192.168.1.10:{sport}")
     };
+    let exhausted = lab.counter("nat_port_exhausted");
     let opened = Instant::now();
     (c.open)(lab, sport);
     let ct = lab.wait_ct(10, c.state, |ct| {
@@ -97,7 +98,6 @@ fn check_expiry(lab: &mut Lab, c: &Case, sport: u16) {
     assert!((idle + left - timeout).abs() < 1e-6, "{s} vs {timeout}");
 
     // Live: the one port is taken for this remote.
-    let exhausted = lab.counter("nat_port_exhausted");
     (c.probe)(lab, sport + 1);
     assert!(
         lab.counter("nat_port_exhausted") > exhausted,
@@ -150,7 +150,9 @@ fn check_expiry(lab: &mut Lab, c: &Case, sport: u16) {
     assert_eq!(s["external"], format!("{UPLINK}:40000"), "{s}");
 }
 
-const PER_STATE: &str = "nat_ports = \"40000-40000\"\ntimeouts = { tcp_syn = 3, tcp_established = 4, tcp_closing = 3, tcp_closed = 2, udp = 2, udp_replied = 3, icmp = 2 }";
+/// One NAT port; distinct timeouts, long enough for the checks made
+/// while a session is live.
+const PER_STATE: &str = "nat_ports = \"40000-40000\"\ntimeouts = { tcp_syn = 4, tcp_established = 5, tcp_closing = 4, tcp_closed = 3, udp = 3, udp_replied = 4, icmp = 3 }";
 
 #[test]
 fn udp_sessions_expire_per_state() {
@@ -422,7 +424,7 @@ fn full_table_drops_new_sessions_and_keeps_live_ones() {
 fn expiry_on_lookup_without_the_sweep() {
     require_root!();
     let mut lab = Lab::new(
-        "nat_ports = \"40000-40000\"\ntimeouts = { udp = 1, udp_replied = 1 }",
+        "nat_ports = \"40000-40000\"\ntimeouts = { udp = 2, udp_replied = 2 }",
         "",
     );
     lab.udp_echo("server", 5002, "server");
@@ -471,15 +473,15 @@ fn expiry_on_lookup_without_the_sweep() {
     assert_eq!(lab.counter("snat_new"), opened + 1);
 
     // A new flow takes over the port of the expired session (which the
-    // sweep has not removed): 40000 is the pool's only port.
+    // sweep has not removed): 40000 is the pool's only port. Right after,
+    // the port of that live session is not taken.
     expired_listed(&lab, 44001);
-    assert!(udp(&lab, 44002).starts_with(&format!("server {UPLINK}:40000 ")));
-    assert_eq!(lab.counter("expired_lookup"), by_lookup + 2);
-    assert_eq!(lab.conntrack()["live_sessions"], 1);
-    // ... but never the port of a live one.
     let exhausted = lab.counter("nat_port_exhausted");
+    assert!(udp(&lab, 44002).starts_with(&format!("server {UPLINK}:40000 ")));
     assert_eq!(udp(&lab, 44003), "");
+    assert_eq!(lab.counter("expired_lookup"), by_lookup + 2);
     assert_eq!(lab.counter("nat_port_exhausted"), exhausted + 1);
+    assert_eq!(lab.conntrack()["live_sessions"], 1);
 
     // `up` restarts the stopped sweep.
     lab.nb(&["up"]);
