@@ -93,6 +93,14 @@ pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
     uplink_action(&ctx, nat::try_uplink_ingress(&ctx))
 }
 
+/// Never attached: `up`, `gc` and `forward` run it through
+/// BPF_PROG_TEST_RUN to start the conntrack sweep timer, sweep now, or
+/// purge a forward's sessions (see `nat::sweep`).
+#[classifier]
+pub fn nb_ct_ctl(ctx: TcContext) -> i32 {
+    nat::sweep::control(&ctx) as i32
+}
+
 /// The uplink is not a bridge port: drops are counted by reason only.
 #[inline(always)]
 fn uplink_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {

@@ -307,15 +307,30 @@ impl Datapath {
     /// Loads the object; maps are pinned by name in `pins` and reused if
     /// already there, so counters survive a reload.
     pub fn load(pins: PinDir) -> Result<Self, BpfError> {
+        Self::load_sized(pins, netbridge_common::DEFAULT_MAX_SESSIONS)
+    }
+
+    /// Same, sizing a new conntrack table for `max_sessions` (a pinned
+    /// one keeps its size: see `NatMaps::capacity`).
+    pub fn load_sized(pins: PinDir, max_sessions: u32) -> Result<Self, BpfError> {
         let load_err = |source| BpfError::Load {
             pin_dir: pins.0.clone(),
             source: Box::new(source),
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
+            .map_max_entries(
+                netbridge_common::MAP_CT,
+                crate::nat::ct_entries_for(max_sessions),
+            )
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
-        for name in [PROG_PORT_INGRESS, PROG_UPLINK_INGRESS, PROG_UPLINK_EGRESS] {
+        for name in [
+            PROG_PORT_INGRESS,
+            PROG_UPLINK_INGRESS,
+            PROG_UPLINK_EGRESS,
+            netbridge_common::PROG_CT_CTL,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram { name })?
@@ -338,6 +353,12 @@ impl Datapath {
             pins,
             reload: false,
         })
+    }
+
+    /// Pins the conntrack control program and starts (or, reloading,
+    /// takes over) the in-kernel sweep: see [`crate::nat::start_sweep`].
+    pub fn start_ct_sweep(&mut self) -> Result<Vec<String>, BpfError> {
+        crate::nat::start_sweep(&mut self.ebpf, &self.pins, self.reload, &self.maps.nat)
     }
 
     /// Fd of a loaded program (for BPF_PROG_TEST_RUN in tests).

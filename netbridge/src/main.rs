@@ -104,7 +104,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove NAT sessions past their timeout (once, or every --every).
+    /// Sweep now: the kernel removes NAT sessions past their timeout (its
+    /// own timer does so anyway; once, or every --every).
     Gc {
         #[command(flatten)]
         which: Which,

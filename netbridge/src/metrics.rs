@@ -170,6 +170,21 @@ impl Snapshot {
         for (p, v) in &n.sessions {
             x.sample(name, &[("proto", p)], v);
         }
+        for (name, help, v) in [
+            (
+                "netbridge_nat_sessions_live",
+                "NAT sessions counted against max_sessions (kernel count).",
+                n.live_sessions,
+            ),
+            (
+                "netbridge_nat_sessions_high_water",
+                "Highest live NAT session count reached.",
+                n.high_water_sessions,
+            ),
+        ] {
+            x.family(name, "gauge", help);
+            x.sample(name, &[], v);
+        }
         let name = "netbridge_nat_sessions_max";
         x.family(name, "gauge", "Session limit (max_sessions).");
         x.sample(name, &[], n.max_sessions);
@@ -371,6 +386,7 @@ mod tests {
             nat: Some(NatSnapshot {
                 counters: [("snat_new", 5)].into_iter().collect(),
                 live_sessions: 1,
+                high_water_sessions: 1,
                 max_sessions: 10,
                 sessions: [("tcp", 1)].into_iter().collect(),
                 pools: vec![],

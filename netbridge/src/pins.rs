@@ -10,6 +10,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Map, MapData, MapError},
+    programs::{ProgramFd, SchedClassifier},
 };
 
 /// Where netbridge mounts its own bpffs: outside /sys, because `ip netns exec`
@@ -169,6 +170,10 @@ pub trait MapSource {
         name: &'static str,
         kind: fn(MapData) -> Map,
     ) -> Result<T, BpfError>;
+
+    /// An fd of program `name` (loaded, or a TC program pinned under that
+    /// name), if any.
+    fn program_fd(&self, name: &'static str) -> Option<ProgramFd>;
 }
 
 impl MapSource for Ebpf {
@@ -183,6 +188,10 @@ impl MapSource for Ebpf {
         })?;
         T::try_from(map).map_err(map_err(name))
     }
+
+    fn program_fd(&self, name: &'static str) -> Option<ProgramFd> {
+        self.program(name)?.fd().ok()?.try_clone().ok()
+    }
 }
 
 impl MapSource for PinDir {
@@ -193,6 +202,15 @@ impl MapSource for PinDir {
     ) -> Result<T, BpfError> {
         let data = MapData::from_pin(PinDir::map(self, name)).map_err(map_err(name))?;
         T::try_from(kind(data)).map_err(map_err(name))
+    }
+
+    fn program_fd(&self, name: &'static str) -> Option<ProgramFd> {
+        SchedClassifier::from_pin(self.0.join(name))
+            .ok()?
+            .fd()
+            .ok()?
+            .try_clone()
+            .ok()
     }
 }
 

@@ -57,7 +57,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct NatSnapshot {
     pub counters: BTreeMap<&'static str, u64>,
+    /// Live sessions and their highest count, as the datapath keeps them.
     pub live_sessions: u64,
+    pub high_water_sessions: u64,
     pub max_sessions: u32,
     /// Sessions by protocol name.
     pub sessions: BTreeMap<&'static str, u64>,
@@ -174,7 +176,7 @@ impl Source {
         if cfg.flags == 0 {
             return Ok(None);
         }
-        let ct = nat.conntrack(&self.topology.nat_timeouts())?;
+        let ct = nat.conntrack()?;
         let mut sessions = BTreeMap::new();
         for s in &ct.sessions {
             *sessions.entry(s.proto).or_insert(0) += 1;
@@ -182,6 +184,7 @@ impl Source {
         Ok(Some(NatSnapshot {
             counters: nat.counters()?,
             live_sessions: ct.live_sessions,
+            high_water_sessions: ct.high_water_sessions,
             max_sessions: ct.max_sessions,
             sessions,
             pools: ct.pools,
@@ -229,9 +232,10 @@ impl NatSnapshot {
         );
         let c = nonzero(&self.counters);
         let mut out = format!(
-            "nat sessions: {} of {} ({by_proto})\nnat port pool: {pools}\nnat: {}\n",
+            "nat sessions: {} of {} ({by_proto}; highest {})\nnat port pool: {pools}\nnat: {}\n",
             self.live_sessions,
             self.max_sessions,
+            self.high_water_sessions,
             if c.is_empty() { "no traffic yet" } else { &c }
         );
         for f in &self.forwards {
@@ -347,6 +351,7 @@ impl Snapshot {
             json!({
                 "counters": n.counters,
                 "live_sessions": n.live_sessions,
+                "high_water_sessions": n.high_water_sessions,
                 "max_sessions": n.max_sessions,
                 "sessions": n.sessions,
                 "pools": n.pools,
@@ -403,6 +408,7 @@ mod tests {
         snap.nat = Some(NatSnapshot {
             counters: [("snat_new", 2), ("dnat_new", 0)].into_iter().collect(),
             live_sessions: 2,
+            high_water_sessions: 3,
             max_sessions: 100,
             sessions: [("tcp", 2)].into_iter().collect(),
             pools: vec![],
@@ -411,7 +417,9 @@ mod tests {
         let t = snap.table(Some(&snap.clone()));
         assert!(t.contains("drops: spoofed_mac=4\n"), "{t}");
         assert!(
-            t.contains("nat sessions: 2 of 100 (tcp=2)\nnat port pool: \nnat: snat_new=2\n"),
+            t.contains(
+                "nat sessions: 2 of 100 (tcp=2; highest 3)\nnat port pool: \nnat: snat_new=2\n"
+            ),
             "{t}"
         );
     }

@@ -18,6 +18,7 @@ use std::{
 
 pub use netbridge;
 
+pub mod natlab;
 pub mod testrun;
 
 /// Environment variable that lets a non-root run skip the tests needing root

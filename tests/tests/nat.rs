@@ -754,12 +754,13 @@ fn endpoint_independent_mapping_and_gc() {
         .collect();
     assert_eq!(ext.len(), 1, "EIM gave different mappings: {ext:?}");
     assert!(lab.nat_counter("eim_reused") >= 2);
-    // The GC enforces the 2 s UDP timeout.
+    // The 2 s UDP timeout is enforced in the kernel (its sweep, or this
+    // forced one).
     let ct = lab.conntrack();
     assert_eq!(sessions(&ct).len(), 3, "{ct}");
     std::thread::sleep(Duration::from_millis(3500));
     let gc = lab.nb_named(&["gc"]);
-    assert!(gc.contains("removed 3 expired sessions, 0 live"), "{gc}");
+    assert!(gc.contains(" expired sessions, 0 live"), "{gc}");
     assert!(sessions(&lab.conntrack()).is_empty());
     lab.down_clean();
 }

@@ -53,9 +53,10 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         secs: u32,
     },
-    /// Opt-in endurance run: a NAT lab under steady load for N minutes
-    /// (bounded to 60); sessions must drain to baseline and the loaders'
-    /// memory stay flat. Writes target/soak/results.{txt,json}.
+    /// Opt-in endurance run of the in-kernel NAT expiry: 200,000 sessions
+    /// through a 1,000-session table with no gc process (~6 minutes; the
+    /// run is capped at N minutes, at most 60). Writes
+    /// target/soak/results.{txt,json}.
     Soak {
         #[arg(long, default_value_t = 10)]
         minutes: u32,

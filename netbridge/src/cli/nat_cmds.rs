@@ -12,7 +12,7 @@ use super::common::{Which, journaled, name_of};
 
 pub fn conntrack(which: &Which, json: bool) -> Result<()> {
     let source = stats::Source::open(&name_of(which)?)?;
-    let ct = source.maps.nat.conntrack(&source.topology.nat_timeouts())?;
+    let ct = source.maps.nat.conntrack()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&ct)?);
         return Ok(());
@@ -35,10 +35,18 @@ pub fn conntrack(which: &Which, json: bool) -> Result<()> {
         );
     }
     println!(
-        "\nsessions: {} listed, {} counted live, limit {}",
+        "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}",
         ct.sessions.len(),
         ct.live_sessions,
+        ct.high_water_sessions,
         ct.max_sessions
+    );
+    println!(
+        "in-kernel sweep every {} ms: {} sweeps, last {}",
+        ct.sweep_interval_ms,
+        ct.sweeps,
+        ct.last_sweep_secs_ago
+            .map_or("never".into(), |s| format!("{s:.1}s ago"))
     );
     for p in &ct.pools {
         println!(
@@ -54,10 +62,9 @@ pub fn conntrack(which: &Which, json: bool) -> Result<()> {
 
 pub fn gc(which: &Which, every: Option<Duration>, count: Option<u64>) -> Result<()> {
     let mut source = stats::Source::open(&name_of(which)?)?;
-    let timeouts = source.topology.nat_timeouts();
     let mut rounds = 0u64;
     loop {
-        let n = source.maps.nat.gc(&timeouts)?;
+        let n = source.maps.nat.gc()?;
         println!(
             "gc: removed {n} expired sessions, {} live",
             source.maps.nat.live_sessions()

@@ -291,7 +291,7 @@ fn default_max_sessions() -> u32 {
     netbridge_common::DEFAULT_MAX_SESSIONS
 }
 
-/// Conntrack timeouts in seconds, enforced by `netbridge gc`.
+/// Conntrack timeouts in seconds, enforced in the kernel (see README, NAT).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatTimeouts {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     bpf::{Datapath, PinDir},
-    config::{ConfigError, Forward, Port, Topology, ipv4s},
+    config::{ConfigError, Forward, NatTimeouts, Port, Topology, ipv4s},
     nat::{NatMaps, NatPlan, proto_num},
     netlink::{self, LinkInfoLite},
     state::State,
@@ -29,6 +29,7 @@ pub(super) struct NatInputs {
     flags: u32,
     ports: (u16, u16),
     max_sessions: u32,
+    timeouts: NatTimeouts,
     forwards: Vec<FwdTarget>,
 }
 
@@ -58,6 +59,11 @@ pub fn forward_targets(t: &Topology) -> Vec<FwdTarget> {
         .collect()
 }
 
+/// Session limit the conntrack table is sized for when first created.
+pub(super) fn max_sessions(t: &Topology) -> u32 {
+    inputs(t).map_or(netbridge_common::DEFAULT_MAX_SESSIONS, |n| n.max_sessions)
+}
+
 /// The topology's NAT, or None without masquerade and forwards.
 pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
     let u = t.uplink.as_ref()?;
@@ -73,6 +79,7 @@ pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
             | flag(u.fast_path, NAT_FAST_PATH),
         ports: u.port_range(),
         max_sessions: u.max_sessions,
+        timeouts: u.timeouts.clone(),
         forwards: forward_targets(t),
     })
 }
@@ -120,6 +127,8 @@ pub(super) fn apply(
         let Some(uplink) = keep else {
             return Ok(());
         };
+        run.changes.extend(dp.start_ct_sweep()?);
+        run.point(Step::Nat, "conntrack sweep")?;
         for prog in dp.attach_uplink(uplink)? {
             let verb = if dp.reload {
                 "attached (replacing)"
@@ -154,6 +163,8 @@ fn plan(
             max_sessions: inp.max_sessions,
             range_count: 0,
             uplink_mtu: up.mtu.min(u16::MAX as u32) as u16,
+            timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
+            ..NatConfig::default()
         },
         forwards: inp.forwards.clone(),
         hosts,

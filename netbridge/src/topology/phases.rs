@@ -167,10 +167,11 @@ fn datapath(
     }
     let pins = ensure_pins(run, &t.name)?;
     let host = host_of(t);
+    let max_sessions = nat::max_sessions(t);
     let r = &mut *run;
     let mut dp = in_ns(&host, |h| async move {
         let run = r;
-        let mut dp = Datapath::load(pins)?;
+        let mut dp = Datapath::load_sized(pins, max_sessions)?;
         dp.reload = opts.reload;
         let links = netlink::links(&h).await?;
         let by_name = by_name(&links);
