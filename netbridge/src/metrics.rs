@@ -418,7 +418,7 @@ mod tests {
             )
         );
         assert!(text.contains("netbridge_nat_sessions_max{topology=\"lab\\\"x\"} 10"));
-        assert_eq!(seen.len(), 9 + 2 + 6, "{seen:?}");
+        assert_eq!(seen.len(), 9 + 2 + 8, "{seen:?}");
     }
 
     #[test]
