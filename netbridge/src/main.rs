@@ -73,6 +73,17 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Show packets as the datapath sees them (verdicts, drops with their
+    /// reason, NAT rewrites), like tcpdump on a Linux bridge port.
+    Capture {
+        #[command(flatten)]
+        which: Which,
+        /// Stop after this long (e.g. 5s).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        args: netbridge::capture::CaptureArgs,
+    },
     /// Remove exactly what `up` created.
     Down {
         #[command(flatten)]
@@ -254,6 +265,11 @@ fn run(cli: Cli) -> Result<()> {
             level,
             duration,
         } => follow_logs(&name_of(&which)?, level, duration),
+        Cmd::Capture {
+            which,
+            duration,
+            args,
+        } => Ok(netbridge::capture::run(&name_of(&which)?, &args, duration).map(drop)?),
         Cmd::Down { which } => {
             let name = name_of(&which)?;
             let report = topology::down(&name)?;
