@@ -143,8 +143,9 @@ impl Summary {
 
     pub fn text(&self) -> String {
         format!(
-            "{} packets captured, {} events lost (ring buffer full: {}, over the rate limit: {})",
+            "{} packets captured ({} events from the datapath), {} events lost (ring buffer full: {}, over the rate limit: {})",
             self.packets,
+            self.events,
             self.lost(),
             self.lost_ring,
             self.lost_rate
