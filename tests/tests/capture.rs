@@ -179,6 +179,18 @@ fn ping_shows_both_directions_on_either_port() {
         "{text}"
     );
 
+    // --host (matched in userspace) and --count: every port, stops by
+    // itself after 4 of green's 6 packets; black's ping meanwhile is not shown.
+    let args = ["--host", "192.168.3.1", "--proto", "icmp", "--count", "4"];
+    let c = capture(&mut sb, &name, &args, &out);
+    sb.sh(&white, "ping -c 3 -i 0.2 -W 2 192.168.1.1");
+    sb.sh(&white, "ping -c 3 -i 0.2 -W 2 192.168.3.1");
+    let (status, stderr) = sb.wait_exit(c, Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let green = lines(&text, &["192.168.3.1", "ICMP echo"]);
+    assert_eq!((green.len(), text.lines().count()), (4, 4), "{text}");
+
     let bad = sb.netbridge(&["capture", "--name", &name, "--port", "nb-nope"]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
@@ -406,7 +418,7 @@ fn busy_flow_loses_events_not_packets() {
     let out = sb.tmp_file("flood.txt");
     let args = ["--port", "nb-white", "--proto", "icmp", "--rate", "1000"];
     let c = capture(&mut sb, &name, &args, &out);
-    let ping = sb.sh(&black, "ping -f -c 20000 -W 2 192.168.2.1");
+    let ping = sb.sh(&black, "ping -f -q -c 20000 -W 2 192.168.2.1");
     let ((packets, events, lost_ring, lost_rate), text) = stop(&mut sb, c, &out);
     println!(
         "{}\ncaptured {packets}, lost {lost_ring} (ring) + {lost_rate} (rate)",
@@ -451,9 +463,12 @@ fn a_killed_capture_does_not_leave_capturing_on() {
     sb.sh(&black, "ping -c 1 -W 2 192.168.2.1");
     assert_eq!(switch(&name).until_ns, 0, "expired lease not cleared");
 
-    let c = capture(&mut sb, &name, &["--proto", "icmp"], &out);
+    let args = ["--proto", "icmp", "--duration", "3s"];
+    let c = capture(&mut sb, &name, &args, &out);
     sb.sh(&black, "ping -c 1 -W 2 192.168.2.1");
-    let ((packets, ..), text) = stop(&mut sb, c, &out);
-    assert_eq!(packets, 2, "{text}");
+    let (status, stderr) = sb.wait_exit(c, Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!((summary(&stderr).0, text.lines().count()), (2, 2), "{text}");
     sb.nb_ok(&["down", "--name", &name]);
 }
