@@ -22,7 +22,7 @@ use netbridge_common::capture::{
     RING_BYTES, SNAP_MAX, class, point, verdict,
 };
 
-use crate::parse::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
+use crate::parse::{L3, parse_eth, ptr_at};
 
 #[map]
 static NB_CAPTURE: Array<CaptureConfig> = Array::pinned(1, 0);
@@ -61,15 +61,11 @@ struct Scratch {
     /// Copy size, laundered through memory for the verifier (see copy_head).
     snap: u32,
     rate: u32,
-    /// Header bytes loaded by [`classify`].
-    et: [u8; 2],
-    ip: [u8; 20],
-    l4: [u8; 8],
     /// 1 from [`start`] until [`emit`] uses the slot.
     armed: u8,
-    _pad: u8,
+    _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 80);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 56);
 
 /// An event's point, verdict and reason in one register (BPF functions
 /// take at most five arguments).
@@ -82,6 +78,8 @@ const fn code(point: u8, verdict: u8, reason: u32) -> u32 {
 pub trait Pkt: EbpfContext {
     const POINT_IN: u8;
     fn pkt_len(&self) -> u32;
+    /// The linear data: (start, end) addresses.
+    fn bounds(&self) -> (usize, usize);
     /// Copies `n` bytes at `off` to `dst`; 0 on success.
     fn copy(&self, off: u32, dst: *mut u8, n: u32) -> i64;
     /// The 802.1Q TCI the kernel moved out of the frame, if any.
@@ -93,6 +91,10 @@ impl Pkt for TcContext {
     #[inline(always)]
     fn pkt_len(&self) -> u32 {
         self.len()
+    }
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
     #[inline(always)]
     fn copy(&self, off: u32, dst: *mut u8, n: u32) -> i64 {
@@ -112,6 +114,10 @@ impl Pkt for XdpContext {
     #[inline(always)]
     fn pkt_len(&self) -> u32 {
         (self.data_end() - self.data()) as u32
+    }
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
     #[inline(always)]
     fn copy(&self, off: u32, dst: *mut u8, n: u32) -> i64 {
@@ -170,34 +176,33 @@ fn start<P: Pkt>(ctx: &P) -> bool {
     true
 }
 
-/// Fills `sc.class` and, for IPv4, `sc.pre`.
+/// Fills `sc.class` and, for IPv4, `sc.pre`, from the linear data (direct
+/// packet access: no helper calls). Headers outside it leave the class
+/// `OTHER` and no tuple.
 #[inline(always)]
 fn classify<P: Pkt>(ctx: &P, sc: &mut Scratch) {
-    if ctx.copy(12, sc.et.as_mut_ptr(), 2) != 0 {
+    let (start, end) = ctx.bounds();
+    let Ok(eth) = parse_eth(start, end) else {
         return;
-    }
-    let mut l3 = ETH_HLEN as u32;
-    let mut proto = u16::from_be_bytes(sc.et);
-    if proto == 0x8100 || proto == 0x88a8 {
-        if ctx.copy(16, sc.et.as_mut_ptr(), 2) != 0 {
-            return;
-        }
-        proto = u16::from_be_bytes(sc.et);
-        l3 += 4;
-    }
-    sc.class = match proto {
-        ETH_P_ARP => class::ARP,
-        ETH_P_IPV6 => class::IPV6,
-        ETH_P_IP => class::OTHER_IPV4,
-        _ => class::OTHER,
     };
-    if proto != ETH_P_IP || ctx.copy(l3, sc.ip.as_mut_ptr(), 20) != 0 {
+    sc.class = match eth.l3 {
+        L3::Arp => class::ARP,
+        L3::Ipv6 => class::IPV6,
+        L3::Ipv4 => class::OTHER_IPV4,
+        L3::Other => class::OTHER,
+    };
+    if eth.l3 != L3::Ipv4 {
         return;
     }
+    let Some(ip) = ptr_at::<[u8; 20]>(start, end, eth.l3_off) else {
+        return;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let ip = unsafe { &*ip };
     let t = &mut sc.pre;
-    t.saddr.copy_from_slice(&sc.ip[12..16]);
-    t.daddr.copy_from_slice(&sc.ip[16..20]);
-    t.proto = sc.ip[9];
+    t.saddr.copy_from_slice(&ip[12..16]);
+    t.daddr.copy_from_slice(&ip[16..20]);
+    t.proto = ip[9];
     sc.flags |= EV_PRE;
     sc.class = match t.proto {
         IPPROTO_TCP => class::TCP,
@@ -205,18 +210,19 @@ fn classify<P: Pkt>(ctx: &P, sc: &mut Scratch) {
         IPPROTO_ICMP => class::ICMP,
         _ => class::OTHER_IPV4,
     };
-    let l4 = l3 + (sc.ip[0] & 0x0f) as u32 * 4;
-    if ctx.copy(l4, sc.l4.as_mut_ptr(), 8) != 0 {
+    let l4 = eth.l3_off + (ip[0] & 0x0f) as usize * 4;
+    let Some(l4) = ptr_at::<[u8; 8]>(start, end, l4) else {
         return;
-    }
-    let t = &mut sc.pre;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let l4 = unsafe { &*l4 };
     match t.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            t.sport = [sc.l4[0], sc.l4[1]];
-            t.dport = [sc.l4[2], sc.l4[3]];
+            t.sport = [l4[0], l4[1]];
+            t.dport = [l4[2], l4[3]];
         }
         // ICMP: the echo identifier (what NAT maps like a port).
-        IPPROTO_ICMP => t.sport = [sc.l4[4], sc.l4[5]],
+        IPPROTO_ICMP => t.sport = [l4[4], l4[5]],
         _ => {}
     }
 }
