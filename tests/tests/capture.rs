@@ -472,3 +472,40 @@ fn a_killed_capture_does_not_leave_capturing_on() {
     assert_eq!((summary(&stderr).0, text.lines().count()), (2, 2), "{text}");
     sb.nb_ok(&["down", "--name", &name]);
 }
+
+/// `datapath = "xdp"`: the XDP port program reports the same decisions.
+#[test]
+fn xdp_datapath_is_captured_too() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let base = std::fs::read_to_string(example("bridge-three.toml")).unwrap();
+    let file = sb.tmp_file("xdp.toml");
+    std::fs::write(&file, format!("datapath = \"xdp\"\n{base}")).unwrap();
+    let prefix = sb.prefix();
+    sb.nb_ok(&["up", "-f", file.to_str().unwrap(), "--prefix", &prefix]);
+    let (name, white) = (sb.name("bridge-three"), sb.name("white"));
+    sb.sh(&white, "ping -c 1 -W 2 192.168.1.1");
+    let out = sb.tmp_file("xdp.txt");
+    let c = capture(
+        &mut sb,
+        &name,
+        &["--port", "nb-white", "--proto", "icmp"],
+        &out,
+    );
+    sb.sh(&white, "ping -c 3 -i 0.2 -W 2 192.168.1.1");
+    let (_, text) = stop(&mut sb, c, &out);
+    let req = lines(
+        &text,
+        &["nb-white", " in ", "fwd nb-black", "ICMP echo request"],
+    );
+    let rep = lines(
+        &text,
+        &["nb-white", " out ", "from nb-black", "ICMP echo reply"],
+    );
+    assert_eq!(
+        (req.len(), rep.len(), text.lines().count()),
+        (3, 3, 6),
+        "{text}"
+    );
+    sb.nb_ok(&["down", "--name", &name]);
+}
