@@ -152,7 +152,7 @@ pub struct CaptureEvent {
     pub data: [u8; SNAP_MAX],
 }
 const _: () = assert!(core::mem::size_of::<CaptureEvent>() == 48 + SNAP_MAX);
-const _: () = assert!(core::mem::size_of::<CaptureEvent>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<CaptureEvent>().is_multiple_of(8));
 
 /// Per-CPU capture state (index 0 of [`MAP_CAPTURE_CPU`]).
 #[repr(C)]

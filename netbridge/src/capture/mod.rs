@@ -469,7 +469,7 @@ fn pump(
             // Off first, then drain what is already in the ring.
             session.stop().map_err(io::Error::other)?;
         }
-        while let Some(ev) = session.next() {
+        while let Some(ev) = session.next_event() {
             if let Some(r) = view::render(&ev, ports, filter) {
                 sink.write(&r, ev.ts_ns + offset, ports)?;
                 s.packets += 1;

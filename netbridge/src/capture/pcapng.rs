@@ -46,7 +46,7 @@ fn option(buf: &mut Vec<u8>, code: u16, value: &[u8]) {
 }
 
 fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -149,7 +149,7 @@ impl<W: Write> Writer<W> {
 
 /// Writes a block: type, total length, body, total length again.
 fn block<W: Write>(out: &mut W, kind: u32, body: &[u8]) -> io::Result<()> {
-    debug_assert!(body.len() % 4 == 0);
+    debug_assert!(body.len().is_multiple_of(4));
     let total = (body.len() + 12) as u32;
     out.write_all(&kind.to_le_bytes())?;
     out.write_all(&total.to_le_bytes())?;

@@ -171,7 +171,7 @@ impl Session {
     }
 
     /// The next event in the ring, if any.
-    pub fn next(&mut self) -> Option<CaptureEvent> {
+    pub fn next_event(&mut self) -> Option<CaptureEvent> {
         let item = self.ring.next()?;
         let n = std::mem::size_of::<CaptureEvent>();
         (item.len() >= n).then(|| bytemuck::pod_read_unaligned(&item[..n]))
