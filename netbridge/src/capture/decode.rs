@@ -9,7 +9,8 @@ use netbridge_common::capture::CaptureTuple;
 
 use crate::nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-/// An IPv4 flow as the NAT sees it (ICMP: `sport` is the echo identifier).
+/// An IPv4 flow as the NAT sees it. ICMP echo: the identifier is the
+/// `sport` of a request and the `dport` of a reply (the inside host's side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuple {
     pub saddr: Ipv4Addr,
@@ -20,15 +21,21 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    /// From the tuple a program noted before it ran.
-    pub fn from_pre(t: &CaptureTuple) -> Tuple {
-        Tuple {
+    /// From the tuple a program noted before it ran (which has an echo
+    /// identifier in `sport`); `like` is the packet after, whose layout it
+    /// takes for ICMP.
+    pub fn from_pre(t: &CaptureTuple, like: Option<&Tuple>) -> Tuple {
+        let mut pre = Tuple {
             saddr: t.saddr.into(),
             daddr: t.daddr.into(),
             sport: u16::from_be_bytes(t.sport),
             dport: u16::from_be_bytes(t.dport),
             proto: t.proto,
+        };
+        if pre.proto == IPPROTO_ICMP && like.is_some_and(|l| l.dport != 0) {
+            (pre.sport, pre.dport) = (0, pre.sport);
         }
+        pre
     }
 
     /// `addr:port` (ICMP: `addr id N`; other protocols: the address).
@@ -213,7 +220,11 @@ fn ipv4(b: &[u8], d: &mut Decoded) -> String {
         }
         IPPROTO_ICMP => {
             let (body, id) = icmp(l4, payload);
-            t.sport = id.unwrap_or(0);
+            match (id, l4.first()) {
+                (Some(id), Some(0)) => t.dport = id,
+                (Some(id), _) => t.sport = id,
+                _ => {}
+            }
             format!("IP {src} > {dst}: {body}")
         }
         other => format!("IP {src} > {dst}: ip-proto-{other}, length {payload}"),

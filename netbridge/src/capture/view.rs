@@ -139,7 +139,7 @@ fn frame(ev: &CaptureEvent) -> (Vec<u8>, u32) {
 pub fn render(ev: &CaptureEvent, ports: &Ports, filter: &Filter) -> Option<Record> {
     let (data, len) = frame(ev);
     let decoded = decode::decode(&data, len);
-    let pre = (ev.flags & EV_PRE != 0).then(|| Tuple::from_pre(&ev.pre));
+    let pre = (ev.flags & EV_PRE != 0).then(|| Tuple::from_pre(&ev.pre, decoded.v4.as_ref()));
     if !filter.matches(ev, &decoded, pre.as_ref()) {
         return None;
     }
@@ -284,6 +284,7 @@ mod tests {
     #[test]
     fn uplink_redirect_is_resolved_by_address_and_nat_is_named() {
         let mut ev = echo(point::UPLINK_IN, verdict::REDIRECT, 20, 0);
+        ev.data[14 + 20] = 0; // an echo reply
         ev.flags = EV_PRE;
         ev.pre.saddr = [192, 168, 1, 1];
         ev.pre.daddr = [203, 0, 113, 1];
