@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netbridge_common::capture::{DEFAULT_RATE, SNAP_MAX, class};
+use netbridge_common::capture::{DEFAULT_RATE, PROG_CAPTURE_EGRESS, SNAP_MAX, class};
 
 use crate::{
     bpf::{BpfError, PinDir},
@@ -54,8 +54,12 @@ pub enum CaptureError {
     Snaplen(u32),
     #[error("--rate {0}: must be 1..=1000000 events per CPU per second")]
     Rate(u32),
-    #[error("loading the capture observer: {0}")]
-    Observer(String),
+    #[error("capture observer ({PROG_CAPTURE_EGRESS}) {what}: {source}")]
+    Observer {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -346,10 +350,13 @@ impl Sink {
 
     fn finish(self, wall_ns: u64, s: &Summary) -> Result<(), CaptureError> {
         match self {
-            Sink::Text { mut out, .. } => out.flush().map_err(|source| CaptureError::Io {
-                what: "stdout".into(),
-                source,
-            }),
+            Sink::Text { mut out, .. } => match out.flush() {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CaptureError::Io {
+                    what: "stdout".into(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            },
             Sink::Pcapng { w, path, .. } => w
                 .finish(wall_ns, s.lost(), &format!("netbridge: {}", s.text()))
                 .map(drop)
@@ -419,17 +426,17 @@ pub fn run(
             "Ctrl-C to stop"
         }
     );
-    let summary = pump(
+    let mut summary = Summary::default();
+    let pumped = pump(
         &mut session,
         &mut sink,
-        &t.ports,
-        &filter,
-        a.count,
-        duration,
+        (&t.ports, &filter),
+        (a.count, duration),
         offset,
+        &mut summary,
     );
     session.stop()?;
-    let mut summary = summary.map_err(|source| CaptureError::Io {
+    pumped.map_err(|source| CaptureError::Io {
         what: "writing the capture".into(),
         source,
     })?;
@@ -449,18 +456,31 @@ fn describe(t: &Target, ifindex: Option<u32>) -> String {
     }
 }
 
-/// Reads events until a stop condition; keeps the lease alive.
+/// Reads events into `s` until `count` packets, `duration` or a signal;
+/// keeps the lease alive. A closed stdout (`| head`) ends it quietly.
 fn pump(
     session: &mut Session,
     sink: &mut Sink,
-    ports: &Ports,
-    filter: &Filter,
-    count: Option<u64>,
-    duration: Option<Duration>,
+    show: (&Ports, &Filter),
+    until: (Option<u64>, Option<Duration>),
     offset: u64,
-) -> io::Result<Summary> {
+    s: &mut Summary,
+) -> io::Result<()> {
+    match pump_until(session, sink, show, until, offset, s) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+fn pump_until(
+    session: &mut Session,
+    sink: &mut Sink,
+    (ports, filter): (&Ports, &Filter),
+    (count, duration): (Option<u64>, Option<Duration>),
+    offset: u64,
+    s: &mut Summary,
+) -> io::Result<()> {
     let start = Instant::now();
-    let mut s = Summary::default();
     let done = |s: &Summary| count.is_some_and(|c| s.packets >= c);
     loop {
         let stopping =
@@ -473,14 +493,14 @@ fn pump(
             if let Some(r) = view::render(&ev, ports, filter) {
                 sink.write(&r, ev.ts_ns + offset, ports)?;
                 s.packets += 1;
-                if done(&s) {
-                    return Ok(s);
+                if done(s) {
+                    return Ok(());
                 }
             }
         }
         sink.flush()?;
         if stopping {
-            return Ok(s);
+            return Ok(());
         }
         if session.keep_alive().is_err() {
             return Err(io::Error::other("renewing the capture lease failed"));

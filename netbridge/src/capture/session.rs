@@ -100,26 +100,7 @@ impl Session {
             return Ok(());
         }
         let dir = pins.0.clone();
-        let ebpf = netns::run_blocking_in(host, move || -> Result<Ebpf, CaptureError> {
-            let mut ebpf = EbpfLoader::new()
-                .default_map_pin_directory(&dir)
-                .load(EBPF_OBJECT)
-                .map_err(|e| CaptureError::Observer(e.to_string()))?;
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(PROG_CAPTURE_EGRESS)
-                .ok_or(bpf::BpfError::MissingProgram {
-                    name: PROG_CAPTURE_EGRESS,
-                })?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| CaptureError::Observer(e.to_string()))?;
-            prog.load()
-                .map_err(|e| CaptureError::Observer(e.to_string()))?;
-            for p in &ports {
-                prog.attach(p, TcAttachType::Egress)
-                    .map_err(|e| CaptureError::Observer(format!("{p}: {e}")))?;
-            }
-            Ok(ebpf)
-        })??;
+        let ebpf = netns::run_blocking_in(host, move || load_observer(&dir, &ports))??;
         self._observer = Some(ebpf);
         Ok(())
     }
@@ -201,6 +182,38 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Loads the observer from the embedded object, its maps the pinned ones in
+/// `dir`, and attaches it at TC egress of `ports` (calling thread's netns).
+fn load_observer(dir: &std::path::Path, ports: &[String]) -> Result<Ebpf, CaptureError> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: aya::programs::ProgramError| CaptureError::Observer {
+            what,
+            source: Box::new(e),
+        }
+    };
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(dir)
+        .load(EBPF_OBJECT)
+        .map_err(|e| CaptureError::Observer {
+            what: "loading the object".into(),
+            source: Box::new(e),
+        })?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_CAPTURE_EGRESS)
+        .ok_or(bpf::BpfError::MissingProgram {
+            name: PROG_CAPTURE_EGRESS,
+        })?
+        .try_into()
+        .map_err(err("type"))?;
+    prog.load().map_err(err("loading"))?;
+    for p in ports {
+        prog.attach(p, TcAttachType::Egress)
+            .map_err(err(&format!("attaching to {p}")))?;
+    }
+    Ok(ebpf)
 }
 
 /// Does any of the programs `ids` use map `map_id`?
