@@ -8,6 +8,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod capture;
+
 /// TC program attached to the ingress of every bridge port (host-side veth).
 pub const PROG_PORT_INGRESS: &str = "nb_port_ingress";
 /// XDP variant of the same lookups (`datapath = "xdp"`), on the same ports.

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod bridge;
+mod capture;
 mod csum;
 mod guard;
 mod log;
@@ -32,6 +33,7 @@ pub fn nb_port_ingress(ctx: TcContext) -> i32 {
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             stats::count_drop(ifindex, reason);
             log::drop(ifindex, reason);
+            capture::port_drop(&ctx, ifindex, reason);
             TC_ACT_SHOT
         }
     }
@@ -40,6 +42,7 @@ pub fn nb_port_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    capture::begin(ctx);
     let len = ctx.len() as u64;
     let eth = parse_eth(ctx.data(), ctx.data_end())?;
     stats::count_rx(ifindex, len, &eth);
@@ -57,11 +60,13 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(match hook {
             // Hairpin NAT readdressed the frame to another port's host.
             nat::Hook::Peer(out) => {
+                capture::port(ctx, ifindex, out);
                 stats::count_verdict(ifindex, len, Some(out));
                 unsafe { bpf_redirect_peer(out, 0) as i32 }
             }
             // Translated and routed here: out of the uplink.
             nat::Hook::Neigh(uplink) => {
+                capture::port(ctx, ifindex, uplink);
                 stats::count_redirect_only(ifindex);
                 unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
             }
@@ -69,12 +74,14 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
     }
     match verdict {
         Verdict::Redirect(out) => {
+            capture::port(ctx, ifindex, out);
             stats::count_verdict(ifindex, len, Some(out));
             // Straight into the destination namespace's ingress: no bridge,
             // no second veth hop, no backlog queue.
             Ok(unsafe { bpf_redirect_peer(out, 0) } as i32)
         }
         Verdict::Fallback => {
+            capture::port(ctx, ifindex, 0);
             stats::count_verdict(ifindex, len, None);
             Ok(TC_ACT_OK)
         }
@@ -84,13 +91,19 @@ fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
 /// TC egress of the uplink: SNAT (masquerade) and reverse DNAT.
 #[classifier]
 pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
-    uplink_action(&ctx, nat::try_uplink_egress(&ctx))
+    capture::begin(&ctx);
+    let r = nat::try_uplink_egress(&ctx);
+    capture::uplink(&ctx, true, &r);
+    uplink_action(&ctx, r)
 }
 
 /// TC ingress of the uplink: reverse SNAT and DNAT of forwarded ports.
 #[classifier]
 pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
-    uplink_action(&ctx, nat::try_uplink_ingress(&ctx))
+    capture::begin(&ctx);
+    let r = nat::try_uplink_ingress(&ctx);
+    capture::uplink(&ctx, false, &r);
+    uplink_action(&ctx, r)
 }
 
 /// Never attached: `up`, `gc` and `forward` run it through
@@ -123,6 +136,7 @@ pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_drop(ifindex, reason);
+            capture::port_drop(&ctx, ifindex, reason);
             xdp_action::XDP_DROP
         }
     }
@@ -130,6 +144,7 @@ pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
+    capture::begin(ctx);
     let (start, end) = (ctx.data(), ctx.data_end());
     let len = (end - start) as u64;
     let eth = parse_eth(start, end)?;
@@ -141,12 +156,14 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     policy::check(ifindex, &eth, start, end, verdict)?;
     match verdict {
         Verdict::Redirect(out) => {
+            capture::port(ctx, ifindex, out);
             stats::count_verdict(ifindex, len, Some(out));
             // Transmit out of the destination port: its peer (the namespace
             // end, running nb_peer_xdp) receives the frame.
             Ok(unsafe { bpf_redirect(out, 0) } as u32)
         }
         Verdict::Fallback => {
+            capture::port(ctx, ifindex, 0);
             stats::count_verdict(ifindex, len, None);
             Ok(xdp_action::XDP_PASS)
         }

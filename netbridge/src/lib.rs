@@ -2,6 +2,7 @@
 //! running in eBPF. The binary (`main.rs`) is a thin CLI over this library;
 //! the integration tests use it directly.
 pub mod bpf;
+pub mod capture;
 pub mod cni;
 pub mod config;
 pub mod lock;

@@ -51,6 +51,17 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Show packets as the datapath sees them (verdicts, drops with their
+    /// reason, NAT rewrites), like tcpdump on a Linux bridge port.
+    Capture {
+        #[command(flatten)]
+        which: Which,
+        /// Stop after this long (e.g. 5s).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        args: netbridge::capture::CaptureArgs,
+    },
     /// Remove exactly what `up` created.
     Down {
         #[command(flatten)]
@@ -205,6 +216,13 @@ fn run(cli: Cli) -> Result<()> {
             level,
             duration,
         } => logs::follow(&cli::common::name_of(&which)?, level, duration),
+        Cmd::Capture {
+            which,
+            duration,
+            args,
+        } => Ok(
+            netbridge::capture::run(&cli::common::name_of(&which)?, &args, duration).map(drop)?,
+        ),
         Cmd::Down { which } => lifecycle::down(&which),
         Cmd::Status { which, json } => lifecycle::status(&which, json),
         Cmd::Stats {
