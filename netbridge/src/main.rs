@@ -224,8 +224,19 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cmd {
+    /// Whether the command creates or removes namespace or bpffs mounts
+    /// (refused in a private mount namespace, see `cli::traps`).
+    fn mounts(&self) -> bool {
+        matches!(self, Cmd::Up { .. } | Cmd::Down { .. } | Cmd::Demo { .. })
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     use cli::{demo, inspect, lifecycle, logs, nat_cmds};
+    if cli.cmd.mounts() {
+        cli::traps::refuse_private_mounts()?;
+    }
     match cli.cmd {
         Cmd::Up {
             which,

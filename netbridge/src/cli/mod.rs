@@ -8,3 +8,4 @@ pub mod inspect;
 pub mod lifecycle;
 pub mod logs;
 pub mod nat_cmds;
+pub mod traps;
