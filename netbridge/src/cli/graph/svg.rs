@@ -158,12 +158,12 @@ impl Svg {
         let rx = if n.kind == NodeKind::External { 24 } else { 8 };
         let _ = writeln!(
             self.body,
-            r#"<g class="node {kind:?}" id="{id}"><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="{rx}" fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>"#,
+            r#"<g class="node {kind}" id="{id}"><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="{rx}" fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>"#,
             r.x,
             r.y,
             r.w,
             r.h,
-            kind = n.kind,
+            kind = format!("{:?}", n.kind).to_lowercase(),
             id = esc(&n.id),
         );
         let (title, lines) = n.lines();
@@ -223,11 +223,11 @@ impl Svg {
     fn line(&mut self, e: &Edge, (x1, y1): (f64, f64), (x2, y2): (f64, f64), style: &str) {
         let _ = writeln!(
             self.body,
-            r#"<line class="edge {kind:?}" data-edge="{}" data-from="{}" data-to="{}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {style}/>"#,
+            r#"<line class="edge {kind}" data-edge="{}" data-from="{}" data-to="{}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {style}/>"#,
             esc(&e.id),
             esc(&e.from),
             esc(&e.to),
-            kind = e.kind,
+            kind = format!("{:?}", e.kind).to_lowercase(),
         );
     }
 
@@ -257,7 +257,7 @@ impl Svg {
             let top = a.y.min(b.y) - 40.0;
             let _ = writeln!(
                 self.body,
-                r#"<path class="edge {kind:?}" data-edge="{}" data-from="{}" data-to="{}" d="M {:.1} {:.1} C {:.1} {top:.1} {:.1} {top:.1} {:.1} {:.1}" fill="none" {style}/>"#,
+                r#"<path class="edge {kind}" data-edge="{}" data-from="{}" data-to="{}" d="M {:.1} {:.1} C {:.1} {top:.1} {:.1} {top:.1} {:.1} {:.1}" fill="none" {style}/>"#,
                 esc(&e.id),
                 esc(&e.from),
                 esc(&e.to),
@@ -267,7 +267,7 @@ impl Svg {
                 b.cx(),
                 b.cx(),
                 b.y,
-                kind = e.kind,
+                kind = format!("{:?}", e.kind).to_lowercase(),
             );
             let h = label_size(&e.lines()).1;
             self.label(e, (a.cx() + b.cx()) / 2.0, top + 30.0 - h, "middle");
