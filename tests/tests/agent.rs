@@ -323,7 +323,7 @@ fn promql_refs(expr: &str) -> (BTreeSet<String>, BTreeSet<(String, String)>) {
         if bytes.get(end) == Some(&'{') {
             let close = expr[end..].find('}').unwrap() + end;
             for m in expr[end + 1..close].split(',') {
-                let l = m.split(|c| c == '=' || c == '!').next().unwrap().trim();
+                let l = m.split(['=', '!']).next().unwrap().trim();
                 labels.insert((name.clone(), l.to_string()));
             }
         }
