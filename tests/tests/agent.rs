@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use netbridge_tests::{Ready, Sandbox, example, netbridge_bin, require_root};
+use netbridge_tests::{Ready, Sandbox, example, netbridge_bin, opkit::serve_forward, require_root};
 use serde_json::Value;
 
 const LISTEN: &str = "127.0.0.1:9469";
@@ -408,19 +408,7 @@ fn grafana_dashboard_asks_only_for_served_metrics() {
     let prefix = sb.prefix();
     sb.nb_ok(&["up", "-f", &example("nat-lab.toml"), "--prefix", &prefix]);
     let tn = sb.name("nat-lab");
-    let (white, upstream) = (sb.name("white"), sb.name("upstream"));
-    sb.spawn(
-        &white,
-        &["python3", "-m", "http.server", "5000", "--bind", "0.0.0.0"],
-    );
-    let served = Sandbox::wait_for(Duration::from_secs(10), || {
-        let o = sb.sh_output(
-            &upstream,
-            "curl -s -o /dev/null -m 2 http://203.0.113.1:5000/",
-        );
-        o.status.success().then_some(())
-    });
-    assert!(served.is_some(), "forward never answered");
+    serve_forward(&mut sb, &prefix);
     let stdout = sb.tmp_file("agent.out");
     let agent = start_agent(&mut sb, &stdout, &["--no-log"]);
     let x = parse(&scrape(&sb).unwrap());

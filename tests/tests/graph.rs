@@ -6,7 +6,11 @@
 //! against traffic the test sends (a busy port against an idle one).
 use std::{collections::HashSet, io::Write, process::Stdio};
 
-use netbridge_tests::{Sandbox, example, require_root, script};
+use netbridge_tests::{
+    Sandbox, example,
+    opkit::{FETCH, serve_forward},
+    require_root, script,
+};
 use serde_json::Value;
 
 fn graph(sb: &Sandbox, args: &[&str]) -> String {
@@ -252,23 +256,9 @@ fn graph_of_a_running_topology_shows_rates_drops_and_sessions() {
     for n in ["nbx-host", "black", "white", "upstream"] {
         sb.adopt_ns(&sb.name(n));
     }
-    let (black, white, upstream) = (sb.name("black"), sb.name("white"), sb.name("upstream"));
-    sb.spawn(
-        &white,
-        &["python3", "-m", "http.server", "5000", "--bind", "0.0.0.0"],
-    );
-    let fetched = Sandbox::wait_for(std::time::Duration::from_secs(10), || {
-        let o = sb.sh_output(
-            &upstream,
-            "curl -s -o /dev/null -m 2 http://203.0.113.1:5000/",
-        );
-        o.status.success().then_some(())
-    });
-    assert!(fetched.is_some(), "forward 5000 never answered");
-    sb.sh(
-        &upstream,
-        "for i in 1 2; do curl -s -o /dev/null -m 2 http://203.0.113.1:5000/; done",
-    );
+    serve_forward(&mut sb, &prefix);
+    let (black, upstream) = (sb.name("black"), sb.name("upstream"));
+    sb.sh(&upstream, &format!("{FETCH} && {FETCH}"));
     // Spoofed source: an address black does not own (anti-spoofing). The
     // gateway's MAC is learned first with black's own address, so the
     // spoofed pings leave as IPv4, not as ARP from the spoofed address.

@@ -5,7 +5,7 @@
 //! field, a wrong type) are rejected, so the check can fail.
 use std::{collections::BTreeSet, io::Write, path::PathBuf, process::Stdio};
 
-use netbridge_tests::{Sandbox, example, require_root, script};
+use netbridge_tests::{Sandbox, example, opkit::serve_forward, require_root, script};
 use serde_json::Value;
 
 fn schema(name: &str) -> PathBuf {
@@ -78,19 +78,8 @@ fn every_json_output_matches_its_schema() {
         false,
     );
     assert_eq!(again["changes"], Value::Array(vec![]));
-    let (black, white, upstream) = (sb.name("black"), sb.name("white"), sb.name("upstream"));
-    sb.spawn(
-        &white,
-        &["python3", "-m", "http.server", "5000", "--bind", "0.0.0.0"],
-    );
-    let served = Sandbox::wait_for(std::time::Duration::from_secs(10), || {
-        let o = sb.sh_output(
-            &upstream,
-            "curl -s -o /dev/null -m 2 http://203.0.113.1:5000/",
-        );
-        o.status.success().then_some(())
-    });
-    assert!(served.is_some(), "forward never answered");
+    serve_forward(&mut sb, &prefix);
+    let black = sb.name("black");
     sb.sh(&black, "ping -c 3 -i 0.2 203.0.113.254");
     let n = ["--name", topo.as_str()];
     // `args` and `--name TOPOLOGY`.

@@ -6,16 +6,7 @@
 //! --name` of a topology that is not up fails and says so.
 use std::process::Output;
 
-use netbridge_tests::{Sandbox, example, netbridge_bin, require_root};
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use netbridge_tests::{Sandbox, example, netbridge_bin, opkit::text, require_root};
 
 /// Runs `wrapper... netbridge args...` from the test's own namespaces.
 fn run(wrapper: &[&str], args: &[&str]) -> Output {
@@ -148,11 +139,9 @@ fn mtu_mismatch_on_the_bridge_is_warned_naming_the_ports() {
         "{}",
         text(&o)
     );
-    assert_eq!(
-        sb.sh(&sb.name("white"), "cat /sys/class/net/eth0/mtu")
-            .trim(),
-        "9000"
-    );
+    // (Through netlink: nsenter keeps the caller's /sys.)
+    let link = sb.sh(&sb.name("white"), "ip -o link show eth0");
+    assert!(link.contains(" mtu 9000 "), "{link}");
     sb.nb_ok(&["down", "--name", &sb.name("bridge-three")]);
     // Control: the example as it is gives no warning.
     let o = sb.netbridge(&["check", "-f", &example("bridge-three.toml")]);
