@@ -136,11 +136,8 @@ pub fn layout(
     let mut placed_rows: Vec<(Vec<String>, f64)> = Vec::new();
     for (r, (lvl, ids)) in rows.iter().enumerate() {
         for (k, chunk) in ids.chunks(MAX_PER_ROW).enumerate() {
-            y += if k == 0 {
-                gap_above(*lvl, r == 0)
-            } else {
-                GAP_X
-            };
+            // A wrapped row needs the same room for labels as the first.
+            y += gap_above(*lvl, r == 0 && k == 0);
             let mut x = 0.0;
             let mut row_h: f64 = 0.0;
             for id in chunk {

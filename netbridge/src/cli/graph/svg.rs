@@ -35,10 +35,15 @@ pub fn render(g: &Graph) -> String {
     let lay = place(g);
     let mut s = Svg::default();
     s.title(g, &lay);
-    // Forwards go behind the boxes (they pass through the host, as DNAT
-    // does); the other edges start inside the host, so they go on top.
-    for e in g.edges.iter().filter(|e| e.kind == EdgeKind::Forward) {
-        s.forward_line(e, &lay);
+    // Lines go behind the boxes (a forward passes through the host, as
+    // DNAT does; a port's line to a second row passes behind the first),
+    // labels on top of everything.
+    for e in &g.edges {
+        match e.kind {
+            EdgeKind::Port => s.port_line(e, &lay),
+            EdgeKind::Link | EdgeKind::Uplink => s.link_line(e, &lay),
+            EdgeKind::Forward => s.forward_line(e, &lay),
+        }
     }
     for n in &g.nodes {
         s.node(n, &lay.boxes[&n.id]);
@@ -51,8 +56,8 @@ pub fn render(g: &Graph) -> String {
     let mut fwd_index: HashMap<&str, usize> = HashMap::new();
     for e in &g.edges {
         match e.kind {
-            EdgeKind::Port => s.port_edge(e, &lay),
-            EdgeKind::Link | EdgeKind::Uplink => s.link_edge(e, &lay),
+            EdgeKind::Port => s.port_label(e, &lay),
+            EdgeKind::Link | EdgeKind::Uplink => s.link_label(e, &lay),
             EdgeKind::Forward => {
                 let k = fwd_index.entry(&e.from).or_default();
                 s.forward_label(e, &lay, *k, &forwards);
@@ -231,8 +236,8 @@ impl Svg {
         );
     }
 
-    /// Bridge to namespace; the label sits just above the namespace.
-    fn port_edge(&mut self, e: &Edge, lay: &Layout) {
+    /// Bridge to namespace.
+    fn port_line(&mut self, e: &Edge, lay: &Layout) {
         let (b, n) = (lay.boxes[BRIDGE], lay.boxes[&e.to]);
         self.line(
             e,
@@ -240,43 +245,68 @@ impl Svg {
             (n.cx(), n.y),
             r##"stroke="#3b6fb6" stroke-width="2""##,
         );
+    }
+
+    /// A port's label sits just above its namespace.
+    fn port_label(&mut self, e: &Edge, lay: &Layout) {
+        let n = lay.boxes[&e.to];
         let h = label_size(&e.lines()).1;
         self.label(e, n.cx(), n.y - h - 6.0, "middle");
     }
 
+    /// Whether a link joins two boxes of one row (drawn as an arc over it).
+    fn same_row(e: &Edge, lay: &Layout) -> bool {
+        let (a, b) = (lay.boxes[&e.from], lay.boxes[&e.to]);
+        lay.level[&e.from] == lay.level[&e.to] && (a.y - b.y).abs() < 1.0
+    }
+
+    /// The link's two ends: (upper box's bottom, lower box's top).
+    fn link_ends(e: &Edge, lay: &Layout) -> ((f64, f64), (f64, f64)) {
+        let (a, b) = (lay.boxes[&e.from], lay.boxes[&e.to]);
+        let (up, down) = if a.y < b.y { (a, b) } else { (b, a) };
+        ((up.cx(), up.bottom()), (down.cx(), down.y))
+    }
+
     /// A link between two boxes: vertical between rows, an arc over the
     /// row between boxes of one row. The uplink is green and thicker.
-    fn link_edge(&mut self, e: &Edge, lay: &Layout) {
-        let (a, b) = (lay.boxes[&e.from], lay.boxes[&e.to]);
+    fn link_line(&mut self, e: &Edge, lay: &Layout) {
         let style = if e.kind == EdgeKind::Uplink {
             r##"stroke="#2e7d32" stroke-width="3""##
         } else {
             r##"stroke="#555555" stroke-width="2""##
         };
-        if lay.level[&e.from] == lay.level[&e.to] && (a.y - b.y).abs() < 1.0 {
-            let top = a.y.min(b.y) - 40.0;
-            let _ = writeln!(
-                self.body,
-                r#"<path class="edge {kind}" data-edge="{}" data-from="{}" data-to="{}" d="M {:.1} {:.1} C {:.1} {top:.1} {:.1} {top:.1} {:.1} {:.1}" fill="none" {style}/>"#,
-                esc(&e.id),
-                esc(&e.from),
-                esc(&e.to),
-                a.cx(),
-                a.y,
-                a.cx(),
-                b.cx(),
-                b.cx(),
-                b.y,
-                kind = format!("{:?}", e.kind).to_lowercase(),
-            );
-            let h = label_size(&e.lines()).1;
-            self.label(e, (a.cx() + b.cx()) / 2.0, top + 30.0 - h, "middle");
+        if !Self::same_row(e, lay) {
+            let (p, q) = Self::link_ends(e, lay);
+            self.line(e, p, q, style);
             return;
         }
-        let (up, down) = if a.y < b.y { (a, b) } else { (b, a) };
-        let (p, q) = ((up.cx(), up.bottom()), (down.cx(), down.y));
-        self.line(e, p, q, style);
+        let (a, b) = (lay.boxes[&e.from], lay.boxes[&e.to]);
+        let top = a.y - 40.0;
+        let _ = writeln!(
+            self.body,
+            r#"<path class="edge {kind}" data-edge="{}" data-from="{}" data-to="{}" d="M {:.1} {:.1} C {:.1} {top:.1} {:.1} {top:.1} {:.1} {:.1}" fill="none" {style}/>"#,
+            esc(&e.id),
+            esc(&e.from),
+            esc(&e.to),
+            a.cx(),
+            a.y,
+            a.cx(),
+            b.cx(),
+            b.cx(),
+            b.y,
+            kind = format!("{:?}", e.kind).to_lowercase(),
+        );
+    }
+
+    /// A link's label: over the top of its arc, or left of its middle.
+    fn link_label(&mut self, e: &Edge, lay: &Layout) {
         let h = label_size(&e.lines()).1;
+        if Self::same_row(e, lay) {
+            let (a, b) = (lay.boxes[&e.from], lay.boxes[&e.to]);
+            self.label(e, (a.cx() + b.cx()) / 2.0, a.y - 10.0 - h, "middle");
+            return;
+        }
+        let (p, q) = Self::link_ends(e, lay);
         let mid = ((p.0 + q.0) / 2.0, (p.1 + q.1) / 2.0);
         self.label(e, mid.0 - 8.0, mid.1 - h / 2.0, "end");
     }
