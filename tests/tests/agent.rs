@@ -220,8 +220,9 @@ fn unit_caps() -> Vec<String> {
         .collect()
 }
 
-/// The agent with exactly the capabilities of the unit reads everything;
-/// without CAP_SYS_ADMIN it reads nothing (the check can fail).
+/// The agent with exactly the capabilities of the unit, in a read-only
+/// private mount namespace, reads everything; without CAP_SYS_ADMIN it
+/// reads nothing (the check can fail).
 #[test]
 fn agent_works_with_the_units_capabilities_and_the_unit_verifies() {
     require_root!();
@@ -242,17 +243,22 @@ fn agent_works_with_the_units_capabilities_and_the_unit_verifies() {
         let bin = netbridge_bin();
         let host = sb.host.clone();
         let stdout = sb.tmp_file(&format!("caps{}.out", caps.len()));
+        // As the unit runs it: in a mount namespace of its own that
+        // receives the host's mounts, with / (and so /run) read-only, like
+        // ProtectSystem=strict; with only the capabilities given.
+        let script = format!(
+            "mount -o remount,bind,ro / && exec setpriv --bounding-set={bounding} \
+             --inh-caps=-all {} agent --prefix {prefix} --listen {LISTEN}",
+            bin.display()
+        );
         let argv = [
-            "setpriv",
-            "--bounding-set",
-            &bounding,
-            "--inh-caps=-all",
-            bin.to_str().unwrap(),
-            "agent",
-            "--prefix",
-            &prefix,
-            "--listen",
-            LISTEN,
+            "unshare",
+            "-m",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            &script,
         ];
         let ready = sb.spawn_ready(&host, &argv, Some(&stdout), "serving");
         let body = Sandbox::wait_for(Duration::from_secs(10), || scrape(sb)).expect("served");
