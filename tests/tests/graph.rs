@@ -6,6 +6,7 @@
 //! against traffic the test sends (a busy port against an idle one).
 use std::{collections::HashSet, io::Write, process::Stdio};
 
+use netbridge::config::{Port, PortNetns};
 use netbridge_tests::{
     Sandbox, example,
     opkit::{FETCH, serve_forward},
@@ -258,6 +259,22 @@ fn graph_of_a_running_topology_shows_rates_drops_and_sessions() {
     }
     serve_forward(&mut sb, &prefix);
     let (black, upstream) = (sb.name("black"), sb.name("upstream"));
+    // A port attached at run time (as the CNI plugin does) in a namespace
+    // netbridge creates: its own kind of node.
+    let cni = sb.name("cni1");
+    let port = Port {
+        name: cni.clone(),
+        netns: PortNetns::Named(cni.clone()),
+        ifname: "eth0".into(),
+        host_ifname: "nb-cni1".into(),
+        addresses: vec!["192.168.7.10/24".parse().unwrap()],
+        routes: vec![],
+        mtu: None,
+        sysctls: Default::default(),
+        anti_spoof: true,
+        mac: None,
+    };
+    netbridge::topology::add_port(&topo, &port).unwrap();
     sb.sh(&upstream, &format!("{FETCH} && {FETCH}"));
     // Spoofed source: an address black does not own (anti-spoofing). The
     // gateway's MAC is learned first with black's own address, so the
@@ -300,6 +317,17 @@ fn graph_of_a_running_topology_shows_rates_drops_and_sessions() {
     );
     assert!(up["live_sessions"].as_u64().unwrap() >= 1, "{up}");
     let (f5000, f8080) = (live("forward:tcp:5000"), live("forward:tcp:8080"));
+    let attached = edge(&g, "port:nb-cni1");
+    assert_eq!(attached["to"], format!("port:{cni}"));
+    let node = g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == format!("port:{cni}"))
+        .unwrap_or_else(|| panic!("no port node: {g:#}"));
+    assert_eq!(node["kind"], "port");
+    assert_eq!(node["netns"], cni.as_str());
+    assert_eq!(node["interfaces"][0]["addresses"][0], "192.168.7.10/24");
     assert!(f5000["sessions"].as_u64().unwrap() >= 3, "{f5000}");
     assert_eq!(f8080["sessions"], 0, "{f8080}");
 
@@ -307,6 +335,7 @@ fn graph_of_a_running_topology_shows_rates_drops_and_sessions() {
     // drops in red, white's not.
     let svg = graph(&sb, &["--name", &topo, "--interval", "500ms"]);
     let s = svg_summary(&svg);
+    check_svg_matches(&s, &g);
     let label = |id: &str| s["labels"][id].clone();
     let bl = label("port:nb-black");
     assert!(bl["lines"][1].as_str().unwrap().contains("pps"), "{bl}");

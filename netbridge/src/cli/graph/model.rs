@@ -566,6 +566,10 @@ pub fn human(v: f64, unit: &str) -> String {
     format!("{v:.digits$}{sep}{p}{unit}")
 }
 
+fn sessions(n: u64) -> String {
+    format!("{n} session{}", if n == 1 { "" } else { "s" })
+}
+
 impl Node {
     /// The title and text lines of the node as drawn.
     pub fn lines(&self) -> (String, Vec<String>) {
@@ -642,13 +646,14 @@ impl Edge {
                     ));
                 }
                 out.push(format!(
-                    "{} sessions, nat drops {}",
-                    u.live_sessions, u.nat_drops
+                    "{}, nat drops {}",
+                    sessions(u.live_sessions),
+                    u.nat_drops
                 ));
             }
             Some(Live::Forward(f)) => out.push(match f.sessions_per_sec {
-                Some(r) => format!("{} sessions ({})", f.sessions, human(r, "/s")),
-                None => format!("{} sessions", f.sessions),
+                Some(r) => format!("{} ({})", sessions(f.sessions), human(r, "/s")),
+                None => sessions(f.sessions),
             }),
             None => {}
         }
