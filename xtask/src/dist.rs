@@ -86,10 +86,10 @@ fn metadata(root: &Path) -> Result<(String, Option<String>)> {
 fn build(root: &Path) -> Result<PathBuf> {
     let (version, cni) = metadata(root)?;
     let mut args = vec!["build", "--release", "--package", PACKAGE, "--bin", PACKAGE];
-    if let Some(pkg) = &cni {
-        args.extend(["--package", pkg, "--bin", CNI_BIN]);
-    } else {
-        step("no netbridge-cni binary in this workspace: the package leaves it out");
+    match &cni {
+        Some(pkg) if pkg == PACKAGE => args.extend(["--bin", CNI_BIN]),
+        Some(pkg) => args.extend(["--package", pkg, "--bin", CNI_BIN]),
+        None => step("no netbridge-cni binary in this workspace: the package leaves it out"),
     }
     step(&format!("cargo {} (symbols stripped)", args.join(" ")));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
