@@ -74,7 +74,10 @@ fn private_mount_namespace_is_refused_before_any_change() {
     assert_eq!(sb.snapshot(), before);
 
     // Controls. A private mount namespace that shares /run/netns's peer
-    // group with init's is fine: the namespaces it makes show outside.
+    // group with init's is fine: the namespaces it makes show outside. (Its
+    // bpffs must be init's: on a fresh machine no netbridge has mounted it
+    // yet, so mount it here, in init's namespace, as any `up` would.)
+    netbridge::pins::mount_bpffs().unwrap();
     let o = run(
         &[
             "unshare",
