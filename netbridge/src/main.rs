@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 
@@ -144,6 +144,48 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
+    /// Draw the topology: namespaces, bridge, ports, links, uplink,
+    /// forwards, addresses; a running one with live rates and drops.
+    Graph {
+        #[command(flatten)]
+        which: Which,
+        /// svg (drawn by netbridge itself), dot (Graphviz) or json.
+        #[arg(long, value_enum, default_value = "svg")]
+        format: cli::graph::Format,
+        /// Running topology: measure rates over this long (0: counters only).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// One long-running process for the host: /metrics for every running
+    /// topology, and their datapath logs on stdout (SIGTERM stops it).
+    Agent {
+        #[arg(long, default_value = "127.0.0.1:9469")]
+        listen: std::net::SocketAddr,
+        /// Only topologies whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// How often to look for topologies and programs that came, changed
+        /// or went (for the logs; metrics look at every scrape).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        rescan: Duration,
+        /// Level of the datapath log events printed (error..trace).
+        #[arg(long, default_value = "info")]
+        log_level: log::LevelFilter,
+        /// Serve metrics only, follow no log.
+        #[arg(long)]
+        no_log: bool,
+        /// Stop after this long (default: until SIGTERM or Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (netbridge.1 and one per command) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Bring up the default lab, send traffic, show counters, tear down.
     Demo {
         /// How long to run traffic (e.g. 5s, 1m). Without it: until Ctrl-C.
@@ -193,8 +235,19 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cmd {
+    /// Whether the command creates or removes namespace or bpffs mounts
+    /// (refused in a private mount namespace, see `cli::traps`).
+    fn mounts(&self) -> bool {
+        matches!(self, Cmd::Up { .. } | Cmd::Down { .. } | Cmd::Demo { .. })
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     use cli::{demo, inspect, lifecycle, logs, nat_cmds};
+    if cli.cmd.mounts() {
+        cli::traps::refuse_private_mounts()?;
+    }
     match cli.cmd {
         Cmd::Up {
             which,
@@ -257,5 +310,27 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Check { file } => lifecycle::check(file),
         Cmd::Exec { netns, cmd } => inspect::exec(&netns, &cmd),
         Cmd::Demo { duration, prefix } => demo::run(duration, prefix),
+        Cmd::Graph {
+            which,
+            format,
+            interval,
+            output,
+        } => cli::graph::run(&which, format, interval, output),
+        Cmd::Agent {
+            listen,
+            prefix,
+            rescan,
+            log_level,
+            no_log,
+            duration,
+        } => cli::agent::run(cli::agent::AgentArgs {
+            listen,
+            prefix,
+            rescan,
+            log_level: (!no_log).then_some(log_level),
+            duration,
+        }),
+        Cmd::Completions { shell } => cli::completions::print(Cli::command(), shell),
+        Cmd::Manpages { dir } => cli::completions::manpages(Cli::command(), &dir),
     }
 }

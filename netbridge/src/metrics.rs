@@ -1,7 +1,17 @@
 //! The Prometheus endpoint: a [`Snapshot`] in the text exposition format
 //! (0.0.4), served over a small HTTP/1.x server. Every connection is its
 //! own task, so a slow or stuck client never holds up another scrape.
-use std::{fmt::Display, fmt::Write as _, net::SocketAddr, rc::Rc, time::Duration};
+use std::{
+    fmt::Display,
+    fmt::Write as _,
+    net::SocketAddr,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use netbridge_common::PortStats;
 use tokio::{
@@ -10,7 +20,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::stats::{Snapshot, Source};
+use crate::stats::{NatSnapshot, Snapshot, Source};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,10 +36,10 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Writes metric families: each `# HELP`/`# TYPE` header once, then its
-/// samples with escaped label values.
+/// samples (of every topology) with escaped label values.
+#[derive(Default)]
 struct Exposition {
     out: String,
-    topology: String,
 }
 
 impl Exposition {
@@ -38,8 +48,8 @@ impl Exposition {
     }
 
     /// One sample; the topology label comes first.
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        let _ = write!(self.out, "{name}{{topology=\"{}\"", escape(&self.topology));
+    fn sample(&mut self, name: &str, topology: &str, labels: &[(&str, &str)], value: impl Display) {
+        let _ = write!(self.out, "{name}{{topology=\"{}\"", escape(topology));
         for (k, v) in labels {
             let _ = write!(self.out, ",{k}=\"{}\"", escape(v));
         }
@@ -96,113 +106,174 @@ const PORT_COUNTERS: [Counter; 8] = [
 impl Snapshot {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn prometheus(&self) -> String {
-        let mut x = Exposition {
-            out: String::new(),
-            topology: self.topology.clone(),
-        };
-        self.port_families(&mut x);
-        x.family(
-            "netbridge_drops_total",
-            "counter",
-            "Frames dropped, by reason.",
-        );
-        for (reason, v) in &self.drops {
-            x.sample("netbridge_drops_total", &[("reason", reason)], v);
-        }
-        let name = "netbridge_fdb_entries";
-        x.family(
-            name,
-            "gauge",
-            "MAC addresses in the BPF forwarding database.",
-        );
-        x.sample(name, &[], self.fdb_entries);
-        self.nat_families(&mut x);
-        x.out
+        exposition(std::slice::from_ref(self))
     }
+}
 
-    fn port_families(&self, x: &mut Exposition) {
-        for (name, help, get) in PORT_COUNTERS {
-            x.family(name, "counter", help);
-            for r in &self.ports {
+/// The metrics of several topologies in one exposition (each family once,
+/// its samples labelled by topology): what `netbridge agent` serves.
+pub fn exposition(snaps: &[Snapshot]) -> String {
+    let mut x = Exposition::default();
+    port_families(&mut x, snaps);
+    x.family(
+        "netbridge_drops_total",
+        "counter",
+        "Frames dropped, by reason.",
+    );
+    for s in snaps {
+        for (reason, v) in &s.drops {
+            x.sample(
+                "netbridge_drops_total",
+                &s.topology,
+                &[("reason", reason)],
+                v,
+            );
+        }
+    }
+    let name = "netbridge_fdb_entries";
+    x.family(
+        name,
+        "gauge",
+        "MAC addresses in the BPF forwarding database.",
+    );
+    for s in snaps {
+        x.sample(name, &s.topology, &[], s.fdb_entries);
+    }
+    let nat: Vec<(&str, &NatSnapshot)> = snaps
+        .iter()
+        .filter_map(|s| Some((s.topology.as_str(), s.nat.as_ref()?)))
+        .collect();
+    if !nat.is_empty() {
+        nat_families(&mut x, &nat);
+    }
+    x.out
+}
+
+fn port_families(x: &mut Exposition, snaps: &[Snapshot]) {
+    for (name, help, get) in PORT_COUNTERS {
+        x.family(name, "counter", help);
+        for s in snaps {
+            for r in &s.ports {
                 let labels = [("port", r.port.as_str()), ("namespace", &r.namespace)];
-                x.sample(name, &labels, get(&r.stats));
+                x.sample(name, &s.topology, &labels, get(&r.stats));
             }
         }
-        let name = "netbridge_port_rx_frames_total";
-        x.family(name, "counter", "Frames received by L3 class.");
-        for r in &self.ports {
-            let s = &r.stats;
+    }
+    let name = "netbridge_port_rx_frames_total";
+    x.family(name, "counter", "Frames received by L3 class.");
+    for s in snaps {
+        for r in &s.ports {
+            let st = &r.stats;
             for (class, v) in [
-                ("ipv4", s.rx_ipv4),
-                ("ipv6", s.rx_ipv6),
-                ("arp", s.rx_arp),
-                ("other", s.rx_other),
+                ("ipv4", st.rx_ipv4),
+                ("ipv6", st.rx_ipv6),
+                ("arp", st.rx_arp),
+                ("other", st.rx_other),
             ] {
                 let labels = [
                     ("port", r.port.as_str()),
                     ("namespace", &r.namespace),
                     ("class", class),
                 ];
-                x.sample(name, &labels, v);
+                x.sample(name, &s.topology, &labels, v);
             }
         }
     }
+}
 
-    fn nat_families(&self, x: &mut Exposition) {
-        let Some(n) = &self.nat else {
-            return;
-        };
-        let name = "netbridge_nat_events_total";
-        x.family(
-            name,
-            "counter",
-            "NAT events (new sessions, translated packets, port retries), by kind.",
-        );
+/// (metric name, help text, value) of one NAT gauge.
+type NatGauge = (&'static str, &'static str, fn(&NatSnapshot) -> u64);
+
+/// The NAT families, over the topologies with NAT on.
+fn nat_families(x: &mut Exposition, nat: &[(&str, &NatSnapshot)]) {
+    let name = "netbridge_nat_events_total";
+    x.family(
+        name,
+        "counter",
+        "NAT events (new sessions, translated packets, port retries), by kind.",
+    );
+    for (t, n) in nat {
         for (k, v) in &n.counters {
-            x.sample(name, &[("event", k)], v);
-        }
-        let name = "netbridge_nat_sessions";
-        x.family(
-            name,
-            "gauge",
-            "NAT sessions in the conntrack table, by protocol.",
-        );
-        for (p, v) in &n.sessions {
-            x.sample(name, &[("proto", p)], v);
-        }
-        for (name, help, v) in [
-            (
-                "netbridge_nat_sessions_live",
-                "NAT sessions counted against max_sessions (kernel count).",
-                n.live_sessions,
-            ),
-            (
-                "netbridge_nat_sessions_high_water",
-                "Highest live NAT session count reached.",
-                n.high_water_sessions,
-            ),
-        ] {
-            x.family(name, "gauge", help);
-            x.sample(name, &[], v);
-        }
-        let name = "netbridge_nat_sessions_max";
-        x.family(name, "gauge", "Session limit (max_sessions).");
-        x.sample(name, &[], n.max_sessions);
-        let name = "netbridge_nat_ports_in_use";
-        x.family(name, "gauge", "SNAT external ports in use, by protocol.");
-        for p in &n.pools {
-            x.sample(name, &[("proto", p.proto)], p.ports_in_use);
-        }
-        let name = "netbridge_nat_port_pool_size";
-        x.family(name, "gauge", "Ports in the SNAT range.");
-        x.sample(name, &[], n.pools.first().map_or(0, |p| p.pool_size));
-        let name = "netbridge_forward_sessions_total";
-        x.family(name, "counter", "New DNAT sessions per port forward.");
-        for f in &n.forwards {
-            let labels = [("proto", f.proto), ("port", f.port.as_str()), ("to", &f.to)];
-            x.sample(name, &labels, f.hits);
+            x.sample(name, t, &[("event", k)], v);
         }
     }
+    let name = "netbridge_nat_sessions";
+    x.family(
+        name,
+        "gauge",
+        "NAT sessions in the conntrack table, by protocol.",
+    );
+    for (t, n) in nat {
+        for (p, v) in &n.sessions {
+            x.sample(name, t, &[("proto", p)], v);
+        }
+    }
+    let gauges: [NatGauge; 4] = [
+        (
+            "netbridge_nat_sessions_live",
+            "NAT sessions counted against max_sessions (kernel count).",
+            |n| n.live_sessions,
+        ),
+        (
+            "netbridge_nat_sessions_high_water",
+            "Highest live NAT session count reached.",
+            |n| n.high_water_sessions,
+        ),
+        (
+            "netbridge_nat_sessions_max",
+            "Session limit (max_sessions).",
+            |n| n.max_sessions.into(),
+        ),
+        (
+            "netbridge_nat_port_pool_size",
+            "Ports in the SNAT range.",
+            |n| n.pools.first().map_or(0, |p| p.pool_size as u64),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        x.family(name, "gauge", help);
+        for (t, n) in nat {
+            x.sample(name, t, &[], get(n));
+        }
+    }
+    let name = "netbridge_nat_ports_in_use";
+    x.family(name, "gauge", "SNAT external ports in use, by protocol.");
+    for (t, n) in nat {
+        for p in &n.pools {
+            x.sample(name, t, &[("proto", p.proto)], p.ports_in_use);
+        }
+    }
+    let name = "netbridge_forward_sessions_total";
+    x.family(name, "counter", "New DNAT sessions per port forward.");
+    for (t, n) in nat {
+        for f in &n.forwards {
+            let labels = [("proto", f.proto), ("port", f.port.as_str()), ("to", &f.to)];
+            x.sample(name, t, &labels, f.hits);
+        }
+    }
+}
+
+/// The agent's own families: how many topologies it sees and whether each
+/// could be read this scrape.
+pub fn agent_families(read: &[(String, bool)]) -> String {
+    let mut x = Exposition::default();
+    let name = "netbridge_topologies";
+    x.family(
+        name,
+        "gauge",
+        "Running topologies (journals) the agent sees.",
+    );
+    let _ = writeln!(x.out, "{name} {}", read.len());
+    let name = "netbridge_topology_scrape_ok";
+    x.family(
+        name,
+        "gauge",
+        "1 if the topology's maps were read for this scrape, 0 if not.",
+    );
+    for (t, ok) in read {
+        x.sample(name, t, &[], u8::from(*ok));
+    }
+    x.out
 }
 
 /// An HTTP answer: status line, content type, body.
@@ -284,18 +355,21 @@ async fn read_head(sock: &mut TcpStream) -> Result<Option<Vec<u8>>, Reply> {
     }
 }
 
+/// Renders the exposition of one scrape (or says why it cannot).
+pub type Render = Rc<dyn Fn() -> Result<String, String>>;
+
 /// Serves one connection.
-async fn serve_one(mut sock: TcpStream, source: Rc<Source>) {
+async fn serve_one(mut sock: TcpStream, render: Render) {
     let reply = match read_head(&mut sock).await {
         Ok(None) => return,
         Err(reply) => reply,
         Ok(Some(head)) => match judge(&head) {
-            Ask::Metrics => match source.snapshot() {
-                Ok(s) => Reply {
+            Ask::Metrics => match render() {
+                Ok(body) => Reply {
                     status: "200 OK",
                     ctype: "text/plain; version=0.0.4; charset=utf-8",
                     extra: "",
-                    body: s.prometheus(),
+                    body,
                 },
                 Err(e) => Reply::text("500 Internal Server Error", format!("{e}\n")),
             },
@@ -323,23 +397,49 @@ async fn serve_one(mut sock: TcpStream, source: Rc<Source>) {
 /// answered). Runs on the calling thread; connections are served
 /// concurrently.
 pub fn serve(source: Source, listen: SocketAddr, max_requests: Option<u64>) -> std::io::Result<()> {
+    let what = format!("metrics of {}", source.name);
+    let render: Render = Rc::new(move || {
+        source
+            .snapshot()
+            .map(|s| s.prometheus())
+            .map_err(|e| e.to_string())
+    });
+    let listener = std::net::TcpListener::bind(listen)?;
+    serve_on(listener, max_requests, &what, move || render.clone(), None)
+}
+
+/// [`serve`] for any exposition, on a bound `listener`: `render` makes the
+/// scrape's body (built on the server's thread, so it need not be
+/// `Send`); with `stop`, the server returns once the flag is set (it is
+/// checked every 100 ms).
+pub fn serve_on(
+    listener: std::net::TcpListener,
+    max_requests: Option<u64>,
+    what: &str,
+    render: impl FnOnce() -> Render,
+    stop: Option<Arc<AtomicBool>>,
+) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        eprintln!(
-            "netbridge: serving metrics of {} on http://{listen}/metrics",
-            source.name
-        );
-        let source = Rc::new(source);
+        let listen = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        eprintln!("netbridge: serving {what} on http://{listen}/metrics");
+        let render = render();
         let mut tasks = JoinSet::new();
         let mut accepted = 0u64;
-        while max_requests.is_none_or(|m| accepted < m) {
-            let (sock, _) = listener.accept().await?;
+        let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while max_requests.is_none_or(|m| accepted < m) && !stopped() {
+            let sock = tokio::select! {
+                r = listener.accept() => r?.0,
+                _ = tick.tick() => continue,
+            };
             accepted += 1;
-            tasks.spawn_local(serve_one(sock, source.clone()));
+            tasks.spawn_local(serve_one(sock, render.clone()));
             // Reap finished connections as we go.
             while tasks.try_join_next().is_some() {}
         }
@@ -357,11 +457,8 @@ mod tests {
         assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(escape("x\ny"), "x\\ny");
         assert_eq!(escape("plain-name_1"), "plain-name_1");
-        let mut x = Exposition {
-            out: String::new(),
-            topology: "t\"1".into(),
-        };
-        x.sample("m", &[("port", "p\\0"), ("namespace", "n\nx")], 7);
+        let mut x = Exposition::default();
+        x.sample("m", "t\"1", &[("port", "p\\0"), ("namespace", "n\nx")], 7);
         assert_eq!(
             x.out,
             "m{topology=\"t\\\"1\",port=\"p\\\\0\",namespace=\"n\\nx\"} 7\n"
@@ -419,6 +516,58 @@ mod tests {
         );
         assert!(text.contains("netbridge_nat_sessions_max{topology=\"lab\\\"x\"} 10"));
         assert_eq!(seen.len(), 9 + 2 + 8, "{seen:?}");
+    }
+
+    /// The agent's exposition of two topologies (one with NAT, one
+    /// without): every family once, its samples grouped under it (no
+    /// family's samples split by another's), both topologies present, the
+    /// NAT families with only the NAT topology's samples.
+    #[test]
+    fn several_topologies_share_each_family() {
+        use crate::stats::{NatSnapshot, PortRow};
+        let snap = |name: &str, nat: bool| Snapshot {
+            topology: name.into(),
+            at: std::time::Instant::now(),
+            ports: vec![PortRow {
+                port: "nb-a".into(),
+                namespace: "a".into(),
+                stats: PortStats::default(),
+            }],
+            drops: [("spoofed_mac", 1)].into_iter().collect(),
+            fdb_entries: 1,
+            nat: nat.then(|| NatSnapshot {
+                counters: [("snat_new", 5)].into_iter().collect(),
+                live_sessions: 1,
+                high_water_sessions: 1,
+                max_sessions: 10,
+                sessions: [("udp", 1)].into_iter().collect(),
+                pools: vec![],
+                forwards: vec![],
+            }),
+        };
+        let text = agent_families(&[("one".into(), true), ("two".into(), false)])
+            + &exposition(&[snap("one", false), snap("two", true)]);
+        let mut order: Vec<String> = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap().to_string();
+            if order.last() != Some(&name) {
+                assert!(!order.contains(&name), "{name} split:\n{text}");
+                order.push(name);
+            }
+        }
+        assert_eq!(
+            text.matches("# TYPE netbridge_port_rx_packets_total ")
+                .count(),
+            1
+        );
+        for t in ["one", "two"] {
+            let s = format!("netbridge_port_rx_packets_total{{topology=\"{t}\",port=\"nb-a\"");
+            assert!(text.contains(&s), "{t}:\n{text}");
+        }
+        assert!(text.contains("netbridge_nat_sessions_live{topology=\"two\"} 1"));
+        assert!(!text.contains("netbridge_nat_sessions_live{topology=\"one\""));
+        assert!(text.contains("netbridge_topologies 2\n"));
+        assert!(text.contains("netbridge_topology_scrape_ok{topology=\"two\"} 0\n"));
     }
 
     #[test]

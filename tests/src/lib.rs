@@ -19,6 +19,7 @@ use std::{
 pub use netbridge;
 
 pub mod natlab;
+pub mod opkit;
 pub mod testrun;
 
 /// Environment variable that lets a non-root run skip the tests needing root

@@ -5,6 +5,7 @@
 //! whatever is missing, saying what it does.
 mod bench;
 mod crr;
+mod dist;
 mod ebpf_build;
 mod rootns;
 mod soak;
@@ -53,6 +54,13 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         secs: u32,
     },
+    /// Build the Debian package (target/dist/netbridge_VERSION-1_ARCH.deb).
+    Dist {
+        /// Then install it with dpkg, run it with a bare environment, purge
+        /// it and check nothing is left (CI; needs root).
+        #[arg(long)]
+        check: bool,
+    },
     /// Opt-in endurance run of the in-kernel NAT expiry: 200,000 sessions
     /// through a 1,000-session table with no gc process (~6 minutes; the
     /// run is capped at N minutes, at most 60). Writes
@@ -97,6 +105,19 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("/bin/busybox", "busybox-static"),
     // NAT conformance tests: a real RFC 5780 client and STUN server.
     ("/usr/bin/turnutils_natdiscovery", "coturn"),
+    // graph tests: the SVG rendered by librsvg, the DOT by Graphviz;
+    // JSON outputs checked against their schemas; the agent's unit.
+    ("/usr/bin/rsvg-convert", "librsvg2-bin"),
+    ("/usr/bin/dot", "graphviz"),
+    (
+        "/usr/lib/python3/dist-packages/jsonschema/__init__.py",
+        "python3-jsonschema",
+    ),
+    ("/usr/bin/systemd-analyze", "systemd"),
+    ("/usr/bin/setpriv", "util-linux"),
+    ("/usr/bin/man", "man-db"),
+    // `cargo xtask dist`: the package's Depends.
+    ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
 ];
 
 fn main() -> Result<()> {
@@ -149,6 +170,13 @@ fn main() -> Result<()> {
                 }
             };
             bench::run(&root, &root.join("target/debug/netbridge"), &opts)
+        }
+        Cmd::Dist { check } => {
+            setup()?;
+            if check && !is_root() {
+                bail!("--check installs the package with dpkg: run it as root");
+            }
+            dist::dist(&root, &dist::Options { check }).map(|_| ())
         }
         Cmd::Soak { minutes } => {
             setup()?;

@@ -1,8 +1,8 @@
 //! `up`, `down`, `status`, `check`: the topology's life cycle.
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use netbridge::topology;
+use anyhow::{Context, Result, bail};
+use netbridge::{state::State, topology};
 
 use super::common::{Which, load, name_of};
 
@@ -13,8 +13,26 @@ pub struct UpArgs {
     pub log_duration: Option<Duration>,
 }
 
+/// Prints the topology's warnings (with its attached ports, if up).
+fn warn(t: &netbridge::config::Topology, which: &Which) {
+    let file = match &which.file {
+        Some(f) => f.display().to_string(),
+        None if which.name.is_some() => format!("<{}>", t.name),
+        None => "<default lab>".to_string(),
+    };
+    let attached = State::load(&t.name)
+        .ok()
+        .flatten()
+        .map(|s| s.attachments)
+        .unwrap_or_default();
+    for w in t.mtu_warnings(&attached, &file) {
+        eprintln!("netbridge: warning: {w}");
+    }
+}
+
 pub fn up(which: &Which, a: UpArgs) -> Result<()> {
     let t = load(which)?;
+    warn(&t, which);
     let report = topology::up_with(&t, topology::UpOptions { reload: a.reload })
         .with_context(|| format!("up {}", t.name))?;
     if a.json {
@@ -36,8 +54,23 @@ pub fn up(which: &Which, a: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// `down`: a name that is not up is an error (a typo must not pass for
+/// success); a file whose topology is not up has nothing to remove.
 pub fn down(which: &Which) -> Result<()> {
     let name = name_of(which)?;
+    if State::load(&name)?.is_none() {
+        if which.name.is_some() {
+            let up = State::list();
+            let running = match up.len() {
+                0 => "none is".to_string(),
+                n if n <= 10 => format!("running: {}", up.join(", ")),
+                n => format!("running: {}, and {} more", up[..10].join(", "), n - 10),
+            };
+            bail!("no topology named {name:?} is up ({running}); nothing was changed");
+        }
+        println!("{name}: not up, nothing to remove");
+        return Ok(());
+    }
     let report = topology::down(&name)?;
     for d in &report.done {
         println!("  {d}");
@@ -81,7 +114,9 @@ pub fn status(which: &Which, json: bool) -> Result<()> {
 }
 
 pub fn check(file: Option<std::path::PathBuf>) -> Result<()> {
-    let t = load(&Which::file(file))?;
+    let which = Which::file(file);
+    let t = load(&which)?;
+    warn(&t, &which);
     println!(
         "{}: ok ({} namespaces, {} links, {} forwards)",
         t.name,

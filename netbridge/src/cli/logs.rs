@@ -14,7 +14,7 @@ use super::common::stop_flag;
 /// Follows the aya-log ring buffers of the programs attached for `name`
 /// until Ctrl-C or `duration`.
 pub fn follow(name: &str, level: log::LevelFilter, duration: Option<Duration>) -> Result<()> {
-    let mut loggers = loggers(&attached_ids(name)?, level)?;
+    let mut loggers = loggers(&attached_ids(name)?, level, None)?;
     if loggers.is_empty() {
         bail!("{name}: no netbridge program with a log buffer is attached");
     }
@@ -42,7 +42,7 @@ pub fn follow(name: &str, level: log::LevelFilter, duration: Option<Duration>) -
 }
 
 /// Kernel ids of the TC programs on the topology's ports and uplink.
-fn attached_ids(name: &str) -> Result<Vec<u32>> {
+pub fn attached_ids(name: &str) -> Result<Vec<u32>> {
     let st = State::load(name)?.with_context(|| format!("no topology named {name:?} is up"))?;
     let t = st
         .topology
@@ -62,8 +62,12 @@ fn attached_ids(name: &str) -> Result<Vec<u32>> {
 }
 
 /// One reader per distinct log buffer of programs `ids` (programs of one
-/// load share theirs).
-fn loggers(ids: &[u32], level: log::LevelFilter) -> Result<Vec<aya_log::EbpfLogger<DatapathLog>>> {
+/// load share theirs); with `topology`, each line names it.
+pub fn loggers(
+    ids: &[u32],
+    level: log::LevelFilter,
+    topology: Option<&str>,
+) -> Result<Vec<aya_log::EbpfLogger<DatapathLog>>> {
     let mut seen = std::collections::HashSet::new();
     let mut loggers = Vec::new();
     for info in aya::programs::loaded_programs().flatten() {
@@ -75,11 +79,14 @@ fn loggers(ids: &[u32], level: log::LevelFilter) -> Result<Vec<aya_log::EbpfLogg
                 .ok()
                 .is_some_and(|mi| mi.name_as_str() == Some("AYA_LOGS"));
             if is_log && seen.insert(m) {
-                let logger =
-                    aya_log::EbpfLogger::init_from_id_with_logger(info.id(), DatapathLog { level })
-                        .with_context(|| {
-                            format!("reading the log buffer of program {}", info.id())
-                        })?;
+                let logger = aya_log::EbpfLogger::init_from_id_with_logger(
+                    info.id(),
+                    DatapathLog {
+                        level,
+                        topology: topology.map(|t| format!("{t}: ")).unwrap_or_default(),
+                    },
+                )
+                .with_context(|| format!("reading the log buffer of program {}", info.id()))?;
                 loggers.push(logger);
             }
         }
@@ -89,8 +96,10 @@ fn loggers(ids: &[u32], level: log::LevelFilter) -> Result<Vec<aya_log::EbpfLogg
 
 /// Prints datapath log records (from aya-log) to stdout with a UTC time,
 /// naming drop reasons (the programs send only the code).
-struct DatapathLog {
+pub struct DatapathLog {
     level: log::LevelFilter,
+    /// "NAME: " before each message (the agent follows several), or "".
+    topology: String,
 }
 
 impl log::Log for DatapathLog {
@@ -115,11 +124,12 @@ impl log::Log for DatapathLog {
             .unwrap_or_default();
         let (s, ms) = (now.as_secs() % 86400, now.subsec_millis());
         println!(
-            "{:02}:{:02}:{:02}.{ms:03} {:<5} {msg}",
+            "{:02}:{:02}:{:02}.{ms:03} {:<5} {}{msg}",
             s / 3600,
             s / 60 % 60,
             s % 60,
-            r.level()
+            r.level(),
+            self.topology
         );
     }
 

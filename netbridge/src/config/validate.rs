@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use super::{
     ConfigError, Endpoint, MAX_ADDRESSES, MAX_FORWARDS, MAX_LINKS, MAX_NAMESPACES, MAX_ROUTES,
-    MAX_SYSCTLS, Namespace, Proto, Route, Topology,
+    MAX_SYSCTLS, Namespace, Port, Proto, Route, Topology,
 };
 
 /// Checks `t` (parsed from `file`). `host_has_link(name)` tells whether an
@@ -774,6 +774,48 @@ fn span(n: &IpNet) -> (u8, u128, u128) {
             u32::from(v4.broadcast()) as u128,
         ),
         IpNet::V6(v6) => (6, u128::from(v6.network()), u128::from(v6.broadcast())),
+    }
+}
+
+/// The MTU a veth gets when the file sets none.
+const DEFAULT_MTU: u32 = 1500;
+
+impl Topology {
+    /// Warnings that do not stop `up`: an L2 segment (the bridge with its
+    /// ports, the file's and `attached`) whose MTUs disagree, naming the
+    /// ports of each MTU. Larger frames would be dropped between them. A
+    /// bridge without an MTU of its own follows its ports and is not
+    /// counted. (A `[[link]]` has one MTU for both ends.)
+    pub fn mtu_warnings(&self, attached: &[Port], file: &str) -> Vec<String> {
+        let Some(b) = &self.bridge else {
+            return vec![];
+        };
+        let mut by_mtu: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        if let Some(m) = b.mtu.or(self.mtu) {
+            by_mtu
+                .entry(m)
+                .or_default()
+                .push(format!("bridge {}", b.name));
+        }
+        for p in self.ports(attached) {
+            let m = p.mtu.unwrap_or(DEFAULT_MTU);
+            let label = format!("{} ({})", p.host_ifname, p.name);
+            by_mtu.entry(m).or_default().push(label);
+        }
+        if by_mtu.len() < 2 {
+            return vec![];
+        }
+        let groups: Vec<String> = by_mtu
+            .iter()
+            .map(|(m, ports)| format!("{m} on {}", ports.join(", ")))
+            .collect();
+        vec![format!(
+            "{file}: the L2 segment of bridge {} mixes MTUs: {}; frames larger than {} are \
+             dropped between these ports (give every namespace on the bridge the same mtu)",
+            b.name,
+            groups.join("; "),
+            by_mtu.keys().next().expect("two MTUs"),
+        )]
     }
 }
 
@@ -1605,5 +1647,77 @@ mod tests {
             &xdp(&one),
             &["datapath = \"xdp\": port forwards need datapath = \"tc\""],
         );
+    }
+
+    /// Ports of the bridge's segment with different MTUs are named in one
+    /// warning, grouped by MTU; uniform MTUs (set or default, the bridge
+    /// following its ports) give none.
+    #[test]
+    fn mtu_mismatch_on_the_bridge_warns() {
+        let base = "name = \"x\"\n[bridge]\nname = \"br0\"\naddresses = [\"10.0.0.1/16\"]\n";
+        let ns = |name: &str, mtu: &str| {
+            format!(
+                "[[namespace]]\nname = \"{name}\"\naddresses = [\"10.0.{}.1/24\"]\n{mtu}",
+                name.len()
+            )
+        };
+        let warn = |text: &str| parse(text).unwrap().mtu_warnings(&[], "t.toml");
+        // Controls: defaults everywhere; one explicit 1500 among defaults;
+        // all 9000 with the bridge left to follow them; a top-level mtu.
+        assert!(warn(&format!("{base}{}{}", ns("a", ""), ns("bb", ""))).is_empty());
+        assert!(
+            warn(&format!(
+                "{base}{}{}",
+                ns("a", "mtu = 1500\n"),
+                ns("bb", "")
+            ))
+            .is_empty()
+        );
+        assert!(
+            warn(&format!(
+                "{base}{}{}",
+                ns("a", "mtu = 9000\n"),
+                ns("bb", "mtu = 9000\n")
+            ))
+            .is_empty()
+        );
+        let top = format!("mtu = 9000\n{base}{}{}", ns("a", ""), ns("bb", ""));
+        assert!(warn(&top).is_empty(), "{:?}", warn(&top));
+        // A namespace that differs.
+        let w = warn(&format!(
+            "{base}{}{}{}",
+            ns("a", ""),
+            ns("bb", "mtu = 9000\n"),
+            ns("ccc", "")
+        ));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(
+            w[0],
+            "t.toml: the L2 segment of bridge br0 mixes MTUs: 1500 on nb-a (a), nb-ccc (ccc); \
+             9000 on nb-bb (bb); frames larger than 1500 are dropped between these ports (give \
+             every namespace on the bridge the same mtu)"
+        );
+        // The bridge's own MTU (which its namespaces inherit) against a
+        // port's.
+        let bridged = |a: &str| format!("{base}mtu = 1400\n{}{}", ns("a", a), ns("bb", ""));
+        assert!(warn(&bridged("")).is_empty());
+        let w = warn(&bridged("mtu = 1500\n"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("1400 on bridge br0, nb-bb (bb); 1500 on nb-a (a);"),
+            "{w:?}"
+        );
+        // An attached port counts too; a namespace off the bridge does not.
+        let t = parse(&format!(
+            "{base}{}{}",
+            ns("a", ""),
+            "[[namespace]]\nname = \"off\"\nbridge = false\nmtu = 9000\n"
+        ))
+        .unwrap();
+        assert!(t.mtu_warnings(&[], "t.toml").is_empty());
+        let mut p = t.ports(&[])[0].clone();
+        (p.name, p.host_ifname, p.mtu) = ("cni1".into(), "nb-cni1".into(), Some(9000));
+        let w = t.mtu_warnings(&[p], "t.toml");
+        assert!(w[0].contains("9000 on nb-cni1 (cni1)"), "{w:?}");
     }
 }
