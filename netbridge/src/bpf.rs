@@ -153,8 +153,15 @@ impl Maps {
     /// hosts `v4` pointing at it. Other ports' entries stay as they are.
     /// Returns how many FDB entries went.
     pub fn remove_port(&mut self, ifindex: u32, v4: &[Ipv4Addr]) -> Result<usize, BpfError> {
+        // A missing key is fine (a port that never saw a packet has no
+        // counters): aya reports it as KeyNotFound or as the syscall's ENOENT.
         let gone = |r: Result<(), aya::maps::MapError>| match r {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             r => r,
         };
         gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;

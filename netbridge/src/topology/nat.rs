@@ -14,7 +14,7 @@ use super::{
     up,
 };
 use crate::{
-    bpf::{Datapath, PinDir},
+    bpf::Datapath,
     config::{ConfigError, Forward, NatTimeouts, Port, PortSpec, Proto, Topology, ipv4s},
     nat::{NatMaps, NatPlan, proto_num},
     netlink::{self, LinkInfoLite},
@@ -239,8 +239,8 @@ fn revalidate(t: &Topology, attached: &[Port], file: &str) -> Result<Topology> {
 /// runs (sessions of forwards that go or change purged, and of new ones,
 /// so no stale session outlives its mapping), else a full `up`.
 fn apply_forwards(st: &mut State, t: Topology) -> Result<Vec<String>> {
-    let mut nat = match &st.pin_dir {
-        Some(dir) => Some(NatMaps::open_pinned(&PinDir(dir.clone()))?),
+    let mut nat = match port::pinned(st) {
+        Some(pins) => Some(NatMaps::open_pinned(&pins)?),
         None => None,
     };
     match nat.as_mut().filter(|n| n.config().flags != 0) {
@@ -267,8 +267,8 @@ pub(super) fn drop_forwards_to(st: &mut State, port: &str) -> Result<Vec<String>
         return Ok(vec![]);
     }
     let mut changes = Vec::new();
-    if let Some(dir) = &st.pin_dir {
-        let mut nat = NatMaps::open_pinned(&PinDir(dir.clone()))?;
+    if let Some(pins) = port::pinned(st) {
+        let mut nat = NatMaps::open_pinned(&pins)?;
         if nat.config().flags != 0 {
             changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
         }

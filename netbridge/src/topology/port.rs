@@ -333,8 +333,8 @@ impl Held {
         };
         let p = st.attachments[i].clone();
         let mut changes = super::nat::drop_forwards_to(&mut st, port)?;
-        if let Some(dir) = &st.pin_dir {
-            changes.extend(detach(&host_of(&t), &PinDir(dir.clone()), &p)?);
+        if let Some(pins) = pinned(&st) {
+            changes.extend(detach(&host_of(&t), &pins, &p)?);
         }
         let mine = journaled_for(&st, &t, &p);
         let td = teardown::teardown(&mine);
@@ -424,6 +424,16 @@ fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
         changes.push(format!("purged {n} NAT sessions of {}", p.name));
     }
     Ok(changes)
+}
+
+/// The topology's pin directory when its maps are pinned there (someone
+/// may have emptied netbridge's bpffs: then there is nothing to clean, the
+/// maps went with their last user).
+pub(super) fn pinned(st: &State) -> Option<PinDir> {
+    let pins = PinDir(st.pin_dir.clone()?);
+    pins.map(netbridge_common::MAP_PORTS)
+        .exists()
+        .then_some(pins)
 }
 
 /// The journal of running topology `name`.
