@@ -602,17 +602,22 @@ pub fn forget_cni_state(sb: &mut Sandbox) {
 /// A node with its own mount namespace besides its network namespace,
 /// kept alive by a sleeping process of the sandbox: podman and a node's
 /// netbridge state live there, never in the machine's mount namespace.
+/// Dropped (before the sandbox: declare it after), it runs its cleanup
+/// script and kills every process left in it; the sandbox then kills the
+/// keeper and the mount namespace is gone.
 pub struct Node {
     pub net: String,
     /// /proc/PID/ns/mnt of the keeper.
     pub mnt: String,
     keeper: u32,
+    cleanup: Option<String>,
 }
 
 impl Node {
     /// A private mount namespace for network namespace `net`, with its own
-    /// sysfs (like `ip netns exec`) and a fresh tmpfs on each of `tmpfs`.
-    pub fn new(sb: &mut Sandbox, net: &str, tmpfs: &[&str]) -> Node {
+    /// sysfs (like `ip netns exec`), then `setup` (a shell script) run in
+    /// it. Namespaces added under /run/netns afterwards are not seen there.
+    pub fn new(sb: &mut Sandbox, net: &str, setup: &str) -> Node {
         let keeper = sb.spawn(
             net,
             &[
@@ -635,13 +640,18 @@ impl Node {
             net: net.into(),
             mnt,
             keeper,
+            cleanup: None,
         };
-        let mut script = String::from("set -e; umount -l /sys; mount -t sysfs sysfs /sys\n");
-        for dir in tmpfs {
-            script += &format!("mkdir -p {dir}; mount -t tmpfs nbtest {dir}\n");
-        }
-        node.sh(sb, &script);
+        node.sh(&format!(
+            "set -e; umount -l /sys; mount -t sysfs sysfs /sys\n{setup}"
+        ));
         node
+    }
+
+    /// A script run in the node when it is dropped, before its processes
+    /// are killed (e.g. `podman rm -a -f`).
+    pub fn on_drop(&mut self, script: &str) {
+        self.cleanup = Some(script.into());
     }
 
     /// A command run in the node (both namespaces).
@@ -655,7 +665,7 @@ impl Node {
     }
 
     /// A shell snippet in the node; panics with its output if it fails.
-    pub fn sh(&self, _sb: &Sandbox, script: &str) -> String {
+    pub fn sh(&self, script: &str) -> String {
         let out = self.sh_output(script);
         assert!(
             out.status.success(),
@@ -714,6 +724,15 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(script) = self.cleanup.take() {
+            let _ = self.sh_output(&script);
+        }
+        self.kill_all();
     }
 }
 
