@@ -836,3 +836,78 @@ fn reference_portmap_udp_flow_sticks_to_a_deleted_container() {
     require_root!();
     udp_flow_after_del(&Subject::reference_bridge());
 }
+
+/// A container that died without a DEL (its namespace gone) does not keep
+/// its host port: the next ADD publishing that port detaches the dead
+/// container's port and takes it over; the dead one's DEL still works
+/// later and releases its address.
+#[test]
+fn netbridge_dead_container_frees_its_host_port() {
+    require_root!();
+    let subject = Subject::netbridge();
+    let mut lab = Lab::new();
+    let c2 = lab.ctrs[1].clone();
+    lab.web(&c2, 80, "hello from c2\n");
+    let net = lab.netlist(&subject, CniVersion::V1_0_0, false);
+    let (a1, a2) = (lab.attachment(0, 8080), lab.attachment(1, 8080));
+    net.add(&a1).unwrap_or_else(|o| panic!("ADD c1: {o:?}"));
+    netbridge::netns::delete(&lab.ctrs[0]).unwrap();
+    let r2 = net.add(&a2).unwrap_or_else(|o| panic!("ADD c2: {o:?}"));
+    let ip2 = CniResult::from_json(&r2).unwrap().ips[0]
+        .address
+        .addr()
+        .to_string();
+    assert_eq!(
+        lab.fetch(&lab.upstream, "203.0.113.1:8080/").as_deref(),
+        Some("hello from c2\n")
+    );
+    let st = netbridge::state::State::load(&net.topology())
+        .unwrap()
+        .unwrap();
+    let ports: Vec<&str> = st.attachments.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(ports, [a2.port().as_str()]);
+    assert_eq!(
+        lab.leases().len(),
+        2,
+        "the dead one's address waits for its DEL"
+    );
+    net.del(&a1, None)
+        .unwrap_or_else(|o| panic!("DEL c1: {o:?}"));
+    assert_eq!(lab.leases(), vec![ip2]);
+    net.del(&a2, Some(&r2)).unwrap();
+}
+
+/// `"datapath": "xdp"`: the ports run the XDP program, bridging and the
+/// masquerade work, STATUS sees the XDP programs (port mappings need the
+/// TC datapath: refused, see `netbridge_config_errors_change_nothing`).
+#[test]
+fn netbridge_xdp_datapath() {
+    require_root!();
+    let subject = Subject::netbridge();
+    let mut lab = Lab::new();
+    let up = lab.upstream.clone();
+    lab.web(&up, 8000, "hello from upstream\n");
+    let mut net = lab.netlist(&subject, CniVersion::V1_1_0, false);
+    net.plugins[0]["datapath"] = "xdp".into();
+    let (a1, a2) = (
+        lab.attachment_with(0, json!([])),
+        lab.attachment_with(1, json!([])),
+    );
+    let r1 = net.add(&a1).unwrap_or_else(|o| panic!("ADD c1: {o:?}"));
+    let r2 = net.add(&a2).unwrap_or_else(|o| panic!("ADD c2: {o:?}"));
+    let p2 = CniResult::from_json(&r2).unwrap();
+    let host = &CniResult::from_json(&r1).unwrap().interfaces[1].name;
+    let link = lab.sb.sh(&lab.sb.host, &format!("ip -d link show {host}"));
+    assert!(link.contains("xdp"), "{link}");
+    lab.sb.sh(
+        &lab.ctrs[0],
+        &format!("ping -c 2 -W 2 {}", p2.ips[0].address.addr()),
+    );
+    assert_eq!(
+        lab.fetch(&lab.ctrs[0], "203.0.113.2:8000/").as_deref(),
+        Some("hello from upstream\n")
+    );
+    net.subject_call("STATUS", None, |_| {}).ok_empty();
+    net.del(&a1, Some(&r1)).unwrap();
+    net.del(&a2, Some(&r2)).unwrap();
+}

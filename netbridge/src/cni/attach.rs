@@ -314,7 +314,8 @@ fn port_forwards(
                 format!("{at}: {proto} host port {} mapped twice", f.external),
             ));
         }
-        if let Some(other) = publisher(st, &f).filter(|o| o != port) {
+        let holder = publisher(st, &f).filter(|o| o != port);
+        if let Some(other) = holder.filter(|o| !dead_port(st, o)) {
             let who = s
                 .records
                 .attachments
@@ -333,6 +334,15 @@ fn port_forwards(
         out.push(f);
     }
     Ok(out)
+}
+
+/// Whether attached port `name`'s namespace is gone: its container died
+/// without a DEL. Its host ports are free for others (ADD detaches it);
+/// its addresses stay until DEL or GC.
+fn dead_port(st: Option<&State>, name: &str) -> bool {
+    st.into_iter()
+        .flat_map(|st| st.attachments.iter())
+        .any(|p| p.name == name && !topology::port_netns_exists(p))
 }
 
 /// The port a running forward of `f`'s protocol and external port goes to.
@@ -388,6 +398,19 @@ fn attach(s: &Session, plan: &Plan) -> Result<CniResult, CniError> {
         plan.uplink.map(|u| u.ifname.as_str()),
     );
     network::ensure(&s.held, &want, conf.bridge.is_gateway)?;
+    // Dead containers holding a host port this one publishes let it go.
+    let st = s.state()?;
+    let dead: std::collections::BTreeSet<String> = plan
+        .forwards
+        .iter()
+        .filter_map(|f| publisher(st.as_ref(), f))
+        .filter(|h| dead_port(st.as_ref(), h))
+        .collect();
+    for holder in dead {
+        s.held
+            .remove_port(&holder)
+            .map_err(engine_err(format!("detaching dead port {holder}")))?;
+    }
     let routes = routes(conf, plan.ipam);
     let p = port(s, plan, &routes);
     s.held

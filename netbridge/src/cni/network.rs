@@ -196,16 +196,19 @@ pub fn ensure(held: &Held, want: &Topology, ip_forward: bool) -> Result<Vec<Stri
     let probe = topology::probe(&want.name).map_err(engine_err("probing the datapath"))?;
     let mut changes = Vec::new();
     if running != Some(want) || !probe.is_some_and(|p| p.problems.is_empty()) {
+        let mut want = want.clone();
         for p in st.iter().flat_map(|s| s.attachments.iter()) {
             if !crate::topology::port_netns_exists(p) {
                 let r = held
                     .remove_port(&p.name)
                     .map_err(engine_err(format!("detaching dead port {}", p.name)))?;
                 changes.extend(r.changes);
+                // Its forwards went with it.
+                want.forwards.retain(|f| f.target().0 != p.name);
             }
         }
         let r = held
-            .up(want)
+            .up(&want)
             .map_err(engine_err(format!("bringing up network {}", want.name)))?;
         changes.extend(r.changes);
     }
