@@ -354,7 +354,8 @@ fn netbridge_config_errors_change_nothing() {
     let before = footprint(&lab, &net);
     let leases = lab.leases();
     let a2 = lab.attachment(1, 8090);
-    let cases: Vec<(&str, u64, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Tweak = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, u64, Tweak, &str)> = vec![
         (
             "unknown key",
             2,

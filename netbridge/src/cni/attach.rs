@@ -676,10 +676,10 @@ fn gc(s: &mut Session) -> Result<(), CniError> {
         }
     }
     s.save()?;
-    if let Some(d) = s.req.ipam_delegate() {
-        if let Err(e) = d.and_then(|d| d.run_if_supported(Command::Gc)) {
-            errors.push(e.to_string());
-        }
+    if let Some(d) = s.req.ipam_delegate()
+        && let Err(e) = d.and_then(|d| d.run_if_supported(Command::Gc))
+    {
+        errors.push(e.to_string());
     }
     match errors.len() {
         0 => Ok(()),

@@ -106,6 +106,6 @@ mod tests {
         assert_ne!(host_ifname("n1", &a), host_ifname("n2", &a));
         assert_ne!(host_ifname("n1", &a), host_ifname("n1", &b));
         assert_eq!(host_ifname("n1", &a).len(), 15);
-        assert_eq!(fnv64(&["ab", "c"]) == fnv64(&["a", "bc"]), false);
+        assert_ne!(fnv64(&["ab", "c"]), fnv64(&["a", "bc"]));
     }
 }
