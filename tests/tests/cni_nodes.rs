@@ -8,7 +8,7 @@
 //! pod's address), pods reach the upstream masqueraded.
 mod cni_harness;
 
-use cni_harness::{Attachment, Node, Subject, run_plugin};
+use cni_harness::{Attachment, Node, Subject, run_plugin, with_cni_env};
 use netbridge::cni::CniResult;
 use netbridge_tests::{Sandbox, require_root, script};
 use serde_json::{Value, json};
@@ -31,15 +31,7 @@ fn conf(net: &str, pod_cidr: &str, gateway: &str) -> Value {
 
 fn cni(node: &Node, subject: &Subject, verb: &str, att: &Attachment, stdin: &Value) -> Value {
     let bin = subject.bin();
-    let mut c = node.cmd(&[bin.to_str().unwrap()]);
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", verb)
-        .env("CNI_PATH", subject.cni_path())
-        .env("CNI_CONTAINERID", &att.container_id)
-        .env("CNI_NETNS", &att.netns)
-        .env("CNI_IFNAME", &att.ifname)
-        .env("CNI_ARGS", &att.args);
+    let c = with_cni_env(node.cmd(&[bin.to_str().unwrap()]), subject, verb, Some(att));
     let o = run_plugin(c, subject.plugin_type, verb, Some(att), stdin);
     assert_eq!(o.rc, 0, "{verb} on node {}: {o:?}", node.net);
     if o.stdout.trim().is_empty() {

@@ -185,7 +185,17 @@ pub fn plugin_cmd(
     } else {
         Path::new(REFERENCE_DIR).join(plugin)
     };
-    let mut c: Command = sb.cmd(ns, &[bin.to_str().unwrap()]);
+    with_cni_env(sb.cmd(ns, &[bin.to_str().unwrap()]), subject, command, att)
+}
+
+/// `c` (a plugin's command) with exactly the CNI environment: the verb,
+/// CNI_PATH and the attachment's parameters.
+pub fn with_cni_env(
+    mut c: Command,
+    subject: &Subject,
+    command: &str,
+    att: Option<&Attachment>,
+) -> Command {
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
