@@ -320,6 +320,18 @@ impl Datapath {
     /// Same, sizing a new conntrack table for `max_sessions` (a pinned
     /// one keeps its size: see `NatMaps::capacity`).
     pub fn load_sized(pins: PinDir, max_sessions: u32) -> Result<Self, BpfError> {
+        Self::load_programs(pins, max_sessions, &[])
+    }
+
+    /// Same, loading only `programs` into the kernel (all when empty): the
+    /// verifier takes most of a load's time, and attaching one port needs
+    /// one program (two with XDP).
+    pub fn load_programs(
+        pins: PinDir,
+        max_sessions: u32,
+        programs: &[&'static str],
+    ) -> Result<Self, BpfError> {
+        let wanted = |name: &str| programs.is_empty() || programs.contains(&name);
         let load_err = |source| BpfError::Load {
             pin_dir: pins.0.clone(),
             source: Box::new(source),
@@ -337,7 +349,10 @@ impl Datapath {
             PROG_UPLINK_INGRESS,
             PROG_UPLINK_EGRESS,
             netbridge_common::PROG_CT_CTL,
-        ] {
+        ]
+        .into_iter()
+        .filter(|n| wanted(n))
+        {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram { name })?
@@ -345,7 +360,10 @@ impl Datapath {
                 .map_err(|e| prog_err(name, "-", e))?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
-        for name in [PROG_PORT_XDP, PROG_PEER_XDP] {
+        for name in [PROG_PORT_XDP, PROG_PEER_XDP]
+            .into_iter()
+            .filter(|n| wanted(n))
+        {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram { name })?

@@ -281,7 +281,13 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
     let r = &mut *run;
     let mut dp = in_ns(&host, |h| async move {
         let run = r;
-        let mut dp = Datapath::load(pins)?;
+        // Only this port's programs: the verifier is most of the time.
+        let progs: &[&'static str] = match t.datapath {
+            Mode::Tc => &[PROG_PORT_INGRESS],
+            Mode::Xdp => &[PROG_PORT_XDP, PROG_PEER_XDP],
+        };
+        let max = netbridge_common::DEFAULT_MAX_SESSIONS;
+        let mut dp = Datapath::load_programs(pins, max, progs)?;
         let links = netlink::links(&h).await?;
         let links = phases::by_name(&links);
         let l = phases::find(&links, &p.host_ifname)?;
