@@ -611,11 +611,12 @@ fn check(s: &Session) -> Result<(), CniError> {
     let probe = topology::probe(&s.topo)
         .map_err(engine_err("probing the datapath"))?
         .unwrap_or_default();
-    if let Some(problem) = probe
-        .problems
+    let mine = probe
+        .ports
         .iter()
-        .find(|m| m.starts_with(&format!("port {port}:")) || !m.starts_with("port "))
-    {
+        .filter(|(p, _)| *p == port)
+        .map(|(_, m)| m);
+    if let Some(problem) = probe.network.iter().chain(mine).next() {
         return Err(fail(problem.clone()));
     }
     let host = live_link(&Netns::Current, &p.host_ifname)?;
@@ -737,7 +738,7 @@ fn status(req: &Request, dir: &Path) -> Result<(), CniError> {
     let Some(p) = topology::probe(&topo).map_err(engine_err("probing the datapath"))? else {
         return Ok(());
     };
-    if p.problems.is_empty() {
+    if p.is_ok() {
         return Ok(());
     }
     let code = if p.attachments > 0 {
@@ -752,7 +753,7 @@ fn status(req: &Request, dir: &Path) -> Result<(), CniError> {
             conf.name
         ),
     )
-    .with_details(p.problems.join("; ")))
+    .with_details(p.problems().join("; ")))
 }
 
 #[cfg(test)]

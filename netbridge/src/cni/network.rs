@@ -195,7 +195,7 @@ pub fn ensure(held: &Held, want: &Topology, ip_forward: bool) -> Result<Vec<Stri
     }
     let probe = topology::probe(&want.name).map_err(engine_err("probing the datapath"))?;
     let mut changes = Vec::new();
-    if running != Some(want) || !probe.is_some_and(|p| p.problems.is_empty()) {
+    if running != Some(want) || !probe.is_some_and(|p| p.is_ok()) {
         let mut want = want.clone();
         for p in st.iter().flat_map(|s| s.attachments.iter()) {
             if !crate::topology::port_netns_exists(p) {

@@ -119,9 +119,24 @@ fn is_link_local(a: &IpNet) -> bool {
 pub struct Probe {
     /// Ports attached beyond the file's namespaces.
     pub attachments: usize,
-    /// What is missing; empty when the bridge, every port's program and
-    /// the uplink's NAT programs are attached.
-    pub problems: Vec<String>,
+    /// What the network as a whole misses: the bridge, the uplink's NAT
+    /// programs.
+    pub network: Vec<String>,
+    /// What single ports miss: (port name, problem).
+    pub ports: Vec<(String, String)>,
+}
+
+impl Probe {
+    /// The bridge, every port's program and the uplink's are attached.
+    pub fn is_ok(&self) -> bool {
+        self.network.is_empty() && self.ports.is_empty()
+    }
+
+    /// Every problem, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let ports = self.ports.iter().map(|(p, m)| format!("port {p}: {m}"));
+        self.network.iter().cloned().chain(ports).collect()
+    }
 }
 
 /// Probes topology `name` (None: it is not up): the bridge exists, each
@@ -138,27 +153,30 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
     let ports = t.ports(&st.attachments);
     let uplink = nat::inputs(&t).map(|_| t.uplink.as_ref().map(|u| u.ifname.clone()));
     let bridge = t.bridge.as_ref().map(|b| b.name.clone());
-    let problems = in_ns(&host_of(&t), |h| async move {
+    let mut probe = in_ns(&host_of(&t), |h| async move {
         let links = netlink::links(&h).await?;
         let find = |n: &str| links.iter().find(|l| l.name == n);
-        let mut problems = Vec::new();
+        let mut probe = Probe::default();
         if let Some(b) = &bridge
             && !find(b).is_some_and(|l| l.up)
         {
-            problems.push(format!("bridge {b} is missing or down"));
+            probe.network.push(format!("bridge {b} is missing or down"));
         }
         for p in &ports {
             let name = &p.host_ifname;
             let attached = match (find(name), &t.datapath) {
                 (None, _) => {
-                    problems.push(format!("port {}: {name} is missing", p.name));
+                    probe
+                        .ports
+                        .push((p.name.clone(), format!("{name} is missing")));
                     continue;
                 }
                 (Some(l), Datapath::Xdp) => l.xdp_prog.is_some(),
                 (Some(_), Datapath::Tc) => has(name, TcAttachType::Ingress, PROG_PORT_INGRESS),
             };
             if !attached {
-                problems.push(format!("port {}: no datapath program on {name}", p.name));
+                let why = format!("no datapath program on {name}");
+                probe.ports.push((p.name.clone(), why));
             }
         }
         if let Some(Some(u)) = &uplink {
@@ -167,16 +185,16 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
                 (TcAttachType::Egress, PROG_UPLINK_EGRESS),
             ] {
                 if !has(u, kind, prog) {
-                    problems.push(format!("uplink {u}: {prog} is not attached"));
+                    probe
+                        .network
+                        .push(format!("uplink {u}: {prog} is not attached"));
                 }
             }
         }
-        Ok::<_, NetlinkError>(problems)
+        Ok::<_, NetlinkError>(probe)
     })?;
-    Ok(Some(Probe {
-        attachments: st.attachments.len(),
-        problems,
-    }))
+    probe.attachments = st.attachments.len();
+    Ok(Some(probe))
 }
 
 /// Whether program `prog` (the kernel keeps 15 bytes of a name) is
