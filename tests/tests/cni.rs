@@ -151,6 +151,19 @@ fn full_lifecycle(subject: &Subject, version: CniVersion) {
     }
     if version.has_gc_and_status() {
         net.subject_call("STATUS", None, |_| {}).ok_empty();
+        // GC listing both changes nothing.
+        net.gc(&[&a1, &a2]).ok_empty();
+        sb.sh(&lab.ctrs[0], &format!("ping -c 1 -W 2 {ip2}"));
+        assert_eq!(lab.leases(), both);
+    } else if subject.netbridge {
+        // GC and STATUS do not exist before 1.1.0: code 1.
+        for verb in ["GC", "STATUS"] {
+            let o = net.subject_call(verb, None, |c| {
+                c["cni.dev/valid-attachments"] = json!([]);
+            });
+            assert_eq!(o.error_code(), 1, "{verb}: {o:?}");
+        }
+        assert_eq!(lab.leases(), both, "a refused GC removed something");
     }
 
     // DEL: everything of c1 goes, twice is fine, c2 is untouched.
