@@ -238,3 +238,65 @@ pub fn host_ip_ok(host_ip: Option<IpAddr>, uplink: &NodeUplink) -> bool {
         Some(IpAddr::V6(_)) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: serde_json::Value) -> NetConf {
+        let mut v =
+            serde_json::json!({"cniVersion": "1.0.0", "name": "my.net", "type": "netbridge-cni"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        NetConf::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn wanted_topology_keeps_what_runs_and_adds_gateways() {
+        let c = conf(
+            serde_json::json!({"bridge": "br9", "isGateway": true, "ipMasq": true,
+            "mtu": 1400, "natPorts": "20000-30000", "agingSecs": 60}),
+        );
+        let gw: Vec<IpNet> = vec!["192.168.5.1/24".parse().unwrap()];
+        let t = wanted(&c, None, &gw, Some("eth0"));
+        assert_eq!(t.name, names::topology_name("my.net"));
+        let b = t.bridge.as_ref().unwrap();
+        assert_eq!(
+            (b.name.as_str(), b.addresses.clone(), b.aging_secs),
+            ("br9", gw.clone(), 60)
+        );
+        assert_eq!(t.mtu, Some(1400));
+        let u = t.uplink.as_ref().unwrap();
+        assert!(u.masquerade && u.ifname == "eth0");
+        assert_eq!(u.port_range(), (20000, 30000));
+        validate(&Topology {
+            uplink: None,
+            ..t.clone()
+        })
+        .unwrap();
+        // A second ADD with another gateway keeps the first; without
+        // isGateway none is added; no uplink, none in the topology.
+        let more: Vec<IpNet> = vec!["fd00:5::1/64".parse().unwrap()];
+        let t2 = wanted(&c, Some(&t), &more, Some("eth0"));
+        assert_eq!(t2.bridge.unwrap().addresses, [gw[0], more[0]]);
+        let plain = conf(serde_json::json!({}));
+        let t3 = wanted(&plain, None, &gw, None);
+        assert!(t3.bridge.as_ref().unwrap().addresses.is_empty() && t3.uplink.is_none());
+        assert_eq!(t3.bridge.unwrap().name, "cni0");
+    }
+
+    #[test]
+    fn host_ips_must_be_the_uplinks() {
+        let u = NodeUplink {
+            ifname: "eth0".into(),
+            ipv4: vec!["203.0.113.1".parse().unwrap()],
+        };
+        for ok in [None, Some("0.0.0.0"), Some("203.0.113.1")] {
+            assert!(host_ip_ok(ok.map(|a| a.parse().unwrap()), &u), "{ok:?}");
+        }
+        for bad in ["203.0.113.9", "::", "2001:db8::1"] {
+            assert!(!host_ip_ok(Some(bad.parse().unwrap()), &u), "{bad}");
+        }
+    }
+}
