@@ -153,8 +153,15 @@ impl Maps {
     /// hosts `v4` pointing at it. Other ports' entries stay as they are.
     /// Returns how many FDB entries went.
     pub fn remove_port(&mut self, ifindex: u32, v4: &[Ipv4Addr]) -> Result<usize, BpfError> {
+        // A missing key is fine (a port that never saw a packet has no
+        // counters): aya reports it as KeyNotFound or as the syscall's ENOENT.
         let gone = |r: Result<(), aya::maps::MapError>| match r {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             r => r,
         };
         gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;
@@ -313,6 +320,18 @@ impl Datapath {
     /// Same, sizing a new conntrack table for `max_sessions` (a pinned
     /// one keeps its size: see `NatMaps::capacity`).
     pub fn load_sized(pins: PinDir, max_sessions: u32) -> Result<Self, BpfError> {
+        Self::load_programs(pins, max_sessions, &[])
+    }
+
+    /// Same, loading only `programs` into the kernel (all when empty): the
+    /// verifier takes most of a load's time, and attaching one port needs
+    /// one program (two with XDP).
+    pub fn load_programs(
+        pins: PinDir,
+        max_sessions: u32,
+        programs: &[&'static str],
+    ) -> Result<Self, BpfError> {
+        let wanted = |name: &str| programs.is_empty() || programs.contains(&name);
         let load_err = |source| BpfError::Load {
             pin_dir: pins.0.clone(),
             source: Box::new(source),
@@ -330,7 +349,10 @@ impl Datapath {
             PROG_UPLINK_INGRESS,
             PROG_UPLINK_EGRESS,
             netbridge_common::PROG_CT_CTL,
-        ] {
+        ]
+        .into_iter()
+        .filter(|n| wanted(n))
+        {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram { name })?
@@ -338,7 +360,10 @@ impl Datapath {
                 .map_err(|e| prog_err(name, "-", e))?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
-        for name in [PROG_PORT_XDP, PROG_PEER_XDP] {
+        for name in [PROG_PORT_XDP, PROG_PEER_XDP]
+            .into_iter()
+            .filter(|n| wanted(n))
+        {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram { name })?

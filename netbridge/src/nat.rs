@@ -217,7 +217,9 @@ impl NatMaps {
 
     /// Makes the maps say `plan` (NatConfig flags 0 = NAT off). Forwards
     /// that disappear or change have their sessions purged first, so no
-    /// flow keeps going to the old target. Returns the changes made.
+    /// flow keeps going to the old target; so have the external ports of
+    /// new forwards (a session left there by an earlier mapping would win
+    /// over the new one). Returns the changes made.
     pub fn apply(&mut self, plan: &NatPlan) -> Result<Vec<String>, BpfError> {
         let mut changes = Vec::new();
         let old = self.forwards()?;
@@ -228,6 +230,18 @@ impl NatMaps {
                 proto_name(f.proto),
                 port_label(f)
             ));
+        }
+        if self.ctl.is_some() {
+            for f in plan.forwards.iter().filter(|f| !old.contains(f)) {
+                let purged = self.purge_forward(f.proto, f.first, f.last)?;
+                if purged > 0 {
+                    changes.push(format!(
+                        "purged {purged} stale sessions of {} {}",
+                        proto_name(f.proto),
+                        port_label(f)
+                    ));
+                }
+            }
         }
         let singles: Vec<&FwdTarget> = plan.forwards.iter().filter(|f| f.first == f.last).collect();
         let stale: Vec<FwdKey> = self
@@ -414,6 +428,49 @@ impl NatMaps {
             ..CtlCmd::default()
         })?;
         Ok(n as u64)
+    }
+
+    /// Ends every session of lab addresses `addrs` (a removed port's):
+    /// the SNAT sessions they opened and the DNAT and hairpin sessions to
+    /// or from them. Both halves are marked idle since boot, then a forced
+    /// sweep (see [`NatMaps::gc`]) removes them and counts them out in the
+    /// kernel, as it does expired sessions; a packet never uses an expired
+    /// session meanwhile. A half a packet refreshed in between is marked
+    /// again (at most 3 rounds). Returns how many sessions went.
+    pub fn purge_hosts(&mut self, addrs: &[Ipv4Addr]) -> Result<u64, BpfError> {
+        const BPF_EXIST: u64 = 2;
+        let theirs: HashSet<[u8; 4]> = addrs.iter().map(|a| a.octets()).collect();
+        if theirs.is_empty() {
+            return Ok(0);
+        }
+        let mut purged: HashSet<CtKey> = HashSet::new();
+        for _ in 0..3 {
+            let hit: Vec<(CtKey, CtEntry)> = self
+                .ct
+                .iter()
+                .filter_map(|r| r.ok())
+                .filter(|(k, e)| {
+                    e.flags & CT_F_ORIGINAL != 0
+                        && (theirs.contains(&k.saddr)
+                            || (e.kind != CT_SNAT && theirs.contains(&e.nat_addr)))
+                })
+                .collect();
+            if hit.is_empty() {
+                break;
+            }
+            for (k, e) in &hit {
+                purged.insert(*k);
+                for key in [*k, e.reverse] {
+                    // Only an entry still there: never re-create a half.
+                    if let Ok(mut v) = self.ct.get(&key, 0) {
+                        v.last_seen_ns = 0;
+                        let _ = self.ct.insert(key, v, BPF_EXIST);
+                    }
+                }
+            }
+            self.gc()?;
+        }
+        Ok(purged.iter().filter(|k| self.ct.get(k, 0).is_err()).count() as u64)
     }
 
     /// A forced sweep (`netbridge gc`): the kernel removes the sessions

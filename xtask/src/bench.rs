@@ -922,6 +922,7 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
         out_dir.display(),
         started.elapsed().as_secs_f64()
     );
+    crate::bench_cni::run(root, netbridge, opts.rounds, opts.secs, id)?;
     Ok(())
 }
 

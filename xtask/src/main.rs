@@ -4,6 +4,7 @@
 //! (Debian's BPF-capable rustc, bpf-linker, iproute2, ping, ...) and installs
 //! whatever is missing, saying what it does.
 mod bench;
+mod bench_cni;
 mod crr;
 mod dist;
 mod ebpf_build;

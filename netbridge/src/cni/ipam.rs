@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::{
-    conf::Fields,
+    conf::{Attachment, Fields},
     env::Command,
     error::{CniError, code},
     result::{CniResult, Route},
@@ -297,6 +297,23 @@ impl Delegate {
             stdin: stdin.to_vec(),
             version,
         })
+    }
+
+    /// The same delegate acting for another attachment (GC releasing a
+    /// stale one's addresses through DEL, which host-local keys on
+    /// CNI_CONTAINERID and CNI_IFNAME); no netns (DEL allows none).
+    pub fn for_attachment(mut self, att: &Attachment) -> Self {
+        let set: [(&str, &str); 3] = [
+            ("CNI_CONTAINERID", &att.container_id),
+            ("CNI_IFNAME", &att.ifname),
+            ("CNI_NETNS", ""),
+        ];
+        self.env.retain(|(k, _)| !set.iter().any(|(s, _)| k == s));
+        self.env.extend(
+            set.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        );
+        self
     }
 
     /// Runs the delegate with `command`; Ok(stdout) on exit 0, else its

@@ -43,6 +43,12 @@ impl NetworkStore {
         }
     }
 
+    /// The built-in IPAM's leases as last saved, without the lock (they
+    /// are replaced atomically): for STATUS, which must not wait for an ADD.
+    pub fn read_leases(&self) -> Result<Leases, CniError> {
+        load_json(&self.dir.join("leases.json"))
+    }
+
     /// Blocks until this process holds the network's exclusive lock. The
     /// kernel drops it when the process exits, even on a crash.
     pub fn lock(&self) -> Result<NetworkLock, CniError> {
@@ -80,31 +86,115 @@ impl NetworkLock {
         self.dir.join("leases.json")
     }
 
+    fn records_path(&self) -> PathBuf {
+        self.dir.join("attachments.json")
+    }
+
     pub fn load_leases(&self) -> Result<Leases, CniError> {
-        let path = self.leases_path();
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| state_err(&path, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Leases::default()),
-            Err(e) => Err(state_err(&path, e)),
-        }
+        load_json(&self.leases_path())
     }
 
     /// Atomic (tmp + rename), root-only.
     pub fn save_leases(&self, leases: &Leases) -> Result<(), CniError> {
-        let path = self.leases_path();
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(leases).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| state_err(&path, e))
+        save_json(&self.leases_path(), leases)
+    }
+
+    /// The attachments of network `network`. A directory that holds
+    /// another network's records (two names mapped to one directory) is
+    /// refused: nothing is shared by mistake.
+    pub fn load_records(&self, network: &str) -> Result<Records, CniError> {
+        let path = self.records_path();
+        let mut r: Records = load_json(&path)?;
+        if r.network.is_empty() {
+            r.network = network.into();
+        }
+        if r.network != network {
+            return Err(state_err(
+                &path,
+                format!(
+                    "belongs to CNI network {:?}, not {network:?} (their names map to one \
+                     netbridge topology: rename one of them)",
+                    r.network
+                ),
+            ));
+        }
+        Ok(r)
+    }
+
+    /// Atomic (tmp + rename), root-only.
+    pub fn save_records(&self, records: &Records) -> Result<(), CniError> {
+        save_json(&self.records_path(), records)
+    }
+}
+
+/// A JSON state file; a missing one is the default (empty) value.
+fn load_json<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, CniError> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| state_err(path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(state_err(path, e)),
+    }
+}
+
+/// Writes a JSON state file atomically (tmp + rename), root-only.
+fn save_json(path: &Path, v: &impl Serialize) -> Result<(), CniError> {
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(v).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| state_err(path, e))
+}
+
+/// What netbridge-cni knows of one attachment. Written before anything is
+/// made for it, so DEL and GC find one an ADD left half made (a crash),
+/// and completed when ADD succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub attachment: Attachment,
+    /// The engine's port for it (`netbridge stats` shows this name).
+    pub port: String,
+    /// CNI_NETNS at ADD.
+    pub netns: Option<PathBuf>,
+    /// Addresses it was given (empty until IPAM answered).
+    #[serde(default)]
+    pub ips: Vec<IpNet>,
+    /// ADD finished.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// The attachments of one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    /// The CNI network name (the directory is named for its topology).
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub attachments: Vec<Record>,
+}
+
+impl Records {
+    pub fn get(&self, att: &Attachment) -> Option<&Record> {
+        self.attachments.iter().find(|r| &r.attachment == att)
+    }
+
+    /// Adds or replaces the record of `r.attachment`.
+    pub fn put(&mut self, r: Record) {
+        self.remove(&r.attachment);
+        self.attachments.push(r);
+    }
+
+    pub fn remove(&mut self, att: &Attachment) -> Option<Record> {
+        let i = self.attachments.iter().position(|r| &r.attachment == att)?;
+        Some(self.attachments.remove(i))
     }
 }
 

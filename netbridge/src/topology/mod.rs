@@ -31,10 +31,10 @@ mod status;
 mod teardown;
 mod up;
 
-pub use nat::{forward_targets, set_forwards};
+pub use nat::{PortForward, forward_targets, set_forwards};
 pub use port::{PortReport, add_port, remove_port};
 pub use run::{FAULT_ENV, Step};
-pub use status::{LinkStatus, NsStatus, status};
+pub use status::{LinkStatus, NsStatus, Probe, probe, status};
 pub use teardown::{DownReport, Teardown, UndoError, down, teardown};
 pub use up::{UpOptions, UpReport, up, up_with};
 
@@ -138,6 +138,12 @@ pub fn ports(st: &State) -> Vec<Port> {
         .unwrap_or_default()
 }
 
+/// Whether port `p`'s namespace is there (a runtime's namespace file
+/// disappears with its container).
+pub fn port_netns_exists(p: &Port) -> bool {
+    port::netns_of(p).exists()
+}
+
 /// Whether interface `ifname` exists in the host namespace of `t` (for the
 /// config's uplink check). A host namespace netbridge has not made yet has
 /// no interfaces.
@@ -187,6 +193,47 @@ pub fn prefixed(t: &Topology, prefix: &str, file: &str) -> Result<Topology, Conf
         message: e.to_string(),
     })?;
     Topology::parse(&text, file, &|_| true)
+}
+
+/// Topology `name`'s lock, held for as long as this lives: the lock `up`,
+/// `down`, `forward` and port changes take, so a caller can make several
+/// changes as one (the CNI plugin: the network, a port, its forwards) and
+/// no other netbridge process sees them half done.
+#[derive(Debug)]
+pub struct Held {
+    name: String,
+    _lock: Lock,
+}
+
+/// Takes topology `name`'s lock (waiting while another process holds it).
+pub fn hold(name: &str) -> Result<Held> {
+    Ok(Held {
+        name: name.into(),
+        _lock: lock_topology(name)?,
+    })
+}
+
+impl Held {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The journal of the topology (None: it is not up).
+    pub fn state(&self) -> Result<Option<State>> {
+        Ok(State::load(&self.name)?)
+    }
+
+    /// `up` of `t` (named as the lock) under this lock: creates or
+    /// repairs it, keeping its attached ports.
+    pub fn up(&self, t: &Topology) -> Result<UpReport> {
+        if t.name != self.name {
+            return Err(TopologyError::Conflict(format!(
+                "topology {} brought up under the lock of {}",
+                t.name, self.name
+            )));
+        }
+        up::up_locked(t, UpOptions::default())
+    }
 }
 
 /// Takes the lock of topology `name` (waiting, with a warning, while

@@ -7,15 +7,15 @@ use netbridge_common::{
 };
 
 use super::{
-    Result, TopologyError, host_has_link, host_of, in_ns, lock_topology,
+    Held, Result, TopologyError, host_has_link, host_of, in_ns, lock_topology,
     phases::{self, Macs},
     port,
     run::{Run, Step},
     up,
 };
 use crate::{
-    bpf::{Datapath, PinDir},
-    config::{ConfigError, Forward, NatTimeouts, Port, Topology, ipv4s},
+    bpf::Datapath,
+    config::{ConfigError, Forward, NatTimeouts, Port, PortSpec, Proto, Topology, ipv4s},
     nat::{NatMaps, NatPlan, proto_num},
     netlink::{self, LinkInfoLite},
     state::State,
@@ -30,16 +30,27 @@ pub(super) struct NatInputs {
     ports: (u16, u16),
     max_sessions: u32,
     timeouts: NatTimeouts,
-    forwards: Vec<FwdTarget>,
 }
 
-/// The topology's forwards in datapath terms (target namespace's first
-/// IPv4 address).
-pub fn forward_targets(t: &Topology) -> Vec<FwdTarget> {
+/// One forward to an attached port (a CNI port mapping): `external` on the
+/// uplink address, `proto`, to `target` on the port's first IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    pub proto: Proto,
+    pub external: u16,
+    pub target: u16,
+}
+
+/// The topology's forwards in datapath terms (target namespace's or
+/// attached port's first IPv4 address).
+pub fn forward_targets(t: &Topology, attached: &[Port]) -> Vec<FwdTarget> {
+    let ports = t.ports(attached);
     let first_v4: HashMap<&str, _> = t
         .namespaces
         .iter()
-        .filter_map(|n| Some((n.name.as_str(), ipv4s(&n.addresses).next()?)))
+        .map(|n| (n.name.as_str(), &n.addresses))
+        .chain(ports.iter().map(|p| (p.name.as_str(), &p.addresses)))
+        .filter_map(|(n, a)| Some((n, ipv4s(a).next()?)))
         .collect();
     t.forwards
         .iter()
@@ -80,7 +91,6 @@ pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
         ports: u.port_range(),
         max_sessions: u.max_sessions,
         timeouts: u.timeouts.clone(),
-        forwards: forward_targets(t),
     })
 }
 
@@ -96,6 +106,7 @@ pub(super) fn apply(
     dp: &mut Datapath,
 ) -> Result<()> {
     let inputs = inputs(t);
+    let forwards = forward_targets(t, &run.st.attachments);
     in_ns(&host_of(t), |h| async move {
         let links = netlink::links(&h).await?;
         let links = phases::by_name(&links);
@@ -114,7 +125,10 @@ pub(super) fn apply(
             Some(inp) => {
                 let up = phases::find(&links, &inp.uplink)?;
                 let addr = ipv4s(&netlink::addresses(&h, up.index).await?).next();
-                (plan(inp, up, addr, hosts)?, Some(inp.uplink.as_str()))
+                (
+                    plan(inp, up, addr, hosts, forwards)?,
+                    Some(inp.uplink.as_str()),
+                )
             }
             None => (off(hosts), None),
         };
@@ -146,6 +160,7 @@ fn plan(
     up: &LinkInfoLite,
     addr: Option<std::net::Ipv4Addr>,
     hosts: Vec<(std::net::Ipv4Addr, netbridge_common::HostEntry)>,
+    forwards: Vec<FwdTarget>,
 ) -> Result<NatPlan> {
     let addr = addr.ok_or_else(|| {
         TopologyError::Conflict(format!(
@@ -166,7 +181,7 @@ fn plan(
             timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
             ..NatConfig::default()
         },
-        forwards: inp.forwards.clone(),
+        forwards,
         hosts,
     })
 }
@@ -193,27 +208,111 @@ pub fn set_forwards(name: &str, forwards: Vec<Forward>, file: &str) -> Result<Ve
         .clone()
         .ok_or_else(|| TopologyError::NotUp(name.into()))?;
     t.forwards = forwards;
-    let text = toml::to_string(&t).map_err(|e| ConfigError::Parse {
-        file: file.into(),
-        message: e.to_string(),
-    })?;
+    let t = revalidate(&t, &st.attachments, file)?;
+    apply_forwards(&mut st, t)
+}
+
+/// `t` checked as a file would be, with its attached ports as bridged
+/// namespaces (forwards may target them).
+fn revalidate(t: &Topology, attached: &[Port], file: &str) -> Result<Topology> {
+    let text = |t: &Topology| {
+        toml::to_string(t).map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            message: e.to_string(),
+        })
+    };
     let host_ns = t.host_netns.clone();
-    let t = Topology::parse(&text, file, &|ifname| {
-        host_has_link(host_ns.as_deref(), ifname)
-    })?;
-    t.check_ports(&st.attachments, file)?;
-    let mut nat = match &st.pin_dir {
-        Some(dir) => Some(NatMaps::open_pinned(&PinDir(dir.clone()))?),
+    let host = |ifname: &str| host_has_link(host_ns.as_deref(), ifname);
+    if attached.is_empty() {
+        return Ok(Topology::parse(&text(t)?, file, &host)?);
+    }
+    // The file alone does not know the ports its forwards name: the rest
+    // is checked as a file, then everything with the ports.
+    let mut alone = t.clone();
+    alone.forwards.clear();
+    Topology::parse(&text(&alone)?, file, &host)?;
+    t.check_ports(attached, file)?;
+    Ok(t.clone())
+}
+
+/// Makes `t`'s forwards the running ones: through the maps when the NAT
+/// runs (sessions of forwards that go or change purged, and of new ones,
+/// so no stale session outlives its mapping), else a full `up`.
+fn apply_forwards(st: &mut State, t: Topology) -> Result<Vec<String>> {
+    let mut nat = match port::pinned(st) {
+        Some(pins) => Some(NatMaps::open_pinned(&pins)?),
         None => None,
     };
     match nat.as_mut().filter(|n| n.config().flags != 0) {
         Some(nat) => {
-            let changes = nat.set_forwards(forward_targets(&t))?;
+            let changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
             st.topology = Some(t);
             st.save()?;
             Ok(changes)
         }
         // No NAT programs on the uplink yet: a full (idempotent) up.
         None => Ok(up::up_locked(&t, up::UpOptions::default())?.changes),
+    }
+}
+
+/// Removes the forwards to port `port` from the journal and the maps
+/// (their sessions purged). Returns the changes.
+pub(super) fn drop_forwards_to(st: &mut State, port: &str) -> Result<Vec<String>> {
+    let Some(mut t) = st.topology.clone() else {
+        return Ok(vec![]);
+    };
+    let before = t.forwards.len();
+    t.forwards.retain(|f| f.target().0 != port);
+    if t.forwards.len() == before {
+        return Ok(vec![]);
+    }
+    let mut changes = Vec::new();
+    if let Some(pins) = port::pinned(st) {
+        let mut nat = NatMaps::open_pinned(&pins)?;
+        if nat.config().flags != 0 {
+            changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
+        }
+    }
+    st.topology = Some(t);
+    st.save()?;
+    Ok(changes)
+}
+
+impl Held {
+    /// Makes `forwards` the forwards to attached port `port` (replacing the
+    /// ones it had): checked with the topology (an external port another
+    /// forward holds is refused; nothing changes on error), then written
+    /// to the maps, the sessions of each forward that goes, changes or
+    /// comes purged. Other forwards and their sessions are not touched.
+    /// Returns the changes.
+    pub fn set_port_forwards(&self, port: &str, forwards: &[PortForward]) -> Result<Vec<String>> {
+        let name = self.name();
+        let mut st = State::load(name)?.ok_or_else(|| TopologyError::NotUp(name.into()))?;
+        let mut t = st
+            .topology
+            .clone()
+            .ok_or_else(|| TopologyError::NotUp(name.into()))?;
+        if !st.attachments.iter().any(|a| a.name == port) {
+            return Err(TopologyError::Conflict(format!(
+                "port {port} is not attached to {name}"
+            )));
+        }
+        let before = t.forwards.clone();
+        t.forwards.retain(|f| f.target().0 != port);
+        t.forwards.extend(forwards.iter().map(|f| Forward {
+            proto: f.proto,
+            port: PortSpec {
+                raw: f.external.to_string(),
+            },
+            to: format!("{port}:{}", f.target),
+        }));
+        if t.forwards == before {
+            return Ok(vec![]);
+        }
+        t.check_ports(
+            &st.attachments,
+            &format!("<{name} + forwards of port {port}>"),
+        )?;
+        apply_forwards(&mut st, t)
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use netbridge_common::{HostEntry, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP, PortConfig};
 
 use super::{
-    Result, TopologyError, host_of, in_ns, lock_topology,
+    Held, Result, TopologyError, host_of, in_ns,
     phases::{self, Macs},
     run::{Run, Step},
     teardown, up,
@@ -228,36 +228,43 @@ pub struct PortReport {
 /// taken name is refused. A failure rolls back what this call created.
 /// `up` keeps attached ports, `down` removes them.
 pub fn add_port(name: &str, port: &Port) -> Result<PortReport> {
-    let _lock = lock_topology(name)?;
-    let st = load_up(name)?;
-    let t = st
-        .topology
-        .clone()
-        .ok_or_else(|| TopologyError::NotUp(name.into()))?;
-    let known = st.attachments.iter().find(|a| a.name == port.name).cloned();
-    if known.as_ref().is_some_and(|a| a != port) {
-        return Err(TopologyError::Conflict(format!(
-            "port {} is already attached to {name} with other settings; remove it first",
-            port.name
-        )));
+    super::hold(name)?.add_port(port)
+}
+
+impl Held {
+    /// [`add_port`] under this lock.
+    pub fn add_port(&self, port: &Port) -> Result<PortReport> {
+        let name = self.name();
+        let st = load_up(name)?;
+        let t = st
+            .topology
+            .clone()
+            .ok_or_else(|| TopologyError::NotUp(name.into()))?;
+        let known = st.attachments.iter().find(|a| a.name == port.name).cloned();
+        if known.as_ref().is_some_and(|a| a != port) {
+            return Err(TopologyError::Conflict(format!(
+                "port {} is already attached to {name} with other settings; remove it first",
+                port.name
+            )));
+        }
+        let mut attached = st.attachments.clone();
+        if known.is_none() {
+            attached.push(port.clone());
+        }
+        t.check_ports(&attached, &format!("<{name} + port {}>", port.name))?;
+        let mut run = Run::new(st)?;
+        if known.is_none() {
+            run.st.attachments = attached;
+            run.st.save()?;
+        }
+        let result = one_port(&t, port, &mut run);
+        let new = known.is_none().then_some(port.name.as_str());
+        let run = up::conclude(run, result, new)?;
+        Ok(PortReport {
+            fault_not_reached: run.fault_not_reached(),
+            changes: run.changes,
+        })
     }
-    let mut attached = st.attachments.clone();
-    if known.is_none() {
-        attached.push(port.clone());
-    }
-    t.check_ports(&attached, &format!("<{name} + port {}>", port.name))?;
-    let mut run = Run::new(st)?;
-    if known.is_none() {
-        run.st.attachments = attached;
-        run.st.save()?;
-    }
-    let result = one_port(&t, port, &mut run);
-    let new = known.is_none().then_some(port.name.as_str());
-    let run = up::conclude(run, result, new)?;
-    Ok(PortReport {
-        fault_not_reached: run.fault_not_reached(),
-        changes: run.changes,
-    })
 }
 
 /// Every phase of `up`, for `p` alone.
@@ -274,7 +281,13 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
     let r = &mut *run;
     let mut dp = in_ns(&host, |h| async move {
         let run = r;
-        let mut dp = Datapath::load(pins)?;
+        // Only this port's programs: the verifier is most of the time.
+        let progs: &[&'static str] = match t.datapath {
+            Mode::Tc => &[PROG_PORT_INGRESS],
+            Mode::Xdp => &[PROG_PORT_XDP, PROG_PEER_XDP],
+        };
+        let max = netbridge_common::DEFAULT_MAX_SESSIONS;
+        let mut dp = Datapath::load_programs(pins, max, progs)?;
         let links = netlink::links(&h).await?;
         let links = phases::by_name(&links);
         let l = phases::find(&links, &p.host_ifname)?;
@@ -293,50 +306,59 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
 }
 
 /// Detaches port `port` (a name [`add_port`] was given) from the running
-/// topology `name` and removes what was made for it: its programs and
-/// datapath entries (port table, FDB entries on it, lab hosts, counters),
-/// its veth pair, its namespace if netbridge created it, the sysctls it
-/// changed in a namespace that stays. Other ports are not touched. NAT
-/// sessions of its addresses are left to expire by their timeouts.
-/// Ports declared in the topology's file are changed through the file.
+/// topology `name` and removes what was made for it: the forwards to it,
+/// its programs and datapath entries (port table, FDB entries on it, lab
+/// hosts, counters), its NAT sessions (those of its addresses, both ways,
+/// and those of its forwards), its veth pair, its namespace if netbridge
+/// created it, the sysctls it changed in a namespace that stays. Other
+/// ports are not touched. Works when the port's namespace (and so its veth
+/// pair) is already gone. Ports declared in the topology's file are
+/// changed through the file.
 pub fn remove_port(name: &str, port: &str) -> Result<PortReport> {
-    let _lock = lock_topology(name)?;
-    let mut st = load_up(name)?;
-    let t = st
-        .topology
-        .clone()
-        .ok_or_else(|| TopologyError::NotUp(name.into()))?;
-    let Some(i) = st.attachments.iter().position(|a| a.name == port) else {
-        let why = if t.namespace(port).is_some() {
-            "is a [[namespace]] of its file: remove it there and run `up`"
-        } else {
-            "is not attached"
+    super::hold(name)?.remove_port(port)
+}
+
+impl Held {
+    /// [`remove_port`] under this lock.
+    pub fn remove_port(&self, port: &str) -> Result<PortReport> {
+        let name = self.name();
+        let mut st = load_up(name)?;
+        let t = st
+            .topology
+            .clone()
+            .ok_or_else(|| TopologyError::NotUp(name.into()))?;
+        let Some(i) = st.attachments.iter().position(|a| a.name == port) else {
+            let why = if t.namespace(port).is_some() {
+                "is a [[namespace]] of its file: remove it there and run `up`"
+            } else {
+                "is not attached"
+            };
+            return Err(TopologyError::Conflict(format!(
+                "port {port} of {name} {why}"
+            )));
         };
-        return Err(TopologyError::Conflict(format!(
-            "port {port} of {name} {why}"
-        )));
-    };
-    let p = st.attachments[i].clone();
-    let mut changes = Vec::new();
-    if let Some(dir) = &st.pin_dir {
-        changes.extend(detach(&host_of(&t), &PinDir(dir.clone()), &p)?);
+        let p = st.attachments[i].clone();
+        let mut changes = super::nat::drop_forwards_to(&mut st, port)?;
+        if let Some(pins) = pinned(&st) {
+            changes.extend(detach(&host_of(&t), &pins, &p)?);
+        }
+        let mine = journaled_for(&st, &t, &p);
+        let td = teardown::teardown(&mine);
+        changes.extend(td.done);
+        if !td.errors.is_empty() {
+            return Err(TopologyError::Teardown {
+                name: format!("port {port} of {name}"),
+                errors: td.errors,
+            });
+        }
+        st.forget(&mine);
+        st.attachments.remove(i);
+        st.save()?;
+        Ok(PortReport {
+            changes,
+            fault_not_reached: None,
+        })
     }
-    let mine = journaled_for(&st, &t, &p);
-    let td = teardown::teardown(&mine);
-    changes.extend(td.done);
-    if !td.errors.is_empty() {
-        return Err(TopologyError::Teardown {
-            name: format!("port {port} of {name}"),
-            errors: td.errors,
-        });
-    }
-    st.forget(&mine);
-    st.attachments.remove(i);
-    st.save()?;
-    Ok(PortReport {
-        changes,
-        fault_not_reached: None,
-    })
 }
 
 /// What the journal lists as made for port `p`: its veth (by its host
@@ -368,7 +390,9 @@ fn journaled_for(st: &State, t: &Topology, p: &Port) -> State {
 }
 
 /// Takes port `p` out of the datapath: its link pins (which detaches its
-/// programs) and its entries in the pinned tables.
+/// programs), its entries in the pinned tables and its NAT sessions. With
+/// its host end already gone (the namespace was deleted), the tables are
+/// cleaned by the ifindex its lab hosts recorded.
 fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
     let mut changes = Vec::new();
     for (ifname, hook) in [
@@ -381,17 +405,41 @@ fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
         }
     }
     let ifname = p.host_ifname.as_str();
-    let link = in_ns(host, |h| async move { netlink::link(&h, ifname).await })?;
-    if let Some(l) = link {
-        let mut maps = bpf::Maps::open_pinned(pins)?;
-        let v4: Vec<Ipv4Addr> = ipv4s(&p.addresses).collect();
-        let fdb = maps.remove_port(l.index, &v4)?;
+    let links = in_ns(host, |h| async move { netlink::links(&h).await })?;
+    let mut maps = bpf::Maps::open_pinned(pins)?;
+    let v4: Vec<Ipv4Addr> = ipv4s(&p.addresses).collect();
+    let index = match links.iter().find(|l| l.name == ifname) {
+        Some(l) => Some(l.index),
+        // Gone: the index its lab hosts point at, unless a live link
+        // holds that index now.
+        None => v4
+            .iter()
+            .find_map(|a| maps.nat.hosts.get(&a.octets(), 0).ok())
+            .map(|h| h.ifindex)
+            .filter(|i| !links.iter().any(|l| l.index == *i)),
+    };
+    if let Some(index) = index {
+        let fdb = maps.remove_port(index, &v4)?;
         changes.push(format!(
             "removed {} from the datapath tables ({fdb} FDB entries)",
             p.host_ifname
         ));
     }
+    if maps.nat.config().flags != 0 {
+        let n = maps.nat.purge_hosts(&v4)?;
+        changes.push(format!("purged {n} NAT sessions of {}", p.name));
+    }
     Ok(changes)
+}
+
+/// The topology's pin directory when its maps are pinned there (someone
+/// may have emptied netbridge's bpffs: then there is nothing to clean, the
+/// maps went with their last user).
+pub(super) fn pinned(st: &State) -> Option<PinDir> {
+    let pins = PinDir(st.pin_dir.clone()?);
+    pins.map(netbridge_common::MAP_PORTS)
+        .exists()
+        .then_some(pins)
 }
 
 /// The journal of running topology `name`.
