@@ -7,6 +7,7 @@ pub mod config;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod progstats;
 pub mod state;
 pub mod stats;
 pub mod topology;

@@ -95,12 +95,16 @@ enum Cmd {
         /// Refresh in place like `top`, with rates (pps, bit/s).
         #[arg(long)]
         watch: bool,
-        /// Refresh interval for --watch (e.g. 1s, 500ms).
+        /// Refresh interval for --watch, sampling time for --programs (e.g. 1s, 500ms).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
         /// Stop --watch after this many refreshes.
         #[arg(long)]
         count: Option<u64>,
+        /// Per-program run count and ns/run (kernel BPF statistics,
+        /// enabled only while sampling over --interval).
+        #[arg(long, conflicts_with = "watch")]
+        programs: bool,
     },
     /// Serve the counters as Prometheus metrics on http://LISTEN/metrics.
     Metrics {
@@ -299,9 +303,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stats {
             which,
             json,
+            interval,
+            programs: true,
+            ..
+        } => programs_cmd(&which, json, interval),
+        Cmd::Stats {
+            which,
+            json,
             watch,
             interval,
             count,
+            programs: false,
         } => stats_cmd(&which, json, watch, interval, count),
         Cmd::Metrics {
             which,
@@ -705,6 +717,23 @@ fn fdb(which: &Which, json: bool) -> Result<()> {
             r.age_secs,
             if r.expired { " (expired)" } else { "" }
         );
+    }
+    Ok(())
+}
+
+/// `stats --programs`: the topology's programs sampled over `interval`.
+fn programs_cmd(which: &Which, json: bool, interval: Duration) -> Result<()> {
+    let name = name_of(which)?;
+    let st = State::load(&name)?.with_context(|| format!("no topology named {name:?} is up"))?;
+    let dir = st
+        .pin_dir
+        .with_context(|| format!("topology {name} has no datapath loaded"))?;
+    let rates = netbridge::progstats::sample(&netbridge::bpf::PinDir(dir), interval)?;
+    if json {
+        let v = serde_json::json!({"topology": name, "interval_secs": interval.as_secs_f64(), "programs": rates});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", netbridge::progstats::table(&rates, interval));
     }
     Ok(())
 }
