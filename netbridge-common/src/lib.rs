@@ -82,7 +82,8 @@ pub struct FdbEntry {
     /// Port (host-side veth ifindex, host byte order) the MAC sits behind.
     pub ifindex: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last refresh.
+    /// CLOCK_MONOTONIC (ns) of the last refresh, read with
+    /// `bpf_ktime_get_coarse_ns()` (tick resolution, no clocksource read).
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);

@@ -6,7 +6,7 @@
 //! (ARP, IPv6 ND, DHCP), and doing it in BPF would need a clone per port
 //! (bpf_clone_redirect) for traffic that is rare after learning.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
@@ -78,7 +78,9 @@ pub fn decide(
     if vlan_tagged {
         return Ok(Verdict::Fallback);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // CLOCK_MONOTONIC at tick resolution: no clocksource read, and ages
+    // are seconds.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (aging_ns, gateway_mac) = match NB_CONFIG.get(0) {
         Some(c) => (c.aging_ns, c.gateway_mac),
         None => (0, [0u8; 6]),
@@ -92,7 +94,7 @@ pub fn decide(
         return Ok(Verdict::Fallback);
     };
     let (out, seen) = (entry.ifindex, entry.last_seen_ns);
-    if aging_ns != 0 && now.wrapping_sub(seen) > aging_ns {
+    if aging_ns != 0 && now.saturating_sub(seen) > aging_ns {
         // Expired: forget it and let the kernel flood/learn.
         let _ = NB_FDB.remove(&key);
         return Ok(Verdict::Fallback);
@@ -113,7 +115,7 @@ fn learn(port: u32, src: &[u8; 6], now: u64) {
     let key = FdbKey { mac: *src, vlan: 0 };
     if let Some(e) = unsafe { NB_FDB.get(&key) }
         && e.ifindex == port
-        && now.wrapping_sub(e.last_seen_ns) < FDB_REFRESH_NS
+        && now.saturating_sub(e.last_seen_ns) < FDB_REFRESH_NS
     {
         return;
     }
