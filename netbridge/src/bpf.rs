@@ -8,15 +8,17 @@ use std::{
 use crate::nat::NatMaps;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::SchedClassifierLinkId,
     },
 };
 use netbridge_common::{
     BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB,
-    MAP_POLICY, MAP_PORT_STATS, MAP_PORTS, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP,
-    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats, drop_reason,
+    MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS, MAP_PORT_SLOTS, MAP_PORT_STATS, MAP_PORTS,
+    MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED, PORT_PROG_NAT, PROG_PEER_XDP, PROG_PORT_INGRESS,
+    PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig,
+    PortSlot, PortStats, drop_reason,
 };
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
@@ -55,6 +57,12 @@ pub enum BpfError {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("counting CPUs for per-CPU map {name}: {source}")]
+    Cpus {
+        name: &'static str,
+        #[source]
+        source: io::Error,
     },
     #[error("bpffs at {path}: {source}")]
     Bpffs {
@@ -126,9 +134,14 @@ impl PinDir {
 
 /// Maps shared with the programs, each taken once from the object.
 pub struct Maps {
+    /// Counters of interfaces without a port slot.
     pub port_stats: PerCpuHashMap<MapData, u32, PortStats>,
+    /// Counters (and learn cache) of configured ports, by slot.
+    pub port_slots: PerCpuArray<MapData, PortSlot>,
     pub drop_stats: PerCpuArray<MapData, u64>,
     pub ports: HashMap<MapData, u32, PortConfig>,
+    /// Direct-mapped copy of `ports` (see [`MAP_PORT_INDEX`]).
+    pub port_index: Array<MapData, PortConfig>,
     /// An LRU hash in the kernel; aya reads it through `HashMap`.
     pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
     pub config: Array<MapData, BridgeConfig>,
@@ -150,6 +163,16 @@ pub fn port_config(ifindex: u32, identity: Option<([u8; 6], &[std::net::Ipv4Addr
         for (slot, ip) in p.ipv4.iter_mut().zip(ips) {
             *slot = ip.octets();
         }
+    }
+    p
+}
+
+/// `p` flagged PORT_ISOLATED iff it is in `isolated`.
+fn with_isolation(mut p: PortConfig, isolated: &[u32]) -> PortConfig {
+    if isolated.contains(&p.ifindex) {
+        p.flags |= PORT_ISOLATED;
+    } else {
+        p.flags &= !PORT_ISOLATED;
     }
     p
 }
@@ -214,8 +237,10 @@ impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
         Ok(Maps {
             port_stats: take_map(ebpf, MAP_PORT_STATS)?,
+            port_slots: take_map(ebpf, MAP_PORT_SLOTS)?,
             drop_stats: take_map(ebpf, MAP_DROP_STATS)?,
             ports: take_map(ebpf, MAP_PORTS)?,
+            port_index: take_map(ebpf, MAP_PORT_INDEX)?,
             fdb: take_map(ebpf, MAP_FDB)?,
             config: take_map(ebpf, MAP_CONFIG)?,
             policy: take_map(ebpf, MAP_POLICY)?,
@@ -228,8 +253,10 @@ impl Maps {
         use aya::maps::Map;
         Ok(Maps {
             port_stats: open_map(pins, MAP_PORT_STATS, Map::PerCpuHashMap)?,
+            port_slots: open_map(pins, MAP_PORT_SLOTS, Map::PerCpuArray)?,
             drop_stats: open_map(pins, MAP_DROP_STATS, Map::PerCpuArray)?,
             ports: open_map(pins, MAP_PORTS, Map::HashMap)?,
+            port_index: open_map(pins, MAP_PORT_INDEX, Map::Array)?,
             fdb: open_map(pins, MAP_FDB, Map::LruHashMap)?,
             config: open_map(pins, MAP_CONFIG, Map::Array)?,
             policy: open_map(pins, MAP_POLICY, Map::HashMap)?,
@@ -239,26 +266,48 @@ impl Maps {
 
     /// Makes exactly `ports` the datapath's ports (replacing any others)
     /// and sets the aging and the gateway (the bridge): ifindex, MAC, first
-    /// IPv4 address.
+    /// IPv4 address. A port keeps its counter slot while it stays a port;
+    /// a new one gets a free slot, zeroed.
     pub fn configure(
         &mut self,
         ports: &[PortConfig],
         aging_secs: u32,
         gateway: Option<Gateway>,
     ) -> Result<(), BpfError> {
-        let stale: Vec<u32> = self
-            .ports
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !ports.iter().any(|p| p.ifindex == *k))
-            .collect();
-        for k in stale {
-            self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
-        }
-        for p in ports {
+        let have: BTreeMap<u32, PortConfig> = self.ports.iter().filter_map(|r| r.ok()).collect();
+        let live = |i: u32| ports.iter().any(|p| p.ifindex == i);
+        for old in have.values().filter(|o| !live(o.ifindex)) {
+            // Out of the index first: from then on the datapath looks in
+            // the hash, where the port goes next.
+            self.unindex(old.ifindex)?;
             self.ports
-                .insert(p.ifindex, *p, 0)
+                .remove(&old.ifindex)
                 .map_err(map_err(MAP_PORTS))?;
+        }
+        let isolated = self.isolated_ports();
+        let mut used: Vec<u16> = have
+            .values()
+            .filter(|o| live(o.ifindex) && o.slot != 0)
+            .map(|o| o.slot)
+            .collect();
+        for p in ports {
+            let mut p = with_isolation(*p, &isolated);
+            p.slot = match have.get(&p.ifindex) {
+                Some(old) if old.slot != 0 => old.slot,
+                // None free (more ports than MAX_PORTS): counted by ifindex.
+                _ => match (1..=MAX_PORTS as u16).find(|s| !used.contains(s)) {
+                    Some(s) => {
+                        self.reset_slot(s)?;
+                        used.push(s);
+                        s
+                    }
+                    None => 0,
+                },
+            };
+            self.ports
+                .insert(p.ifindex, p, 0)
+                .map_err(map_err(MAP_PORTS))?;
+            self.index(&p, &live)?;
         }
         let gw = gateway.unwrap_or_default();
         let flags = self.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
@@ -271,6 +320,68 @@ impl Maps {
             _pad: 0,
         };
         self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Ports that are the source of a denied pair.
+    fn isolated_ports(&self) -> Vec<u32> {
+        self.policy
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| k.src)
+            .collect()
+    }
+
+    /// Zeroes counter slot `slot` on every CPU (before a new port uses it).
+    fn reset_slot(&mut self, slot: u16) -> Result<(), BpfError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| BpfError::Cpus {
+            name: MAP_PORT_SLOTS,
+            source,
+        })?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![PortSlot::default(); cpus]).map_err(
+            |source| BpfError::Cpus {
+                name: MAP_PORT_SLOTS,
+                source,
+            },
+        )?;
+        self.port_slots
+            .set(slot as u32, zero, 0)
+            .map_err(map_err(MAP_PORT_SLOTS))
+    }
+
+    /// Puts `p` in the direct-mapped index unless another port still in
+    /// use (`live`) holds its entry (then the datapath finds `p` in the hash).
+    fn index(&mut self, p: &PortConfig, live: &dyn Fn(u32) -> bool) -> Result<(), BpfError> {
+        let at = p.ifindex & (PORT_INDEX_SIZE - 1);
+        let cur = self
+            .port_index
+            .get(&at, 0)
+            .map_err(map_err(MAP_PORT_INDEX))?;
+        if cur.ifindex != p.ifindex && cur.ifindex != 0 {
+            if live(cur.ifindex) {
+                return Ok(());
+            }
+            // Cleared first, so no frame sees the old port's ifindex with
+            // the new one's fields.
+            self.unindex(cur.ifindex)?;
+        }
+        self.port_index
+            .set(at, p, 0)
+            .map_err(map_err(MAP_PORT_INDEX))
+    }
+
+    /// Clears `ifindex`'s direct-mapped index entry, if it holds one.
+    fn unindex(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        let at = ifindex & (PORT_INDEX_SIZE - 1);
+        let cur = self
+            .port_index
+            .get(&at, 0)
+            .map_err(map_err(MAP_PORT_INDEX))?;
+        if cur.ifindex != ifindex {
+            return Ok(());
+        }
+        self.port_index
+            .set(at, PortConfig::default(), 0)
+            .map_err(map_err(MAP_PORT_INDEX))
     }
 
     /// Makes the isolation policy exactly `pairs` of (port, port) ifindexes,
@@ -290,6 +401,25 @@ impl Maps {
         for k in want.iter().filter(|k| !have.contains(k)) {
             self.policy.insert(k, 1, 0).map_err(map_err(MAP_POLICY))?;
             changed = true;
+        }
+        // Flags after keys: a flagged port whose key is gone, or a key not
+        // flagged yet, only lets frames pass that were allowed before.
+        let isolated: Vec<u32> = want.iter().map(|k| k.src).collect();
+        let ports: Vec<PortConfig> = self
+            .ports
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, p)| p)
+            .collect();
+        let live = |i: u32| ports.iter().any(|p| p.ifindex == i);
+        for p in &ports {
+            let q = with_isolation(*p, &isolated);
+            if q != *p {
+                self.ports
+                    .insert(q.ifindex, q, 0)
+                    .map_err(map_err(MAP_PORTS))?;
+                self.index(&q, &live)?;
+            }
         }
         let mut cfg = self.config.get(&0, 0).unwrap_or_default();
         let flags = if want.is_empty() {
@@ -330,14 +460,26 @@ impl Maps {
         Ok(rows)
     }
 
-    /// Port counters summed over CPUs, by ifindex.
+    /// Port counters summed over CPUs, by ifindex: a configured port's
+    /// slot plus whatever it counted before it had one.
     pub fn port_stats(&self) -> Result<BTreeMap<u32, PortStats>, BpfError> {
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<u32, PortStats> = BTreeMap::new();
         for item in self.port_stats.iter() {
             let (ifindex, per_cpu) = item.map_err(map_err(MAP_PORT_STATS))?;
-            let mut sum = PortStats::default();
+            let sum = out.entry(ifindex).or_default();
             per_cpu.iter().for_each(|s| sum.accumulate(s));
-            out.insert(ifindex, sum);
+        }
+        for item in self.ports.iter() {
+            let (ifindex, p) = item.map_err(map_err(MAP_PORTS))?;
+            if p.slot == 0 {
+                continue;
+            }
+            let per_cpu = self
+                .port_slots
+                .get(&(p.slot as u32), 0)
+                .map_err(map_err(MAP_PORT_SLOTS))?;
+            let sum = out.entry(ifindex).or_default();
+            per_cpu.iter().for_each(|s| sum.accumulate(&s.stats));
         }
         Ok(out)
     }
@@ -378,7 +520,12 @@ impl Datapath {
             .default_map_pin_directory(&pins.0)
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
-        for name in [PROG_PORT_INGRESS, PROG_UPLINK_INGRESS, PROG_UPLINK_EGRESS] {
+        for name in [
+            PROG_PORT_INGRESS,
+            PROG_PORT_NAT,
+            PROG_UPLINK_INGRESS,
+            PROG_UPLINK_EGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram { name })?
@@ -394,6 +541,19 @@ impl Datapath {
                 .map_err(|e| prog_err(name, "-", e))?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
+        // The port program's tail call. The array is pinned: its entries
+        // live as long as the pin, not as this process.
+        let mut tail: ProgramArray<MapData> = take_map(&mut ebpf, MAP_PORT_PROGS)?;
+        let nat: &SchedClassifier = ebpf
+            .program(PROG_PORT_NAT)
+            .ok_or(BpfError::MissingProgram {
+                name: PROG_PORT_NAT,
+            })?
+            .try_into()
+            .map_err(|e| prog_err(PROG_PORT_NAT, "-", e))?;
+        let fd = nat.fd().map_err(|e| prog_err(PROG_PORT_NAT, "-", e))?;
+        tail.set(PORT_PROG_NAT, fd, 0)
+            .map_err(map_err(MAP_PORT_PROGS))?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Datapath {
             ebpf,

@@ -11,9 +11,10 @@
 //! restoring, and a killed process cannot leave statistics on (the fd
 //! closes with it).
 //!
-//! Programs are found from the topology's link pins (`HOOK@IFNAME` under
-//! `links/`, see [`PinDir::link`]): each pinned link names the program it
-//! holds, so no namespace has to be entered.
+//! Programs are found from the topology's pins, so no namespace has to be
+//! entered: each link pin (`HOOK@IFNAME` under `links/`, see
+//! [`PinDir::link`]) names the program it holds, and the port program's
+//! tail-call array ([`MAP_PORT_PROGS`]) the programs it jumps to.
 use std::{
     collections::BTreeMap,
     fs,
@@ -24,6 +25,8 @@ use std::{
 
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
+
+use netbridge_common::{MAP_PORT_PROGS, PORT_PROGS};
 
 use crate::bpf::PinDir;
 
@@ -42,6 +45,12 @@ pub enum ProgStatsError {
         path: PathBuf,
         #[source]
         source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("program array {path}: {source}")]
+    ProgArray {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("listing loaded BPF programs: {0}")]
     Programs(#[source] Box<aya::programs::ProgramError>),
@@ -106,9 +115,74 @@ pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>, ProgStatsError> {
             prog_id: link_program(&e.path())?,
         });
     }
+    for (index, prog_id) in prog_array(&pins.map(MAP_PORT_PROGS))? {
+        out.push(Attachment {
+            hook: TAIL_CALL.into(),
+            ifname: format!("{MAP_PORT_PROGS}[{index}]"),
+            prog_id,
+        });
+    }
     out.sort_by(|a, b| (&a.hook, &a.ifname).cmp(&(&b.hook, &b.ifname)));
     Ok(out)
 }
+
+/// [`Attachment::hook`] of a program reached by a tail call.
+pub const TAIL_CALL: &str = "tail_call";
+
+/// (index, program id) of every filled entry of the pinned program array
+/// at `pin` (none if it is not there: an older datapath).
+fn prog_array(pin: &Path) -> Result<Vec<(u32, u32)>, ProgStatsError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let err = |source| ProgStatsError::ProgArray {
+        path: pin.to_path_buf(),
+        source,
+    };
+    if !pin.exists() {
+        return Ok(Vec::new());
+    }
+    let map =
+        aya::maps::MapData::from_pin(pin).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut out = Vec::new();
+    for index in 0..PORT_PROGS {
+        let mut id = 0u32;
+        // The `map_elem` member of `union bpf_attr`.
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let attr = Attr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: &index as *const u32 as u64,
+            value: &mut id as *mut u32 as u64,
+            flags: 0,
+        };
+        // SAFETY: BPF_MAP_LOOKUP_ELEM on a program array writes the u32 id
+        // of the program at `index` into `id`; both outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                libc::c_long::from(BPF_MAP_LOOKUP_ELEM),
+                &attr as *const Attr,
+                std::mem::size_of::<Attr>(),
+            )
+        };
+        match rc {
+            0 => out.push((index, id)),
+            // An empty slot.
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound => {}
+            _ => return Err(err(std::io::Error::last_os_error())),
+        }
+    }
+    Ok(out)
+}
+
+const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 
 /// The program id a pinned link holds.
 fn link_program(path: &Path) -> Result<u32, ProgStatsError> {
