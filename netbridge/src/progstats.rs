@@ -259,6 +259,9 @@ pub struct ProgramRate {
     /// Mean run time; None when it did not run.
     pub ns_per_run: Option<f64>,
     pub runs_per_sec: f64,
+    /// Only reached by tail calls: the kernel counts its runs and time in
+    /// the program that jumped to it, never here.
+    pub tail_called: bool,
 }
 
 /// Per-program deltas from `before` to `after`, for programs present in
@@ -284,6 +287,10 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Vec<ProgramRate> {
                 run_time_ns: time,
                 ns_per_run: (runs > 0).then(|| time as f64 / runs as f64),
                 runs_per_sec: if secs > 0.0 { runs as f64 / secs } else { 0.0 },
+                tail_called: p
+                    .attached
+                    .iter()
+                    .all(|a| a.starts_with(&format!("{TAIL_CALL}@"))),
             })
         })
         .collect()
@@ -312,10 +319,11 @@ pub fn table(rates: &[ProgramRate], interval: Duration) -> String {
         "ns/run"
     );
     for r in rates {
-        let ns = r
-            .ns_per_run
-            .map(|v| format!("{v:.0}"))
-            .unwrap_or_else(|| "-".into());
+        let ns = match r.ns_per_run {
+            Some(v) => format!("{v:.0}"),
+            None if r.tail_called => "in caller".into(),
+            None => "-".into(),
+        };
         let _ = writeln!(
             s,
             "{:>6} {:<16} {:>10} {:>10.0} {:>9}  {}",
@@ -390,5 +398,12 @@ mod tests {
         assert_eq!(d[1].ns_per_run, None, "did not run");
         let t = table(&d, Duration::from_secs(2));
         assert!(t.contains("p1") && t.contains("120") && t.contains("tc_ingress@nb-1"));
+        assert!(!d[0].tail_called);
+        // A tail-call target never runs on its own: its time is its caller's.
+        let mut tail = snap(t0, &[(5, 0, 0)]);
+        tail.programs.get_mut(&5).unwrap().attached = vec!["tail_call@NB_PORT_PROGS[0]".into()];
+        let d = delta(&tail, &tail);
+        assert!(d[0].tail_called);
+        assert!(table(&d, Duration::from_secs(1)).contains("in caller"));
     }
 }
