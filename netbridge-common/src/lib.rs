@@ -8,6 +8,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod capture;
+
 /// TC program attached to the ingress of every bridge port (host-side veth).
 pub const PROG_PORT_INGRESS: &str = "nb_port_ingress";
 /// XDP variant of the same lookups (`datapath = "xdp"`), on the same ports.
@@ -52,9 +54,10 @@ const _: () = assert!(PORT_INDEX_SIZE.is_power_of_two());
 pub const MAP_FDB: &str = "NB_FDB";
 /// Array of one [`BridgeConfig`], written by userspace.
 pub const MAP_CONFIG: &str = "NB_CONFIG";
-/// Array of one u64 the datapath changes whenever it learns a MAC anew or
-/// sees it move: per-CPU destination caches ([`PortSlot`]) read before
-/// that are not used.
+/// Array of one u64, changed whenever the FDB changes other than by a
+/// refresh: by the datapath when it learns a MAC anew or sees it move, by
+/// userspace when it changes the ports or removes entries. Per-CPU FDB
+/// caches ([`PortSlot`]) filled before that are not used.
 pub const MAP_FDB_GEN: &str = "NB_FDB_GEN";
 
 /// Capacity of the port maps: ports a single loaded object can serve.
@@ -208,6 +211,9 @@ pub struct PortSlot {
     /// `last_seen_ns` of that FDB entry: the cache is good for
     /// [`FDB_REFRESH_NS`] after it.
     pub learned_ns: u64,
+    /// [`MAP_FDB_GEN`] when it was written or found: the cache is good
+    /// while that is unchanged.
+    pub learned_gen: u64,
     /// Destination MAC of the cached FDB entry, wire order; zero: none.
     pub dst_mac: [u8; 6],
     pub _pad2: [u8; 2],
@@ -222,7 +228,7 @@ pub struct PortSlot {
     /// has been learned anew or moved since.
     pub dst_gen: u64,
 }
-const _: () = assert!(core::mem::size_of::<PortSlot>() == 152);
+const _: () = assert!(core::mem::size_of::<PortSlot>() == 160);
 // The datapath reads each MAC and its padding as one aligned u64.
 const _: () = assert!(core::mem::offset_of!(PortSlot, dst_mac) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(PortSlot, learned_mac) % 8 == 0);
@@ -279,8 +285,12 @@ pub mod drop_reason {
     pub const NAT_NO_ROUTE: u32 = 13;
     /// The isolation policy denies this source/destination pair.
     pub const POLICY_DENIED: u32 = 14;
+    /// An inbound packet for a SNAT mapping that expired (its session
+    /// found past its timeout, or recently removed), and no socket of the
+    /// host itself wants it.
+    pub const NAT_EXPIRED: u32 = 15;
     /// Number of reason codes (size of the drop map).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Human names, indexed by code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -299,6 +309,7 @@ pub mod drop_reason {
         "nat_rewrite",
         "nat_no_route",
         "policy_denied",
+        "nat_expired",
     ];
 }
 
@@ -324,24 +335,55 @@ pub const MAP_FWD_RANGES: &str = "NB_FWD_RANGES";
 pub const MAP_FWD_HITS: &str = "NB_FWD_HITS";
 /// Per-CPU array: [`nat_stat`] index -> count.
 pub const MAP_NAT_STATS: &str = "NB_NAT_STATS";
-/// Per-CPU array of one u64: sessions created (by the programs).
-pub const MAP_CT_CREATED: &str = "NB_CT_CREATED";
-/// Array of one u64: sessions removed (written only by userspace: the GC
-/// and forward purges). Live sessions = sum(created) - removed.
-pub const MAP_CT_REMOVED: &str = "NB_CT_REMOVED";
-/// CPUs the session count sums over (bpf_map_lookup_percpu_elem).
-pub const MAX_CPUS: u32 = 512;
+/// Array of one conntrack state value (a BTF map, pinned by name): the sweep
+/// timer, a spin lock and [`CtCounts`]; userspace reads it as [`CtStateView`].
+pub const MAP_CT_STATE: &str = "NB_CT_STATE";
+/// LRU hash: [`CtKey`] (the inbound key of an expired SNAT session) -> when
+/// it expired (ns). Tells a late packet to a dead mapping from host traffic.
+pub const MAP_CT_GRAVES: &str = "NB_CT_GRAVES";
+/// Capacity of [`MAP_CT_GRAVES`] (the oldest are forgotten first).
+pub const CT_GRAVES_SIZE: u32 = 16_384;
+/// TC program never attached: run through BPF_PROG_TEST_RUN with a
+/// [`CtlCmd`], it starts the sweep timer, sweeps now, or purges sessions.
+/// The timer's callback belongs to it; it is pinned for `gc` and `forward`.
+pub const PROG_CT_CTL: &str = "nb_ct_ctl";
 /// LRU hash: [`EimKey`] (inside endpoint) -> external port, for
 /// endpoint-independent mapping (RFC 4787).
 pub const MAP_EIM: &str = "NB_EIM";
 /// Hash: lab IPv4 (network byte order) -> [`HostEntry`], for hairpin replies.
 pub const MAP_HOSTS: &str = "NB_HOSTS";
 
-/// Capacity of [`MAP_CT`] (two entries per session).
+/// Largest capacity of [`MAP_CT`] (two entries per session); `up` sizes the
+/// table from `max_sessions` (see [`ct_entries`]).
 pub const CT_SIZE: u32 = 262_144;
-/// Highest `max_sessions` allowed: keeps the LRU map from ever evicting a
-/// live session (it only evicts when full).
+/// Highest `max_sessions` allowed: with [`ct_slack`] for up to 28 CPUs the
+/// LRU map never evicts a live session.
 pub const MAX_SESSIONS_LIMIT: u32 = CT_SIZE / 2 - 4096;
+
+/// Free entries a conntrack table keeps beyond two per live session. The
+/// kernel's LRU evicts when a CPU refills its local free list (up to 128
+/// entries) and the global free list holds fewer: the other CPUs may each
+/// hold 128 free entries of their own meanwhile.
+pub const fn ct_slack(possible_cpus: u32) -> u32 {
+    256 * (possible_cpus + 1) + 512
+}
+
+/// Conntrack entries for `max_sessions`: two per session plus
+/// [`ct_slack`], rounded up to a power of two (the hash's bucket count
+/// anyway), at most [`CT_SIZE`].
+pub const fn ct_entries(max_sessions: u32, possible_cpus: u32) -> u32 {
+    let want = 2 * max_sessions as u64 + ct_slack(possible_cpus) as u64;
+    if want >= CT_SIZE as u64 {
+        CT_SIZE
+    } else {
+        (want as u32).next_power_of_two()
+    }
+}
+
+/// Sessions a conntrack table of `entries` holds without eviction.
+pub const fn ct_capacity(entries: u32, possible_cpus: u32) -> u32 {
+    entries.saturating_sub(ct_slack(possible_cpus)) / 2
+}
 /// Default session limit.
 pub const DEFAULT_MAX_SESSIONS: u32 = 65_536;
 /// Port ranges ([`MAP_FWD_RANGES`]) a topology may forward.
@@ -350,8 +392,14 @@ pub const MAX_FWD_RANGES: u32 = 64;
 pub const MAX_FWD_PORTS: u32 = 4096;
 /// Random ports tried after the source port when allocating a mapping.
 pub const NAT_PORT_RETRIES: u32 = 32;
-/// A conntrack entry seen again within this long is not rewritten.
+/// A conntrack entry seen again within this long (or a 16th of its
+/// timeout, if shorter) is not rewritten.
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+/// A half-session whose original half is missing is removed by the sweep
+/// once older than this (a new session is inserted in two steps).
+pub const CT_ORPHAN_GRACE_NS: u64 = 1_000_000_000;
+/// Sweep period when the NAT config gives none.
+pub const CT_SWEEP_DEFAULT_MS: u32 = 1000;
 
 /// [`NatConfig::flags`]: SNAT lab traffic leaving the uplink.
 pub const NAT_MASQUERADE: u32 = 1;
@@ -408,8 +456,16 @@ pub struct NatConfig {
     /// Uplink MTU: larger packets take the kernel path (which fragments or
     /// answers "fragmentation needed").
     pub uplink_mtu: u16,
+    /// Period of the in-kernel sweep in ms (host order); 0 =
+    /// [`CT_SWEEP_DEFAULT_MS`].
+    pub sweep_ms: u32,
+    pub _pad: u32,
+    /// Idle timeout in seconds (host order) per session state, indexed by
+    /// the `CT_*` state code (index 0 unused). A session idle longer than
+    /// the timeout of its state is expired: on lookup and by the sweep.
+    pub timeouts: [u32; 8],
 }
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 64);
 
 /// Conntrack key: a packet's 5-tuple as seen at one hook.
 #[repr(C)]
@@ -514,6 +570,78 @@ pub struct HostEntry {
 }
 const _: () = assert!(core::mem::size_of::<HostEntry>() == 12);
 
+/// Session accounting, kept by the datapath under a spin lock in
+/// [`MAP_CT_STATE`]. A session counts from its admission to the successful
+/// delete of its original half (by the sweep, on lookup, or a purge).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtCounts {
+    /// Sessions now in the table, counted against `max_sessions`.
+    pub live: u64,
+    /// Highest `live` ever reached (since the table was created).
+    pub high_water: u64,
+    /// Sweeps run (by the timer, or forced by `netbridge gc`).
+    pub sweeps: u64,
+    /// `bpf_ktime_get_ns()` at the end of the last sweep.
+    pub last_sweep_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtCounts>() == 32);
+
+/// The value of [`MAP_CT_STATE`] as userspace reads it. In the programs
+/// the first 16 bytes are a `struct bpf_timer` and the next 4 a `struct
+/// bpf_spin_lock` (the kernel reads them as zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtStateView {
+    pub timer: [u64; 2],
+    pub lock: u32,
+    pub _pad: u32,
+    pub counts: CtCounts,
+}
+const _: () = assert!(core::mem::size_of::<CtStateView>() == 56);
+
+/// A command for [`PROG_CT_CTL`]: the test-run frame is a 14-byte Ethernet
+/// header (any addresses, [`CTL_ETHERTYPE`]) followed by this.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtlCmd {
+    /// A [`ctl`] `OP_*` code (host order).
+    pub op: u32,
+    /// [`ctl`] `F_*` bits (host order).
+    pub flags: u32,
+    /// PURGE: external ports of the forward, inclusive, host order.
+    pub first: u16,
+    pub last: u16,
+    /// PURGE: IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtlCmd>() == 16);
+
+/// Ethertype of [`CtlCmd`] frames (IEEE local experimental).
+pub const CTL_ETHERTYPE: u16 = 0x88b5;
+
+/// [`CtlCmd`] operations and the control program's return values.
+pub mod ctl {
+    /// Start the sweep timer (or, already running, restart its period).
+    pub const OP_ARM: u32 = 1;
+    /// Sweep now; returns the sessions removed.
+    pub const OP_SWEEP: u32 = 2;
+    /// Remove the DNAT/hairpin sessions of a forward; returns how many.
+    pub const OP_PURGE: u32 = 3;
+    /// Stop the sweep timer (tests use it to show expiry on lookup alone).
+    pub const OP_STOP: u32 = 4;
+    /// OP_ARM: a timer started by an earlier program calls this program's
+    /// callback from now on (`up --reload`).
+    pub const F_TAKEOVER: u32 = 1;
+    /// OP_ARM results.
+    pub const ARMED: u32 = 0;
+    pub const RUNNING: u32 = 1;
+    pub const TAKEN_OVER: u32 = 2;
+    /// Return values from here up are errors: `ERROR + errno`.
+    pub const ERROR: u32 = 1 << 30;
+}
+
 /// Indexes into [`MAP_NAT_STATS`].
 pub mod nat_stat {
     /// New SNAT sessions.
@@ -540,7 +668,14 @@ pub mod nat_stat {
     pub const FAST_OUT: u32 = 10;
     /// Packets sent from the uplink straight into a lab namespace.
     pub const FAST_IN: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Sessions removed past their timeout by the sweep.
+    pub const EXPIRED_SWEEP: u32 = 12;
+    /// Sessions removed past their timeout when a packet (or a new
+    /// session wanting the port) found them first.
+    pub const EXPIRED_LOOKUP: u32 = 13;
+    /// Sessions removed because their forward went away or changed.
+    pub const PURGED: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const NAMES: [&str; COUNT as usize] = [
         "snat_new",
         "dnat_new",
@@ -554,6 +689,9 @@ pub mod nat_stat {
         "eim_reused",
         "fast_path_out",
         "fast_path_in",
+        "expired_sweep",
+        "expired_lookup",
+        "purged",
     ];
 }
 
@@ -575,4 +713,5 @@ mod user {
     unsafe impl aya::Pod for super::EimKey {}
     unsafe impl aya::Pod for super::HostEntry {}
     unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::CtStateView {}
 }

@@ -168,11 +168,14 @@ pub fn decide(
     // SAFETY: this CPU's value of a per-CPU map; programs do not nest on
     // one CPU for this hook.
     let mut slot = stats::slot(port.slot as u32).map(|c| unsafe { &mut *c });
-    learn(in_port, slot.as_deref_mut(), src, now);
+    // Read before any FDB lookup: a change after it invalidates what the
+    // caches take from that lookup.
+    let generation = fdb_gen();
+    learn(in_port, slot.as_deref_mut(), src, now, generation);
     if is_multicast(dst) || dst == bridge.gateway {
         return Ok(Verdict::Fallback);
     }
-    let Some((out, _)) = destination(slot, dst, now, bridge.aging_ns) else {
+    let Some((out, _)) = destination(slot, dst, now, bridge.aging_ns, generation) else {
         return Ok(Verdict::Fallback);
     };
     if out == in_port {
@@ -195,9 +198,9 @@ fn destination(
     dst: Mac,
     now: u64,
     aging_ns: u64,
+    generation: u64,
 ) -> Option<(u32, u64)> {
     let expired = |seen: u64| aging_ns != 0 && now.saturating_sub(seen) > aging_ns;
-    let generation = fdb_gen();
     if let Some(c) = &slot
         && slot_mac(&c.dst_mac) == dst
         && c.dst_gen == generation
@@ -226,15 +229,18 @@ fn destination(
 /// Records `src` behind `port`, rewriting the entry only when it moved or
 /// is older than FDB_REFRESH_NS. `slot` (this CPU's state of the port)
 /// remembers the last MAC so learned and until when that needs no second
-/// look: a flow's frames skip the FDB lookup of their own source.
+/// look (while the FDB generation, read as `generation` before any lookup,
+/// is unchanged): a flow's frames skip the FDB lookup of their own source.
 #[inline(always)]
-fn learn(port: u32, slot: Option<&mut PortSlot>, src: Mac, now: u64) {
+fn learn(port: u32, slot: Option<&mut PortSlot>, src: Mac, now: u64, generation: u64) {
     if let Some(c) = &slot
         && slot_mac(&c.learned_mac) == src
+        && c.learned_gen == generation
         && now.saturating_sub(c.learned_ns) < FDB_REFRESH_NS
     {
         return;
     }
+    let mut generation = generation;
     let key = fdb_key(src);
     let (seen, moved) = match unsafe { NB_FDB.get(&key) } {
         Some(e) if e.ifindex == port && now.saturating_sub(e.last_seen_ns) < FDB_REFRESH_NS => {
@@ -258,11 +264,14 @@ fn learn(port: u32, slot: Option<&mut PortSlot>, src: Mac, now: u64) {
         // than any earlier value's) and this CPU (no other writes it at the
         // same ns). No atomics needed: whichever of two racing writes
         // lands, both differ from what a cache read before them.
+        generation = unsafe { bpf_ktime_get_ns() } << 8
+            | (unsafe { bpf_get_smp_processor_id() } & 0xff) as u64;
         // SAFETY: a valid map value.
-        unsafe { *g = bpf_ktime_get_ns() << 8 | (bpf_get_smp_processor_id() & 0xff) as u64 };
+        unsafe { *g = generation };
     }
     if let Some(c) = slot {
         set_slot_mac(&mut c.learned_mac, src);
         c.learned_ns = seen;
+        c.learned_gen = generation;
     }
 }

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod bridge;
+mod capture;
 mod csum;
 mod guard;
 mod log;
@@ -45,6 +46,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             stats::count_drop(ifindex, reason);
             log::drop(ifindex, reason);
+            capture::port_drop(ctx, ifindex, reason);
             TC_ACT_SHOT
         }
     }
@@ -53,6 +55,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
 #[inline(always)]
 fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    capture::begin(ctx);
     let len = ctx.len() as u64;
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth = parse_eth(start, end)?;
@@ -79,7 +82,7 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
         // slot is empty (e.g. while an upgrade is being loaded).
         unsafe { NB_PORT_PROGS.tail_call(ctx, PORT_PROG_NAT) };
     }
-    Ok(finish(ifindex, slot, verdict, len))
+    Ok(finish(ctx, ifindex, slot, verdict, len))
 }
 
 /// May the NAT port hook want this IPv4 frame (to `dst`)? Only routed
@@ -93,13 +96,14 @@ fn wants_nat(dst: Mac, gateway: Mac) -> bool {
     }
 }
 
-/// Counts and carries out the bridging verdict for a frame of `len` bytes
-/// from `ifindex` (counter slot `slot`).
+/// Counts, reports (capture) and carries out the bridging verdict for a
+/// frame of `len` bytes from `ifindex` (counter slot `slot`).
 #[inline(always)]
-fn finish(ifindex: u32, slot: u32, verdict: Verdict, len: u64) -> i32 {
+fn finish(ctx: &TcContext, ifindex: u32, slot: u32, verdict: Verdict, len: u64) -> i32 {
     let counters = stats::counters(ifindex, slot);
     match verdict {
         Verdict::Redirect(out, out_slot) => {
+            capture::port(ctx, ifindex, out);
             stats::count_redirected(counters);
             stats::tx(stats::counters(out, out_slot), len);
             // Straight into the destination namespace's ingress: no bridge,
@@ -107,6 +111,7 @@ fn finish(ifindex: u32, slot: u32, verdict: Verdict, len: u64) -> i32 {
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         Verdict::Fallback => {
+            capture::port(ctx, ifindex, 0);
             stats::count_fallback(counters);
             TC_ACT_OK
         }
@@ -159,32 +164,48 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
     let (slot, verdict) = Pass::read(ctx);
     // Tail-called for untagged frames only: IPv4 right after Ethernet.
     let Some(hook) = nat::port_hook(ctx, ETH_HLEN)? else {
-        return Ok(finish(ifindex, slot, verdict, len));
+        return Ok(finish(ctx, ifindex, slot, verdict, len));
     };
     stats::count_redirected(stats::counters(ifindex, slot));
     Ok(match hook {
         // Hairpin NAT readdressed the frame to another port's host.
         nat::Hook::Peer(out) => {
+            capture::port(ctx, ifindex, out);
             stats::count_tx(out, len);
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         // Translated and routed here: out of the uplink.
-        nat::Hook::Neigh(uplink) => unsafe {
-            bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32
-        },
+        nat::Hook::Neigh(uplink) => {
+            capture::port(ctx, ifindex, uplink);
+            unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
+        }
     })
 }
 
 /// TC egress of the uplink: SNAT (masquerade) and reverse DNAT.
 #[classifier]
 pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
-    uplink_action(&ctx, nat::try_uplink_egress(&ctx))
+    capture::begin(&ctx);
+    let r = nat::try_uplink_egress(&ctx);
+    capture::uplink(&ctx, true, &r);
+    uplink_action(&ctx, r)
 }
 
 /// TC ingress of the uplink: reverse SNAT and DNAT of forwarded ports.
 #[classifier]
 pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
-    uplink_action(&ctx, nat::try_uplink_ingress(&ctx))
+    capture::begin(&ctx);
+    let r = nat::try_uplink_ingress(&ctx);
+    capture::uplink(&ctx, false, &r);
+    uplink_action(&ctx, r)
+}
+
+/// Never attached: `up`, `gc` and `forward` run it through
+/// BPF_PROG_TEST_RUN to start the conntrack sweep timer, sweep now, or
+/// purge a forward's sessions (see `nat::sweep`).
+#[classifier]
+pub fn nb_ct_ctl(ctx: TcContext) -> i32 {
+    nat::sweep::control(&ctx) as i32
 }
 
 /// The uplink is not a bridge port: drops are counted by reason only.
@@ -209,6 +230,7 @@ pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_drop(ifindex, reason);
+            capture::port_drop(&ctx, ifindex, reason);
             xdp_action::XDP_DROP
         }
     }
@@ -216,6 +238,7 @@ pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
+    capture::begin(ctx);
     let (start, end) = (ctx.data(), ctx.data_end());
     let len = (end - start) as u64;
     let eth = parse_eth(start, end)?;
@@ -231,6 +254,7 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     let counters = stats::counters(ifindex, slot);
     match verdict {
         Verdict::Redirect(out, out_slot) => {
+            capture::port(ctx, ifindex, out);
             stats::count_redirected(counters);
             stats::tx(stats::counters(out, out_slot), len);
             // Transmit out of the destination port: its peer (the namespace
@@ -238,6 +262,7 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
             Ok(unsafe { bpf_redirect(out, 0) } as u32)
         }
         Verdict::Fallback => {
+            capture::port(ctx, ifindex, 0);
             stats::count_fallback(counters);
             Ok(xdp_action::XDP_PASS)
         }

@@ -1,147 +1,52 @@
 //! Loading the embedded eBPF object, attaching its programs, reading its maps.
 use std::{
-    collections::BTreeMap,
-    fs, io,
-    path::{Path, PathBuf},
+    collections::{BTreeMap, HashSet},
+    fs,
+    net::Ipv4Addr,
+    path::PathBuf,
 };
 
-use crate::nat::NatMaps;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::SchedClassifierLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLinkId,
+        xdp::XdpLink,
     },
 };
 use netbridge_common::{
-    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, MAP_CONFIG, MAP_DROP_STATS, MAP_FDB,
-    MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS, MAP_PORT_SLOTS, MAP_PORT_STATS, MAP_PORTS,
-    MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED, PORT_PROG_NAT, PROG_PEER_XDP, PROG_PORT_INGRESS,
-    PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig,
-    PortSlot, PortStats, drop_reason,
+    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
+    MAP_FDB, MAP_FDB_GEN, MAP_HOSTS, MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS, MAP_PORT_SLOTS,
+    MAP_PORT_STATS, MAP_PORTS, MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED, PORT_PROG_NAT,
+    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS,
+    PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortSlot, PortStats, drop_reason,
+};
+
+use crate::nat::NatMaps;
+// The pin layer, re-exported where callers have always found it.
+pub use crate::pins::{
+    BPFFS_ROOT, BpfError, HOOK_TC_INGRESS, HOOK_UPLINK_IN, HOOK_UPLINK_OUT, HOOK_XDP, MapSource,
+    PinDir, ensure_bpffs, is_bpffs, map_err, monotonic_ns,
 };
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETBRIDGE_EBPF_OBJ"));
 
-/// Where netbridge mounts its own bpffs: outside /sys, because `ip netns exec`
-/// remounts /sys and would hide a bpffs there.
-pub const BPFFS_ROOT: &str = "/run/netbridge/bpf";
-
-#[derive(Debug, thiserror::Error)]
-pub enum BpfError {
-    #[error("loading the eBPF object (pins in {pin_dir}): {source}")]
-    Load {
-        pin_dir: PathBuf,
-        #[source]
-        source: Box<aya::EbpfError>,
-    },
-    #[error("eBPF program {name} is missing from the object")]
-    MissingProgram { name: &'static str },
-    #[error("eBPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("eBPF program {name} on {ifname}: {source}")]
-    Program {
-        name: &'static str,
-        ifname: String,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("pinning {what} at {path}: {source}")]
-    Pin {
-        what: String,
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("counting CPUs for per-CPU map {name}: {source}")]
-    Cpus {
-        name: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("bpffs at {path}: {source}")]
-    Bpffs {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Mounts a bpffs at [`BPFFS_ROOT`] unless one is already there, and creates
-/// `sub` below it (root-only).
-pub fn ensure_bpffs(sub: &str) -> Result<PathBuf, BpfError> {
-    let root = Path::new(BPFFS_ROOT);
-    let err = |source| BpfError::Bpffs {
-        path: root.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(root).map_err(err)?;
-    if !is_bpffs(root) {
-        nix::mount::mount(
-            Some("bpffs"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            Some("mode=0700"),
-        )
-        .map_err(|e| err(io::Error::from(e)))?;
-    }
-    let dir = root.join(sub);
-    fs::create_dir_all(&dir).map_err(err)?;
-    Ok(dir)
-}
-
-pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        .unwrap_or(false)
-}
-
-/// Hook name used in link pins.
-pub const HOOK_TC_INGRESS: &str = "tc_ingress";
-pub const HOOK_XDP: &str = "xdp";
-pub const HOOK_UPLINK_IN: &str = "uplink_in";
-pub const HOOK_UPLINK_OUT: &str = "uplink_out";
-
-/// Pin layout of one topology: maps by name in `dir`, links in `dir/links`.
-#[derive(Debug, Clone)]
-pub struct PinDir(pub PathBuf);
-
-impl PinDir {
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    /// bpffs rejects '.' in names; ifnames may contain it, so encode it ('%'
-    /// never occurs in a valid ifname, keeping the mapping one-to-one).
-    pub fn link(&self, ifname: &str, hook: &str) -> PathBuf {
-        self.0
-            .join("links")
-            .join(format!("{hook}@{}", ifname.replace('.', "%2e")))
-    }
-    /// Removes every pin (maps and links) and the directory itself.
-    pub fn remove(&self) -> io::Result<()> {
-        match fs::remove_dir_all(&self.0) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        }
-    }
-}
-
 /// Maps shared with the programs, each taken once from the object.
 pub struct Maps {
     /// Counters of interfaces without a port slot.
     pub port_stats: PerCpuHashMap<MapData, u32, PortStats>,
-    /// Counters (and learn cache) of configured ports, by slot.
+    /// Counters (and per-CPU caches) of configured ports, by slot.
     pub port_slots: PerCpuArray<MapData, PortSlot>,
     pub drop_stats: PerCpuArray<MapData, u64>,
     pub ports: HashMap<MapData, u32, PortConfig>,
     /// Direct-mapped copy of `ports` (see [`MAP_PORT_INDEX`]).
     pub port_index: Array<MapData, PortConfig>,
+    /// See [`MAP_FDB_GEN`]: changed after userspace changes the FDB or the
+    /// ports, so no per-CPU cache outlives that.
+    pub fdb_gen: Array<MapData, u64>,
     /// An LRU hash in the kernel; aya reads it through `HashMap`.
     pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
     pub config: Array<MapData, BridgeConfig>,
@@ -165,6 +70,13 @@ pub fn port_config(ifindex: u32, identity: Option<([u8; 6], &[std::net::Ipv4Addr
         }
     }
     p
+}
+
+/// The port table as userspace reads it to change it.
+struct PortTable {
+    ports: BTreeMap<u32, PortConfig>,
+    /// Counter slots in use.
+    used: std::collections::BTreeSet<u16>,
 }
 
 /// `p` flagged PORT_ISOLATED iff it is in `isolated`.
@@ -196,130 +108,116 @@ pub struct FdbRow {
     pub expired: bool,
 }
 
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
-pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
-
-/// Wraps an error of map `name`.
-pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
-    move |e| BpfError::Map {
-        name,
-        source: Box::new(e),
-    }
-}
-
-/// Takes map `name` out of a loaded object, typed.
-pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, BpfError> {
-    let map = ebpf.take_map(name).ok_or(BpfError::Map {
-        name,
-        source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
-    })?;
-    T::try_from(map).map_err(map_err(name))
-}
-
-/// Opens pinned map `name` of a running topology, typed.
-pub(crate) fn open_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    pins: &PinDir,
-    name: &'static str,
-    wrap: fn(MapData) -> aya::maps::Map,
-) -> Result<T, BpfError> {
-    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
-    T::try_from(wrap(data)).map_err(map_err(name))
-}
-
 impl Maps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+    /// The bridge maps from a loaded object or from pins (one table).
+    pub fn from_source(src: &mut impl MapSource) -> Result<Self, BpfError> {
+        use aya::maps::Map;
         Ok(Maps {
-            port_stats: take_map(ebpf, MAP_PORT_STATS)?,
-            port_slots: take_map(ebpf, MAP_PORT_SLOTS)?,
-            drop_stats: take_map(ebpf, MAP_DROP_STATS)?,
-            ports: take_map(ebpf, MAP_PORTS)?,
-            port_index: take_map(ebpf, MAP_PORT_INDEX)?,
-            fdb: take_map(ebpf, MAP_FDB)?,
-            config: take_map(ebpf, MAP_CONFIG)?,
-            policy: take_map(ebpf, MAP_POLICY)?,
-            nat: NatMaps::take(ebpf)?,
+            port_stats: src.map(MAP_PORT_STATS, Map::PerCpuHashMap)?,
+            port_slots: src.map(MAP_PORT_SLOTS, Map::PerCpuArray)?,
+            drop_stats: src.map(MAP_DROP_STATS, Map::PerCpuArray)?,
+            ports: src.map(MAP_PORTS, Map::HashMap)?,
+            port_index: src.map(MAP_PORT_INDEX, Map::Array)?,
+            fdb_gen: src.map(MAP_FDB_GEN, Map::Array)?,
+            fdb: src.map(MAP_FDB, Map::LruHashMap)?,
+            config: src.map(MAP_CONFIG, Map::Array)?,
+            policy: src.map(MAP_POLICY, Map::HashMap)?,
+            nat: NatMaps::from_source(src)?,
         })
     }
 
     /// Opens the pinned maps of a running topology (no program is loaded).
     pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
-        use aya::maps::Map;
-        Ok(Maps {
-            port_stats: open_map(pins, MAP_PORT_STATS, Map::PerCpuHashMap)?,
-            port_slots: open_map(pins, MAP_PORT_SLOTS, Map::PerCpuArray)?,
-            drop_stats: open_map(pins, MAP_DROP_STATS, Map::PerCpuArray)?,
-            ports: open_map(pins, MAP_PORTS, Map::HashMap)?,
-            port_index: open_map(pins, MAP_PORT_INDEX, Map::Array)?,
-            fdb: open_map(pins, MAP_FDB, Map::LruHashMap)?,
-            config: open_map(pins, MAP_CONFIG, Map::Array)?,
-            policy: open_map(pins, MAP_POLICY, Map::HashMap)?,
-            nat: NatMaps::open_pinned(pins)?,
-        })
+        Self::from_source(&mut pins.clone())
     }
 
     /// Makes exactly `ports` the datapath's ports (replacing any others)
     /// and sets the aging and the gateway (the bridge): ifindex, MAC, first
-    /// IPv4 address. A port keeps its counter slot while it stays a port;
-    /// a new one gets a free slot, zeroed.
+    /// IPv4 address.
     pub fn configure(
         &mut self,
         ports: &[PortConfig],
         aging_secs: u32,
         gateway: Option<Gateway>,
     ) -> Result<(), BpfError> {
-        let have: BTreeMap<u32, PortConfig> = self.ports.iter().filter_map(|r| r.ok()).collect();
-        let live = |i: u32| ports.iter().any(|p| p.ifindex == i);
-        for old in have.values().filter(|o| !live(o.ifindex)) {
+        self.set_ports(ports)?;
+        self.set_bridge(aging_secs, gateway)
+    }
+
+    /// Makes exactly `ports` the datapath's ports (replacing any others).
+    pub fn set_ports(&mut self, ports: &[PortConfig]) -> Result<(), BpfError> {
+        let wanted: HashSet<u32> = ports.iter().map(|p| p.ifindex).collect();
+        let stale: Vec<u32> = self
+            .ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale {
             // Out of the index first: from then on the datapath looks in
             // the hash, where the port goes next.
-            self.unindex(old.ifindex)?;
-            self.ports
-                .remove(&old.ifindex)
-                .map_err(map_err(MAP_PORTS))?;
+            self.unindex(k)?;
+            self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
         }
+        let mut table = self.port_table();
         let isolated = self.isolated_ports();
-        let mut used: Vec<u16> = have
-            .values()
-            .filter(|o| live(o.ifindex) && o.slot != 0)
-            .map(|o| o.slot)
-            .collect();
         for p in ports {
-            let mut p = with_isolation(*p, &isolated);
-            p.slot = match have.get(&p.ifindex) {
-                Some(old) if old.slot != 0 => old.slot,
-                // None free (more ports than MAX_PORTS): counted by ifindex.
-                _ => match (1..=MAX_PORTS as u16).find(|s| !used.contains(s)) {
-                    Some(s) => {
-                        self.reset_slot(s)?;
-                        used.push(s);
-                        s
-                    }
-                    None => 0,
-                },
-            };
-            self.ports
-                .insert(p.ifindex, p, 0)
-                .map_err(map_err(MAP_PORTS))?;
-            self.index(&p, &live)?;
+            self.put_port(*p, &mut table, &isolated)?;
         }
-        let gw = gateway.unwrap_or_default();
-        let flags = self.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
-        let cfg = BridgeConfig {
-            aging_ns: aging_secs as u64 * 1_000_000_000,
-            bridge_ifindex: gw.ifindex,
-            gateway_ipv4: gw.ipv4.map(|ip| ip.octets()).unwrap_or([0; 4]),
-            gateway_mac: gw.mac,
-            flags,
-            _pad: 0,
+        self.fdb_changed()
+    }
+
+    /// Tells the datapath's per-CPU FDB caches that the FDB or the ports
+    /// changed behind their back (see [`MAP_FDB_GEN`]): a value no cache
+    /// holds (its low byte, 0xff, is no CPU's).
+    pub fn fdb_changed(&mut self) -> Result<(), BpfError> {
+        self.fdb_gen
+            .set(0, monotonic_ns() << 8 | 0xff, 0)
+            .map_err(map_err(MAP_FDB_GEN))
+    }
+
+    /// Adds (or updates) one port, leaving the others as they are.
+    pub fn add_port(&mut self, p: PortConfig) -> Result<(), BpfError> {
+        let mut table = self.port_table();
+        let isolated = self.isolated_ports();
+        self.put_port(p, &mut table, &isolated)?;
+        self.fdb_changed()
+    }
+
+    /// The port table as it is, read once.
+    fn port_table(&self) -> PortTable {
+        let ports: BTreeMap<u32, PortConfig> = self.ports.iter().filter_map(|r| r.ok()).collect();
+        let used = ports.values().map(|p| p.slot).filter(|&s| s != 0).collect();
+        PortTable { ports, used }
+    }
+
+    /// Writes port `p` (hash and index) given the table as it is: a port
+    /// keeps its counter slot while it stays a port; a new one gets a free
+    /// slot, zeroed, and the isolation flag `isolated` gives it.
+    fn put_port(
+        &mut self,
+        p: PortConfig,
+        table: &mut PortTable,
+        isolated: &[u32],
+    ) -> Result<(), BpfError> {
+        let mut p = with_isolation(p, isolated);
+        p.slot = match table.ports.get(&p.ifindex) {
+            Some(old) if old.slot != 0 => old.slot,
+            // None free (more ports than MAX_PORTS): counted by ifindex.
+            _ => match (1..=MAX_PORTS as u16).find(|s| !table.used.contains(s)) {
+                Some(s) => {
+                    self.reset_slot(s)?;
+                    table.used.insert(s);
+                    s
+                }
+                None => 0,
+            },
         };
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+        self.ports
+            .insert(p.ifindex, p, 0)
+            .map_err(map_err(MAP_PORTS))?;
+        table.ports.insert(p.ifindex, p);
+        self.index(&p, &|i| table.ports.contains_key(&i))
     }
 
     /// Ports that are the source of a denied pair.
@@ -333,16 +231,10 @@ impl Maps {
 
     /// Zeroes counter slot `slot` on every CPU (before a new port uses it).
     fn reset_slot(&mut self, slot: u16) -> Result<(), BpfError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| BpfError::Cpus {
-            name: MAP_PORT_SLOTS,
-            source,
-        })?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![PortSlot::default(); cpus]).map_err(
-            |source| BpfError::Cpus {
-                name: MAP_PORT_SLOTS,
-                source,
-            },
-        )?;
+        let err = |e| map_err(MAP_PORT_SLOTS)(MapError::IoError(e));
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(e))?;
+        let zero =
+            aya::maps::PerCpuValues::try_from(vec![PortSlot::default(); cpus]).map_err(err)?;
         self.port_slots
             .set(slot as u32, zero, 0)
             .map_err(map_err(MAP_PORT_SLOTS))
@@ -382,6 +274,86 @@ impl Maps {
         self.port_index
             .set(at, PortConfig::default(), 0)
             .map_err(map_err(MAP_PORT_INDEX))
+    }
+
+    /// Adds (or updates) one lab host: an address of a port's namespace.
+    pub fn add_host(&mut self, addr: Ipv4Addr, e: HostEntry) -> Result<(), BpfError> {
+        self.nat
+            .hosts
+            .insert(addr.octets(), e, 0)
+            .map_err(map_err(MAP_HOSTS))
+    }
+
+    /// Takes port `ifindex` out of every table: the port table, its
+    /// counters, the FDB entries on it, isolation pairs with it and the lab
+    /// hosts `v4` pointing at it. Other ports' entries stay as they are.
+    /// Returns how many FDB entries went.
+    pub fn remove_port(&mut self, ifindex: u32, v4: &[Ipv4Addr]) -> Result<usize, BpfError> {
+        let gone = |r: Result<(), MapError>| match r {
+            Err(MapError::KeyNotFound) => Ok(()),
+            // Per-CPU hashes say so through the syscall (a port with a
+            // counter slot has no entry by ifindex).
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(())
+            }
+            r => r,
+        };
+        // Out of the index first (then the hash): its slot is free from
+        // then on and zeroed before another port uses it.
+        self.unindex(ifindex)?;
+        gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;
+        gone(self.port_stats.remove(&ifindex)).map_err(map_err(MAP_PORT_STATS))?;
+        let macs: Vec<FdbKey> = self
+            .fdb
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, e)| e.ifindex == ifindex)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &macs {
+            gone(self.fdb.remove(k)).map_err(map_err(MAP_FDB))?;
+        }
+        let pairs: Vec<PolicyKey> = self
+            .policy
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.src == ifindex || k.dst == ifindex)
+            .collect();
+        for k in &pairs {
+            gone(self.policy.remove(k)).map_err(map_err(MAP_POLICY))?;
+        }
+        for a in v4 {
+            if self
+                .nat
+                .hosts
+                .get(&a.octets(), 0)
+                .is_ok_and(|h| h.ifindex == ifindex)
+            {
+                gone(self.nat.hosts.remove(&a.octets())).map_err(map_err(MAP_HOSTS))?;
+            }
+        }
+        // After the FDB entries went: no cache keeps one.
+        self.fdb_changed()?;
+        Ok(macs.len())
+    }
+
+    /// Sets the FDB aging and the gateway, keeping the policy flag.
+    pub fn set_bridge(
+        &mut self,
+        aging_secs: u32,
+        gateway: Option<Gateway>,
+    ) -> Result<(), BpfError> {
+        let gw = gateway.unwrap_or_default();
+        let flags = self.config.get(&0, 0).map(|c| c.flags).unwrap_or(0);
+        let cfg = BridgeConfig {
+            aging_ns: aging_secs as u64 * 1_000_000_000,
+            bridge_ifindex: gw.ifindex,
+            gateway_ipv4: gw.ipv4.map(|ip| ip.octets()).unwrap_or([0; 4]),
+            gateway_mac: gw.mac,
+            flags,
+            _pad: 0,
+        };
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
     }
 
     /// Makes the isolation policy exactly `pairs` of (port, port) ifindexes,
@@ -512,12 +484,22 @@ impl Datapath {
     /// Loads the object; maps are pinned by name in `pins` and reused if
     /// already there, so counters survive a reload.
     pub fn load(pins: PinDir) -> Result<Self, BpfError> {
+        Self::load_sized(pins, netbridge_common::DEFAULT_MAX_SESSIONS)
+    }
+
+    /// Same, sizing a new conntrack table for `max_sessions` (a pinned
+    /// one keeps its size: see `NatMaps::capacity`).
+    pub fn load_sized(pins: PinDir, max_sessions: u32) -> Result<Self, BpfError> {
         let load_err = |source| BpfError::Load {
             pin_dir: pins.0.clone(),
             source: Box::new(source),
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
+            .map_max_entries(
+                netbridge_common::MAP_CT,
+                crate::nat::ct_entries_for(max_sessions),
+            )
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
         for name in [
@@ -525,6 +507,7 @@ impl Datapath {
             PROG_PORT_NAT,
             PROG_UPLINK_INGRESS,
             PROG_UPLINK_EGRESS,
+            netbridge_common::PROG_CT_CTL,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -543,24 +526,26 @@ impl Datapath {
         }
         // The port program's tail call. The array is pinned: its entries
         // live as long as the pin, not as this process.
-        let mut tail: ProgramArray<MapData> = take_map(&mut ebpf, MAP_PORT_PROGS)?;
-        let nat: &SchedClassifier = ebpf
-            .program(PROG_PORT_NAT)
-            .ok_or(BpfError::MissingProgram {
-                name: PROG_PORT_NAT,
-            })?
-            .try_into()
-            .map_err(|e| prog_err(PROG_PORT_NAT, "-", e))?;
-        let fd = nat.fd().map_err(|e| prog_err(PROG_PORT_NAT, "-", e))?;
-        tail.set(PORT_PROG_NAT, fd, 0)
+        let mut tail: ProgramArray<MapData> =
+            MapSource::map(&mut ebpf, MAP_PORT_PROGS, aya::maps::Map::ProgramArray)?;
+        let fd = MapSource::program_fd(&ebpf, PROG_PORT_NAT).ok_or(BpfError::MissingProgram {
+            name: PROG_PORT_NAT,
+        })?;
+        tail.set(PORT_PROG_NAT, &fd, 0)
             .map_err(map_err(MAP_PORT_PROGS))?;
-        let maps = Maps::take(&mut ebpf)?;
+        let maps = Maps::from_source(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
             maps,
             pins,
             reload: false,
         })
+    }
+
+    /// Pins the conntrack control program and starts (or, reloading,
+    /// takes over) the in-kernel sweep: see [`crate::nat::start_sweep`].
+    pub fn start_ct_sweep(&mut self) -> Result<Vec<String>, BpfError> {
+        crate::nat::start_sweep(&mut self.ebpf, &self.pins, self.reload, &self.maps.nat)
     }
 
     /// Fd of a loaded program (for BPF_PROG_TEST_RUN in tests).
@@ -606,18 +591,10 @@ impl Datapath {
     /// the uplink hooks). Returns the interfaces detached.
     pub fn detach_uplinks_except(&self, keep: Option<&str>) -> Vec<String> {
         let mut gone = Vec::new();
-        let Ok(dir) = fs::read_dir(self.pins.0.join("links")) else {
-            return gone;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some((hook, ifname)) = name.split_once('@') else {
-                continue;
-            };
-            let ifname = ifname.replace("%2e", ".");
+        for (hook, ifname, path) in self.pins.links() {
             if (hook == HOOK_UPLINK_IN || hook == HOOK_UPLINK_OUT)
                 && Some(ifname.as_str()) != keep
-                && fs::remove_file(e.path()).is_ok()
+                && fs::remove_file(path).is_ok()
                 && !gone.contains(&ifname)
             {
                 gone.push(ifname);
@@ -671,26 +648,41 @@ impl Datapath {
             )
             .map_err(|e| prog_err(name, ifname, e))?;
         let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
-        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
-            what: format!("TC link on {ifname}"),
-            path: path.clone(),
-            source,
-        };
-        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-        fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
-        if replacing {
-            let mut fresh = path.clone().into_os_string();
-            fresh.push("%new");
-            let fresh = PathBuf::from(fresh);
-            let _ = fs::remove_file(&fresh);
-            fd_link.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
-            fs::remove_file(&path).map_err(|e| pin_err(Box::new(e)))?;
-            fs::rename(&fresh, &path).map_err(|e| pin_err(Box::new(e)))?;
-        } else {
-            fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
-        }
+        pin_link(link, &path, &format!("TC link on {ifname}"), replacing)?;
         Ok((path, true))
     }
+}
+
+/// Pins `link` at `path` so it outlives this process. `replacing`: a link
+/// is pinned there already; the new one is pinned beside it, then the old
+/// pin (its last reference: detached) is replaced by the new one.
+fn pin_link<L>(link: L, path: &std::path::Path, what: &str, replacing: bool) -> Result<(), BpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
+        what: what.into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| pin_err(Box::new(e)))?;
+    }
+    if !replacing {
+        return fd_link
+            .pin(path)
+            .map(drop)
+            .map_err(|e| pin_err(Box::new(e)));
+    }
+    let mut fresh = path.to_path_buf().into_os_string();
+    fresh.push("%new");
+    let fresh = PathBuf::from(fresh);
+    let _ = fs::remove_file(&fresh);
+    fd_link.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
+    fs::remove_file(path).map_err(|e| pin_err(Box::new(e)))?;
+    fs::rename(&fresh, path).map_err(|e| pin_err(Box::new(e)))
 }
 
 /// The kernel keeps 15 characters of a program name.
@@ -712,11 +704,9 @@ impl Datapath {
         attached: Option<u32>,
     ) -> Result<(PathBuf, bool), BpfError> {
         let path = self.pins.link(pin_key, HOOK_XDP);
-        if path.exists() {
-            if attached.is_some() {
-                return Ok((path, false));
-            }
-            let _ = fs::remove_file(&path);
+        let pinned = path.exists();
+        if pinned && attached.is_some() && !self.reload {
+            return Ok((path, false));
         }
         let prog: &mut Xdp = self
             .ebpf
@@ -724,18 +714,32 @@ impl Datapath {
             .ok_or(BpfError::MissingProgram { name })?
             .try_into()
             .map_err(|e| prog_err(name, ifname, e))?;
+        if pinned && attached.is_some() {
+            // Reload: the pinned link switches to the new program in one
+            // step (BPF_LINK_UPDATE), no gap; the pin stays.
+            let pin_err = |e: aya::programs::links::LinkError| BpfError::Pin {
+                what: format!("XDP link on {ifname}"),
+                path: path.clone(),
+                source: Box::new(e),
+            };
+            let link = PinnedLink::from_pin(&path).map_err(pin_err)?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(pin_err)?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|e| prog_err(name, ifname, e))?;
+            // Our copy of the link fd closes here; the pin holds the link.
+            drop(prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?);
+            return Ok((path, true));
+        }
+        if pinned {
+            // The interface was recreated since: the pinned link is dead.
+            let _ = fs::remove_file(&path);
+        }
         let id = prog
             .attach(ifname, XdpMode::Driver)
             .map_err(|e| prog_err(name, ifname, e))?;
         let link = prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?;
-        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
-            what: format!("XDP link on {ifname}"),
-            path: path.clone(),
-            source,
-        };
-        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-        fs::create_dir_all(path.parent().unwrap()).map_err(|e| pin_err(Box::new(e)))?;
-        fd_link.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        pin_link(link, &path, &format!("XDP link on {ifname}"), false)?;
         Ok((path, true))
     }
 

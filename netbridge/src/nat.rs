@@ -1,24 +1,31 @@
 //! NAT control plane over the pinned maps: the uplink's NAT settings, the
-//! forward tables, the lab host table (hairpin), and conntrack listing,
-//! timeouts (GC) and purges.
+//! forward tables, the lab host table (hairpin), conntrack listing, and
+//! the in-kernel sweep (start, forced sweeps, purges) through its control
+//! program.
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
+    fs, io,
     net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::{
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{ProgramError, ProgramFd, SchedClassifier},
+    sys::SyscallError,
+};
 use netbridge_common::{
-    CT_DIR_IN, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ICMP, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING,
-    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, EimKey, FwdKey,
-    FwdTarget, HostEntry, MAP_CT, MAP_CT_CREATED, MAP_CT_REMOVED, MAP_EIM, MAP_FORWARDS,
-    MAP_FWD_HITS, MAP_FWD_RANGES, MAP_HOSTS, MAP_NAT_CONFIG, MAP_NAT_STATS, MAX_FWD_RANGES,
-    NatConfig, nat_stat,
+    CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ICMP, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING,
+    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CTL_ETHERTYPE, CtCounts, CtEntry,
+    CtKey, CtStateView, CtlCmd, EimKey, FwdKey, FwdTarget, HostEntry, MAP_CT, MAP_CT_STATE,
+    MAP_EIM, MAP_FORWARDS, MAP_FWD_HITS, MAP_FWD_RANGES, MAP_HOSTS, MAP_NAT_CONFIG, MAP_NAT_STATS,
+    MAX_FWD_RANGES, NatConfig, PROG_CT_CTL, ctl, nat_stat,
 };
 use serde::Serialize;
 
 use crate::{
-    bpf::{BpfError, PinDir, map_err, monotonic_ns, open_map, take_map},
     config::{NatTimeouts, Proto},
+    pins::{BpfError, MapSource, PinDir, map_err, monotonic_ns},
 };
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -34,10 +41,12 @@ pub struct NatMaps {
     pub ranges: Array<MapData, FwdTarget>,
     pub hits: PerCpuHashMap<MapData, FwdKey, u64>,
     pub stats: PerCpuArray<MapData, u64>,
-    pub created: PerCpuArray<MapData, u64>,
-    pub removed: Array<MapData, u64>,
+    /// Live count, high-water mark and sweeps, kept by the datapath.
+    pub state: Array<MapData, CtStateView>,
     pub eim: HashMap<MapData, EimKey, u16>,
     pub hosts: HashMap<MapData, [u8; 4], HostEntry>,
+    /// The conntrack control program (loaded, or its pin), if any.
+    ctl: Option<ProgramFd>,
 }
 
 pub fn proto_num(p: Proto) -> u8 {
@@ -102,7 +111,8 @@ pub struct Session {
     pub remote: String,
     pub age_secs: f64,
     pub idle_secs: f64,
-    /// Seconds until the GC may remove it.
+    /// Seconds until it expires; 0: expired, gone at the next sweep or
+    /// packet (a packet never uses it).
     pub expires_in_secs: f64,
 }
 
@@ -129,9 +139,20 @@ pub struct PoolUse {
 #[derive(Debug, Clone, Serialize)]
 pub struct Conntrack {
     pub sessions: Vec<Session>,
-    /// sum(created) - removed, as the datapath counts against max_sessions.
+    /// Sessions the datapath counts against max_sessions (kernel figure).
     pub live_sessions: u64,
+    /// Highest live count ever reached (kernel figure).
+    pub high_water_sessions: u64,
     pub max_sessions: u32,
+    /// Sessions the conntrack table was sized for at its creation.
+    pub capacity_sessions: u32,
+    /// Period of the in-kernel sweep.
+    pub sweep_interval_ms: u32,
+    pub sweeps: u64,
+    /// Seconds since the last sweep ended; None: never swept.
+    pub last_sweep_secs_ago: Option<f64>,
+    /// Idle timeouts (s) by state name, as the datapath applies them.
+    pub timeouts: BTreeMap<&'static str, u32>,
     pub pools: Vec<PoolUse>,
 }
 
@@ -144,7 +165,7 @@ fn ep(addr: [u8; 4], port: u16) -> String {
 }
 
 /// A session's last activity and state: the later and further of its two
-/// halves (`r`, the reverse entry, may be gone), as the GC judges it.
+/// halves (`r`, the reverse entry, may be gone), as the datapath judges it.
 fn activity(e: &CtEntry, r: Option<&CtEntry>) -> (u64, u8) {
     match r {
         Some(r) => (e.last_seen_ns.max(r.last_seen_ns), e.state.max(r.state)),
@@ -153,35 +174,26 @@ fn activity(e: &CtEntry, r: Option<&CtEntry>) -> (u64, u8) {
 }
 
 impl NatMaps {
-    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, BpfError> {
+    /// The NAT maps from a loaded object or from pins (one table).
+    pub fn from_source(src: &mut impl MapSource) -> Result<Self, BpfError> {
+        use aya::maps::Map;
         Ok(NatMaps {
-            config: take_map(ebpf, MAP_NAT_CONFIG)?,
-            ct: take_map(ebpf, MAP_CT)?,
-            forwards: take_map(ebpf, MAP_FORWARDS)?,
-            ranges: take_map(ebpf, MAP_FWD_RANGES)?,
-            hits: take_map(ebpf, MAP_FWD_HITS)?,
-            stats: take_map(ebpf, MAP_NAT_STATS)?,
-            created: take_map(ebpf, MAP_CT_CREATED)?,
-            removed: take_map(ebpf, MAP_CT_REMOVED)?,
-            eim: take_map(ebpf, MAP_EIM)?,
-            hosts: take_map(ebpf, MAP_HOSTS)?,
+            config: src.map(MAP_NAT_CONFIG, Map::Array)?,
+            ct: src.map(MAP_CT, Map::LruHashMap)?,
+            forwards: src.map(MAP_FORWARDS, Map::HashMap)?,
+            ranges: src.map(MAP_FWD_RANGES, Map::Array)?,
+            hits: src.map(MAP_FWD_HITS, Map::PerCpuHashMap)?,
+            stats: src.map(MAP_NAT_STATS, Map::PerCpuArray)?,
+            state: src.map(MAP_CT_STATE, Map::Array)?,
+            eim: src.map(MAP_EIM, Map::LruHashMap)?,
+            hosts: src.map(MAP_HOSTS, Map::HashMap)?,
+            // Not pinned on a lab brought up without NAT: read-only use works.
+            ctl: src.program_fd(PROG_CT_CTL),
         })
     }
 
     pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
-        use aya::maps::Map;
-        Ok(NatMaps {
-            config: open_map(pins, MAP_NAT_CONFIG, Map::Array)?,
-            ct: open_map(pins, MAP_CT, Map::LruHashMap)?,
-            forwards: open_map(pins, MAP_FORWARDS, Map::HashMap)?,
-            ranges: open_map(pins, MAP_FWD_RANGES, Map::Array)?,
-            hits: open_map(pins, MAP_FWD_HITS, Map::PerCpuHashMap)?,
-            stats: open_map(pins, MAP_NAT_STATS, Map::PerCpuArray)?,
-            created: open_map(pins, MAP_CT_CREATED, Map::PerCpuArray)?,
-            removed: open_map(pins, MAP_CT_REMOVED, Map::Array)?,
-            eim: open_map(pins, MAP_EIM, Map::LruHashMap)?,
-            hosts: open_map(pins, MAP_HOSTS, Map::HashMap)?,
-        })
+        Self::from_source(&mut pins.clone())
     }
 
     pub fn config(&self) -> NatConfig {
@@ -273,10 +285,20 @@ impl NatMaps {
         }
         let mut cfg = plan.config;
         cfg.range_count = ranges.len() as u16;
+        // A pinned table keeps the size of its first `up`.
+        let (asked, capacity) = (cfg.max_sessions, self.capacity());
+        cfg.max_sessions = asked.min(capacity);
+        cfg.sweep_ms = sweep_ms(&cfg.timeouts, self.ct_entries());
         if self.config() != cfg {
             if cfg.flags != 0 {
+                let mut limit = format!("max {} sessions", cfg.max_sessions);
+                if asked > capacity {
+                    limit += &format!(
+                        " (not {asked}: the conntrack table was sized for {capacity} at the first `up`; `down` and `up` to resize)"
+                    );
+                }
                 changes.push(format!(
-                    "NAT on {} ({}{}ports {}-{}, max {} sessions)",
+                    "NAT on {} ({}{}ports {}-{}, {limit}, sweep every {} ms)",
                     ip(cfg.uplink_ipv4),
                     if cfg.flags & netbridge_common::NAT_MASQUERADE != 0 {
                         "masquerade, "
@@ -290,7 +312,7 @@ impl NatMaps {
                     },
                     cfg.port_min,
                     cfg.port_max,
-                    cfg.max_sessions
+                    cfg.sweep_ms
                 ));
             } else if self.config().flags != 0 {
                 changes.push("NAT off".into());
@@ -324,70 +346,84 @@ impl NatMaps {
         })
     }
 
-    fn add_removed(&mut self, n: u64) -> Result<(), BpfError> {
-        if n == 0 {
-            return Ok(());
-        }
-        let cur = self.removed.get(&0, 0).unwrap_or(0);
-        self.removed
-            .set(0, cur + n, 0)
-            .map_err(map_err(MAP_CT_REMOVED))
+    /// Entries of the conntrack table (fixed when it was created).
+    pub fn ct_entries(&self) -> u32 {
+        self.ct
+            .map()
+            .info()
+            .map(|i| i.max_entries())
+            .unwrap_or(CT_SIZE)
+    }
+
+    /// Sessions the conntrack table holds without the LRU evicting one.
+    pub fn capacity(&self) -> u32 {
+        netbridge_common::ct_capacity(self.ct_entries(), possible_cpus())
+    }
+
+    /// The datapath's session accounting.
+    pub fn counts(&self) -> CtCounts {
+        self.state.get(&0, 0).map(|s| s.counts).unwrap_or_default()
     }
 
     /// Sessions counted against `max_sessions`.
     pub fn live_sessions(&self) -> u64 {
-        let created: u64 = self.created.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        created.saturating_sub(self.removed.get(&0, 0).unwrap_or(0))
+        self.counts().live
     }
 
-    /// Deletes the sessions `pick(original key, entry)` selects (both
-    /// halves). Returns how many sessions went.
-    fn delete_where(
-        &mut self,
-        mut pick: impl FnMut(&CtKey, &CtEntry, Option<&CtEntry>) -> bool,
-    ) -> Result<u64, BpfError> {
-        let entries: Vec<(CtKey, CtEntry)> = self.ct.iter().filter_map(|r| r.ok()).collect();
-        let all: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
-        let mut sessions = 0;
-        let mut doomed = Vec::new();
-        for (k, e) in &entries {
-            if e.flags & CT_F_ORIGINAL != 0 {
-                if pick(k, e, all.get(&e.reverse)) {
-                    doomed.push(*k);
-                    doomed.push(e.reverse);
-                    sessions += 1;
-                }
-            } else if !all.contains_key(&e.reverse) {
-                // An orphaned half (its original was evicted): useless.
-                doomed.push(*k);
-            }
+    /// Runs the control program on `cmd`; its result, or its error.
+    fn control(&self, cmd: CtlCmd) -> Result<u32, BpfError> {
+        let err = |call, io_error| BpfError::Program {
+            name: PROG_CT_CTL,
+            ifname: "-".into(),
+            source: Box::new(ProgramError::SyscallError(SyscallError { call, io_error })),
+        };
+        let Some(fd) = &self.ctl else {
+            return Err(BpfError::Program {
+                name: PROG_CT_CTL,
+                ifname: "-".into(),
+                source: Box::new(ProgramError::NotLoaded),
+            });
+        };
+        let rc =
+            prog_test_run(fd.as_fd(), &ctl_frame(&cmd)).map_err(|e| err("bpf_prog_test_run", e))?;
+        if rc >= ctl::ERROR {
+            let errno = io::Error::from_raw_os_error((rc - ctl::ERROR) as i32);
+            return Err(err(PROG_CT_CTL, errno));
         }
-        for k in doomed {
-            let _ = self.ct.remove(&k);
-        }
-        self.add_removed(sessions)?;
-        Ok(sessions)
+        Ok(rc)
     }
 
-    /// Purges the sessions of the forward `proto` `first..=last` (external
-    /// ports, host order).
-    pub fn purge_forward(&mut self, proto: u8, first: u16, last: u16) -> Result<u64, BpfError> {
-        self.delete_where(|k, e, _| {
-            (e.kind == CT_DNAT || e.kind == CT_HAIRPIN)
-                && k.proto == proto
-                && k.dir == CT_DIR_IN
-                && (first..=last).contains(&u16::from_be(k.dport))
+    /// Starts the sweep timer with this program's callback: see
+    /// [`start_sweep`]. Returns the `ctl::ARMED`.. status.
+    fn arm(&self, takeover: bool) -> Result<u32, BpfError> {
+        self.control(CtlCmd {
+            op: ctl::OP_ARM,
+            flags: if takeover { ctl::F_TAKEOVER } else { 0 },
+            ..CtlCmd::default()
         })
     }
 
-    /// Removes sessions idle longer than their state's timeout, orphaned
-    /// halves, and endpoint-independent mappings no session uses. Returns
-    /// the sessions removed.
-    pub fn gc(&mut self, timeouts: &NatTimeouts) -> Result<u64, BpfError> {
-        let now = monotonic_ns();
-        let n = self.delete_where(|_, e, r| {
-            let (last, state) = activity(e, r);
-            now.saturating_sub(last) > timeouts.for_state(state) as u64 * 1_000_000_000
+    /// Removes the sessions of the forward `proto` `first..=last`
+    /// (external ports, host order), in the kernel. Returns how many.
+    pub fn purge_forward(&mut self, proto: u8, first: u16, last: u16) -> Result<u64, BpfError> {
+        let n = self.control(CtlCmd {
+            op: ctl::OP_PURGE,
+            first,
+            last,
+            proto,
+            ..CtlCmd::default()
+        })?;
+        Ok(n as u64)
+    }
+
+    /// A forced sweep (`netbridge gc`): the kernel removes the sessions
+    /// idle past their timeout now, as its timer does; then the
+    /// endpoint-independent mappings no session uses are forgotten.
+    /// Returns the sessions removed.
+    pub fn gc(&mut self) -> Result<u64, BpfError> {
+        let n = self.control(CtlCmd {
+            op: ctl::OP_SWEEP,
+            ..CtlCmd::default()
         })?;
         let alive: HashSet<EimKey> = self
             .ct
@@ -410,13 +446,15 @@ impl NatMaps {
         for k in stale {
             let _ = self.eim.remove(&k);
         }
-        Ok(n)
+        Ok(n as u64)
     }
 
-    /// The session table, oldest first, and the pool pressure.
-    pub fn conntrack(&self, timeouts: &NatTimeouts) -> Result<Conntrack, BpfError> {
+    /// The session table, oldest first, the kernel's session accounting
+    /// and the pool pressure.
+    pub fn conntrack(&self) -> Result<Conntrack, BpfError> {
         let now = monotonic_ns();
         let cfg = self.config();
+        let timeout = |state: u8| cfg.timeouts[(state & 7) as usize] as f64;
         let entries: std::collections::HashMap<CtKey, CtEntry> =
             self.ct.iter().filter_map(|r| r.ok()).collect();
         let mut sessions = Vec::new();
@@ -451,7 +489,7 @@ impl NatMaps {
                 remote,
                 age_secs: now.saturating_sub(e.created_ns) as f64 / 1e9,
                 idle_secs: idle,
-                expires_in_secs: (timeouts.for_state(state) as f64 - idle).max(0.0),
+                expires_in_secs: (timeout(state) - idle).max(0.0),
             });
         }
         sessions.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs));
@@ -464,10 +502,29 @@ impl NatMaps {
                 pool_size,
             })
             .collect();
+        let counts = self.counts();
         Ok(Conntrack {
             sessions,
-            live_sessions: self.live_sessions(),
+            live_sessions: counts.live,
+            high_water_sessions: counts.high_water,
             max_sessions: cfg.max_sessions,
+            capacity_sessions: self.capacity(),
+            sweep_interval_ms: cfg.sweep_ms,
+            sweeps: counts.sweeps,
+            last_sweep_secs_ago: (counts.sweeps > 0)
+                .then(|| now.saturating_sub(counts.last_sweep_ns) as f64 / 1e9),
+            timeouts: [
+                CT_TCP_SYN,
+                CT_TCP_ESTABLISHED,
+                CT_TCP_CLOSING,
+                CT_TCP_CLOSED,
+                CT_UDP,
+                CT_UDP_REPLIED,
+                CT_ICMP,
+            ]
+            .iter()
+            .map(|&s| (state_name(s), cfg.timeouts[s as usize]))
+            .collect(),
             pools,
         })
     }
@@ -501,6 +558,137 @@ impl NatMaps {
             })
             .collect())
     }
+}
+
+/// The NAT config's timeouts (s), indexed by `CT_*` state code.
+pub fn timeouts_by_state(t: &NatTimeouts) -> [u32; 8] {
+    let mut out = [0; 8];
+    for (state, slot) in out.iter_mut().enumerate().skip(1) {
+        *slot = t.for_state(state as u8);
+    }
+    out
+}
+
+/// Sweep period: a quarter of the shortest timeout, so a session stops
+/// counting against `max_sessions` at most 1.25 timeouts after its last
+/// packet; at least 100 ms, and 4 us per table entry (a full 262,144-entry
+/// table costs ~23 ms a sweep); at most 5 s.
+pub fn sweep_ms(timeouts: &[u32; 8], ct_entries: u32) -> u32 {
+    let shortest = timeouts[1..].iter().copied().min().unwrap_or(0);
+    let floor = (ct_entries / 250).max(100);
+    (shortest.saturating_mul(250)).clamp(floor, 5000.max(floor))
+}
+
+/// Conntrack entries for a new table of `max_sessions`.
+pub fn ct_entries_for(max_sessions: u32) -> u32 {
+    netbridge_common::ct_entries(max_sessions, possible_cpus())
+}
+
+/// CPUs the kernel may run (per-CPU structures exist for each).
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(256, |n| n as u32)
+}
+
+/// Pins the conntrack control program (first `up`; `--reload` replaces
+/// the pin) and starts the sweep timer with its callback; a timer already
+/// running (the map is pinned by name) is only restarted, or, reloading,
+/// taken over by the new program. Returns the changes made.
+pub fn start_sweep(
+    ebpf: &mut aya::Ebpf,
+    pins: &PinDir,
+    reload: bool,
+    nat: &NatMaps,
+) -> Result<Vec<String>, BpfError> {
+    let path = pins.0.join(PROG_CT_CTL);
+    if reload || !path.exists() {
+        let name = PROG_CT_CTL;
+        let prog_err = |e| BpfError::Program {
+            name,
+            ifname: "-".into(),
+            source: Box::new(e),
+        };
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(prog_err)?;
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
+            what: format!("program {name}"),
+            path: path.clone(),
+            source,
+        };
+        // Pinned beside, then renamed over: the pin is never missing.
+        let fresh = pins.0.join(format!("{name}%new"));
+        let _ = fs::remove_file(&fresh);
+        prog.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
+        fs::rename(&fresh, &path).map_err(|e| pin_err(Box::new(e)))?;
+    }
+    Ok(match nat.arm(reload)? {
+        ctl::ARMED => vec![format!(
+            "started the conntrack sweep (every {} ms)",
+            nat.config().sweep_ms
+        )],
+        ctl::TAKEN_OVER => vec!["the new program runs the conntrack sweep".into()],
+        _ => vec![],
+    })
+}
+
+/// The test-run frame carrying `cmd` to the control program.
+pub fn ctl_frame(cmd: &CtlCmd) -> Vec<u8> {
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&CTL_ETHERTYPE.to_be_bytes());
+    frame.extend_from_slice(bytemuck::bytes_of(cmd));
+    frame
+}
+
+/// BPF_PROG_TEST_RUN: runs `prog` once on `frame` (a real skb arriving on
+/// the calling thread's loopback) and returns its return value.
+pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    /// The `test` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: attr points to valid buffers that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.retval)
 }
 
 pub fn port_label(f: &FwdTarget) -> String {

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use netlink_packet_route::{
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    route::{RouteAttribute, RouteScope},
+    route::{RouteAttribute, RouteMessage, RouteScope},
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -104,8 +104,21 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkInfoLite>> {
     Ok(msgs.iter().map(lite).collect())
 }
 
+/// Link `name`, asked by name (one lookup in the kernel, not a dump of
+/// every link: namespaces with many ports stay linear).
 pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkInfoLite>> {
-    Ok(links(h).await?.into_iter().find(|l| l.name == name))
+    let mut answer = h.link().get().match_name(name).execute();
+    match answer.try_next().await {
+        Ok(msg) => Ok(msg.as_ref().map(lite)),
+        Err(e) => {
+            let err = ctx(|| format!("look up link {name}"))(e);
+            if err.errno() == Some(libc::ENODEV) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
 }
 
 pub async fn create_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> Result<()> {
@@ -222,48 +235,46 @@ pub struct RouteSpec {
     pub oif: Option<u32>,
 }
 
+/// The netlink message for `r`: on-link (`dev X`) without a gateway, and a
+/// gateway named together with its device is on-link there even outside
+/// the interface's subnet (`... dev X onlink`). `for_delete` leaves out
+/// what the kernel does not match on.
+fn route_message(r: &RouteSpec, for_delete: bool) -> Result<RouteMessage> {
+    // Only a family mismatch fails here, which validation rules out.
+    fn invalid<E: std::fmt::Display>(r: &RouteSpec) -> impl Fn(E) -> NetlinkError + '_ {
+        move |e| NetlinkError {
+            op: format!("route {}", r.dst),
+            source: rtnetlink::Error::InvalidNla(e.to_string()),
+        }
+    }
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.dst.addr(), r.dst.prefix_len())
+        .map_err(invalid(r))?;
+    if let Some(gw) = r.via {
+        b = b.gateway(gw).map_err(invalid(r))?;
+    }
+    if for_delete {
+        return Ok(b.build());
+    }
+    if r.via.is_none() {
+        b = b.scope(RouteScope::Link);
+    }
+    if let Some(oif) = r.oif {
+        b = b.output_interface(oif);
+        if r.via.is_some() {
+            b = b.onlink();
+        }
+    }
+    Ok(b.build())
+}
+
 /// Adds a route; an identical existing route is not an error (returns false).
 pub async fn add_route(h: &Handle, r: &RouteSpec) -> Result<bool> {
-    let what = || format!("add route {} via {:?} dev #{:?}", r.dst, r.via, r.oif);
-    let msg = match (r.dst, r.via) {
-        (IpNet::V4(d), via) => {
-            let mut b =
-                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len());
-            b = match via {
-                Some(IpAddr::V4(gw)) => b.gateway(gw),
-                // `ip route add PREFIX dev X`: directly connected (on-link).
-                _ => b.scope(RouteScope::Link),
-            };
-            if let Some(oif) = r.oif {
-                b = b.output_interface(oif);
-                // A gateway named together with its device is on-link there,
-                // even outside the interface's subnet (`... dev X onlink`).
-                if via.is_some() {
-                    b = b.onlink();
-                }
-            }
-            b.build()
-        }
-        (IpNet::V6(d), via) => {
-            let mut b =
-                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len());
-            b = match via {
-                Some(IpAddr::V6(gw)) => b.gateway(gw),
-                _ => b.scope(RouteScope::Link),
-            };
-            if let Some(oif) = r.oif {
-                b = b.output_interface(oif);
-                if via.is_some() {
-                    b = b.onlink();
-                }
-            }
-            b.build()
-        }
-    };
+    let msg = route_message(r, false)?;
     match h.route().add(msg).execute().await {
         Ok(()) => Ok(true),
         Err(e) => {
-            let err = ctx(what)(e);
+            let err = ctx(|| format!("add route {} via {:?} dev #{:?}", r.dst, r.via, r.oif))(e);
             if err.errno() == Some(libc::EEXIST) {
                 Ok(false)
             } else {
@@ -323,29 +334,24 @@ fn route_addr(a: &netlink_packet_route::route::RouteAddress) -> Option<IpAddr> {
 }
 
 pub async fn del_route(h: &Handle, r: &RouteSpec) -> Result<()> {
-    let msg = match (r.dst, r.via) {
-        (IpNet::V4(d), via) => {
-            let mut b =
-                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len());
-            if let Some(IpAddr::V4(gw)) = via {
-                b = b.gateway(gw);
-            }
-            b.build()
-        }
-        (IpNet::V6(d), via) => {
-            let mut b =
-                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len());
-            if let Some(IpAddr::V6(gw)) = via {
-                b = b.gateway(gw);
-            }
-            b.build()
-        }
-    };
     h.route()
-        .del(msg)
+        .del(route_message(r, true)?)
         .execute()
         .await
         .map_err(ctx(|| format!("delete route {}", r.dst)))
+}
+
+/// Sets the MAC address of link `index` (before it carries traffic).
+pub async fn set_mac(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
+    h.link()
+        .change(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(ctx(|| format!("set MAC of link #{index}")))
 }
 
 /// Turns TX checksum offload of `ifname` (in the calling thread's namespace)

@@ -48,12 +48,15 @@ pub enum NetnsError {
 }
 
 /// Which network namespace to run in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Netns {
     /// The namespace netbridge itself was started in.
     Current,
     /// A named namespace under /run/netns.
     Named(String),
+    /// A namespace file elsewhere (`/proc/PID/ns/net`, a CNI runtime's
+    /// bind mount), never created or deleted by netbridge.
+    Path(PathBuf),
 }
 
 impl Netns {
@@ -65,6 +68,35 @@ impl Netns {
         match self {
             Netns::Current => "(host)",
             Netns::Named(n) => n,
+            Netns::Path(p) => p.to_str().unwrap_or("(non-UTF-8 path)"),
+        }
+    }
+
+    /// How the journal records it: None for the current namespace, the name
+    /// of a named one, the path (starting with '/') of another.
+    pub fn to_record(&self) -> Option<String> {
+        match self {
+            Netns::Current => None,
+            Netns::Named(n) => Some(n.clone()),
+            Netns::Path(p) => Some(p.display().to_string()),
+        }
+    }
+
+    /// The inverse of [`Netns::to_record`] (names never start with '/').
+    pub fn from_record(r: &Option<String>) -> Netns {
+        match r {
+            None => Netns::Current,
+            Some(p) if p.starts_with('/') => Netns::Path(PathBuf::from(p)),
+            Some(n) => Netns::Named(n.clone()),
+        }
+    }
+
+    /// Whether the namespace is there (the current one always is).
+    pub fn exists(&self) -> bool {
+        match self {
+            Netns::Current => true,
+            Netns::Named(n) => exists(n),
+            Netns::Path(p) => is_netns_file(p),
         }
     }
 }
@@ -100,18 +132,23 @@ pub fn list() -> Vec<String> {
 }
 
 /// Makes /run/netns a shared mount point, as iproute2 does, so namespace
-/// mounts propagate to other mount namespaces.
+/// mounts propagate to other mount namespaces. Under a lock: two processes
+/// that both found no mount point would bind it twice, and namespaces
+/// mounted under the lower copy would vanish from view.
 fn prepare_run_dir() -> Result<(), NetnsError> {
     let err = |op, source| NetnsError::Sys {
         name: NETNS_RUN_DIR.into(),
         op,
         source,
     };
-    fs::create_dir_all(NETNS_RUN_DIR).map_err(|source| NetnsError::Io {
+    let io_err = |op, source| NetnsError::Io {
         name: NETNS_RUN_DIR.into(),
-        op: "create /run/netns",
+        op,
         source,
-    })?;
+    };
+    let _lock = crate::lock::exclusive("mount-netns", |_| {})
+        .map_err(|e| io_err("lock /run/netns mount", e.source))?;
+    fs::create_dir_all(NETNS_RUN_DIR).map_err(|source| io_err("create /run/netns", source))?;
     let shared = || {
         mount(
             None::<&str>,
@@ -212,6 +249,7 @@ pub fn open(ns: &Netns) -> Result<File, NetnsError> {
     let path = match ns {
         Netns::Current => PathBuf::from("/proc/self/ns/net"),
         Netns::Named(n) => path_of(n),
+        Netns::Path(p) => p.clone(),
     };
     File::open(&path).map_err(|source| NetnsError::Io {
         name: ns.label().into(),
@@ -220,50 +258,52 @@ pub fn open(ns: &Netns) -> Result<File, NetnsError> {
     })
 }
 
-/// Runs blocking `f` on a fresh OS thread inside `ns`.
+/// Runs blocking `f` on a fresh OS thread inside `ns` and waits for it.
+/// The thread is scoped: `f` may borrow from the caller.
 pub fn run_blocking_in<T, F>(ns: &Netns, f: F) -> Result<T, NetnsError>
 where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
+    T: Send,
+    F: FnOnce() -> T + Send,
 {
     let file = open(ns)?;
-    let label = ns.label().to_string();
-    std::thread::spawn(move || -> Result<T, NetnsError> {
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Sys {
-            name: label.clone(),
-            op: "setns",
-            source,
-        })?;
-        Ok(f())
+    let label = ns.label();
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<T, NetnsError> {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Sys {
+                name: label.into(),
+                op: "setns",
+                source,
+            })?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| NetnsError::Panicked { name: label.into() })?
     })
-    .join()
-    .map_err(|_| NetnsError::Panicked {
-        name: ns.label().into(),
-    })?
 }
 
 /// Runs async `f` with an rtnetlink handle bound to `ns`, on a dedicated OS
-/// thread with its own current-thread runtime.
+/// thread with its own current-thread runtime (scoped, like
+/// [`run_blocking_in`]).
 pub fn run_in<T, F, Fut>(ns: &Netns, f: F) -> Result<T, NetnsError>
 where
-    T: Send + 'static,
-    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    T: Send,
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send,
     Fut: Future<Output = T>,
 {
-    let label = ns.label().to_string();
+    let label = ns.label();
     run_blocking_in(ns, move || -> Result<T, NetnsError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|source| NetnsError::Io {
-                name: label.clone(),
+                name: label.into(),
                 op: "tokio runtime",
                 source,
             })?;
         rt.block_on(async move {
             let (conn, handle, _) =
                 rtnetlink::new_connection().map_err(|source| NetnsError::Netlink {
-                    name: label.clone(),
+                    name: label.into(),
                     source,
                 })?;
             let conn = tokio::spawn(conn);

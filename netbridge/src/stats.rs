@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
+    sync::Mutex,
     time::Instant,
 };
 
@@ -56,7 +57,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct NatSnapshot {
     pub counters: BTreeMap<&'static str, u64>,
+    /// Live sessions and their highest count, as the datapath keeps them.
     pub live_sessions: u64,
+    pub high_water_sessions: u64,
     pub max_sessions: u32,
     /// Sessions by protocol name.
     pub sessions: BTreeMap<&'static str, u64>,
@@ -66,12 +69,33 @@ pub struct NatSnapshot {
 
 /// The pinned maps of one running topology, opened once.
 pub struct Source {
-    name: String,
+    pub(crate) name: String,
     pub maps: Maps,
     /// The topology as journaled by `up`.
     pub topology: crate::config::Topology,
-    /// ifindex -> (port, namespace), for the ports of the topology.
-    ports: HashMap<u32, (String, String)>,
+    /// ifindex -> (port, namespace) of the topology's ports; reread when a
+    /// port appears (ports are attached while a `--watch` or the metrics
+    /// server runs).
+    ports: Mutex<HashMap<u32, (String, String)>>,
+}
+
+/// ifindex -> (host-side port, port name) of every port of topology `name`
+/// (the name is the namespace's for the file's namespaces).
+fn port_names(st: &State) -> Result<HashMap<u32, (String, String)>, StatsError> {
+    let ports = topology::ports(st);
+    let Some(t) = &st.topology else {
+        return Ok(HashMap::new());
+    };
+    let links = netns::run_in(&topology::host_of(t), |h| async move {
+        netlink::links(&h).await
+    })??;
+    Ok(ports
+        .into_iter()
+        .filter_map(|p| {
+            let l = links.iter().find(|l| l.name == p.host_ifname)?;
+            Some((l.index, (p.host_ifname, p.name)))
+        })
+        .collect())
 }
 
 impl Source {
@@ -82,27 +106,27 @@ impl Source {
             .clone()
             .ok_or_else(|| StatsError::NoDatapath(name.into()))?;
         let maps = Maps::open_pinned(&PinDir(dir))?;
-        let t = st.topology.ok_or_else(|| StatsError::NotUp(name.into()))?;
-        let host = topology::host_of(&t);
-        let links = netns::run_in(&host, |h| async move { netlink::links(&h).await })??;
-        let ports = t
-            .namespaces
-            .iter()
-            .filter(|n| t.on_bridge(n))
-            .filter_map(|n| {
-                let port = crate::config::Topology::host_ifname(n);
-                links
-                    .iter()
-                    .find(|l| l.name == port)
-                    .map(|l| (l.index, (port, n.name.clone())))
-            })
-            .collect();
+        let ports = Mutex::new(port_names(&st)?);
+        let topology = st.topology.ok_or_else(|| StatsError::NotUp(name.into()))?;
         Ok(Source {
             name: name.into(),
             maps,
-            topology: t,
+            topology,
             ports,
         })
+    }
+
+    /// (port, namespace) of `ifindex`, rereading the journal once if the
+    /// port is new.
+    fn port_of(&self, ifindex: u32) -> Option<(String, String)> {
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        if !ports.contains_key(&ifindex)
+            && let Ok(Some(st)) = State::load(&self.name)
+            && let Ok(fresh) = port_names(&st)
+        {
+            *ports = fresh;
+        }
+        ports.get(&ifindex).cloned()
     }
 
     /// Learned FDB entries with the port name of each.
@@ -113,9 +137,8 @@ impl Source {
             .into_iter()
             .map(|r| {
                 let port = self
-                    .ports
-                    .get(&r.ifindex)
-                    .map(|p| p.0.clone())
+                    .port_of(r.ifindex)
+                    .map(|p| p.0)
                     .unwrap_or(format!("#{}", r.ifindex));
                 (r, port)
             })
@@ -127,11 +150,8 @@ impl Source {
         let mut ports: Vec<PortRow> = per_port
             .iter()
             .map(|(i, s)| {
-                let (port, namespace) = self
-                    .ports
-                    .get(i)
-                    .cloned()
-                    .unwrap_or((format!("#{i}"), String::new()));
+                let (port, namespace) =
+                    self.port_of(*i).unwrap_or((format!("#{i}"), String::new()));
                 PortRow {
                     port,
                     namespace,
@@ -156,7 +176,7 @@ impl Source {
         if cfg.flags == 0 {
             return Ok(None);
         }
-        let ct = nat.conntrack(&self.topology.nat_timeouts())?;
+        let ct = nat.conntrack()?;
         let mut sessions = BTreeMap::new();
         for s in &ct.sessions {
             *sessions.entry(s.proto).or_insert(0) += 1;
@@ -164,11 +184,68 @@ impl Source {
         Ok(Some(NatSnapshot {
             counters: nat.counters()?,
             live_sessions: ct.live_sessions,
+            high_water_sessions: ct.high_water_sessions,
             max_sessions: ct.max_sessions,
             sessions,
             pools: ct.pools,
             forwards: nat.forward_uses()?,
         }))
+    }
+}
+
+/// One line of the `stats` table.
+fn row<S: AsRef<str>>(c: [S; 13]) -> String {
+    let c = c.map(|s| s.as_ref().to_string());
+    format!(
+        "{:<15} {:<14} {:>9} {:>11} {:>9} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7}\n",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+    )
+}
+
+/// "name=value" for every non-zero counter.
+fn nonzero(counters: &BTreeMap<&str, u64>) -> String {
+    let v: Vec<String> = counters
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    v.join(" ")
+}
+
+impl NatSnapshot {
+    /// The NAT part of the `stats` table.
+    fn lines(&self) -> String {
+        let join = |v: Vec<String>, sep: &str| v.join(sep);
+        let by_proto = join(
+            self.sessions
+                .iter()
+                .map(|(p, c)| format!("{p}={c}"))
+                .collect(),
+            " ",
+        );
+        let pools = join(
+            self.pools
+                .iter()
+                .map(|p| format!("{} {}/{}", p.proto, p.ports_in_use, p.pool_size))
+                .collect(),
+            ", ",
+        );
+        let c = nonzero(&self.counters);
+        let mut out = format!(
+            "nat sessions: {} of {} ({by_proto}; highest {})\nnat port pool: {pools}\nnat: {}\n",
+            self.live_sessions,
+            self.max_sessions,
+            self.high_water_sessions,
+            if c.is_empty() { "no traffic yet" } else { &c }
+        );
+        for f in &self.forwards {
+            let _ = writeln!(
+                out,
+                "forward {} {} -> {}: {} sessions",
+                f.proto, f.port, f.to, f.hits
+            );
+        }
+        out
     }
 }
 
@@ -203,10 +280,7 @@ impl Snapshot {
     /// The human table; with `prev`, rates per second as well.
     pub fn table(&self, prev: Option<&Snapshot>) -> String {
         let secs = self.elapsed_since(prev);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<15} {:<14} {:>9} {:>11} {:>9} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7}",
+        let mut out = row([
             "port",
             "namespace",
             "rx_pkts",
@@ -219,81 +293,35 @@ impl Snapshot {
             "rx_bit/s",
             "tx_pps",
             "tx_bit/s",
-            "dropped"
-        );
+            "dropped",
+        ]);
         for r in &self.ports {
             let s = &r.stats;
             let (rp, rb, tp, tb) = rates(r, prev, secs)
                 .map(|(a, b, c, d)| (human(a), human(b), human(c), human(d)))
                 .unwrap_or_else(|| ("-".into(), "-".into(), "-".into(), "-".into()));
-            let _ = writeln!(
-                out,
-                "{:<15} {:<14} {:>9} {:>11} {:>9} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7}",
-                r.port,
-                r.namespace,
-                s.rx_packets,
-                s.rx_bytes,
-                s.rx_redirected,
-                s.rx_fallback,
-                s.tx_packets,
-                s.tx_bytes,
+            let n = |v: u64| v.to_string();
+            out += &row([
+                r.port.clone(),
+                r.namespace.clone(),
+                n(s.rx_packets),
+                n(s.rx_bytes),
+                n(s.rx_redirected),
+                n(s.rx_fallback),
+                n(s.tx_packets),
+                n(s.tx_bytes),
                 rp,
                 rb,
                 tp,
                 tb,
-                s.rx_dropped
-            );
+                n(s.rx_dropped),
+            ]);
         }
-        let total: u64 = self.drops.values().sum();
-        let drops = if total == 0 {
-            "none".to_string()
-        } else {
-            self.drops
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let drops = nonzero(&self.drops);
+        let drops = if drops.is_empty() { "none" } else { &drops };
         let _ = writeln!(out, "drops: {drops}\nfdb entries: {}", self.fdb_entries);
         if let Some(n) = &self.nat {
-            let by_proto = n
-                .sessions
-                .iter()
-                .map(|(p, c)| format!("{p}={c}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let _ = writeln!(
-                out,
-                "nat sessions: {} of {} ({by_proto})",
-                n.live_sessions, n.max_sessions
-            );
-            let pools = n
-                .pools
-                .iter()
-                .map(|p| format!("{} {}/{}", p.proto, p.ports_in_use, p.pool_size))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(out, "nat port pool: {pools}");
-            let c = n
-                .counters
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let _ = writeln!(
-                out,
-                "nat: {}",
-                if c.is_empty() { "no traffic yet" } else { &c }
-            );
-            for f in &n.forwards {
-                let _ = writeln!(
-                    out,
-                    "forward {} {} -> {}: {} sessions",
-                    f.proto, f.port, f.to, f.hits
-                );
-            }
+            out += &n.lines();
         }
         out
     }
@@ -323,6 +351,7 @@ impl Snapshot {
             json!({
                 "counters": n.counters,
                 "live_sessions": n.live_sessions,
+                "high_water_sessions": n.high_water_sessions,
                 "max_sessions": n.max_sessions,
                 "sessions": n.sessions,
                 "pools": n.pools,
@@ -337,211 +366,61 @@ impl Snapshot {
             "nat": nat,
         })
     }
-
-    /// Prometheus text exposition format (version 0.0.4).
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let topo = escape(&self.topology);
-        let counters: [Counter; 8] = [
-            (
-                "netbridge_port_rx_packets_total",
-                "Frames received from the namespace on the port.",
-                |s| s.rx_packets,
-            ),
-            (
-                "netbridge_port_rx_bytes_total",
-                "Bytes received from the namespace on the port.",
-                |s| s.rx_bytes,
-            ),
-            (
-                "netbridge_port_tx_packets_total",
-                "Frames the BPF fast path delivered to the port's namespace.",
-                |s| s.tx_packets,
-            ),
-            (
-                "netbridge_port_tx_bytes_total",
-                "Bytes the BPF fast path delivered to the port's namespace.",
-                |s| s.tx_bytes,
-            ),
-            (
-                "netbridge_port_redirected_total",
-                "Frames redirected by BPF, bypassing the kernel bridge.",
-                |s| s.rx_redirected,
-            ),
-            (
-                "netbridge_port_fallback_total",
-                "Frames handed to the kernel bridge.",
-                |s| s.rx_fallback,
-            ),
-            (
-                "netbridge_port_dropped_total",
-                "Frames dropped by the port program.",
-                |s| s.rx_dropped,
-            ),
-            (
-                "netbridge_port_rx_vlan_total",
-                "VLAN-tagged frames received.",
-                |s| s.rx_vlan,
-            ),
-        ];
-        for (name, help, get) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for r in &self.ports {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topology=\"{topo}\",port=\"{}\",namespace=\"{}\"}} {}",
-                    escape(&r.port),
-                    escape(&r.namespace),
-                    get(&r.stats)
-                );
-            }
-        }
-        let name = "netbridge_port_rx_frames_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Frames received by L3 class.\n# TYPE {name} counter"
-        );
-        for r in &self.ports {
-            let s = &r.stats;
-            for (class, v) in [
-                ("ipv4", s.rx_ipv4),
-                ("ipv6", s.rx_ipv6),
-                ("arp", s.rx_arp),
-                ("other", s.rx_other),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topology=\"{topo}\",port=\"{}\",namespace=\"{}\",class=\"{class}\"}} {v}",
-                    escape(&r.port),
-                    escape(&r.namespace)
-                );
-            }
-        }
-        let name = "netbridge_drops_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Frames dropped, by reason.\n# TYPE {name} counter"
-        );
-        for (reason, v) in &self.drops {
-            let _ = writeln!(out, "{name}{{topology=\"{topo}\",reason=\"{reason}\"}} {v}");
-        }
-        let name = "netbridge_fdb_entries";
-        let _ = writeln!(
-            out,
-            "# HELP {name} MAC addresses in the BPF forwarding database.\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {}",
-            self.fdb_entries
-        );
-        if let Some(n) = &self.nat {
-            let name = "netbridge_nat_events_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} NAT events (new sessions, translated packets, port retries), by kind.\n# TYPE {name} counter"
-            );
-            for (k, v) in &n.counters {
-                let _ = writeln!(out, "{name}{{topology=\"{topo}\",event=\"{k}\"}} {v}");
-            }
-            let name = "netbridge_nat_sessions";
-            let _ = writeln!(
-                out,
-                "# HELP {name} NAT sessions in the conntrack table, by protocol.\n# TYPE {name} gauge"
-            );
-            for (p, v) in &n.sessions {
-                let _ = writeln!(out, "{name}{{topology=\"{topo}\",proto=\"{p}\"}} {v}");
-            }
-            let name = "netbridge_nat_sessions_max";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Session limit (max_sessions).\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {}",
-                n.max_sessions
-            );
-            let name = "netbridge_nat_ports_in_use";
-            let _ = writeln!(
-                out,
-                "# HELP {name} SNAT external ports in use, by protocol.\n# TYPE {name} gauge"
-            );
-            for p in &n.pools {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topology=\"{topo}\",proto=\"{}\"}} {}",
-                    p.proto, p.ports_in_use
-                );
-            }
-            let name = "netbridge_nat_port_pool_size";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Ports in the SNAT range.\n# TYPE {name} gauge\n{name}{{topology=\"{topo}\"}} {}",
-                n.pools.first().map_or(0, |p| p.pool_size)
-            );
-            let name = "netbridge_forward_sessions_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} New DNAT sessions per port forward.\n# TYPE {name} counter"
-            );
-            for f in &n.forwards {
-                let _ = writeln!(
-                    out,
-                    "{name}{{topology=\"{topo}\",proto=\"{}\",port=\"{}\",to=\"{}\"}} {}",
-                    f.proto,
-                    f.port,
-                    escape(&f.to),
-                    f.hits
-                );
-            }
-        }
-        out
-    }
 }
 
-/// (metric name, help text, field) of one per-port counter.
-type Counter = (&'static str, &'static str, fn(&PortStats) -> u64);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Serves `/metrics` on `listen` until the process is stopped (or for
-/// `max_requests` requests, for bounded runs). Runs on the calling thread.
-pub fn serve_metrics(
-    source: Source,
-    listen: std::net::SocketAddr,
-    max_requests: Option<u64>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        eprintln!("netbridge: serving metrics of {} on http://{listen}/metrics", source.name);
-        let mut served = 0u64;
-        loop {
-            if max_requests.is_some_and(|m| served >= m) {
-                return Ok(());
-            }
-            let (mut sock, _) = listener.accept().await?;
-            served += 1;
-            let mut buf = vec![0u8; 4096];
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                .await
-                .unwrap_or(Ok(0))
-                .unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = match (req.starts_with("GET "), path) {
-                (true, "/metrics") => match source.snapshot() {
-                    Ok(s) => ("200 OK", "text/plain; version=0.0.4", s.prometheus()),
-                    Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
+    /// The table: a header and a row per port in fixed columns, drops by
+    /// name (or none), and the NAT lines when NAT is on.
+    #[test]
+    fn table_columns_and_sections() {
+        let mut snap = Snapshot {
+            topology: "lab".into(),
+            at: Instant::now(),
+            ports: vec![PortRow {
+                port: "nb-a".into(),
+                namespace: "a".into(),
+                stats: PortStats {
+                    rx_packets: 12,
+                    rx_redirected: 10,
+                    ..PortStats::default()
                 },
-                (true, _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
-                _ => ("405 Method Not Allowed", "text/plain", String::new()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        }
-    })
+            }],
+            drops: [("spoofed_mac", 0), ("bad_src_mac", 0)]
+                .into_iter()
+                .collect(),
+            fdb_entries: 3,
+            nat: None,
+        };
+        let t = snap.table(None);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("port            namespace"), "{t}");
+        assert_eq!(lines[0].len(), lines[1].len(), "columns align:\n{t}");
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(&cols[..6], ["nb-a", "a", "12", "0", "10", "0"], "{t}");
+        assert_eq!(cols[8], "-", "no rates without a previous snapshot");
+        assert_eq!(lines[2], "drops: none");
+        assert_eq!(lines[3], "fdb entries: 3");
+        snap.drops.insert("spoofed_mac", 4);
+        snap.nat = Some(NatSnapshot {
+            counters: [("snat_new", 2), ("dnat_new", 0)].into_iter().collect(),
+            live_sessions: 2,
+            high_water_sessions: 3,
+            max_sessions: 100,
+            sessions: [("tcp", 2)].into_iter().collect(),
+            pools: vec![],
+            forwards: vec![],
+        });
+        let t = snap.table(Some(&snap.clone()));
+        assert!(t.contains("drops: spoofed_mac=4\n"), "{t}");
+        assert!(
+            t.contains(
+                "nat sessions: 2 of 100 (tcp=2; highest 3)\nnat port pool: \nnat: snat_new=2\n"
+            ),
+            "{t}"
+        );
+    }
 }

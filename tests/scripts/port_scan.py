@@ -1,13 +1,18 @@
-"""TCP connect scan of every port of ADDR; prints the open ports as JSON.
-Bounded: non-blocking connects in batches, 1 s per batch at most.
-Usage: port_scan.py ADDR"""
+"""TCP connect scan of every port of ADDR, in batches of non-blocking
+connects. Each batch waits until every connect has an answer (SYN-ACK or
+RST) or a deadline passes; prints JSON {"open": [...], "filtered": [...]},
+filtered being the ports still unanswered at the deadline.
+Usage: port_scan.py ADDR [DEADLINE_SECS_PER_BATCH]"""
 import errno
 import json
 import select
 import socket
 import sys
+import time
 
-addr, open_ports = sys.argv[1], []
+addr = sys.argv[1]
+deadline = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
+open_ports, filtered = [], []
 BATCH = 1000
 for start in range(1, 65536, BATCH):
     socks = {}
@@ -23,13 +28,15 @@ for start in range(1, 65536, BATCH):
     for fd in socks:
         poll.register(fd, select.POLLOUT)
     pending = set(socks)
-    for _ in range(10):
-        if not pending:
-            break
+    end = time.monotonic() + deadline
+    while pending and time.monotonic() < end:
         for fd, _ in poll.poll(100):
             pending.discard(fd)
+            poll.unregister(fd)
     for fd, (s, port) in socks.items():
-        if fd not in pending and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+        if fd in pending:
+            filtered.append(port)
+        elif s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
             open_ports.append(port)
         s.close()
-print(json.dumps(open_ports))
+print(json.dumps({"open": open_ports, "filtered": filtered}))

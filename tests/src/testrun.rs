@@ -2,30 +2,6 @@
 //! runs the program once on a real skb and returns its verdict, without
 //! sending anything anywhere.
 
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
 /// Runs `prog_fd` once on `frame`. The frame arrives on the calling
 /// thread's loopback device (ifindex 1): this kernel rejects any ifindex in
 /// the test context, so tests configure `lo` as the ingress bridge port.
@@ -40,29 +16,21 @@ pub fn run_xdp(prog_fd: i32, frame: &[u8]) -> std::io::Result<u32> {
 }
 
 fn run(prog_fd: i32, frame: &[u8]) -> std::io::Result<u32> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = TestAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    // SAFETY: attr points to valid buffers that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(attr.retval)
+    // SAFETY: the caller's program fd stays open for the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(prog_fd) };
+    netbridge::nat::prog_test_run(fd, frame)
+}
+
+/// Runs the conntrack control program pinned for topology `name` on
+/// `cmd`, as `up`, `gc` and `forward` do (tests stop the sweep with it).
+pub fn ct_control(name: &str, cmd: netbridge_common::CtlCmd) -> std::io::Result<u32> {
+    use std::os::fd::AsFd;
+    let pin = std::path::Path::new(netbridge::bpf::BPFFS_ROOT)
+        .join(name)
+        .join(netbridge_common::PROG_CT_CTL);
+    let prog = aya::programs::SchedClassifier::from_pin(pin).map_err(std::io::Error::other)?;
+    let fd = prog.fd().map_err(std::io::Error::other)?;
+    netbridge::nat::prog_test_run(fd.as_fd(), &netbridge::nat::ctl_frame(&cmd))
 }
 
 /// Hand-built frames.

@@ -21,7 +21,7 @@ fn tc_program_counts_real_pings_in_per_cpu_map() {
         Some("192.168.77.2/24"),
     );
 
-    let pins = PinDir(ensure_bpffs(&format!("test-{}", sb.id)).unwrap());
+    let pins = PinDir(ensure_bpffs(&sb.name("pins")).unwrap());
     sb.adopt_pins(&pins.0);
 
     let ifname = host_if.clone();

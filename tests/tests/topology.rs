@@ -456,34 +456,247 @@ fn bad_input_is_rejected_and_changes_nothing() {
     assert_eq!(sb.snapshot(), before, "pre-flight failure changed the host");
 }
 
+/// Every kind of step `up` takes; the fault loops must meet each.
+const STEP_KINDS: [&str; 9] = [
+    "namespace",
+    "link",
+    "address",
+    "route",
+    "sysctl",
+    "pins",
+    "program",
+    "maps",
+    "nat",
+];
+
+/// `NETBRIDGE_FAULT=fail:N` for N = 1, 2, ... until `up` reports the fault
+/// point is no longer reached: each failing run names its step, rolls back
+/// everything it made (the sandbox is exactly as before), and together
+/// they meet every kind of step. nat-lab makes its own host namespace and
+/// has NAT, routes, a sysctl and programs on ports and the uplink.
 #[test]
-fn failure_mid_up_rolls_back_and_crash_is_repaired() {
+fn failure_at_every_step_of_up_rolls_back() {
+    require_root!();
+    let sb = Sandbox::new();
+    let file = example("nat-lab.toml");
+    let before = sb.snapshot();
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut n = 1;
+    let last = loop {
+        let out = up_with_fault(&sb, &file, &format!("fail:{n}"));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            break err;
+        }
+        let at = format!("injected fault at step {n} (");
+        let Some(i) = err.find(&at) else {
+            panic!("fail:{n}: no injected fault:\n{}", text(&out));
+        };
+        let kind = err[i + at.len()..]
+            .split(':')
+            .next()
+            .unwrap()
+            .to_lowercase();
+        kinds.insert(kind);
+        assert!(err.contains("rolled back:"), "fail:{n}:\n{err}");
+        assert!(!err.contains("rollback failed"), "fail:{n}:\n{err}");
+        assert_eq!(sb.snapshot(), before, "fail:{n}: rollback left residue");
+        n += 1;
+        assert!(n < 1000, "fault points never run out");
+    };
+    let points = format!(
+        "fail:{n} not reached: this run had {} fault points (",
+        n - 1
+    );
+    assert!(last.contains(&points), "{last}");
+    let expected: std::collections::BTreeSet<String> =
+        STEP_KINDS.iter().map(|k| k.to_string()).collect();
+    assert_eq!(kinds, expected, "kinds of steps failed at");
+    // The run past the last fault point brought the lab up, complete.
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(out.contains("no changes"), "{out}");
+    ping(&sb, &sb.name("black"), "203.0.113.254");
+    assert_down_clean(&sb, &file, &before);
+}
+
+/// A lab whose host is the namespace netbridge runs in (the sandbox
+/// host), so a crash leaves links, a route and a sysctl there that only
+/// the journal can find; with NAT, a forward and a namespace sysctl.
+const CRASH_LAB: &str = r#"
+name = "crashlab"
+[bridge]
+name = "cb0"
+addresses = ["192.168.0.1/16"]
+[[namespace]]
+name = "a"
+host_ifname = "cv-a"
+addresses = ["192.168.1.10/24"]
+routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }]
+sysctls = { "net.ipv4.ip_forward" = "1" }
+[[namespace]]
+name = "up"
+bridge = false
+[[link]]
+a = { ifname = "cup0", addresses = ["203.0.113.1/24"] }
+b = { netns = "up", ifname = "eth0", addresses = ["203.0.113.254/24"] }
+[uplink]
+ifname = "cup0"
+masquerade = true
+gateway = "203.0.113.254"
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "a:80"
+"#;
+
+/// `NETBRIDGE_FAULT=crash:N` (abort right after step N, like kill -9) for
+/// every N until the point is no longer reached: the journal survives each
+/// crash, the next `up` completes the lab (a further `up` changes
+/// nothing), and `down` leaves the sandbox exactly as before, the host's
+/// sysctl restored.
+#[test]
+fn crash_at_every_step_of_up_is_repaired() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root!();
+    let mut sb = Sandbox::new();
+    let dir = tempdir(&mut sb);
+    let file = dir.join("crashlab.toml").display().to_string();
+    std::fs::write(&file, CRASH_LAB).unwrap();
+    let forwarding = |sb: &Sandbox| sb.sh(&sb.host, "cat /proc/sys/net/ipv4/ip_forward");
+    let (before, fwd_before) = (sb.snapshot(), forwarding(&sb));
+    let mut n = 1;
+    let last = loop {
+        let out = up_with_fault(&sb, &file, &format!("crash:{n}"));
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "crash:{n}:\n{}",
+            text(&out)
+        );
+        assert_ne!(sb.snapshot(), before, "crash:{n} left nothing to repair");
+        let repaired = nb_ok(&sb, &["up"], &file);
+        assert!(repaired.contains("crashlab: up"), "crash:{n}: {repaired}");
+        let again = nb_ok(&sb, &["up"], &file);
+        assert!(
+            again.contains("no changes"),
+            "crash:{n}: repair incomplete:\n{again}"
+        );
+        nb_ok(&sb, &["down"], &file);
+        assert_eq!(sb.snapshot(), before, "crash:{n}: residue after down");
+        assert_eq!(
+            forwarding(&sb),
+            fwd_before,
+            "crash:{n}: sysctl not restored"
+        );
+        n += 1;
+        assert!(n < 1000, "fault points never run out");
+    };
+    let points = format!(
+        "crash:{n} not reached: this run had {} fault points (",
+        n - 1
+    );
+    assert!(last.contains(&points), "{last}");
+    for kind in STEP_KINDS {
+        let listed = [format!("({kind} "), format!(", {kind} ")];
+        assert!(
+            listed.iter().any(|k| last.contains(k)),
+            "no {kind} step: {last}"
+        );
+    }
+    ping(&sb, &sb.name("a"), "203.0.113.254");
+    assert_down_clean(&sb, &file, &before);
+    assert_eq!(forwarding(&sb), fwd_before);
+}
+
+/// `down` removes what `up` created and nothing else: a namespace that
+/// existed before stays (its link from the file goes), and a sysctl `up`
+/// changed gets back the value it had, not the kernel's default.
+#[test]
+fn down_keeps_pre_existing_namespaces_and_restores_sysctls() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let dir = tempdir(&mut sb);
+    let red = sb.add_ns("red");
+    sb.sh(&red, "echo 99 > /proc/sys/net/ipv4/ip_default_ttl");
+    let file = dir.join("pre.toml").display().to_string();
+    std::fs::write(
+        &file,
+        "name = \"pre\"\n[[namespace]]\nname = \"red\"\nsysctls = { \"net.ipv4.ip_default_ttl\" = \"33\" }\n\
+         [[namespace]]\nname = \"green\"\n\
+         [[link]]\na = { netns = \"red\", ifname = \"v-red\", addresses = [\"192.168.9.1/24\"] }\n\
+         b = { netns = \"green\", ifname = \"v-green\", addresses = [\"192.168.9.2/24\"] }\n",
+    )
+    .unwrap();
+    let ttl = |sb: &Sandbox| {
+        sb.sh(&red, "cat /proc/sys/net/ipv4/ip_default_ttl")
+            .trim()
+            .to_string()
+    };
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(!out.contains(&format!("created namespace {red}")), "{out}");
+    assert!(
+        out.contains(&format!("created namespace {}", sb.name("green"))),
+        "{out}"
+    );
+    // Positive control: up did change the pre-existing namespace.
+    assert_eq!(ttl(&sb), "33");
+    ping(&sb, &red, "192.168.9.2");
+    let out = nb_ok(&sb, &["down"], &file);
+    assert!(out.contains("restored net.ipv4.ip_default_ttl=99"), "{out}");
+    assert!(
+        netbridge::netns::exists(&red),
+        "pre-existing namespace deleted"
+    );
+    assert!(!netbridge::netns::exists(&sb.name("green")));
+    assert_eq!(ttl(&sb), "99", "sysctl not restored to its previous value");
+    let links = sb.sh(&red, "ip -o link show");
+    assert!(
+        !links.contains("v-red"),
+        "link made by up left in red: {links}"
+    );
+}
+
+/// A journal that is not valid JSON: `up` and `down` refuse with an error
+/// naming the file and the way out, and change nothing; following it
+/// (removing the file) gets the topology going again.
+#[test]
+fn corrupt_journal_is_refused_with_a_way_out() {
     require_root!();
     let sb = Sandbox::new();
     let file = example("bridge-three.toml");
+    nb_ok(&sb, &["up"], &file);
+    let journal = format!(
+        "{}/{}bridge-three.json",
+        netbridge::state::STATE_DIR,
+        sb.prefix()
+    );
+    std::fs::write(&journal, b"{\"name\": \"half-written").unwrap();
     let before = sb.snapshot();
-    // Fail at each creation step in turn: everything this run made goes.
-    for n in 1..=7 {
-        let out = up_with_fault(&sb, &file, &format!("fail:{n}"));
-        assert!(!out.status.success(), "fault {n} not hit:\n{}", text(&out));
+    let prefix = sb.prefix();
+    for cmd in ["up", "down", "status"] {
+        let out = sb.netbridge(&[cmd, "-f", &file, "--prefix", &prefix]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("injected fault") && err.contains("rolled back"),
-            "{err}"
+            !out.status.success(),
+            "{cmd} accepted a corrupt journal:\n{}",
+            text(&out)
         );
-        assert_eq!(sb.snapshot(), before, "fault {n}: rollback left residue");
+        assert!(
+            err.contains(&format!("state file {journal} is corrupt")),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains(&format!("rm {journal}")),
+            "{cmd}: no way out in: {err}"
+        );
+        assert_eq!(sb.snapshot(), before, "{cmd} changed something");
     }
-    // Crash (abort, like kill -9) after 4 creations: the journal survives,
-    // the next `up` converges, `down` leaves nothing.
-    let out = up_with_fault(&sb, &file, "crash:4");
-    assert!(!out.status.success());
-    assert_ne!(sb.snapshot(), before, "crash should leave a half-made lab");
+    std::fs::remove_file(&journal).unwrap();
     nb_ok(&sb, &["up"], &file);
-    ping(&sb, &sb.name("black"), "192.168.3.1");
-    assert_down_clean(&sb, &file, &before);
-    // And a crash followed directly by `down` also cleans up.
-    let _ = up_with_fault(&sb, &file, "crash:5");
-    assert_down_clean(&sb, &file, &before);
+    ping(&sb, &sb.name("black"), "192.168.2.1");
 }
 
 fn tempdir(sb: &mut Sandbox) -> PathBuf {
@@ -496,15 +709,16 @@ fn tempdir(sb: &mut Sandbox) -> PathBuf {
     d
 }
 
+/// Files in tests/corpus/bad: exactly this many (a lost file fails).
+const CORPUS_FILES: usize = 54;
+
 /// The hostile-input corpus (tests/corpus/bad/*.toml): syntax errors, wrong
 /// types, huge values, unicode and shell metacharacters, path tricks,
-/// duplicates and overlaps. Each file's first line says what its error
-/// must mention. Each is refused with an error naming the file, nothing on
-/// the host changes, and nothing panics.
-#[test]
-fn hostile_topology_corpus_is_refused_without_changes() {
-    require_root!();
-    let sb = Sandbox::new();
+/// duplicates and overlaps. Each file starts with `# expect: ...` lines,
+/// every one of which its error must contain; none may be part of the
+/// file's own path (the error names the path, so such an expectation could
+/// not fail).
+fn corpus() -> Vec<(String, Vec<String>)> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/bad");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -512,17 +726,61 @@ fn hostile_topology_corpus_is_refused_without_changes() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 40, "corpus has only {} files", files.len());
+    assert_eq!(files.len(), CORPUS_FILES, "corpus files: {files:?}");
+    files
+        .into_iter()
+        .map(|f| {
+            let path = f.display().to_string();
+            let body = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+            let expect: Vec<String> = body
+                .lines()
+                .map_while(|l| l.strip_prefix("# expect: "))
+                .map(String::from)
+                .collect();
+            assert!(
+                !expect.is_empty(),
+                "{path}: first line must be `# expect: ...`"
+            );
+            for e in &expect {
+                assert!(
+                    !path.contains(e.as_str()),
+                    "{path}: {e:?} is part of its own path"
+                );
+            }
+            (path, expect)
+        })
+        .collect()
+}
+
+/// The corpus through the parser and validator alone: no root, no
+/// namespace, every file refused with its expected error.
+#[test]
+fn hostile_corpus_is_refused_by_the_parser_without_root() {
+    for (path, expect) in corpus() {
+        let err = match netbridge::config::Topology::load(std::path::Path::new(&path), &|_| false) {
+            Ok(_) => panic!("{path} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with(&format!("{path}: ")), "{path}: {err}");
+        for e in &expect {
+            assert!(
+                err.contains(e.as_str()),
+                "{path}: error lacks {e:?}:\n{err}"
+            );
+        }
+    }
+}
+
+/// The corpus through `netbridge up`: each file is refused with an error
+/// naming the file and saying what its expectations say, nothing on the
+/// host changes, and nothing panics.
+#[test]
+fn hostile_topology_corpus_is_refused_without_changes() {
+    require_root!();
+    let sb = Sandbox::new();
     let before = sb.snapshot();
     let prefix = sb.prefix();
-    for f in &files {
-        let body = std::fs::read_to_string(f).unwrap();
-        let expect = body
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", f.display()));
-        let path = f.display().to_string();
+    for (path, expect) in corpus() {
         let out = sb.netbridge(&["up", "-f", &path, "--prefix", &prefix]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -534,10 +792,12 @@ fn hostile_topology_corpus_is_refused_without_changes() {
             err.contains(&path),
             "{path}: error does not name the file:\n{err}"
         );
-        assert!(
-            err.contains(expect),
-            "{path}: error lacks {expect:?}:\n{err}"
-        );
+        for e in &expect {
+            assert!(
+                err.contains(e.as_str()),
+                "{path}: error lacks {e:?}:\n{err}"
+            );
+        }
         assert!(!err.contains("panicked"), "{path}: panic:\n{err}");
         assert_eq!(sb.snapshot(), before, "{path}: host changed");
     }

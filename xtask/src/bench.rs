@@ -932,10 +932,24 @@ fn up_time(netbridge: &Path, id: &str, n: usize, dir: &Path) -> Result<(f64, f64
     Ok((nb, ip))
 }
 
+/// The bench inside the root-namespace guard: it fails if the bench
+/// changed the root network namespace or left a process behind.
 pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
+    let id = format!("{:05}", std::process::id() % 100_000);
+    let guard = crate::rootns::Guard::begin()?;
+    let result = run_rounds(root, netbridge, opts, &id);
+    // Every namespace of this run starts with one of these (Lab, nat_lab, up_time).
+    let ours = ["nbb", "nbn", "nbu"].map(|k| format!("{k}{id}"));
+    let check = guard.finish(&ours);
+    match (result, check) {
+        (Err(e), Err(c)) => Err(e.context(format!("and after it: {c:#}"))),
+        (r, c) => r.and(c),
+    }
+}
+
+fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let id = format!("{:05}", std::process::id() % 100_000);
     // samples[setup][workload] = one value per round
     let mut samples: BTreeMap<Setup, Samples> = BTreeMap::new();
     let started = Instant::now();
@@ -954,7 +968,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
                 setup.label(),
                 started.elapsed().as_secs_f64()
             );
-            let lab = Lab::up(setup, &id, netbridge, &out_dir)?;
+            let lab = Lab::up(setup, id, netbridge, &out_dir)?;
             let s = samples.entry(setup).or_default();
             for pin in Pin::ALL {
                 bridged_round(&lab, opts, s, pin)?;
@@ -979,7 +993,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
                 setup.label(),
                 started.elapsed().as_secs_f64()
             );
-            let lab = nat_lab(setup, &id, netbridge, &out_dir, 0)?;
+            let lab = nat_lab(setup, id, netbridge, &out_dir, 0)?;
             for pin in Pin::ALL {
                 nat_round(&lab, opts, nat_samples.entry(setup).or_default(), pin)?;
             }
@@ -993,7 +1007,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
                 setup.label(),
                 SCALE_FORWARDS
             );
-            let lab = nat_lab(setup, &id, netbridge, &out_dir, SCALE_FORWARDS)?;
+            let lab = nat_lab(setup, id, netbridge, &out_dir, SCALE_FORWARDS)?;
             let v = dnat_crr(&lab, opts.secs, Pin::Pinned)? / 1e3;
             let s = nat_samples.entry(setup).or_default();
             s.entry("dnat_crr_1000fwd".into()).or_default().push(v);
@@ -1030,7 +1044,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
             "bench: round {round}/{}: up of {UP_NAMESPACES} namespaces, netbridge vs ip script",
             opts.rounds
         );
-        let (nb, ip) = up_time(netbridge, &id, UP_NAMESPACES, &out_dir)?;
+        let (nb, ip) = up_time(netbridge, id, UP_NAMESPACES, &out_dir)?;
         up_nb.push(nb);
         up_ip.push(ip);
     }

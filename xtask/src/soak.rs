@@ -1,10 +1,13 @@
-//! `cargo xtask soak`: a bounded, opt-in endurance run. A NAT lab under
-//! steady load (new UDP sessions through SNAT, new TCP connections through
-//! DNAT) for N minutes, with the long-running userspace pieces running
-//! (`netbridge gc --every`, `netbridge metrics`). Every 30 s it samples the
-//! session count and the loaders' memory; at the end, after the load stops,
-//! the sessions must return to the baseline once their (short) timeouts pass
-//! and the loaders' memory must have stayed flat.
+//! `cargo xtask soak`: a bounded, opt-in endurance run of the in-kernel
+//! session expiry. A NAT lab with `max_sessions = 1000` and 1 s UDP
+//! timeouts opens 200,000 sessions through SNAT (and some through a
+//! forward), one request and one reply each, with no netbridge process but
+//! a metrics server running. Every flow must be admitted and answered, the
+//! kernel's high-water mark of live sessions must stay within the limit,
+//! and the server's log must show every external port reused only after
+//! its previous session's timeout. Every 10 s it samples the live count and
+//! the metrics server's memory; at the end the sessions must drain to zero
+//! by themselves. Results: target/soak/results.{txt,json}.
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -13,11 +16,20 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 const CLIENT_IP: &str = "192.168.70.1";
 const UPLINK: &str = "203.0.113.1";
 const SERVER_IP: &str = "203.0.113.2";
-/// Memory growth of a loader process over the run that still counts as flat.
+const MAX_SESSIONS: u64 = 1000;
+/// SNAT flows to open (client -> server:7), and their rate.
+const SNAT_FLOWS: u64 = 200_000;
+const SNAT_RATE: u64 = 560;
+/// Flows through the forward (server -> uplink:5300 -> client:5300).
+const DNAT_RATE: u64 = 40;
+/// The UDP timeout (s) of the lab, replied or not.
+const TIMEOUT_SECS: u64 = 1;
+/// Memory growth of the metrics server over the run that still counts as flat.
 const RSS_SLACK_KB: u64 = 4096;
 
 struct Soak {
@@ -34,13 +46,23 @@ impl Soak {
     fn ns(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
     }
-    fn spawn(&mut self, ns: &str, argv: &[&str]) -> Result<u32> {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
+    fn command(&self, ns: &str, argv: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns(ns)))
             .arg("--")
             .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::null());
+        c
+    }
+    /// Starts `argv` in namespace `ns`; its stdout goes to `out` if given.
+    fn spawn(&mut self, ns: &str, argv: &[&str], out: Option<&Path>) -> Result<u32> {
+        let stdout = match out {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::null(),
+        };
+        let child = self
+            .command(ns, argv)
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("spawning {argv:?} in {ns}"))?;
@@ -58,13 +80,11 @@ impl Soak {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-    fn sessions(&self) -> Result<(u64, usize)> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.nb(&["conntrack", "--json", "--name", &self.name()])?)?;
-        Ok((
-            v["live_sessions"].as_u64().unwrap_or(0),
-            v["sessions"].as_array().map_or(0, |a| a.len()),
-        ))
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut full = args.to_vec();
+        let name = self.name();
+        full.extend(["--json", "--name", &name]);
+        Ok(serde_json::from_str(&self.nb(&full)?)?)
     }
 }
 
@@ -93,23 +113,35 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The lab file: SNAT with a 2,000-port pool, a UDP forward, short timeouts.
+fn lab_toml() -> String {
+    crate::bench::nat_lab_toml(
+        "soak",
+        "192.168.70.254",
+        CLIENT_IP,
+        UPLINK,
+        SERVER_IP,
+        &format!(
+            "max_sessions = {MAX_SESSIONS}\nnat_ports = \"20000-21999\"\n\
+             timeouts = {{ tcp_syn = 2, tcp_established = 5, tcp_closing = 2, tcp_closed = 1, udp = {TIMEOUT_SECS}, udp_replied = {TIMEOUT_SECS}, icmp = 1 }}\n\
+             [[forward]]\nproto = \"udp\"\nport = 5300\nto = \"client:5300\"\n"
+        ),
+    )
+}
+
+/// A flow generator's JSON summary (tests/scripts/udp_flows.py).
+fn flows_result(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
 pub fn run(root: &Path, netbridge: &Path, minutes: u32) -> Result<()> {
     let out_dir = root.join("target/soak");
     std::fs::create_dir_all(&out_dir)?;
+    let scripts = root.join("tests/scripts");
+    let script = |n: &str| scripts.join(n).display().to_string();
     let prefix = format!("nbs{:05}-", std::process::id() % 100_000);
     let file = out_dir.join(format!("{prefix}soak.toml"));
-    std::fs::write(
-        &file,
-        crate::bench::nat_lab_toml(
-            "soak",
-            "192.168.70.254",
-            CLIENT_IP,
-            UPLINK,
-            SERVER_IP,
-            "timeouts = { tcp_syn = 5, tcp_established = 20, tcp_closing = 5, tcp_closed = 2, udp = 5, udp_replied = 5, icmp = 5 }\n\
-             [[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"client:8000\"\n",
-        ),
-    )?;
+    std::fs::write(&file, lab_toml())?;
     let mut soak = Soak {
         netbridge: netbridge.to_path_buf(),
         prefix: prefix.clone(),
@@ -117,13 +149,24 @@ pub fn run(root: &Path, netbridge: &Path, minutes: u32) -> Result<()> {
         children: Vec::new(),
     };
     soak.nb(&["up", "-f", file.to_str().unwrap(), "--prefix", &prefix])?;
-    let (client, server, host) = (soak.ns("client"), soak.ns("server"), soak.ns("host"));
     let name = soak.name();
+    let cap = minutes as u64 * 60;
+    let life = (cap + 60).to_string();
+    // Servers: the upstream echo logs what it sees; the lab's answers the forward.
+    let log = out_dir.join("echo.log");
+    let log_s = log.display().to_string();
+    let echo_log = script("udp_echo_log.py");
+    soak.spawn(
+        "server",
+        &["python3", &echo_log, "serve", "7", &log_s, &life],
+        None,
+    )?;
+    let echo = script("udp_echo.py");
+    soak.spawn("client", &["python3", &echo, "5300", "lab", &life], None)?;
+    // The only long-running netbridge process: a metrics server (no gc).
     let nb = netbridge.to_str().unwrap().to_string();
-    // The long-running userspace pieces whose memory must stay flat.
-    let gc = soak.spawn(&host, &[&nb, "gc", "--name", &name, "--every", "1s"])?;
     let metrics = soak.spawn(
-        &host,
+        "host",
         &[
             &nb,
             "metrics",
@@ -132,109 +175,207 @@ pub fn run(root: &Path, netbridge: &Path, minutes: u32) -> Result<()> {
             "--listen",
             "127.0.0.1:9479",
         ],
+        None,
     )?;
-    // Services and load generators (each exits by itself at the deadline).
-    let secs = minutes as u64 * 60;
-    soak.spawn(
-        &client,
-        &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
-    )?;
-    let udp_echo = format!(
-        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 7))\ns.settimeout(0.5)\nend = time.time() + {}\nwhile time.time() < end:\n    try:\n        d, a = s.recvfrom(2048)\n        s.sendto(d, a)\n    except socket.timeout:\n        pass\n",
-        secs + 30
+    std::thread::sleep(Duration::from_secs(1));
+    // Load: SNAT flows from the lab, forward flows from upstream, each
+    // generator stopping by itself at its count or the time cap.
+    let flows = script("udp_flows.py");
+    let secs = SNAT_FLOWS / SNAT_RATE;
+    let (snat_out, dnat_out) = (out_dir.join("snat.json"), out_dir.join("dnat.json"));
+    let cap_s = cap.to_string();
+    let args = |dst: &str, dport: &str, n: u64, rate: u64, ports: (&str, &str), tag: &str| {
+        [
+            dst,
+            dport,
+            &n.to_string(),
+            &rate.to_string(),
+            ports.0,
+            ports.1,
+            tag,
+            &cap_s,
+        ]
+        .map(String::from)
+    };
+    let snat_args = args(
+        SERVER_IP,
+        "7",
+        SNAT_FLOWS,
+        SNAT_RATE,
+        ("30000", "49999"),
+        "s",
     );
-    soak.spawn(&server, &["python3", "-c", &udp_echo])?;
-    // 50 new UDP sessions a second from the lab (source ports cycle).
-    let udp_load = format!(
-        "import socket, time\nend = time.time() + {secs}\nport = 30000\nwhile time.time() < end:\n    t = time.time()\n    for _ in range(50):\n        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n        s.bind(('0.0.0.0', port))\n        s.sendto(b'x', ('{SERVER_IP}', 7))\n        s.close()\n        port = 30000 + (port - 29999) % 30000\n    time.sleep(max(0, 1 - (time.time() - t)))\n"
+    let dnat_args = args(
+        UPLINK,
+        "5300",
+        DNAT_RATE * secs,
+        DNAT_RATE,
+        ("40000", "49999"),
+        "d",
     );
-    soak.spawn(&client, &["python3", "-c", &udp_load])?;
-    // 5 new HTTP connections a second from upstream through the forward.
-    let tcp_load = format!(
-        "import socket, time\nend = time.time() + {secs}\nwhile time.time() < end:\n    t = time.time()\n    for _ in range(5):\n        try:\n            c = socket.create_connection(('{UPLINK}', 8080), timeout=2)\n            c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n            while c.recv(65536):\n                pass\n            c.close()\n        except OSError:\n            pass\n    time.sleep(max(0, 1 - (time.time() - t)))\n"
-    );
-    soak.spawn(&server, &["python3", "-c", &tcp_load])?;
+    for (ns, a, out) in [
+        ("client", &snat_args, &snat_out),
+        ("server", &dnat_args, &dnat_out),
+    ] {
+        let _ = std::fs::remove_file(out);
+        let mut argv = vec!["python3", flows.as_str()];
+        argv.extend(a.iter().map(String::as_str));
+        soak.spawn(ns, &argv, Some(out))?;
+    }
 
-    let baseline = soak.sessions()?;
     let start = Instant::now();
     let mut report = String::new();
     let mut samples = Vec::new();
-    let mut rss_after_warmup: Option<(u64, u64)> = None;
-    eprintln!("soak: {minutes} min of steady load on {name} (sample every 30 s)");
-    while start.elapsed().as_secs() < secs {
-        std::thread::sleep(Duration::from_secs(30).min(Duration::from_secs(
-            secs.saturating_sub(start.elapsed().as_secs()).max(1),
-        )));
-        let (live, listed) = soak.sessions()?;
-        let (g, m) = (rss_kb(gc), rss_kb(metrics));
+    let mut rss_after_warmup: Option<u64> = None;
+    eprintln!(
+        "soak: {SNAT_FLOWS} SNAT flows at {SNAT_RATE}/s and {DNAT_RATE}/s through a forward on {name} \
+         (max_sessions {MAX_SESSIONS}, {TIMEOUT_SECS} s timeouts, no gc; cap {minutes} min)"
+    );
+    while flows_result(&snat_out).is_none() || flows_result(&dnat_out).is_none() {
+        if start.elapsed().as_secs() > cap + 30 {
+            bail!("soak: the load generators did not finish within the cap");
+        }
+        std::thread::sleep(Duration::from_secs(10));
+        let ct = soak.json(&["conntrack"])?;
+        let stats = soak.json(&["stats"])?;
+        let m = rss_kb(metrics);
         // Scrape the metrics endpoint too, so the server does real work.
-        let _ = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{host}"))
-            .args(["--", "curl", "-s", "-o", "/dev/null", "-m", "2"])
+        let _ = soak
+            .command("host", &["curl", "-s", "-o", "/dev/null", "-m", "2"])
             .arg("http://127.0.0.1:9479/metrics")
             .status();
         if rss_after_warmup.is_none() && start.elapsed().as_secs() >= 60 {
-            rss_after_warmup = Some((g, m));
+            rss_after_warmup = Some(m);
         }
+        let created = stats["nat"]["counters"]["snat_new"].as_u64().unwrap_or(0)
+            + stats["nat"]["counters"]["dnat_new"].as_u64().unwrap_or(0);
         let line = format!(
-            "{:>4.0}s  sessions live {live:>5} listed {listed:>5}  rss gc {g} kB metrics {m} kB",
-            start.elapsed().as_secs_f64()
+            "{:>4.0}s  sessions created {created:>7}  live {:>4}  highest {:>4}  sweeps {:>5}  rss metrics {m} kB",
+            start.elapsed().as_secs_f64(),
+            ct["live_sessions"],
+            ct["high_water_sessions"],
+            ct["sweeps"],
         );
         eprintln!("soak: {line}");
         let _ = writeln!(report, "{line}");
         samples.push(
-            serde_json::json!({"secs": start.elapsed().as_secs(), "live_sessions": live,
-            "listed": listed, "rss_gc_kb": g, "rss_metrics_kb": m}),
+            json!({"secs": start.elapsed().as_secs(), "created": created,
+            "live_sessions": ct["live_sessions"], "high_water": ct["high_water_sessions"],
+            "sweeps": ct["sweeps"], "rss_metrics_kb": m}),
         );
     }
-    // Load stops by itself; sessions must drain back once timed out.
-    eprintln!("soak: load stopped, waiting for the sessions to time out");
+    let elapsed = start.elapsed().as_secs_f64();
+    let (snat, dnat) = (
+        flows_result(&snat_out).unwrap(),
+        flows_result(&dnat_out).unwrap(),
+    );
+    // With the load stopped, the sessions must expire by themselves.
     let drained = {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s = soak.sessions()?;
-            if s.1 <= baseline.1 || Instant::now() > deadline {
-                break s;
+            let ct = soak.json(&["conntrack"])?;
+            if ct["live_sessions"] == 0 || Instant::now() > deadline {
+                break ct;
             }
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(1));
         }
     };
-    let (g_end, m_end) = (rss_kb(gc), rss_kb(metrics));
-    let (g0, m0) = rss_after_warmup.unwrap_or((g_end, m_end));
-    let peak = samples
+    let stats = soak.json(&["stats"])?;
+    let counter = |k: &str| stats["nat"]["counters"][k].as_u64().unwrap_or(0);
+    let drop = |k: &str| stats["drops"][k].as_u64().unwrap_or(0);
+    // The server's view of port reuse (its log is flushed when idle).
+    std::thread::sleep(Duration::from_secs(2));
+    let check = soak
+        .command(
+            "server",
+            &[
+                "python3",
+                &echo_log,
+                "check",
+                &log_s,
+                UPLINK,
+                &TIMEOUT_SECS.to_string(),
+            ],
+        )
+        .output()?;
+    let reuse: Value = serde_json::from_slice(&check.stdout)
+        .with_context(|| format!("port reuse check: {check:?}"))?;
+    let (m0, m_end) = (rss_after_warmup.unwrap_or(rss_kb(metrics)), rss_kb(metrics));
+    let high = drained["high_water_sessions"].as_u64().unwrap_or(u64::MAX);
+    let peak_sampled = samples
         .iter()
-        .filter_map(|s| s["listed"].as_u64())
+        .filter_map(|s| s["live_sessions"].as_u64())
         .max()
         .unwrap_or(0);
     let _ = writeln!(
         report,
-        "after the load: sessions listed {} (baseline {}), live count {}; peak listed {peak}\n\
-         rss gc {g0} -> {g_end} kB, metrics {m0} -> {m_end} kB (after the first minute -> end)",
-        drained.1, baseline.1, drained.0
+        "after {elapsed:.0} s: SNAT flows {} sent, {} answered; forward flows {} sent, {} answered\n\
+         sessions created {} (snat {}, dnat {}); removed by the sweep {}, on lookup {}\n\
+         drops: nat_table_full {}, nat_port_exhausted {}, nat_expired {}\n\
+         live sessions: highest {high} (kernel high-water mark; sampled peak {peak_sampled}), limit {MAX_SESSIONS}; \
+         after the load {} (sweeps {})\n\
+         port reuse seen by the server: {} reuses over {} ports, shortest gap {:.3} s (timeout {TIMEOUT_SECS} s), violations {}\n\
+         rss metrics {m0} -> {m_end} kB (after the first minute -> end)",
+        snat["sent"],
+        snat["answered"],
+        dnat["sent"],
+        dnat["answered"],
+        counter("snat_new") + counter("dnat_new"),
+        counter("snat_new"),
+        counter("dnat_new"),
+        counter("expired_sweep"),
+        counter("expired_lookup"),
+        drop("nat_table_full"),
+        drop("nat_port_exhausted"),
+        drop("nat_expired"),
+        drained["live_sessions"],
+        drained["sweeps"],
+        reuse["reuses"],
+        reuse["ports"],
+        reuse["min_gap_secs"].as_f64().unwrap_or(f64::NAN),
+        reuse["violations"],
     );
     print!("{report}");
     std::fs::write(out_dir.join("results.txt"), &report)?;
     std::fs::write(
         out_dir.join("results.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "minutes": minutes, "samples": samples, "baseline_sessions": baseline.1,
-            "final_sessions": drained.1, "final_live_count": drained.0, "peak_sessions": peak,
-            "rss_kb": {"gc": [g0, g_end], "metrics": [m0, m_end]},
+        serde_json::to_string_pretty(&json!({
+            "secs": elapsed, "max_sessions": MAX_SESSIONS, "timeout_secs": TIMEOUT_SECS,
+            "snat_flows": snat, "forward_flows": dnat, "counters": stats["nat"]["counters"],
+            "drops": stats["drops"], "high_water_sessions": high,
+            "final_live_sessions": drained["live_sessions"], "sweeps": drained["sweeps"],
+            "port_reuse": reuse, "samples": samples, "rss_metrics_kb": [m0, m_end],
         }))?,
     )?;
     let mut failures = Vec::new();
-    if peak == 0 {
-        failures.push("no sessions were ever open: the load did not run".to_string());
+    for (what, r) in [("SNAT", &snat), ("forward", &dnat)] {
+        if r["sent"] != r["answered"] || r["sent"].as_u64().unwrap_or(0) == 0 {
+            failures.push(format!("{what} flows not all answered: {r}"));
+        }
     }
-    if drained.1 > baseline.1 || drained.0 > baseline.0 {
+    if counter("snat_new") < SNAT_FLOWS {
         failures.push(format!(
-            "sessions did not return to baseline: {drained:?} vs {baseline:?}"
+            "only {} SNAT sessions created",
+            counter("snat_new")
         ));
     }
-    for (what, a, b) in [("gc", g0, g_end), ("metrics", m0, m_end)] {
-        if b > a + RSS_SLACK_KB {
-            failures.push(format!("{what} memory grew {a} -> {b} kB"));
-        }
+    if drop("nat_table_full") + drop("nat_port_exhausted") > 0 {
+        failures.push("new flows were dropped".into());
+    }
+    if high > MAX_SESSIONS {
+        failures.push(format!("live sessions reached {high} > {MAX_SESSIONS}"));
+    }
+    if reuse["violations"] != 0 || reuse["reuses"].as_u64().unwrap_or(0) == 0 {
+        failures.push(format!("port reuse: {reuse}"));
+    }
+    if drained["live_sessions"] != 0 {
+        failures.push(format!(
+            "sessions did not drain: {}",
+            drained["live_sessions"]
+        ));
+    }
+    if m_end > m0 + RSS_SLACK_KB {
+        failures.push(format!("metrics server memory grew {m0} -> {m_end} kB"));
     }
     if !failures.is_empty() {
         bail!("soak failed:\n  {}", failures.join("\n  "));

@@ -1,29 +1,28 @@
-//! Conntrack entries: lookup with state tracking, session accounting.
+//! Conntrack entries: lookup with expiry and state tracking, and session
+//! removal (counted once, on the delete of the original half).
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_map_lookup_percpu_elem},
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray},
 };
 use netbridge_common::{
-    CT_F_ORIGINAL, CT_REFRESH_NS, CT_SIZE, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
-    CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, MAX_CPUS, NatConfig,
+    CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING,
+    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, NatConfig, nat_stat,
 };
 
 use crate::nat::{
-    Tuple,
+    Tuple, count,
     packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    sweep,
 };
 
+/// Sized by `up` from `max_sessions` (EbpfLoader::map_max_entries).
 #[map]
 pub static NB_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZE, 0);
 
-/// Sessions created, per CPU (summed only when a session is opened).
+/// Inbound keys of expired SNAT sessions -> when they expired.
 #[map]
-static NB_CT_CREATED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
-
-/// Sessions removed by userspace (its only writer).
-#[map]
-static NB_CT_REMOVED: Array<u64> = Array::pinned(1, 0);
+static NB_CT_GRAVES: LruHashMap<CtKey, u64> = LruHashMap::pinned(CT_GRAVES_SIZE, 0);
 
 pub const BPF_NOEXIST: u64 = 1;
 
@@ -40,9 +39,17 @@ pub fn key(t: &Tuple, dir: u8) -> CtKey {
     }
 }
 
-/// A new session half: rewrite to `nat_addr`:`nat_port`, created `now`.
+/// Where new entries are built: per CPU, off the BPF stack (the programs'
+/// frames nearly fill its 512 bytes).
+#[map]
+static NB_CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new session half (rewrite to `nat_addr`:`nat_port`, created `now`),
+/// built in this CPU's scratch for `NB_CT.insert`; valid until the next
+/// `stage` on this CPU.
 #[inline(always)]
-pub fn entry(
+#[allow(clippy::too_many_arguments)]
+pub fn stage(
     reverse: CtKey,
     nat_addr: [u8; 4],
     nat_port: u16,
@@ -50,18 +57,19 @@ pub fn entry(
     kind: u8,
     flags: u8,
     now: u64,
-) -> CtEntry {
-    CtEntry {
-        reverse,
-        nat_addr,
-        nat_port,
-        state,
-        kind,
-        flags,
-        _pad: [0; 7],
-        created_ns: now,
-        last_seen_ns: now,
-    }
+) -> Option<&'static CtEntry> {
+    let p = NB_CT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU map; programs are not preempted.
+    let e = unsafe { &mut *p };
+    e.reverse = reverse;
+    e.nat_addr = nat_addr;
+    e.nat_port = nat_port;
+    e.state = state;
+    e.kind = kind;
+    e.flags = flags;
+    e.created_ns = now;
+    e.last_seen_ns = now;
+    Some(e)
 }
 
 #[inline(always)]
@@ -73,7 +81,7 @@ pub fn now() -> u64 {
 #[inline(always)]
 pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
     match proto {
-        // Picked up mid-stream (e.g. after a GC): treat as established.
+        // Picked up mid-stream (e.g. after expiry): treat as established.
         IPPROTO_TCP if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 => CT_TCP_SYN,
         IPPROTO_TCP => CT_TCP_ESTABLISHED,
         IPPROTO_UDP => CT_UDP,
@@ -81,46 +89,40 @@ pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
     }
 }
 
-/// Session table at its limit? Sums the per-CPU creation counters.
+/// Idle timeout of a session in `state`, from the NAT config.
 #[inline(always)]
-pub fn full(cfg: &NatConfig) -> bool {
-    let map = &NB_CT_CREATED as *const PerCpuArray<u64> as *mut core::ffi::c_void;
-    let key = 0u32;
-    let mut created = 0u64;
-    let mut cpu = 0u32;
-    while cpu < MAX_CPUS {
-        let p = unsafe {
-            bpf_map_lookup_percpu_elem(map, &key as *const u32 as *const core::ffi::c_void, cpu)
-        };
-        if p.is_null() {
-            break;
-        }
-        created += unsafe { *(p as *const u64) };
-        cpu += 1;
-    }
-    let removed = NB_CT_REMOVED.get(0).copied().unwrap_or(0);
-    created.wrapping_sub(removed) >= cfg.max_sessions as u64
+pub fn timeout_ns(timeouts: &[u32; 8], state: u8) -> u64 {
+    timeouts[(state & 7) as usize] as u64 * 1_000_000_000
 }
 
-#[inline(always)]
-pub fn count_session() {
-    if let Some(p) = NB_CT_CREATED.get_ptr_mut(0) {
-        unsafe { *p += 1 };
-    }
+/// A lookup's outcome.
+pub enum Found {
+    /// The mapping (raw network order) and the session kind.
+    Hit(u32, u16, u8),
+    Miss,
+    /// The session was past its timeout: it is gone now (kind given).
+    Expired(u8),
 }
 
-/// The mapping for `t` seen in `dir`, refreshing the entry and advancing
-/// the session state.
+/// The mapping for `t` seen in `dir`. An entry past its timeout is never
+/// used: its session is removed (its port free again) and `Expired`
+/// returned. Otherwise the entry is refreshed and the state advanced.
 #[inline(always)]
-pub fn lookup(t: &Tuple, dir: u8, tcp_flags: u8) -> Option<(u32, u16)> {
-    lookup_kind(t, dir, tcp_flags).map(|(a, p, _)| (a, p))
-}
-
-#[inline(always)]
-pub fn lookup_kind(t: &Tuple, dir: u8, tcp_flags: u8) -> Option<(u32, u16, u8)> {
-    let e = NB_CT.get_ptr_mut(&key(t, dir))?;
+pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
+    let k = key(t, dir);
+    let Some(e) = NB_CT.get_ptr_mut(&k) else {
+        return Found::Miss;
+    };
     let e = unsafe { &mut *e };
-    let state = e.state;
+    let now = now();
+    let (state, kind) = (e.state, e.kind);
+    let tmo = timeout_ns(&cfg.timeouts, state);
+    let idle = now.saturating_sub(e.last_seen_ns);
+    // Rare: this half is idle past the timeout; the session may still be
+    // alive through its other half.
+    if idle > tmo && expire_if_idle(cfg, &k, now) {
+        return Found::Expired(kind);
+    }
     let next = match t.proto {
         IPPROTO_TCP if tcp_flags & TCP_RST != 0 => CT_TCP_CLOSED,
         IPPROTO_TCP if tcp_flags & TCP_FIN != 0 && state < CT_TCP_CLOSING => CT_TCP_CLOSING,
@@ -129,7 +131,6 @@ pub fn lookup_kind(t: &Tuple, dir: u8, tcp_flags: u8) -> Option<(u32, u16, u8)> 
         IPPROTO_UDP if state == CT_UDP && e.flags & CT_F_ORIGINAL == 0 => CT_UDP_REPLIED,
         _ => state,
     };
-    let now = now();
     if next != state {
         e.state = next;
         e.last_seen_ns = now;
@@ -137,8 +138,70 @@ pub fn lookup_kind(t: &Tuple, dir: u8, tcp_flags: u8) -> Option<(u32, u16, u8)> 
         if let Some(r) = NB_CT.get_ptr_mut(&e.reverse) {
             unsafe { (*r).state = next };
         }
-    } else if now.wrapping_sub(e.last_seen_ns) > CT_REFRESH_NS {
+    } else if idle > (tmo >> 4).min(CT_REFRESH_NS) {
         e.last_seen_ns = now;
     }
-    Some((u32::from_ne_bytes(e.nat_addr), e.nat_port, e.kind))
+    Found::Hit(u32::from_ne_bytes(e.nat_addr), e.nat_port, e.kind)
+}
+
+/// Is the session of entry `e` (and its other half, if any) idle past
+/// its state's timeout at `now`? A session's state and last activity are
+/// the furthest and latest of its two halves.
+#[inline(always)]
+pub fn idle_past(timeouts: &[u32; 8], e: &CtEntry, now: u64) -> bool {
+    let (last, state) = match unsafe { NB_CT.get(&e.reverse) } {
+        Some(r) => (e.last_seen_ns.max(r.last_seen_ns), e.state.max(r.state)),
+        None => (e.last_seen_ns, e.state),
+    };
+    now.saturating_sub(last) > timeout_ns(timeouts, state)
+}
+
+/// Removes the session of the entry at `k` if it is idle past its timeout
+/// (a packet found it, or a new session wants its port, before the sweep
+/// came by), counting it. True if `k` is gone (by us or meanwhile). Its
+/// own BPF function, on a small stack: the programs' frames are large.
+#[inline(never)]
+pub fn expire_if_idle(cfg: &NatConfig, k: &CtKey, now: u64) -> bool {
+    let Some(e) = NB_CT.get_ptr(k) else {
+        return true;
+    };
+    // SAFETY: a map value; read before the removal below frees it.
+    let e = unsafe { &*e };
+    if !idle_past(&cfg.timeouts, e, now) {
+        return false;
+    }
+    if remove_session(k, e, now) {
+        sweep::release(1);
+        count(nat_stat::EXPIRED_LOOKUP);
+    }
+    true
+}
+
+/// Removes the session entry `e` (at `k`) belongs to: the original half
+/// first, whose successful delete is the one that counts (true: the
+/// caller releases the session); then the other half. An expired SNAT
+/// mapping leaves a grave for its inbound key.
+#[inline(always)]
+pub fn remove_session(k: &CtKey, e: &CtEntry, now: u64) -> bool {
+    let snat = e.kind == CT_SNAT;
+    let (orig, other) = if e.flags & CT_F_ORIGINAL != 0 {
+        (*k, e.reverse)
+    } else {
+        (e.reverse, *k)
+    };
+    if NB_CT.remove(&orig).is_err() {
+        return false;
+    }
+    let _ = NB_CT.remove(&other);
+    if snat {
+        // The SNAT original is the outbound half: `other` is inbound.
+        let _ = NB_CT_GRAVES.insert(&other, &now, 0);
+    }
+    true
+}
+
+/// Did an SNAT mapping with inbound key `k` expire recently?
+#[inline(always)]
+pub fn grave(k: &CtKey) -> bool {
+    unsafe { NB_CT_GRAVES.get(k) }.is_some()
 }

@@ -1,21 +1,30 @@
 //! DNAT port forwards: the forward tables, new sessions, and the lab host
 //! table used to deliver hairpin traffic straight to a port.
+use core::ffi::c_void;
+
 use aya_ebpf::{
+    bindings::{
+        BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::map,
     maps::{Array, HashMap, PerCpuHashMap},
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CtKey, FwdKey, FwdTarget, HostEntry,
-    MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NAT_FORWARDS, NatConfig, drop_reason, nat_stat,
+    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_SNAT, CtKey, FwdKey, FwdTarget,
+    HostEntry, MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NAT_FORWARDS, NatConfig, drop_reason,
+    nat_stat,
 };
 
 use crate::{
     bridge,
     nat::{
-        Tuple, count,
+        Tuple, config, count,
         ct::{self, BPF_NOEXIST, NB_CT},
-        packet::IPPROTO_ICMP,
+        packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+        sweep,
     },
 };
 
@@ -77,40 +86,100 @@ fn count_hit(fwd: &FwdTarget) {
     }
 }
 
+/// Where a packet addressed to the uplink goes.
+pub enum Inbound {
+    /// Its session's new destination (raw network order).
+    Mapped(u32, u16),
+    /// Not for a mapping (the host's own traffic, or nothing).
+    Unknown,
+    /// For a SNAT mapping that expired (found so, or recently removed).
+    Dead,
+}
+
 /// Where `t`, addressed to the uplink, goes: its session's mapping (SNAT
 /// reply or DNAT), else a new DNAT session if a forward matches (`hairpin`:
-/// from a lab host). None: not for a mapping.
+/// from a lab host, which never meets a SNAT mapping).
 #[inline(always)]
-pub fn mapping(
-    cfg: &NatConfig,
-    t: &Tuple,
-    hairpin: bool,
-    tcp_flags: u8,
-) -> Result<Option<(u32, u16)>, u32> {
-    if let Some(m) = ct::lookup(t, CT_DIR_IN, tcp_flags) {
-        return Ok(Some(m));
-    }
-    if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
-        return Ok(None);
-    }
-    let Some(fwd) = find_forward(cfg, t.proto, u16::from_be(t.dport)) else {
-        return Ok(None);
+pub fn mapping(cfg: &NatConfig, t: &Tuple, hairpin: bool, tcp_flags: u8) -> Result<Inbound, u32> {
+    let dead = match ct::lookup(cfg, t, CT_DIR_IN, tcp_flags) {
+        ct::Found::Hit(addr, port, _) => return Ok(Inbound::Mapped(addr, port)),
+        ct::Found::Expired(kind) => kind == CT_SNAT,
+        ct::Found::Miss => false,
     };
-    new_session(cfg, t, &fwd, hairpin, tcp_flags).map(Some)
+    if cfg.flags & NAT_FORWARDS != 0
+        && t.proto != IPPROTO_ICMP
+        && let Some(fwd) = find_forward(cfg, t.proto, u16::from_be(t.dport))
+    {
+        let o = new_session(t, &fwd, hairpin, tcp_flags)?;
+        if o.opened != 0 {
+            log_new(t, hairpin, o.addr, o.port);
+        }
+        return Ok(Inbound::Mapped(o.addr, o.port));
+    }
+    if !hairpin && (dead || ct::grave(&ct::key(t, CT_DIR_IN))) {
+        return Ok(Inbound::Dead);
+    }
+    Ok(Inbound::Unknown)
+}
+
+/// Does a socket of the host itself (the uplink's namespace) take `t`?
+/// TCP counts listeners, request and TIME_WAIT sockets too.
+#[inline(never)]
+pub fn host_socket(ctx: &TcContext, t: &Tuple) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: t.saddr,
+                daddr: t.daddr,
+                sport: t.sport,
+                dport: t.dport,
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let (skb, netns) = (ctx.skb.skb as *mut c_void, BPF_F_CURRENT_NETNS as u64);
+    // SAFETY: a valid skb and tuple; a socket found is released below.
+    let sk = unsafe {
+        match t.proto {
+            IPPROTO_TCP => bpf_skc_lookup_tcp(skb, &mut tuple, size, netns, 0),
+            IPPROTO_UDP => bpf_sk_lookup_udp(skb, &mut tuple, size, netns, 0),
+            _ => return false,
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a reference the lookup took.
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    true
+}
+
+/// A DNAT session's new destination (raw network order); `opened` 0: another
+/// CPU opened it first. No bool or tuple: BTF (and the kernel) rejects the
+/// unions Rust makes of niche-optimised enums.
+#[repr(C)]
+pub struct Opened {
+    pub addr: u32,
+    pub port: u16,
+    pub opened: u16,
 }
 
 /// Opens a DNAT session for `t` (a client reaching the uplink address on a
 /// forwarded port: from upstream, or from a lab host when `hairpin`) and
-/// returns the new destination (raw network order).
-#[inline(always)]
+/// returns the new destination.
+// Its own BPF function (at most 5 arguments: the config is looked up
+// again): the slow path keeps its keys and values off the programs' frames.
+#[inline(never)]
 pub fn new_session(
-    cfg: &NatConfig,
     t: &Tuple,
     fwd: &FwdTarget,
     hairpin: bool,
     tcp_flags: u8,
-) -> Result<(u32, u16), u32> {
-    if ct::full(cfg) {
+) -> Result<Opened, u32> {
+    let Some(cfg) = config() else {
+        return Err(drop_reason::NAT_CT_INSERT);
+    };
+    if !sweep::reserve(cfg.max_sessions) {
         return Err(drop_reason::NAT_TABLE_FULL);
     }
     let dport = u16::from_be(t.dport);
@@ -128,22 +197,51 @@ pub fn new_session(
         dir: CT_DIR_OUT,
         _pad: [0; 2],
     };
-    let out_val = ct::entry(in_key, t.daddr.to_ne_bytes(), t.dport, state, kind, 0, now);
-    let in_val = ct::entry(out_key, fwd.addr, tport, state, kind, CT_F_ORIGINAL, now);
-    let inserted = NB_CT.insert(&out_key, &out_val, BPF_NOEXIST).is_ok()
-        && (NB_CT.insert(&in_key, &in_val, BPF_NOEXIST).is_ok() || {
-            let _ = NB_CT.remove(&out_key);
-            false
-        });
+    let Some(out_val) = ct::stage(in_key, t.daddr.to_ne_bytes(), t.dport, state, kind, 0, now)
+    else {
+        sweep::release(1);
+        return Err(drop_reason::NAT_CT_INSERT);
+    };
+    // The reply key may still be held by an expired session.
+    let out_free = NB_CT.insert(&out_key, out_val, BPF_NOEXIST).is_ok()
+        || (ct::expire_if_idle(cfg, &out_key, now)
+            && NB_CT.insert(&out_key, out_val, BPF_NOEXIST).is_ok());
+    let inserted = out_free
+        && (ct::stage(out_key, fwd.addr, tport, state, kind, CT_F_ORIGINAL, now)
+            .is_some_and(|v| NB_CT.insert(&in_key, v, BPF_NOEXIST).is_ok())
+            || {
+                let _ = NB_CT.remove(&out_key);
+                false
+            });
     if !inserted {
+        sweep::release(1);
         // Lost a race with another CPU opening the same session?
         return match unsafe { NB_CT.get(&in_key) } {
-            Some(e) => Ok((u32::from_ne_bytes(e.nat_addr), e.nat_port)),
+            Some(e) => Ok(Opened {
+                addr: u32::from_ne_bytes(e.nat_addr),
+                port: e.nat_port,
+                opened: 0,
+            }),
             None => Err(drop_reason::NAT_CT_INSERT),
         };
     }
-    ct::count_session();
     count_hit(fwd);
+    count(if hairpin {
+        nat_stat::HAIRPIN_NEW
+    } else {
+        nat_stat::DNAT_NEW
+    });
+    Ok(Opened {
+        addr: u32::from_ne_bytes(fwd.addr),
+        port: tport,
+        opened: 1,
+    })
+}
+
+/// Logs a new DNAT or hairpin session (rate-limited). Called by the
+/// program, not `new_session`: the logger's frame must not stack on it.
+#[inline(always)]
+fn log_new(t: &Tuple, hairpin: bool, addr: u32, port: u16) {
     if crate::log::allow(crate::log::NEW_SESSION) {
         aya_log_ebpf::info!(
             &(),
@@ -153,17 +251,11 @@ pub fn new_session(
             t.saddr.to_ne_bytes(),
             u16::from_be(t.sport),
             t.daddr.to_ne_bytes(),
-            dport,
-            fwd.addr,
-            u16::from_be(tport)
+            u16::from_be(t.dport),
+            addr.to_ne_bytes(),
+            u16::from_be(port)
         );
     }
-    count(if hairpin {
-        nat_stat::HAIRPIN_NEW
-    } else {
-        nat_stat::DNAT_NEW
-    });
-    Ok((u32::from_ne_bytes(fwd.addr), tport))
 }
 
 /// The lab host with IPv4 `addr` (network order bytes), if any.

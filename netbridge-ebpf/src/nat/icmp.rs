@@ -78,7 +78,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
         dport: isport,
         proto,
     };
-    let Some((addr, port)) = ct::lookup(&answer, dir, 0) else {
+    let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &answer, dir, 0) else {
         return Ok(());
     };
     let uplink = u32::from_ne_bytes(cfg.uplink_ipv4);

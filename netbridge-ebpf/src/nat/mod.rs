@@ -5,13 +5,15 @@
 //! packets going out (rewrite the source) and of those coming in (rewrite
 //! the destination); each names the other. New sessions insert the reverse
 //! entry first with BPF_NOEXIST (that claims the mapping), then the forward
-//! one, and roll back on failure. Timeouts are enforced by the userspace GC
-//! (`netbridge gc`); the programs only refresh `last_seen_ns` and the state.
+//! one, and roll back on failure. Sessions expire in the kernel: a packet
+//! never uses an entry past its timeout, and a timer sweeps the table
+//! (`sweep`). `max_sessions` bounds the live count kept there.
 pub mod ct;
 pub mod dnat;
 pub mod icmp;
 pub mod packet;
 pub mod snat;
+pub mod sweep;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -38,14 +40,28 @@ static NB_NAT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(nat_stat::COUNT, 0);
 
 #[inline(always)]
 pub fn count(stat: u32) {
-    if let Some(c) = NB_NAT_STATS.get_ptr_mut(stat) {
-        unsafe { *c += 1 };
+    count_n(stat, 1);
+}
+
+#[inline(always)]
+pub fn count_n(stat: u32, n: u64) {
+    if n > 0
+        && let Some(c) = NB_NAT_STATS.get_ptr_mut(stat)
+    {
+        unsafe { *c += n };
     }
 }
 
 #[inline(always)]
 pub fn config() -> Option<&'static NatConfig> {
-    NB_NAT_CONFIG.get(0).filter(|c| c.flags != 0)
+    config_any().filter(|c| c.flags != 0)
+}
+
+/// The NAT config even with NAT off (all timeouts 0 then: the sweep
+/// empties the table).
+#[inline(always)]
+pub fn config_any() -> Option<&'static NatConfig> {
+    NB_NAT_CONFIG.get(0)
 }
 
 /// A packet's addressing: raw (network order) values as loaded.
@@ -107,7 +123,8 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
-    if let Some((addr, port)) = ct::lookup(&t, CT_DIR_OUT, flags) {
+    // Expired: a late packet opens a new session, never reuses the old one.
+    if let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
         packet::rewrite(ctx, &ip, &t, true, addr, port)?;
         count(nat_stat::XLATE_OUT);
         return Ok(TC_ACT_OK);
@@ -141,8 +158,13 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
-    let Some((addr, port)) = dnat::mapping(cfg, &t, false, flags)? else {
-        return Ok(TC_ACT_OK);
+    let (addr, port) = match dnat::mapping(cfg, &t, false, flags)? {
+        dnat::Inbound::Mapped(addr, port) => (addr, port),
+        dnat::Inbound::Unknown => return Ok(TC_ACT_OK),
+        // For a SNAT mapping that expired: dropped, unless the host itself
+        // has a socket for it (its own traffic shares the port range).
+        dnat::Inbound::Dead if dnat::host_socket(ctx, &t) => return Ok(TC_ACT_OK),
+        dnat::Inbound::Dead => return Err(drop_reason::NAT_EXPIRED),
     };
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
@@ -201,7 +223,7 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
         if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
             return Ok(None);
         }
-        let Some((addr, port)) = dnat::mapping(cfg, &t, true, flags)? else {
+        let dnat::Inbound::Mapped(addr, port) = dnat::mapping(cfg, &t, true, flags)? else {
             return Ok(None);
         };
         packet::rewrite(ctx, &ip, &t, false, addr, port)?;
@@ -212,7 +234,7 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
             None => Ok(None),
         };
     }
-    let Some((addr, port, kind)) = ct::lookup_kind(&t, CT_DIR_OUT, flags) else {
+    let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) else {
         return Ok(None);
     };
     if kind == CT_HAIRPIN {

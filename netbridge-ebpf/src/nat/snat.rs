@@ -8,6 +8,7 @@ use netbridge_common::{
 use crate::nat::{
     Tuple, count,
     ct::{self, BPF_NOEXIST, NB_CT},
+    sweep,
 };
 
 /// Inside endpoint -> external port (host order), for endpoint-independent
@@ -21,15 +22,19 @@ static NB_EIM: LruHashMap<EimKey, u16> = LruHashMap::pinned(65_536, 0);
 /// The inside source port is kept when it is in the range and free (or,
 /// with endpoint-independent mapping, the endpoint's earlier port is
 /// reused); otherwise NAT_PORT_RETRIES ports from a random start are probed.
-/// A port is taken by inserting the reverse (IN) entry with BPF_NOEXIST.
-#[inline(always)]
+/// A port is taken by inserting the reverse (IN) entry with BPF_NOEXIST;
+/// one held by an expired session is freed first, a live one never.
+// Its own BPF function: the slow path keeps its keys and values off the
+// programs' (large) frames.
+#[inline(never)]
 pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u16), u32> {
-    if ct::full(cfg) {
+    if !sweep::reserve(cfg.max_sessions) {
         return Err(drop_reason::NAT_TABLE_FULL);
     }
     let uplink = u32::from_ne_bytes(cfg.uplink_ipv4);
     let (min, max) = (cfg.port_min as u32, cfg.port_max as u32);
     if max < min {
+        sweep::release(1);
         return Err(drop_reason::NAT_PORT_EXHAUSTED);
     }
     let size = max - min + 1;
@@ -55,6 +60,19 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
         None => None,
     };
     let start = unsafe { bpf_get_prandom_u32() } % size;
+    // The inbound half: the same for every port tried.
+    let Some(in_val) = ct::stage(
+        out_key,
+        t.saddr.to_ne_bytes(),
+        t.sport,
+        state,
+        CT_SNAT,
+        0,
+        now,
+    ) else {
+        sweep::release(1);
+        return Err(drop_reason::NAT_CT_INSERT);
+    };
     let mut in_key = CtKey::default();
     let mut chosen = 0u32;
     let mut found = false;
@@ -80,16 +98,10 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
             dir: CT_DIR_IN,
             _pad: [0; 2],
         };
-        let in_val = ct::entry(
-            out_key,
-            t.saddr.to_ne_bytes(),
-            t.sport,
-            state,
-            CT_SNAT,
-            0,
-            now,
-        );
-        if NB_CT.insert(&in_key, &in_val, BPF_NOEXIST).is_ok() {
+        if NB_CT.insert(&in_key, in_val, BPF_NOEXIST).is_ok()
+            || (ct::expire_if_idle(cfg, &in_key, now)
+                && NB_CT.insert(&in_key, in_val, BPF_NOEXIST).is_ok())
+        {
             chosen = port;
             found = true;
             if i == 0 {
@@ -105,10 +117,11 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
         i += 1;
     }
     if !found {
+        sweep::release(1);
         return Err(drop_reason::NAT_PORT_EXHAUSTED);
     }
     let nat_port = (chosen as u16).to_be();
-    let out_val = ct::entry(
+    let inserted = ct::stage(
         in_key,
         cfg.uplink_ipv4,
         nat_port,
@@ -116,10 +129,12 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
         CT_SNAT,
         CT_F_ORIGINAL,
         now,
-    );
-    if NB_CT.insert(&out_key, &out_val, BPF_NOEXIST).is_err() {
+    )
+    .is_some_and(|v| NB_CT.insert(&out_key, v, BPF_NOEXIST).is_ok());
+    if !inserted {
         // Another CPU opened this session meanwhile: use its mapping.
         let _ = NB_CT.remove(&in_key);
+        sweep::release(1);
         return match unsafe { NB_CT.get(&out_key) } {
             Some(e) => Ok((u32::from_ne_bytes(e.nat_addr), e.nat_port)),
             None => Err(drop_reason::NAT_CT_INSERT),
@@ -128,7 +143,6 @@ pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(u32, u1
     if eim {
         let _ = NB_EIM.insert(&eim_key, &(chosen as u16), 0);
     }
-    ct::count_session();
     count(nat_stat::SNAT_NEW);
     if crate::log::allow(crate::log::NEW_SESSION) {
         aya_log_ebpf::info!(

@@ -1,0 +1,134 @@
+//! `conntrack`, `gc`, `forward`: the NAT of a running topology, through its
+//! pinned maps.
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use netbridge::{
+    config::{Forward, PortSpec, Proto},
+    stats, topology,
+};
+
+use super::common::{Which, journaled, name_of};
+
+pub fn conntrack(which: &Which, json: bool) -> Result<()> {
+    let source = stats::Source::open(&name_of(which)?)?;
+    let ct = source.maps.nat.conntrack()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ct)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<8} {:<12} {:<21} {:<21} {:<21} {:>7} {:>8}",
+        "proto", "kind", "state", "inside", "external", "remote", "idle", "expires"
+    );
+    for s in &ct.sessions {
+        println!(
+            "{:<5} {:<8} {:<12} {:<21} {:<21} {:<21} {:>6.0}s {:>7.0}s",
+            s.proto,
+            s.kind,
+            s.state,
+            s.inside,
+            s.external,
+            s.remote,
+            s.idle_secs,
+            s.expires_in_secs
+        );
+    }
+    println!(
+        "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}",
+        ct.sessions.len(),
+        ct.live_sessions,
+        ct.high_water_sessions,
+        ct.max_sessions
+    );
+    println!(
+        "in-kernel sweep every {} ms: {} sweeps, last {}",
+        ct.sweep_interval_ms,
+        ct.sweeps,
+        ct.last_sweep_secs_ago
+            .map_or("never".into(), |s| format!("{s:.1}s ago"))
+    );
+    for p in &ct.pools {
+        println!(
+            "port pool {}: {} of {} in use ({:.1}%)",
+            p.proto,
+            p.ports_in_use,
+            p.pool_size,
+            100.0 * p.ports_in_use as f64 / p.pool_size.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+pub fn gc(which: &Which, every: Option<Duration>, count: Option<u64>) -> Result<()> {
+    let mut source = stats::Source::open(&name_of(which)?)?;
+    let mut rounds = 0u64;
+    loop {
+        let n = source.maps.nat.gc()?;
+        println!(
+            "gc: removed {n} expired sessions, {} live",
+            source.maps.nat.live_sessions()
+        );
+        rounds += 1;
+        match every {
+            Some(d) if count.is_none_or(|c| rounds < c) => std::thread::sleep(d),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// `forward add`: one more forward, validated with the rest.
+pub fn forward_add(which: &Which, proto: &str, port: &str, to: &str) -> Result<()> {
+    let name = name_of(which)?;
+    let mut forwards = journaled(&name)?.forwards;
+    forwards.push(Forward {
+        proto: parse_proto(proto)?,
+        port: PortSpec { raw: port.into() },
+        to: to.into(),
+    });
+    apply_forwards(&name, forwards, "add")
+}
+
+/// `forward del`: removes the forward of `proto` on `port` (as written).
+pub fn forward_del(which: &Which, proto: &str, port: &str) -> Result<()> {
+    let name = name_of(which)?;
+    let p = parse_proto(proto)?;
+    let mut forwards = journaled(&name)?.forwards;
+    let before = forwards.len();
+    forwards.retain(|f| !(f.proto == p && f.port.raw == port));
+    if forwards.len() == before {
+        bail!("{name}: no {proto} forward on port {port:?}");
+    }
+    apply_forwards(&name, forwards, "del")
+}
+
+fn apply_forwards(name: &str, forwards: Vec<Forward>, op: &str) -> Result<()> {
+    let changes = topology::set_forwards(name, forwards, &format!("<{name} + forward {op}>"))
+        .with_context(|| format!("forward {op} on {name}"))?;
+    for c in &changes {
+        println!("  {c}");
+    }
+    Ok(())
+}
+
+fn parse_proto(proto: &str) -> Result<Proto> {
+    Ok(match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => bail!("protocol {other:?}: must be tcp or udp"),
+    })
+}
+
+pub fn forward_list(which: &Which, json: bool) -> Result<()> {
+    let source = stats::Source::open(&name_of(which)?)?;
+    let rows = source.maps.nat.forward_uses()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<5} {:<12} {:<21} {:>8}", "proto", "port", "to", "hits");
+    for r in rows {
+        println!("{:<5} {:<12} {:<21} {:>8}", r.proto, r.port, r.to, r.hits);
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+"""TCP "who am I" for NAT mapping tests: the server answers each connection
+with the peer address it sees ("ADDR:PORT\n") and closes first, so the
+client never sits in TIME_WAIT and can reuse its source port at once.
+  tcp_whoami.py server PORT LIFETIME_SECS      (exits by itself)
+  tcp_whoami.py client SRC_ADDR SRC_PORT DST DPORT   (prints the answer)"""
+import socket
+import sys
+import time
+
+if sys.argv[1] == "server":
+    port, life = int(sys.argv[2]), float(sys.argv[3])
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(64)
+    ls.settimeout(0.2)
+    end = time.time() + life
+    while time.time() < end:
+        try:
+            c, addr = ls.accept()
+        except socket.timeout:
+            continue
+        c.sendall(f"{addr[0]}:{addr[1]}\n".encode())
+        c.close()
+else:
+    src, sport, dst, dport = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((src, sport))
+    s.settimeout(5)
+    s.connect((dst, dport))
+    data = b""
+    while True:
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    print(data.decode().strip())

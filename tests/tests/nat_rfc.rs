@@ -1,0 +1,802 @@
+//! NAT behaviour against the IETF requirements for UDP (RFC 4787), TCP
+//! (RFC 5382), ICMP (RFC 5508) and their updates (RFC 7857), measured with a
+//! real RFC 5780 client: coturn's `turnutils_natdiscovery` in a lab host and
+//! coturn's `turnserver` as a STUN server on two upstream addresses. Each
+//! test is named after the requirement it proves; only requirements netbridge
+//! meets today have one. The comparison test runs the same probes through a
+//! Linux bridge + iptables MASQUERADE lab and prints a table.
+//!
+//! Both labs: black (192.168.1.10 and .11) and white (192.168.2.10) on a
+//! bridge in the NAT box "gw", whose uplink 203.0.113.1 faces a router
+//! (203.0.113.254 / 198.51.100.1); behind the router the STUN server "stun"
+//! on 198.51.100.10 and .11, ports 3478 and 3479. The router has no route to
+//! 192.168.0.0/16: only translated traffic comes back.
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use netbridge_tests::{Sandbox, require_root, script};
+use serde_json::Value;
+
+const STUN1: &str = "198.51.100.10";
+const STUN2: &str = "198.51.100.11";
+const UPLINK: &str = "203.0.113.1";
+const BLACK: &str = "192.168.1.10";
+const BLACK2: &str = "192.168.1.11";
+
+/// Which NAT the lab's "gw" runs.
+enum Nat {
+    /// netbridge (`up` of a topology file), BPF SNAT on the uplink.
+    Netbridge { file: String, toml: String },
+    /// A Linux bridge and `iptables -t nat ... -j MASQUERADE`.
+    Masquerade,
+}
+
+/// A NAT lab with the STUN server running.
+struct Lab {
+    sb: Sandbox,
+    nat: Nat,
+}
+
+/// The netbridge lab; `{uplink}` takes extra `[uplink]` keys.
+const NETBRIDGE_LAB: &str = r#"name = "nat"
+host_netns = "gw"
+
+[bridge]
+name = "br0"
+addresses = ["192.168.0.1/16"]
+
+[[namespace]]
+name = "black"
+addresses = ["192.168.1.10/24", "192.168.1.11/24"]
+routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }]
+
+[[namespace]]
+name = "white"
+addresses = ["192.168.2.10/24"]
+routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }]
+
+[[namespace]]
+name = "router"
+bridge = false
+sysctls = { "net.ipv4.ip_forward" = "1" }
+
+[[namespace]]
+name = "stun"
+bridge = false
+
+[[link]]
+a = { ifname = "uplink0", addresses = ["203.0.113.1/24"] }
+b = { netns = "router", ifname = "eth0", addresses = ["203.0.113.254/24"] }
+
+[[link]]
+a = { netns = "router", ifname = "eth1", addresses = ["198.51.100.1/24"] }
+b = { netns = "stun", ifname = "eth0", addresses = ["198.51.100.10/24", "198.51.100.11/24"], routes = [{ to = "default", via = "198.51.100.1" }] }
+
+[uplink]
+ifname = "uplink0"
+masquerade = true
+gateway = "203.0.113.254"
+{uplink}
+"#;
+
+impl Lab {
+    /// netbridge's NAT; `uplink_extra` is appended to `[uplink]`.
+    fn netbridge(uplink_extra: &str) -> Lab {
+        let mut sb = Sandbox::new();
+        let file = sb.tmp_file("nat.toml").display().to_string();
+        let mut lab = Lab {
+            sb,
+            nat: Nat::Netbridge {
+                file,
+                toml: String::new(),
+            },
+        };
+        lab.reconfigure(uplink_extra);
+        lab.start_stun();
+        lab
+    }
+
+    /// Rewrites `[uplink]` of the netbridge lab and runs `up` again (it
+    /// reconciles the NAT settings in place).
+    fn reconfigure(&mut self, uplink_extra: &str) {
+        let Nat::Netbridge { file, toml } = &mut self.nat else {
+            panic!("not a netbridge lab");
+        };
+        *toml = NETBRIDGE_LAB.replace("{uplink}", uplink_extra);
+        std::fs::write(&*file, &*toml).unwrap();
+        let file = file.clone();
+        self.nb(&["up", "-f", &file]);
+    }
+
+    /// The baseline: the same addressing built by hand, iptables MASQUERADE
+    /// in the sandbox's host namespace (the NAT box), nothing of netbridge.
+    fn masquerade() -> Lab {
+        let mut sb = Sandbox::new();
+        for n in ["black", "white", "router", "stun"] {
+            sb.add_ns(n);
+        }
+        let lab = Lab {
+            sb,
+            nat: Nat::Masquerade,
+        };
+        let (gw, router, stun) = (lab.ns("gw"), lab.ns("router"), lab.ns("stun"));
+        let sb = &lab.sb;
+        sb.sh(
+            &gw,
+            "ip link add br0 type bridge && ip addr add 192.168.0.1/16 dev br0 \
+             && ip link set br0 up && sysctl -qw net.ipv4.ip_forward=1",
+        );
+        for (h, addrs) in [
+            ("black", vec![BLACK, BLACK2]),
+            ("white", vec!["192.168.2.10"]),
+        ] {
+            let ns = lab.ns(h);
+            let port = format!("nb-{h}");
+            sb.veth(&gw, &port, None, &ns, "eth0", None);
+            sb.sh(&gw, &format!("ip link set {port} master br0"));
+            for a in addrs {
+                sb.sh(&ns, &format!("ip addr add {a}/24 dev eth0"));
+            }
+            sb.sh(&ns, "ip route add default via 192.168.0.1 dev eth0 onlink");
+        }
+        sb.veth(
+            &gw,
+            "uplink0",
+            Some("203.0.113.1/24"),
+            &router,
+            "eth0",
+            Some("203.0.113.254/24"),
+        );
+        sb.veth(
+            &router,
+            "eth1",
+            Some("198.51.100.1/24"),
+            &stun,
+            "eth0",
+            Some("198.51.100.10/24"),
+        );
+        sb.sh(&router, "sysctl -qw net.ipv4.ip_forward=1");
+        sb.sh(
+            &stun,
+            "ip addr add 198.51.100.11/24 dev eth0 && ip route add default via 198.51.100.1",
+        );
+        sb.sh(
+            &gw,
+            "ip route add default via 203.0.113.254 && iptables -t nat -A POSTROUTING \
+             -s 192.168.0.0/16 -o uplink0 -j MASQUERADE",
+        );
+        let mut lab = lab;
+        lab.start_stun();
+        lab
+    }
+
+    fn name(&self) -> &'static str {
+        match &self.nat {
+            Nat::Netbridge { toml, .. } if toml.contains("endpoint_independent = true") => {
+                "netbridge (endpoint_independent)"
+            }
+            Nat::Netbridge { .. } => "netbridge (default)",
+            Nat::Masquerade => "bridge + iptables MASQUERADE",
+        }
+    }
+
+    /// Namespace of a lab role (the NAT box of the baseline is the
+    /// sandbox's host namespace).
+    fn ns(&self, role: &str) -> String {
+        match (&self.nat, role) {
+            (Nat::Masquerade, "gw") => self.sb.host.clone(),
+            _ => self.sb.name(role),
+        }
+    }
+
+    fn sh(&self, role: &str, script: &str) -> String {
+        self.sb.sh(&self.ns(role), script)
+    }
+
+    /// The netbridge CLI in the sandbox host, with `--prefix` (and the
+    /// topology name for commands that take `--name`).
+    fn nb(&self, args: &[&str]) -> String {
+        let prefix = self.sb.prefix();
+        let mut full: Vec<&str> = args.to_vec();
+        let name = self.sb.name("nat");
+        if args[0] == "up" {
+            full.extend(["--prefix", &prefix]);
+        } else {
+            full.extend(["--name", &name]);
+        }
+        self.sb.nb_ok(&full)
+    }
+
+    fn conntrack(&self) -> Vec<Value> {
+        let v: Value = serde_json::from_str(&self.nb(&["conntrack", "--json"])).unwrap();
+        v["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no session list in {v}"))
+    }
+
+    fn nat_counter(&self, name: &str) -> u64 {
+        let v: Value = serde_json::from_str(&self.nb(&["stats", "--json"])).unwrap();
+        v["nat"]["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no nat counter {name} in {v}"))
+    }
+
+    /// coturn's STUN server on both upstream addresses, ports 3478 and
+    /// 3479 (RFC 5780 needs the alternate address and port), and a UDP echo
+    /// on port 7. Files live in a sandbox directory; both processes are
+    /// killed by pid at cleanup.
+    fn start_stun(&mut self) {
+        for bin in ["/usr/bin/turnserver", "/usr/bin/turnutils_natdiscovery"] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} missing: install Debian's coturn (cargo xtask setup)"
+            );
+        }
+        let dir = format!("/tmp/{}turn", self.sb.prefix());
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.clone();
+        self.sb.on_cleanup(move || {
+            let _ = std::fs::remove_dir_all(d);
+        });
+        let (db, log, pid) = (
+            format!("{dir}/turndb"),
+            format!("{dir}/turn.log"),
+            format!("{dir}/turn.pid"),
+        );
+        let ns = self.ns("stun");
+        self.sb.spawn(
+            &ns,
+            &[
+                "turnserver",
+                "-n",
+                "-L",
+                STUN1,
+                "-L",
+                STUN2,
+                "-p",
+                "3478",
+                "--stun-only",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp",
+                "--no-cli",
+                "-z",
+                "--db",
+                &db,
+                "--no-stdout-log",
+                "--simple-log",
+                "--log-file",
+                &log,
+                "--pidfile",
+                &pid,
+            ],
+        );
+        // And a UDP echo on port 7 for the fragmentation probe.
+        self.sb.spawn(
+            &ns,
+            &["python3", &script("udp_echo.py"), "7", "stun", "300"],
+        );
+        let ready = Sandbox::wait_for(Duration::from_secs(15), || {
+            let ss = self.sh("stun", "ss -uln");
+            (ss.contains(&format!("{STUN1}:3479"))
+                && ss.contains(&format!("{STUN2}:3479"))
+                && ss.contains(":7 "))
+            .then_some(())
+        });
+        assert!(ready.is_some(), "turnserver did not listen; log: {log}");
+    }
+
+    /// `turnutils_natdiscovery ARGS 198.51.100.10` in lab host `from`.
+    fn discover(&self, from: &str, args: &[&str]) -> String {
+        let mut argv = vec!["turnutils_natdiscovery"];
+        argv.extend_from_slice(args);
+        argv.push(STUN1);
+        let out = self
+            .sb
+            .cmd(&self.ns(from), &argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("spawn turnutils_natdiscovery");
+        assert!(out.status.success(), "natdiscovery {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A datagram from white's port `sport` to the second STUN address, so
+    /// that external port is taken toward that destination.
+    fn occupy_port_from_white(&self, sport: u16) {
+        self.sh(
+            "white",
+            &format!(
+                "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                 s.bind(('0.0.0.0', {sport})); s.sendto(b'x', ('{STUN2}', 3478))\""
+            ),
+        );
+    }
+
+    /// TCP simultaneous open between black:`port` and stun:`port`+1000
+    /// (tests/scripts/tcp_simopen.py); JSON result.
+    fn simultaneous_open(&self, port: u16, unsolicited: bool) -> Value {
+        let mut cmd = format!(
+            "python3 {} {BLACK} {port} {STUN1} {} {UPLINK} {port} {} {}",
+            script("tcp_simopen.py"),
+            port + 1000,
+            self.ns("stun"),
+            self.ns("router"),
+        );
+        if unsolicited {
+            cmd.push_str(" --unsolicited");
+        }
+        let out = self.sh("black", &cmd);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+}
+
+/// The verdict line of a natdiscovery run ("NAT with X Mapping!" or
+/// "... Filtering!"), without the decoration: e.g. "Endpoint Independent".
+fn verdict(out: &str, what: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let v = l.strip_prefix("NAT with ")?.strip_suffix('!')?;
+        v.strip_suffix(what).map(|s| s.trim().to_string())
+    })
+}
+
+/// Every "UDP reflexive addr" (the mapping the server saw), in order.
+fn reflexive(out: &str) -> Vec<(String, u16)> {
+    out.lines()
+        .filter_map(|l| l.split_once("UDP reflexive addr: ").map(|(_, a)| a.trim()))
+        .filter_map(|a| {
+            let (ip, port) = a.rsplit_once(':')?;
+            Some((ip.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Local ports natdiscovery reports ("Local addr: : IP:PORT"), in order.
+fn local_ports(out: &str) -> Vec<u16> {
+    out.lines()
+        .filter_map(|l| l.split_once("Local addr: : ").map(|(_, a)| a.trim()))
+        .filter_map(|a| a.rsplit_once(':')?.1.parse().ok())
+        .collect()
+}
+
+/// Writes straight to the stderr handle (libtest captures `eprintln!` of
+/// passing tests; the comparison table must be seen).
+fn show(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// One lab's answers to the probes the comparison runs.
+struct Profile {
+    rows: Vec<(&'static str, String)>,
+    mapping: Option<String>,
+    filtering: Option<String>,
+    alg: bool,
+}
+
+/// Runs every probe against `lab` (the lifetime row is added by the
+/// caller once the background run is done).
+fn profile(lab: &Lab) -> Profile {
+    let m = lab.discover("black", &["-m", "-L", BLACK]);
+    // Port collision: white holds external port 40000 toward STUN2:3478
+    // before black maps its own port 40000.
+    lab.occupy_port_from_white(40000);
+    let mc = lab.discover("black", &["-m", "-L", BLACK, "-l", "40000"]);
+    let f = lab.discover("black", &["-f", "-L", BLACK]);
+    let h = lab.discover("black", &["-H", "-L", BLACK]);
+    let c = lab.discover("black", &["-c", "-L", BLACK, "-A", BLACK2]);
+    let ports = |out: &str| {
+        reflexive(out)
+            .iter()
+            .map(|(_, p)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (cl, cr) = (local_ports(&c), reflexive(&c));
+    let collision = match (cl.first(), cr.as_slice()) {
+        (Some(l), [(_, a), (_, b)]) => format!("local {l} -> {a}, other host same port -> {b}"),
+        _ => format!("unparsed: {c}"),
+    };
+    let simopen = lab.simultaneous_open(53000, false);
+    let unsolicited = lab.simultaneous_open(53100, true);
+    let icmp = lab.sh(
+        "black",
+        &format!(
+            "python3 {} {BLACK} 52000 {STUN1} 9999 2",
+            script("udp_icmp_probe.py")
+        ),
+    );
+    // A 4000-byte datagram (the sender fragments it, DF clear) and its echo.
+    let big = lab.sh(
+        "black",
+        &format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.bind(('{BLACK}', 55000)); s.settimeout(2); s.sendto(b'x' * 4000, ('{STUN1}', 7))\n\
+             try: print('echoed %d bytes' % len(s.recv(65535)))\n\
+             except socket.timeout: print('lost')\""
+        ),
+    );
+    let all = [&m, &mc, &f, &h, &c];
+    let alg = all.iter().any(|o| o.contains("ALG detected"));
+    let mapping = verdict(&m, "Mapping");
+    let filtering = verdict(&f, "Filtering");
+    let rows = vec![
+        (
+            "mapping (-m)",
+            format!("{} [{}]", mapping.clone().unwrap_or_default(), ports(&m)),
+        ),
+        (
+            "mapping, port 40000 taken by white (-m -l 40000)",
+            format!(
+                "{} [{}]",
+                verdict(&mc, "Mapping").unwrap_or_default(),
+                ports(&mc)
+            ),
+        ),
+        ("filtering (-f)", filtering.clone().unwrap_or_default()),
+        (
+            "hairpinning (-H)",
+            if h.contains("Received a request") {
+                "yes".into()
+            } else {
+                "no (timeout)".into()
+            },
+        ),
+        ("two hosts, one source port (-c -A)", collision),
+        (
+            "ALG (MAPPED vs XOR-MAPPED)",
+            if alg { "detected" } else { "none" }.into(),
+        ),
+        (
+            "TCP simultaneous open",
+            format!(
+                "inside {}, outside {}",
+                simopen["inside"].as_str().unwrap_or("?"),
+                simopen["outside"].as_str().unwrap_or("?")
+            ),
+        ),
+        (
+            "unsolicited inbound SYN",
+            format!(
+                "outside connect: {}",
+                unsolicited["outside"].as_str().unwrap_or("?")
+            ),
+        ),
+        ("ICMP port unreachable to sender (x2)", icmp.trim().into()),
+        (
+            "4000-byte UDP datagram (fragments) echoed",
+            big.trim().into(),
+        ),
+    ];
+    Profile {
+        rows,
+        mapping,
+        filtering,
+        alg,
+    }
+}
+
+/// `-t -T 40` started in the background in `lab`'s black; returns the
+/// output file to collect with [`collect`].
+fn start_lifetime(lab: &mut Lab) -> String {
+    let out = lab.sb.tmp_file("lifetime.txt").display().to_string();
+    let ns = lab.ns("black");
+    lab.sb.spawn(
+        &ns,
+        &[
+            "sh",
+            "-c",
+            &format!("turnutils_natdiscovery -t -T 40 -L {BLACK} {STUN1} > {out} 2>&1"),
+        ],
+    );
+    out
+}
+
+/// Waits for the background lifetime run to finish (its second answer or
+/// its receive timeout).
+fn collect(file: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(70);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.contains("RFC 5780 response 2") || text.contains("STUN receive timeout") {
+            return text;
+        }
+        assert!(Instant::now() < end, "lifetime run did not finish: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
+    require_root!();
+    let mut labs = [
+        Lab::masquerade(),
+        Lab::netbridge(""),
+        Lab::netbridge("endpoint_independent = true"),
+    ];
+    // The 40 s lifetime runs overlap each other and the other probes.
+    let files: Vec<String> = labs.iter_mut().map(start_lifetime).collect();
+    let mut profiles: Vec<(&str, Profile)> = labs.iter().map(|l| (l.name(), profile(l))).collect();
+    for ((_, p), file) in profiles.iter_mut().zip(&files) {
+        let lifetime = collect(file);
+        let alive = if lifetime.contains("RFC 5780 response 2") {
+            "yes"
+        } else {
+            "no (timeout)"
+        };
+        p.rows
+            .push(("mapping alive after 40 s idle (-t -T 40)", alive.into()));
+        p.alg |= lifetime.contains("ALG detected");
+    }
+    let mut table = String::from("| probe (turnutils_natdiscovery unless noted) |");
+    for (name, _) in &profiles {
+        table.push_str(&format!(" {name} |"));
+    }
+    table.push_str(&format!("\n|---|{}\n", "---|".repeat(profiles.len())));
+    for (i, (probe, _)) in profiles[0].1.rows.iter().enumerate() {
+        table.push_str(&format!("| {probe} |"));
+        for (_, p) in &profiles {
+            table.push_str(&format!(" {} |", p.rows[i].1));
+        }
+        table.push('\n');
+    }
+    show(&format!(
+        "\nNAT behaviour, same client and server:\n{table}"
+    ));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(dir.join("nat-rfc-comparison.md"), &table).unwrap();
+
+    for (name, p) in &profiles {
+        assert!(p.mapping.is_some(), "{name}: no mapping verdict\n{table}");
+        assert!(
+            p.filtering.is_some(),
+            "{name}: no filtering verdict\n{table}"
+        );
+        assert!(!p.alg, "{name}: STUN payload rewritten\n{table}");
+    }
+    let (masq, nb, eim) = (&profiles[0].1, &profiles[1].1, &profiles[2].1);
+    // The README's claim: by default netbridge maps and filters like
+    // MASQUERADE (port-preserving, address-and-port-dependent filtering).
+    assert_eq!(
+        masq.filtering.as_deref(),
+        Some("Address and Port Dependent")
+    );
+    assert_eq!(nb.filtering, masq.filtering, "\n{table}");
+    assert_eq!(nb.mapping, masq.mapping, "\n{table}");
+    assert_eq!(eim.mapping.as_deref(), Some("Endpoint Independent"));
+}
+
+/// RFC 4787 REQ-1 (UDP): with `endpoint_independent = true` an inside
+/// endpoint keeps one external port for every destination, as an RFC 5780
+/// client sees it (natdiscovery -m asks the primary address, the alternate
+/// address, then the alternate port). Source ports outside `nat_ports`
+/// force an allocation, so port preservation cannot fake the result; the
+/// control is the same probe without EIM, which natdiscovery must classify
+/// as address-and-port-dependent. (Not covered, not met yet: EIM when
+/// another inside endpoint holds the same external port, see the notes.)
+#[test]
+fn rfc4787_req1_mapping_endpoint_independent_when_configured() {
+    require_root!();
+    let mut lab = Lab::netbridge("nat_ports = \"40000-49999\"");
+    let out = lab.discover("black", &["-m", "-L", BLACK, "-l", "51000"]);
+    assert_eq!(
+        verdict(&out, "Mapping").as_deref(),
+        Some("Address and Port Dependent"),
+        "control without EIM:\n{out}"
+    );
+    lab.reconfigure("nat_ports = \"40000-49999\"\nendpoint_independent = true");
+    let out = lab.discover("black", &["-m", "-L", BLACK, "-l", "51001"]);
+    assert_eq!(
+        verdict(&out, "Mapping").as_deref(),
+        Some("Endpoint Independent"),
+        "{out}"
+    );
+    let maps = reflexive(&out);
+    assert_eq!(maps.len(), 2, "{out}");
+    for (ip, port) in &maps {
+        assert_eq!(ip, UPLINK);
+        assert!(
+            (40000..=49999).contains(port),
+            "port {port} outside nat_ports"
+        );
+    }
+    assert!(lab.nat_counter("eim_reused") >= 1);
+}
+
+/// RFC 5382 REQ-1 (TCP): the same with TCP connections from one source port
+/// to two server addresses; the server reports the address it saw.
+#[test]
+fn rfc5382_req1_tcp_mapping_endpoint_independent_when_configured() {
+    require_root!();
+    let mut lab = Lab::netbridge("nat_ports = \"40000-49999\"");
+    let ns = lab.ns("stun");
+    lab.sb.spawn(
+        &ns,
+        &["python3", &script("tcp_whoami.py"), "server", "80", "120"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
+    });
+    assert!(ok.is_some(), "whoami server not listening");
+    let seen = |lab: &Lab, sport: u16| -> Vec<String> {
+        [STUN1, STUN2]
+            .iter()
+            .map(|dst| {
+                let out = lab.sh(
+                    "black",
+                    &format!(
+                        "python3 {} client {BLACK} {sport} {dst} 80",
+                        script("tcp_whoami.py")
+                    ),
+                );
+                out.trim().to_string()
+            })
+            .collect()
+    };
+    let without = seen(&lab, 51000);
+    assert!(
+        without.iter().all(|s| s.starts_with(&format!("{UPLINK}:"))),
+        "{without:?}"
+    );
+    assert_ne!(without[0], without[1], "control without EIM: one mapping");
+    lab.reconfigure("nat_ports = \"40000-49999\"\nendpoint_independent = true");
+    let with = seen(&lab, 51001);
+    assert_eq!(with[0], with[1], "EIM gave two TCP mappings: {with:?}");
+    let port: u16 = with[0].rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!((40000..=49999).contains(&port), "{with:?}");
+}
+
+/// RFC 4787 REQ-3 (no port overloading): two inside endpoints with the same
+/// source port talking to the same server get distinct external ports
+/// (natdiscovery -c with an alternative local address). The first keeps its
+/// port (port preservation, README "Ports").
+#[test]
+fn rfc4787_req3_no_port_overloading() {
+    require_root!();
+    let lab = Lab::netbridge("");
+    let out = lab.discover("black", &["-c", "-L", BLACK, "-A", BLACK2]);
+    let maps = reflexive(&out);
+    let local = local_ports(&out);
+    assert_eq!(maps.len(), 2, "{out}");
+    assert_eq!(local.len(), 2, "{out}");
+    assert_eq!(local[0], local[1], "both probes use one source port: {out}");
+    assert!(maps.iter().all(|(ip, _)| ip == UPLINK), "{out}");
+    assert_ne!(
+        maps[0].1, maps[1].1,
+        "one external port for two hosts: {out}"
+    );
+    assert_eq!(
+        maps[0].1, local[0],
+        "first mapping did not keep the port: {out}"
+    );
+}
+
+/// RFC 4787 REQ-10 (no ALG for UDP): the STUN server's MAPPED-ADDRESS (plain)
+/// and XOR-MAPPED-ADDRESS agree in every answer, so nothing rewrote
+/// addresses inside the payload.
+#[test]
+fn rfc4787_req10_no_alg_rewrites_udp_payload() {
+    require_root!();
+    let lab = Lab::netbridge("");
+    let out = lab.discover("black", &["-m", "-L", BLACK]);
+    let answers = out.matches("No ALG: Mapped == XOR-Mapped").count();
+    assert!(answers >= 2, "expected at least two answers:\n{out}");
+    assert!(!out.contains("ALG detected"), "{out}");
+}
+
+/// RFC 4787 REQ-12 (an ICMP error does not end the mapping): datagrams to a
+/// closed server port come back as ICMP Port Unreachable through the NAT
+/// (the sender's connected socket sees ECONNREFUSED each time), and the
+/// session stays with the same external port.
+#[test]
+fn rfc4787_req12_icmp_error_does_not_terminate_udp_mapping() {
+    require_root!();
+    let lab = Lab::netbridge("");
+    let before = lab.nat_counter("icmp_errors_translated");
+    let out = lab.sh(
+        "black",
+        &format!(
+            "python3 {} {BLACK} 52000 {STUN1} 9999 3",
+            script("udp_icmp_probe.py")
+        ),
+    );
+    assert_eq!(out.trim(), "refused refused refused", "{out}");
+    assert!(lab.nat_counter("icmp_errors_translated") >= before + 3);
+    let s: Vec<Value> = lab
+        .conntrack()
+        .into_iter()
+        .filter(|x| x["inside"] == format!("{BLACK}:52000"))
+        .collect();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0]["external"], format!("{UPLINK}:52000"), "{s:?}");
+    assert_eq!(s[0]["remote"], format!("{STUN1}:9999"), "{s:?}");
+}
+
+/// RFC 5382 REQ-2 (all valid TCP sequences, simultaneous open): the inside
+/// SYN creates the mapping (and is swallowed before the server), then the
+/// server connects to that mapping: both sockets are in SYN-SENT, both end
+/// up connected and exchange data. Control: the same outside connect
+/// without an inside SYN first is refused.
+#[test]
+fn rfc5382_req2_tcp_simultaneous_open() {
+    require_root!();
+    let lab = Lab::netbridge("");
+    let r = lab.simultaneous_open(53000, false);
+    assert_eq!(r["inside"], "connected", "{r}");
+    assert_eq!(r["outside"], "connected", "{r}");
+    assert_eq!(r["outside_got"], "from-inside", "{r}");
+    assert_eq!(r["inside_got"], "from-outside", "{r}");
+    assert_eq!(r["outside_peer"], format!("{UPLINK}:53000"), "{r}");
+    let control = lab.simultaneous_open(53100, true);
+    assert_ne!(control["outside"], "connected", "{control}");
+}
+
+/// RFC 4787 REQ-6 (outbound refresh): a sender that only sends (the server
+/// never answers) keeps its mapping past the idle timeout, because each
+/// outbound packet refreshes it: `netbridge gc` after 5 s of a 3 s timeout
+/// removes nothing and every datagram leaves from one external port. The
+/// control: once the sender stops, the kernel expires the session.
+#[test]
+fn rfc4787_req6_outbound_refresh_keeps_mapping() {
+    require_root!();
+    let mut lab = Lab::netbridge("timeouts = { udp = 3, udp_replied = 3 }");
+    let result = lab.sb.tmp_file("count.json").display().to_string();
+    let ns = lab.ns("stun");
+    lab.sb.spawn(
+        &ns,
+        &[
+            "python3",
+            &script("udp_count.py"),
+            "5000",
+            &result,
+            "3",
+            "30",
+        ],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("stun", "ss -uln").contains(":5000 ").then_some(())
+    });
+    assert!(ok.is_some(), "udp sink not listening");
+    let ns = lab.ns("black");
+    let progress = lab.sb.tmp_file("sent.txt").display().to_string();
+    let stop = lab.sb.tmp_file("stop").display().to_string();
+    // 16 datagrams, one every 0.5 s, from port 54000.
+    lab.sb.spawn(
+        &ns,
+        &[
+            "python3",
+            &script("udp_send.py"),
+            STUN1,
+            "5000",
+            "54000",
+            "0.5",
+            &progress,
+            &stop,
+            "16",
+            "30",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let gc = lab.nb(&["gc"]);
+    assert!(gc.contains("removed 0 expired sessions, 1 live"), "{gc}");
+    // The one live session: the kernel's expiry counters move by one when it goes.
+    let expired = |lab: &Lab| lab.nat_counter("expired_sweep") + lab.nat_counter("expired_lookup");
+    let before = expired(&lab);
+    let counted = Sandbox::wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&result).ok()
+    })
+    .expect("udp_count.py result");
+    let v: Value = serde_json::from_str(&counted).unwrap();
+    assert_eq!(v["received"], 16, "{v}");
+    assert_eq!(v["sources"], serde_json::json!([format!("{UPLINK}:54000")]));
+    // Control: idle now, the kernel's own sweep removes the session within
+    // its timeout (3 s) plus a sweep period, with no process running.
+    let gone = Sandbox::wait_for(Duration::from_secs(15), || {
+        lab.conntrack().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "session still there: {:?}", lab.conntrack());
+    assert_eq!(expired(&lab), before + 1, "expired by the kernel, once");
+}
