@@ -158,8 +158,8 @@ fn ports_come_and_go_on_a_running_topology_without_touching_the_others() {
             &black,
             &[
                 "ping",
-                "-c",
-                "400",
+                "-w",
+                "600",
                 "-i",
                 "0.05",
                 "-W",
@@ -249,12 +249,10 @@ fn ports_come_and_go_on_a_running_topology_without_touching_the_others() {
         stream.try_wait().unwrap().is_none(),
         "stream ended before the changes did"
     );
-    let out = stream.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let (sent, received) = stop_ping(stream);
     assert!(
-        out.status.success() && summary.contains("400 packets transmitted, 400 received"),
-        "stream between the other ports lost packets:\n{}",
-        text(&out)
+        sent >= 20 && received == sent,
+        "stream between the other ports lost packets: {received} of {sent}"
     );
     assert_eq!(
         untouched(&sb, &topo, &others),
@@ -623,8 +621,8 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
             &black,
             &[
                 "ping",
-                "-c",
-                "300",
+                "-w",
+                "600",
                 "-i",
                 "0.02",
                 "-W",
@@ -659,14 +657,13 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
     for (k, v) in &ids {
         assert_ne!(&after[k], v, "{k}: program not replaced");
     }
-    let out = stream.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let (sent, received) = stop_ping(stream);
     assert!(
-        summary.contains("300 packets transmitted, 300 received"),
-        "{summary}"
+        sent >= 20 && received == sent,
+        "the XDP stream lost packets across the reload: {received} of {sent}"
     );
     assert!(
-        redirected(&sb) >= redirected_before + 300,
+        redirected(&sb) >= redirected_before + sent,
         "stream not on the XDP fast path"
     );
     assert_eq!(
@@ -753,4 +750,28 @@ fn ports_on_a_bare_bridge_start_the_datapath() {
     assert!(e.contains("is not attached"), "{e}");
     sb.nb_ok(&["down", "--name", &topo]);
     assert_eq!(sb.snapshot(), before);
+}
+
+/// Stops a `ping -q` stream (SIGINT, as Ctrl-C: it prints its summary and
+/// exits 0 when every reply came) and returns (transmitted, received).
+fn stop_ping(stream: std::process::Child) -> (u64, u64) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stream.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = stream.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let field = |word: &str| -> u64 {
+        let (before, _) = summary
+            .split_once(word)
+            .unwrap_or_else(|| panic!("no '{word}' in ping summary: {summary}"));
+        before
+            .rsplit(|c: char| c.is_whitespace() || c == ',')
+            .find(|s| !s.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (field(" packets transmitted"), field(" received"))
 }
