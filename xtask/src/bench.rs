@@ -438,7 +438,7 @@ fn last_cpu() -> usize {
 
 /// New connections per second through DNAT: upstream -> uplink:5201 ->
 /// client:5201 (a transaction server there).
-fn dnat_crr(lab: &Lab, secs: u32, pin: Pin) -> Result<f64> {
+fn dnat_crr(lab: &Lab, secs: f64, pin: Pin) -> Result<f64> {
     let _server = crate::crr::Server::start(
         &lab.ns("client"),
         format!("{CLIENT_IP}:5201").parse()?,
@@ -447,7 +447,7 @@ fn dnat_crr(lab: &Lab, secs: u32, pin: Pin) -> Result<f64> {
     crate::crr::client(
         &lab.ns("server"),
         format!("{NAT_UPLINK}:5201").parse()?,
-        secs as f64,
+        secs,
         pin.client(),
     )
 }
@@ -477,7 +477,7 @@ fn rust_tools(
     sv: &str,
     bind: &str,
     target: &str,
-    secs: u32,
+    secs: f64,
     pin: Pin,
 ) -> Result<(f64, f64, f64)> {
     let (bind, target): (SocketAddr, SocketAddr) = (
@@ -490,12 +490,12 @@ fn rust_tools(
         tx_bind: ANY,
         rx_bind: bind,
         target: Target::To(target),
-        secs: secs as f64,
+        secs,
         tx_cpu: pin.client(),
         rx_cpu: pin.server(),
     })?;
     let _echo = crate::crr::UdpEcho::start(sv, bind, pin.server())?;
-    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs as f64, pin.client())?;
+    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs, pin.client())?;
     Ok((pps / 1e3, tps / 1e3, p50))
 }
 
@@ -525,12 +525,13 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
         "snat_rr_p50",
         rr_between(&c, NAT_SERVER, opts.rr_count, pin)?.0,
     );
-    put("dnat_crr", dnat_crr(lab, opts.secs, pin)? / 1e3);
-    let (pps, tps, p50) = rust_tools(&c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, pin)?;
+    let secs = opts.tool_secs(pin);
+    put("dnat_crr", dnat_crr(lab, secs, pin)? / 1e3);
+    let (pps, tps, p50) = rust_tools(&c, &sv, NAT_SERVER, NAT_SERVER, secs, pin)?;
     put("snat_udp64_pps_rust", pps);
     put("snat_udp_rr_tps", tps);
     put("snat_udp_rr_p50", p50);
-    let (pps, tps, p50) = rust_tools(&sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, pin)?;
+    let (pps, tps, p50) = rust_tools(&sv, &c, CLIENT_IP, NAT_UPLINK, secs, pin)?;
     put("dnat_udp64_pps_rust", pps);
     put("dnat_udp_rr_tps", tps);
     put("dnat_udp_rr_p50", p50);
@@ -666,7 +667,26 @@ pub struct Options {
 impl Options {
     /// Seconds of UDP-64 per path for the programs' cost.
     fn cost_secs(&self) -> f64 {
-        (self.secs as f64).min(3.0)
+        if self.quick() {
+            0.6
+        } else {
+            (self.secs as f64).min(3.0)
+        }
+    }
+
+    /// 1 s streams: the `--quick` smoke test.
+    fn quick(&self) -> bool {
+        self.secs <= 1
+    }
+
+    /// Seconds of the Rust tools' runs `pin`'s way: `--quick` halves the
+    /// unpinned ones (a smoke test of that pass).
+    fn tool_secs(&self, pin: Pin) -> f64 {
+        if self.quick() && pin == Pin::Unpinned {
+            0.5
+        } else {
+            self.secs as f64
+        }
     }
 
     /// Whether `pin` runs the iperf3 workloads. With 1 s streams (the
@@ -674,7 +694,7 @@ impl Options {
     /// tools, which cost the least time per run: iperf3's start-up and
     /// handshake take about as long as a 1 s stream.
     fn iperf(&self, pin: Pin) -> bool {
-        pin == Pin::Pinned || self.secs > 1
+        pin == Pin::Pinned || !self.quick()
     }
 }
 
@@ -692,7 +712,7 @@ fn bridged_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result
     put("rr_p50", p50);
     put("rr_p99", p99);
     let (c, sv) = (lab.ns("client"), lab.ns("server"));
-    let (pps, tps, rr50) = rust_tools(&c, &sv, SERVER_IP, SERVER_IP, opts.secs, pin)?;
+    let (pps, tps, rr50) = rust_tools(&c, &sv, SERVER_IP, SERVER_IP, opts.tool_secs(pin), pin)?;
     put("udp64_pps_rust", pps);
     put("udp_rr_tps", tps);
     put("udp_rr_p50", rr50);
@@ -1008,7 +1028,7 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                 SCALE_FORWARDS
             );
             let lab = nat_lab(setup, id, netbridge, &out_dir, SCALE_FORWARDS)?;
-            let v = dnat_crr(&lab, opts.secs, Pin::Pinned)? / 1e3;
+            let v = dnat_crr(&lab, opts.secs as f64, Pin::Pinned)? / 1e3;
             let s = nat_samples.entry(setup).or_default();
             s.entry("dnat_crr_1000fwd".into()).or_default().push(v);
             if setup == NatSetup::Netbridge {
@@ -1272,7 +1292,7 @@ impl Results {
     fn cost_table(&self, table: &mut String, opts: &Options) -> serde_json::Value {
         let _ = writeln!(
             table,
-            "\nprogram cost: mean ns per run (kernel BPF statistics) under UDP-64 for {:.0} s per path, pinned;\n\
+            "\nprogram cost: mean ns per run (kernel BPF statistics) under UDP-64 for {:.1} s per path, pinned;\n\
              each packet runs each listed program once (the port program's time includes its NAT tail call)\n\
              {:<12} {:<42} {:<18} {:>8}",
             opts.cost_secs(),
