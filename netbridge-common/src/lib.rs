@@ -14,11 +14,27 @@ pub mod capture;
 pub const PROG_PORT_INGRESS: &str = "nb_port_ingress";
 /// XDP variant of the same lookups (`datapath = "xdp"`), on the same ports.
 pub const PROG_PORT_XDP: &str = "nb_port_xdp";
+/// NAT part of the port program (hairpin, fast path of established
+/// sessions), in its own program: `PROG_PORT_INGRESS` tail-calls it through
+/// [`MAP_PORT_PROGS`] only for IPv4 frames that may need NAT. Loaded, never
+/// attached.
+pub const PROG_PORT_NAT: &str = "nb_port_nat";
+/// Program array of the port program's tail calls, written by userspace.
+pub const MAP_PORT_PROGS: &str = "NB_PORT_PROGS";
+/// Entries of [`MAP_PORT_PROGS`].
+pub const PORT_PROGS: u32 = 1;
+/// [`MAP_PORT_PROGS`] index of [`PROG_PORT_NAT`].
+pub const PORT_PROG_NAT: u32 = 0;
 /// XDP_PASS program for each namespace's veth in XDP mode: a veth only
 /// accepts XDP_REDIRECTed frames when its peer end runs XDP.
 pub const PROG_PEER_XDP: &str = "nb_peer_xdp";
 
-/// Per-CPU hash: port ifindex (u32, host byte order) -> [`PortStats`].
+/// Per-CPU array: [`PortConfig::slot`] -> [`PortSlot`] (the counters of
+/// every configured port; slot 0 unused).
+pub const MAP_PORT_SLOTS: &str = "NB_PORT_SLOTS";
+/// Per-CPU hash: ifindex (u32, host byte order) -> [`PortStats`], for
+/// interfaces running a port program without a slot (not, or not yet,
+/// configured). `netbridge stats` adds both maps up per ifindex.
 pub const MAP_PORT_STATS: &str = "NB_PORT_STATS";
 /// Per-CPU array: [`drop_reason`] code -> packets dropped for that reason (u64).
 pub const MAP_DROP_STATS: &str = "NB_DROP_STATS";
@@ -26,10 +42,23 @@ pub const MAP_DROP_STATS: &str = "NB_DROP_STATS";
 /// Hash: port ifindex (u32, host byte order) -> [`PortConfig`]. Written by
 /// userspace at `up`; a frame may only be redirected to a listed port.
 pub const MAP_PORTS: &str = "NB_PORTS";
+/// Array of [`PORT_INDEX_SIZE`] [`PortConfig`]s: a direct-mapped copy of
+/// [`MAP_PORTS`] at index `ifindex % PORT_INDEX_SIZE`, so the datapath finds
+/// a port without hashing. An entry counts only if its `ifindex` matches;
+/// ports whose index is taken by another port are found in the hash.
+pub const MAP_PORT_INDEX: &str = "NB_PORT_INDEX";
+/// Entries of [`MAP_PORT_INDEX`] (a power of two).
+pub const PORT_INDEX_SIZE: u32 = 8192;
+const _: () = assert!(PORT_INDEX_SIZE.is_power_of_two());
 /// LRU hash: [`FdbKey`] -> [`FdbEntry`], learned from source MACs.
 pub const MAP_FDB: &str = "NB_FDB";
 /// Array of one [`BridgeConfig`], written by userspace.
 pub const MAP_CONFIG: &str = "NB_CONFIG";
+/// Array of one u64, changed whenever the FDB changes other than by a
+/// refresh: by the datapath when it learns a MAC anew or sees it move, by
+/// userspace when it changes the ports or removes entries. Per-CPU FDB
+/// caches ([`PortSlot`]) filled before that are not used.
+pub const MAP_FDB_GEN: &str = "NB_FDB_GEN";
 
 /// Capacity of the port maps: ports a single loaded object can serve.
 pub const MAX_PORTS: u32 = 1024;
@@ -46,6 +75,9 @@ pub const PORT_FAST_PATH: u32 = 1;
 /// [`PortConfig::flags`]: frames from this port must carry the namespace's
 /// own MAC and one of its IPv4 addresses (anti-spoofing).
 pub const PORT_ANTI_SPOOF: u32 = 2;
+/// [`PortConfig::flags`]: the port is in an isolated pair ([`MAP_POLICY`]
+/// has entries with it as the source): its frames are checked.
+pub const PORT_ISOLATED: u32 = 4;
 /// IPv4 source addresses a port may use.
 pub const MAX_PORT_IPV4: usize = 4;
 
@@ -59,12 +91,18 @@ pub struct PortConfig {
     pub flags: u32,
     /// MAC of the namespace end of the port, wire order.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Index of the port's counters in [`MAP_PORT_SLOTS`] (host byte order,
+    /// 1..=[`MAX_PORTS`]); 0: none yet (counted in [`MAP_PORT_STATS`]).
+    pub slot: u16,
     /// IPv4 sources the namespace may use, network byte order; unused
     /// slots are 0.0.0.0 (which is always allowed: DHCP).
     pub ipv4: [[u8; 4]; MAX_PORT_IPV4],
 }
 const _: () = assert!(core::mem::size_of::<PortConfig>() == 32);
+// The datapath loads `mac` and each address in words (map values are
+// 8-byte aligned).
+const _: () = assert!(core::mem::offset_of!(PortConfig, mac) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(PortConfig, ipv4) % 4 == 0);
 
 /// FDB key: a MAC address in a VLAN.
 #[repr(C)]
@@ -84,7 +122,8 @@ pub struct FdbEntry {
     /// Port (host-side veth ifindex, host byte order) the MAC sits behind.
     pub ifindex: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last refresh.
+    /// CLOCK_MONOTONIC (ns) of the last refresh, read with
+    /// `bpf_ktime_get_coarse_ns()` (tick resolution, no clocksource read).
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FdbEntry>() == 16);
@@ -124,6 +163,7 @@ pub struct PolicyKey {
 }
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
 const _: () = assert!(core::mem::size_of::<BridgeConfig>() == 24);
+const _: () = assert!(core::mem::offset_of!(BridgeConfig, gateway_mac) % 4 == 0);
 
 /// Packet counters of one bridge port, as seen at its host-side ingress
 /// (`rx_*`: frames coming out of the namespace towards the bridge).
@@ -155,6 +195,43 @@ pub struct PortStats {
     pub tx_bytes: u64,
 }
 const _: () = assert!(core::mem::size_of::<PortStats>() == 96);
+
+/// One CPU's state of one port ([`MAP_PORT_SLOTS`]): its counters, and
+/// two caches that spare a flow's frames the FDB lookups: the source MAC
+/// this CPU last learned from the port, and the FDB entry of the
+/// destination it last sent a frame from the port to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortSlot {
+    pub stats: PortStats,
+    /// Source MAC last written to (or found fresh in) the FDB from this
+    /// port on this CPU, wire order; zero: none.
+    pub learned_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `last_seen_ns` of that FDB entry: the cache is good for
+    /// [`FDB_REFRESH_NS`] after it.
+    pub learned_ns: u64,
+    /// [`MAP_FDB_GEN`] when it was written or found: the cache is good
+    /// while that is unchanged.
+    pub learned_gen: u64,
+    /// Destination MAC of the cached FDB entry, wire order; zero: none.
+    pub dst_mac: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// The entry's port (ifindex, host byte order).
+    pub dst_ifindex: u32,
+    pub _pad3: u32,
+    /// The entry's `last_seen_ns` when it was read (aging is checked on it).
+    pub dst_seen_ns: u64,
+    /// When it was read: the cache is good for [`FDB_REFRESH_NS`].
+    pub dst_read_ns: u64,
+    /// [`MAP_FDB_GEN`] when it was read: the cache is good while no entry
+    /// has been learned anew or moved since.
+    pub dst_gen: u64,
+}
+const _: () = assert!(core::mem::size_of::<PortSlot>() == 160);
+// The datapath reads each MAC and its padding as one aligned u64.
+const _: () = assert!(core::mem::offset_of!(PortSlot, dst_mac) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(PortSlot, learned_mac) % 8 == 0);
 
 impl PortStats {
     /// Adds another CPU's counters into this one.
@@ -623,6 +700,7 @@ mod user {
     // SAFETY: all are repr(C) and bytemuck::Pod: no padding, any bit
     // pattern valid.
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::PortSlot {}
     unsafe impl aya::Pod for super::PortConfig {}
     unsafe impl aya::Pod for super::FdbKey {}
     unsafe impl aya::Pod for super::FdbEntry {}

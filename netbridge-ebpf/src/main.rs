@@ -15,77 +15,171 @@ mod stats;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
-    macros::{classifier, xdp},
+    macros::{classifier, map, xdp},
+    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
+use netbridge_common::{NAT_FAST_PATH, NAT_FORWARDS, PORT_PROG_NAT, PORT_PROGS};
 
 use crate::{
     bridge::Verdict,
-    parse::{L3, parse_eth},
+    parse::{ETH_HLEN, L3, Mac, parse_eth},
 };
+
+/// Programs the port program tail-calls (index `PORT_PROG_NAT`: nb_port_nat).
+#[map]
+static NB_PORT_PROGS: ProgramArray = ProgramArray::pinned(PORT_PROGS, 0);
 
 /// Ingress of a bridge port (host-side veth): classify and count the frame.
 #[classifier]
-pub fn nb_port_ingress(ctx: TcContext) -> i32 {
-    match try_port_ingress(&ctx) {
+pub fn nb_port_ingress(mut ctx: TcContext) -> i32 {
+    let r = try_port_ingress(&mut ctx);
+    port_action(&ctx, r)
+}
+
+/// A port program's result as a TC action; drops counted and logged.
+#[inline(always)]
+fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
+    match r {
         Ok(action) => action,
         Err(reason) => {
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             stats::count_drop(ifindex, reason);
             log::drop(ifindex, reason);
-            capture::port_drop(&ctx, ifindex, reason);
+            capture::port_drop(ctx, ifindex, reason);
             TC_ACT_SHOT
         }
     }
 }
 
 #[inline(always)]
-fn try_port_ingress(ctx: &TcContext) -> Result<i32, u32> {
+fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     capture::begin(ctx);
     let len = ctx.len() as u64;
-    let eth = parse_eth(ctx.data(), ctx.data_end())?;
-    stats::count_rx(ifindex, len, &eth);
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth = parse_eth(start, end)?;
+    let port = bridge::port(ifindex);
+    let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
+    stats::count_rx(stats::counters(ifindex, slot), len, &eth);
     if let L3::Ipv4 = eth.l3 {
-        parse::check_ipv4(ctx.data(), ctx.data_end(), eth.l3_off)?;
+        parse::check_ipv4(start, end, eth.l3_off)?;
     }
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
-    let verdict = bridge::decide(ifindex, &eth, ctx.data(), ctx.data_end(), tagged)?;
-    policy::check(ifindex, &eth, ctx.data(), ctx.data_end(), verdict)?;
+    let bridge = bridge::config();
+    let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge)?;
+    policy::check(flags, ifindex, &eth, start, end, &verdict)?;
     if let L3::Ipv4 = eth.l3
         && !tagged
-        && let Some(hook) = nat::port_hook(ctx, eth.l3_off)?
+        && wants_nat(eth.dst, bridge.gateway)
     {
-        return Ok(match hook {
-            // Hairpin NAT readdressed the frame to another port's host.
-            nat::Hook::Peer(out) => {
-                capture::port(ctx, ifindex, out);
-                stats::count_verdict(ifindex, len, Some(out));
-                unsafe { bpf_redirect_peer(out, 0) as i32 }
-            }
-            // Translated and routed here: out of the uplink.
-            nat::Hook::Neigh(uplink) => {
-                capture::port(ctx, ifindex, uplink);
-                stats::count_redirect_only(ifindex);
-                unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
-            }
-        });
+        // The NAT part runs as its own program: bridged frames never pay
+        // for it, and neither program's stack or verification has to hold
+        // both. It finishes with `verdict` if the frame is not for NAT.
+        Pass::write(ctx, slot, verdict);
+        // SAFETY: a valid context and program array; returns only if the
+        // slot is empty (e.g. while an upgrade is being loaded).
+        unsafe { NB_PORT_PROGS.tail_call(ctx, PORT_PROG_NAT) };
     }
+    Ok(finish(ctx, ifindex, slot, verdict, len))
+}
+
+/// May the NAT port hook want this IPv4 frame (to `dst`)? Only routed
+/// frames, to the gateway, can need translating, except hairpin replies,
+/// which a forward's target sends on-link to the client's MAC.
+#[inline(always)]
+fn wants_nat(dst: Mac, gateway: Mac) -> bool {
+    match nat::config() {
+        Some(c) => c.flags & NAT_FORWARDS != 0 || (dst == gateway && c.flags & NAT_FAST_PATH != 0),
+        None => false,
+    }
+}
+
+/// Counts, reports (capture) and carries out the bridging verdict for a
+/// frame of `len` bytes from `ifindex` (counter slot `slot`).
+#[inline(always)]
+fn finish(ctx: &TcContext, ifindex: u32, slot: u32, verdict: Verdict, len: u64) -> i32 {
+    let counters = stats::counters(ifindex, slot);
     match verdict {
-        Verdict::Redirect(out) => {
+        Verdict::Redirect(out, out_slot) => {
             capture::port(ctx, ifindex, out);
-            stats::count_verdict(ifindex, len, Some(out));
+            stats::count_redirected(counters);
+            stats::tx(stats::counters(out, out_slot), len);
             // Straight into the destination namespace's ingress: no bridge,
             // no second veth hop, no backlog queue.
-            Ok(unsafe { bpf_redirect_peer(out, 0) } as i32)
+            unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         Verdict::Fallback => {
             capture::port(ctx, ifindex, 0);
-            stats::count_verdict(ifindex, len, None);
-            Ok(TC_ACT_OK)
+            stats::count_fallback(counters);
+            TC_ACT_OK
         }
     }
+}
+
+/// What nb_port_ingress hands to nb_port_nat, in the skb's control buffer
+/// (kept across a tail call): the port's counter slot and the bridging
+/// verdict (destination ifindex, 0 for the kernel, and its slot).
+struct Pass;
+
+impl Pass {
+    #[inline(always)]
+    fn write(ctx: &mut TcContext, slot: u32, verdict: Verdict) {
+        let (out, out_slot) = match verdict {
+            Verdict::Redirect(out, out_slot) => (out, out_slot),
+            Verdict::Fallback => (0, 0),
+        };
+        let cb = ctx.cb_mut();
+        cb[0] = slot;
+        cb[1] = out;
+        cb[2] = out_slot;
+    }
+
+    /// (slot, verdict)
+    #[inline(always)]
+    fn read(ctx: &TcContext) -> (u32, Verdict) {
+        let cb = ctx.cb();
+        let verdict = match cb[1] {
+            0 => Verdict::Fallback,
+            out => Verdict::Redirect(out, cb[2]),
+        };
+        (cb[0], verdict)
+    }
+}
+
+/// NAT on a bridge port, tail-called by nb_port_ingress for IPv4 frames
+/// that may need it (see `wants_nat`): hairpin, and the fast path of
+/// established sessions; anything else finishes with the bridging verdict.
+#[classifier]
+pub fn nb_port_nat(ctx: TcContext) -> i32 {
+    let r = try_port_nat(&ctx);
+    port_action(&ctx, r)
+}
+
+#[inline(always)]
+fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = ctx.len() as u64;
+    let (slot, verdict) = Pass::read(ctx);
+    // Tail-called for untagged frames only: IPv4 right after Ethernet.
+    let Some(hook) = nat::port_hook(ctx, ETH_HLEN)? else {
+        return Ok(finish(ctx, ifindex, slot, verdict, len));
+    };
+    stats::count_redirected(stats::counters(ifindex, slot));
+    Ok(match hook {
+        // Hairpin NAT readdressed the frame to another port's host.
+        nat::Hook::Peer(out) => {
+            capture::port(ctx, ifindex, out);
+            stats::count_tx(out, len);
+            unsafe { bpf_redirect_peer(out, 0) as i32 }
+        }
+        // Translated and routed here: out of the uplink.
+        nat::Hook::Neigh(uplink) => {
+            capture::port(ctx, ifindex, uplink);
+            unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
+        }
+    })
 }
 
 /// TC egress of the uplink: SNAT (masquerade) and reverse DNAT.
@@ -148,23 +242,28 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     let (start, end) = (ctx.data(), ctx.data_end());
     let len = (end - start) as u64;
     let eth = parse_eth(start, end)?;
-    stats::count_rx(ifindex, len, &eth);
+    let port = bridge::port(ifindex);
+    let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
+    stats::count_rx(stats::counters(ifindex, slot), len, &eth);
     if let L3::Ipv4 = eth.l3 {
         parse::check_ipv4(start, end, eth.l3_off)?;
     }
-    let verdict = bridge::decide(ifindex, &eth, start, end, eth.vlan_tags > 0)?;
-    policy::check(ifindex, &eth, start, end, verdict)?;
+    let tagged = eth.vlan_tags > 0;
+    let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge::config())?;
+    policy::check(flags, ifindex, &eth, start, end, &verdict)?;
+    let counters = stats::counters(ifindex, slot);
     match verdict {
-        Verdict::Redirect(out) => {
+        Verdict::Redirect(out, out_slot) => {
             capture::port(ctx, ifindex, out);
-            stats::count_verdict(ifindex, len, Some(out));
+            stats::count_redirected(counters);
+            stats::tx(stats::counters(out, out_slot), len);
             // Transmit out of the destination port: its peer (the namespace
             // end, running nb_peer_xdp) receives the frame.
             Ok(unsafe { bpf_redirect(out, 0) } as u32)
         }
         Verdict::Fallback => {
             capture::port(ctx, ifindex, 0);
-            stats::count_verdict(ifindex, len, None);
+            stats::count_fallback(counters);
             Ok(xdp_action::XDP_PASS)
         }
     }

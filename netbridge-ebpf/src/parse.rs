@@ -20,10 +20,52 @@ pub enum L3 {
     Other,
 }
 
+/// A MAC address as loaded from a frame or a map: its 6 wire-order bytes
+/// in the low 48 bits of a little-endian u64 (byte 0, with the group bit,
+/// lowest; the top 16 bits zero). One register: compared in one instruction.
+pub type Mac = u64;
+
+/// The MAC at `p`, assembled once into one register.
+///
+/// The bytes are loaded one by one (packet data has no alignment the
+/// compiler may assume, and this LLVM has BPF split unaligned loads), and
+/// the result goes through a volatile stack slot so that LLVM keeps one
+/// 64-bit value instead of carrying (and spilling) six bytes to every use.
+///
+/// # Safety
+/// `p..p + 6` must be readable (bounds-checked packet data or a map value).
+#[inline(always)]
+pub unsafe fn mac_at(p: *const u8) -> Mac {
+    let mut b = [0u8; 8];
+    // SAFETY: in bounds per the contract.
+    unsafe { core::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), 6) };
+    let mac = u64::from_le_bytes(b);
+    // SAFETY: a local, read back as written.
+    unsafe { core::ptr::read_volatile(&mac) }
+}
+
+/// The MAC in a map value field at `p`, 4-byte aligned (see the offset
+/// asserts in netbridge-common): two loads.
+///
+/// # Safety
+/// `p..p + 6` must be readable and `p` 4-byte aligned.
+#[inline(always)]
+pub unsafe fn mac_at_aligned(p: *const u8) -> Mac {
+    // SAFETY: per the contract.
+    let (lo, hi) = unsafe { (*(p as *const u32), *(p.add(4) as *const u16)) };
+    lo as u64 | (hi as u64) << 32
+}
+
+/// Group (multicast/broadcast) address?
+#[inline(always)]
+pub fn is_multicast(mac: Mac) -> bool {
+    mac & 1 != 0
+}
+
 /// Result of parsing the L2 header.
 pub struct Eth {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
+    pub dst: Mac,
+    pub src: Mac,
     pub l3: L3,
     /// Offset of the L3 header from the start of the frame.
     pub l3_off: usize,
@@ -68,12 +110,10 @@ pub fn parse_eth(start: usize, end: usize) -> Result<Eth, u32> {
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     };
-    let macs = ptr_at::<[u8; 12]>(start, end, 0).ok_or(drop_reason::TRUNCATED_ETH)?;
-    let macs = unsafe { *macs };
-    let mut dst = [0u8; 6];
-    let mut src = [0u8; 6];
-    dst.copy_from_slice(&macs[..6]);
-    src.copy_from_slice(&macs[6..]);
+    // The ethertype load above proved 14 bytes.
+    let p = start as *const u8;
+    // SAFETY: bytes 0..12 are within the frame (checked above).
+    let (dst, src) = unsafe { (mac_at(p), mac_at(p.add(6))) };
     Ok(Eth {
         dst,
         src,

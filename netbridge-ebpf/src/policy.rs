@@ -2,10 +2,10 @@
 //! fast path (redirect) and the kernel path (routed via the gateway, or ARP)
 //! alike. Broadcast and multicast other than ARP are not filtered.
 use aya_ebpf::{macros::map, maps::HashMap};
-use netbridge_common::{BRIDGE_ISOLATION, MAX_PORTS, PolicyKey, drop_reason};
+use netbridge_common::{MAX_PORTS, PORT_ISOLATED, PolicyKey, drop_reason};
 
 use crate::{
-    bridge::{self, Verdict},
+    bridge::Verdict,
     nat::dnat,
     parse::{Eth, L3, ptr_at},
 };
@@ -13,22 +13,24 @@ use crate::{
 #[map]
 static NB_POLICY: HashMap<PolicyKey, u32> = HashMap::pinned(MAX_PORTS * 4, 0);
 
-/// Drops (POLICY_DENIED) a frame from `in_port` whose destination port,
-/// known from the bridging verdict or the destination/ARP target IPv4
-/// address, is isolated from it.
+/// Drops (POLICY_DENIED) a frame from `in_port` (`PORT_*` flags `flags`) whose
+/// destination port, known from the bridging verdict or the destination/ARP
+/// target IPv4 address, is isolated from it. Only ports in an isolated pair
+/// (flagged PORT_ISOLATED by userspace) pay for the lookup.
 #[inline(always)]
 pub fn check(
+    flags: u32,
     in_port: u32,
     eth: &Eth,
     start: usize,
     end: usize,
-    verdict: Verdict,
+    verdict: &Verdict,
 ) -> Result<(), u32> {
-    if bridge::flags() & BRIDGE_ISOLATION == 0 {
+    if flags & PORT_ISOLATED == 0 {
         return Ok(());
     }
     let dst = match verdict {
-        Verdict::Redirect(out) => Some(out),
+        Verdict::Redirect(out, _) => Some(*out),
         Verdict::Fallback => {
             // IPv4 destination at +16; ARP target protocol address at +24.
             let off = match eth.l3 {

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -18,9 +18,10 @@ use aya::{
 };
 use netbridge_common::{
     BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
-    MAP_FDB, MAP_HOSTS, MAP_POLICY, MAP_PORT_STATS, MAP_PORTS, PROG_PEER_XDP, PROG_PORT_INGRESS,
-    PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats,
-    drop_reason,
+    MAP_FDB, MAP_FDB_GEN, MAP_HOSTS, MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS, MAP_PORT_SLOTS,
+    MAP_PORT_STATS, MAP_PORTS, MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED, PORT_PROG_NAT,
+    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS,
+    PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortSlot, PortStats, drop_reason,
 };
 
 use crate::nat::NatMaps;
@@ -35,9 +36,17 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETBRIDGE_EBPF
 
 /// Maps shared with the programs, each taken once from the object.
 pub struct Maps {
+    /// Counters of interfaces without a port slot.
     pub port_stats: PerCpuHashMap<MapData, u32, PortStats>,
+    /// Counters (and per-CPU caches) of configured ports, by slot.
+    pub port_slots: PerCpuArray<MapData, PortSlot>,
     pub drop_stats: PerCpuArray<MapData, u64>,
     pub ports: HashMap<MapData, u32, PortConfig>,
+    /// Direct-mapped copy of `ports` (see [`MAP_PORT_INDEX`]).
+    pub port_index: Array<MapData, PortConfig>,
+    /// See [`MAP_FDB_GEN`]: changed after userspace changes the FDB or the
+    /// ports, so no per-CPU cache outlives that.
+    pub fdb_gen: Array<MapData, u64>,
     /// An LRU hash in the kernel; aya reads it through `HashMap`.
     pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
     pub config: Array<MapData, BridgeConfig>,
@@ -59,6 +68,23 @@ pub fn port_config(ifindex: u32, identity: Option<([u8; 6], &[std::net::Ipv4Addr
         for (slot, ip) in p.ipv4.iter_mut().zip(ips) {
             *slot = ip.octets();
         }
+    }
+    p
+}
+
+/// The port table as userspace reads it to change it.
+struct PortTable {
+    ports: BTreeMap<u32, PortConfig>,
+    /// Counter slots in use.
+    used: std::collections::BTreeSet<u16>,
+}
+
+/// `p` flagged PORT_ISOLATED iff it is in `isolated`.
+fn with_isolation(mut p: PortConfig, isolated: &[u32]) -> PortConfig {
+    if isolated.contains(&p.ifindex) {
+        p.flags |= PORT_ISOLATED;
+    } else {
+        p.flags &= !PORT_ISOLATED;
     }
     p
 }
@@ -88,8 +114,11 @@ impl Maps {
         use aya::maps::Map;
         Ok(Maps {
             port_stats: src.map(MAP_PORT_STATS, Map::PerCpuHashMap)?,
+            port_slots: src.map(MAP_PORT_SLOTS, Map::PerCpuArray)?,
             drop_stats: src.map(MAP_DROP_STATS, Map::PerCpuArray)?,
             ports: src.map(MAP_PORTS, Map::HashMap)?,
+            port_index: src.map(MAP_PORT_INDEX, Map::Array)?,
+            fdb_gen: src.map(MAP_FDB_GEN, Map::Array)?,
             fdb: src.map(MAP_FDB, Map::LruHashMap)?,
             config: src.map(MAP_CONFIG, Map::Array)?,
             policy: src.map(MAP_POLICY, Map::HashMap)?,
@@ -125,19 +154,126 @@ impl Maps {
             .filter(|k| !wanted.contains(k))
             .collect();
         for k in stale {
+            // Out of the index first: from then on the datapath looks in
+            // the hash, where the port goes next.
+            self.unindex(k)?;
             self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
         }
+        let mut table = self.port_table();
+        let isolated = self.isolated_ports();
         for p in ports {
-            self.add_port(*p)?;
+            self.put_port(*p, &mut table, &isolated)?;
         }
-        Ok(())
+        self.fdb_changed()
+    }
+
+    /// Tells the datapath's per-CPU FDB caches that the FDB or the ports
+    /// changed behind their back (see [`MAP_FDB_GEN`]): a value no cache
+    /// holds (its low byte, 0xff, is no CPU's).
+    pub fn fdb_changed(&mut self) -> Result<(), BpfError> {
+        self.fdb_gen
+            .set(0, monotonic_ns() << 8 | 0xff, 0)
+            .map_err(map_err(MAP_FDB_GEN))
     }
 
     /// Adds (or updates) one port, leaving the others as they are.
     pub fn add_port(&mut self, p: PortConfig) -> Result<(), BpfError> {
+        let mut table = self.port_table();
+        let isolated = self.isolated_ports();
+        self.put_port(p, &mut table, &isolated)?;
+        self.fdb_changed()
+    }
+
+    /// The port table as it is, read once.
+    fn port_table(&self) -> PortTable {
+        let ports: BTreeMap<u32, PortConfig> = self.ports.iter().filter_map(|r| r.ok()).collect();
+        let used = ports.values().map(|p| p.slot).filter(|&s| s != 0).collect();
+        PortTable { ports, used }
+    }
+
+    /// Writes port `p` (hash and index) given the table as it is: a port
+    /// keeps its counter slot while it stays a port; a new one gets a free
+    /// slot, zeroed, and the isolation flag `isolated` gives it.
+    fn put_port(
+        &mut self,
+        p: PortConfig,
+        table: &mut PortTable,
+        isolated: &[u32],
+    ) -> Result<(), BpfError> {
+        let mut p = with_isolation(p, isolated);
+        p.slot = match table.ports.get(&p.ifindex) {
+            Some(old) if old.slot != 0 => old.slot,
+            // None free (more ports than MAX_PORTS): counted by ifindex.
+            _ => match (1..=MAX_PORTS as u16).find(|s| !table.used.contains(s)) {
+                Some(s) => {
+                    self.reset_slot(s)?;
+                    table.used.insert(s);
+                    s
+                }
+                None => 0,
+            },
+        };
         self.ports
             .insert(p.ifindex, p, 0)
-            .map_err(map_err(MAP_PORTS))
+            .map_err(map_err(MAP_PORTS))?;
+        table.ports.insert(p.ifindex, p);
+        self.index(&p, &|i| table.ports.contains_key(&i))
+    }
+
+    /// Ports that are the source of a denied pair.
+    fn isolated_ports(&self) -> Vec<u32> {
+        self.policy
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| k.src)
+            .collect()
+    }
+
+    /// Zeroes counter slot `slot` on every CPU (before a new port uses it).
+    fn reset_slot(&mut self, slot: u16) -> Result<(), BpfError> {
+        let err = |e| map_err(MAP_PORT_SLOTS)(MapError::IoError(e));
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(e))?;
+        let zero =
+            aya::maps::PerCpuValues::try_from(vec![PortSlot::default(); cpus]).map_err(err)?;
+        self.port_slots
+            .set(slot as u32, zero, 0)
+            .map_err(map_err(MAP_PORT_SLOTS))
+    }
+
+    /// Puts `p` in the direct-mapped index unless another port still in
+    /// use (`live`) holds its entry (then the datapath finds `p` in the hash).
+    fn index(&mut self, p: &PortConfig, live: &dyn Fn(u32) -> bool) -> Result<(), BpfError> {
+        let at = p.ifindex & (PORT_INDEX_SIZE - 1);
+        let cur = self
+            .port_index
+            .get(&at, 0)
+            .map_err(map_err(MAP_PORT_INDEX))?;
+        if cur.ifindex != p.ifindex && cur.ifindex != 0 {
+            if live(cur.ifindex) {
+                return Ok(());
+            }
+            // Cleared first, so no frame sees the old port's ifindex with
+            // the new one's fields.
+            self.unindex(cur.ifindex)?;
+        }
+        self.port_index
+            .set(at, p, 0)
+            .map_err(map_err(MAP_PORT_INDEX))
+    }
+
+    /// Clears `ifindex`'s direct-mapped index entry, if it holds one.
+    fn unindex(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        let at = ifindex & (PORT_INDEX_SIZE - 1);
+        let cur = self
+            .port_index
+            .get(&at, 0)
+            .map_err(map_err(MAP_PORT_INDEX))?;
+        if cur.ifindex != ifindex {
+            return Ok(());
+        }
+        self.port_index
+            .set(at, PortConfig::default(), 0)
+            .map_err(map_err(MAP_PORT_INDEX))
     }
 
     /// Adds (or updates) one lab host: an address of a port's namespace.
@@ -154,16 +290,18 @@ impl Maps {
     /// Returns how many FDB entries went.
     pub fn remove_port(&mut self, ifindex: u32, v4: &[Ipv4Addr]) -> Result<usize, BpfError> {
         // A missing key is fine (a port that never saw a packet has no
-        // counters): aya reports it as KeyNotFound or as the syscall's ENOENT.
-        let gone = |r: Result<(), aya::maps::MapError>| match r {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
+        // counters; a port with a counter slot has none by ifindex): aya
+        // reports it as KeyNotFound or, for per-CPU hashes, as ENOENT.
+        let gone = |r: Result<(), MapError>| match r {
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
                 Ok(())
             }
             r => r,
         };
+        // Out of the index first (then the hash): its slot is free from
+        // then on and zeroed before another port uses it.
+        self.unindex(ifindex)?;
         gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;
         gone(self.port_stats.remove(&ifindex)).map_err(map_err(MAP_PORT_STATS))?;
         let macs: Vec<FdbKey> = self
@@ -195,6 +333,8 @@ impl Maps {
                 gone(self.nat.hosts.remove(&a.octets())).map_err(map_err(MAP_HOSTS))?;
             }
         }
+        // After the FDB entries went: no cache keeps one.
+        self.fdb_changed()?;
         Ok(macs.len())
     }
 
@@ -235,6 +375,25 @@ impl Maps {
             self.policy.insert(k, 1, 0).map_err(map_err(MAP_POLICY))?;
             changed = true;
         }
+        // Flags after keys: a flagged port whose key is gone, or a key not
+        // flagged yet, only lets frames pass that were allowed before.
+        let isolated: Vec<u32> = want.iter().map(|k| k.src).collect();
+        let ports: Vec<PortConfig> = self
+            .ports
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, p)| p)
+            .collect();
+        let live = |i: u32| ports.iter().any(|p| p.ifindex == i);
+        for p in &ports {
+            let q = with_isolation(*p, &isolated);
+            if q != *p {
+                self.ports
+                    .insert(q.ifindex, q, 0)
+                    .map_err(map_err(MAP_PORTS))?;
+                self.index(&q, &live)?;
+            }
+        }
         let mut cfg = self.config.get(&0, 0).unwrap_or_default();
         let flags = if want.is_empty() {
             cfg.flags & !BRIDGE_ISOLATION
@@ -274,14 +433,26 @@ impl Maps {
         Ok(rows)
     }
 
-    /// Port counters summed over CPUs, by ifindex.
+    /// Port counters summed over CPUs, by ifindex: a configured port's
+    /// slot plus whatever it counted before it had one.
     pub fn port_stats(&self) -> Result<BTreeMap<u32, PortStats>, BpfError> {
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<u32, PortStats> = BTreeMap::new();
         for item in self.port_stats.iter() {
             let (ifindex, per_cpu) = item.map_err(map_err(MAP_PORT_STATS))?;
-            let mut sum = PortStats::default();
+            let sum = out.entry(ifindex).or_default();
             per_cpu.iter().for_each(|s| sum.accumulate(s));
-            out.insert(ifindex, sum);
+        }
+        for item in self.ports.iter() {
+            let (ifindex, p) = item.map_err(map_err(MAP_PORTS))?;
+            if p.slot == 0 {
+                continue;
+            }
+            let per_cpu = self
+                .port_slots
+                .get(&(p.slot as u32), 0)
+                .map_err(map_err(MAP_PORT_SLOTS))?;
+            let sum = out.entry(ifindex).or_default();
+            per_cpu.iter().for_each(|s| sum.accumulate(&s.stats));
         }
         Ok(out)
     }
@@ -346,6 +517,7 @@ impl Datapath {
             .map_err(load_err)?;
         for name in [
             PROG_PORT_INGRESS,
+            PROG_PORT_NAT,
             PROG_UPLINK_INGRESS,
             PROG_UPLINK_EGRESS,
             netbridge_common::PROG_CT_CTL,
@@ -371,6 +543,15 @@ impl Datapath {
                 .map_err(|e| prog_err(name, "-", e))?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
+        // The port program's tail call. The array is pinned: its entries
+        // live as long as the pin, not as this process.
+        let mut tail: ProgramArray<MapData> =
+            MapSource::map(&mut ebpf, MAP_PORT_PROGS, aya::maps::Map::ProgramArray)?;
+        let fd = MapSource::program_fd(&ebpf, PROG_PORT_NAT).ok_or(BpfError::MissingProgram {
+            name: PROG_PORT_NAT,
+        })?;
+        tail.set(PORT_PROG_NAT, &fd, 0)
+            .map_err(map_err(MAP_PORT_PROGS))?;
         let maps = Maps::from_source(&mut ebpf)?;
         Ok(Datapath {
             ebpf,

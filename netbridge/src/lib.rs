@@ -11,6 +11,7 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod pins;
+pub mod progstats;
 pub mod state;
 pub mod stats;
 pub mod topology;

@@ -84,12 +84,16 @@ enum Cmd {
         /// Refresh in place like `top`, with rates (pps, bit/s).
         #[arg(long)]
         watch: bool,
-        /// Refresh interval for --watch (e.g. 1s, 500ms).
+        /// Refresh interval for --watch, sampling time for --programs (e.g. 1s, 500ms).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
         /// Stop --watch after this many refreshes.
         #[arg(long)]
         count: Option<u64>,
+        /// Per-program run count and ns/run (kernel BPF statistics,
+        /// enabled only while sampling over --interval).
+        #[arg(long, conflicts_with = "watch")]
+        programs: bool,
     },
     /// Serve the counters as Prometheus metrics on http://LISTEN/metrics.
     Metrics {
@@ -281,9 +285,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stats {
             which,
             json,
+            interval,
+            programs: true,
+            ..
+        } => inspect::programs(&which, json, interval),
+        Cmd::Stats {
+            which,
+            json,
             watch,
             interval,
             count,
+            programs: false,
         } => inspect::stats(&which, json, watch, interval, count),
         Cmd::Metrics {
             which,

@@ -2,17 +2,24 @@
 //!
 //! Every setup is two sandbox namespaces ("client", "server") joined by a
 //! different datapath; rounds run A B D D' A B D D' ... so drift (thermal,
-//! noisy neighbours) hits every setup alike. Each tool is pinned: server on
-//! the last CPU, client on CPU 0. Nothing touches the root namespace.
+//! noisy neighbours) hits every setup alike. Each workload runs twice:
+//! pinned (server on the last CPU, client on CPU 0) and unpinned (the
+//! scheduler decides, as in a user's lab). On the netbridge setups the
+//! programs' own cost (ns per packet, from the kernel's BPF statistics) is
+//! measured per path in separate short runs, so statistics never slow the
+//! throughput runs. Nothing touches the root namespace.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::crr::{Blast, Target};
 
 const SERVER_IP: &str = "192.168.50.2";
 const CLIENT_IP: &str = "192.168.50.1";
@@ -66,6 +73,37 @@ const WORKLOADS: [(&str, &str, bool); 7] = [
     ("udp_rr_tps", "ktps", true),
     ("udp_rr_p50", "us", false),
 ];
+
+/// Where the tools run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pin {
+    /// Client on CPU 0, server on the last CPU.
+    Pinned,
+    /// Wherever the scheduler puts them.
+    Unpinned,
+}
+
+impl Pin {
+    const ALL: [Pin; 2] = [Pin::Pinned, Pin::Unpinned];
+    fn client(self) -> Option<usize> {
+        (self == Pin::Pinned).then_some(0)
+    }
+    fn server(self) -> Option<usize> {
+        (self == Pin::Pinned).then(last_cpu)
+    }
+    /// Sample key of workload `w` run this way.
+    fn key(self, w: &str) -> String {
+        match self {
+            Pin::Pinned => w.to_string(),
+            Pin::Unpinned => format!("{w}_unpinned"),
+        }
+    }
+}
+
+/// `taskset -c CPU ` for a shell command, or nothing.
+fn taskset(cpu: Option<usize>) -> String {
+    cpu.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
+}
 
 fn sh(ns: Option<&str>, script: &str) -> Result<String> {
     let mut cmd = match ns {
@@ -211,7 +249,7 @@ impl Drop for Lab {
                 .status();
             let _ = std::fs::remove_file(f);
         }
-        for role in ["client", "server", "host"] {
+        for role in ["client", "server", "host", "peer"] {
             let n = self.ns(role);
             if Path::new("/run/netns").join(&n).exists() {
                 let _ = sh(None, &format!("ip netns del {n}"));
@@ -266,6 +304,10 @@ const NAT_WORKLOADS: [(&str, &str, bool); 13] = [
     ("dnat_crr", "kconn/s", true),
     ("dnat_crr_1000fwd", "kconn/s", true),
 ];
+
+/// A second lab host in the netbridge NAT lab, the hairpin client.
+const PEER_NS: &str = "[[namespace]]\nname = \"peer\"\nhost_ifname = \"p-peer\"\n\
+     addresses = [\"192.168.50.3/24\"]\nroutes = [{ to = \"default\", via = \"192.168.50.254\" }]\n";
 
 /// Extra forwards (or iptables DNAT rules, all evaluated before the measured
 /// one) for the 1,000-forward scale run.
@@ -342,7 +384,8 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize
                     &format!(
                         "max_sessions = {}\n\
                          [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n\
-                         [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n{}",
+                         [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n\
+                         {PEER_NS}{}",
                         // The highest limit: the bench opens many short
                         // connections and never runs the GC.
                         netbridge_common::MAX_SESSIONS_LIMIT,
@@ -395,18 +438,17 @@ fn last_cpu() -> usize {
 
 /// New connections per second through DNAT: upstream -> uplink:5201 ->
 /// client:5201 (a transaction server there).
-fn dnat_crr(lab: &Lab, secs: u32) -> Result<f64> {
-    let last_cpu = last_cpu();
+fn dnat_crr(lab: &Lab, secs: f64, pin: Pin) -> Result<f64> {
     let _server = crate::crr::Server::start(
         &lab.ns("client"),
         format!("{CLIENT_IP}:5201").parse()?,
-        last_cpu,
+        pin.server(),
     )?;
     crate::crr::client(
         &lab.ns("server"),
         format!("{NAT_UPLINK}:5201").parse()?,
-        secs as f64,
-        0,
+        secs,
+        pin.client(),
     )
 }
 
@@ -430,53 +472,76 @@ fn fill_sessions(lab: &Lab) -> Result<()> {
 /// on the NAT paths): UDP-64 rate received at `bind`, then UDP
 /// request/response to an echo server there, both addressed to `target`.
 /// Returns (kpps, ktps, p50 us).
-fn rust_tools(c: &str, sv: &str, bind: &str, target: &str, secs: u32) -> Result<(f64, f64, f64)> {
-    let last_cpu = last_cpu();
-    let (bind, target): (std::net::SocketAddr, std::net::SocketAddr) = (
+fn rust_tools(
+    c: &str,
+    sv: &str,
+    bind: &str,
+    target: &str,
+    secs: f64,
+    pin: Pin,
+) -> Result<(f64, f64, f64)> {
+    let (bind, target): (SocketAddr, SocketAddr) = (
         format!("{bind}:5201").parse()?,
         format!("{target}:5201").parse()?,
     );
-    let pps = crate::crr::udp_blast(c, sv, bind, target, secs as f64, 0, last_cpu)?;
-    let _echo = crate::crr::UdpEcho::start(sv, bind, last_cpu)?;
-    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs as f64, 0)?;
+    let pps = crate::crr::udp_blast(&Blast {
+        tx_ns: c,
+        rx_ns: sv,
+        tx_bind: ANY,
+        rx_bind: bind,
+        target: Target::To(target),
+        secs,
+        tx_cpu: pin.client(),
+        rx_cpu: pin.server(),
+    })?;
+    let _echo = crate::crr::UdpEcho::start(sv, bind, pin.server())?;
+    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs, pin.client())?;
     Ok((pps / 1e3, tps / 1e3, p50))
 }
 
-/// One NAT round: SNAT stream, packet rate and latency, DNAT stream and rate.
-fn nat_round(lab: &Lab, opts: &Options, s: &mut BTreeMap<&'static str, Vec<f64>>) -> Result<()> {
+/// Any local address and port.
+const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// One NAT round run `pin`'s way: SNAT stream, packet rate and latency,
+/// DNAT stream, rate and connection rate.
+fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()> {
     let (c, sv) = (lab.ns("client"), lab.ns("server"));
-    s.entry("snat_tcp_stream").or_default().push(iperf_between(
-        &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, false,
-    )?);
-    s.entry("snat_udp64_pps").or_default().push(iperf_between(
-        &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, true,
-    )?);
-    let (p50, _) = rr_between(&c, NAT_SERVER, opts.rr_count)?;
-    s.entry("snat_rr_p50").or_default().push(p50);
-    s.entry("dnat_tcp_stream").or_default().push(iperf_between(
-        &sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, false,
-    )?);
-    s.entry("dnat_udp64_pps").or_default().push(iperf_between(
-        &sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, true,
-    )?);
-    s.entry("dnat_crr")
-        .or_default()
-        .push(dnat_crr(lab, opts.secs)? / 1e3);
-    let (pps, tps, p50) = rust_tools(&c, &sv, NAT_SERVER, NAT_SERVER, opts.secs)?;
-    s.entry("snat_udp64_pps_rust").or_default().push(pps);
-    s.entry("snat_udp_rr_tps").or_default().push(tps);
-    s.entry("snat_udp_rr_p50").or_default().push(p50);
-    let (pps, tps, p50) = rust_tools(&sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs)?;
-    s.entry("dnat_udp64_pps_rust").or_default().push(pps);
-    s.entry("dnat_udp_rr_tps").or_default().push(tps);
-    s.entry("dnat_udp_rr_p50").or_default().push(p50);
+    let mut put = |w: &str, v: f64| s.entry(pin.key(w)).or_default().push(v);
+    if opts.iperf(pin) {
+        for (w, udp64) in [("snat_tcp_stream", false), ("snat_udp64_pps", true)] {
+            put(
+                w,
+                iperf_between(&c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, udp64, pin)?,
+            );
+        }
+        for (w, udp64) in [("dnat_tcp_stream", false), ("dnat_udp64_pps", true)] {
+            put(
+                w,
+                iperf_between(&sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, udp64, pin)?,
+            );
+        }
+    }
+    put(
+        "snat_rr_p50",
+        rr_between(&c, NAT_SERVER, opts.rr_count, pin)?.0,
+    );
+    let secs = opts.tool_secs(pin);
+    put("dnat_crr", dnat_crr(lab, secs, pin)? / 1e3);
+    let (pps, tps, p50) = rust_tools(&c, &sv, NAT_SERVER, NAT_SERVER, secs, pin)?;
+    put("snat_udp64_pps_rust", pps);
+    put("snat_udp_rr_tps", tps);
+    put("snat_udp_rr_p50", p50);
+    let (pps, tps, p50) = rust_tools(&sv, &c, CLIENT_IP, NAT_UPLINK, secs, pin)?;
+    put("dnat_udp64_pps_rust", pps);
+    put("dnat_udp_rr_tps", tps);
+    put("dnat_udp_rr_p50", p50);
     Ok(())
 }
 
-/// Runs an iperf3 client against a one-shot server, both pinned.
-fn iperf(lab: &Lab, secs: u32, udp64: bool) -> Result<f64> {
+/// iperf3 between the lab's client and server.
+fn iperf(lab: &Lab, secs: u32, udp64: bool, pin: Pin) -> Result<f64> {
     let (c, s) = (lab.ns("client"), lab.ns("server"));
-    iperf_between(&c, &s, SERVER_IP, SERVER_IP, secs, udp64)
+    iperf_between(&c, &s, SERVER_IP, SERVER_IP, secs, udp64, pin)
 }
 
 /// iperf3 from namespace `c` to a one-shot server in `s` bound to `bind`,
@@ -488,40 +553,51 @@ fn iperf_between(
     target: &str,
     secs: u32,
     udp64: bool,
+    pin: Pin,
 ) -> Result<f64> {
-    let last_cpu = last_cpu();
     let mut server = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{s}"))
-        .args([
-            "--",
-            "taskset",
-            "-c",
-            &last_cpu.to_string(),
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            bind,
-        ])
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "exec {}iperf3 -s -1 -B {bind}",
+            taskset(pin.server())
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
     let args = if udp64 {
         format!("-u -b 0 -l 64 -t {secs}")
     } else {
         format!("-t {secs}")
     };
-    let out = sh(
-        Some(c),
-        &format!(
-            "timeout {} taskset -c 0 iperf3 -c {target} {args} -J",
-            secs + 10
-        ),
+    let client = format!(
+        "timeout {} {}iperf3 -c {target} {args} -J",
+        secs + 10,
+        taskset(pin.client())
     );
+    // Retried until the server listens (it starts in well under a second):
+    // cheaper than a fixed wait long enough for a loaded machine.
+    let mut out = None;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{c}"))
+            .args(["--", "sh", "-c", &client])
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() || !text.contains("unable to connect") {
+            out = Some((o.status.success(), text));
+            break;
+        }
+    }
     let _ = server.kill();
     let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_str(&out?).context("iperf3 JSON")?;
+    let (ok, out) = out.with_context(|| format!("iperf3 server in {s} never answered"))?;
+    if !ok {
+        bail!("`{client}` in {c} failed: {}", out.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     if udp64 {
         // Packets the receiver got per second.
         let sum = &v["end"]["sum"];
@@ -539,16 +615,19 @@ fn iperf_between(
 
 /// Request/response latency: `count` ICMP echo exchanges, one outstanding
 /// at a time; returns (p50, p99) in microseconds.
-fn rr(lab: &Lab, count: u32) -> Result<(f64, f64)> {
-    rr_between(&lab.ns("client"), SERVER_IP, count)
+fn rr(lab: &Lab, count: u32, pin: Pin) -> Result<(f64, f64)> {
+    rr_between(&lab.ns("client"), SERVER_IP, count, pin)
 }
 
 /// `count` ICMP echo exchanges from namespace `c` to `target`, one
 /// outstanding at a time; (p50, p99) in microseconds.
-fn rr_between(c: &str, target: &str, count: u32) -> Result<(f64, f64)> {
+fn rr_between(c: &str, target: &str, count: u32, pin: Pin) -> Result<(f64, f64)> {
     let out = sh(
         Some(c),
-        &format!("taskset -c 0 ping -c {count} -i 0.002 -W 1 {target}"),
+        &format!(
+            "{}ping -c {count} -i 0.002 -W 1 {target}",
+            taskset(pin.client())
+        ),
     )?;
     let mut rtts: Vec<f64> = out
         .lines()
@@ -583,6 +662,221 @@ pub struct Options {
     pub rounds: u32,
     pub secs: u32,
     pub rr_count: u32,
+}
+
+impl Options {
+    /// Seconds of UDP-64 per path for the programs' cost.
+    fn cost_secs(&self) -> f64 {
+        if self.quick() {
+            0.6
+        } else {
+            (self.secs as f64).min(3.0)
+        }
+    }
+
+    /// 1 s streams: the `--quick` smoke test.
+    fn quick(&self) -> bool {
+        self.secs <= 1
+    }
+
+    /// Seconds of the Rust tools' runs `pin`'s way: `--quick` halves the
+    /// unpinned ones (a smoke test of that pass).
+    fn tool_secs(&self, pin: Pin) -> f64 {
+        if self.quick() && pin == Pin::Unpinned {
+            0.5
+        } else {
+            self.secs as f64
+        }
+    }
+
+    /// Whether `pin` runs the iperf3 workloads. With 1 s streams (the
+    /// `--quick` smoke test) the unpinned pass keeps to ping and the Rust
+    /// tools, which cost the least time per run: iperf3's start-up and
+    /// handshake take about as long as a 1 s stream.
+    fn iperf(&self, pin: Pin) -> bool {
+        pin == Pin::Pinned || !self.quick()
+    }
+}
+
+/// Samples of one setup: workload key (see [`Pin::key`]) -> one per round.
+type Samples = BTreeMap<String, Vec<f64>>;
+
+/// One bridged round run `pin`'s way: every workload of [`WORKLOADS`].
+fn bridged_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()> {
+    let mut put = |w: &str, v: f64| s.entry(pin.key(w)).or_default().push(v);
+    if opts.iperf(pin) {
+        put("tcp_stream", iperf(lab, opts.secs, false, pin)?);
+        put("udp64_pps", iperf(lab, opts.secs, true, pin)?);
+    }
+    let (p50, p99) = rr(lab, opts.rr_count, pin)?;
+    put("rr_p50", p50);
+    put("rr_p99", p99);
+    let (c, sv) = (lab.ns("client"), lab.ns("server"));
+    let (pps, tps, rr50) = rust_tools(&c, &sv, SERVER_IP, SERVER_IP, opts.tool_secs(pin), pin)?;
+    put("udp64_pps_rust", pps);
+    put("udp_rr_tps", tps);
+    put("udp_rr_p50", rr50);
+    Ok(())
+}
+
+/// Program cost: path -> program -> mean ns per run, one per round.
+struct Cost(BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>);
+
+/// The paths, in the order they are reported.
+const COST_PATHS: [(&str, &str); 8] = [
+    ("bridged", "lab host -> lab host, TC"),
+    ("bridged_xdp", "lab host -> lab host, XDP"),
+    ("snat_out", "lab host -> upstream"),
+    ("snat_in", "upstream replies -> lab host"),
+    ("dnat_in", "upstream -> forwarded port"),
+    ("dnat_out", "forward target replies -> upstream"),
+    ("hairpin_req", "lab host -> uplink address:forwarded port"),
+    ("hairpin_rep", "forward target replies (hairpin)"),
+];
+
+impl Cost {
+    fn new() -> Cost {
+        Cost(BTreeMap::new())
+    }
+    fn add(&mut self, path: &'static str, programs: BTreeMap<String, f64>) {
+        let p = self.0.entry(path).or_default();
+        for (name, ns) in programs {
+            p.entry(name).or_default().push(ns);
+        }
+    }
+}
+
+/// A pinned UDP-64 blast from `tx` to `to` (`ip:port`), received in `rx`
+/// on the same port.
+fn blast_to<'a>(tx: &'a str, rx: &'a str, to: &str, secs: f64) -> Result<Blast<'a>> {
+    let to: SocketAddr = to.parse()?;
+    Ok(Blast {
+        tx_ns: tx,
+        rx_ns: rx,
+        tx_bind: ANY,
+        rx_bind: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), to.port()),
+        target: Target::To(to),
+        secs,
+        tx_cpu: Pin::Pinned.client(),
+        rx_cpu: Pin::Pinned.server(),
+    })
+}
+
+/// A pinned UDP-64 blast in a reply direction: `rx` (bound to port
+/// `rx_port`) opens the session with a datagram to `open` (reaching `tx`,
+/// bound to port `tx_port`), which then blasts back (see [`Target`]).
+fn blast_back<'a>(
+    tx: &'a str,
+    tx_port: u16,
+    rx: &'a str,
+    rx_port: u16,
+    open: &str,
+    secs: f64,
+) -> Result<Blast<'a>> {
+    let any = |port| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+    Ok(Blast {
+        tx_ns: tx,
+        rx_ns: rx,
+        tx_bind: any(tx_port),
+        rx_bind: any(rx_port),
+        target: Target::ReplyTo(open.parse()?),
+        secs,
+        tx_cpu: Pin::Pinned.client(),
+        rx_cpu: Pin::Pinned.server(),
+    })
+}
+
+/// The programs' cost on each NAT path of the netbridge NAT lab.
+fn nat_cost(lab: &Lab, netbridge: &Path, opts: &Options, cost: &mut Cost) -> Result<()> {
+    let (c, sv, peer) = (lab.ns("client"), lab.ns("server"), lab.ns("peer"));
+    let fwd = format!("{NAT_UPLINK}:5201");
+    let secs = opts.cost_secs();
+    let paths = [
+        (
+            "snat_out",
+            blast_to(&c, &sv, &format!("{NAT_SERVER}:5201"), secs)?,
+        ),
+        (
+            "snat_in",
+            blast_back(&sv, 5302, &c, 5301, &format!("{NAT_SERVER}:5302"), secs)?,
+        ),
+        ("dnat_in", blast_to(&sv, &c, &fwd, secs)?),
+        ("dnat_out", blast_back(&c, 5201, &sv, 5303, &fwd, secs)?),
+        ("hairpin_req", blast_to(&peer, &c, &fwd, secs)?),
+        (
+            "hairpin_rep",
+            blast_back(&c, 5201, &peer, 5304, &fwd, secs)?,
+        ),
+    ];
+    let topo = format!("{}benchnat", lab.prefix);
+    for (path, blast) in paths {
+        cost.add(path, prog_cost(netbridge, &topo, &blast)?);
+    }
+    Ok(())
+}
+
+/// Mean ns per run of the programs of topology `topo` that ran for (about)
+/// every packet of `blast`: `netbridge stats --programs` samples the
+/// kernel's BPF statistics inside the blast (and turns them off after).
+fn prog_cost(netbridge: &Path, topo: &str, blast: &Blast) -> Result<BTreeMap<String, f64>> {
+    // The sampler starts after the blast has (and ends before it does).
+    let interval = (blast.secs - 0.5).max(0.2);
+    let sampler = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sleep 0.2; exec {} stats --programs --json --name {topo} --interval {}ms",
+            netbridge.display(),
+            (interval * 1000.0) as u64
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let blasted = crate::crr::udp_blast(blast);
+    let out = sampler.wait_with_output()?;
+    blasted.with_context(|| format!("UDP-64 through {topo}"))?;
+    if !out.status.success() {
+        bail!(
+            "netbridge stats --programs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("stats --programs JSON")?;
+    let progs = v["programs"].as_array().context("programs")?;
+    let runs = |p: &serde_json::Value| p["runs"].as_f64().unwrap_or(0.0);
+    let most = progs.iter().map(runs).fold(0.0, f64::max);
+    if most < 1000.0 {
+        bail!("{topo}: the programs ran {most} times during the blast");
+    }
+    // Programs on the packets' way run about once per packet; others only
+    // for stray traffic.
+    Ok(progs
+        .iter()
+        .filter(|p| runs(p) >= most / 2.0)
+        .filter_map(|p| {
+            Some((
+                full_prog_name(p["name"].as_str()?),
+                p["ns_per_run"].as_f64()?,
+            ))
+        })
+        .collect())
+}
+
+/// The program's full name (the kernel keeps 15 characters).
+fn full_prog_name(kernel: &str) -> String {
+    use netbridge_common::*;
+    [
+        PROG_PORT_INGRESS,
+        PROG_PORT_XDP,
+        PROG_PEER_XDP,
+        PROG_PORT_NAT,
+        PROG_UPLINK_INGRESS,
+        PROG_UPLINK_EGRESS,
+    ]
+    .into_iter()
+    .find(|n| n.starts_with(kernel))
+    .unwrap_or(kernel)
+    .to_string()
 }
 
 /// Namespaces brought up by the `up`-time comparison.
@@ -677,10 +971,11 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     // samples[setup][workload] = one value per round
-    let mut samples: BTreeMap<Setup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut samples: BTreeMap<Setup, Samples> = BTreeMap::new();
     let started = Instant::now();
     let (mut up_nb, mut up_ip) = (Vec::new(), Vec::new());
-    let mut nat_samples: BTreeMap<NatSetup, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut nat_samples: BTreeMap<NatSetup, Samples> = BTreeMap::new();
+    let mut cost = Cost::new();
     let mut sessions_filled: Vec<f64> = Vec::new();
     let total = opts.rounds as usize * Setup::ALL.len();
     let mut done = 0;
@@ -695,20 +990,20 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
             );
             let lab = Lab::up(setup, id, netbridge, &out_dir)?;
             let s = samples.entry(setup).or_default();
-            s.entry("tcp_stream")
-                .or_default()
-                .push(iperf(&lab, opts.secs, false)?);
-            s.entry("udp64_pps")
-                .or_default()
-                .push(iperf(&lab, opts.secs, true)?);
-            let (p50, p99) = rr(&lab, opts.rr_count)?;
-            s.entry("rr_p50").or_default().push(p50);
-            s.entry("rr_p99").or_default().push(p99);
-            let (c, sv) = (lab.ns("client"), lab.ns("server"));
-            let (pps, tps, rr50) = rust_tools(&c, &sv, SERVER_IP, SERVER_IP, opts.secs)?;
-            s.entry("udp64_pps_rust").or_default().push(pps);
-            s.entry("udp_rr_tps").or_default().push(tps);
-            s.entry("udp_rr_p50").or_default().push(rr50);
+            for pin in Pin::ALL {
+                bridged_round(&lab, opts, s, pin)?;
+            }
+            let path = match setup {
+                Setup::NetbridgeTc => Some("bridged"),
+                Setup::NetbridgeXdp => Some("bridged_xdp"),
+                _ => None,
+            };
+            if let Some(path) = path {
+                let (c, sv) = (lab.ns("client"), lab.ns("server"));
+                let blast = blast_to(&c, &sv, &format!("{SERVER_IP}:5201"), opts.cost_secs())?;
+                let topo = format!("{}bench", lab.prefix);
+                cost.add(path, prog_cost(netbridge, &topo, &blast)?);
+            }
             drop(lab);
         }
         for setup in NatSetup::ALL {
@@ -719,7 +1014,12 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                 started.elapsed().as_secs_f64()
             );
             let lab = nat_lab(setup, id, netbridge, &out_dir, 0)?;
-            nat_round(&lab, opts, nat_samples.entry(setup).or_default())?;
+            for pin in Pin::ALL {
+                nat_round(&lab, opts, nat_samples.entry(setup).or_default(), pin)?;
+            }
+            if setup == NatSetup::Netbridge {
+                nat_cost(&lab, netbridge, opts, &mut cost)?;
+            }
             drop(lab);
             eprintln!(
                 "bench: round {round}/{} scale: {:<17} with {} more forwards",
@@ -728,9 +1028,9 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                 SCALE_FORWARDS
             );
             let lab = nat_lab(setup, id, netbridge, &out_dir, SCALE_FORWARDS)?;
-            let v = dnat_crr(&lab, opts.secs)? / 1e3;
+            let v = dnat_crr(&lab, opts.secs as f64, Pin::Pinned)? / 1e3;
             let s = nat_samples.entry(setup).or_default();
-            s.entry("dnat_crr_1000fwd").or_default().push(v);
+            s.entry("dnat_crr_1000fwd".into()).or_default().push(v);
             if setup == NatSetup::Netbridge {
                 // SNAT packet rate with 100,000 live sessions in the table.
                 eprintln!(
@@ -747,10 +1047,16 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                     serde_json::from_slice(&live.stdout).unwrap_or_default();
                 sessions_filled.push(live["live_sessions"].as_f64().unwrap_or(0.0));
                 let (c, sv) = (lab.ns("client"), lab.ns("server"));
-                s.entry("snat_udp64_pps_100k")
+                s.entry("snat_udp64_pps_100k".into())
                     .or_default()
                     .push(iperf_between(
-                        &c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, true,
+                        &c,
+                        &sv,
+                        NAT_SERVER,
+                        NAT_SERVER,
+                        opts.secs,
+                        true,
+                        Pin::Pinned,
                     )?);
             }
         }
@@ -763,160 +1069,22 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
         up_ip.push(ip);
     }
 
-    let med = |s: Setup, w: &str| {
-        median(
-            samples
-                .get(&s)
-                .and_then(|m| m.get(w))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-        )
+    let r = Results {
+        samples,
+        nat_samples,
+        cost,
+        up_nb,
+        up_ip,
+        sessions_filled,
     };
-    let mut table = String::new();
-    let _ = writeln!(
-        table,
-        "medians of {} interleaved rounds ({} s per stream, {} RR exchanges); ratios are netbridge / baseline\n",
-        opts.rounds, opts.secs, opts.rr_count
-    );
-    let _ = writeln!(
-        table,
-        "{:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "workload", "unit", "A direct", "B bridge", "D tc", "D' xdp", "D/A", "D/B", "D'/A", "D'/B"
-    );
-    let mut json_workloads = serde_json::Map::new();
-    for (w, unit, _) in WORKLOADS {
-        let (a, b, d, x) = (
-            med(Setup::Direct, w),
-            med(Setup::LinuxBridge, w),
-            med(Setup::NetbridgeTc, w),
-            med(Setup::NetbridgeXdp, w),
-        );
-        let _ = writeln!(
-            table,
-            "{w:<15} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            d / a,
-            d / b,
-            x / a,
-            x / b
-        );
-        let per_setup: serde_json::Map<String, serde_json::Value> = Setup::ALL
-            .iter()
-            .map(|s| {
-                let v = samples
-                    .get(s)
-                    .and_then(|m| m.get(w))
-                    .cloned()
-                    .unwrap_or_default();
-                (
-                    s.key().to_string(),
-                    serde_json::json!({"median": med(*s, w), "samples": v}),
-                )
-            })
-            .collect();
-        json_workloads.insert(
-            w.to_string(),
-            serde_json::json!({"unit": unit, "setups": per_setup,
-                "ratios": {"tc_vs_direct": d / a, "tc_vs_bridge": d / b, "xdp_vs_direct": x / a, "xdp_vs_bridge": x / b}}),
-        );
-    }
-    let (up_nb_med, up_ip_med) = (median(&up_nb), median(&up_ip));
-    let _ = writeln!(
-        table,
-        "\nup of {UP_NAMESPACES} namespaces on a bridge: netbridge {up_nb_med:.2} s (with programs attached), \
-         ip-command script {up_ip_med:.2} s, ratio {:.2}",
-        up_nb_med / up_ip_med
-    );
-    let nat_med = |s: NatSetup, w: &str| {
-        nat_samples
-            .get(&s)
-            .and_then(|m| m.get(w))
-            .map(|v| median(v))
-            .unwrap_or(f64::NAN)
-    };
-    let _ = writeln!(
-        table,
-        "\nNAT paths (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n\n{:<20} {:>7} {:>12} {:>12} {:>8}",
-        "workload", "unit", "C iptables", "D netbridge", "D/C"
-    );
-    let mut json_nat = serde_json::Map::new();
-    for (w, unit, _) in NAT_WORKLOADS {
-        let (c, d) = (
-            nat_med(NatSetup::Iptables, w),
-            nat_med(NatSetup::Netbridge, w),
-        );
-        let _ = writeln!(
-            table,
-            "{w:<20} {unit:>7} {c:>12.2} {d:>12.2} {:>8.2}",
-            d / c
-        );
-        json_nat.insert(
-            w.to_string(),
-            serde_json::json!({"unit": unit,
-                "samples": NatSetup::ALL.iter().map(|s| (s.key(), nat_samples.get(s).and_then(|m| m.get(w)).cloned().unwrap_or_default())).collect::<BTreeMap<_, _>>(),
-                "medians": {"iptables_nat": c, "netbridge_nat": d},
-                "ratios": {"netbridge_vs_iptables": d / c}}),
-        );
-    }
-    let (c1, c1000) = (
-        nat_med(NatSetup::Iptables, "dnat_crr"),
-        nat_med(NatSetup::Iptables, "dnat_crr_1000fwd"),
-    );
-    let (d1, d1000) = (
-        nat_med(NatSetup::Netbridge, "dnat_crr"),
-        nat_med(NatSetup::Netbridge, "dnat_crr_1000fwd"),
-    );
-    let (s100, s100k) = (
-        nat_med(NatSetup::Netbridge, "snat_udp64_pps"),
-        nat_med(NatSetup::Netbridge, "snat_udp64_pps_100k"),
-    );
-    let _ = writeln!(
-        table,
-        "\nscale: 1,000 forwards vs 1,000 iptables DNAT rules (new connections/s through the last one):\n  \
-         iptables {c1000:.2} kconn/s ({:.2} of its 1-rule rate), netbridge {d1000:.2} kconn/s ({:.2} of its 1-forward rate); netbridge/iptables {:.2}\n\
-         scale: SNAT UDP-64 with {:.0} live sessions vs a handful: {s100k:.1} vs {s100:.1} kpps, ratio {:.2}",
-        c1000 / c1,
-        d1000 / d1,
-        d1000 / c1000,
-        median(&sessions_filled),
-        s100k / s100
-    );
+    let (table, json) = r.report(opts);
     print!("{table}");
-    let json = serde_json::json!({
-        "rounds": opts.rounds, "seconds_per_stream": opts.secs, "rr_exchanges": opts.rr_count,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "workloads": json_workloads,
-        "nat_workloads": json_nat,
-        "scale": {"forwards": SCALE_FORWARDS + 1, "crr_1000_vs_1": {"iptables": c1000 / c1, "netbridge": d1000 / d1},
-                  "crr_1000_netbridge_vs_iptables": d1000 / c1000,
-                  "sessions_filled": sessions_filled, "snat_udp64_100k_vs_few": s100k / s100},
-        "up_namespaces": {"count": UP_NAMESPACES, "netbridge_secs": up_nb, "ip_script_secs": up_ip,
-                          "ratio": up_nb_med / up_ip_med},
-    });
     std::fs::write(
         out_dir.join("results.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
     std::fs::write(out_dir.join("results.txt"), &table)?;
-    let labels: Vec<&str> = Setup::ALL.iter().map(|s| s.label()).collect();
-    std::fs::write(
-        out_dir.join("results.svg"),
-        svg(
-            "netbridge bench: bridged paths, medians relative to A (direct veth = 1.0)",
-            &WORKLOADS,
-            &labels,
-            &|k, w| med(Setup::ALL[k], w),
-        ),
-    )?;
-    let labels: Vec<&str> = NatSetup::ALL.iter().map(|s| s.label()).collect();
-    std::fs::write(
-        out_dir.join("results-nat.svg"),
-        svg(
-            "netbridge bench: NAT paths, medians relative to C (bridge + iptables = 1.0)",
-            &NAT_WORKLOADS,
-            &labels,
-            &|k, w| nat_med(NatSetup::ALL[k], w),
-        ),
-    )?;
+    r.charts(&out_dir)?;
     eprintln!(
         "bench: wrote {}/results.{{txt,json,svg}} and results-nat.svg in {:.0}s",
         out_dir.display(),
@@ -924,6 +1092,271 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
     );
     crate::bench_cni::run(root, netbridge, opts.rounds, opts.secs, id)?;
     Ok(())
+}
+
+/// Everything one run measured.
+struct Results {
+    samples: BTreeMap<Setup, Samples>,
+    nat_samples: BTreeMap<NatSetup, Samples>,
+    cost: Cost,
+    up_nb: Vec<f64>,
+    up_ip: Vec<f64>,
+    sessions_filled: Vec<f64>,
+}
+
+impl Results {
+    fn med(&self, s: Setup, w: &str) -> f64 {
+        median(
+            self.samples
+                .get(&s)
+                .and_then(|m| m.get(w))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        )
+    }
+
+    fn nat_med(&self, s: NatSetup, w: &str) -> f64 {
+        self.nat_samples
+            .get(&s)
+            .and_then(|m| m.get(w))
+            .map(|v| median(v))
+            .unwrap_or(f64::NAN)
+    }
+
+    /// The text tables and the JSON document.
+    fn report(&self, opts: &Options) -> (String, serde_json::Value) {
+        let mut table = String::new();
+        let _ = writeln!(
+            table,
+            "medians of {} interleaved rounds ({} s per stream, {} RR exchanges); ratios are netbridge / baseline",
+            opts.rounds, opts.secs, opts.rr_count
+        );
+        let mut json_workloads = serde_json::Map::new();
+        for pin in Pin::ALL {
+            json_workloads.extend(self.bridged_table(&mut table, pin));
+        }
+        let (up_nb, up_ip) = (median(&self.up_nb), median(&self.up_ip));
+        let _ = writeln!(
+            table,
+            "\nup of {UP_NAMESPACES} namespaces on a bridge: netbridge {up_nb:.2} s (with programs attached), \
+             ip-command script {up_ip:.2} s, ratio {:.2}",
+            up_nb / up_ip
+        );
+        let mut json_nat = serde_json::Map::new();
+        for pin in Pin::ALL {
+            json_nat.extend(self.nat_table(&mut table, pin));
+        }
+        let scale = self.scale(&mut table);
+        let cost = self.cost_table(&mut table, opts);
+        let json = serde_json::json!({
+            "rounds": opts.rounds, "seconds_per_stream": opts.secs, "rr_exchanges": opts.rr_count,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "workloads": json_workloads,
+            "nat_workloads": json_nat,
+            "program_cost": cost,
+            "scale": scale,
+            "up_namespaces": {"count": UP_NAMESPACES, "netbridge_secs": self.up_nb,
+                              "ip_script_secs": self.up_ip, "ratio": up_nb / up_ip},
+        });
+        (table, json)
+    }
+
+    /// The bridged table of `pin`'s runs; JSON entries keyed as the samples.
+    fn bridged_table(
+        &self,
+        table: &mut String,
+        pin: Pin,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let _ = writeln!(
+            table,
+            "\nbridged, {}\n{:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            pin_label(pin),
+            "workload",
+            "unit",
+            "A direct",
+            "B bridge",
+            "D tc",
+            "D' xdp",
+            "D/A",
+            "D/B",
+            "D'/A",
+            "D'/B"
+        );
+        let mut json = serde_json::Map::new();
+        for (w, unit, _) in WORKLOADS {
+            let key = pin.key(w);
+            let [a, b, d, x] = Setup::ALL.map(|s| self.med(s, &key));
+            if [a, b, d, x].iter().all(|v| v.is_nan()) {
+                // Not run this way (see Options::iperf).
+                continue;
+            }
+            let _ = writeln!(
+                table,
+                "{w:<15} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                d / a,
+                d / b,
+                x / a,
+                x / b
+            );
+            let per_setup: serde_json::Map<String, serde_json::Value> = Setup::ALL
+                .iter()
+                .map(|s| {
+                    let v = self
+                        .samples
+                        .get(s)
+                        .and_then(|m| m.get(&key))
+                        .cloned()
+                        .unwrap_or_default();
+                    (
+                        s.key().to_string(),
+                        serde_json::json!({"median": self.med(*s, &key), "samples": v}),
+                    )
+                })
+                .collect();
+            json.insert(
+                key,
+                serde_json::json!({"unit": unit, "pinned": pin == Pin::Pinned, "setups": per_setup,
+                    "ratios": {"tc_vs_direct": d / a, "tc_vs_bridge": d / b, "xdp_vs_direct": x / a, "xdp_vs_bridge": x / b}}),
+            );
+        }
+        json
+    }
+
+    /// The NAT table of `pin`'s runs (the scale runs are pinned only; rows
+    /// not run this way are left out).
+    fn nat_table(
+        &self,
+        table: &mut String,
+        pin: Pin,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let _ = writeln!(
+            table,
+            "\nNAT paths, {} (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n{:<20} {:>7} {:>12} {:>12} {:>8}",
+            pin_label(pin),
+            "workload",
+            "unit",
+            "C iptables",
+            "D netbridge",
+            "D/C"
+        );
+        let mut json = serde_json::Map::new();
+        for (w, unit, _) in NAT_WORKLOADS {
+            let key = pin.key(w);
+            let [c, d] = NatSetup::ALL.map(|s| self.nat_med(s, &key));
+            if c.is_nan() && d.is_nan() {
+                continue;
+            }
+            let _ = writeln!(
+                table,
+                "{w:<20} {unit:>7} {c:>12.2} {d:>12.2} {:>8.2}",
+                d / c
+            );
+            json.insert(
+                key.clone(),
+                serde_json::json!({"unit": unit, "pinned": pin == Pin::Pinned,
+                    "samples": NatSetup::ALL.iter().map(|s| (s.key(), self.nat_samples.get(s).and_then(|m| m.get(&key)).cloned().unwrap_or_default())).collect::<BTreeMap<_, _>>(),
+                    "medians": {"iptables_nat": c, "netbridge_nat": d},
+                    "ratios": {"netbridge_vs_iptables": d / c}}),
+            );
+        }
+        json
+    }
+
+    /// The scale lines: forwards and sessions.
+    fn scale(&self, table: &mut String) -> serde_json::Value {
+        let [c1, c1000, d1, d1000] = [
+            (NatSetup::Iptables, "dnat_crr"),
+            (NatSetup::Iptables, "dnat_crr_1000fwd"),
+            (NatSetup::Netbridge, "dnat_crr"),
+            (NatSetup::Netbridge, "dnat_crr_1000fwd"),
+        ]
+        .map(|(s, w)| self.nat_med(s, w));
+        let [s100, s100k] =
+            ["snat_udp64_pps", "snat_udp64_pps_100k"].map(|w| self.nat_med(NatSetup::Netbridge, w));
+        let _ = writeln!(
+            table,
+            "\nscale: 1,000 forwards vs 1,000 iptables DNAT rules (new connections/s through the last one):\n  \
+             iptables {c1000:.2} kconn/s ({:.2} of its 1-rule rate), netbridge {d1000:.2} kconn/s ({:.2} of its 1-forward rate); netbridge/iptables {:.2}\n\
+             scale: SNAT UDP-64 with {:.0} live sessions vs a handful: {s100k:.1} vs {s100:.1} kpps, ratio {:.2}",
+            c1000 / c1,
+            d1000 / d1,
+            d1000 / c1000,
+            median(&self.sessions_filled),
+            s100k / s100
+        );
+        serde_json::json!({"forwards": SCALE_FORWARDS + 1, "crr_1000_vs_1": {"iptables": c1000 / c1, "netbridge": d1000 / d1},
+                  "crr_1000_netbridge_vs_iptables": d1000 / c1000,
+                  "sessions_filled": self.sessions_filled, "snat_udp64_100k_vs_few": s100k / s100})
+    }
+
+    /// The programs' cost per path.
+    fn cost_table(&self, table: &mut String, opts: &Options) -> serde_json::Value {
+        let _ = writeln!(
+            table,
+            "\nprogram cost: mean ns per run (kernel BPF statistics) under UDP-64 for {:.1} s per path, pinned;\n\
+             each packet runs each listed program once (the port program's time includes its NAT tail call)\n\
+             {:<12} {:<42} {:<18} {:>8}",
+            opts.cost_secs(),
+            "path",
+            "",
+            "program",
+            "ns/run"
+        );
+        let mut json = serde_json::Map::new();
+        for (path, what) in COST_PATHS {
+            let Some(progs) = self.cost.0.get(path) else {
+                continue;
+            };
+            let mut per = serde_json::Map::new();
+            for (i, (prog, v)) in progs.iter().enumerate() {
+                let label = if i == 0 { (path, what) } else { ("", "") };
+                let _ = writeln!(
+                    table,
+                    "{:<12} {:<42} {prog:<18} {:>8.0}",
+                    label.0,
+                    label.1,
+                    median(v)
+                );
+                per.insert(
+                    prog.clone(),
+                    serde_json::json!({"median_ns": median(v), "samples": v}),
+                );
+            }
+            json.insert(path.to_string(), serde_json::Value::Object(per));
+        }
+        serde_json::Value::Object(json)
+    }
+
+    fn charts(&self, out_dir: &Path) -> Result<()> {
+        let labels: Vec<&str> = Setup::ALL.iter().map(|s| s.label()).collect();
+        std::fs::write(
+            out_dir.join("results.svg"),
+            svg(
+                "netbridge bench: bridged paths (pinned), medians relative to A (direct veth = 1.0)",
+                &WORKLOADS,
+                &labels,
+                &|k, w| self.med(Setup::ALL[k], w),
+            ),
+        )?;
+        let labels: Vec<&str> = NatSetup::ALL.iter().map(|s| s.label()).collect();
+        std::fs::write(
+            out_dir.join("results-nat.svg"),
+            svg(
+                "netbridge bench: NAT paths (pinned), medians relative to C (bridge + iptables = 1.0)",
+                &NAT_WORKLOADS,
+                &labels,
+                &|k, w| self.nat_med(NatSetup::ALL[k], w),
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+fn pin_label(pin: Pin) -> &'static str {
+    match pin {
+        Pin::Pinned => "pinned (server on the last CPU, client on CPU 0)",
+        Pin::Unpinned => "unpinned (the scheduler places the tools)",
+    }
 }
 
 /// Grouped bar chart: one panel per workload, one bar per setup

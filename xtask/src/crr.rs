@@ -17,26 +17,30 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// Moves the calling thread into network namespace `ns` and onto `cpu`.
-fn enter(ns: &str, cpu: usize) -> Result<()> {
+/// Moves the calling thread into network namespace `ns` and onto `cpu`
+/// (None: wherever the scheduler puts it).
+fn enter(ns: &str, cpu: Option<usize>) -> Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{ns}"))
         .with_context(|| format!("opening namespace {ns}"))?;
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         bail!("setns {ns}: {}", std::io::Error::last_os_error());
     }
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    if let Some(cpu) = cpu {
+        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
     Ok(())
 }
 
-/// Runs `f` on a new thread inside namespace `ns`, pinned to `cpu`, and
-/// waits for it (a client).
+/// Runs `f` on a new thread inside namespace `ns`, on `cpu` (see
+/// [`enter`]), and waits for it (a client).
 fn run_in<R: Send + 'static>(
     ns: &str,
-    cpu: usize,
+    cpu: Option<usize>,
     what: &'static str,
     f: impl FnOnce(&str) -> Result<R> + Send + 'static,
 ) -> Result<R> {
@@ -49,12 +53,13 @@ fn run_in<R: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
 }
 
-/// Starts a thread inside namespace `ns`, pinned to `cpu` (a server):
-/// `setup` (bind) has succeeded or failed by the time this returns; then
-/// the thread runs `serve` with what it made (it must watch a stop flag).
+/// Starts a thread inside namespace `ns`, on `cpu` (see [`enter`]; a
+/// server): `setup` (bind) has succeeded or failed by the time this
+/// returns; then the thread runs `serve` with what it made (it must watch
+/// a stop flag).
 fn spawn_in<S: 'static, R: Default + Send + 'static>(
     ns: &str,
-    cpu: usize,
+    cpu: Option<usize>,
     what: &'static str,
     setup: impl FnOnce(&str) -> Result<S> + Send + 'static,
     serve: impl FnOnce(S) -> R + Send + 'static,
@@ -102,7 +107,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(ns: &str, addr: SocketAddr, cpu: usize) -> Result<Server> {
+    pub fn start(ns: &str, addr: SocketAddr, cpu: Option<usize>) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_t = stop.clone();
         let serve = move |listener: TcpListener| {
@@ -138,7 +143,7 @@ impl Drop for Server {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the blocking accept from inside its namespace.
         let addr = self.addr;
-        let _ = run_in(&self.ns, 0, "crr server wake-up", move |_| {
+        let _ = run_in(&self.ns, None, "crr server wake-up", move |_| {
             let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(500));
             Ok(())
         });
@@ -150,7 +155,7 @@ impl Drop for Server {
 
 /// Connections (transactions) per second from namespace `ns` to `target`
 /// for `secs` seconds.
-pub fn client(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<f64> {
+pub fn client(ns: &str, target: SocketAddr, secs: f64, cpu: Option<usize>) -> Result<f64> {
     run_in(ns, cpu, "crr client", move |ns| {
         let start = Instant::now();
         let (mut ok, mut failed) = (0u64, 0u64);
@@ -186,7 +191,7 @@ pub struct UdpEcho {
 }
 
 impl UdpEcho {
-    pub fn start(ns: &str, addr: SocketAddr, cpu: usize) -> Result<UdpEcho> {
+    pub fn start(ns: &str, addr: SocketAddr, cpu: Option<usize>) -> Result<UdpEcho> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_t = stop.clone();
         let handle = spawn_in(
@@ -229,7 +234,12 @@ fn udp_bind(ns: &str, addr: SocketAddr) -> Result<std::net::UdpSocket> {
 
 /// UDP request/response from `ns` to `target` (an echo server) for `secs`:
 /// one 64-byte request outstanding. Returns (transactions/s, p50 us, p99 us).
-pub fn udp_rr(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<(f64, f64, f64)> {
+pub fn udp_rr(
+    ns: &str,
+    target: SocketAddr,
+    secs: f64,
+    cpu: Option<usize>,
+) -> Result<(f64, f64, f64)> {
     run_in(ns, cpu, "udp rr", move |ns| {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         s.connect(target)?;
@@ -262,23 +272,59 @@ pub fn udp_rr(ns: &str, target: SocketAddr, secs: f64, cpu: usize) -> Result<(f6
     })
 }
 
-/// UDP packet rate: a sender in `tx_ns` sends 64-byte datagrams to
-/// `target` as fast as it can for `secs`; a receiver in `rx_ns` bound to
-/// `bind` counts what arrives. Returns received packets per second.
-pub fn udp_blast(
-    tx_ns: &str,
-    rx_ns: &str,
-    bind: SocketAddr,
-    target: SocketAddr,
-    secs: f64,
-    tx_cpu: usize,
-    rx_cpu: usize,
-) -> Result<f64> {
+/// One UDP-64 blast: a sender in `tx_ns` (bound to `tx_bind`) sends
+/// 64-byte datagrams as fast as it can for `secs`; a receiver in `rx_ns`
+/// bound to `rx_bind` counts what arrives.
+pub struct Blast<'a> {
+    pub tx_ns: &'a str,
+    pub rx_ns: &'a str,
+    pub tx_bind: SocketAddr,
+    pub rx_bind: SocketAddr,
+    pub target: Target,
+    pub secs: f64,
+    pub tx_cpu: Option<usize>,
+    pub rx_cpu: Option<usize>,
+}
+
+/// Where a blast goes.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// This address.
+    To(SocketAddr),
+    /// The receiver first sends one datagram from its socket to this
+    /// address (reaching the sender): that opens the NAT session of a
+    /// reply direction. The sender then blasts back to wherever the
+    /// datagram came from (the address the NAT mapped the receiver to).
+    ReplyTo(SocketAddr),
+}
+
+/// Runs `b`; returns the packets per second the receiver got.
+pub fn udp_blast(b: &Blast) -> Result<f64> {
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (tx_bind, target, secs) = (b.tx_bind, b.target, b.secs);
+    // The sender binds first (a reply direction's opening datagram must
+    // find it), then waits for the receiver to be ready.
+    let sender = spawn_in(
+        b.tx_ns,
+        b.tx_cpu,
+        "udp sender",
+        move |ns| udp_bind(ns, tx_bind),
+        move |s: std::net::UdpSocket| -> Option<Result<f64>> {
+            Some(
+                go_rx
+                    .recv()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| blast(&s, target, secs)),
+            )
+        },
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop_t = stop.clone();
+    let rx_bind = b.rx_bind;
     let setup = move |ns: &str| {
-        let s = udp_bind(ns, bind)?;
+        let s = udp_bind(ns, rx_bind)?;
         let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt with a c_int option value on an open socket.
         unsafe {
             libc::setsockopt(
                 s.as_raw_fd(),
@@ -287,6 +333,10 @@ pub fn udp_blast(
                 &size as *const libc::c_int as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
+        }
+        if let Target::ReplyTo(peer) = target {
+            s.send_to(b"open", peer)
+                .with_context(|| format!("opening datagram to {peer} from {ns}"))?;
         }
         Ok(s)
     };
@@ -299,23 +349,46 @@ pub fn udp_blast(
         }
         n
     };
-    let receiver = spawn_in(rx_ns, rx_cpu, "udp receiver", setup, count)?;
-    let sent = run_in(tx_ns, tx_cpu, "udp sender", move |_| {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        s.connect(target)?;
-        let payload = [0u8; 64];
-        let start = Instant::now();
-        while start.elapsed().as_secs_f64() < secs {
-            for _ in 0..64 {
-                let _ = s.send(&payload);
-            }
-        }
-        Ok(start.elapsed().as_secs_f64())
-    })?;
-    std::thread::sleep(Duration::from_millis(300));
+    let receiver = spawn_in(b.rx_ns, b.rx_cpu, "udp receiver", setup, count);
+    if receiver.is_ok() {
+        let _ = go_tx.send(());
+    }
+    // Without a receiver the sender's wait fails and it ends at once.
+    drop(go_tx);
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("udp sender thread panicked"))?
+        .context("udp sender")?;
+    // Datagrams still in flight land well within this.
+    std::thread::sleep(Duration::from_millis(150));
     stop.store(true, Ordering::Relaxed);
-    let received = receiver
+    let received = receiver?
         .join()
         .map_err(|_| anyhow::anyhow!("udp receiver thread panicked"))?;
-    Ok(received as f64 / sent)
+    Ok(received as f64 / sent?)
+}
+
+/// Sends 64-byte datagrams from `s` for `secs` (see [`Target`]); returns
+/// the seconds it sent for.
+fn blast(s: &std::net::UdpSocket, target: Target, secs: f64) -> Result<f64> {
+    let to = match target {
+        Target::To(a) => a,
+        Target::ReplyTo(_) => {
+            let mut buf = [0u8; 64];
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let (_, from) = s
+                .recv_from(&mut buf)
+                .context("no opening datagram from the receiver")?;
+            from
+        }
+    };
+    s.connect(to)?;
+    let payload = [0u8; 64];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..64 {
+            let _ = s.send(&payload);
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
 }

@@ -92,6 +92,23 @@ pub fn stats(
     }
 }
 
+/// `stats --programs`: the topology's programs sampled over `interval`.
+pub fn programs(which: &Which, json: bool, interval: Duration) -> Result<()> {
+    let name = name_of(which)?;
+    let dir = netbridge::state::State::load(&name)?
+        .with_context(|| format!("no topology named {name:?} is up"))?
+        .pin_dir
+        .with_context(|| format!("topology {name} has no datapath loaded"))?;
+    let rates = netbridge::progstats::sample(&netbridge::bpf::PinDir(dir), interval)?;
+    if json {
+        let v = serde_json::json!({"topology": name, "interval_secs": interval.as_secs_f64(), "programs": rates});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", netbridge::progstats::table(&rates, interval));
+    }
+    Ok(())
+}
+
 pub fn exec(ns: &str, cmd: &[String]) -> Result<()> {
     if !netns::exists(ns) {
         bail!("network namespace {ns:?} does not exist (see `ip netns list`)");
