@@ -502,7 +502,6 @@ impl Datapath {
         max_sessions: u32,
         programs: &[&'static str],
     ) -> Result<Self, BpfError> {
-        let wanted = |name: &str| programs.is_empty() || programs.contains(&name);
         let load_err = |source| BpfError::Load {
             pin_dir: pins.0.clone(),
             source: Box::new(source),
@@ -515,6 +514,20 @@ impl Datapath {
             )
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
+        // The port program's tail call. The array is pinned: its entries
+        // live as long as the pin, not as this process. A port program
+        // loaded alone (one more port) uses the NAT part already there, or
+        // loads it when the slot is empty (the first port of a topology).
+        let mut tail: ProgramArray<MapData> =
+            MapSource::map(&mut ebpf, MAP_PORT_PROGS, aya::maps::Map::ProgramArray)?;
+        let nat_slot_empty = !tail.indices().any(|i| i.is_ok_and(|i| i == PORT_PROG_NAT));
+        let wanted = |name: &str| {
+            programs.is_empty()
+                || programs.contains(&name)
+                || (name == PROG_PORT_NAT
+                    && nat_slot_empty
+                    && programs.contains(&PROG_PORT_INGRESS))
+        };
         for name in [
             PROG_PORT_INGRESS,
             PROG_PORT_NAT,
@@ -543,15 +556,14 @@ impl Datapath {
                 .map_err(|e| prog_err(name, "-", e))?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
-        // The port program's tail call. The array is pinned: its entries
-        // live as long as the pin, not as this process.
-        let mut tail: ProgramArray<MapData> =
-            MapSource::map(&mut ebpf, MAP_PORT_PROGS, aya::maps::Map::ProgramArray)?;
-        let fd = MapSource::program_fd(&ebpf, PROG_PORT_NAT).ok_or(BpfError::MissingProgram {
-            name: PROG_PORT_NAT,
-        })?;
-        tail.set(PORT_PROG_NAT, &fd, 0)
-            .map_err(map_err(MAP_PORT_PROGS))?;
+        if wanted(PROG_PORT_NAT) {
+            let fd =
+                MapSource::program_fd(&ebpf, PROG_PORT_NAT).ok_or(BpfError::MissingProgram {
+                    name: PROG_PORT_NAT,
+                })?;
+            tail.set(PORT_PROG_NAT, &fd, 0)
+                .map_err(map_err(MAP_PORT_PROGS))?;
+        }
         let maps = Maps::from_source(&mut ebpf)?;
         Ok(Datapath {
             ebpf,

@@ -470,7 +470,8 @@ fn concurrent_ups_of_one_topology_are_serialized() {
 /// mount point exactly once. Run in a private mount namespace where
 /// neither is mounted yet (nothing outside it is affected), four `up`s of
 /// separate labs race to mount both; each mount point ends up with one
-/// mount, and every lab's pins are on it.
+/// mount, and every lab's pins are on it. (The private mount namespace is
+/// meant here: `NETBRIDGE_PRIVATE_MOUNTS=1` lets `up` run in it.)
 #[test]
 fn concurrent_processes_mount_shared_points_once() {
     require_root!();
@@ -483,6 +484,7 @@ fn concurrent_processes_mount_shared_points_once() {
 while mountpoint -q /run/netbridge/bpf; do umount -l /run/netbridge/bpf; done
 while mountpoint -q /run/netns; do umount -l /run/netns; done
 pids=""
+export NETBRIDGE_PRIVATE_MOUNTS=1
 for i in 1 2 3 4; do {nb} up -f {file} --prefix {p}m$i- > /dev/null 2>/tmp/{p}m$i.err & pids="$pids $!"; done
 fail=0; for pid in $pids; do wait $pid || fail=1; done
 echo "bpffs=$(grep -c ' /run/netbridge/bpf ' /proc/self/mountinfo)"

@@ -89,10 +89,19 @@ pub fn pins_visible(ours: &[Mount], init: &[Mount]) -> bool {
     }
 }
 
+/// Set to 1 by whoever means netbridge to live in a private mount
+/// namespace (a container or a test's own node whose every process shares
+/// that namespace): the check below is skipped.
+pub const PRIVATE_MOUNTS_ENV: &str = "NETBRIDGE_PRIVATE_MOUNTS";
+
 /// Refuses to go on in a mount namespace whose namespace and pin mounts
-/// would not be seen outside. Where init's mount table cannot be read,
-/// nothing can be judged and nothing is refused.
+/// would not be seen outside, unless [`PRIVATE_MOUNTS_ENV`] says it is
+/// meant. Where init's mount table cannot be read, nothing can be judged
+/// and nothing is refused.
 pub fn refuse_private_mounts() -> Result<()> {
+    if std::env::var(PRIVATE_MOUNTS_ENV).as_deref() == Ok("1") {
+        return Ok(());
+    }
     let (Ok(ours), Ok(init)) = (
         std::fs::read_to_string("/proc/self/mountinfo"),
         std::fs::read_to_string("/proc/1/mountinfo"),
@@ -112,7 +121,8 @@ pub fn refuse_private_mounts() -> Result<()> {
         "netbridge runs in a private mount namespace (as under `ip netns exec`, `unshare -m` \
          or a systemd unit with a private /run): {what} it creates would exist only inside \
          it, invisible to every other process. Nothing was changed. Enter only the network \
-         namespace instead, with nsenter:\n    {}",
+         namespace instead, with nsenter:\n    {}\n(If every process that needs them runs in this mount namespace, \
+         set {PRIVATE_MOUNTS_ENV}=1.)",
         nsenter_line(),
     )
 }
