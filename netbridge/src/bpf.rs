@@ -17,7 +17,7 @@ use aya::{
     },
 };
 use netbridge_common::{
-    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
+    BRIDGE_ISOLATION, Be32, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
     MAP_FDB, MAP_HOSTS, MAP_POLICY, MAP_PORT_STATS, MAP_PORTS, PROG_PEER_XDP, PROG_PORT_INGRESS,
     PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortStats,
     drop_reason,
@@ -144,7 +144,7 @@ impl Maps {
     pub fn add_host(&mut self, addr: Ipv4Addr, e: HostEntry) -> Result<(), BpfError> {
         self.nat
             .hosts
-            .insert(addr.octets(), e, 0)
+            .insert(Be32::from(addr), e, 0)
             .map_err(map_err(MAP_HOSTS))
     }
 
@@ -182,10 +182,10 @@ impl Maps {
             if self
                 .nat
                 .hosts
-                .get(&a.octets(), 0)
+                .get(&Be32::from(*a), 0)
                 .is_ok_and(|h| h.ifindex == ifindex)
             {
-                gone(self.nat.hosts.remove(&a.octets())).map_err(map_err(MAP_HOSTS))?;
+                gone(self.nat.hosts.remove(&Be32::from(*a))).map_err(map_err(MAP_HOSTS))?;
             }
         }
         Ok(macs.len())

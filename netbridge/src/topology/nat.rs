@@ -48,7 +48,7 @@ pub fn forward_targets(t: &Topology) -> Vec<FwdTarget> {
             let (ns, port) = f.target();
             let addr = first_v4.get(ns.as_str())?;
             Some(FwdTarget {
-                addr: addr.octets(),
+                addr: (*addr).into(),
                 port,
                 first,
                 last,
@@ -155,7 +155,7 @@ fn plan(
     })?;
     Ok(NatPlan {
         config: NatConfig {
-            uplink_ipv4: addr.octets(),
+            uplink_ipv4: addr.into(),
             uplink_ifindex: up.index,
             flags: inp.flags,
             port_min: inp.ports.0,
