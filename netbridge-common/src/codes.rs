@@ -104,6 +104,10 @@ code_table! {
         /// found past its timeout, or recently removed), and no socket of
         /// the host itself wants it.
         15 NatExpired NAT_EXPIRED "nat_expired",
+        /// A TCP or UDP packet the NAT would translate whose L4 header is
+        /// malformed: TCP data offset below 5 or past the end of the packet,
+        /// UDP header cut short.
+        16 BadL4Header BAD_L4_HEADER "bad_l4_header",
     }
 }
 
@@ -154,8 +158,8 @@ mod tests {
         assert_eq!(drop_reason::NAT_EXPIRED, 15);
         assert_eq!(DropReason::NatExpired.name(), "nat_expired");
         assert_eq!(
-            DropReason::from_code(drop_reason::NAT_EXPIRED),
-            Some(DropReason::NatExpired)
+            DropReason::from_code(drop_reason::BAD_L4_HEADER),
+            Some(DropReason::BadL4Header)
         );
         assert_eq!(DropReason::from_code(drop_reason::COUNT), None);
         for r in DropReason::ALL {

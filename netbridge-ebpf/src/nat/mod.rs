@@ -88,7 +88,10 @@ fn uplink_tuple(
     dir: u8,
 ) -> Result<Option<Tuple>, u32> {
     let t = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
+        IPPROTO_TCP | IPPROTO_UDP => {
+            ip.check_l4(ctx)?;
+            ip.tuple(ctx, false)?
+        }
         IPPROTO_ICMP => match packet::icmp_type(ctx, ip)? {
             ty if ty == echo_type => ip.tuple(ctx, true)?,
             ty if packet::is_icmp_error(ty) => {
@@ -102,6 +105,16 @@ fn uplink_tuple(
     Ok(Some(t))
 }
 
+/// Did the packet enter the host through the uplink? Such a packet, routed
+/// back out, is upstream's traffic, never the lab's: neither masqueraded
+/// nor matched to a session (the NAT is no relay for upstream hosts).
+#[inline(always)]
+fn from_uplink(ctx: &TcContext, cfg: &NatConfig) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    iif != 0 && iif == cfg.uplink_ifindex
+}
+
 /// Uplink egress: rewrite the source of established sessions (SNAT and
 /// DNAT replies), open SNAT sessions for lab traffic, translate ICMP errors.
 #[inline(always)]
@@ -112,6 +125,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
         return Ok(TC_ACT_OK);
     };
+    if from_uplink(ctx, cfg) {
+        return Ok(TC_ACT_OK);
+    }
     let masq = cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4;
     if ip.non_first_fragment() {
         return if masq && ip.is_nat_proto() {
@@ -227,6 +243,7 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
     let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) else {
         return Ok(None);
     };
+    ip.check_l4(ctx)?;
     if kind == CT_HAIRPIN {
         packet::rewrite(ctx, &ip, &t, true, addr, port)?;
         count(nat_stat::XLATE_HAIRPIN);
@@ -251,6 +268,7 @@ fn port_hairpin_request(
     if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
         return Ok(None);
     }
+    ip.check_l4(ctx)?;
     let flags = ip.tcp_flags(ctx);
     let dnat::Inbound::Mapped(addr, port) = dnat::mapping(cfg, t, true, flags)? else {
         return Ok(None);

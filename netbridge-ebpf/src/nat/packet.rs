@@ -148,6 +148,30 @@ impl Ip4 {
         })
     }
 
+    /// A TCP or UDP header the NAT may translate: the whole UDP header, or
+    /// a TCP header whose data offset is at least 5 words and ends inside
+    /// the packet. A segment claiming more header than it carries would
+    /// otherwise open a session for a packet no stack accepts.
+    #[inline(always)]
+    pub fn check_l4(&self, ctx: &TcContext) -> Result<(), u32> {
+        let need = match self.proto {
+            IPPROTO_TCP => {
+                let doff: u8 = load(ctx, self.l4_off + TCP_DOFF)?;
+                let words = (doff >> 4) as usize;
+                if words < 5 {
+                    return Err(drop_reason::BAD_L4_HEADER);
+                }
+                words * 4
+            }
+            IPPROTO_UDP => 8,
+            _ => return Ok(()),
+        };
+        if self.l4_off + need > ctx.len() as usize {
+            return Err(drop_reason::BAD_L4_HEADER);
+        }
+        Ok(())
+    }
+
     /// TCP flags, 0 for anything else.
     #[inline(always)]
     pub fn tcp_flags(&self, ctx: &TcContext) -> u8 {
