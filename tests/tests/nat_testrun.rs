@@ -713,9 +713,9 @@ fn expired_session_is_removed_on_lookup() {
 }
 
 /// Malformed input the NAT would translate is dropped with its reason and
-/// opens no session: TCP data offset past the packet or below 5, a UDP
-/// header cut short, a bad IHL, a non-first fragment. The well-formed SYN
-/// (control) opens one.
+/// opens no session: TCP data offset past the packet or below 5, a TCP or
+/// UDP header cut short, a bad IHL or one past the packet, a non-first
+/// fragment. The well-formed SYN (control) opens one.
 #[test]
 fn malformed_packets_are_dropped_with_their_reason() {
     require_root!();
@@ -735,13 +735,24 @@ fn malformed_packets_are_dropped_with_their_reason() {
             p[0] = 0x44;
             p
         };
+        let ihl_past = {
+            let mut p = pkt::udp(lab, srv, b"", true);
+            p.truncate(20);
+            p[0] = 0x4f;
+            p
+        };
+        let cut_tcp = {
+            let mut p = pkt::tcp(lab, srv, SYN, 5);
+            p.truncate(28);
+            p
+        };
         let fragment = {
             let mut p = pkt::udp(lab, srv, b"fragment", true);
             p[6..8].copy_from_slice(&100u16.to_be_bytes());
             fix_ip_csum(&mut p);
             p
         };
-        let cases: [(&str, Vec<u8>, bool, &str); 6] = [
+        let cases: [(&str, Vec<u8>, bool, &str); 8] = [
             (
                 "doff 15, 20 bytes",
                 pkt::tcp(lab, srv, SYN, 15),
@@ -749,6 +760,8 @@ fn malformed_packets_are_dropped_with_their_reason() {
                 "bad_l4_header",
             ),
             ("doff 4", pkt::tcp(lab, srv, SYN, 4), false, "bad_l4_header"),
+            ("TCP cut before doff", cut_tcp, false, "bad_l4_header"),
+            ("IHL past the packet", ihl_past, false, "truncated_l3"),
             (
                 "to a forward",
                 pkt::tcp(srv, ep(UPLINK, 8080), SYN, 15),

@@ -154,9 +154,15 @@ impl Ip4 {
     /// otherwise open a session for a packet no stack accepts.
     #[inline(always)]
     pub fn check_l4(&self, ctx: &TcContext) -> Result<(), u32> {
+        let len = ctx.len() as usize;
+        if self.l4_off > len {
+            // The IPv4 header (IHL) itself runs past the packet.
+            return Err(drop_reason::TRUNCATED_L3);
+        }
         let need = match self.proto {
             IPPROTO_TCP => {
-                let doff: u8 = load(ctx, self.l4_off + TCP_DOFF)?;
+                let doff = ctx.load::<u8>(self.l4_off + TCP_DOFF);
+                let doff = doff.map_err(|_| drop_reason::BAD_L4_HEADER)?;
                 let words = (doff >> 4) as usize;
                 if words < 5 {
                     return Err(drop_reason::BAD_L4_HEADER);
@@ -166,7 +172,7 @@ impl Ip4 {
             IPPROTO_UDP => 8,
             _ => return Ok(()),
         };
-        if self.l4_off + need > ctx.len() as usize {
+        if self.l4_off + need > len {
             return Err(drop_reason::BAD_L4_HEADER);
         }
         Ok(())
