@@ -10,94 +10,71 @@ use core::{fmt, net::Ipv4Addr};
 
 use bytemuck::{Pod, Zeroable};
 
-/// A 16-bit value in network byte order (a port, an ICMP identifier).
-#[repr(transparent)]
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct Be16(u16);
+/// `$name`: a `$int` in network byte order, with its conversions.
+macro_rules! wire_int {
+    ($(#[$doc:meta])* $name:ident, $int:ty, $bytes:literal) => {
+        $(#[$doc])*
+        #[repr(transparent)]
+        #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+        pub struct $name($int);
 
-/// A 32-bit value in network byte order (an IPv4 address).
-#[repr(transparent)]
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct Be32(u32);
+        impl $name {
+            pub const ZERO: $name = $name(0);
 
-impl Be16 {
-    pub const ZERO: Be16 = Be16(0);
+            /// From a host-order number.
+            #[inline(always)]
+            pub const fn from_host(v: $int) -> $name {
+                $name(v.to_be())
+            }
 
-    /// From a host-order number.
-    #[inline(always)]
-    pub const fn from_host(v: u16) -> Be16 {
-        Be16(v.to_be())
-    }
+            /// The number in host order.
+            #[inline(always)]
+            pub const fn get(self) -> $int {
+                <$int>::from_be(self.0)
+            }
 
-    /// The number in host order.
-    #[inline(always)]
-    pub const fn get(self) -> u16 {
-        u16::from_be(self.0)
-    }
+            /// From the packet bytes read as a native integer (a packet load).
+            #[inline(always)]
+            pub const fn from_raw(raw: $int) -> $name {
+                $name(raw)
+            }
 
-    /// From the packet bytes read as a native integer (a packet load).
-    #[inline(always)]
-    pub const fn from_raw(raw: u16) -> Be16 {
-        Be16(raw)
-    }
+            /// The packet bytes as a native integer (a packet store, csum
+            /// helpers).
+            #[inline(always)]
+            pub const fn raw(self) -> $int {
+                self.0
+            }
 
-    /// The packet bytes as a native integer (a packet store, csum helpers).
-    #[inline(always)]
-    pub const fn raw(self) -> u16 {
-        self.0
-    }
+            /// From the bytes in wire order.
+            #[inline(always)]
+            pub const fn from_bytes(b: [u8; $bytes]) -> $name {
+                $name(<$int>::from_ne_bytes(b))
+            }
 
-    #[inline(always)]
-    pub const fn from_bytes(b: [u8; 2]) -> Be16 {
-        Be16(u16::from_ne_bytes(b))
-    }
+            /// The bytes in wire order.
+            #[inline(always)]
+            pub const fn to_bytes(self) -> [u8; $bytes] {
+                self.0.to_ne_bytes()
+            }
+        }
 
-    /// The bytes in wire order.
-    #[inline(always)]
-    pub const fn to_bytes(self) -> [u8; 2] {
-        self.0.to_ne_bytes()
-    }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:#x})", stringify!($name), self.get())
+            }
+        }
+    };
 }
 
-impl Be32 {
-    pub const ZERO: Be32 = Be32(0);
-
-    /// From a host-order number.
-    #[inline(always)]
-    pub const fn from_host(v: u32) -> Be32 {
-        Be32(v.to_be())
-    }
-
-    /// The number in host order.
-    #[inline(always)]
-    pub const fn get(self) -> u32 {
-        u32::from_be(self.0)
-    }
-
-    /// From the packet bytes read as a native integer (a packet load).
-    #[inline(always)]
-    pub const fn from_raw(raw: u32) -> Be32 {
-        Be32(raw)
-    }
-
-    /// The packet bytes as a native integer (a packet store, csum helpers).
-    #[inline(always)]
-    pub const fn raw(self) -> u32 {
-        self.0
-    }
-
-    /// From the bytes in wire order (an address's octets).
-    #[inline(always)]
-    pub const fn from_bytes(b: [u8; 4]) -> Be32 {
-        Be32(u32::from_ne_bytes(b))
-    }
-
-    /// The bytes in wire order (an address's octets).
-    #[inline(always)]
-    pub const fn to_bytes(self) -> [u8; 4] {
-        self.0.to_ne_bytes()
-    }
-}
+wire_int!(
+    /// A 16-bit value in network byte order (a port, an ICMP identifier).
+    Be16, u16, 2
+);
+wire_int!(
+    /// A 32-bit value in network byte order (an IPv4 address).
+    Be32, u32, 4
+);
 
 /// An address's octets, in wire order.
 impl From<[u8; 4]> for Be32 {
@@ -115,18 +92,6 @@ impl From<Ipv4Addr> for Be32 {
 impl From<Be32> for Ipv4Addr {
     fn from(a: Be32) -> Ipv4Addr {
         Ipv4Addr::from(a.to_bytes())
-    }
-}
-
-impl fmt::Debug for Be16 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Be16({})", self.get())
-    }
-}
-
-impl fmt::Debug for Be32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Be32({:#010x})", self.get())
     }
 }
 
