@@ -4,11 +4,22 @@
 //! `bytemuck::{Pod, Zeroable}`, so implicit padding is a compile error rather
 //! than uninitialised bytes leaking into the kernel. Sizes are asserted below:
 //! both halves must agree byte for byte.
-#![no_std]
+//!
+//! Byte order: a field in network (wire) order is typed [`Be16`] / [`Be32`];
+//! MACs are `[u8; 6]` in wire order; every other integer is in host order
+//! (said so where it is a port or address).
+#![cfg_attr(not(test), no_std)]
+
+mod byteorder;
+mod codes;
 
 use bytemuck::{Pod, Zeroable};
 
 pub mod capture;
+pub use crate::{
+    byteorder::{Be16, Be32},
+    codes::{DropReason, NatStat, drop_reason, nat_stat},
+};
 
 /// TC program attached to the ingress of every bridge port (host-side veth).
 pub const PROG_PORT_INGRESS: &str = "nb_port_ingress";
@@ -251,68 +262,6 @@ impl PortStats {
     }
 }
 
-/// Explicit reasons a program drops a frame; index into [`MAP_DROP_STATS`].
-pub mod drop_reason {
-    /// Frame shorter than its Ethernet (or VLAN) header.
-    pub const TRUNCATED_ETH: u32 = 0;
-    /// L3 header claimed by the ethertype does not fit in the frame.
-    pub const TRUNCATED_L3: u32 = 1;
-    /// More VLAN tags than the parser follows.
-    pub const VLAN_TOO_DEEP: u32 = 2;
-    /// IPv4 header with IHL < 5 or version != 4.
-    pub const BAD_IPV4_HEADER: u32 = 3;
-    /// Source MAC is multicast/broadcast or all-zero: never valid.
-    pub const BAD_SRC_MAC: u32 = 4;
-    /// Source MAC is not the namespace's own (anti-spoofing).
-    pub const SPOOFED_MAC: u32 = 5;
-    /// IPv4 source is not one of the namespace's addresses (anti-spoofing).
-    pub const SPOOFED_IPV4: u32 = 6;
-    /// ARP sender MAC/IP is not the namespace's own (anti-spoofing).
-    pub const SPOOFED_ARP: u32 = 7;
-    /// New SNAT flow, but no free port in the NAT port range (after the
-    /// bounded retries).
-    pub const NAT_PORT_EXHAUSTED: u32 = 8;
-    /// New NAT flow, but the session table is at `max_sessions`.
-    pub const NAT_TABLE_FULL: u32 = 9;
-    /// Inserting a conntrack entry failed (lost a race or map error).
-    pub const NAT_CT_INSERT: u32 = 10;
-    /// A non-first IPv4 fragment that would need translation: it carries no
-    /// ports, so it cannot be mapped (netbridge does not reassemble).
-    pub const NAT_FRAGMENT: u32 = 11;
-    /// Rewriting the packet (store or checksum helper) failed.
-    pub const NAT_REWRITE: u32 = 12;
-    /// A hairpin reply whose destination is not a known lab host.
-    pub const NAT_NO_ROUTE: u32 = 13;
-    /// The isolation policy denies this source/destination pair.
-    pub const POLICY_DENIED: u32 = 14;
-    /// An inbound packet for a SNAT mapping that expired (its session
-    /// found past its timeout, or recently removed), and no socket of the
-    /// host itself wants it.
-    pub const NAT_EXPIRED: u32 = 15;
-    /// Number of reason codes (size of the drop map).
-    pub const COUNT: u32 = 16;
-
-    /// Human names, indexed by code.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "truncated_eth",
-        "truncated_l3",
-        "vlan_too_deep",
-        "bad_ipv4_header",
-        "bad_src_mac",
-        "spoofed_mac",
-        "spoofed_ipv4",
-        "spoofed_arp",
-        "nat_port_exhausted",
-        "nat_table_full",
-        "nat_ct_insert",
-        "nat_fragment",
-        "nat_rewrite",
-        "nat_no_route",
-        "policy_denied",
-        "nat_expired",
-    ];
-}
-
 // ---------------------------------------------------------------------------
 // NAT: SNAT masquerade and DNAT port forwards on the uplink, hairpin on the
 // bridge ports.
@@ -347,11 +296,15 @@ pub const CT_GRAVES_SIZE: u32 = 16_384;
 /// [`CtlCmd`], it starts the sweep timer, sweeps now, or purges sessions.
 /// The timer's callback belongs to it; it is pinned for `gc` and `forward`.
 pub const PROG_CT_CTL: &str = "nb_ct_ctl";
-/// LRU hash: [`EimKey`] (inside endpoint) -> external port, for
+/// LRU hash: [`EimKey`] (inside endpoint) -> [`EimPort`], for
 /// endpoint-independent mapping (RFC 4787).
 pub const MAP_EIM: &str = "NB_EIM";
-/// Hash: lab IPv4 (network byte order) -> [`HostEntry`], for hairpin replies.
+/// Hash: lab IPv4 ([`Be32`]) -> [`HostEntry`], for hairpin replies.
 pub const MAP_HOSTS: &str = "NB_HOSTS";
+
+/// The value of [`MAP_EIM`]: the inside endpoint's external port, in HOST
+/// byte order (the port allocator counts in host order).
+pub type EimPort = u16;
 
 /// Largest capacity of [`MAP_CT`] (two entries per session); `up` sizes the
 /// table from `max_sessions` (see [`ct_entries`]).
@@ -440,14 +393,15 @@ pub const CT_F_ORIGINAL: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NatConfig {
-    /// Uplink IPv4 address, network byte order (the masquerade address).
-    pub uplink_ipv4: [u8; 4],
+    /// Uplink IPv4 address (the masquerade address).
+    pub uplink_ipv4: Be32,
     /// Uplink ifindex in the host namespace (host byte order).
     pub uplink_ifindex: u32,
     /// `NAT_*` bits; 0 disables NAT everywhere.
     pub flags: u32,
-    /// SNAT port range, inclusive, host byte order.
+    /// SNAT port range, inclusive, HOST byte order.
     pub port_min: u16,
+    /// HOST byte order.
     pub port_max: u16,
     /// New sessions are dropped (`nat_table_full`) at this many live ones.
     pub max_sessions: u32,
@@ -471,16 +425,13 @@ const _: () = assert!(core::mem::size_of::<NatConfig>() == 64);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtKey {
-    /// network byte order
-    pub saddr: [u8; 4],
-    /// network byte order
-    pub daddr: [u8; 4],
-    /// Network byte order. ICMP echo: the identifier for packets from the
-    /// inside (requests), 0 for packets from outside.
-    pub sport: u16,
-    /// Network byte order. ICMP echo: 0 from the inside, the identifier
-    /// from outside (replies).
-    pub dport: u16,
+    pub saddr: Be32,
+    pub daddr: Be32,
+    /// ICMP echo: the identifier for packets from the inside (requests), 0
+    /// for packets from outside.
+    pub sport: Be16,
+    /// ICMP echo: 0 from the inside, the identifier from outside (replies).
+    pub dport: Be16,
     /// IP protocol number.
     pub proto: u8,
     /// `CT_DIR_*`.
@@ -495,10 +446,10 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 pub struct CtEntry {
     /// The key of the opposite direction (deleted together).
     pub reverse: CtKey,
-    /// New source (dir OUT) or destination (dir IN) address, network byte order.
-    pub nat_addr: [u8; 4],
-    /// New source/destination port (ICMP: identifier), network byte order.
-    pub nat_port: u16,
+    /// New source (dir OUT) or destination (dir IN) address.
+    pub nat_addr: Be32,
+    /// New source/destination port (ICMP: identifier).
+    pub nat_port: Be16,
     /// `CT_TCP_*`, `CT_UDP*`, `CT_ICMP`.
     pub state: u8,
     /// `CT_SNAT`, `CT_DNAT`, `CT_HAIRPIN`.
@@ -518,7 +469,7 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FwdKey {
-    /// External port, host byte order (first port for a range).
+    /// External port, HOST byte order (first port for a range).
     pub port: u16,
     /// IP protocol number (6 or 17).
     pub proto: u8,
@@ -530,13 +481,14 @@ const _: () = assert!(core::mem::size_of::<FwdKey>() == 4);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FwdTarget {
-    /// Target namespace address, network byte order.
-    pub addr: [u8; 4],
-    /// Target port for `first`, host byte order; port p maps to
+    /// Target namespace address.
+    pub addr: Be32,
+    /// Target port for `first`, HOST byte order; port p maps to
     /// `port + (p - first)`.
     pub port: u16,
-    /// External ports covered, inclusive, host byte order.
+    /// External ports covered, inclusive, HOST byte order.
     pub first: u16,
+    /// HOST byte order.
     pub last: u16,
     /// IP protocol number.
     pub proto: u8,
@@ -548,10 +500,8 @@ const _: () = assert!(core::mem::size_of::<FwdTarget>() == 12);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct EimKey {
-    /// network byte order
-    pub addr: [u8; 4],
-    /// network byte order
-    pub port: u16,
+    pub addr: Be32,
+    pub port: Be16,
     pub proto: u8,
     pub _pad: u8,
 }
@@ -642,59 +592,6 @@ pub mod ctl {
     pub const ERROR: u32 = 1 << 30;
 }
 
-/// Indexes into [`MAP_NAT_STATS`].
-pub mod nat_stat {
-    /// New SNAT sessions.
-    pub const SNAT_NEW: u32 = 0;
-    /// New DNAT sessions (from the uplink).
-    pub const DNAT_NEW: u32 = 1;
-    /// New hairpin sessions (lab host to the uplink address).
-    pub const HAIRPIN_NEW: u32 = 2;
-    /// Packets rewritten at the uplink egress (source).
-    pub const XLATE_OUT: u32 = 3;
-    /// Packets rewritten at the uplink ingress (destination).
-    pub const XLATE_IN: u32 = 4;
-    /// Packets rewritten on bridge ports (hairpin).
-    pub const XLATE_HAIRPIN: u32 = 5;
-    /// ICMP errors translated (RFC 5508).
-    pub const ICMP_ERRORS: u32 = 6;
-    /// Port allocation attempts that hit a used port.
-    pub const PORT_RETRIES: u32 = 7;
-    /// Mappings that kept the inside source port.
-    pub const PORT_KEPT: u32 = 8;
-    /// Mappings reused through endpoint-independent mapping.
-    pub const EIM_REUSED: u32 = 9;
-    /// Packets sent from a bridge port straight out of the uplink.
-    pub const FAST_OUT: u32 = 10;
-    /// Packets sent from the uplink straight into a lab namespace.
-    pub const FAST_IN: u32 = 11;
-    /// Sessions removed past their timeout by the sweep.
-    pub const EXPIRED_SWEEP: u32 = 12;
-    /// Sessions removed past their timeout when a packet (or a new
-    /// session wanting the port) found them first.
-    pub const EXPIRED_LOOKUP: u32 = 13;
-    /// Sessions removed because their forward went away or changed.
-    pub const PURGED: u32 = 14;
-    pub const COUNT: u32 = 15;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "snat_new",
-        "dnat_new",
-        "hairpin_new",
-        "translated_out",
-        "translated_in",
-        "translated_hairpin",
-        "icmp_errors_translated",
-        "port_retries",
-        "port_kept",
-        "eim_reused",
-        "fast_path_out",
-        "fast_path_in",
-        "expired_sweep",
-        "expired_lookup",
-        "purged",
-    ];
-}
-
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all are repr(C) and bytemuck::Pod: no padding, any bit
@@ -714,4 +611,7 @@ mod user {
     unsafe impl aya::Pod for super::HostEntry {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::CtStateView {}
+    // SAFETY: repr(transparent) over u16/u32.
+    unsafe impl aya::Pod for super::Be16 {}
+    unsafe impl aya::Pod for super::Be32 {}
 }

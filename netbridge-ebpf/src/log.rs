@@ -21,7 +21,10 @@ pub fn allow(kind: u32) -> bool {
     let Some(p) = NB_LOG_RATE.get_ptr_mut(kind) else {
         return false;
     };
+    // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU do
+    // not preempt each other.
     let w = unsafe { &mut *p };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(w[0]) > 1_000_000_000 {
         w[0] = now;

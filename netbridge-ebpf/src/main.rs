@@ -215,6 +215,7 @@ fn uplink_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_drop_reason(reason);
+            // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
             log::drop(unsafe { (*ctx.skb.skb).ifindex }, reason);
             TC_ACT_SHOT
         }

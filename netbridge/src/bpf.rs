@@ -17,7 +17,7 @@ use aya::{
     },
 };
 use netbridge_common::{
-    BRIDGE_ISOLATION, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
+    BRIDGE_ISOLATION, Be32, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
     MAP_FDB, MAP_FDB_GEN, MAP_HOSTS, MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS, MAP_PORT_SLOTS,
     MAP_PORT_STATS, MAP_PORTS, MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED, PORT_PROG_NAT,
     PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS,
@@ -280,7 +280,7 @@ impl Maps {
     pub fn add_host(&mut self, addr: Ipv4Addr, e: HostEntry) -> Result<(), BpfError> {
         self.nat
             .hosts
-            .insert(addr.octets(), e, 0)
+            .insert(Be32::from(addr), e, 0)
             .map_err(map_err(MAP_HOSTS))
     }
 
@@ -327,10 +327,10 @@ impl Maps {
             if self
                 .nat
                 .hosts
-                .get(&a.octets(), 0)
+                .get(&Be32::from(*a), 0)
                 .is_ok_and(|h| h.ifindex == ifindex)
             {
-                gone(self.nat.hosts.remove(&a.octets())).map_err(map_err(MAP_HOSTS))?;
+                gone(self.nat.hosts.remove(&Be32::from(*a))).map_err(map_err(MAP_HOSTS))?;
             }
         }
         // After the FDB entries went: no cache keeps one.

@@ -15,11 +15,11 @@ use aya::{
     sys::SyscallError,
 };
 use netbridge_common::{
-    CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ICMP, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING,
-    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CTL_ETHERTYPE, CtCounts, CtEntry,
-    CtKey, CtStateView, CtlCmd, EimKey, FwdKey, FwdTarget, HostEntry, MAP_CT, MAP_CT_STATE,
-    MAP_EIM, MAP_FORWARDS, MAP_FWD_HITS, MAP_FWD_RANGES, MAP_HOSTS, MAP_NAT_CONFIG, MAP_NAT_STATS,
-    MAX_FWD_RANGES, NatConfig, PROG_CT_CTL, ctl, nat_stat,
+    Be16, Be32, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ICMP, CT_SIZE, CT_SNAT, CT_TCP_CLOSED,
+    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CTL_ETHERTYPE,
+    CtCounts, CtEntry, CtKey, CtStateView, CtlCmd, EimKey, EimPort, FwdKey, FwdTarget, HostEntry,
+    MAP_CT, MAP_CT_STATE, MAP_EIM, MAP_FORWARDS, MAP_FWD_HITS, MAP_FWD_RANGES, MAP_HOSTS,
+    MAP_NAT_CONFIG, MAP_NAT_STATS, MAX_FWD_RANGES, NatConfig, PROG_CT_CTL, ctl, nat_stat,
 };
 use serde::Serialize;
 
@@ -43,8 +43,8 @@ pub struct NatMaps {
     pub stats: PerCpuArray<MapData, u64>,
     /// Live count, high-water mark and sweeps, kept by the datapath.
     pub state: Array<MapData, CtStateView>,
-    pub eim: HashMap<MapData, EimKey, u16>,
-    pub hosts: HashMap<MapData, [u8; 4], HostEntry>,
+    pub eim: HashMap<MapData, EimKey, EimPort>,
+    pub hosts: HashMap<MapData, Be32, HostEntry>,
     /// The conntrack control program (loaded, or its pin), if any.
     ctl: Option<ProgramFd>,
 }
@@ -156,12 +156,12 @@ pub struct Conntrack {
     pub pools: Vec<PoolUse>,
 }
 
-fn ip(b: [u8; 4]) -> Ipv4Addr {
-    Ipv4Addr::from(b)
+fn ip(a: Be32) -> Ipv4Addr {
+    Ipv4Addr::from(a)
 }
 
-fn ep(addr: [u8; 4], port: u16) -> String {
-    format!("{}:{}", ip(addr), u16::from_be(port))
+fn ep(addr: Be32, port: Be16) -> String {
+    format!("{}:{}", ip(addr), port.get())
 }
 
 /// A session's last activity and state: the later and further of its two
@@ -221,9 +221,19 @@ impl NatMaps {
     /// new forwards (a session left there by an earlier mapping would win
     /// over the new one). Returns the changes made.
     pub fn apply(&mut self, plan: &NatPlan) -> Result<Vec<String>, BpfError> {
+        let mut changes = self.apply_forwards(&plan.forwards)?;
+        self.apply_hosts(&plan.hosts)?;
+        let ranges = plan.forwards.iter().filter(|f| f.first != f.last).count();
+        changes.extend(self.apply_config(plan.config, ranges as u16)?);
+        Ok(changes)
+    }
+
+    /// The forward tables: single ports in the hash, ranges in the array
+    /// (the config's `range_count` says how many are used).
+    fn apply_forwards(&mut self, forwards: &[FwdTarget]) -> Result<Vec<String>, BpfError> {
         let mut changes = Vec::new();
         let old = self.forwards()?;
-        for f in old.iter().filter(|f| !plan.forwards.contains(f)) {
+        for f in old.iter().filter(|f| !forwards.contains(f)) {
             let purged = self.purge_forward(f.proto, f.first, f.last)?;
             changes.push(format!(
                 "removed forward {} {} ({purged} sessions purged)",
@@ -232,7 +242,7 @@ impl NatMaps {
             ));
         }
         if self.ctl.is_some() {
-            for f in plan.forwards.iter().filter(|f| !old.contains(f)) {
+            for f in forwards.iter().filter(|f| !old.contains(f)) {
                 let purged = self.purge_forward(f.proto, f.first, f.last)?;
                 if purged > 0 {
                     changes.push(format!(
@@ -243,37 +253,30 @@ impl NatMaps {
                 }
             }
         }
-        let singles: Vec<&FwdTarget> = plan.forwards.iter().filter(|f| f.first == f.last).collect();
+        let key = |f: &FwdTarget| FwdKey {
+            port: f.first,
+            proto: f.proto,
+            _pad: 0,
+        };
+        let singles: Vec<&FwdTarget> = forwards.iter().filter(|f| f.first == f.last).collect();
         let stale: Vec<FwdKey> = self
             .forwards
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| {
-                !singles
-                    .iter()
-                    .any(|f| f.first == k.port && f.proto == k.proto)
-            })
+            .filter(|k| !singles.iter().any(|f| key(f) == *k))
             .collect();
         for k in stale {
             self.forwards.remove(&k).map_err(map_err(MAP_FORWARDS))?;
         }
         for f in &singles {
-            let key = FwdKey {
-                port: f.first,
-                proto: f.proto,
-                _pad: 0,
-            };
-            self.forwards
-                .insert(key, **f, 0)
-                .map_err(map_err(MAP_FORWARDS))?;
+            let inserted = self.forwards.insert(key(f), **f, 0);
+            inserted.map_err(map_err(MAP_FORWARDS))?;
         }
-        let ranges: Vec<&FwdTarget> = plan.forwards.iter().filter(|f| f.first != f.last).collect();
-        for (i, f) in ranges.iter().enumerate() {
-            self.ranges
-                .set(i as u32, **f, 0)
-                .map_err(map_err(MAP_FWD_RANGES))?;
+        for (i, f) in forwards.iter().filter(|f| f.first != f.last).enumerate() {
+            let set = self.ranges.set(i as u32, *f, 0);
+            set.map_err(map_err(MAP_FWD_RANGES))?;
         }
-        for f in plan.forwards.iter().filter(|f| !old.contains(f)) {
+        for f in forwards.iter().filter(|f| !old.contains(f)) {
             changes.push(format!(
                 "forward {} {} -> {}:{}",
                 proto_name(f.proto),
@@ -282,60 +285,46 @@ impl NatMaps {
                 f.port
             ));
         }
-        // Hosts.
-        let stale: Vec<[u8; 4]> = self
+        Ok(changes)
+    }
+
+    /// The lab host table (hairpin delivery): exactly `hosts`.
+    fn apply_hosts(&mut self, hosts: &[(Ipv4Addr, HostEntry)]) -> Result<(), BpfError> {
+        let stale: Vec<Be32> = self
             .hosts
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !plan.hosts.iter().any(|(a, _)| a.octets() == *k))
+            .filter(|k| !hosts.iter().any(|(a, _)| Be32::from(*a) == *k))
             .collect();
         for k in stale {
             self.hosts.remove(&k).map_err(map_err(MAP_HOSTS))?;
         }
-        for (a, h) in &plan.hosts {
-            self.hosts
-                .insert(a.octets(), *h, 0)
-                .map_err(map_err(MAP_HOSTS))?;
+        for (a, h) in hosts {
+            let inserted = self.hosts.insert(Be32::from(*a), *h, 0);
+            inserted.map_err(map_err(MAP_HOSTS))?;
         }
-        let mut cfg = plan.config;
-        cfg.range_count = ranges.len() as u16;
+        Ok(())
+    }
+
+    /// The NAT config, its session limit capped at the table's capacity and
+    /// the sweep period derived from the timeouts.
+    fn apply_config(&mut self, mut cfg: NatConfig, ranges: u16) -> Result<Vec<String>, BpfError> {
+        cfg.range_count = ranges;
         // A pinned table keeps the size of its first `up`.
         let (asked, capacity) = (cfg.max_sessions, self.capacity());
         cfg.max_sessions = asked.min(capacity);
         cfg.sweep_ms = sweep_ms(&cfg.timeouts, self.ct_entries());
-        if self.config() != cfg {
-            if cfg.flags != 0 {
-                let mut limit = format!("max {} sessions", cfg.max_sessions);
-                if asked > capacity {
-                    limit += &format!(
-                        " (not {asked}: the conntrack table was sized for {capacity} at the first `up`; `down` and `up` to resize)"
-                    );
-                }
-                changes.push(format!(
-                    "NAT on {} ({}{}ports {}-{}, {limit}, sweep every {} ms)",
-                    ip(cfg.uplink_ipv4),
-                    if cfg.flags & netbridge_common::NAT_MASQUERADE != 0 {
-                        "masquerade, "
-                    } else {
-                        ""
-                    },
-                    if cfg.flags & netbridge_common::NAT_EIM != 0 {
-                        "endpoint-independent, "
-                    } else {
-                        ""
-                    },
-                    cfg.port_min,
-                    cfg.port_max,
-                    cfg.sweep_ms
-                ));
-            } else if self.config().flags != 0 {
-                changes.push("NAT off".into());
-            }
-        }
+        let old = self.config();
+        let change = match () {
+            _ if old == cfg => None,
+            _ if cfg.flags != 0 => Some(describe_config(&cfg, asked, capacity)),
+            _ if old.flags != 0 => Some("NAT off".to_string()),
+            _ => None,
+        };
         self.config
             .set(0, cfg, 0)
             .map_err(map_err(MAP_NAT_CONFIG))?;
-        Ok(changes)
+        Ok(change.into_iter().collect())
     }
 
     /// Replaces the forwards of a running NAT (`netbridge forward`),
@@ -439,7 +428,7 @@ impl NatMaps {
     /// again (at most 3 rounds). Returns how many sessions went.
     pub fn purge_hosts(&mut self, addrs: &[Ipv4Addr]) -> Result<u64, BpfError> {
         const BPF_EXIST: u64 = 2;
-        let theirs: HashSet<[u8; 4]> = addrs.iter().map(|a| a.octets()).collect();
+        let theirs: HashSet<Be32> = addrs.iter().map(|a| Be32::from(*a)).collect();
         if theirs.is_empty() {
             return Ok(0);
         }
@@ -511,44 +500,18 @@ impl NatMaps {
     pub fn conntrack(&self) -> Result<Conntrack, BpfError> {
         let now = monotonic_ns();
         let cfg = self.config();
-        let timeout = |state: u8| cfg.timeouts[(state & 7) as usize] as f64;
         let entries: std::collections::HashMap<CtKey, CtEntry> =
             self.ct.iter().filter_map(|r| r.ok()).collect();
-        let mut sessions = Vec::new();
         let mut used: BTreeMap<u8, BTreeSet<u16>> = BTreeMap::new();
-        for (k, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_ORIGINAL != 0) {
-            let (last, state) = activity(e, entries.get(&e.reverse));
-            let idle = now.saturating_sub(last) as f64 / 1e9;
-            let icmp = k.proto == IPPROTO_ICMP;
-            let (inside, external, remote) = if e.kind == CT_SNAT {
-                used.entry(k.proto)
-                    .or_default()
-                    .insert(u16::from_be(e.nat_port));
-                let remote = if icmp {
-                    ip(k.daddr).to_string()
-                } else {
-                    ep(k.daddr, k.dport)
-                };
-                (ep(k.saddr, k.sport), ep(e.nat_addr, e.nat_port), remote)
-            } else {
-                (
-                    ep(e.nat_addr, e.nat_port),
-                    ep(k.daddr, k.dport),
-                    ep(k.saddr, k.sport),
-                )
-            };
-            sessions.push(Session {
-                proto: proto_name(k.proto),
-                kind: kind_name(e.kind),
-                state: state_name(state),
-                inside,
-                external,
-                remote,
-                age_secs: now.saturating_sub(e.created_ns) as f64 / 1e9,
-                idle_secs: idle,
-                expires_in_secs: (timeout(state) - idle).max(0.0),
-            });
-        }
+        let originals = entries.iter().filter(|(_, e)| e.flags & CT_F_ORIGINAL != 0);
+        let mut sessions: Vec<Session> = originals
+            .map(|(k, e)| {
+                if e.kind == CT_SNAT {
+                    used.entry(k.proto).or_default().insert(e.nat_port.get());
+                }
+                session_row(&cfg, now, k, e, entries.get(&e.reverse))
+            })
+            .collect();
         sessions.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs));
         let pool_size = (cfg.port_max as usize + 1).saturating_sub(cfg.port_min as usize);
         let pools = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP]
@@ -615,6 +578,57 @@ impl NatMaps {
             })
             .collect())
     }
+}
+
+/// One session of the listing from its original half `k`/`e` and the
+/// other half `r` (if still there), at `now`.
+fn session_row(cfg: &NatConfig, now: u64, k: &CtKey, e: &CtEntry, r: Option<&CtEntry>) -> Session {
+    let (last, state) = activity(e, r);
+    let idle = now.saturating_sub(last) as f64 / 1e9;
+    let timeout = cfg.timeouts[(state & 7) as usize] as f64;
+    let (inside, external, remote) = if e.kind == CT_SNAT {
+        let remote = if k.proto == IPPROTO_ICMP {
+            ip(k.daddr).to_string()
+        } else {
+            ep(k.daddr, k.dport)
+        };
+        (ep(k.saddr, k.sport), ep(e.nat_addr, e.nat_port), remote)
+    } else {
+        let inside = ep(e.nat_addr, e.nat_port);
+        (inside, ep(k.daddr, k.dport), ep(k.saddr, k.sport))
+    };
+    Session {
+        proto: proto_name(k.proto),
+        kind: kind_name(e.kind),
+        state: state_name(state),
+        inside,
+        external,
+        remote,
+        age_secs: now.saturating_sub(e.created_ns) as f64 / 1e9,
+        idle_secs: idle,
+        expires_in_secs: (timeout - idle).max(0.0),
+    }
+}
+
+/// "NAT on ADDR (...)": what `apply` reports for a config turned on or
+/// changed; `asked` sessions, of which the table holds `capacity`.
+fn describe_config(cfg: &NatConfig, asked: u32, capacity: u32) -> String {
+    let mut limit = format!("max {} sessions", cfg.max_sessions);
+    if asked > capacity {
+        limit += &format!(
+            " (not {asked}: the conntrack table was sized for {capacity} at the first `up`; `down` and `up` to resize)"
+        );
+    }
+    let flag = |bit: u32, text: &'static str| if cfg.flags & bit != 0 { text } else { "" };
+    format!(
+        "NAT on {} ({}{}ports {}-{}, {limit}, sweep every {} ms)",
+        ip(cfg.uplink_ipv4),
+        flag(netbridge_common::NAT_MASQUERADE, "masquerade, "),
+        flag(netbridge_common::NAT_EIM, "endpoint-independent, "),
+        cfg.port_min,
+        cfg.port_max,
+        cfg.sweep_ms
+    )
 }
 
 /// The NAT config's timeouts (s), indexed by `CT_*` state code.
@@ -701,6 +715,20 @@ pub fn ctl_frame(cmd: &CtlCmd) -> Vec<u8> {
 /// BPF_PROG_TEST_RUN: runs `prog` once on `frame` (a real skb arriving on
 /// the calling thread's loopback) and returns its return value.
 pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    prog_test_run_out(prog, frame).map(|r| r.retval)
+}
+
+/// What one BPF_PROG_TEST_RUN gave back.
+#[derive(Debug, Clone)]
+pub struct TestRunOut {
+    /// The program's return value (TC_ACT_*, XDP_*).
+    pub retval: u32,
+    /// The packet as the program left it.
+    pub data: Vec<u8>,
+}
+
+/// BPF_PROG_TEST_RUN, keeping the packet the program rewrote.
+pub fn prog_test_run_out(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<TestRunOut> {
     /// The `test` member of `union bpf_attr`.
     #[repr(C)]
     #[derive(Default)]
@@ -745,7 +773,11 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(attr.retval)
+    out.truncate(attr.data_size_out as usize);
+    Ok(TestRunOut {
+        retval: attr.retval,
+        data: out,
+    })
 }
 
 pub fn port_label(f: &FwdTarget) -> String {

@@ -77,7 +77,30 @@ pub fn missing_pieces() -> Vec<String> {
 /// environment so nothing from an outer cargo (RUSTC, wrappers such as
 /// clippy-driver, rustflags, jobserver) leaks in.
 pub fn build_command(workspace_root: &Path, linker: &Path) -> Command {
-    let mut cmd = Command::new(BPF_CARGO);
+    let mut cmd = bpf_command(BPF_CARGO, workspace_root, linker);
+    cmd.env(
+        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+        "-C debuginfo=2 -C link-arg=--btf -D warnings",
+    )
+    .args([
+        "build",
+        "--release",
+        "--package",
+        "netbridge-ebpf",
+        "--target",
+        BPF_TARGET,
+    ])
+    .arg("--target-dir")
+    .arg(target_dir(workspace_root));
+    cmd
+}
+
+/// `program` (Debian's cargo, or a cargo subcommand of that toolchain)
+/// run at the workspace root with the outer cargo's environment scrubbed
+/// and the eBPF toolchain's set: Debian's rustc, aya-ebpf's unstable
+/// features, bpf-linker.
+pub fn bpf_command(program: &str, workspace_root: &Path, linker: &Path) -> Command {
+    let mut cmd = Command::new(program);
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         let leaks = (k.starts_with("CARGO_") && k != "CARGO_HOME")
@@ -96,20 +119,6 @@ pub fn build_command(workspace_root: &Path, linker: &Path) -> Command {
         .env("RUSTC", BPF_RUSTC)
         // Lets aya-ebpf (only) use its unstable features on a stable rustc.
         .env("RUSTC_BOOTSTRAP", "aya_ebpf")
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", linker)
-        .env(
-            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-            "-C debuginfo=2 -C link-arg=--btf -D warnings",
-        )
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "netbridge-ebpf",
-            "--target",
-            BPF_TARGET,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir(workspace_root));
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", linker);
     cmd
 }

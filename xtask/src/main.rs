@@ -5,6 +5,7 @@
 //! whatever is missing, saying what it does.
 mod bench;
 mod bench_cni;
+mod clippy;
 mod crr;
 mod dist;
 mod ebpf_build;
@@ -42,6 +43,13 @@ enum Cmd {
     },
     /// Only check/install the toolchain and test tools.
     Setup,
+    /// clippy with -D warnings over every crate, the eBPF crate included
+    /// (for the BPF target, with Debian's clippy; arguments go to the host
+    /// run).
+    Clippy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Datapaths side by side (direct veth, Linux bridge, netbridge TC and
     /// XDP), interleaved rounds; writes target/bench/results.{txt,json,svg}.
     Bench {
@@ -126,6 +134,10 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.cmd {
         Cmd::Setup => setup(),
+        Cmd::Clippy { args } => {
+            setup()?;
+            clippy::run_all(&root, &args)
+        }
         Cmd::BuildEbpf => {
             setup()?;
             build_ebpf(&root)

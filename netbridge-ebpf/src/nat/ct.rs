@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use netbridge_common::{
-    CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING,
-    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, NatConfig, nat_stat,
+    Be16, Be32, CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED,
+    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey,
+    NatConfig, nat_stat,
 };
 
 use crate::nat::{
@@ -29,8 +30,8 @@ pub const BPF_NOEXIST: u64 = 1;
 #[inline(always)]
 pub fn key(t: &Tuple, dir: u8) -> CtKey {
     CtKey {
-        saddr: t.saddr.to_ne_bytes(),
-        daddr: t.daddr.to_ne_bytes(),
+        saddr: t.saddr,
+        daddr: t.daddr,
         sport: t.sport,
         dport: t.dport,
         proto: t.proto,
@@ -51,8 +52,8 @@ static NB_CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0)
 #[allow(clippy::too_many_arguments)]
 pub fn stage(
     reverse: CtKey,
-    nat_addr: [u8; 4],
-    nat_port: u16,
+    nat_addr: Be32,
+    nat_port: Be16,
     state: u8,
     kind: u8,
     flags: u8,
@@ -74,6 +75,7 @@ pub fn stage(
 
 #[inline(always)]
 pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
 
@@ -89,6 +91,20 @@ pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
     }
 }
 
+/// The state after a packet with `tcp_flags` in a session in `state`,
+/// seen on the half that opened it (`original`) or the answering one.
+#[inline(always)]
+fn next_state(proto: u8, tcp_flags: u8, state: u8, original: bool) -> u8 {
+    match proto {
+        IPPROTO_TCP if tcp_flags & TCP_RST != 0 => CT_TCP_CLOSED,
+        IPPROTO_TCP if tcp_flags & TCP_FIN != 0 && state < CT_TCP_CLOSING => CT_TCP_CLOSING,
+        // The answering side spoke (SYN-ACK): the handshake went through.
+        IPPROTO_TCP if state == CT_TCP_SYN && !original => CT_TCP_ESTABLISHED,
+        IPPROTO_UDP if state == CT_UDP && !original => CT_UDP_REPLIED,
+        _ => state,
+    }
+}
+
 /// Idle timeout of a session in `state`, from the NAT config.
 #[inline(always)]
 pub fn timeout_ns(timeouts: &[u32; 8], state: u8) -> u64 {
@@ -97,8 +113,8 @@ pub fn timeout_ns(timeouts: &[u32; 8], state: u8) -> u64 {
 
 /// A lookup's outcome.
 pub enum Found {
-    /// The mapping (raw network order) and the session kind.
-    Hit(u32, u16, u8),
+    /// The mapping and the session kind.
+    Hit(Be32, Be16, u8),
     Miss,
     /// The session was past its timeout: it is gone now (kind given).
     Expired(u8),
@@ -113,6 +129,8 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
     let Some(e) = NB_CT.get_ptr_mut(&k) else {
         return Found::Miss;
     };
+    // SAFETY: a value of the map; an LRU map value stays valid memory for
+    // the program's run (RCU), even if evicted meanwhile.
     let e = unsafe { &mut *e };
     let now = now();
     let (state, kind) = (e.state, e.kind);
@@ -123,25 +141,19 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
     if idle > tmo && expire_if_idle(cfg, &k, now) {
         return Found::Expired(kind);
     }
-    let next = match t.proto {
-        IPPROTO_TCP if tcp_flags & TCP_RST != 0 => CT_TCP_CLOSED,
-        IPPROTO_TCP if tcp_flags & TCP_FIN != 0 && state < CT_TCP_CLOSING => CT_TCP_CLOSING,
-        // The answering side spoke (SYN-ACK): the handshake went through.
-        IPPROTO_TCP if state == CT_TCP_SYN && e.flags & CT_F_ORIGINAL == 0 => CT_TCP_ESTABLISHED,
-        IPPROTO_UDP if state == CT_UDP && e.flags & CT_F_ORIGINAL == 0 => CT_UDP_REPLIED,
-        _ => state,
-    };
+    let next = next_state(t.proto, tcp_flags, state, e.flags & CT_F_ORIGINAL != 0);
     if next != state {
         e.state = next;
         e.last_seen_ns = now;
         // Keep both halves in the same state (rare: only on transitions).
         if let Some(r) = NB_CT.get_ptr_mut(&e.reverse) {
+            // SAFETY: a value of the map, as above.
             unsafe { (*r).state = next };
         }
     } else if idle > (tmo >> 4).min(CT_REFRESH_NS) {
         e.last_seen_ns = now;
     }
-    Found::Hit(u32::from_ne_bytes(e.nat_addr), e.nat_port, e.kind)
+    Found::Hit(e.nat_addr, e.nat_port, e.kind)
 }
 
 /// Is the session of entry `e` (and its other half, if any) idle past
@@ -149,6 +161,7 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
 /// the furthest and latest of its two halves.
 #[inline(always)]
 pub fn idle_past(timeouts: &[u32; 8], e: &CtEntry, now: u64) -> bool {
+    // SAFETY: a copy is taken right away; the value may be deleted after.
     let (last, state) = match unsafe { NB_CT.get(&e.reverse) } {
         Some(r) => (e.last_seen_ns.max(r.last_seen_ns), e.state.max(r.state)),
         None => (e.last_seen_ns, e.state),
@@ -203,5 +216,6 @@ pub fn remove_session(k: &CtKey, e: &CtEntry, now: u64) -> bool {
 /// Did an SNAT mapping with inbound key `k` expire recently?
 #[inline(always)]
 pub fn grave(k: &CtKey) -> bool {
+    // SAFETY: only the presence is used, not the value.
     unsafe { NB_CT_GRAVES.get(k) }.is_some()
 }

@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_SNAT, CtKey, FwdKey, FwdTarget,
-    HostEntry, MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NAT_FORWARDS, NatConfig, drop_reason,
-    nat_stat,
+    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_SNAT, CtKey, FwdKey,
+    FwdTarget, HostEntry, MAX_FWD_PORTS, MAX_FWD_RANGES, MAX_PORTS, NAT_FORWARDS, NatConfig,
+    drop_reason, nat_stat,
 };
 
 use crate::{
@@ -39,7 +39,7 @@ static NB_FWD_HITS: PerCpuHashMap<FwdKey, u64> =
     PerCpuHashMap::pinned(MAX_FWD_PORTS + MAX_FWD_RANGES, 0);
 
 #[map]
-static NB_HOSTS: HashMap<[u8; 4], HostEntry> = HashMap::pinned(MAX_PORTS * 4, 0);
+static NB_HOSTS: HashMap<Be32, HostEntry> = HashMap::pinned(MAX_PORTS * 4, 0);
 
 /// The forward for external `port` (host order): an O(1) hash lookup for
 /// single ports, then a scan of the (few) ranges.
@@ -50,6 +50,7 @@ pub fn find_forward(cfg: &NatConfig, proto: u8, port: u16) -> Option<FwdTarget> 
         proto,
         _pad: 0,
     };
+    // SAFETY: a copy of the value is taken right away.
     if let Some(t) = unsafe { NB_FORWARDS.get(&key) } {
         return Some(*t);
     }
@@ -79,6 +80,7 @@ fn count_hit(fwd: &FwdTarget) {
         _pad: 0,
     };
     match NB_FWD_HITS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a per-CPU hash.
         Some(c) => unsafe { *c += 1 },
         None => {
             let _ = NB_FWD_HITS.insert(&key, &1, 0);
@@ -88,8 +90,8 @@ fn count_hit(fwd: &FwdTarget) {
 
 /// Where a packet addressed to the uplink goes.
 pub enum Inbound {
-    /// Its session's new destination (raw network order).
-    Mapped(u32, u16),
+    /// Its session's new destination.
+    Mapped(Be32, Be16),
     /// Not for a mapping (the host's own traffic, or nothing).
     Unknown,
     /// For a SNAT mapping that expired (found so, or recently removed).
@@ -108,7 +110,7 @@ pub fn mapping(cfg: &NatConfig, t: &Tuple, hairpin: bool, tcp_flags: u8) -> Resu
     };
     if cfg.flags & NAT_FORWARDS != 0
         && t.proto != IPPROTO_ICMP
-        && let Some(fwd) = find_forward(cfg, t.proto, u16::from_be(t.dport))
+        && let Some(fwd) = find_forward(cfg, t.proto, t.dport.get())
     {
         let o = new_session(t, &fwd, hairpin, tcp_flags)?;
         if o.opened != 0 {
@@ -129,10 +131,10 @@ pub fn host_socket(ctx: &TcContext, t: &Tuple) -> bool {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: t.saddr,
-                daddr: t.daddr,
-                sport: t.sport,
-                dport: t.dport,
+                saddr: t.saddr.raw(),
+                daddr: t.daddr.raw(),
+                sport: t.sport.raw(),
+                dport: t.dport.raw(),
             },
         },
     };
@@ -154,13 +156,13 @@ pub fn host_socket(ctx: &TcContext, t: &Tuple) -> bool {
     true
 }
 
-/// A DNAT session's new destination (raw network order); `opened` 0: another
-/// CPU opened it first. No bool or tuple: BTF (and the kernel) rejects the
-/// unions Rust makes of niche-optimised enums.
+/// A DNAT session's new destination; `opened` 0: another CPU opened it
+/// first. No bool or tuple: BTF (and the kernel) rejects the unions Rust
+/// makes of niche-optimised enums.
 #[repr(C)]
 pub struct Opened {
-    pub addr: u32,
-    pub port: u16,
+    pub addr: Be32,
+    pub port: Be16,
     pub opened: u16,
 }
 
@@ -182,43 +184,32 @@ pub fn new_session(
     if !sweep::reserve(cfg.max_sessions) {
         return Err(drop_reason::NAT_TABLE_FULL);
     }
-    let dport = u16::from_be(t.dport);
-    let tport = fwd.port.wrapping_add(dport.wrapping_sub(fwd.first)).to_be();
+    let tport = fwd.port.wrapping_add(t.dport.get().wrapping_sub(fwd.first));
     let kind = if hairpin { CT_HAIRPIN } else { CT_DNAT };
-    let now = ct::now();
-    let state = ct::initial_state(t.proto, tcp_flags);
-    let in_key = ct::key(t, CT_DIR_IN);
-    let out_key = CtKey {
-        saddr: fwd.addr,
-        daddr: t.saddr.to_ne_bytes(),
-        sport: tport,
-        dport: t.sport,
-        proto: t.proto,
-        dir: CT_DIR_OUT,
-        _pad: [0; 2],
+    let s = Session {
+        in_key: ct::key(t, CT_DIR_IN),
+        out_key: CtKey {
+            saddr: fwd.addr,
+            daddr: t.saddr,
+            sport: Be16::from_host(tport),
+            dport: t.sport,
+            proto: t.proto,
+            dir: CT_DIR_OUT,
+            _pad: [0; 2],
+        },
+        kind,
+        state: ct::initial_state(t.proto, tcp_flags),
     };
-    let Some(out_val) = ct::stage(in_key, t.daddr.to_ne_bytes(), t.dport, state, kind, 0, now)
-    else {
+    let inserted = insert_pair(cfg, &s, t);
+    if inserted != Ok(true) {
         sweep::release(1);
-        return Err(drop_reason::NAT_CT_INSERT);
-    };
-    // The reply key may still be held by an expired session.
-    let out_free = NB_CT.insert(&out_key, out_val, BPF_NOEXIST).is_ok()
-        || (ct::expire_if_idle(cfg, &out_key, now)
-            && NB_CT.insert(&out_key, out_val, BPF_NOEXIST).is_ok());
-    let inserted = out_free
-        && (ct::stage(out_key, fwd.addr, tport, state, kind, CT_F_ORIGINAL, now)
-            .is_some_and(|v| NB_CT.insert(&in_key, v, BPF_NOEXIST).is_ok())
-            || {
-                let _ = NB_CT.remove(&out_key);
-                false
-            });
-    if !inserted {
-        sweep::release(1);
+    }
+    if !inserted? {
         // Lost a race with another CPU opening the same session?
-        return match unsafe { NB_CT.get(&in_key) } {
+        // SAFETY: a copy of the value is taken right away.
+        return match unsafe { NB_CT.get(&s.in_key) } {
             Some(e) => Ok(Opened {
-                addr: u32::from_ne_bytes(e.nat_addr),
+                addr: e.nat_addr,
                 port: e.nat_port,
                 opened: 0,
             }),
@@ -232,43 +223,78 @@ pub fn new_session(
         nat_stat::DNAT_NEW
     });
     Ok(Opened {
-        addr: u32::from_ne_bytes(fwd.addr),
-        port: tport,
+        addr: fwd.addr,
+        port: s.out_key.sport,
         opened: 1,
     })
+}
+
+/// The two keys of a new DNAT session and what both halves record.
+struct Session {
+    /// Client -> uplink address: the original half, rewrites the destination.
+    in_key: CtKey,
+    /// Target -> client: the reply half, rewrites the source.
+    out_key: CtKey,
+    kind: u8,
+    state: u8,
+}
+
+/// Inserts the reply half first (BPF_NOEXIST; a key held by an expired
+/// session is freed first), then the original half, rolling the first back
+/// if the second fails. False: not inserted (a race, or the reply key is
+/// live in another session).
+#[inline(always)]
+fn insert_pair(cfg: &NatConfig, s: &Session, t: &Tuple) -> Result<bool, u32> {
+    let now = ct::now();
+    let out_val = ct::stage(s.in_key, t.daddr, t.dport, s.state, s.kind, 0, now)
+        .ok_or(drop_reason::NAT_CT_INSERT)?;
+    let out_free = NB_CT.insert(&s.out_key, out_val, BPF_NOEXIST).is_ok()
+        || (ct::expire_if_idle(cfg, &s.out_key, now)
+            && NB_CT.insert(&s.out_key, out_val, BPF_NOEXIST).is_ok());
+    if !out_free {
+        return Ok(false);
+    }
+    let (addr, port) = (s.out_key.saddr, s.out_key.sport);
+    let inserted = ct::stage(s.out_key, addr, port, s.state, s.kind, CT_F_ORIGINAL, now)
+        .is_some_and(|v| NB_CT.insert(&s.in_key, v, BPF_NOEXIST).is_ok());
+    if !inserted {
+        let _ = NB_CT.remove(&s.out_key);
+    }
+    Ok(inserted)
 }
 
 /// Logs a new DNAT or hairpin session (rate-limited). Called by the
 /// program, not `new_session`: the logger's frame must not stack on it.
 #[inline(always)]
-fn log_new(t: &Tuple, hairpin: bool, addr: u32, port: u16) {
+fn log_new(t: &Tuple, hairpin: bool, addr: Be32, port: Be16) {
     if crate::log::allow(crate::log::NEW_SESSION) {
         aya_log_ebpf::info!(
             &(),
             "new {} proto {} from {:i}:{} to {:i}:{} -> {:i}:{}",
             if hairpin { "hairpin" } else { "dnat" },
             t.proto,
-            t.saddr.to_ne_bytes(),
-            u16::from_be(t.sport),
-            t.daddr.to_ne_bytes(),
-            u16::from_be(t.dport),
-            addr.to_ne_bytes(),
-            u16::from_be(port)
+            t.saddr.to_bytes(),
+            t.sport.get(),
+            t.daddr.to_bytes(),
+            t.dport.get(),
+            addr.to_bytes(),
+            port.get()
         );
     }
 }
 
-/// The lab host with IPv4 `addr` (network order bytes), if any.
+/// The lab host with IPv4 `addr` (a [`Be32`] or its octets), if any.
 #[inline(always)]
-pub fn host(addr: [u8; 4]) -> Option<HostEntry> {
-    unsafe { NB_HOSTS.get(&addr) }.copied()
+pub fn host(addr: impl Into<Be32>) -> Option<HostEntry> {
+    // SAFETY: a copy of the value is taken right away.
+    unsafe { NB_HOSTS.get(&addr.into()) }.copied()
 }
 
-/// If `addr` (raw) is a lab host, readdresses the frame to it (its MAC,
-/// from the gateway MAC) and returns its port for a redirect.
+/// If `addr` is a lab host, readdresses the frame to it (its MAC, from the
+/// gateway MAC) and returns its port for a redirect.
 #[inline(always)]
-pub fn host_port(ctx: &TcContext, addr: u32) -> Result<Option<u32>, u32> {
-    let Some(h) = host(addr.to_ne_bytes()) else {
+pub fn host_port(ctx: &TcContext, addr: Be32) -> Result<Option<u32>, u32> {
+    let Some(h) = host(addr) else {
         return Ok(None);
     };
     readdress(ctx, &h)?;

@@ -1,22 +1,37 @@
 //! ICMP error translation (RFC 5508): an error about a translated packet
 //! quotes that packet; the quoted header and ports are mapped back like the
 //! outer header, so traceroute and PMTU discovery work through the NAT.
+//! Layers: parse the quote, find its session, rewrite the outer address,
+//! the quoted address (and its header checksum), the quoted port, and the
+//! quoted L4 checksum; the ICMP checksum follows every change.
 use aya_ebpf::programs::TcContext;
-use netbridge_common::{CT_DIR_IN, NatConfig, drop_reason, nat_stat};
+use netbridge_common::{Be16, Be32, CT_DIR_IN, NatConfig, nat_stat};
 
 use crate::{
     csum,
     nat::{
         Tuple, count, ct,
-        packet::{ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, load, store},
+        packet::{
+            self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, l3_csum, l4_csum, load,
+            store,
+        },
     },
 };
 
-/// Adds a 16/32-bit change inside the ICMP message to its checksum.
-#[inline(always)]
-fn icmp_csum(ctx: &TcContext, off: usize, from: u32, to: u32, size: u64) -> Result<(), u32> {
-    ctx.l4_csum_replace(off, from as u64, to as u64, size)
-        .map_err(|_| drop_reason::NAT_REWRITE)
+/// The packet an ICMP error quotes (offsets from the frame start).
+struct Quote {
+    /// Its IPv4 header.
+    ip_off: usize,
+    proto: u8,
+    saddr: Be32,
+    daddr: Be32,
+    /// Ports; ICMP echo: the identifier in `sport`, 0 in `dport`.
+    sport: Be16,
+    dport: Be16,
+    /// The port (identifier) the translation rewrites.
+    port_off: usize,
+    /// Its L4 checksum (may lie past a short quote).
+    csum_off: usize,
 }
 
 /// Translates the ICMP error `ip` if it quotes a packet of a NAT session.
@@ -26,109 +41,159 @@ fn icmp_csum(ctx: &TcContext, off: usize, from: u32, to: u32, size: u64) -> Resu
 /// destination and the outer source become the external endpoint.
 #[inline(always)]
 pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> Result<(), u32> {
-    let icmp_csum_off = ip.l4_off + 2;
-    let inner = ip.l4_off + 8;
-    let vihl: u8 = match ctx.load(inner) {
-        Ok(v) => v,
-        Err(_) => return Ok(()),
-    };
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
-        return Ok(());
-    }
-    let proto: u8 = load(ctx, inner + 9)?;
-    let isaddr: u32 = load(ctx, inner + 12)?;
-    let idaddr: u32 = load(ctx, inner + 16)?;
-    let l4 = inner + ihl;
     let inbound = dir == CT_DIR_IN;
-    // Quoted ports (ICMP echo: identifier in the "inside port" slot), the
-    // offset of the port we rewrite, and of the quoted L4 checksum.
-    let (isport, idport, port_off, l4_csum_off) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let sp: u16 = load(ctx, l4)?;
-            let dp: u16 = load(ctx, l4 + 2)?;
-            let po = if inbound { l4 } else { l4 + 2 };
-            (
-                sp,
-                dp,
-                po,
-                if proto == IPPROTO_TCP {
-                    l4 + 16
-                } else {
-                    l4 + 6
-                },
-            )
-        }
-        IPPROTO_ICMP if inbound => {
-            // Only our own echo requests are quoted back to us.
-            let ty: u8 = load(ctx, l4)?;
-            if ty != ICMP_ECHO {
-                return Ok(());
-            }
-            let id: u16 = load(ctx, l4 + 4)?;
-            (id, 0, l4 + 4, l4 + 2)
-        }
-        _ => return Ok(()),
+    let Some(q) = parse_quote(ctx, ip, inbound)? else {
+        return Ok(());
     };
     // The session key of a packet answering the quoted one, in `dir`.
     let answer = Tuple {
-        saddr: idaddr,
-        daddr: isaddr,
-        sport: idport,
-        dport: isport,
-        proto,
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
     };
     let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &answer, dir, 0) else {
         return Ok(());
     };
-    let uplink = u32::from_ne_bytes(cfg.uplink_ipv4);
-    // Outer header: destination (inbound) or a private source (outbound).
-    let (outer_off, outer_old) = if inbound {
+    rewrite_outer(ctx, ip, cfg, inbound, addr)?;
+    let old_addr = rewrite_quoted_addr(ctx, ip, &q, inbound, addr)?;
+    let old_port = rewrite_quoted_port(ctx, ip, &q, port)?;
+    fix_quoted_l4_csum(ctx, ip, &q, (old_addr, addr), (old_port, port))?;
+    count(nat_stat::ICMP_ERRORS);
+    Ok(())
+}
+
+/// The quoted packet, if it is IPv4 TCP, UDP or (inbound: our own) echo
+/// request; anything else is not ours to translate.
+#[inline(always)]
+fn parse_quote(ctx: &TcContext, ip: &Ip4, inbound: bool) -> Result<Option<Quote>, u32> {
+    let inner = ip.l4_off + 8;
+    let Ok(vihl) = ctx.load::<u8>(inner) else {
+        return Ok(None);
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Ok(None);
+    }
+    let proto: u8 = load(ctx, inner + 9)?;
+    let l4 = inner + ihl;
+    let (sport, dport, port_off) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let port_off = if inbound { l4 } else { l4 + 2 };
+            (load(ctx, l4)?, load(ctx, l4 + 2)?, port_off)
+        }
+        // Only our own echo requests are quoted back to us.
+        IPPROTO_ICMP if inbound && load::<u8>(ctx, l4)? == ICMP_ECHO => {
+            (load(ctx, l4 + 4)?, Be16::ZERO, l4 + 4)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Quote {
+        ip_off: inner,
+        proto,
+        saddr: load(ctx, inner + 12)?,
+        daddr: load(ctx, inner + 16)?,
+        sport,
+        dport,
+        port_off,
+        csum_off: l4 + packet::l4_csum_off(proto),
+    }))
+}
+
+/// Adds a 16/32-bit change inside the ICMP message to its checksum.
+#[inline(always)]
+fn icmp_csum(ctx: &TcContext, ip: &Ip4, from: u32, to: u32, size: u64) -> Result<(), u32> {
+    l4_csum(ctx, ip.l4_off + 2, from, to, size)
+}
+
+/// Outer header: the destination (inbound), or a private source
+/// (outbound; one already the uplink address stays).
+#[inline(always)]
+fn rewrite_outer(
+    ctx: &TcContext,
+    ip: &Ip4,
+    cfg: &NatConfig,
+    inbound: bool,
+    addr: Be32,
+) -> Result<(), u32> {
+    let (off, old) = if inbound {
         (ip.ip_off + 16, ip.daddr)
     } else {
         (ip.ip_off + 12, ip.saddr)
     };
-    if (inbound || outer_old != uplink) && outer_old != addr {
-        store(ctx, outer_off, &addr)?;
-        ctx.l3_csum_replace(ip.ip_off + 10, outer_old as u64, addr as u64, 4)
-            .map_err(|_| drop_reason::NAT_REWRITE)?;
+    if (inbound || old != cfg.uplink_ipv4) && old != addr {
+        store(ctx, off, &addr)?;
+        l3_csum(ctx, ip.ip_off + 10, old.raw(), addr.raw(), 4)?;
     }
-    // Quoted address, and the quoted IPv4 header checksum.
-    let (iaddr_off, iaddr_old) = if inbound {
-        (inner + 12, isaddr)
+    Ok(())
+}
+
+/// The quoted source (inbound) or destination (outbound) address, and the
+/// quoted IPv4 header checksum. Returns the old address.
+#[inline(always)]
+fn rewrite_quoted_addr(
+    ctx: &TcContext,
+    ip: &Ip4,
+    q: &Quote,
+    inbound: bool,
+    addr: Be32,
+) -> Result<Be32, u32> {
+    let (off, old) = if inbound {
+        (q.ip_off + 12, q.saddr)
     } else {
-        (inner + 16, idaddr)
+        (q.ip_off + 16, q.daddr)
     };
-    if iaddr_old != addr {
-        store(ctx, iaddr_off, &addr)?;
-        icmp_csum(ctx, icmp_csum_off, iaddr_old, addr, 4)?;
-        let old: u16 = load(ctx, inner + 10)?;
-        let new = csum::replace32(old, iaddr_old, addr);
-        store(ctx, inner + 10, &new)?;
-        icmp_csum(ctx, icmp_csum_off, old as u32, new as u32, 2)?;
+    if old != addr {
+        store(ctx, off, &addr)?;
+        icmp_csum(ctx, ip, old.raw(), addr.raw(), 4)?;
+        let old_csum: Be16 = load(ctx, q.ip_off + 10)?;
+        let new_csum = csum::replace32(old_csum, old, addr);
+        store(ctx, q.ip_off + 10, &new_csum)?;
+        let (from, to) = (old_csum.raw() as u32, new_csum.raw() as u32);
+        icmp_csum(ctx, ip, from, to, 2)?;
     }
-    // Quoted port / identifier.
-    let port_old: u16 = load(ctx, port_off)?;
-    if port_old != port {
-        store(ctx, port_off, &port)?;
-        icmp_csum(ctx, icmp_csum_off, port_old as u32, port as u32, 2)?;
+    Ok(old)
+}
+
+/// The quoted port (or echo identifier). Returns the old one.
+#[inline(always)]
+fn rewrite_quoted_port(ctx: &TcContext, ip: &Ip4, q: &Quote, port: Be16) -> Result<Be16, u32> {
+    let old: Be16 = load(ctx, q.port_off)?;
+    if old != port {
+        store(ctx, q.port_off, &port)?;
+        icmp_csum(ctx, ip, old.raw() as u32, port.raw() as u32, 2)?;
     }
-    // Quoted L4 checksum, when the quote is long enough to hold it.
-    if let Ok(old) = ctx.load::<u16>(l4_csum_off)
-        && !(proto == IPPROTO_UDP && old == 0)
-    {
-        let mut new = csum::replace16(old, port_old, port);
-        if proto != IPPROTO_ICMP {
-            new = csum::replace32(new, iaddr_old, addr);
-        }
-        if proto == IPPROTO_UDP && new == 0 {
-            new = 0xffff;
-        }
-        if new != old {
-            store(ctx, l4_csum_off, &new)?;
-            icmp_csum(ctx, icmp_csum_off, old as u32, new as u32, 2)?;
-        }
+    Ok(old)
+}
+
+/// The quoted L4 checksum, when the quote is long enough to hold it: it
+/// covers the port and (TCP/UDP, pseudo-header) the address changed. A
+/// UDP checksum of 0 (none) stays 0.
+#[inline(always)]
+fn fix_quoted_l4_csum(
+    ctx: &TcContext,
+    ip: &Ip4,
+    q: &Quote,
+    (old_addr, addr): (Be32, Be32),
+    (old_port, port): (Be16, Be16),
+) -> Result<(), u32> {
+    let Ok(old) = ctx.load::<Be16>(q.csum_off) else {
+        return Ok(());
+    };
+    if q.proto == IPPROTO_UDP && old == Be16::ZERO {
+        return Ok(());
     }
-    count(nat_stat::ICMP_ERRORS);
+    let mut new = csum::replace16(old, old_port, port);
+    if q.proto != IPPROTO_ICMP {
+        new = csum::replace32(new, old_addr, addr);
+    }
+    if q.proto == IPPROTO_UDP && new == Be16::ZERO {
+        new = Be16::from_raw(0xffff);
+    }
+    if new != old {
+        store(ctx, q.csum_off, &new)?;
+        icmp_csum(ctx, ip, old.raw() as u32, new.raw() as u32, 2)?;
+    }
     Ok(())
 }

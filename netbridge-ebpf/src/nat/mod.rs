@@ -23,12 +23,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig,
-    drop_reason, nat_stat,
+    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE,
+    NatConfig, drop_reason, nat_stat,
 };
 
 use crate::{
-    nat::packet::{ICMP_ECHO, ICMP_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::packet::{ICMP_ECHO, ICMP_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
     parse::ETH_HLEN,
 };
 
@@ -48,6 +48,8 @@ pub fn count_n(stat: u32, n: u64) {
     if n > 0
         && let Some(c) = NB_NAT_STATS.get_ptr_mut(stat)
     {
+        // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU
+        // do not preempt each other.
         unsafe { *c += n };
     }
 }
@@ -64,13 +66,13 @@ pub fn config_any() -> Option<&'static NatConfig> {
     NB_NAT_CONFIG.get(0)
 }
 
-/// A packet's addressing: raw (network order) values as loaded.
+/// A packet's addressing, in wire order as loaded.
 #[derive(Clone, Copy)]
 pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
+    pub saddr: Be32,
+    pub daddr: Be32,
+    pub sport: Be16,
+    pub dport: Be16,
     pub proto: u8,
 }
 
@@ -80,13 +82,16 @@ pub struct Tuple {
 #[inline(always)]
 fn uplink_tuple(
     ctx: &TcContext,
-    ip: &packet::Ip4,
+    ip: &Ip4,
     cfg: &NatConfig,
     echo_type: u8,
     dir: u8,
 ) -> Result<Option<Tuple>, u32> {
     let t = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
+        IPPROTO_TCP | IPPROTO_UDP => {
+            ip.check_l4(ctx)?;
+            ip.tuple(ctx, false)?
+        }
         IPPROTO_ICMP => match packet::icmp_type(ctx, ip)? {
             ty if ty == echo_type => ip.tuple(ctx, true)?,
             ty if packet::is_icmp_error(ty) => {
@@ -100,6 +105,16 @@ fn uplink_tuple(
     Ok(Some(t))
 }
 
+/// Did the packet enter the host through the uplink? Such a packet, routed
+/// back out, is upstream's traffic, never the lab's: neither masqueraded
+/// nor matched to a session (the NAT is no relay for upstream hosts).
+#[inline(always)]
+fn from_uplink(ctx: &TcContext, cfg: &NatConfig) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    iif != 0 && iif == cfg.uplink_ifindex
+}
+
 /// Uplink egress: rewrite the source of established sessions (SNAT and
 /// DNAT replies), open SNAT sessions for lab traffic, translate ICMP errors.
 #[inline(always)]
@@ -110,8 +125,10 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
         return Ok(TC_ACT_OK);
     };
-    let uplink = u32::from_ne_bytes(cfg.uplink_ipv4);
-    let masq = cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != uplink;
+    if from_uplink(ctx, cfg) {
+        return Ok(TC_ACT_OK);
+    }
+    let masq = cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4;
     if ip.non_first_fragment() {
         return if masq && ip.is_nat_proto() {
             Err(drop_reason::NAT_FRAGMENT)
@@ -124,15 +141,11 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     };
     let flags = ip.tcp_flags(ctx);
     // Expired: a late packet opens a new session, never reuses the old one.
-    if let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
-        packet::rewrite(ctx, &ip, &t, true, addr, port)?;
-        count(nat_stat::XLATE_OUT);
-        return Ok(TC_ACT_OK);
-    }
-    if !masq {
-        return Ok(TC_ACT_OK);
-    }
-    let (addr, port) = snat::new_session(cfg, &t, flags)?;
+    let (addr, port) = match ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
+        ct::Found::Hit(addr, port, _) => (addr, port),
+        _ if masq => snat::new_session(cfg, &t, flags)?,
+        _ => return Ok(TC_ACT_OK),
+    };
     packet::rewrite(ctx, &ip, &t, true, addr, port)?;
     count(nat_stat::XLATE_OUT);
     Ok(TC_ACT_OK)
@@ -149,7 +162,7 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
         return Ok(TC_ACT_OK);
     };
-    if ip.daddr != u32::from_ne_bytes(cfg.uplink_ipv4) || ip.non_first_fragment() {
+    if ip.daddr != cfg.uplink_ipv4 || ip.non_first_fragment() {
         // Not for a mapping; a fragment the host reassembles for itself.
         return Ok(TC_ACT_OK);
     }
@@ -168,17 +181,23 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     };
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
-    // Fast path: straight into the lab host's namespace, as the gateway
-    // would deliver it (TTL decremented, MACs set), skipping the host's
-    // routing and the bridge.
+    fast_in(ctx, &ip, cfg, addr)
+}
+
+/// Fast path of the uplink ingress: a translated packet goes straight into
+/// the lab host's namespace, as the gateway would deliver it (TTL
+/// decremented, MACs set), skipping the host's routing and the bridge.
+#[inline(always)]
+fn fast_in(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, addr: Be32) -> Result<i32, u32> {
     if cfg.flags & NAT_FAST_PATH != 0
-        && let Some(h) = dnat::host(addr.to_ne_bytes())
-        && packet::fits(ctx, &ip, h.mtu)
-        && packet::decrement_ttl(ctx, &ip)?
+        && let Some(h) = dnat::host(addr)
+        && packet::fits(ctx, ip, h.mtu)
+        && packet::decrement_ttl(ctx, ip)?
     {
         dnat::readdress(ctx, &h)?;
         count(nat_stat::FAST_IN);
         crate::stats::count_tx(h.ifindex, ctx.len() as u64);
+        // SAFETY: a helper call with a plain ifindex; no memory passed.
         return Ok(unsafe { bpf_redirect_peer(h.ifindex, 0) } as i32);
     }
     Ok(TC_ACT_OK)
@@ -217,26 +236,14 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
         IPPROTO_ICMP if packet::icmp_type(ctx, &ip)? == ICMP_ECHO => ip.tuple(ctx, true)?,
         _ => return Ok(None),
     };
-    let flags = ip.tcp_flags(ctx);
-    let uplink = u32::from_ne_bytes(cfg.uplink_ipv4);
-    if t.daddr == uplink {
-        if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
-            return Ok(None);
-        }
-        let dnat::Inbound::Mapped(addr, port) = dnat::mapping(cfg, &t, true, flags)? else {
-            return Ok(None);
-        };
-        packet::rewrite(ctx, &ip, &t, false, addr, port)?;
-        count(nat_stat::XLATE_HAIRPIN);
-        // To the target's port if known; else the kernel routes it.
-        return match dnat::host_port(ctx, addr)? {
-            Some(out) => Ok(Some(Hook::Peer(out))),
-            None => Ok(None),
-        };
+    if t.daddr == cfg.uplink_ipv4 {
+        return port_hairpin_request(ctx, &ip, &t, cfg);
     }
+    let flags = ip.tcp_flags(ctx);
     let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) else {
         return Ok(None);
     };
+    ip.check_l4(ctx)?;
     if kind == CT_HAIRPIN {
         packet::rewrite(ctx, &ip, &t, true, addr, port)?;
         count(nat_stat::XLATE_HAIRPIN);
@@ -245,17 +252,52 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
             None => Err(drop_reason::NAT_NO_ROUTE),
         };
     }
-    // An established SNAT session or a DNAT reply, bound for the uplink.
-    // Too big or TTL expiring: the kernel path (fragmentation needed, time
-    // exceeded); the uplink egress program translates it there.
+    port_fast_out(ctx, &ip, &t, cfg, (addr, port))
+}
+
+/// A lab host to the uplink address: a forwarded port is DNATed here
+/// (hairpin) and sent to the target's port if known, else routed by the
+/// kernel. Anything else is the host's own business.
+#[inline(always)]
+fn port_hairpin_request(
+    ctx: &TcContext,
+    ip: &Ip4,
+    t: &Tuple,
+    cfg: &NatConfig,
+) -> Result<Option<Hook>, u32> {
+    if cfg.flags & NAT_FORWARDS == 0 || t.proto == IPPROTO_ICMP {
+        return Ok(None);
+    }
+    ip.check_l4(ctx)?;
+    let flags = ip.tcp_flags(ctx);
+    let dnat::Inbound::Mapped(addr, port) = dnat::mapping(cfg, t, true, flags)? else {
+        return Ok(None);
+    };
+    packet::rewrite(ctx, ip, t, false, addr, port)?;
+    count(nat_stat::XLATE_HAIRPIN);
+    Ok(dnat::host_port(ctx, addr)?.map(Hook::Peer))
+}
+
+/// An established SNAT session or a DNAT reply, bound for the uplink:
+/// translated here and sent straight out of it. Too big or TTL expiring:
+/// the kernel path (fragmentation needed, time exceeded); the uplink
+/// egress program translates it there.
+#[inline(always)]
+fn port_fast_out(
+    ctx: &TcContext,
+    ip: &Ip4,
+    t: &Tuple,
+    cfg: &NatConfig,
+    (addr, port): (Be32, Be16),
+) -> Result<Option<Hook>, u32> {
     if cfg.flags & NAT_FAST_PATH == 0
-        || !packet::fits(ctx, &ip, cfg.uplink_mtu)
-        || packet::ttl(ctx, &ip) <= 1
+        || !packet::fits(ctx, ip, cfg.uplink_mtu)
+        || packet::ttl(ctx, ip) <= 1
     {
         return Ok(None);
     }
-    packet::rewrite(ctx, &ip, &t, true, addr, port)?;
-    packet::decrement_ttl(ctx, &ip)?;
+    packet::rewrite(ctx, ip, t, true, addr, port)?;
+    packet::decrement_ttl(ctx, ip)?;
     count(nat_stat::XLATE_OUT);
     count(nat_stat::FAST_OUT);
     Ok(Some(Hook::Neigh(cfg.uplink_ifindex)))

@@ -141,6 +141,7 @@ struct Walk {
 #[inline(always)]
 fn expire_one(k: &CtKey, e: &CtEntry, w: &Walk) -> bool {
     if e.flags & CT_F_ORIGINAL == 0 {
+        // SAFETY: only the presence is used, not the value.
         if w.now.saturating_sub(e.created_ns) > CT_ORPHAN_GRACE_NS
             && unsafe { NB_CT.get(&e.reverse) }.is_none()
         {
@@ -155,7 +156,7 @@ fn expire_one(k: &CtKey, e: &CtEntry, w: &Walk) -> bool {
 /// its external ports).
 #[inline(always)]
 fn purge_one(k: &CtKey, e: &CtEntry, w: &Walk) -> bool {
-    let port = u16::from_be(k.dport);
+    let port = k.dport.get();
     e.flags & CT_F_ORIGINAL != 0
         && (e.kind == CT_DNAT || e.kind == CT_HAIRPIN)
         && k.dir == CT_DIR_IN

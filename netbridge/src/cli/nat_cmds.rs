@@ -1,6 +1,6 @@
 //! `conntrack`, `gc`, `forward`: the NAT of a running topology, through its
 //! pinned maps.
-use std::time::Duration;
+use std::{fmt::Write as _, io::Write as _, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use netbridge::{
@@ -10,19 +10,32 @@ use netbridge::{
 
 use super::common::{Which, journaled, name_of};
 
+/// Writes `text` to stdout. False when the reader went away (`| head`):
+/// the output ends quietly instead of panicking like `println!`.
+fn emit(text: &str) -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        r => r.map(|()| true).context("writing to stdout"),
+    }
+}
+
 pub fn conntrack(which: &Which, json: bool) -> Result<()> {
     let source = stats::Source::open(&name_of(which)?)?;
     let ct = source.maps.nat.conntrack()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&ct)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&ct)?))?;
         return Ok(());
     }
-    println!(
+    let mut t = String::new();
+    writeln!(
+        t,
         "{:<5} {:<8} {:<12} {:<21} {:<21} {:<21} {:>7} {:>8}",
         "proto", "kind", "state", "inside", "external", "remote", "idle", "expires"
-    );
+    )?;
     for s in &ct.sessions {
-        println!(
+        writeln!(
+            t,
             "{:<5} {:<8} {:<12} {:<21} {:<21} {:<21} {:>6.0}s {:>7.0}s",
             s.proto,
             s.kind,
@@ -32,31 +45,35 @@ pub fn conntrack(which: &Which, json: bool) -> Result<()> {
             s.remote,
             s.idle_secs,
             s.expires_in_secs
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        t,
         "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}",
         ct.sessions.len(),
         ct.live_sessions,
         ct.high_water_sessions,
         ct.max_sessions
-    );
-    println!(
+    )?;
+    writeln!(
+        t,
         "in-kernel sweep every {} ms: {} sweeps, last {}",
         ct.sweep_interval_ms,
         ct.sweeps,
         ct.last_sweep_secs_ago
             .map_or("never".into(), |s| format!("{s:.1}s ago"))
-    );
+    )?;
     for p in &ct.pools {
-        println!(
+        writeln!(
+            t,
             "port pool {}: {} of {} in use ({:.1}%)",
             p.proto,
             p.ports_in_use,
             p.pool_size,
             100.0 * p.ports_in_use as f64 / p.pool_size.max(1) as f64
-        );
+        )?;
     }
+    emit(&t)?;
     Ok(())
 }
 
@@ -65,10 +82,10 @@ pub fn gc(which: &Which, every: Option<Duration>, count: Option<u64>) -> Result<
     let mut rounds = 0u64;
     loop {
         let n = source.maps.nat.gc()?;
-        println!(
-            "gc: removed {n} expired sessions, {} live",
-            source.maps.nat.live_sessions()
-        );
+        let live = source.maps.nat.live_sessions();
+        if !emit(&format!("gc: removed {n} expired sessions, {live} live\n"))? {
+            return Ok(());
+        }
         rounds += 1;
         match every {
             Some(d) if count.is_none_or(|c| rounds < c) => std::thread::sleep(d),
@@ -123,12 +140,17 @@ pub fn forward_list(which: &Which, json: bool) -> Result<()> {
     let source = stats::Source::open(&name_of(which)?)?;
     let rows = source.maps.nat.forward_uses()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
         return Ok(());
     }
-    println!("{:<5} {:<12} {:<21} {:>8}", "proto", "port", "to", "hits");
+    let mut t = format!("{:<5} {:<12} {:<21} {:>8}\n", "proto", "port", "to", "hits");
     for r in rows {
-        println!("{:<5} {:<12} {:<21} {:>8}", r.proto, r.port, r.to, r.hits);
+        writeln!(
+            t,
+            "{:<5} {:<12} {:<21} {:>8}",
+            r.proto, r.port, r.to, r.hits
+        )?;
     }
+    emit(&t)?;
     Ok(())
 }

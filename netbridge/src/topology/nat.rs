@@ -59,7 +59,7 @@ pub fn forward_targets(t: &Topology, attached: &[Port]) -> Vec<FwdTarget> {
             let (ns, port) = f.target();
             let addr = first_v4.get(ns.as_str())?;
             Some(FwdTarget {
-                addr: addr.octets(),
+                addr: (*addr).into(),
                 port,
                 first,
                 last,
@@ -170,7 +170,7 @@ fn plan(
     })?;
     Ok(NatPlan {
         config: NatConfig {
-            uplink_ipv4: addr.octets(),
+            uplink_ipv4: addr.into(),
             uplink_ifindex: up.index,
             flags: inp.flags,
             port_min: inp.ports.0,

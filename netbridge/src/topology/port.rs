@@ -414,7 +414,7 @@ fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
         // holds that index now.
         None => v4
             .iter()
-            .find_map(|a| maps.nat.hosts.get(&a.octets(), 0).ok())
+            .find_map(|a| maps.nat.hosts.get(&(*a).into(), 0).ok())
             .map(|h| h.ifindex)
             .filter(|i| !links.iter().any(|l| l.index == *i)),
     };

@@ -1,0 +1,174 @@
+//! Numbered code tables (drop reasons, NAT counters), each written once
+//! like Cilium's `drop_reasons.h`: code, enum variant, the `u32` constant
+//! the programs index their per-CPU counter arrays with, and the name
+//! userspace shows. The codes must count up from 0 with no gap (checked
+//! at compile time): they index arrays sized by `COUNT`.
+
+/// Defines `enum $Enum` (`#[repr(u32)]`), `mod $module` with one `u32`
+/// constant per code plus `COUNT` and `NAMES`, and `$Enum::{name,
+/// from_code, ALL}`.
+macro_rules! code_table {
+    (
+        $(#[$meta:meta])*
+        pub enum $Enum:ident in mod $module:ident {
+            $( $(#[doc = $doc:literal])* $code:literal $Variant:ident $CONST:ident $name:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $Enum {
+            $( $(#[doc = $doc])* $Variant = $code, )*
+        }
+
+        $(#[$meta])*
+        pub mod $module {
+            $( $(#[doc = $doc])* pub const $CONST: u32 = super::$Enum::$Variant as u32; )*
+            /// Number of codes (the size of the counter array).
+            pub const COUNT: u32 = [$($code),*].len() as u32;
+            /// Names, indexed by code.
+            pub const NAMES: [&str; COUNT as usize] = [$($name),*];
+        }
+
+        const _: () = {
+            let codes: [u32; $module::COUNT as usize] = [$($code),*];
+            let mut i = 0;
+            while i < codes.len() {
+                assert!(codes[i] == i as u32, "codes must count up from 0");
+                i += 1;
+            }
+        };
+
+        impl $Enum {
+            /// Every code, in order.
+            pub const ALL: [$Enum; $module::COUNT as usize] = [$($Enum::$Variant),*];
+
+            /// The name userspace shows (counters, logs, metrics).
+            pub const fn name(self) -> &'static str {
+                $module::NAMES[self as usize]
+            }
+
+            /// The code as the programs count it.
+            pub const fn code(self) -> u32 {
+                self as u32
+            }
+
+            pub const fn from_code(code: u32) -> Option<$Enum> {
+                if code < $module::COUNT {
+                    Some(Self::ALL[code as usize])
+                } else {
+                    None
+                }
+            }
+        }
+    };
+}
+
+code_table! {
+    /// Explicit reasons a program drops a frame; index into
+    /// [`crate::MAP_DROP_STATS`].
+    pub enum DropReason in mod drop_reason {
+        /// Frame shorter than its Ethernet (or VLAN) header.
+        0 TruncatedEth TRUNCATED_ETH "truncated_eth",
+        /// L3 header claimed by the ethertype does not fit in the frame.
+        1 TruncatedL3 TRUNCATED_L3 "truncated_l3",
+        /// More VLAN tags than the parser follows.
+        2 VlanTooDeep VLAN_TOO_DEEP "vlan_too_deep",
+        /// IPv4 header with IHL < 5 or version != 4.
+        3 BadIpv4Header BAD_IPV4_HEADER "bad_ipv4_header",
+        /// Source MAC is multicast/broadcast or all-zero: never valid.
+        4 BadSrcMac BAD_SRC_MAC "bad_src_mac",
+        /// Source MAC is not the namespace's own (anti-spoofing).
+        5 SpoofedMac SPOOFED_MAC "spoofed_mac",
+        /// IPv4 source is not one of the namespace's addresses (anti-spoofing).
+        6 SpoofedIpv4 SPOOFED_IPV4 "spoofed_ipv4",
+        /// ARP sender MAC/IP is not the namespace's own (anti-spoofing).
+        7 SpoofedArp SPOOFED_ARP "spoofed_arp",
+        /// New SNAT flow, but no free port in the NAT port range (after the
+        /// bounded retries).
+        8 NatPortExhausted NAT_PORT_EXHAUSTED "nat_port_exhausted",
+        /// New NAT flow, but the session table is at `max_sessions`.
+        9 NatTableFull NAT_TABLE_FULL "nat_table_full",
+        /// Inserting a conntrack entry failed (lost a race or map error).
+        10 NatCtInsert NAT_CT_INSERT "nat_ct_insert",
+        /// A non-first IPv4 fragment that would need translation: it carries
+        /// no ports, so it cannot be mapped (netbridge does not reassemble).
+        11 NatFragment NAT_FRAGMENT "nat_fragment",
+        /// Rewriting the packet (store or checksum helper) failed.
+        12 NatRewrite NAT_REWRITE "nat_rewrite",
+        /// A hairpin reply whose destination is not a known lab host.
+        13 NatNoRoute NAT_NO_ROUTE "nat_no_route",
+        /// The isolation policy denies this source/destination pair.
+        14 PolicyDenied POLICY_DENIED "policy_denied",
+        /// An inbound packet for a SNAT mapping that expired (its session
+        /// found past its timeout, or recently removed), and no socket of
+        /// the host itself wants it.
+        15 NatExpired NAT_EXPIRED "nat_expired",
+        /// A TCP or UDP packet the NAT would translate whose L4 header is
+        /// malformed: TCP data offset below 5 or past the end of the packet,
+        /// UDP header cut short.
+        16 BadL4Header BAD_L4_HEADER "bad_l4_header",
+    }
+}
+
+code_table! {
+    /// Indexes into [`crate::MAP_NAT_STATS`].
+    pub enum NatStat in mod nat_stat {
+        /// New SNAT sessions.
+        0 SnatNew SNAT_NEW "snat_new",
+        /// New DNAT sessions (from the uplink).
+        1 DnatNew DNAT_NEW "dnat_new",
+        /// New hairpin sessions (lab host to the uplink address).
+        2 HairpinNew HAIRPIN_NEW "hairpin_new",
+        /// Packets rewritten at the uplink egress (source).
+        3 XlateOut XLATE_OUT "translated_out",
+        /// Packets rewritten at the uplink ingress (destination).
+        4 XlateIn XLATE_IN "translated_in",
+        /// Packets rewritten on bridge ports (hairpin).
+        5 XlateHairpin XLATE_HAIRPIN "translated_hairpin",
+        /// ICMP errors translated (RFC 5508).
+        6 IcmpErrors ICMP_ERRORS "icmp_errors_translated",
+        /// Port allocation attempts that hit a used port.
+        7 PortRetries PORT_RETRIES "port_retries",
+        /// Mappings that kept the inside source port.
+        8 PortKept PORT_KEPT "port_kept",
+        /// Mappings reused through endpoint-independent mapping.
+        9 EimReused EIM_REUSED "eim_reused",
+        /// Packets sent from a bridge port straight out of the uplink.
+        10 FastOut FAST_OUT "fast_path_out",
+        /// Packets sent from the uplink straight into a lab namespace.
+        11 FastIn FAST_IN "fast_path_in",
+        /// Sessions removed past their timeout by the sweep.
+        12 ExpiredSweep EXPIRED_SWEEP "expired_sweep",
+        /// Sessions removed past their timeout when a packet (or a new
+        /// session wanting the port) found them first.
+        13 ExpiredLookup EXPIRED_LOOKUP "expired_lookup",
+        /// Sessions removed because their forward went away or changed.
+        14 Purged PURGED "purged",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_names_and_enum_agree() {
+        assert_eq!(drop_reason::COUNT as usize, DropReason::ALL.len());
+        assert_eq!(drop_reason::NAT_EXPIRED, 15);
+        assert_eq!(DropReason::NatExpired.name(), "nat_expired");
+        assert_eq!(
+            DropReason::from_code(drop_reason::BAD_L4_HEADER),
+            Some(DropReason::BadL4Header)
+        );
+        assert_eq!(DropReason::from_code(drop_reason::COUNT), None);
+        for r in DropReason::ALL {
+            assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
+        }
+        assert_eq!(NatStat::Purged.code(), nat_stat::COUNT - 1);
+        assert_eq!(
+            NatStat::from_code(nat_stat::PORT_KEPT),
+            Some(NatStat::PortKept)
+        );
+    }
+}
