@@ -256,7 +256,7 @@ pub fn uplink(ctx: &TcContext, egress: bool, r: &Result<i32, u32>) {
         return;
     }
     let (v, reason) = match r {
-        Ok(a) if *a == TC_ACT_REDIRECT as i32 => (verdict::REDIRECT, 0),
+        Ok(a) if *a == TC_ACT_REDIRECT => (verdict::REDIRECT, 0),
         Ok(_) => (verdict::PASS, 0),
         Err(reason) => (verdict::DROP, *reason),
     };
