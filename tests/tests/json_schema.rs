@@ -200,3 +200,34 @@ fn every_json_output_matches_its_schema() {
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// The drop-reason lists of the schemas are the datapath's table, in its
+/// order: a reason added to `codes.rs` without its schema fails here
+/// without root (the live check above needs a running lab).
+#[test]
+fn schemas_list_every_drop_reason() {
+    let names: Vec<Value> = netbridge_common::DropReason::ALL
+        .iter()
+        .map(|r| Value::from(r.name()))
+        .collect();
+    for (file, path) in [
+        ("stats", "/properties/drops"),
+        ("graph", "/properties/drops"),
+    ] {
+        let text = std::fs::read_to_string(schema(file)).unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let drops = doc
+            .pointer(path)
+            .unwrap_or_else(|| panic!("{file}.schema.json has no {path}"));
+        assert_eq!(
+            drops["propertyNames"]["enum"].as_array(),
+            Some(&names),
+            "{file}.schema.json {path} enum"
+        );
+        assert_eq!(
+            drops["required"].as_array(),
+            Some(&names),
+            "{file}.schema.json {path} required"
+        );
+    }
+}
