@@ -524,18 +524,25 @@ fn wait_until(mut child: Child, timeout: Duration) -> Option<ExitStatus> {
 /// Packets tcpdump captured, from the statistics it prints on exit;
 /// panics if the kernel dropped any (the capture would undercount).
 pub fn tcpdump_stats(stderr: &str) -> u64 {
+    // tcpdump writes "1 packet captured" but "2 packets captured".
     let count = |what: &str| -> u64 {
         stderr
             .lines()
-            .find_map(|l| l.strip_suffix(what)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no \"{what}\" in tcpdump's output:\n{stderr}"))
+            .find_map(|l| {
+                let (n, rest) = l.trim().split_once(' ')?;
+                let rest = rest
+                    .strip_prefix("packets ")
+                    .or(rest.strip_prefix("packet "))?;
+                (rest == what).then(|| n.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no \"packet(s) {what}\" in tcpdump's output:\n{stderr}"))
     };
     assert_eq!(
-        count("packets dropped by kernel"),
+        count("dropped by kernel"),
         0,
         "tcpdump lost packets:\n{stderr}"
     );
-    count("packets captured")
+    count("captured")
 }
 
 /// What a sandbox's host looks like: compared before/after to prove a
@@ -628,5 +635,26 @@ impl Drop for Sandbox {
                 eprintln!("sandbox cleanup: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcpdump_stats;
+
+    #[test]
+    fn tcpdump_stats_reads_singular_and_plural() {
+        let one = "1 packet captured\n1 packet received by filter\n0 packets dropped by kernel\n";
+        assert_eq!(tcpdump_stats(one), 1);
+        let many = "tcpdump: listening\n25 packets captured\n25 packets received by filter\n0 packets dropped by kernel\n";
+        assert_eq!(tcpdump_stats(many), 25);
+    }
+
+    #[test]
+    #[should_panic(expected = "tcpdump lost packets")]
+    fn tcpdump_stats_rejects_kernel_drops() {
+        tcpdump_stats(
+            "9 packets captured\n12 packets received by filter\n3 packets dropped by kernel\n",
+        );
     }
 }
