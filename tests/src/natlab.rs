@@ -3,24 +3,15 @@
 //! uplink (203.0.113.1) faces a router (203.0.113.254), behind which sits a
 //! server (198.51.100.10). The router has no route back to the lab's
 //! 192.168.0.0/16: only translated traffic can come back.
-//! (`tests/tests/nat.rs` has its own copy of this lab, to be replaced.)
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::Sandbox;
+pub use crate::script;
 
 pub const SERVER: &str = "198.51.100.10";
 pub const UPLINK: &str = "203.0.113.1";
-
-/// A script of `tests/scripts`.
-pub fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 pub struct NatLab {
     pub sb: Sandbox,
@@ -76,12 +67,8 @@ gateway = "203.0.113.254"
 {extra}
 "#
         );
-        let file = format!("/tmp/{}nat.toml", sb.prefix());
+        let file = sb.tmp_file("nat.toml").display().to_string();
         std::fs::write(&file, toml).unwrap();
-        let f = file.clone();
-        sb.on_cleanup(move || {
-            let _ = std::fs::remove_file(f);
-        });
         let lab = NatLab { sb, file };
         lab.nb(&["up"]);
         lab
@@ -174,9 +161,70 @@ gateway = "203.0.113.254"
         })
         .unwrap_or_else(|| panic!("{what}: {}", self.conntrack()))
     }
+
+    pub fn http_server(&mut self, ns: &str, port: u16) {
+        let p = port.to_string();
+        // --bind 0.0.0.0: with an address, http.server does reverse DNS.
+        self.spawn(
+            ns,
+            &["python3", "-m", "http.server", &p, "--bind", "0.0.0.0"],
+        );
+        self.wait_listen(ns, "tcp", port);
+    }
+
+    pub fn curl(&self, ns: &str, url: &str) -> String {
+        self.sh(
+            ns,
+            &format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}"),
+        )
+    }
+
+    /// No iptables or nftables rule in the sandbox host or in any namespace
+    /// of the lab (every one that exists under the sandbox's prefix). The
+    /// detector is first shown to see a rule, in a scratch namespace.
+    pub fn assert_no_netfilter_rules(&mut self) {
+        let ctl = self.sb.add_ns("nfctl");
+        self.sb.sh(
+            &ctl,
+            "nft add table inet nbctl && iptables -A INPUT -p tcp --dport 9 -j DROP",
+        );
+        let seen = self.sb.netfilter_rules(&ctl);
+        assert!(
+            seen.iter().any(|l| l.contains("table inet nbctl"))
+                && seen.iter().any(|l| l.contains("--dport 9")),
+            "the netfilter check cannot see rules: {seen:?}"
+        );
+        let all: Vec<String> = self
+            .sb
+            .live_namespaces()
+            .into_iter()
+            .filter(|n| *n != ctl)
+            .collect();
+        for n in ["gw", "black", "white", "router", "server"] {
+            assert!(all.contains(&self.ns(n)), "{n} not among {all:?}");
+        }
+        assert!(all.contains(&self.sb.host), "{all:?}");
+        for ns in &all {
+            let rules = self.sb.netfilter_rules(ns);
+            assert!(rules.is_empty(), "netfilter rules in {ns}: {rules:?}");
+        }
+        self.sb.remove_ns(&ctl);
+    }
+
+    pub fn down_clean(&self) {
+        self.nb(&["down"]);
+        let left: Vec<String> = netbridge::netns::list()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.sb.prefix()) && *n != self.sb.host)
+            .collect();
+        assert!(left.is_empty(), "namespaces left after down: {left:?}");
+    }
 }
 
 /// The sessions of a conntrack listing.
 pub fn sessions(ct: &Value) -> Vec<Value> {
-    ct["sessions"].as_array().cloned().unwrap_or_default()
+    ct["sessions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no session list in conntrack output: {ct}"))
 }

@@ -13,218 +13,15 @@ use std::{
     time::Duration,
 };
 
-use netbridge_tests::{Sandbox, require_root, script};
+use netbridge_tests::{
+    Sandbox,
+    natlab::{NatLab, SERVER, UPLINK, sessions},
+    require_root, script,
+};
 use serde_json::Value;
 
-const SERVER: &str = "198.51.100.10";
-const UPLINK: &str = "203.0.113.1";
 /// The forward most tests use: uplink tcp/8080 -> white:8000.
 const FWD_8080_WHITE: &str = "[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:8000\"\n";
-
-struct NatLab {
-    sb: Sandbox,
-    file: String,
-}
-
-impl NatLab {
-    /// Brings the lab up; `uplink_extra` is appended to `[uplink]`,
-    /// `forwards` is TOML appended at the end.
-    fn new(uplink_extra: &str, forwards: &str) -> NatLab {
-        let mut sb = Sandbox::new();
-        let toml = format!(
-            r#"name = "nat"
-host_netns = "gw"
-
-[bridge]
-name = "br0"
-addresses = ["192.168.0.1/16"]
-
-[[namespace]]
-name = "black"
-addresses = ["192.168.1.10/24"]
-routes = [{{ to = "default", via = "192.168.0.1", dev = "eth0" }}]
-
-[[namespace]]
-name = "white"
-addresses = ["192.168.2.10/24"]
-routes = [{{ to = "default", via = "192.168.0.1", dev = "eth0" }}]
-
-[[namespace]]
-name = "router"
-bridge = false
-sysctls = {{ "net.ipv4.ip_forward" = "1" }}
-
-[[namespace]]
-name = "server"
-bridge = false
-
-[[link]]
-a = {{ ifname = "uplink0", addresses = ["203.0.113.1/24"] }}
-b = {{ netns = "router", ifname = "eth0", addresses = ["203.0.113.254/24"] }}
-
-[[link]]
-a = {{ netns = "router", ifname = "eth1", addresses = ["198.51.100.1/24"] }}
-b = {{ netns = "server", ifname = "eth0", addresses = ["198.51.100.10/24"], routes = [{{ to = "default", via = "198.51.100.1" }}] }}
-
-[uplink]
-ifname = "uplink0"
-masquerade = true
-gateway = "203.0.113.254"
-{uplink_extra}
-
-{forwards}
-"#
-        );
-        let file = sb.tmp_file("nat.toml").display().to_string();
-        std::fs::write(&file, toml).unwrap();
-        let lab = NatLab { sb, file };
-        lab.nb(&["up"]);
-        lab
-    }
-
-    fn ns(&self, n: &str) -> String {
-        self.sb.name(n)
-    }
-
-    /// `netbridge ARGS -f FILE --prefix P`, asserting success.
-    fn nb(&self, args: &[&str]) -> String {
-        let prefix = self.sb.prefix();
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-f", &self.file, "--prefix", &prefix]);
-        self.sb.nb_ok(&full)
-    }
-
-    /// `netbridge ARGS --name <lab>` (commands that take no file).
-    fn nb_named(&self, args: &[&str]) -> String {
-        let name = self.sb.name("nat");
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--name", &name]);
-        self.sb.nb_ok(&full)
-    }
-
-    fn sh(&self, ns: &str, script: &str) -> String {
-        self.sb.sh(&self.ns(ns), script)
-    }
-
-    fn spawn(&mut self, ns: &str, argv: &[&str]) -> u32 {
-        let ns = self.ns(ns);
-        self.sb.spawn(&ns, argv)
-    }
-
-    fn conntrack(&self) -> Value {
-        serde_json::from_str(&self.nb_named(&["conntrack", "--json"])).unwrap()
-    }
-
-    fn nat_counter(&self, name: &str) -> u64 {
-        let v: Value = serde_json::from_str(&self.nb(&["stats", "--json"])).unwrap();
-        v["nat"]["counters"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no nat counter {name} in {v}"))
-    }
-
-    fn drop_counter(&self, name: &str) -> u64 {
-        let v: Value = serde_json::from_str(&self.nb(&["stats", "--json"])).unwrap();
-        v["drops"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no drop counter {name} in {v}"))
-    }
-
-    /// UDP probes from `ns`: pairs "sport:dport" to `dst`; reply per pair.
-    fn udp_probe(&self, ns: &str, dst: &str, pairs: &[String]) -> Value {
-        let out = self.sh(
-            ns,
-            &format!(
-                "python3 {} {dst} {}",
-                script("udp_probe.py"),
-                pairs.join(" ")
-            ),
-        );
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-    }
-
-    /// Waits until a TCP or UDP port listens in `ns`.
-    fn wait_listen(&self, ns: &str, proto: &str, port: u16) {
-        let flag = if proto == "udp" { "-uln" } else { "-tln" };
-        let ok = Sandbox::wait_for(Duration::from_secs(10), || {
-            self.sh(ns, &format!("ss {flag}"))
-                .contains(&format!(":{port} "))
-                .then_some(())
-        });
-        assert!(ok.is_some(), "nothing listens on {proto}/{port} in {ns}");
-    }
-
-    /// A UDP echo server (tests/scripts/udp_echo.py) answering as `tag`.
-    fn udp_echo(&mut self, ns: &str, port: u16, tag: &str) {
-        let p = port.to_string();
-        self.spawn(ns, &["python3", &script("udp_echo.py"), &p, tag, "60"]);
-        self.wait_listen(ns, "udp", port);
-    }
-
-    fn http_server(&mut self, ns: &str, port: u16) {
-        let p = port.to_string();
-        // --bind 0.0.0.0: with an address, http.server does reverse DNS.
-        self.spawn(
-            ns,
-            &["python3", "-m", "http.server", &p, "--bind", "0.0.0.0"],
-        );
-        self.wait_listen(ns, "tcp", port);
-    }
-
-    fn curl(&self, ns: &str, url: &str) -> String {
-        self.sh(
-            ns,
-            &format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}"),
-        )
-    }
-
-    /// No iptables or nftables rule in the sandbox host or in any namespace
-    /// of the lab (every one that exists under the sandbox's prefix). The
-    /// detector is first shown to see a rule, in a scratch namespace.
-    fn assert_no_netfilter_rules(&mut self) {
-        let ctl = self.sb.add_ns("nfctl");
-        self.sb.sh(
-            &ctl,
-            "nft add table inet nbctl && iptables -A INPUT -p tcp --dport 9 -j DROP",
-        );
-        let seen = self.sb.netfilter_rules(&ctl);
-        assert!(
-            seen.iter().any(|l| l.contains("table inet nbctl"))
-                && seen.iter().any(|l| l.contains("--dport 9")),
-            "the netfilter check cannot see rules: {seen:?}"
-        );
-        let all: Vec<String> = self
-            .sb
-            .live_namespaces()
-            .into_iter()
-            .filter(|n| *n != ctl)
-            .collect();
-        for n in ["gw", "black", "white", "router", "server"] {
-            assert!(all.contains(&self.ns(n)), "{n} not among {all:?}");
-        }
-        assert!(all.contains(&self.sb.host), "{all:?}");
-        for ns in &all {
-            let rules = self.sb.netfilter_rules(ns);
-            assert!(rules.is_empty(), "netfilter rules in {ns}: {rules:?}");
-        }
-        self.sb.remove_ns(&ctl);
-    }
-
-    fn down_clean(&self) {
-        self.nb(&["down"]);
-        let left: Vec<String> = netbridge::netns::list()
-            .into_iter()
-            .filter(|n| n.starts_with(&self.sb.prefix()) && *n != self.sb.host)
-            .collect();
-        assert!(left.is_empty(), "namespaces left after down: {left:?}");
-    }
-}
-
-fn sessions(ct: &Value) -> Vec<Value> {
-    ct["sessions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no session list in conntrack output: {ct}"))
-}
 
 #[test]
 fn snat_reaches_upstream_from_every_namespace() {
@@ -287,11 +84,11 @@ fn snat_reaches_upstream_from_every_namespace() {
         s.iter()
             .all(|x| x["external"].as_str().unwrap().starts_with(UPLINK))
     );
-    assert!(lab.nat_counter("snat_new") >= 6);
+    assert!(lab.counter("snat_new") >= 6);
     // Established sessions took the fast path both ways (bridge port ->
     // uplink, uplink -> namespace), skipping the host's routing.
-    assert!(lab.nat_counter("fast_path_out") > 1000, "fast path out");
-    assert!(lab.nat_counter("fast_path_in") > 1000, "fast path in");
+    assert!(lab.counter("fast_path_out") > 1000, "fast path out");
+    assert!(lab.counter("fast_path_in") > 1000, "fast path in");
     // The Prometheus endpoint carries the NAT state too.
     let bin = netbridge_tests::netbridge_bin();
     let host = lab.sb.host.clone();
@@ -330,7 +127,7 @@ fn snat_reaches_upstream_from_every_namespace() {
         "netbridge_nat_events_total{{topology=\"{name}\",event=\"snat_new\"}}"
     ));
     assert!(snat_new >= 6.0, "snat_new in metrics: {snat_new}");
-    assert_eq!(snat_new as u64, lab.nat_counter("snat_new"), "{metrics}");
+    assert_eq!(snat_new as u64, lab.counter("snat_new"), "{metrics}");
     assert!(metrics.contains("netbridge_nat_sessions{") && metrics.contains("proto=\"tcp\""));
     assert!(value("netbridge_nat_port_pool_size{") > 60000.0);
     lab.assert_no_netfilter_rules();
@@ -425,7 +222,7 @@ to = "white:5353"
 fn traceroute_and_pmtu_through_nat() {
     require_root!();
     let lab = NatLab::new("", "");
-    let before = lab.nat_counter("icmp_errors_translated");
+    let before = lab.counter("icmp_errors_translated");
     // UDP traceroute: the router's Time Exceeded and the server's Port
     // Unreachable are sent to the uplink address and translated back.
     let tr = lab.sh("black", &format!("traceroute -n -q 1 -w 2 -m 5 {SERVER}"));
@@ -441,7 +238,7 @@ fn traceroute_and_pmtu_through_nat() {
         &format!("traceroute -I -n -q 1 -w 2 -m 5 {SERVER}"),
     );
     assert!(tr.contains("203.0.113.254"), "{tr}");
-    let after = lab.nat_counter("icmp_errors_translated");
+    let after = lab.counter("icmp_errors_translated");
     assert!(after >= before + 3, "translated {before} -> {after}");
 
     // PMTU: a 1400-byte hop beyond the NAT. DF pings get "Frag needed"
@@ -642,14 +439,14 @@ fn port_pool_and_session_table_limits() {
     // A fifth needs a fifth port: dropped and counted.
     let r = lab.udp_probe("black", SERVER, &pairs(7, 50005..50006));
     assert!(r["50005:7"].is_null(), "{r}");
-    assert!(lab.drop_counter("nat_port_exhausted") >= 1);
+    assert!(lab.counter("nat_port_exhausted") >= 1);
     // To another server port the same four ports are free again (the
     // mapping includes the remote), but the table holds six sessions.
     let r = lab.udp_probe("black", SERVER, &pairs(8, 50001..50003));
     assert!(r["50001:8"].is_string() && r["50002:8"].is_string(), "{r}");
     let r = lab.udp_probe("black", SERVER, &pairs(8, 50003..50004));
     assert!(r["50003:8"].is_null(), "table not full at 6: {r}");
-    assert!(lab.drop_counter("nat_table_full") >= 1);
+    assert!(lab.counter("nat_table_full") >= 1);
     // Existing flows are unaffected.
     let r = lab.udp_probe("black", SERVER, &first);
     assert!(
@@ -716,10 +513,7 @@ fn two_thousand_connections_get_distinct_mappings() {
     assert_eq!(ext.len(), 2000, "external mappings not distinct");
     // Each colliding port is moved (retried); the first user of a port kept
     // it (a few may have been taken by an earlier random pick).
-    let (retries, kept) = (
-        lab.nat_counter("port_retries"),
-        lab.nat_counter("port_kept"),
-    );
+    let (retries, kept) = (lab.counter("port_retries"), lab.counter("port_kept"));
     assert!(retries >= 900, "port retries {retries}");
     assert!((900..=1000).contains(&kept), "source ports kept {kept}");
     lab.down_clean();
@@ -753,7 +547,7 @@ fn endpoint_independent_mapping_and_gc() {
         })
         .collect();
     assert_eq!(ext.len(), 1, "EIM gave different mappings: {ext:?}");
-    assert!(lab.nat_counter("eim_reused") >= 2);
+    assert!(lab.counter("eim_reused") >= 2);
     // The 2 s UDP timeout is enforced in the kernel (its sweep, or this
     // forced one).
     let ct = lab.conntrack();
@@ -1100,12 +894,7 @@ fn syn_flood_fills_the_table(lab: &NatLab, from_up: &[&str; 6], max: u64) {
     let live = |lab: &NatLab| lab.conntrack()["live_sessions"].as_u64().unwrap();
     let before = live(lab);
     assert!(before < max, "table already full: {before}");
-    let counts = |lab: &NatLab| {
-        (
-            lab.drop_counter("nat_table_full"),
-            lab.nat_counter("dnat_new"),
-        )
-    };
+    let counts = |lab: &NatLab| (lab.counter("nat_table_full"), lab.counter("dnat_new"));
     let (full0, new0) = counts(lab);
     scapy(lab, "router", from_up, FLOOD, &["syn_flood"]);
     let (full, new) = Sandbox::wait_for(Duration::from_secs(10), || {

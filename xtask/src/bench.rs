@@ -819,26 +819,34 @@ fn nat_cost(lab: &Lab, netbridge: &Path, opts: &Options, cost: &mut Cost) -> Res
 /// every packet of `blast`: `netbridge stats --programs` samples the
 /// kernel's BPF statistics inside the blast (and turns them off after).
 fn prog_cost(netbridge: &Path, topo: &str, blast: &Blast) -> Result<BTreeMap<String, f64>> {
-    // The sampler starts after the blast has (and ends before it does).
-    let interval = (blast.secs - 0.5).max(0.2);
-    let sampler = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "sleep 0.2; exec {} stats --programs --json --name {topo} --interval {}ms",
-            netbridge.display(),
-            (interval * 1000.0) as u64
-        ))
+    // The sampler's window holds the whole blast: the blast starts once it
+    // says it measures (a fixed head start lost the race on a loaded host)
+    // and the window lasts a second longer. Idle time adds no run time.
+    let mut sampler = Command::new(netbridge)
+        .args([
+            "stats",
+            "--programs",
+            "--json",
+            "--name",
+            topo,
+            "--interval",
+        ])
+        .arg(format!("{}ms", ((blast.secs + 1.0) * 1000.0) as u64))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    let mut err = std::io::BufReader::new(sampler.stderr.take().context("stderr")?);
+    let mut said = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut said)? > 0 && !said.contains("sampling") {}
+    if !said.contains("sampling") {
+        let _ = sampler.wait();
+        bail!("netbridge stats --programs: {said}");
+    }
     let blasted = crate::crr::udp_blast(blast);
     let out = sampler.wait_with_output()?;
     blasted.with_context(|| format!("UDP-64 through {topo}"))?;
     if !out.status.success() {
-        bail!(
-            "netbridge stats --programs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("netbridge stats --programs failed: {said}");
     }
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("stats --programs JSON")?;

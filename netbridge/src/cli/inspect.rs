@@ -99,7 +99,20 @@ pub fn programs(which: &Which, json: bool, interval: Duration) -> Result<()> {
         .with_context(|| format!("no topology named {name:?} is up"))?
         .pin_dir
         .with_context(|| format!("topology {name} has no datapath loaded"))?;
-    let rates = netbridge::progstats::sample(&netbridge::bpf::PinDir(dir), interval)?;
+    let pins = netbridge::bpf::PinDir(dir);
+    let rates = {
+        use netbridge::progstats as ps;
+        let _on = ps::enable()?;
+        let before = ps::snapshot(&pins)?;
+        // On stderr, so a script can start its traffic once measuring runs.
+        eprintln!(
+            "sampling {} programs for {:.1}s",
+            before.programs.len(),
+            interval.as_secs_f64()
+        );
+        std::thread::sleep(interval);
+        ps::delta(&before, &ps::snapshot(&pins)?)
+    };
     if json {
         let v = serde_json::json!({"topology": name, "interval_secs": interval.as_secs_f64(), "programs": rates});
         println!("{}", serde_json::to_string_pretty(&v)?);
