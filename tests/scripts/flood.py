@@ -37,8 +37,8 @@ def csum(data):
 def flood(kind, iface, dst_mac, src, dst, dport, count, secs):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
-    with open(f"/sys/class/net/{iface}/address") as f:
-        src_mac = bytes.fromhex(f.read().strip().replace(":", ""))
+    # The bound interface's own MAC (not /sys: nsenter keeps the caller's).
+    src_mac = s.getsockname()[4]
     eth = bytes.fromhex(dst_mac.replace(":", "")) + src_mac + b"\x08\x00"
     sa, da = socket.inet_aton(src), socket.inet_aton(dst)
     proto = 6 if kind == "syn" else 17

@@ -2,8 +2,10 @@
 //! removal (counted once, on the delete of the original half), and the
 //! admission policy of new sessions (a full table evicts the oldest
 //! unassured session, never an assured one).
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_map_pop_elem},
     macros::map,
     maps::{LruHashMap, PerCpuArray, Queue},
 };
@@ -32,6 +34,10 @@ static NB_CT_GRAVES: LruHashMap<CtKey, u64> = LruHashMap::pinned(CT_GRAVES_SIZE,
 /// of `NB_CT`; a push to a full queue drops its oldest candidate.
 #[map]
 static NB_CT_ADMITTED: Queue<CtKey> = Queue::pinned(CT_SIZE / 2, 0);
+
+/// [`evict_for`]'s keys, off the BPF stack.
+#[map]
+static NB_EVICT_SCRATCH: PerCpuArray<[CtKey; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 pub const BPF_NOEXIST: u64 = 1;
 /// Queue push: a full queue drops its head to make room.
@@ -267,48 +273,87 @@ pub fn grave(k: &CtKey) -> bool {
 
 /// Admission of a new session whose original key is `orig` (the policy,
 /// README "Admission under pressure"): below `max_sessions` it is
-/// admitted; at the limit the oldest unassured session gives way (evicted,
-/// counted `evicted`), and if none of the next [`ADMIT_SCAN`] candidates
+/// admitted; at the limit an unassured session gives way (evicted,
+/// counted `evicted`): the oldest of the new session's own source among
+/// the next [`ADMIT_SCAN`] candidates, else the oldest of them. If none
 /// can, the new one is refused (`nat_table_full`). An assured session is
 /// never evicted. The admitted session becomes a candidate itself.
 #[inline(always)]
 pub fn admit(max_sessions: u32, orig: &CtKey) -> Result<(), u32> {
-    if !sweep::reserve(max_sessions) && !(evict_oldest() != 0 && sweep::reserve(max_sessions)) {
+    if !sweep::reserve(max_sessions)
+        && !(evict_for(orig.saddr) != 0 && sweep::reserve(max_sessions))
+    {
         return Err(drop_reason::NAT_TABLE_FULL);
     }
     let _ = NB_CT_ADMITTED.push(orig, BPF_EXIST);
     Ok(())
 }
 
-/// Pops admission candidates, oldest first, until one is evicted (1) or
-/// [`ADMIT_SCAN`] were looked at (0). A candidate gone meanwhile or
-/// assured leaves the queue for good; one another CPU removed first
-/// counts as a slot freed. Its own BPF function: the loop stays off the
-/// callers' frames.
+/// Pops up to [`ADMIT_SCAN`] admission candidates, oldest first, and
+/// evicts the first unassured one opened by `src`; unassured ones of other
+/// sources go back to the tail (still candidates), the oldest of them
+/// evicted if `src` has none. A flood thus churns its own sessions, and a
+/// new flow of someone else is not pushed out before its answer came.
+/// Gone or assured candidates leave the queue for good. 1: a slot was
+/// freed (by us or, racing, another CPU). Its own BPF function: the loop
+/// stays off the callers' frames.
 #[inline(never)]
-fn evict_oldest() -> u32 {
+fn evict_for(src: Be32) -> u32 {
+    // Keys in a per-CPU slot, not on the stack: this frame stacks on the
+    // program's and new_session's. [0]: the candidate, [1]: the oldest of
+    // another source.
+    let Some(slot) = NB_EVICT_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs are not preempted.
+    let slot = unsafe { &mut *slot };
+    let queue = &NB_CT_ADMITTED as *const Queue<CtKey> as *mut c_void;
     let now = now();
+    let mut other = false;
     let mut i = 0;
     while i < ADMIT_SCAN {
-        let Ok(Some(k)) = NB_CT_ADMITTED.pop() else {
-            return 0;
-        };
-        // SAFETY: a map value; it stays valid memory for the program's run
-        // (RCU) even once removed below. No copy: this frame stacks on
-        // the program's and new_session's.
-        if let Some(e) = NB_CT.get_ptr(&k).map(|e| unsafe { &*e })
-            && e.flags & CT_F_ASSURED == 0
-        {
-            if remove_session(&k, e, now) {
-                // Logged by the sweep (a log call here would not fit the
-                // stack this frame stacks on).
-                sweep::release_evicted();
-                count(nat_stat::EVICTED);
-            }
-            return 1;
+        // SAFETY: the queue map and a key-sized buffer in a map value.
+        if unsafe { bpf_map_pop_elem(queue, &mut slot[0] as *mut CtKey as *mut c_void) } != 0 {
+            break;
         }
-        count(nat_stat::EVICT_SKIPPED);
         i += 1;
+        // SAFETY: only the flags are read, right away.
+        match unsafe { NB_CT.get(&slot[0]) } {
+            Some(e) if e.flags & CT_F_ASSURED == 0 => {}
+            _ => {
+                count(nat_stat::EVICT_SKIPPED);
+                continue;
+            }
+        }
+        if slot[0].saddr == src {
+            return evict(&slot[0], now);
+        }
+        if !other {
+            slot[1] = slot[0];
+            other = true;
+        }
+        let _ = NB_CT_ADMITTED.push(&slot[0], BPF_EXIST);
     }
-    0
+    if other { evict(&slot[1], now) } else { 0 }
+}
+
+/// Evicts the session of candidate `k` if it is still there and
+/// unassured (logged by the sweep: a log call here would not fit the
+/// stack). 1: the slot is free (gone already counts).
+#[inline(always)]
+fn evict(k: &CtKey, now: u64) -> u32 {
+    let Some(e) = NB_CT.get_ptr(k) else {
+        return 1;
+    };
+    // SAFETY: a map value; it stays valid memory for the program's run
+    // (RCU) even once removed below.
+    let e = unsafe { &*e };
+    if e.flags & CT_F_ASSURED != 0 {
+        return 0;
+    }
+    if remove_session(k, e, now) {
+        sweep::release_evicted();
+        count(nat_stat::EVICTED);
+    }
+    1
 }
