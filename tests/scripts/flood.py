@@ -6,9 +6,9 @@ admission tests and bench). Every mode stops by itself.
       to DST:DPORT, the source port changing every frame (1024-65535): TCP
       SYNs or 1-byte UDP datagrams. Stops after COUNT frames or SECS
       seconds. Prints JSON: sent, secs.
-  flood.py connect DST DPORT N TIMEOUT
-      N new TCP connections one after another, each waiting for the
-      server's greeting line (TIMEOUT s). Prints JSON: ok, failed,
+  flood.py connect DST DPORT N TIMEOUT [SRC]
+      N new TCP connections one after another (from address SRC if
+      given), each waiting for the server's greeting line (TIMEOUT s). Prints JSON: ok, failed,
       connect_ms (of the successful ones).
   flood.py keepalive DST DPORT SECS
       One TCP connection, one byte every 0.1 s, each echo awaited (2 s);
@@ -68,11 +68,13 @@ def flood(kind, iface, dst_mac, src, dst, dport, count, secs):
     return {"sent": sent, "secs": round(time.monotonic() - start, 3)}
 
 
-def connect(dst, dport, n, timeout):
+def connect(dst, dport, n, timeout, src=None):
     ok, times = 0, []
     for _ in range(n):
         c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         c.settimeout(timeout)
+        if src:
+            c.bind((src, 0))
         t = time.monotonic()
         try:
             c.connect((dst, dport))
@@ -124,7 +126,7 @@ def main(a):
     if a[0] in ("syn", "udp"):
         r = flood(a[0], a[1], a[2], a[3], a[4], int(a[5]), int(a[6]), float(a[7]))
     elif a[0] == "connect":
-        r = connect(a[1], int(a[2]), int(a[3]), float(a[4]))
+        r = connect(a[1], int(a[2]), int(a[3]), float(a[4]), a[5] if len(a) > 5 else None)
     elif a[0] == "keepalive":
         r = keepalive(a[1], int(a[2]), float(a[3]))
     elif a[0] == "udp_connect":

@@ -35,7 +35,7 @@ const FLOOD_SECS: u32 = 4;
 
 /// The lab with `max_sessions = 500`, both forwards, a TCP greeting/echo
 /// server on white:5000 and on server:5000, UDP echo on white:5300 and
-/// server:7, and the router's own packets blackholed.
+/// server:7 and :9, and the router's own packets blackholed.
 fn lab() -> Lab {
     let mut lab = Lab::new(&format!("max_sessions = {MAX}"), FORWARDS);
     let nat_flow = script("nat_flow.py");
@@ -45,6 +45,7 @@ fn lab() -> Lab {
     }
     lab.udp_echo("white", 5300, "white");
     lab.udp_echo("server", 7, "server");
+    lab.udp_echo("server", 9, "server");
     lab.sh(
         "router",
         &format!(
@@ -217,8 +218,8 @@ fn udp_flood_to_a_forward_does_not_lock_out_new_clients() {
     assert_keepalive(&ka, 15);
 }
 
-/// New outbound UDP flows from one lab host (black), each answered by the
-/// server: SNAT for white keeps working (new TCP connections and UDP
+/// New outbound UDP flows from one lab host (black) to an echo port of the
+/// server (answered as far as it keeps up; white uses another port): SNAT for white keeps working (new TCP connections and UDP
 /// exchanges), and white's keep-alive connection opened before too.
 #[test]
 fn outbound_flood_from_one_lab_host_leaves_snat_to_the_others() {
@@ -230,7 +231,7 @@ fn outbound_flood_from_one_lab_host_leaves_snat_to_the_others() {
     let flood = bg(
         &mut lab,
         "black",
-        &format!("udp eth0 {gw_mac} 192.168.1.10 {SERVER} 7 {FLOOD_FRAMES} {FLOOD_SECS}"),
+        &format!("udp eth0 {gw_mac} 192.168.1.10 {SERVER} 9 {FLOOD_FRAMES} {FLOOD_SECS}"),
         "out.json",
     );
     wait_full(&lab);

@@ -291,8 +291,8 @@ pub fn admit(max_sessions: u32, orig: &CtKey) -> Result<(), u32> {
 
 /// Pops up to [`ADMIT_SCAN`] admission candidates, oldest first, and
 /// evicts the first unassured one opened by `src`; unassured ones of other
-/// sources go back to the tail (still candidates), the oldest of them
-/// evicted if `src` has none. A flood thus churns its own sessions, and a
+/// sources go back to the tail (still candidates), but the oldest of them
+/// is held out and evicted if `src` has none. A flood thus churns its own sessions, and a
 /// new flow of someone else is not pushed out before its answer came.
 /// Gone or assured candidates leave the queue for good. 1: a slot was
 /// freed (by us or, racing, another CPU). Its own BPF function: the loop
@@ -326,13 +326,19 @@ fn evict_for(src: Be32) -> u32 {
             }
         }
         if slot[0].saddr == src {
+            if other {
+                // Not evicted after all: a candidate again.
+                let _ = NB_CT_ADMITTED.push(&slot[1], BPF_EXIST);
+            }
             return evict(&slot[0], now);
         }
-        if !other {
+        if other {
+            let _ = NB_CT_ADMITTED.push(&slot[0], BPF_EXIST);
+        } else {
+            // Held out of the queue: evicted below if `src` has none.
             slot[1] = slot[0];
             other = true;
         }
-        let _ = NB_CT_ADMITTED.push(&slot[0], BPF_EXIST);
     }
     if other { evict(&slot[1], now) } else { 0 }
 }
