@@ -280,9 +280,9 @@ pub fn grave(k: &CtKey) -> bool {
 /// never evicted. The admitted session becomes a candidate itself.
 #[inline(always)]
 pub fn admit(max_sessions: u32, orig: &CtKey) -> Result<(), u32> {
-    if !sweep::reserve(max_sessions)
-        && !(evict_for(orig.saddr) != 0 && sweep::reserve(max_sessions))
-    {
+    let admitted = sweep::reserve(max_sessions)
+        || (evict_for(orig.saddr) != 0 && sweep::reserve(max_sessions));
+    if !admitted {
         return Err(drop_reason::NAT_TABLE_FULL);
     }
     let _ = NB_CT_ADMITTED.push(orig, BPF_EXIST);
