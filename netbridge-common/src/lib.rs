@@ -301,9 +301,10 @@ pub const PROG_CT_CTL: &str = "nb_ct_ctl";
 pub const MAP_EIM: &str = "NB_EIM";
 /// Hash: lab IPv4 ([`Be32`]) -> [`HostEntry`], for hairpin replies.
 pub const MAP_HOSTS: &str = "NB_HOSTS";
-/// Queue of [`CtKey`]: the original key of every session admitted, oldest
-/// first: the candidates that may give way when the table is full (see
-/// [`ADMIT_SCAN`]). Sized like half of [`MAP_CT`].
+/// Queue of [`CtKey`]: the original keys of the last `max_sessions`
+/// sessions admitted, oldest first: the candidates that may give way when
+/// the table is full (see [`ADMIT_SCAN`]). `up` sizes it to `max_sessions`,
+/// so keys of sessions long gone do not pile up in front.
 pub const MAP_CT_ADMITTED: &str = "NB_CT_ADMITTED";
 /// Candidates a new session looks at, at most, when the table is full: the
 /// first unassured one still in the table is evicted to admit it.

@@ -32,6 +32,8 @@ const FORWARDS: &str = "[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:
 /// Frames and seconds of one flood (the issue's: ~15,000 SYNs in 3 s).
 const FLOOD_FRAMES: u32 = 60_000;
 const FLOOD_SECS: u32 = 4;
+/// Life of the keep-alive client: it outlasts the flood and the checks.
+const KEEPALIVE_SECS: u32 = 15;
 
 /// The lab with `max_sessions = 500`, both forwards, a TCP greeting/echo
 /// server on white:5000 and on server:5000, UDP echo on white:5300 and
@@ -135,8 +137,8 @@ fn keepalive(lab: &mut Lab, ns: &str, dst: &str, port: u16, secs: u32) -> PathBu
 }
 
 /// The keep-alive client never failed, and kept exchanging.
-fn assert_keepalive(out: &Path, secs: u32) {
-    let ka = result(out, "exchanges", secs as u64 + 10);
+fn assert_keepalive(out: &Path) {
+    let ka = result(out, "exchanges", KEEPALIVE_SECS as u64 + 10);
     assert_eq!(ka["failures"], 0, "established session broke: {ka}");
     assert!(ka["exchanges"].as_u64().unwrap() >= 10, "{ka}");
 }
@@ -163,6 +165,45 @@ fn assert_most(r: &Value, what: &str) {
     assert!(r["ok"].as_u64().unwrap() >= 9, "{what}: {r}");
 }
 
+/// A flood under way: the keep-alive client opened before it, the stats
+/// before it, the flooder's output file.
+struct Flood {
+    ka: PathBuf,
+    before: Value,
+    out: PathBuf,
+}
+
+/// Opens a keep-alive client from `ka.0` to `ka.1`:`ka.2`, then floods
+/// from `ns` (`flood.py KIND eth0 MAC ARGS`, MAC that of `dev` in the
+/// host namespace) and waits until the table is full.
+fn start(
+    lab: &mut Lab,
+    ka: (&str, &str, u16),
+    ns: &str,
+    kind: &str,
+    dev: &str,
+    args: &str,
+) -> Flood {
+    let ka = keepalive(lab, ka.0, ka.1, ka.2, KEEPALIVE_SECS);
+    let (before, _) = stats(lab);
+    let mac = lab.sb.mac_of(&lab.ns("gw"), dev);
+    let frames = format!("{FLOOD_FRAMES} {FLOOD_SECS}");
+    let out = bg(
+        lab,
+        ns,
+        &format!("{kind} eth0 {mac} {args} {frames}"),
+        "flood.json",
+    );
+    wait_full(lab);
+    Flood { ka, before, out }
+}
+
+/// Waits for the flood's end: its figures, and the positive control.
+fn flood_done(lab: &Lab, f: &Flood) {
+    let flood = result(&f.out, "sent", FLOOD_SECS as u64 + 10);
+    assert_filled(lab, &flood, &f.before);
+}
+
 /// SYNs with changing source ports to the TCP forward, never answered:
 /// new clients from the server still connect, the keep-alive client
 /// opened before keeps working.
@@ -170,26 +211,24 @@ fn assert_most(r: &Value, what: &str) {
 fn syn_flood_to_a_forward_does_not_lock_out_new_clients() {
     require_root!();
     let mut lab = lab();
-    let ka = keepalive(&mut lab, "server", UPLINK, 8080, 15);
     program_cost(&lab, "before the flood");
-    let (before, _) = stats(&lab);
-    let mac = lab.sb.mac_of(&lab.ns("gw"), "uplink0");
-    let flood = bg(
+    let ka = ("server", UPLINK, 8080);
+    let f = start(
         &mut lab,
+        ka,
         "router",
-        &format!("syn eth0 {mac} {ROUTER} {UPLINK} 8080 {FLOOD_FRAMES} {FLOOD_SECS}"),
-        "syn.json",
+        "syn",
+        "uplink0",
+        &format!("{ROUTER} {UPLINK} 8080"),
     );
-    wait_full(&lab);
     let during = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
     program_cost(&lab, "during the flood");
-    let flood = result(&flood, "sent", FLOOD_SECS as u64 + 10);
+    flood_done(&lab, &f);
     let after = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
     eprintln!("legit during {during}, after {after}");
     assert_most(&during, "new connections during the flood");
     assert_most(&after, "new connections right after the flood");
-    assert_filled(&lab, &flood, &before);
-    assert_keepalive(&ka, 15);
+    assert_keepalive(&f.ka);
 }
 
 /// UDP with changing source ports to the UDP forward (white answers every
@@ -198,51 +237,48 @@ fn syn_flood_to_a_forward_does_not_lock_out_new_clients() {
 fn udp_flood_to_a_forward_does_not_lock_out_new_clients() {
     require_root!();
     let mut lab = lab();
-    let ka = keepalive(&mut lab, "server", UPLINK, 8080, 15);
-    let (before, _) = stats(&lab);
-    let mac = lab.sb.mac_of(&lab.ns("gw"), "uplink0");
-    let flood = bg(
+    let ka = ("server", UPLINK, 8080);
+    let f = start(
         &mut lab,
+        ka,
         "router",
-        &format!("udp eth0 {mac} {ROUTER} {UPLINK} 5300 {FLOOD_FRAMES} {FLOOD_SECS}"),
-        "udp.json",
+        "udp",
+        "uplink0",
+        &format!("{ROUTER} {UPLINK} 5300"),
     );
-    wait_full(&lab);
     let during = run(&lab, "server", &format!("udp_connect {UPLINK} 5300 10 1"));
-    let flood = result(&flood, "sent", FLOOD_SECS as u64 + 10);
+    flood_done(&lab, &f);
     let after = run(&lab, "server", &format!("udp_connect {UPLINK} 5300 10 1"));
     eprintln!("legit during {during}, after {after}");
     assert_most(&during, "new UDP exchanges during the flood");
     assert_most(&after, "new UDP exchanges right after the flood");
-    assert_filled(&lab, &flood, &before);
-    assert_keepalive(&ka, 15);
+    assert_keepalive(&f.ka);
 }
 
 /// New outbound UDP flows from one lab host (black) to an echo port of the
-/// server (answered as far as it keeps up; white uses another port): SNAT for white keeps working (new TCP connections and UDP
-/// exchanges), and white's keep-alive connection opened before too.
+/// server (answered as far as it keeps up; white uses another port): SNAT
+/// for white keeps working (new TCP connections and UDP exchanges), and
+/// white's keep-alive connection opened before too.
 #[test]
 fn outbound_flood_from_one_lab_host_leaves_snat_to_the_others() {
     require_root!();
     let mut lab = lab();
-    let ka = keepalive(&mut lab, "white", SERVER, 5000, 15);
-    let (before, _) = stats(&lab);
-    let gw_mac = lab.sb.mac_of(&lab.ns("gw"), "br0");
-    let flood = bg(
+    let ka = ("white", SERVER, 5000);
+    let f = start(
         &mut lab,
+        ka,
         "black",
-        &format!("udp eth0 {gw_mac} 192.168.1.10 {SERVER} 9 {FLOOD_FRAMES} {FLOOD_SECS}"),
-        "out.json",
+        "udp",
+        "br0",
+        &format!("192.168.1.10 {SERVER} 9"),
     );
-    wait_full(&lab);
     let tcp = run(&lab, "white", &format!("connect {SERVER} 5000 10 2"));
     let udp = run(&lab, "white", &format!("udp_connect {SERVER} 7 10 1"));
-    let flood = result(&flood, "sent", FLOOD_SECS as u64 + 10);
+    flood_done(&lab, &f);
     let after = run(&lab, "white", &format!("connect {SERVER} 5000 10 2"));
     eprintln!("white during: tcp {tcp}, udp {udp}; after {after}");
     assert_most(&tcp, "white's new TCP connections during the flood");
     assert_most(&udp, "white's new UDP exchanges during the flood");
     assert_most(&after, "white's new TCP connections right after");
-    assert_filled(&lab, &flood, &before);
-    assert_keepalive(&ka, 15);
+    assert_keepalive(&f.ka);
 }

@@ -29,9 +29,9 @@ pub static NB_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZE, 0);
 #[map]
 static NB_CT_GRAVES: LruHashMap<CtKey, u64> = LruHashMap::pinned(CT_GRAVES_SIZE, 0);
 
-/// The original key of every session admitted, oldest at the head: the
-/// candidates to give way when the table is full. Sized by `up` like half
-/// of `NB_CT`; a push to a full queue drops its oldest candidate.
+/// The original keys of the last `max_sessions` sessions admitted, oldest
+/// at the head: the candidates to give way when the table is full. Sized
+/// by `up` to `max_sessions`; a push to a full queue drops its oldest.
 #[map]
 static NB_CT_ADMITTED: Queue<CtKey> = Queue::pinned(CT_SIZE / 2, 0);
 
