@@ -185,6 +185,7 @@ fn start(
     args: &str,
 ) -> Flood {
     let ka = keepalive(lab, ka.0, ka.1, ka.2, KEEPALIVE_SECS);
+    program_cost(lab, "before the flood (the keep-alive client only)");
     let (before, _) = stats(lab);
     let mac = lab.sb.mac_of(&lab.ns("gw"), dev);
     let frames = format!("{FLOOD_FRAMES} {FLOOD_SECS}");
@@ -211,7 +212,19 @@ fn flood_done(lab: &Lab, f: &Flood) {
 fn syn_flood_to_a_forward_does_not_lock_out_new_clients() {
     require_root!();
     let mut lab = lab();
-    program_cost(&lab, "before the flood");
+    let log = lab.sb.tmp_file("log.txt");
+    let bin = netbridge_tests::netbridge_bin();
+    let (host, name) = (lab.sb.host.clone(), lab.topology());
+    let argv = [
+        bin.to_str().unwrap(),
+        "log",
+        "--name",
+        &name,
+        "--duration",
+        "60s",
+    ];
+    lab.sb
+        .spawn_ready(&host, &argv, Some(&log), "following the datapath log");
     let ka = ("server", UPLINK, 8080);
     let f = start(
         &mut lab,
@@ -229,6 +242,14 @@ fn syn_flood_to_a_forward_does_not_lock_out_new_clients() {
     assert_most(&during, "new connections during the flood");
     assert_most(&after, "new connections right after the flood");
     assert_keepalive(&f.ka);
+    // The sweep logs the evictions of its period.
+    let logged = Sandbox::wait_for(Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("unassured sessions evicted to admit new ones")
+            .then_some(())
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.is_some(), "no eviction in the log:\n{text}");
 }
 
 /// UDP with changing source ports to the UDP forward (white answers every
