@@ -35,7 +35,7 @@ const FLOOD_SECS: u32 = 4;
 /// Life of the keep-alive client: it outlasts the flood and the checks.
 const KEEPALIVE_SECS: u32 = 15;
 
-/// The lab with `max_sessions = 500`, both forwards, a TCP greeting/echo
+/// The lab with `max_sessions = 500`, three forwards, a TCP greeting/echo
 /// server on white:5000 and on server:5000, UDP echo on white:5300 and
 /// :5301 and on server:7 and :9, and the router's own packets
 /// blackholed.
