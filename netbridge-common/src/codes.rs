@@ -145,6 +145,12 @@ code_table! {
         13 ExpiredLookup EXPIRED_LOOKUP "expired_lookup",
         /// Sessions removed because their forward went away or changed.
         14 Purged PURGED "purged",
+        /// Unassured sessions evicted to admit a new one, the table being
+        /// full (the admission policy: oldest unassured first).
+        15 Evicted EVICTED "evicted",
+        /// Admission candidates passed over while looking for one to evict:
+        /// already gone, or assured (never evicted).
+        16 EvictSkipped EVICT_SKIPPED "evict_skipped",
     }
 }
 
@@ -165,7 +171,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Purged.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::EvictSkipped.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

@@ -301,6 +301,14 @@ pub const PROG_CT_CTL: &str = "nb_ct_ctl";
 pub const MAP_EIM: &str = "NB_EIM";
 /// Hash: lab IPv4 ([`Be32`]) -> [`HostEntry`], for hairpin replies.
 pub const MAP_HOSTS: &str = "NB_HOSTS";
+/// Queue of [`CtKey`]: the original keys of the last `max_sessions`
+/// sessions admitted, oldest first: the candidates that may give way when
+/// the table is full (see [`ADMIT_SCAN`]). `up` sizes it to `max_sessions`,
+/// so keys of sessions long gone do not pile up in front.
+pub const MAP_CT_ADMITTED: &str = "NB_CT_ADMITTED";
+/// Candidates a new session looks at, at most, when the table is full: the
+/// first unassured one still in the table is evicted to admit it.
+pub const ADMIT_SCAN: u32 = 16;
 
 /// The value of [`MAP_EIM`]: the inside endpoint's external port, in HOST
 /// byte order (the port allocator counts in host order).
@@ -388,6 +396,12 @@ pub const CT_ICMP: u8 = 7;
 
 /// [`CtEntry::flags`]: this entry is the direction that opened the session.
 pub const CT_F_ORIGINAL: u8 = 1;
+/// [`CtEntry::flags`] (both halves): the answering side has spoken.
+pub const CT_F_REPLIED: u8 = 2;
+/// [`CtEntry::flags`] (both halves): assured, as netfilter says: the
+/// opening side spoke again after a reply (TCP: an ACK without SYN or RST,
+/// the handshake done). An assured session never gives way to a new one.
+pub const CT_F_ASSURED: u8 = 4;
 
 /// NAT settings (index 0 of [`MAP_NAT_CONFIG`]).
 #[repr(C)]

@@ -512,6 +512,7 @@ impl Datapath {
                 netbridge_common::MAP_CT,
                 crate::nat::ct_entries_for(max_sessions),
             )
+            .map_max_entries(netbridge_common::MAP_CT_ADMITTED, max_sessions.max(1))
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
         // The port program's tail call. The array is pinned: its entries

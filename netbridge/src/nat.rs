@@ -585,7 +585,15 @@ impl NatMaps {
 fn session_row(cfg: &NatConfig, now: u64, k: &CtKey, e: &CtEntry, r: Option<&CtEntry>) -> Session {
     let (last, state) = activity(e, r);
     let idle = now.saturating_sub(last) as f64 / 1e9;
-    let timeout = cfg.timeouts[(state & 7) as usize] as f64;
+    // As the kernel: a handshake answered but never assured keeps the SYN
+    // timeout (netbridge-ebpf ct::timeout_ns).
+    let assured = (e.flags | r.map_or(0, |r| r.flags)) & netbridge_common::CT_F_ASSURED != 0;
+    let timed = if state == CT_TCP_ESTABLISHED && !assured {
+        CT_TCP_SYN
+    } else {
+        state
+    };
+    let timeout = cfg.timeouts[(timed & 7) as usize] as f64;
     let (inside, external, remote) = if e.kind == CT_SNAT {
         let remote = if k.proto == IPPROTO_ICMP {
             ip(k.daddr).to_string()

@@ -310,7 +310,8 @@ fn icmp_sessions_expire() {
 /// The scenario: `max_sessions = 8`, 1 s UDP timeouts, 30 flows
 /// 0.4 s apart, nobody running gc. All 30 are answered (8 was the old
 /// answer), the kernel's live count never passed 8, and the limit still
-/// binds: 9 flows at once get 8 answers and one `nat_table_full`.
+/// binds: of 9 flows at once the 9th evicts the oldest unassured one (the
+/// admission policy), so the count stays at 8.
 #[test]
 fn thirty_flows_through_an_eight_session_table_with_no_process() {
     require_root!();
@@ -351,13 +352,15 @@ fn thirty_flows_through_an_eight_session_table_with_no_process() {
     lab.wait_ct(10, "sessions never drained", |ct| ct["live_sessions"] == 0);
     let burst = "import socket\nss = []\nfor p in range(42000, 42009):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.bind(('0.0.0.0', p))\n    s.settimeout(1.0)\n    s.sendto(b'x', ('198.51.100.10', 7))\n    ss.append(s)\nn = 0\nfor s in ss:\n    try:\n        s.recvfrom(100)\n        n += 1\n    except socket.timeout:\n        pass\nprint(n)\n";
     let answered = lab.sh("black", &format!("python3 -c \"{burst}\""));
-    assert_eq!(answered.trim(), "8");
-    assert_eq!(lab.counter("nat_table_full"), 1);
+    // 9 when the evicted flow's answer came before its eviction.
+    assert!(["8", "9"].contains(&answered.trim()), "{answered}");
+    assert_eq!(lab.counter("evicted"), 1);
+    assert_eq!(lab.counter("nat_table_full"), 0);
     assert_eq!(lab.conntrack()["high_water_sessions"], 8);
 }
 
-/// A table full of live sessions drops new ones (counted) while the
-/// existing flows keep working; `conntrack`, `stats` and the metrics show
+/// A table full of live assured sessions (each answered and used again)
+/// drops new ones (counted) while the existing flows keep working; `conntrack`, `stats` and the metrics show
 /// the kernel's live count and high-water mark.
 #[test]
 fn full_table_drops_new_sessions_and_keeps_live_ones() {
@@ -365,8 +368,10 @@ fn full_table_drops_new_sessions_and_keeps_live_ones() {
     let mut lab = Lab::new("max_sessions = 4", "");
     lab.udp_echo("server", 7, "server");
     let probe = |lab: &Lab, sport: u16| udp(lab, sport, 7).unwrap_or_default();
-    for sport in 43000..43004 {
-        assert!(probe(&lab, sport).starts_with("server "));
+    for _ in 0..2 {
+        for sport in 43000..43004 {
+            assert!(probe(&lab, sport).starts_with("server "));
+        }
     }
     assert_eq!(udp(&lab, 43004, 7), None);
     assert_eq!(lab.counter("nat_table_full"), 1);

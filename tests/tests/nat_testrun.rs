@@ -396,8 +396,9 @@ fn snat_pool_exhausted_drops_after_bounded_retries() {
     });
 }
 
-/// At `max_sessions` live sessions a new flow is dropped; the existing
-/// sessions keep being translated.
+/// At `max_sessions` live assured sessions (a request, a reply, a second
+/// request) a new flow is dropped; the existing sessions keep being
+/// translated.
 #[test]
 fn table_full_drops_new_sessions_only() {
     require_root!();
@@ -411,18 +412,61 @@ fn table_full_drops_new_sessions_only() {
             &[],
         );
         for port in [40000, 40001] {
-            nat.egress(&pkt::udp(ep(BLACK, port), ep(SERVER, 7), b"a", true))
+            let out = pkt::udp(ep(BLACK, port), ep(SERVER, 7), b"a", true);
+            nat.egress(&out).passed();
+            nat.ingress(&pkt::udp(ep(SERVER, 7), ep(UPLINK, port), b"r", true))
                 .passed();
+            nat.egress(&out).passed();
         }
         let (out, moved) =
             nat.moved(|| nat.egress(&pkt::udp(ep(BLACK, 40002), ep(SERVER, 7), b"b", true)));
         assert_eq!(out.verdict, TC_ACT_SHOT);
-        assert_eq!(moved, counts(&[("nat_table_full", 1)]));
+        // Both assured candidates looked at and passed over.
+        assert_eq!(
+            moved,
+            counts(&[("nat_table_full", 1), ("evict_skipped", 2)])
+        );
         let (out, moved) =
             nat.moved(|| nat.egress(&pkt::udp(ep(BLACK, 40001), ep(SERVER, 7), b"c", true)));
         assert_eq!(out.passed().src_ep(), ep(UPLINK, 40001));
         assert_eq!(moved, counts(&[("translated_out", 1)]));
         assert_eq!(nat.live(), 2);
+    });
+}
+
+/// Admission policy: at `max_sessions` a new flow evicts the oldest
+/// unassured session (a request never answered, or answered once), never
+/// an assured one; with only assured ones left it is refused.
+#[test]
+fn full_table_evicts_the_oldest_unassured_session() {
+    require_root!();
+    scenario(|nat| {
+        nat.setup(
+            NatConfig {
+                max_sessions: 2,
+                ..base_config()
+            },
+            &[],
+            &[],
+        );
+        // 40000: assured (request, reply, request); 40001: unanswered.
+        let a = pkt::udp(ep(BLACK, 40000), ep(SERVER, 7), b"a", true);
+        nat.egress(&a).passed();
+        nat.ingress(&pkt::udp(ep(SERVER, 7), ep(UPLINK, 40000), b"r", true))
+            .passed();
+        nat.egress(&a).passed();
+        nat.egress(&pkt::udp(ep(BLACK, 40001), ep(SERVER, 7), b"b", true))
+            .passed();
+        let (out, moved) =
+            nat.moved(|| nat.egress(&pkt::udp(ep(BLACK, 40002), ep(SERVER, 7), b"c", true)));
+        assert_eq!(out.passed().src_ep(), ep(UPLINK, 40002));
+        assert_eq!(moved["evicted"], 1, "{moved:?}");
+        assert_eq!(moved.get("nat_table_full"), None, "{moved:?}");
+        assert_eq!(nat.live(), 2);
+        let evicted = key(pkt::UDP, ep(BLACK, 40001), ep(SERVER, 7), CT_DIR_OUT);
+        assert_eq!(nat.entry(&evicted), None);
+        // The assured session is still translated.
+        assert_eq!(nat.egress(&a).passed().src_ep(), ep(UPLINK, 40000));
     });
 }
 

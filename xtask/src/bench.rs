@@ -105,7 +105,7 @@ fn taskset(cpu: Option<usize>) -> String {
     cpu.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
 }
 
-fn sh(ns: Option<&str>, script: &str) -> Result<String> {
+pub(crate) fn sh(ns: Option<&str>, script: &str) -> Result<String> {
     let mut cmd = match ns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -144,14 +144,14 @@ fn add_netns(names: &[&str]) -> Result<()> {
 }
 
 /// One setup's namespaces; removed on drop, also on error or panic.
-struct Lab {
+pub(crate) struct Lab {
     prefix: String,
     netbridge: PathBuf,
     topo_file: Option<PathBuf>,
 }
 
 impl Lab {
-    fn ns(&self, role: &str) -> String {
+    pub(crate) fn ns(&self, role: &str) -> String {
         format!("{}{role}", self.prefix)
     }
 
@@ -261,11 +261,11 @@ impl Drop for Lab {
 /// The NAT comparison: a lab host ("client", 192.168.50.1) on a bridge in
 /// "host", whose uplink (203.0.113.1) faces "server" (203.0.113.2). SNAT:
 /// client -> server; DNAT: server -> 203.0.113.1:5201 -> client:5201.
-const NAT_UPLINK: &str = "203.0.113.1";
-const NAT_SERVER: &str = "203.0.113.2";
+pub(crate) const NAT_UPLINK: &str = "203.0.113.1";
+pub(crate) const NAT_SERVER: &str = "203.0.113.2";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum NatSetup {
+pub(crate) enum NatSetup {
     /// C: Linux bridge + iptables MASQUERADE/DNAT (the seeds' way).
     Iptables,
     /// D: netbridge, BPF NAT on the uplink.
@@ -273,14 +273,14 @@ enum NatSetup {
 }
 
 impl NatSetup {
-    const ALL: [NatSetup; 2] = [NatSetup::Iptables, NatSetup::Netbridge];
-    fn label(self) -> &'static str {
+    pub(crate) const ALL: [NatSetup; 2] = [NatSetup::Iptables, NatSetup::Netbridge];
+    pub(crate) fn label(self) -> &'static str {
         match self {
             NatSetup::Iptables => "C bridge+iptables",
             NatSetup::Netbridge => "D netbridge nat",
         }
     }
-    fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             NatSetup::Iptables => "iptables_nat",
             NatSetup::Netbridge => "netbridge_nat",
@@ -317,12 +317,40 @@ const SCALE_FORWARDS: usize = 999;
 const SCALE_SESSIONS: (u32, u32) = (1000, 100);
 
 fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize) -> Result<Lab> {
+    let max = netbridge_common::MAX_SESSIONS_LIMIT;
+    nat_lab_with(setup, id, netbridge, dir, extra, max)
+}
+
+/// The NAT lab with netbridge's `max_sessions` set (iptables: the host's
+/// conntrack limit) and no extra forwards (the flood figure).
+pub(crate) fn nat_lab_sessions(
+    setup: NatSetup,
+    id: &str,
+    netbridge: &Path,
+    dir: &Path,
+    max_sessions: u32,
+) -> Result<Lab> {
+    nat_lab_with(setup, id, netbridge, dir, 0, max_sessions)
+}
+
+fn nat_lab_with(
+    setup: NatSetup,
+    id: &str,
+    netbridge: &Path,
+    dir: &Path,
+    extra: usize,
+    max_sessions: u32,
+) -> Result<Lab> {
+    let tag = match (
+        extra > 0,
+        max_sessions != netbridge_common::MAX_SESSIONS_LIMIT,
+    ) {
+        (true, _) => "x",
+        (false, true) => "f",
+        (false, false) => "",
+    };
     let mut lab = Lab {
-        prefix: format!(
-            "nbn{id}{}{}-",
-            &setup.key()[..1],
-            if extra > 0 { "x" } else { "" }
-        ),
+        prefix: format!("nbn{id}{}{tag}-", &setup.key()[..1]),
         netbridge: netbridge.to_path_buf(),
         topo_file: None,
     };
@@ -386,9 +414,9 @@ fn nat_lab(setup: NatSetup, id: &str, netbridge: &Path, dir: &Path, extra: usize
                          [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n\
                          [[forward]]\nproto = \"udp\"\nport = 5201\nto = \"client:5201\"\n\
                          {PEER_NS}{}",
-                        // The highest limit: the bench opens many short
-                        // connections and never runs the GC.
-                        netbridge_common::MAX_SESSIONS_LIMIT,
+                        // The highest limit but for the flood figure: the
+                        // bench opens many short connections.
+                        max_sessions,
                         (0..extra)
                             .map(|i| format!(
                                 "[[forward]]\nproto = \"tcp\"\nport = {0}\nto = \"client:{0}\"\n",
@@ -662,6 +690,8 @@ pub struct Options {
     pub rounds: u32,
     pub secs: u32,
     pub rr_count: u32,
+    /// Only the flood figure (`--flood-only`).
+    pub flood_only: bool,
 }
 
 impl Options {
@@ -965,7 +995,11 @@ fn up_time(netbridge: &Path, id: &str, n: usize, dir: &Path) -> Result<(f64, f64
 pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     let id = format!("{:05}", std::process::id() % 100_000);
     let guard = crate::rootns::Guard::begin()?;
-    let result = run_rounds(root, netbridge, opts, &id);
+    let result = if opts.flood_only {
+        flood_only(root, netbridge, &id)
+    } else {
+        run_rounds(root, netbridge, opts, &id)
+    };
     // Every namespace of this run starts with one of these (Lab, nat_lab, up_time).
     let ours = ["nbb", "nbn", "nbu"].map(|k| format!("{k}{id}"));
     let check = guard.finish(&ours);
@@ -973,6 +1007,21 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
         (Err(e), Err(c)) => Err(e.context(format!("and after it: {c:#}"))),
         (r, c) => r.and(c),
     }
+}
+
+/// `--flood-only`: the flood figure alone, written to
+/// target/bench/flood.{txt,json}.
+fn flood_only(root: &Path, netbridge: &Path, id: &str) -> Result<()> {
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let (table, json) = crate::bench_flood::run(root, id, netbridge, &out_dir)?;
+    print!("{table}");
+    std::fs::write(out_dir.join("flood.txt"), &table)?;
+    std::fs::write(
+        out_dir.join("flood.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(())
 }
 
 fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result<()> {
@@ -1077,6 +1126,7 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
         up_ip.push(ip);
     }
 
+    let (flood_table, flood_json) = crate::bench_flood::run(root, id, netbridge, &out_dir)?;
     let r = Results {
         samples,
         nat_samples,
@@ -1085,7 +1135,9 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
         up_ip,
         sessions_filled,
     };
-    let (table, json) = r.report(opts);
+    let (mut table, mut json) = r.report(opts);
+    table.push_str(&flood_table);
+    json["flood"] = flood_json;
     print!("{table}");
     std::fs::write(
         out_dir.join("results.json"),

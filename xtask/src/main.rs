@@ -5,6 +5,7 @@
 //! whatever is missing, saying what it does.
 mod bench;
 mod bench_cni;
+mod bench_flood;
 mod clippy;
 mod crr;
 mod dist;
@@ -62,6 +63,10 @@ enum Cmd {
         /// Seconds per stream measurement.
         #[arg(long, default_value_t = 5)]
         secs: u32,
+        /// Only the NAT flood figure (about 20 s): new connections through
+        /// a forward under a bounded SYN flood, netbridge vs iptables.
+        #[arg(long)]
+        flood_only: bool,
     },
     /// Build the Debian package (target/dist/netbridge_VERSION-1_ARCH.deb).
     Dist {
@@ -163,6 +168,7 @@ fn main() -> Result<()> {
             quick,
             rounds,
             secs,
+            flood_only,
         } => {
             setup()?;
             if !is_root() {
@@ -174,12 +180,14 @@ fn main() -> Result<()> {
                     rounds: 1,
                     secs: 1,
                     rr_count: 200,
+                    flood_only,
                 }
             } else {
                 bench::Options {
                     rounds: rounds.max(1),
                     secs: secs.clamp(1, 60),
                     rr_count: 1000,
+                    flood_only,
                 }
             };
             bench::run(&root, &root.join("target/debug/netbridge"), &opts)

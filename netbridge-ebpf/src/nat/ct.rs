@@ -1,14 +1,18 @@
-//! Conntrack entries: lookup with expiry and state tracking, and session
-//! removal (counted once, on the delete of the original half).
+//! Conntrack entries: lookup with expiry and state tracking, session
+//! removal (counted once, on the delete of the original half), and the
+//! admission policy of new sessions (a full table evicts the oldest
+//! unassured session, never an assured one).
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_map_pop_elem},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, Queue},
 };
 use netbridge_common::{
-    Be16, Be32, CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED,
-    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey,
-    NatConfig, nat_stat,
+    ADMIT_SCAN, Be16, Be32, CT_F_ASSURED, CT_F_ORIGINAL, CT_F_REPLIED, CT_GRAVES_SIZE,
+    CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN,
+    CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, NatConfig, drop_reason, nat_stat,
 };
 
 use crate::nat::{
@@ -25,7 +29,19 @@ pub static NB_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZE, 0);
 #[map]
 static NB_CT_GRAVES: LruHashMap<CtKey, u64> = LruHashMap::pinned(CT_GRAVES_SIZE, 0);
 
+/// The original keys of the last `max_sessions` sessions admitted, oldest
+/// at the head: the candidates to give way when the table is full. Sized
+/// by `up` to `max_sessions`; a push to a full queue drops its oldest.
+#[map]
+static NB_CT_ADMITTED: Queue<CtKey> = Queue::pinned(CT_SIZE / 2, 0);
+
+/// [`evict_for`]'s keys, off the BPF stack.
+#[map]
+static NB_EVICT_SCRATCH: PerCpuArray<[CtKey; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 pub const BPF_NOEXIST: u64 = 1;
+/// Queue push: a full queue drops its head to make room.
+const BPF_EXIST: u64 = 2;
 
 #[inline(always)]
 pub fn key(t: &Tuple, dir: u8) -> CtKey {
@@ -105,9 +121,34 @@ fn next_state(proto: u8, tcp_flags: u8, state: u8, original: bool) -> u8 {
     }
 }
 
-/// Idle timeout of a session in `state`, from the NAT config.
+/// Session flags after a packet seen on the opening half (`original`) or
+/// the answering one: replied once the answer came, assured once the
+/// opening side spoke again after it (TCP: an ACK without SYN or RST, the
+/// three-way handshake done; a SYN-ACK alone assures nothing).
 #[inline(always)]
-pub fn timeout_ns(timeouts: &[u32; 8], state: u8) -> u64 {
+fn next_flags(flags: u8, proto: u8, tcp_flags: u8, original: bool) -> u8 {
+    if !original {
+        return flags | CT_F_REPLIED;
+    }
+    let plain =
+        proto != IPPROTO_TCP || (tcp_flags & (TCP_SYN | TCP_RST) == 0 && tcp_flags & TCP_ACK != 0);
+    if flags & CT_F_REPLIED != 0 && plain {
+        flags | CT_F_ASSURED
+    } else {
+        flags
+    }
+}
+
+/// Idle timeout of a session in `state` with `flags`, from the NAT
+/// config. A TCP session answered (SYN-ACK) but never assured keeps the
+/// SYN timeout: a half-open handshake is no established connection.
+#[inline(always)]
+pub fn timeout_ns(timeouts: &[u32; 8], state: u8, flags: u8) -> u64 {
+    let state = if state == CT_TCP_ESTABLISHED && flags & CT_F_ASSURED == 0 {
+        CT_TCP_SYN
+    } else {
+        state
+    };
     timeouts[(state & 7) as usize] as u64 * 1_000_000_000
 }
 
@@ -133,22 +174,28 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
     // the program's run (RCU), even if evicted meanwhile.
     let e = unsafe { &mut *e };
     let now = now();
-    let (state, kind) = (e.state, e.kind);
-    let tmo = timeout_ns(&cfg.timeouts, state);
+    let (state, kind, flags) = (e.state, e.kind, e.flags);
+    let tmo = timeout_ns(&cfg.timeouts, state, flags);
     let idle = now.saturating_sub(e.last_seen_ns);
     // Rare: this half is idle past the timeout; the session may still be
     // alive through its other half.
     if idle > tmo && expire_if_idle(cfg, &k, now) {
         return Found::Expired(kind);
     }
-    let next = next_state(t.proto, tcp_flags, state, e.flags & CT_F_ORIGINAL != 0);
-    if next != state {
+    let original = flags & CT_F_ORIGINAL != 0;
+    let next = next_state(t.proto, tcp_flags, state, original);
+    let next_fl = next_flags(flags, t.proto, tcp_flags, original);
+    if next != state || next_fl != flags {
         e.state = next;
+        e.flags = next_fl;
         e.last_seen_ns = now;
-        // Keep both halves in the same state (rare: only on transitions).
+        // Keep both halves in the same state and flags (rare: only on
+        // transitions).
         if let Some(r) = NB_CT.get_ptr_mut(&e.reverse) {
             // SAFETY: a value of the map, as above.
-            unsafe { (*r).state = next };
+            let r = unsafe { &mut *r };
+            r.state = next;
+            r.flags = (r.flags & CT_F_ORIGINAL) | (next_fl & !CT_F_ORIGINAL);
         }
     } else if idle > (tmo >> 4).min(CT_REFRESH_NS) {
         e.last_seen_ns = now;
@@ -162,11 +209,15 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
 #[inline(always)]
 pub fn idle_past(timeouts: &[u32; 8], e: &CtEntry, now: u64) -> bool {
     // SAFETY: a copy is taken right away; the value may be deleted after.
-    let (last, state) = match unsafe { NB_CT.get(&e.reverse) } {
-        Some(r) => (e.last_seen_ns.max(r.last_seen_ns), e.state.max(r.state)),
-        None => (e.last_seen_ns, e.state),
+    let (last, state, flags) = match unsafe { NB_CT.get(&e.reverse) } {
+        Some(r) => (
+            e.last_seen_ns.max(r.last_seen_ns),
+            e.state.max(r.state),
+            e.flags | r.flags,
+        ),
+        None => (e.last_seen_ns, e.state, e.flags),
     };
-    now.saturating_sub(last) > timeout_ns(timeouts, state)
+    now.saturating_sub(last) > timeout_ns(timeouts, state, flags)
 }
 
 /// Removes the session of the entry at `k` if it is idle past its timeout
@@ -218,4 +269,97 @@ pub fn remove_session(k: &CtKey, e: &CtEntry, now: u64) -> bool {
 pub fn grave(k: &CtKey) -> bool {
     // SAFETY: only the presence is used, not the value.
     unsafe { NB_CT_GRAVES.get(k) }.is_some()
+}
+
+/// Admission of a new session whose original key is `orig` (the policy,
+/// README "Admission under pressure"): below `max_sessions` it is
+/// admitted; at the limit an unassured session gives way (evicted,
+/// counted `evicted`): the oldest of the new session's own source among
+/// the next [`ADMIT_SCAN`] candidates, else the oldest of them. If none
+/// can, the new one is refused (`nat_table_full`). An assured session is
+/// never evicted. The admitted session becomes a candidate itself.
+#[inline(always)]
+pub fn admit(max_sessions: u32, orig: &CtKey) -> Result<(), u32> {
+    let admitted = sweep::reserve(max_sessions)
+        || (evict_for(orig.saddr) != 0 && sweep::reserve(max_sessions));
+    if !admitted {
+        return Err(drop_reason::NAT_TABLE_FULL);
+    }
+    let _ = NB_CT_ADMITTED.push(orig, BPF_EXIST);
+    Ok(())
+}
+
+/// Pops up to [`ADMIT_SCAN`] admission candidates, oldest first, and
+/// evicts the first unassured one opened by `src`; unassured ones of other
+/// sources go back to the tail (still candidates), but the oldest of them
+/// is held out and evicted if `src` has none. A flood thus churns its own sessions, and a
+/// new flow of someone else is not pushed out before its answer came.
+/// Gone or assured candidates leave the queue for good. 1: a slot was
+/// freed (by us or, racing, another CPU). Its own BPF function: the loop
+/// stays off the callers' frames.
+#[inline(never)]
+fn evict_for(src: Be32) -> u32 {
+    // Keys in a per-CPU slot, not on the stack: this frame stacks on the
+    // program's and new_session's. [0]: the candidate, [1]: the oldest of
+    // another source.
+    let Some(slot) = NB_EVICT_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs are not preempted.
+    let slot = unsafe { &mut *slot };
+    let queue = &NB_CT_ADMITTED as *const Queue<CtKey> as *mut c_void;
+    let now = now();
+    let mut other = false;
+    let mut i = 0;
+    while i < ADMIT_SCAN {
+        // SAFETY: the queue map and a key-sized buffer in a map value.
+        if unsafe { bpf_map_pop_elem(queue, &mut slot[0] as *mut CtKey as *mut c_void) } != 0 {
+            break;
+        }
+        i += 1;
+        // SAFETY: only the flags are read, right away.
+        match unsafe { NB_CT.get(&slot[0]) } {
+            Some(e) if e.flags & CT_F_ASSURED == 0 => {}
+            _ => {
+                count(nat_stat::EVICT_SKIPPED);
+                continue;
+            }
+        }
+        if slot[0].saddr == src {
+            if other {
+                // Not evicted after all: a candidate again.
+                let _ = NB_CT_ADMITTED.push(&slot[1], BPF_EXIST);
+            }
+            return evict(&slot[0], now);
+        }
+        if other {
+            let _ = NB_CT_ADMITTED.push(&slot[0], BPF_EXIST);
+        } else {
+            // Held out of the queue: evicted below if `src` has none.
+            slot[1] = slot[0];
+            other = true;
+        }
+    }
+    if other { evict(&slot[1], now) } else { 0 }
+}
+
+/// Evicts the session of candidate `k` if it is still there and
+/// unassured (logged by the sweep: a log call here would not fit the
+/// stack). 1: the slot is free (gone already counts).
+#[inline(always)]
+fn evict(k: &CtKey, now: u64) -> u32 {
+    let Some(e) = NB_CT.get_ptr(k) else {
+        return 1;
+    };
+    // SAFETY: a map value; it stays valid memory for the program's run
+    // (RCU) even once removed below.
+    let e = unsafe { &*e };
+    if e.flags & CT_F_ASSURED != 0 {
+        return 0;
+    }
+    if remove_session(k, e, now) {
+        sweep::release_evicted();
+        count(nat_stat::EVICTED);
+    }
+    1
 }

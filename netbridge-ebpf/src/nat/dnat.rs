@@ -181,9 +181,7 @@ pub fn new_session(
     let Some(cfg) = config() else {
         return Err(drop_reason::NAT_CT_INSERT);
     };
-    if !sweep::reserve(cfg.max_sessions) {
-        return Err(drop_reason::NAT_TABLE_FULL);
-    }
+    ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_IN))?;
     let tport = fwd.port.wrapping_add(t.dport.get().wrapping_sub(fwd.first));
     let kind = if hairpin { CT_HAIRPIN } else { CT_DNAT };
     let s = Session {

@@ -37,9 +37,7 @@ struct Claim {
 // programs' (large) frames.
 #[inline(never)]
 pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(Be32, Be16), u32> {
-    if !sweep::reserve(cfg.max_sessions) {
-        return Err(drop_reason::NAT_TABLE_FULL);
-    }
+    ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_OUT))?;
     let r = open(cfg, t, tcp_flags);
     if !matches!(r, Ok(Opened::New(_))) {
         // Refused, or another CPU's session is used: not ours to count.

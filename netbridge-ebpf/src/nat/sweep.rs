@@ -37,7 +37,9 @@ use crate::{
 pub struct CtState {
     timer: bpf_timer,
     lock: bpf_spin_lock,
-    _pad: u32,
+    /// Sessions evicted since the last sweep (which logs them). Userspace
+    /// reads this word as padding.
+    evicted: u32,
     counts: CtCounts,
 }
 const _: () = assert!(core::mem::size_of::<CtState>() == core::mem::size_of::<CtStateView>());
@@ -118,6 +120,21 @@ pub fn release(n: u64) {
     // SAFETY: the lock of a map value whose BTF declares it.
     unsafe { lock(&mut s.lock) };
     s.counts.live = s.counts.live.saturating_sub(n);
+    // SAFETY: as above.
+    unsafe { unlock(&mut s.lock) };
+}
+
+/// An unassured session was evicted to admit a new one: it leaves the
+/// count, and the next sweep logs it.
+#[inline(always)]
+pub fn release_evicted() {
+    let Some(s) = state() else {
+        return;
+    };
+    // SAFETY: the lock of a map value whose BTF declares it.
+    unsafe { lock(&mut s.lock) };
+    s.counts.live = s.counts.live.saturating_sub(1);
+    s.evicted = s.evicted.wrapping_add(1);
     // SAFETY: as above.
     unsafe { unlock(&mut s.lock) };
 }
@@ -226,9 +243,19 @@ fn sweep(s: &mut CtState) -> u64 {
     unsafe { lock(&mut s.lock) };
     s.counts.sweeps += 1;
     s.counts.last_sweep_ns = now;
+    let evicted = core::mem::take(&mut s.evicted);
     // SAFETY: as above.
     unsafe { unlock(&mut s.lock) };
     count_n(nat_stat::EXPIRED_SWEEP, removed);
+    if evicted > 0 {
+        // Once per sweep period at most: evictions are logged here, where
+        // the stack is free, not on the packet's path.
+        aya_log_ebpf::warn!(
+            &(),
+            "table full: {} unassured sessions evicted to admit new ones",
+            evicted
+        );
+    }
     removed
 }
 
