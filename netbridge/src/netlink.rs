@@ -8,7 +8,7 @@ use std::{
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     route::{RouteAttribute, RouteMessage, RouteScope},
 };
@@ -198,25 +198,43 @@ pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>> {
     Ok(msgs
         .iter()
         .filter(|m| m.header.index == index)
-        .filter_map(|m| {
-            // IFA_LOCAL is the interface's own address on point-to-point
-            // links; IFA_ADDRESS otherwise.
-            let addr = m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                })
-                .or_else(|| {
-                    m.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                })?;
-            IpNet::new(addr, m.header.prefix_len).ok()
-        })
+        .filter_map(address_of)
         .collect())
+}
+
+/// Every address of the namespace with its link's index, in one dump
+/// (one dump per link is quadratic in a namespace with many links).
+pub async fn all_addresses(h: &Handle) -> Result<Vec<(u32, IpNet)>> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(ctx(|| "list addresses".into()))?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| Some((m.header.index, address_of(m)?)))
+        .collect())
+}
+
+/// The interface's own address in an address message: IFA_LOCAL on
+/// point-to-point links, IFA_ADDRESS otherwise.
+fn address_of(m: &AddressMessage) -> Option<IpNet> {
+    let addr = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })?;
+    IpNet::new(addr, m.header.prefix_len).ok()
 }
 
 pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<()> {
