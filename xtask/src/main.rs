@@ -5,6 +5,7 @@
 //! whatever is missing, saying what it does.
 mod bench;
 mod bench_cni;
+mod bench_scale;
 mod clippy;
 mod crr;
 mod dist;
@@ -57,6 +58,11 @@ enum Cmd {
         /// 1 s streams, every workload and scale run once, no thresholds.
         #[arg(long)]
         quick: bool,
+        /// Only `up` at scale: 100 namespaces vs the `ip` script (ROUNDS
+        /// interleaved runs), then up/status/stats/down of 1,000; writes
+        /// target/bench/scale.{txt,json}.
+        #[arg(long, conflicts_with = "quick")]
+        scale: bool,
         #[arg(long, default_value_t = 5)]
         rounds: u32,
         /// Seconds per stream measurement.
@@ -161,6 +167,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench {
             quick,
+            scale,
             rounds,
             secs,
         } => {
@@ -169,6 +176,10 @@ fn main() -> Result<()> {
                 bail!("the bench builds namespaces and loads eBPF: run it as root");
             }
             cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
+            let netbridge = root.join("target/debug/netbridge");
+            if scale {
+                return bench_scale::run(&root, &netbridge, rounds.max(1));
+            }
             let opts = if quick {
                 bench::Options {
                     rounds: 1,
