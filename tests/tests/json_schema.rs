@@ -128,7 +128,9 @@ fn every_json_output_matches_its_schema() {
     let ps = check(&sb, "progstats", &strs(&run(&progs)), false);
     let programs = ps["programs"].as_array().unwrap();
     assert!(
-        programs.iter().any(|p| p["tail_called"] == Value::Bool(true))
+        programs
+            .iter()
+            .any(|p| p["tail_called"] == Value::Bool(true))
             && programs.iter().any(|p| p["attached"][0]
                 .as_str()
                 .is_some_and(|a| a.starts_with("uplink_in@"))),

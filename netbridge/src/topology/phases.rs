@@ -15,7 +15,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP};
+use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP};
 use rtnetlink::Handle;
 
 use super::{
@@ -101,6 +101,10 @@ fn namespaces(t: &Topology, ports: &[Port], run: &mut Run) -> Result<()> {
         all.extend(port::namespace(run, p)?);
     }
     all.push(host_of(t));
+    // Once each (the host may be a named namespace already listed): two
+    // workers must never create the same namespace.
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|ns| seen.insert(ns.clone()));
     parallel(run, &all, |run, ns| {
         if let Netns::Named(n) = ns {
             ensure_netns(run, n)?;
@@ -299,14 +303,14 @@ fn datapath(
 
 /// The programs `up` loads (the verifier is most of a load's time): with
 /// NAT, or replacing every program (`--reload`), all of them; otherwise
-/// the port program of the datapath (the TC one with its NAT tail call
-/// when that slot is empty: see [`Datapath::load_programs`]).
+/// the port programs of the datapath (the TC one with its NAT tail call,
+/// which sets the tail-call slot: a later `forward add` or port finds it).
 fn programs_needed(t: &Topology, opts: UpOptions) -> &'static [&'static str] {
     if opts.reload || nat::inputs(t).is_some() {
         return &[];
     }
     match t.datapath {
-        crate::config::Datapath::Tc => &[PROG_PORT_INGRESS],
+        crate::config::Datapath::Tc => &[PROG_PORT_INGRESS, PROG_PORT_NAT],
         crate::config::Datapath::Xdp => &[PROG_PORT_XDP, PROG_PEER_XDP],
     }
 }
