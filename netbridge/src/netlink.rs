@@ -187,33 +187,32 @@ pub async fn del_link(h: &Handle, index: u32) -> Result<()> {
 
 /// Addresses on `index` (scope global and link-local alike).
 pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(ctx(|| format!("list addresses of link #{index}")))?;
-    Ok(msgs
-        .iter()
-        .filter(|m| m.header.index == index)
-        .filter_map(address_of)
-        .collect())
+    let all = address_dump(h, Some(index)).await?;
+    Ok(all.into_iter().map(|(_, a)| a).collect())
 }
 
 /// Every address of the namespace with its link's index, in one dump
 /// (one dump per link is quadratic in a namespace with many links).
 pub async fn all_addresses(h: &Handle) -> Result<Vec<(u32, IpNet)>> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
+    address_dump(h, None).await
+}
+
+async fn address_dump(h: &Handle, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
+    let mut req = h.address().get();
+    if let Some(i) = index {
+        req = req.set_link_index_filter(i);
+    }
+    let msgs: Vec<_> = req
         .execute()
         .try_collect()
         .await
-        .map_err(ctx(|| "list addresses".into()))?;
+        .map_err(ctx(|| match index {
+            Some(i) => format!("list addresses of link #{i}"),
+            None => "list addresses".into(),
+        }))?;
     Ok(msgs
         .iter()
+        .filter(|m| index.is_none_or(|i| m.header.index == i))
         .filter_map(|m| Some((m.header.index, address_of(m)?)))
         .collect())
 }

@@ -79,7 +79,7 @@ const WORKLOADS: [(&str, &str, bool); 7] = [
 
 /// Where the tools run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pin {
+pub(crate) enum Pin {
     /// Client on CPU 0, server on the last CPU.
     Pinned,
     /// Wherever the scheduler puts them.
@@ -514,13 +514,13 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
         for (w, udp64) in [("snat_tcp_stream", false), ("snat_udp64_pps", true)] {
             put(
                 w,
-                iperf_between(&c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, udp64, pin)?,
+                iperf_between(&c, &sv, Some(NAT_SERVER), NAT_SERVER, opts.secs, udp64, pin)?,
             );
         }
         for (w, udp64) in [("dnat_tcp_stream", false), ("dnat_udp64_pps", true)] {
             put(
                 w,
-                iperf_between(&sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, udp64, pin)?,
+                iperf_between(&sv, &c, Some(CLIENT_IP), NAT_UPLINK, opts.secs, udp64, pin)?,
             );
         }
     }
@@ -544,15 +544,16 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
 /// iperf3 between the lab's client and server.
 fn iperf(lab: &Lab, secs: u32, udp64: bool, pin: Pin) -> Result<f64> {
     let (c, s) = (lab.ns("client"), lab.ns("server"));
-    iperf_between(&c, &s, SERVER_IP, SERVER_IP, secs, udp64, pin)
+    iperf_between(&c, &s, Some(SERVER_IP), SERVER_IP, secs, udp64, pin)
 }
 
-/// iperf3 from namespace `c` to a one-shot server in `s` bound to `bind`,
-/// reached at `target` (differs through DNAT). Gbit/s or receiver kpps.
-fn iperf_between(
+/// iperf3 from namespace `c` to a one-shot server in `s` (bound to
+/// `bind` if given), reached at `target` (differs through DNAT). Gbit/s,
+/// or kpps the receiver got (UDP, 64-byte payloads). Also the CNI bench's.
+pub(crate) fn iperf_between(
     c: &str,
     s: &str,
-    bind: &str,
+    bind: Option<&str>,
     target: &str,
     secs: u32,
     udp64: bool,
@@ -562,8 +563,9 @@ fn iperf_between(
         .arg(format!("--net=/run/netns/{s}"))
         .args(["--", "sh", "-c"])
         .arg(format!(
-            "exec {}iperf3 -s -1 -B {bind}",
-            taskset(pin.server())
+            "exec {}iperf3 -s -1{}",
+            taskset(pin.server()),
+            bind.map(|b| format!(" -B {b}")).unwrap_or_default()
         ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -647,7 +649,7 @@ fn rr_between(c: &str, target: &str, count: u32, pin: Pin) -> Result<(f64, f64)>
     Ok((pct(0.50), pct(0.99)))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -982,7 +984,7 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                     .push(iperf_between(
                         &c,
                         &sv,
-                        NAT_SERVER,
+                        Some(NAT_SERVER),
                         NAT_SERVER,
                         opts.secs,
                         true,

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::bench::median;
+
 /// Namespaces of the `up` comparison with the `ip` script.
 pub const UP_NAMESPACES: usize = 100;
 /// Namespaces of the large run.
@@ -172,16 +174,6 @@ pub fn big(netbridge: &Path, id: &str, n: usize, dir: &Path) -> Result<Big> {
         stats,
         down,
     })
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        n => v[n / 2],
-    }
 }
 
 /// The table lines and JSON of the comparison's samples and the large run.
