@@ -8,7 +8,7 @@ use std::{
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     route::{RouteAttribute, RouteMessage, RouteScope},
 };
@@ -187,36 +187,53 @@ pub async fn del_link(h: &Handle, index: u32) -> Result<()> {
 
 /// Addresses on `index` (scope global and link-local alike).
 pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
+    let all = address_dump(h, Some(index)).await?;
+    Ok(all.into_iter().map(|(_, a)| a).collect())
+}
+
+/// Every address of the namespace with its link's index, in one dump
+/// (one dump per link is quadratic in a namespace with many links).
+pub async fn all_addresses(h: &Handle) -> Result<Vec<(u32, IpNet)>> {
+    address_dump(h, None).await
+}
+
+async fn address_dump(h: &Handle, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
+    let mut req = h.address().get();
+    if let Some(i) = index {
+        req = req.set_link_index_filter(i);
+    }
+    let msgs: Vec<_> = req
         .execute()
         .try_collect()
         .await
-        .map_err(ctx(|| format!("list addresses of link #{index}")))?;
+        .map_err(ctx(|| match index {
+            Some(i) => format!("list addresses of link #{i}"),
+            None => "list addresses".into(),
+        }))?;
     Ok(msgs
         .iter()
-        .filter(|m| m.header.index == index)
-        .filter_map(|m| {
-            // IFA_LOCAL is the interface's own address on point-to-point
-            // links; IFA_ADDRESS otherwise.
-            let addr = m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                })
-                .or_else(|| {
-                    m.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                })?;
-            IpNet::new(addr, m.header.prefix_len).ok()
-        })
+        .filter(|m| index.is_none_or(|i| m.header.index == i))
+        .filter_map(|m| Some((m.header.index, address_of(m)?)))
         .collect())
+}
+
+/// The interface's own address in an address message: IFA_LOCAL on
+/// point-to-point links, IFA_ADDRESS otherwise.
+fn address_of(m: &AddressMessage) -> Option<IpNet> {
+    let addr = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })?;
+    IpNet::new(addr, m.header.prefix_len).ok()
 }
 
 pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<()> {

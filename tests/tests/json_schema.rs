@@ -121,6 +121,21 @@ fn every_json_output_matches_its_schema() {
         "2",
     ];
     check(&sb, "stats", &strs(&run(&watch)), true);
+    // The programs' cost: the port program ran (pings above), the NAT
+    // tail call is listed as counted in its caller.
+    sb.sh(&black, "ping -c 3 -i 0.05 203.0.113.254");
+    let progs = ["stats", "--programs", "--json", "--interval", "300ms"];
+    let ps = check(&sb, "progstats", &strs(&run(&progs)), false);
+    let programs = ps["programs"].as_array().unwrap();
+    assert!(
+        programs
+            .iter()
+            .any(|p| p["tail_called"] == Value::Bool(true))
+            && programs.iter().any(|p| p["attached"][0]
+                .as_str()
+                .is_some_and(|a| a.starts_with("uplink_in@"))),
+        "{ps}"
+    );
     let g = check(
         &sb,
         "graph",

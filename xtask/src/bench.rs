@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::crr::{Blast, Target};
+use crate::{
+    bench_scale::{BIG_NAMESPACES, UP_NAMESPACES},
+    crr::{Blast, Target},
+};
 
 const SERVER_IP: &str = "192.168.50.2";
 const CLIENT_IP: &str = "192.168.50.1";
@@ -76,7 +79,7 @@ const WORKLOADS: [(&str, &str, bool); 7] = [
 
 /// Where the tools run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pin {
+pub(crate) enum Pin {
     /// Client on CPU 0, server on the last CPU.
     Pinned,
     /// Wherever the scheduler puts them.
@@ -539,13 +542,13 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
         for (w, udp64) in [("snat_tcp_stream", false), ("snat_udp64_pps", true)] {
             put(
                 w,
-                iperf_between(&c, &sv, NAT_SERVER, NAT_SERVER, opts.secs, udp64, pin)?,
+                iperf_between(&c, &sv, Some(NAT_SERVER), NAT_SERVER, opts.secs, udp64, pin)?,
             );
         }
         for (w, udp64) in [("dnat_tcp_stream", false), ("dnat_udp64_pps", true)] {
             put(
                 w,
-                iperf_between(&sv, &c, CLIENT_IP, NAT_UPLINK, opts.secs, udp64, pin)?,
+                iperf_between(&sv, &c, Some(CLIENT_IP), NAT_UPLINK, opts.secs, udp64, pin)?,
             );
         }
     }
@@ -569,15 +572,16 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
 /// iperf3 between the lab's client and server.
 fn iperf(lab: &Lab, secs: u32, udp64: bool, pin: Pin) -> Result<f64> {
     let (c, s) = (lab.ns("client"), lab.ns("server"));
-    iperf_between(&c, &s, SERVER_IP, SERVER_IP, secs, udp64, pin)
+    iperf_between(&c, &s, Some(SERVER_IP), SERVER_IP, secs, udp64, pin)
 }
 
-/// iperf3 from namespace `c` to a one-shot server in `s` bound to `bind`,
-/// reached at `target` (differs through DNAT). Gbit/s or receiver kpps.
-fn iperf_between(
+/// iperf3 from namespace `c` to a one-shot server in `s` (bound to
+/// `bind` if given), reached at `target` (differs through DNAT). Gbit/s,
+/// or kpps the receiver got (UDP, 64-byte payloads). Also the CNI bench's.
+pub(crate) fn iperf_between(
     c: &str,
     s: &str,
-    bind: &str,
+    bind: Option<&str>,
     target: &str,
     secs: u32,
     udp64: bool,
@@ -587,8 +591,9 @@ fn iperf_between(
         .arg(format!("--net=/run/netns/{s}"))
         .args(["--", "sh", "-c"])
         .arg(format!(
-            "exec {}iperf3 -s -1 -B {bind}",
-            taskset(pin.server())
+            "exec {}iperf3 -s -1{}",
+            taskset(pin.server()),
+            bind.map(|b| format!(" -B {b}")).unwrap_or_default()
         ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -672,7 +677,7 @@ fn rr_between(c: &str, target: &str, count: u32, pin: Pin) -> Result<(f64, f64)>
     Ok((pct(0.50), pct(0.99)))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -917,79 +922,6 @@ fn full_prog_name(kernel: &str) -> String {
     .to_string()
 }
 
-/// Namespaces brought up by the `up`-time comparison.
-const UP_NAMESPACES: usize = 100;
-
-/// Seconds for `netbridge up` of a bridge with `n` namespaces vs a shell
-/// script of the equivalent `ip` commands (netbridge also attaches and pins
-/// its programs, the script does not). Both are torn down afterwards.
-fn up_time(netbridge: &Path, id: &str, n: usize, dir: &Path) -> Result<(f64, f64)> {
-    let prefix = format!("nbu{id}-");
-    let mut toml = String::from(
-        "name = \"up100\"\nhost_netns = \"h\"\n[bridge]\nname = \"br0\"\naddresses = [\"192.168.60.254/24\"]\n",
-    );
-    for i in 0..n {
-        let _ = write!(
-            toml,
-            "[[namespace]]\nname = \"n{i}\"\nhost_ifname = \"p{i}\"\naddresses = [\"192.168.60.{}/24\"]\n",
-            i + 1
-        );
-    }
-    let file = dir.join(format!("{prefix}up.toml"));
-    std::fs::write(&file, toml)?;
-    let t0 = Instant::now();
-    let out = Command::new(netbridge)
-        .args(["up", "-f"])
-        .arg(&file)
-        .args(["--prefix", &prefix])
-        .output()?;
-    let nb = t0.elapsed().as_secs_f64();
-    let down = Command::new(netbridge)
-        .args(["down", "-f"])
-        .arg(&file)
-        .args(["--prefix", &prefix])
-        .output();
-    let _ = std::fs::remove_file(&file);
-    if !out.status.success() {
-        bail!(
-            "netbridge up of {n} namespaces: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if !down?.status.success() {
-        bail!("netbridge down of {n} namespaces failed");
-    }
-
-    let h = format!("{prefix}ip-h");
-    let mut script = format!(
-        "set -e\nip netns add {h}\nip -n {h} link set lo up\nip -n {h} link add br0 type bridge\n\
-         ip -n {h} addr add 192.168.60.254/24 dev br0\nip -n {h} link set br0 up\n"
-    );
-    for i in 0..n {
-        let ns = format!("{prefix}ip-n{i}");
-        let _ = write!(
-            script,
-            "ip netns add {ns}\nip -n {ns} link set lo up\n\
-             ip -n {h} link add p{i} type veth peer name eth0 netns {ns}\n\
-             ip -n {h} link set p{i} master br0 up\n\
-             ip -n {ns} addr add 192.168.60.{}/24 dev eth0\nip -n {ns} link set eth0 up\n",
-            i + 1
-        );
-    }
-    let t0 = Instant::now();
-    let result = sh(None, &script);
-    let ip = t0.elapsed().as_secs_f64();
-    for i in 0..n {
-        let ns = format!("{prefix}ip-n{i}");
-        if Path::new("/run/netns").join(&ns).exists() {
-            let _ = sh(None, &format!("ip netns del {ns}"));
-        }
-    }
-    let _ = sh(None, &format!("ip netns del {h}"));
-    result?;
-    Ok((nb, ip))
-}
-
 /// The bench inside the root-namespace guard: it fails if the bench
 /// changed the root network namespace or left a process behind.
 pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
@@ -1000,7 +932,7 @@ pub fn run(root: &Path, netbridge: &Path, opts: &Options) -> Result<()> {
     } else {
         run_rounds(root, netbridge, opts, &id)
     };
-    // Every namespace of this run starts with one of these (Lab, nat_lab, up_time).
+    // Every namespace of this run starts with one of these (Lab, nat_lab, bench_scale).
     let ours = ["nbb", "nbn", "nbu"].map(|k| format!("{k}{id}"));
     let check = guard.finish(&ours);
     match (result, check) {
@@ -1109,7 +1041,7 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                     .push(iperf_between(
                         &c,
                         &sv,
-                        NAT_SERVER,
+                        Some(NAT_SERVER),
                         NAT_SERVER,
                         opts.secs,
                         true,
@@ -1121,13 +1053,25 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
             "bench: round {round}/{}: up of {UP_NAMESPACES} namespaces, netbridge vs ip script",
             opts.rounds
         );
-        let (nb, ip) = up_time(netbridge, id, UP_NAMESPACES, &out_dir)?;
+        let (nb, ip) = crate::bench_scale::up_vs_script(netbridge, id, UP_NAMESPACES, &out_dir)?;
         up_nb.push(nb);
         up_ip.push(ip);
     }
 
     let (flood_table, flood_json) = crate::bench_flood::run(root, id, netbridge, &out_dir)?;
+    let big = if opts.quick() {
+        None
+    } else {
+        eprintln!("bench: {BIG_NAMESPACES} namespaces: up, up again, status, stats, down");
+        Some(crate::bench_scale::big(
+            netbridge,
+            id,
+            BIG_NAMESPACES,
+            &out_dir,
+        )?)
+    };
     let r = Results {
+        big,
         samples,
         nat_samples,
         cost,
@@ -1162,6 +1106,8 @@ struct Results {
     up_nb: Vec<f64>,
     up_ip: Vec<f64>,
     sessions_filled: Vec<f64>,
+    /// The 1,000-namespace run (not with `--quick`).
+    big: Option<crate::bench_scale::Big>,
 }
 
 impl Results {
@@ -1195,13 +1141,9 @@ impl Results {
         for pin in Pin::ALL {
             json_workloads.extend(self.bridged_table(&mut table, pin));
         }
-        let (up_nb, up_ip) = (median(&self.up_nb), median(&self.up_ip));
-        let _ = writeln!(
-            table,
-            "\nup of {UP_NAMESPACES} namespaces on a bridge: netbridge {up_nb:.2} s (with programs attached), \
-             ip-command script {up_ip:.2} s, ratio {:.2}",
-            up_nb / up_ip
-        );
+        let (up_table, up_json) =
+            crate::bench_scale::report(&self.up_nb, &self.up_ip, self.big.as_ref());
+        table += &up_table;
         let mut json_nat = serde_json::Map::new();
         for pin in Pin::ALL {
             json_nat.extend(self.nat_table(&mut table, pin));
@@ -1215,8 +1157,8 @@ impl Results {
             "nat_workloads": json_nat,
             "program_cost": cost,
             "scale": scale,
-            "up_namespaces": {"count": UP_NAMESPACES, "netbridge_secs": self.up_nb,
-                              "ip_script_secs": self.up_ip, "ratio": up_nb / up_ip},
+            "up_namespaces": up_json["up_namespaces"],
+            "big": up_json["big"],
         });
         (table, json)
     }

@@ -15,10 +15,11 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::bench::{Pin, iperf_between, median};
 
 const UPLINK: &str = "203.0.113.1";
 const PORT: u16 = 5201;
@@ -258,66 +259,6 @@ impl Drop for Setup {
     }
 }
 
-/// iperf3 from `client` to a one-shot server in `server`, at `target`:
-/// Gbit/s, or kpps the receiver got (UDP, 64-byte payloads).
-fn iperf(client: &str, server: &str, target: &str, secs: u32, udp64: bool) -> Result<f64> {
-    let last = std::thread::available_parallelism()
-        .map(|n| n.get() - 1)
-        .unwrap_or(0);
-    let mut srv = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{server}"))
-        .args([
-            "--",
-            "taskset",
-            "-c",
-            &last.to_string(),
-            "iperf3",
-            "-s",
-            "-1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let args = if udp64 {
-        format!("-u -b 0 -l 64 -t {secs}")
-    } else {
-        format!("-t {secs}")
-    };
-    let out = sh(
-        Some(client),
-        &format!(
-            "timeout {} taskset -c 0 iperf3 -c {target} -p {PORT} {args} -J",
-            secs + 10
-        ),
-    );
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_str(&out?).context("iperf3 JSON")?;
-    if udp64 {
-        let sum = &v["end"]["sum"];
-        let sent = sum["packets"].as_f64().context("udp packets")?;
-        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let secs = sum["seconds"].as_f64().unwrap_or(secs as f64);
-        Ok((sent - lost) / secs / 1e3)
-    } else {
-        let bps = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .context("tcp bits_per_second")?;
-        Ok(bps / 1e9)
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        n => v[n / 2],
-    }
-}
-
 /// The CNI comparison: `rounds` interleaved rounds of `secs`-second
 /// streams; prints a table and writes target/bench/cni.{txt,json}.
 /// `netbridge` is the netbridge binary (netbridge-cni sits beside it).
@@ -351,9 +292,15 @@ pub fn run(root: &Path, netbridge: &Path, rounds: u32, secs: u32, id: &str) -> R
                 ("published_tcp_stream", &up, UPLINK, false),
                 ("published_udp64_pps", &up, UPLINK, true),
             ] {
-                s.entry(w)
-                    .or_default()
-                    .push(iperf(client, &pa, target, secs, udp)?);
+                s.entry(w).or_default().push(iperf_between(
+                    client,
+                    &pa,
+                    None,
+                    target,
+                    secs,
+                    udp,
+                    Pin::Pinned,
+                )?);
             }
             drop(setup);
         }

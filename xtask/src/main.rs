@@ -6,6 +6,7 @@
 mod bench;
 mod bench_cni;
 mod bench_flood;
+mod bench_scale;
 mod clippy;
 mod crr;
 mod dist;
@@ -58,6 +59,11 @@ enum Cmd {
         /// 1 s streams, every workload and scale run once, no thresholds.
         #[arg(long)]
         quick: bool,
+        /// Only `up` at scale: 100 namespaces vs the `ip` script (ROUNDS
+        /// interleaved runs), then up/status/stats/down of 1,000; writes
+        /// target/bench/scale.{txt,json}.
+        #[arg(long, conflicts_with = "quick")]
+        scale: bool,
         #[arg(long, default_value_t = 5)]
         rounds: u32,
         /// Seconds per stream measurement.
@@ -65,7 +71,7 @@ enum Cmd {
         secs: u32,
         /// Only the NAT flood figure (about 20 s): new connections through
         /// a forward under a bounded SYN flood, netbridge vs iptables.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "scale")]
         flood_only: bool,
     },
     /// Build the Debian package (target/dist/netbridge_VERSION-1_ARCH.deb).
@@ -166,6 +172,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench {
             quick,
+            scale,
             rounds,
             secs,
             flood_only,
@@ -175,6 +182,10 @@ fn main() -> Result<()> {
                 bail!("the bench builds namespaces and loads eBPF: run it as root");
             }
             cargo(&root, &["build", "--package", "netbridge", "--bins"])?;
+            let netbridge = root.join("target/debug/netbridge");
+            if scale {
+                return bench_scale::run(&root, &netbridge, rounds.max(1));
+            }
             let opts = if quick {
                 bench::Options {
                     rounds: 1,

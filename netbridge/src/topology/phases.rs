@@ -15,6 +15,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP};
 use rtnetlink::Handle;
 
 use super::{
@@ -32,17 +33,55 @@ use crate::{
 /// The namespace end's MAC of every port, by port name.
 pub(super) type Macs = HashMap<String, [u8; 6]>;
 
-/// Every phase of `up`, in order.
+/// Every phase of `up`, in order. The eBPF object is loaded on its own
+/// thread while the netlink phases run: the verifier is most of a load's
+/// time, and loading needs no namespace (maps are shared through pins).
 pub(super) fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> {
     let ports = t.ports(&run.st.attachments);
-    namespaces(t, &ports, run)?;
-    ports_and_links(t, &ports, run)?;
-    let macs = addresses_and_routes(t, &ports, run)?;
-    sysctls(t, &ports, run)?;
-    if let Some(mut dp) = datapath(t, &ports, &macs, run, opts)? {
+    let wanted = !ports.is_empty() || nat::inputs(t).is_some() || run.st.pin_dir.is_some();
+    let pins = if wanted {
+        Some(ensure_pins(run, &t.name)?)
+    } else {
+        None
+    };
+    let (max_sessions, progs) = (nat::max_sessions(t), programs_needed(t, opts));
+    std::thread::scope(|s| {
+        let loader =
+            pins.map(|pins| s.spawn(move || Datapath::load_programs(pins, max_sessions, progs)));
+        let timed = timer();
+        namespaces(t, &ports, run)?;
+        timed("namespaces");
+        ports_and_links(t, &ports, run)?;
+        timed("ports and links");
+        let macs = addresses_and_routes(t, &ports, run)?;
+        timed("addresses and routes");
+        sysctls(t, &ports, run)?;
+        timed("sysctls");
+        let Some(loader) = loader else {
+            return Ok(());
+        };
+        let mut dp = loader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        timed("program load (rest of)");
+        dp.reload = opts.reload;
+        datapath(t, &ports, &macs, run, &mut dp)?;
+        timed("datapath");
         nat::apply(t, &ports, &macs, run, &mut dp)?;
+        timed("nat");
+        Ok(())
+    })
+}
+
+/// Logs (at debug level, `RUST_LOG=netbridge=debug`) how long each phase
+/// took: where the time of a large `up` goes.
+fn timer() -> impl Fn(&str) {
+    let start = std::cell::Cell::new(std::time::Instant::now());
+    move |phase| {
+        let now = std::time::Instant::now();
+        log::debug!("phase {phase}: {:.3} s", (now - start.get()).as_secs_f64());
+        start.set(now);
     }
-    Ok(())
 }
 
 /// Phase 1: the topology's own host namespace, every `[[namespace]]` and
@@ -50,19 +89,79 @@ pub(super) fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> 
 fn namespaces(t: &Topology, ports: &[Port], run: &mut Run) -> Result<()> {
     let mut all: Vec<Netns> = t.host_netns.iter().map(Netns::named).collect();
     all.extend(t.namespaces.iter().map(|n| Netns::named(&n.name)));
-    for ns in &all {
-        if let Netns::Named(n) = ns {
-            ensure_netns(run, n)?;
-        }
-    }
+    let missing: Vec<&str> = all
+        .iter()
+        .filter_map(|ns| match ns {
+            Netns::Named(n) if !netns::exists(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    run.intend_netns_all(&missing)?;
     for p in ports.iter().filter(|p| t.namespace(&p.name).is_none()) {
         all.extend(port::namespace(run, p)?);
     }
     all.push(host_of(t));
-    for ns in &all {
-        loopback_up(run, ns)?;
-    }
+    // Once each (the host may be a named namespace already listed): two
+    // workers must never create the same namespace.
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|ns| seen.insert(ns.clone()));
+    parallel(run, &all, |run, ns| {
+        if let Netns::Named(n) = ns {
+            ensure_netns(run, n)?;
+        }
+        loopback_up(run, ns)
+    })?;
     Ok(())
+}
+
+/// Threads of a parallel phase: each namespace's work waits on the kernel
+/// (and its own thread, runtime and netlink socket), so a few more than
+/// the cores.
+const WORKERS: usize = 8;
+
+/// Runs `f` for every item on up to [`WORKERS`] threads, each with a
+/// worker [`Run`] (whatever `f` creates must be journaled before), and
+/// merges their changes and fault points in item order. Returns the
+/// results in item order, or the first error (the other items are done
+/// anyway: a failed run rolls back all it journaled).
+fn parallel<I, R, F>(run: &mut Run, items: &[I], f: F) -> Result<Vec<R>>
+where
+    I: Sync,
+    R: Send,
+    F: Fn(&mut Run, &I) -> Result<R> + Sync,
+{
+    if items.len() < 2 {
+        return items.iter().map(|i| f(run, i)).collect();
+    }
+    let size = items.len().div_ceil(WORKERS);
+    let done: Vec<(Run, Result<Vec<R>>)> = std::thread::scope(|s| {
+        let f = &f;
+        let threads: Vec<_> = items
+            .chunks(size)
+            .map(|chunk| {
+                let mut w = run.worker();
+                s.spawn(move || {
+                    let r = chunk.iter().map(|i| f(&mut w, i)).collect();
+                    (w, r)
+                })
+            })
+            .collect();
+        let join = |t: std::thread::ScopedJoinHandle<'_, _>| {
+            t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        threads.into_iter().map(join).collect()
+    });
+    let (mut out, mut failed) = (Vec::new(), None);
+    for (w, r) in done {
+        run.merge(w)?;
+        match r {
+            Ok(v) => out.extend(v),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    failed.map_or(Ok(out), Err)
 }
 
 /// Phase 2: the bridge, every port's veth pair with its host end on the
@@ -75,12 +174,31 @@ fn ports_and_links(t: &Topology, ports: &[Port], run: &mut Run) -> Result<()> {
         configure_endpoint(run, &host, &b.name, mtu, None, &[], &[])?;
     }
     let bridge = t.bridge.as_ref().map(|b| b.name.as_str());
-    for p in ports {
-        port::create(run, &host, bridge, p)?;
-    }
+    // One dump of the host's links, and the missing host ends journaled
+    // in one write.
+    let have = in_ns(&host, |h| async move { netlink::links(&h).await })?;
+    let have = by_name(&have);
+    let missing: Vec<&str> = ports
+        .iter()
+        .map(|p| p.host_ifname.as_str())
+        .filter(|n| !have.contains_key(n))
+        .collect();
+    run.intend_links(&host, &missing)?;
+    parallel(run, ports, |run, p| {
+        let exists = have.contains_key(p.host_ifname.as_str());
+        port::create(run, &host, bridge, p, Some(exists))
+    })?;
     for l in &t.links {
         let (na, nb) = (ns_of(t, &l.a.netns), ns_of(t, &l.b.netns));
-        ensure_veth(run, &na, &l.a.ifname, &nb, &l.b.ifname, l.mtu.or(t.mtu))?;
+        ensure_veth(
+            run,
+            &na,
+            &l.a.ifname,
+            &nb,
+            &l.b.ifname,
+            l.mtu.or(t.mtu),
+            None,
+        )?;
     }
     Ok(())
 }
@@ -93,10 +211,9 @@ fn addresses_and_routes(t: &Topology, ports: &[Port], run: &mut Run) -> Result<M
     if let Some(b) = &t.bridge {
         configure_endpoint(run, &host, &b.name, None, None, &b.addresses, &[])?;
     }
-    let mut macs = Macs::new();
-    for p in ports {
-        macs.insert(p.name.clone(), port::address(run, p)?);
-    }
+    let found = parallel(run, ports, port::address)?;
+    let names = ports.iter().map(|p| p.name.clone());
+    let macs: Macs = names.zip(found).collect();
     for l in &t.links {
         let mtu = l.mtu.or(t.mtu);
         for (ns, e) in [(ns_of(t, &l.a.netns), &l.a), (ns_of(t, &l.b.netns), &l.b)] {
@@ -151,46 +268,51 @@ fn sysctls(t: &Topology, ports: &[Port], run: &mut Run) -> Result<()> {
     Ok(())
 }
 
-/// Phase 5: the eBPF object loaded once (maps shared through pins), the
-/// port program of the chosen datapath on every port, the port table, the
-/// gateway and the isolation policy. Returns the loaded object for the NAT
-/// phase, or None when the topology needs no datapath.
+/// Phase 5: with the eBPF object loaded once (maps shared through pins),
+/// the port program of the chosen datapath on every port, the port table,
+/// the gateway and the isolation policy.
 fn datapath(
     t: &Topology,
     ports: &[Port],
     macs: &Macs,
     run: &mut Run,
-    opts: UpOptions,
-) -> Result<Option<Datapath>> {
-    if ports.is_empty() && nat::inputs(t).is_none() && run.st.pin_dir.is_none() {
-        return Ok(None);
-    }
-    let pins = ensure_pins(run, &t.name)?;
+    dp: &mut Datapath,
+) -> Result<()> {
     let host = host_of(t);
-    let max_sessions = nat::max_sessions(t);
-    let r = &mut *run;
-    let mut dp = in_ns(&host, |h| async move {
-        let run = r;
-        let mut dp = Datapath::load_sized(pins, max_sessions)?;
-        dp.reload = opts.reload;
+    let (r, d) = (&mut *run, &mut *dp);
+    in_ns(&host, |h| async move {
+        let (run, dp) = (r, d);
         let links = netlink::links(&h).await?;
         let by_name = by_name(&links);
         let mut configs = Vec::new();
         for p in ports {
             let l = find(&by_name, &p.host_ifname)?;
-            port::attach(run, &mut dp, t, p, l)?;
+            port::attach(run, dp, t, p, l)?;
             configs.push(port::config(p, l, macs));
         }
         dp.maps.set_ports(&configs)?;
-        bridge_config(&mut dp, t, &by_name)?;
+        bridge_config(dp, t, &by_name)?;
         run.point(Step::Maps, format!("port table: {} ports", configs.len()))?;
-        isolation(run, &mut dp, t, &by_name)?;
-        Ok::<_, TopologyError>(dp)
+        isolation(run, dp, t, &by_name)
     })?;
     for p in ports {
-        port::attach_peer(run, &mut dp, t, p)?;
+        port::attach_peer(run, dp, t, p)?;
     }
-    Ok(Some(dp))
+    Ok(())
+}
+
+/// The programs `up` loads (the verifier is most of a load's time): with
+/// NAT, or replacing every program (`--reload`), all of them; otherwise
+/// the port programs of the datapath (the TC one with its NAT tail call,
+/// which sets the tail-call slot: a later `forward add` or port finds it).
+fn programs_needed(t: &Topology, opts: UpOptions) -> &'static [&'static str] {
+    if opts.reload || nat::inputs(t).is_some() {
+        return &[];
+    }
+    match t.datapath {
+        crate::config::Datapath::Tc => &[PROG_PORT_INGRESS, PROG_PORT_NAT],
+        crate::config::Datapath::Xdp => &[PROG_PORT_XDP, PROG_PEER_XDP],
+    }
 }
 
 /// The bridge as the datapath's gateway (ifindex, MAC, first IPv4
@@ -305,7 +427,8 @@ fn link_exists(ns: &Netns, ifname: &str) -> Result<bool> {
 }
 
 /// Creates veth `ifa`@`na` <-> `ifb`@`nb` unless `ifa` exists (journaled
-/// first, by its `na` end).
+/// first, by its `na` end). `exists`: whether `ifa` exists, when the
+/// caller knows (None: looked up).
 pub(super) fn ensure_veth(
     run: &mut Run,
     na: &Netns,
@@ -313,8 +436,13 @@ pub(super) fn ensure_veth(
     nb: &Netns,
     ifb: &str,
     mtu: Option<u32>,
+    exists: Option<bool>,
 ) -> Result<()> {
-    if link_exists(na, ifa)? {
+    let exists = match exists {
+        Some(e) => e,
+        None => link_exists(na, ifa)?,
+    };
+    if exists {
         return Ok(());
     }
     run.intend_link(na, ifa)?;
@@ -374,7 +502,13 @@ pub(super) fn configure_endpoint(
     let label = ns.label();
     in_ns(ns, |h| async move {
         let link = configure_link(run, &h, label, ifname, mtu, master).await?;
-        let have = netlink::addresses(&h, link.index).await?;
+        // No dump when nothing is wanted: a host with 1,000 ports has
+        // 1,000 link-local addresses, and one dump per port is quadratic.
+        let have = if addrs.is_empty() {
+            Vec::new()
+        } else {
+            netlink::addresses(&h, link.index).await?
+        };
         for a in addrs.iter().filter(|a| !have.contains(a)) {
             netlink::add_address(&h, link.index, *a).await?;
             run.changed(

@@ -50,9 +50,16 @@ pub(super) fn namespace(run: &mut Run, p: &Port) -> Result<Option<Netns>> {
 
 /// Phase 2 for a port: the veth pair (journaled by its host end), the MAC
 /// asked for on the namespace end, the host end up on the bridge.
-pub(super) fn create(run: &mut Run, host: &Netns, bridge: Option<&str>, p: &Port) -> Result<()> {
+/// `exists`: whether the host end exists, when the caller knows.
+pub(super) fn create(
+    run: &mut Run,
+    host: &Netns,
+    bridge: Option<&str>,
+    p: &Port,
+    exists: Option<bool>,
+) -> Result<()> {
     let ns = netns_of(p);
-    phases::ensure_veth(run, host, &p.host_ifname, &ns, &p.ifname, p.mtu)?;
+    phases::ensure_veth(run, host, &p.host_ifname, &ns, &p.ifname, p.mtu, exists)?;
     if let Some(mac) = p.mac {
         set_mac(run, &ns, &p.ifname, mac)?;
     }
@@ -273,7 +280,13 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
     if let Some(ns) = namespace(run, p)? {
         phases::loopback_up(run, &ns)?;
     }
-    create(run, &host, t.bridge.as_ref().map(|b| b.name.as_str()), p)?;
+    create(
+        run,
+        &host,
+        t.bridge.as_ref().map(|b| b.name.as_str()),
+        p,
+        None,
+    )?;
     let mac = address(run, p)?;
     sysctls(run, p)?;
     let pins = phases::ensure_pins(run, &t.name)?;

@@ -100,6 +100,16 @@ pub(super) struct Run {
     /// Of which, by kind.
     kinds: BTreeMap<Step, usize>,
     fault: Option<Fault>,
+    /// A worker of a parallel phase (see [`Run::worker`]): what it would
+    /// report or count, kept for [`Run::merge`].
+    worker: Option<Vec<Logged>>,
+}
+
+/// A change or fault point a worker met.
+struct Logged {
+    kind: Step,
+    what: String,
+    reported: bool,
 }
 
 impl Run {
@@ -111,12 +121,68 @@ impl Run {
             steps: 0,
             kinds: BTreeMap::new(),
             fault: Fault::from_env()?,
+            worker: None,
         })
+    }
+
+    /// A run for one worker of a parallel phase: it sees the journal as
+    /// it is now (whatever the phase creates must be journaled already: a
+    /// worker never writes the journal) and keeps its changes and fault
+    /// points for [`Run::merge`].
+    pub fn worker(&self) -> Run {
+        Run {
+            st: self.st.clone(),
+            mine: State::new(&self.st.name),
+            changes: Vec::new(),
+            steps: 0,
+            kinds: BTreeMap::new(),
+            fault: None,
+            worker: Some(Vec::new()),
+        }
+    }
+
+    /// Takes a worker's changes and fault points as if made here, in its
+    /// order (a fault fires once the whole phase is done; its rollback
+    /// undoes all of it: everything it made was journaled first).
+    pub fn merge(&mut self, w: Run) -> Result<()> {
+        for l in w.worker.unwrap_or_default() {
+            if l.reported {
+                self.changed(l.kind, l.what)?;
+            } else {
+                self.point(l.kind, l.what)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&mut self, kind: Step, what: String, reported: bool) {
+        if let Some(log) = &mut self.worker {
+            log.push(Logged {
+                kind,
+                what,
+                reported,
+            });
+        }
+    }
+
+    /// Writes the journal (never from a worker: see [`Run::worker`]).
+    fn save(&self) -> Result<()> {
+        if self.worker.is_some() {
+            return Err(TopologyError::Conflict(format!(
+                "internal error: a parallel step of {} has something to journal",
+                self.st.name
+            )));
+        }
+        Ok(self.st.save()?)
     }
 
     /// A change was made: reported, and a fault point.
     pub fn changed(&mut self, kind: Step, what: impl Into<String>) -> Result<()> {
         let what = what.into();
+        if self.worker.is_some() {
+            self.log(kind, what, true);
+            return Ok(());
+        }
         self.changes.push(what.clone());
         self.point(kind, what)
     }
@@ -124,6 +190,11 @@ impl Run {
     /// A write that leaves things as they were when they were right (the
     /// datapath's tables): not reported, but a fault point like a change.
     pub fn point(&mut self, kind: Step, what: impl Into<String>) -> Result<()> {
+        let what = what.into();
+        if self.worker.is_some() {
+            self.log(kind, what, false);
+            return Ok(());
+        }
         self.steps += 1;
         *self.kinds.entry(kind).or_default() += 1;
         let Some(f) = &self.fault else {
@@ -138,7 +209,7 @@ impl Run {
         Err(TopologyError::Fault {
             step: self.steps,
             kind,
-            what: what.into(),
+            what,
             spec: f.spec.clone(),
         })
     }
@@ -164,27 +235,60 @@ impl Run {
     /// Journals a namespace *before* creating it, so a crash in between
     /// cannot leave something `down` does not know about.
     pub fn intend_netns(&mut self, name: &str) -> Result<()> {
-        self.st.netns.push(name.to_string());
-        self.mine.netns.push(name.to_string());
-        Ok(self.st.save()?)
+        self.intend_netns_all(&[name])
+    }
+
+    /// Journals namespaces before creating them, in one write (see
+    /// [`Run::intend_links`]).
+    pub fn intend_netns_all(&mut self, names: &[&str]) -> Result<()> {
+        let mut new = false;
+        for name in names {
+            if !self.st.netns.iter().any(|n| n == name) {
+                self.st.netns.push(name.to_string());
+                self.mine.netns.push(name.to_string());
+                new = true;
+            }
+        }
+        if new {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Journals a link before creating it.
     pub fn intend_link(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
-        let l = CreatedLink {
-            netns: ns.to_record(),
-            ifname: ifname.to_string(),
-        };
-        self.st.links.push(l.clone());
-        self.mine.links.push(l);
-        Ok(self.st.save()?)
+        self.intend_links(ns, &[ifname])
+    }
+
+    /// Journals links of `ns` before creating them, in one write (the
+    /// journal of a large topology is large: one write per link would be
+    /// quadratic). Already journaled ones are skipped; one journaled but
+    /// never created is harmless (teardown skips what is not there).
+    pub fn intend_links(&mut self, ns: &Netns, ifnames: &[&str]) -> Result<()> {
+        let netns = ns.to_record();
+        let mut new = false;
+        for ifname in ifnames {
+            let l = CreatedLink {
+                netns: netns.clone(),
+                ifname: ifname.to_string(),
+            };
+            if !self.st.links.contains(&l) {
+                self.st.links.push(l.clone());
+                self.mine.links.push(l);
+                new = true;
+            }
+        }
+        if new {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Journals the pin directory before creating it.
     pub fn intend_pins(&mut self, dir: &std::path::Path) -> Result<()> {
         self.st.pin_dir = Some(dir.to_path_buf());
         self.mine.pin_dir = Some(dir.to_path_buf());
-        Ok(self.st.save()?)
+        self.save()
     }
 
     /// Journals a host route before adding it.
@@ -193,7 +297,7 @@ impl Run {
         if !self.st.host_routes.contains(&r) {
             self.st.host_routes.push(r.clone());
             self.mine.host_routes.push(r);
-            self.st.save()?;
+            self.save()?;
         }
         Ok(())
     }
@@ -217,7 +321,7 @@ impl Run {
         };
         self.st.sysctls.push(c.clone());
         self.mine.sysctls.push(c);
-        Ok(self.st.save()?)
+        self.save()
     }
 }
 
@@ -233,6 +337,7 @@ mod tests {
             steps: 0,
             kinds: BTreeMap::new(),
             fault: Some(Fault::parse(spec)?),
+            worker: None,
         })
     }
 

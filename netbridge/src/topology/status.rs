@@ -1,5 +1,7 @@
 //! `status`: a live view of every namespace of a topology (its attached
 //! ports' included).
+use std::collections::HashMap;
+
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -47,55 +49,64 @@ pub fn status(t: &Topology) -> Result<Vec<NsStatus>> {
     if let Some(st) = State::load(&t.name)? {
         all.extend(st.attachments.iter().map(port::netns_of));
     }
-    let mut out = Vec::new();
-    for ns in all {
+    let one = |ns: &Netns| -> Result<NsStatus> {
         let name = ns.label().to_string();
         if !ns.exists() {
-            out.push(NsStatus {
+            return Ok(NsStatus {
                 name,
                 exists: false,
                 links: vec![],
             });
-            continue;
         }
-        let links = in_ns(&ns, |h| async move {
+        let links = in_ns(ns, |h| async move {
             let links = netlink::links(&h).await?;
-            let mut v = Vec::new();
-            for l in links.iter().filter(|l| l.name != "lo") {
-                v.push(link_status(&h, l, &links).await?);
+            let addrs = netlink::all_addresses(&h).await?;
+            let mut by_link: HashMap<u32, Vec<String>> = HashMap::new();
+            for (index, a) in addrs.iter().filter(|(_, a)| !is_link_local(a)) {
+                by_link.entry(*index).or_default().push(a.to_string());
             }
+            let names: HashMap<u32, &str> =
+                links.iter().map(|l| (l.index, l.name.as_str())).collect();
+            let v = links
+                .iter()
+                .filter(|l| l.name != "lo")
+                .map(|l| link_status(l, &names, by_link.remove(&l.index).unwrap_or_default()))
+                .collect();
             Ok::<_, NetlinkError>(v)
         })?;
-        out.push(NsStatus {
+        Ok(NsStatus {
             name,
             exists: true,
             links,
+        })
+    };
+    // Each namespace on its own thread (see `netns::run_in`): a few at a
+    // time, in order.
+    let mut out = Vec::with_capacity(all.len());
+    for chunk in all.chunks(8) {
+        let done: Vec<Result<NsStatus>> = std::thread::scope(|s| {
+            let threads: Vec<_> = chunk.iter().map(|ns| s.spawn(|| one(ns))).collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
         });
+        for r in done {
+            out.push(r?);
+        }
     }
     Ok(out)
 }
 
 /// One link; runs on the namespace's thread (programs are queried there).
-async fn link_status(
-    h: &rtnetlink::Handle,
-    l: &LinkInfoLite,
-    links: &[LinkInfoLite],
-) -> Result<LinkStatus, NetlinkError> {
-    let addresses = netlink::addresses(h, l.index)
-        .await?
-        .iter()
-        .filter(|a| !is_link_local(a))
-        .map(|a| a.to_string())
-        .collect();
+fn link_status(l: &LinkInfoLite, names: &HashMap<u32, &str>, addresses: Vec<String>) -> LinkStatus {
     let egress = bpf::attached_tc(&l.name, aya::programs::TcAttachType::Egress);
-    Ok(LinkStatus {
+    LinkStatus {
         name: l.name.clone(),
         kind: l.kind.clone(),
         up: l.up,
         mtu: l.mtu,
-        master: l
-            .master
-            .and_then(|m| links.iter().find(|x| x.index == m).map(|x| x.name.clone())),
+        master: l.master.and_then(|m| names.get(&m).map(|n| n.to_string())),
         addresses,
         programs: bpf::attached_ingress(&l.name)
             .into_iter()
@@ -103,7 +114,7 @@ async fn link_status(
             .collect(),
         program_ids: bpf::attached_tc_ids(&l.name),
         xdp_program_id: l.xdp_prog,
-    })
+    }
 }
 
 fn is_link_local(a: &IpNet) -> bool {
