@@ -519,9 +519,13 @@ impl Datapath {
         // live as long as the pin, not as this process. A port program
         // loaded alone (one more port) uses the NAT part already there, or
         // loads it when the slot is empty (the first port of a topology).
+        // (`ProgramArray::indices()` lists every index, filled or not.)
+        let nat_slot_empty = match ebpf.map(MAP_PORT_PROGS) {
+            Some(aya::maps::Map::ProgramArray(m)) => !prog_array_slot_filled(m, PORT_PROG_NAT),
+            _ => true,
+        };
         let mut tail: ProgramArray<MapData> =
             MapSource::map(&mut ebpf, MAP_PORT_PROGS, aya::maps::Map::ProgramArray)?;
-        let nat_slot_empty = !tail.indices().any(|i| i.is_ok_and(|i| i == PORT_PROG_NAT));
         let wanted = |name: &str| {
             programs.is_empty()
                 || programs.contains(&name)
@@ -834,3 +838,41 @@ const _: () = {
         assert_send::<Datapath>();
     }
 };
+
+/// Whether index `index` of program array `map` holds a program: the
+/// kernel answers a lookup from userspace with the program's id, or ENOENT
+/// for an empty slot (aya's `ProgramArray` has no lookup).
+fn prog_array_slot_filled(map: &MapData, index: u32) -> bool {
+    use std::os::fd::{AsFd, AsRawFd};
+    /// The BPF_MAP_*_ELEM part of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let key = index;
+    let mut id = 0u32;
+    let attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at `key` and `id`, both alive and 4 bytes (a
+    // program array's key and its id value) for the duration of the call;
+    // the kernel reads `attr` and writes at most 4 bytes to `id`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    rc == 0 && id != 0
+}
