@@ -43,6 +43,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
     match r {
         Ok(action) => action,
         Err(reason) => {
+            // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             stats::count_drop(ifindex, reason);
             log::drop(ifindex, reason);
@@ -54,6 +55,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
 
 #[inline(always)]
 fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     capture::begin(ctx);
     let len = ctx.len() as u64;
@@ -66,6 +68,7 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
         parse::check_ipv4(start, end, eth.l3_off)?;
     }
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let bridge = bridge::config();
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge)?;
@@ -108,6 +111,7 @@ fn finish(ctx: &TcContext, ifindex: u32, slot: u32, verdict: Verdict, len: u64) 
             stats::tx(stats::counters(out, out_slot), len);
             // Straight into the destination namespace's ingress: no bridge,
             // no second veth hop, no backlog queue.
+            // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         Verdict::Fallback => {
@@ -159,6 +163,7 @@ pub fn nb_port_nat(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len() as u64;
     let (slot, verdict) = Pass::read(ctx);
@@ -172,11 +177,13 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
         nat::Hook::Peer(out) => {
             capture::port(ctx, ifindex, out);
             stats::count_tx(out, len);
+            // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         // Translated and routed here: out of the uplink.
         nat::Hook::Neigh(uplink) => {
             capture::port(ctx, ifindex, uplink);
+            // SAFETY: a helper call with an ifindex and no neighbour params (NULL, 0).
             unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
         }
     })
@@ -226,6 +233,7 @@ fn uplink_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
 /// redirecting known unicast with XDP_REDIRECT out of the destination port.
 #[xdp]
 pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the program's valid xdp_md context.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     match try_port_xdp(&ctx, ifindex) {
         Ok(action) => action,
@@ -260,6 +268,7 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
             stats::tx(stats::counters(out, out_slot), len);
             // Transmit out of the destination port: its peer (the namespace
             // end, running nb_peer_xdp) receives the frame.
+            // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             Ok(unsafe { bpf_redirect(out, 0) } as u32)
         }
         Verdict::Fallback => {

@@ -84,6 +84,7 @@ pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Option<*const T> {
 #[inline(always)]
 fn be16_at(start: usize, end: usize, off: usize) -> Result<u16, ()> {
     let p = ptr_at::<[u8; 2]>(start, end, off).ok_or(())?;
+    // SAFETY: bounds-checked by ptr_at.
     Ok(u16::from_be_bytes(unsafe { *p }))
 }
 
@@ -127,6 +128,7 @@ pub fn parse_eth(start: usize, end: usize) -> Result<Eth, u32> {
 #[inline(always)]
 pub fn check_ipv4(start: usize, end: usize, off: usize) -> Result<(), u32> {
     let vihl = ptr_at::<u8>(start, end, off).ok_or(drop_reason::TRUNCATED_L3)?;
+    // SAFETY: bounds-checked by ptr_at.
     let vihl = unsafe { *vihl };
     let ihl = (vihl & 0x0f) as usize;
     if vihl >> 4 != 4 || ihl < 5 {

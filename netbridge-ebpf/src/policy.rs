@@ -39,12 +39,14 @@ pub fn check(
                 _ => None,
             };
             match off.and_then(|o| ptr_at::<[u8; 4]>(start, end, eth.l3_off + o)) {
+                // SAFETY: bounds-checked by ptr_at.
                 Some(p) => dnat::host(unsafe { *p }).map(|h| h.ifindex),
                 None => None,
             }
         }
     };
     if let Some(dst) = dst
+        // SAFETY: a map lookup; only its presence is used.
         && unsafe { NB_POLICY.get(&PolicyKey { src: in_port, dst }) }.is_some()
     {
         return Err(drop_reason::POLICY_DENIED);
