@@ -19,11 +19,11 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
-use netbridge_common::{NAT_FAST_PATH, NAT_FORWARDS, PORT_PROG_NAT, PORT_PROGS};
+use netbridge_common::{NAT_FAST_PATH, NAT_FORWARDS, PORT_PROG_NAT, PORT_PROGS, PortConfig};
 
 use crate::{
     bridge::Verdict,
-    parse::{ETH_HLEN, L3, Mac, parse_eth},
+    parse::{ETH_HLEN, Eth, Ipv6, L3, Mac, parse_eth},
 };
 
 /// Programs the port program tail-calls (index `PORT_PROG_NAT`: nb_port_nat).
@@ -64,15 +64,13 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
     let port = bridge::port(ifindex);
     let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
     stats::count_rx(stats::counters(ifindex, slot), len, &eth);
-    if let L3::Ipv4 = eth.l3 {
-        parse::check_ipv4(start, end, eth.l3_off)?;
-    }
+    let v6 = l3_checks(port, &eth, start, end, len as usize)?;
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
     // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let bridge = bridge::config();
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge)?;
-    policy::check(flags, ifindex, &eth, start, end, &verdict)?;
+    policy::check(flags, ifindex, &eth, start, end, &verdict, v6.as_ref())?;
     if let L3::Ipv4 = eth.l3
         && !tagged
         && wants_nat(eth.dst, bridge.gateway)
@@ -86,6 +84,30 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
         unsafe { NB_PORT_PROGS.tail_call(ctx, PORT_PROG_NAT) };
     }
     Ok(finish(ctx, ifindex, slot, verdict, len))
+}
+
+/// Header checks of the L3 part of a frame `len` bytes long from `port`:
+/// IPv4 header; IPv6 header chain and, on a configured port, the IPv6
+/// guards. Returns the IPv6 chain for the policy.
+#[inline(always)]
+fn l3_checks(
+    port: Option<&PortConfig>,
+    eth: &Eth,
+    start: usize,
+    end: usize,
+    len: usize,
+) -> Result<Option<Ipv6>, u32> {
+    match eth.l3 {
+        L3::Ipv4 => parse::check_ipv4(start, end, eth.l3_off).map(|_| None),
+        L3::Ipv6 => {
+            let v6 = parse::check_ipv6(start, end, eth.l3_off, len)?;
+            if let Some(port) = port {
+                guard::check_ipv6(port, eth, start, end, &v6)?;
+            }
+            Ok(Some(v6))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// May the NAT port hook want this IPv4 frame (to `dst`)? Only routed
@@ -254,12 +276,10 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     let port = bridge::port(ifindex);
     let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
     stats::count_rx(stats::counters(ifindex, slot), len, &eth);
-    if let L3::Ipv4 = eth.l3 {
-        parse::check_ipv4(start, end, eth.l3_off)?;
-    }
+    let v6 = l3_checks(port, &eth, start, end, len as usize)?;
     let tagged = eth.vlan_tags > 0;
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge::config())?;
-    policy::check(flags, ifindex, &eth, start, end, &verdict)?;
+    policy::check(flags, ifindex, &eth, start, end, &verdict, v6.as_ref())?;
     let counters = stats::counters(ifindex, slot);
     match verdict {
         Verdict::Redirect(out, out_slot) => {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use netbridge::{
-    bpf::{Datapath, PinDir, ensure_bpffs, port_config},
+    bpf::{Datapath, Identity, PinDir, ensure_bpffs, port_config},
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{FdbKey, PortConfig, PortStats, drop_reason};
@@ -305,7 +305,16 @@ fn anti_spoofing(fx: &mut Fixture, prog: Prog) {
     let a_ip = [std::net::Ipv4Addr::new(192, 168, 1, 1)];
     fx.configure(
         &[
-            port_config(ia, Some((MAC_A, &a_ip[..]))),
+            port_config(
+                ia,
+                Some(Identity {
+                    mac: MAC_A,
+                    ipv4: &a_ip[..],
+                    ipv6: &[],
+                    anti_spoof: true,
+                    router: false,
+                }),
+            ),
             port_config(ib, None),
         ],
         300,
