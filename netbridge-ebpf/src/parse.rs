@@ -180,8 +180,16 @@ pub fn check_ipv6(start: usize, end: usize, off: usize, len: usize) -> Result<Ip
     let mut l = off + IPV6_HLEN;
     let (mut fragment, mut later_fragment) = (false, false);
     for _ in 0..MAX_IPV6_EXT {
-        // Next Header and Hdr Ext Len (or, in a fragment header, reserved).
-        let p = ptr_at::<[u8; 4]>(start, end, l).ok_or(drop_reason::IPV6_EXT_CHAIN)?;
+        if !matches!(nh, 0 | 43 | 44 | 51 | 60) {
+            break;
+        }
+        // Next Header and Hdr Ext Len (or, in a fragment header, reserved);
+        // cut short in a first fragment: RFC 7112.
+        let p = ptr_at::<[u8; 4]>(start, end, l).ok_or(if fragment {
+            drop_reason::IPV6_FRAGMENT
+        } else {
+            drop_reason::IPV6_EXT_CHAIN
+        })?;
         // SAFETY: bounds-checked by ptr_at.
         let e = unsafe { *p };
         let hlen = match nh {
@@ -193,7 +201,7 @@ pub fn check_ipv6(start: usize, end: usize, off: usize, len: usize) -> Result<Ip
                 later_fragment = u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0;
                 8
             }
-            _ => break,
+            _ => (e[1] as usize + 1) * 8,
         };
         nh = e[0];
         l += hlen;
