@@ -252,6 +252,8 @@ fn forwarding(fx: &mut Fixture, prog: Prog) -> Vec<u8> {
     let mut mcast = frame::eth([0x33, 0x33, 0, 0, 0, 1], MAC_A, &[], 0x86dd);
     mcast.resize(74, 0);
     mcast[14] = 0x60;
+    // Next Header: none (59); a zero would be a chain of hop-by-hop headers.
+    mcast[20] = 59;
     assert_eq!(prog.run(&mcast), Verdict::Kernel, "{p}: multicast");
     assert_eq!(da(fx).rx_ipv6, 1, "{p}");
 
