@@ -366,3 +366,49 @@ fn hostile_ipv6_frames_are_dropped_by_reason() {
     assert_eq!(count("id 77"), 0, "a hostile echo arrived:\n{text}");
     down(&sb, &file);
 }
+
+/// `datapath = "xdp"` applies the same IPv6 checks: a forged IPv6 source
+/// and an RA from a plain namespace are dropped under their reasons, while
+/// the namespace's own IPv6 traffic flows.
+#[test]
+fn xdp_mode_applies_the_ipv6_guards() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let file = lab(&mut sb, |t| {
+        t.replace(
+            "name = \"dual-stack\"",
+            "name = \"dual-stack\"\ndatapath = \"xdp\"",
+        )
+    });
+    let out = up(&sb, &file);
+    assert!(out.contains("XDP"), "{out}");
+    let black = sb.name("black");
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 fd00:77::b2");
+    let before = (
+        drops(&sb, &file, "spoofed_ipv6"),
+        drops(&sb, &file, "ra_guard"),
+    );
+    sb.sh(&black, "ip addr add fd00:77::b3/128 dev eth0 nodad");
+    let o = sb.sh_output(
+        &black,
+        "ping -6 -c 3 -i 0.2 -W 1 -I fd00:77::b3 fd00:77::b2",
+    );
+    assert!(!o.status.success(), "spoofed ping got an answer");
+    sb.sh(&black, "ip addr del fd00:77::b3/128 dev eth0");
+    scapy(
+        &sb,
+        &black,
+        "send(IPv6(src='fd00:77::b1', dst='ff02::1')/ICMPv6ND_RA(routerlifetime=0))",
+    );
+    let after = (
+        drops(&sb, &file, "spoofed_ipv6"),
+        drops(&sb, &file, "ra_guard"),
+    );
+    assert!(
+        after.0 >= before.0 + 3,
+        "spoofed_ipv6 {before:?} -> {after:?}"
+    );
+    assert!(after.1 >= before.1 + 3, "ra_guard {before:?} -> {after:?}");
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 fd00:77::b2");
+    down(&sb, &file);
+}
