@@ -108,6 +108,27 @@ code_table! {
         /// malformed: TCP data offset below 5 or past the end of the packet,
         /// UDP header cut short.
         16 BadL4Header BAD_L4_HEADER "bad_l4_header",
+        /// IPv6 source is not one of the namespace's addresses, its
+        /// link-local address or :: (anti-spoofing).
+        17 SpoofedIpv6 SPOOFED_IPV6 "spoofed_ipv6",
+        /// A Router Advertisement from a port not marked as a router (RA
+        /// guard, RFC 6105).
+        18 RaGuard RA_GUARD "ra_guard",
+        /// A DHCPv6 server reply (UDP from port 547) from a port not marked
+        /// as a router.
+        19 Dhcpv6Guard DHCPV6_GUARD "dhcpv6_guard",
+        /// A Neighbor Advertisement for an address that is not the
+        /// namespace's, or a link-layer address option that is not its MAC.
+        20 SpoofedNd SPOOFED_ND "spoofed_nd",
+        /// IPv6 header with version != 6 or a payload length past the end
+        /// of the frame.
+        21 BadIpv6Header BAD_IPV6_HEADER "bad_ipv6_header",
+        /// More IPv6 extension headers than the parser follows, or one cut
+        /// short.
+        22 Ipv6ExtChain IPV6_EXT_CHAIN "ipv6_ext_chain",
+        /// A first IPv6 fragment that does not hold the whole header chain
+        /// (RFC 7112), or an ICMPv6/ND message in a fragment.
+        23 Ipv6Fragment IPV6_FRAGMENT "ipv6_fragment",
     }
 }
 

@@ -91,6 +91,12 @@ pub const PORT_ANTI_SPOOF: u32 = 2;
 pub const PORT_ISOLATED: u32 = 4;
 /// IPv4 source addresses a port may use.
 pub const MAX_PORT_IPV4: usize = 4;
+/// [`PortConfig::flags`]: the namespace is a router: it may send Router
+/// Advertisements and DHCPv6 server replies (RA guard, RFC 6105, off).
+pub const PORT_ROUTER: u32 = 8;
+/// IPv6 sources a port may use: its link-local address first, then up to
+/// this many minus one configured addresses.
+pub const MAX_PORT_IPV6: usize = 5;
 
 /// One bridge port as the datapath knows it.
 #[repr(C)]
@@ -108,12 +114,17 @@ pub struct PortConfig {
     /// IPv4 sources the namespace may use, network byte order; unused
     /// slots are 0.0.0.0 (which is always allowed: DHCP).
     pub ipv4: [[u8; 4]; MAX_PORT_IPV4],
+    /// IPv6 sources the namespace may use, network byte order: slot 0 its
+    /// link-local address (EUI-64 of `mac`), then its configured ones;
+    /// unused slots are :: (which is always allowed: DAD).
+    pub ipv6: [[u8; 16]; MAX_PORT_IPV6],
 }
-const _: () = assert!(core::mem::size_of::<PortConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<PortConfig>() == 112);
 // The datapath loads `mac` and each address in words (map values are
 // 8-byte aligned).
 const _: () = assert!(core::mem::offset_of!(PortConfig, mac) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(PortConfig, ipv4) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(PortConfig, ipv6) % 8 == 0);
 
 /// FDB key: a MAC address in a VLAN.
 #[repr(C)]
@@ -162,6 +173,12 @@ pub const BRIDGE_ISOLATION: u8 = 1;
 
 /// Hash: [`PolicyKey`] -> 1 for each denied (source port, destination port).
 pub const MAP_POLICY: &str = "NB_POLICY";
+
+/// Hash: IPv6 address (16 bytes, network byte order) -> port ifindex (u32,
+/// host byte order), for every IPv6 source a port may use (its
+/// [`PortConfig::ipv6`]): the isolation policy finds the destination port
+/// of an IPv6 frame the kernel would route or flood, and of ND for it.
+pub const MAP_HOSTS6: &str = "NB_HOSTS6";
 
 /// An isolated pair of bridge ports, one direction.
 #[repr(C)]

@@ -48,14 +48,17 @@ static NB_NOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 /// verifier inlines it); the clock helper is not cheap here.
 #[inline(always)]
 pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
     let j = unsafe { bpf_jiffies64() };
     let Some(c) = NB_NOW.get_ptr_mut(0) else {
+        // SAFETY: a helper without arguments.
         return unsafe { bpf_ktime_get_coarse_ns() };
     };
     // SAFETY: this CPU's value; programs do not nest on one CPU here.
     let c = unsafe { &mut *c };
     if c[0] != j || c[1] == 0 {
         c[0] = j;
+        // SAFETY: a helper without arguments.
         c[1] = unsafe { bpf_ktime_get_coarse_ns() };
     }
     c[1]
@@ -96,6 +99,7 @@ pub fn gateway_mac() -> [u8; 6] {
 pub fn port(ifindex: u32) -> Option<&'static PortConfig> {
     match NB_PORT_INDEX.get(ifindex & (PORT_INDEX_SIZE - 1)) {
         Some(p) if p.ifindex == ifindex => Some(p),
+        // SAFETY: a map lookup; the value is plain data the verifier bounds.
         _ => unsafe { NB_PORTS.get(&ifindex) },
     }
 }
@@ -210,6 +214,7 @@ fn destination(
         return Some((c.dst_ifindex, c.dst_seen_ns));
     }
     let key = fdb_key(dst);
+    // SAFETY: a map lookup; the value is plain data the verifier bounds.
     let e = unsafe { NB_FDB.get(&key) }?;
     let (out, seen) = (e.ifindex, e.last_seen_ns);
     if expired(seen) {
@@ -242,6 +247,7 @@ fn learn(port: u32, slot: Option<&mut PortSlot>, src: Mac, now: u64, generation:
     }
     let mut generation = generation;
     let key = fdb_key(src);
+    // SAFETY: a map lookup; the value is plain data the verifier bounds.
     let (seen, moved) = match unsafe { NB_FDB.get(&key) } {
         Some(e) if e.ifindex == port && now.saturating_sub(e.last_seen_ns) < FDB_REFRESH_NS => {
             (e.last_seen_ns, false)
@@ -264,6 +270,7 @@ fn learn(port: u32, slot: Option<&mut PortSlot>, src: Mac, now: u64, generation:
         // than any earlier value's) and this CPU (no other writes it at the
         // same ns). No atomics needed: whichever of two racing writes
         // lands, both differ from what a cache read before them.
+        // SAFETY: helpers without arguments.
         generation = unsafe { bpf_ktime_get_ns() } << 8
             | (unsafe { bpf_get_smp_processor_id() } & 0xff) as u64;
         // SAFETY: a valid map value.

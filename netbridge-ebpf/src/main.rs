@@ -19,11 +19,11 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
-use netbridge_common::{NAT_FAST_PATH, NAT_FORWARDS, PORT_PROG_NAT, PORT_PROGS};
+use netbridge_common::{NAT_FAST_PATH, NAT_FORWARDS, PORT_PROG_NAT, PORT_PROGS, PortConfig};
 
 use crate::{
     bridge::Verdict,
-    parse::{ETH_HLEN, L3, Mac, parse_eth},
+    parse::{ETH_HLEN, Eth, Ipv6, L3, Mac, parse_eth},
 };
 
 /// Programs the port program tail-calls (index `PORT_PROG_NAT`: nb_port_nat).
@@ -43,6 +43,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
     match r {
         Ok(action) => action,
         Err(reason) => {
+            // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             stats::count_drop(ifindex, reason);
             log::drop(ifindex, reason);
@@ -54,6 +55,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
 
 #[inline(always)]
 fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     capture::begin(ctx);
     let len = ctx.len() as u64;
@@ -62,14 +64,13 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
     let port = bridge::port(ifindex);
     let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
     stats::count_rx(stats::counters(ifindex, slot), len, &eth);
-    if let L3::Ipv4 = eth.l3 {
-        parse::check_ipv4(start, end, eth.l3_off)?;
-    }
+    let v6 = l3_checks(port, &eth, start, end, len as usize)?;
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let tagged = eth.vlan_tags > 0 || unsafe { (*ctx.skb.skb).vlan_present } != 0;
     let bridge = bridge::config();
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge)?;
-    policy::check(flags, ifindex, &eth, start, end, &verdict)?;
+    policy::check(flags, ifindex, &eth, start, end, &verdict, v6.as_ref())?;
     if let L3::Ipv4 = eth.l3
         && !tagged
         && wants_nat(eth.dst, bridge.gateway)
@@ -83,6 +84,30 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
         unsafe { NB_PORT_PROGS.tail_call(ctx, PORT_PROG_NAT) };
     }
     Ok(finish(ctx, ifindex, slot, verdict, len))
+}
+
+/// Header checks of the L3 part of a frame `len` bytes long from `port`:
+/// IPv4 header; IPv6 header chain and, on a configured port, the IPv6
+/// guards. Returns the IPv6 chain for the policy.
+#[inline(always)]
+fn l3_checks(
+    port: Option<&PortConfig>,
+    eth: &Eth,
+    start: usize,
+    end: usize,
+    len: usize,
+) -> Result<Option<Ipv6>, u32> {
+    match eth.l3 {
+        L3::Ipv4 => parse::check_ipv4(start, end, eth.l3_off).map(|_| None),
+        L3::Ipv6 => {
+            let v6 = parse::check_ipv6(start, end, eth.l3_off, len)?;
+            if let Some(port) = port {
+                guard::check_ipv6(port, eth, start, end, &v6)?;
+            }
+            Ok(Some(v6))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// May the NAT port hook want this IPv4 frame (to `dst`)? Only routed
@@ -108,6 +133,7 @@ fn finish(ctx: &TcContext, ifindex: u32, slot: u32, verdict: Verdict, len: u64) 
             stats::tx(stats::counters(out, out_slot), len);
             // Straight into the destination namespace's ingress: no bridge,
             // no second veth hop, no backlog queue.
+            // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         Verdict::Fallback => {
@@ -159,6 +185,7 @@ pub fn nb_port_nat(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len() as u64;
     let (slot, verdict) = Pass::read(ctx);
@@ -172,11 +199,13 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
         nat::Hook::Peer(out) => {
             capture::port(ctx, ifindex, out);
             stats::count_tx(out, len);
+            // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
         // Translated and routed here: out of the uplink.
         nat::Hook::Neigh(uplink) => {
             capture::port(ctx, ifindex, uplink);
+            // SAFETY: a helper call with an ifindex and no neighbour params (NULL, 0).
             unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
         }
     })
@@ -226,6 +255,7 @@ fn uplink_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
 /// redirecting known unicast with XDP_REDIRECT out of the destination port.
 #[xdp]
 pub fn nb_port_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the program's valid xdp_md context.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     match try_port_xdp(&ctx, ifindex) {
         Ok(action) => action,
@@ -246,12 +276,10 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     let port = bridge::port(ifindex);
     let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
     stats::count_rx(stats::counters(ifindex, slot), len, &eth);
-    if let L3::Ipv4 = eth.l3 {
-        parse::check_ipv4(start, end, eth.l3_off)?;
-    }
+    let v6 = l3_checks(port, &eth, start, end, len as usize)?;
     let tagged = eth.vlan_tags > 0;
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge::config())?;
-    policy::check(flags, ifindex, &eth, start, end, &verdict)?;
+    policy::check(flags, ifindex, &eth, start, end, &verdict, v6.as_ref())?;
     let counters = stats::counters(ifindex, slot);
     match verdict {
         Verdict::Redirect(out, out_slot) => {
@@ -260,6 +288,7 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
             stats::tx(stats::counters(out, out_slot), len);
             // Transmit out of the destination port: its peer (the namespace
             // end, running nb_peer_xdp) receives the frame.
+            // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             Ok(unsafe { bpf_redirect(out, 0) } as u32)
         }
         Verdict::Fallback => {

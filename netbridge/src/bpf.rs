@@ -18,10 +18,11 @@ use aya::{
 };
 use netbridge_common::{
     BRIDGE_ISOLATION, Be32, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
-    MAP_FDB, MAP_FDB_GEN, MAP_HOSTS, MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS, MAP_PORT_SLOTS,
-    MAP_PORT_STATS, MAP_PORTS, MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED, PORT_PROG_NAT,
-    PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS,
-    PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortSlot, PortStats, drop_reason,
+    MAP_FDB, MAP_FDB_GEN, MAP_HOSTS, MAP_HOSTS6, MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS,
+    MAP_PORT_SLOTS, MAP_PORT_STATS, MAP_PORTS, MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED,
+    PORT_PROG_NAT, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP,
+    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortSlot, PortStats,
+    drop_reason,
 };
 
 use crate::nat::NatMaps;
@@ -51,25 +52,60 @@ pub struct Maps {
     pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
     pub config: Array<MapData, BridgeConfig>,
     pub policy: HashMap<MapData, PolicyKey, u32>,
+    /// IPv6 address (octets) -> port ifindex.
+    pub hosts6: HashMap<MapData, [u8; 16], u32>,
     pub nat: NatMaps,
 }
 
-/// A port's datapath entry: fast path on, anti-spoofing if `identity` (the
-/// namespace's MAC and IPv4 addresses, at most MAX_PORT_IPV4) is given.
-pub fn port_config(ifindex: u32, identity: Option<([u8; 6], &[std::net::Ipv4Addr])>) -> PortConfig {
+/// A port's identity: the namespace end's MAC and its IPv4 (at most
+/// MAX_PORT_IPV4) and IPv6 addresses (at most MAX_PORT_IPV6 - 1; its
+/// EUI-64 link-local address is added), checked if `anti_spoof`.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub mac: [u8; 6],
+    pub ipv4: &'a [Ipv4Addr],
+    pub ipv6: &'a [std::net::Ipv6Addr],
+    pub anti_spoof: bool,
+    /// An IPv6 router: RA guard off.
+    pub router: bool,
+}
+
+/// A port's datapath entry: fast path on, anti-spoofing and RA guard as
+/// `identity` says (none: RA guard only). The IPv6 addresses are kept
+/// either way: the isolation policy finds ports by them ([`MAP_HOSTS6`]).
+pub fn port_config(ifindex: u32, identity: Option<Identity>) -> PortConfig {
     let mut p = PortConfig {
         ifindex,
         flags: netbridge_common::PORT_FAST_PATH,
         ..PortConfig::default()
     };
-    if let Some((mac, ips)) = identity {
-        p.flags |= netbridge_common::PORT_ANTI_SPOOF;
-        p.mac = mac;
-        for (slot, ip) in p.ipv4.iter_mut().zip(ips) {
+    if let Some(id) = identity {
+        if id.anti_spoof {
+            p.flags |= netbridge_common::PORT_ANTI_SPOOF;
+        }
+        if id.router {
+            p.flags |= netbridge_common::PORT_ROUTER;
+        }
+        p.mac = id.mac;
+        for (slot, ip) in p.ipv4.iter_mut().zip(id.ipv4) {
+            *slot = ip.octets();
+        }
+        let v6 = std::iter::once(link_local(id.mac)).chain(id.ipv6.iter().copied());
+        for (slot, ip) in p.ipv6.iter_mut().zip(v6) {
             *slot = ip.octets();
         }
     }
     p
+}
+
+/// The link-local address the kernel gives an interface with `mac`
+/// (addr_gen_mode eui64, the default): fe80::/64 with the modified EUI-64.
+pub fn link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    let mut o = [0u8; 16];
+    o[..2].copy_from_slice(&[0xfe, 0x80]);
+    o[8..].copy_from_slice(&[a ^ 2, b, c, 0xff, 0xfe, d, e, f]);
+    o.into()
 }
 
 /// The port table as userspace reads it to change it.
@@ -122,6 +158,7 @@ impl Maps {
             fdb: src.map(MAP_FDB, Map::LruHashMap)?,
             config: src.map(MAP_CONFIG, Map::Array)?,
             policy: src.map(MAP_POLICY, Map::HashMap)?,
+            hosts6: src.map(MAP_HOSTS6, Map::HashMap)?,
             nat: NatMaps::from_source(src)?,
         })
     }
@@ -158,6 +195,7 @@ impl Maps {
             // the hash, where the port goes next.
             self.unindex(k)?;
             self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
+            self.set_hosts6(k, &[])?;
         }
         let mut table = self.port_table();
         let isolated = self.isolated_ports();
@@ -216,8 +254,30 @@ impl Maps {
         self.ports
             .insert(p.ifindex, p, 0)
             .map_err(map_err(MAP_PORTS))?;
+        self.set_hosts6(p.ifindex, &p.ipv6)?;
         table.ports.insert(p.ifindex, p);
         self.index(&p, &|i| table.ports.contains_key(&i))
+    }
+
+    /// Makes `addrs` (:: slots skipped) exactly the IPv6 hosts of port
+    /// `ifindex` in [`MAP_HOSTS6`].
+    fn set_hosts6(&mut self, ifindex: u32, addrs: &[[u8; 16]]) -> Result<(), BpfError> {
+        let stale: Vec<[u8; 16]> = self
+            .hosts6
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(a, i)| *i == ifindex && !addrs.contains(a))
+            .map(|(a, _)| a)
+            .collect();
+        for a in &stale {
+            self.hosts6.remove(a).map_err(map_err(MAP_HOSTS6))?;
+        }
+        for a in addrs.iter().filter(|a| **a != [0; 16]) {
+            self.hosts6
+                .insert(a, ifindex, 0)
+                .map_err(map_err(MAP_HOSTS6))?;
+        }
+        Ok(())
     }
 
     /// Ports that are the source of a denied pair.
@@ -303,6 +363,7 @@ impl Maps {
         // then on and zeroed before another port uses it.
         self.unindex(ifindex)?;
         gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;
+        self.set_hosts6(ifindex, &[])?;
         gone(self.port_stats.remove(&ifindex)).map_err(map_err(MAP_PORT_STATS))?;
         let macs: Vec<FdbKey> = self
             .fdb

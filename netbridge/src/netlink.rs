@@ -8,7 +8,7 @@ use std::{
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressFlags, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     route::{RouteAttribute, RouteMessage, RouteScope},
 };
@@ -236,10 +236,17 @@ fn address_of(m: &AddressMessage) -> Option<IpNet> {
     IpNet::new(addr, m.header.prefix_len).ok()
 }
 
+/// Adds `net` to link `index`. IPv6 addresses skip duplicate address
+/// detection (IFA_F_NODAD): netbridge assigns each once (validated), and a
+/// tentative address would fail binds and pings for the first seconds.
 pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<()> {
-    h.address()
-        .add(index, net.addr(), net.prefix_len())
-        .execute()
+    let mut req = h.address().add(index, net.addr(), net.prefix_len());
+    if net.addr().is_ipv6() {
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    req.execute()
         .await
         .map_err(ctx(|| format!("add address {net} to link #{index}")))
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use netbridge::{
-    bpf::{Datapath, PinDir, ensure_bpffs, port_config},
+    bpf::{Datapath, Identity, PinDir, ensure_bpffs, port_config},
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{FdbKey, PortConfig, PortStats, drop_reason};
@@ -252,6 +252,8 @@ fn forwarding(fx: &mut Fixture, prog: Prog) -> Vec<u8> {
     let mut mcast = frame::eth([0x33, 0x33, 0, 0, 0, 1], MAC_A, &[], 0x86dd);
     mcast.resize(74, 0);
     mcast[14] = 0x60;
+    // Next Header: none (59); a zero would be a chain of hop-by-hop headers.
+    mcast[20] = 59;
     assert_eq!(prog.run(&mcast), Verdict::Kernel, "{p}: multicast");
     assert_eq!(da(fx).rx_ipv6, 1, "{p}");
 
@@ -305,7 +307,16 @@ fn anti_spoofing(fx: &mut Fixture, prog: Prog) {
     let a_ip = [std::net::Ipv4Addr::new(192, 168, 1, 1)];
     fx.configure(
         &[
-            port_config(ia, Some((MAC_A, &a_ip[..]))),
+            port_config(
+                ia,
+                Some(Identity {
+                    mac: MAC_A,
+                    ipv4: &a_ip[..],
+                    ipv6: &[],
+                    anti_spoof: true,
+                    router: false,
+                }),
+            ),
             port_config(ib, None),
         ],
         300,

@@ -110,6 +110,7 @@ fn port(name: &str, netns: PortNetns, ifname: &str, host_ifname: &str, net: u8) 
         sysctls: Default::default(),
         anti_spoof: true,
         mac: None,
+        ipv6_router: false,
     }
 }
 

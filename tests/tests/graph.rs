@@ -273,6 +273,7 @@ fn graph_of_a_running_topology_shows_rates_drops_and_sessions() {
         sysctls: Default::default(),
         anti_spoof: true,
         mac: None,
+        ipv6_router: false,
     };
     netbridge::topology::add_port(&topo, &port).unwrap();
     sb.sh(&upstream, &format!("{FETCH} && {FETCH}"));

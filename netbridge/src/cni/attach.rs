@@ -461,6 +461,7 @@ fn port(s: &Session, plan: &Plan, routes: &[Route]) -> Port {
         sysctls: Default::default(),
         anti_spoof: s.conf().netbridge.anti_spoof,
         mac: plan.mac,
+        ipv6_router: false,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -57,6 +57,14 @@ pub fn ipv4s(addrs: &[IpNet]) -> impl Iterator<Item = Ipv4Addr> + '_ {
     addrs.iter().filter_map(|a| match a.addr() {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(_) => None,
+    })
+}
+
+/// The IPv6 addresses among `addrs`.
+pub fn ipv6s(addrs: &[IpNet]) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    addrs.iter().filter_map(|a| match a.addr() {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
     })
 }
 
@@ -145,6 +153,10 @@ pub struct Namespace {
     /// sender is not its own (bridge ports only).
     #[serde(default = "default_true")]
     pub anti_spoof: bool,
+    /// The namespace is an IPv6 router: its Router Advertisements,
+    /// Redirects and DHCPv6 server replies pass (RA guard off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_router: bool,
 }
 
 /// Where a port's inner end lives.
@@ -188,6 +200,9 @@ pub struct Port {
     /// MAC of the namespace end; None: the kernel's random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<[u8; 6]>,
+    /// See `Namespace::ipv6_router`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_router: bool,
 }
 
 impl Port {
@@ -204,6 +219,7 @@ impl Port {
             sysctls: ns.sysctls.clone(),
             anti_spoof: ns.anti_spoof,
             mac: None,
+            ipv6_router: ns.ipv6_router,
         }
     }
 
@@ -219,6 +235,7 @@ impl Port {
             mtu: self.mtu,
             sysctls: self.sysctls.clone(),
             anti_spoof: self.anti_spoof,
+            ipv6_router: self.ipv6_router,
         }
     }
 }

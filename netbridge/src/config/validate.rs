@@ -393,6 +393,18 @@ impl Validator<'_> {
                 ),
             ));
         }
+        // One slot holds the link-local address.
+        let v6 = ns.addresses.len() - v4;
+        let max6 = netbridge_common::MAX_PORT_IPV6 - 1;
+        if ns.anti_spoof && v6 > max6 {
+            return Err(self.err(
+                format!("namespace[{i}].addresses"),
+                format!("{v6} IPv6 addresses"),
+                format!(
+                    "anti-spoofing allows at most {max6} IPv6 addresses per namespace (plus its link-local one); set anti_spoof = false"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -403,6 +415,11 @@ impl Validator<'_> {
                 q(&a.to_string()),
                 "prefix length 0 is not an interface address",
             ));
+        }
+        if let IpNet::V6(v6) = a
+            && let Some(why) = not_a_v6_host(v6.addr())
+        {
+            return Err(self.err(field, q(&a.to_string()), why));
         }
         if let IpNet::V4(v4) = a
             && v4.prefix_len() < 31
@@ -819,6 +836,24 @@ impl Topology {
     }
 }
 
+/// Why IPv6 address `a` cannot be configured on an interface, if so.
+fn not_a_v6_host(a: std::net::Ipv6Addr) -> Option<&'static str> {
+    let seg0 = a.segments()[0];
+    if a.is_unspecified() || a.is_loopback() {
+        Some("the unspecified and loopback addresses are not interface addresses")
+    } else if a.is_multicast() {
+        Some("is a multicast address (ff00::/8), not an interface address")
+    } else if seg0 & 0xffc0 == 0xfe80 {
+        Some(
+            "is link-local (fe80::/10): the kernel assigns it from the MAC; give a ULA (fd00::/8) or global address",
+        )
+    } else if a.to_ipv4_mapped().is_some() {
+        Some("is an IPv4-mapped address (::ffff:0:0/96); write the IPv4 address instead")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{assert_err, parse};
@@ -878,6 +913,31 @@ mod tests {
             ],
         );
         assert!(!parse(&ns("anti_spoof = false\n", 5)).unwrap().namespaces[0].anti_spoof);
+    }
+
+    #[test]
+    fn ipv6_addresses() {
+        let one = |a: &str| format!("{BRIDGE}{}", ns("a", a));
+        parse(&one("fd00:77::5/64")).unwrap();
+        for (bad, why) in [
+            ("fe80::5/64", "link-local"),
+            ("ff02::5/64", "multicast"),
+            ("::1/128", "loopback"),
+            ("::ffff:10.0.0.1/96", "IPv4-mapped"),
+        ] {
+            assert_err(
+                &one(bad),
+                &[&format!("namespace[0].addresses[0] = \"{bad}\""), why],
+            );
+        }
+        let many: Vec<String> = (1..=5).map(|i| format!("\"fd00::{i}/64\"")).collect();
+        assert_err(
+            &format!(
+                "{BRIDGE}[[namespace]]\nname = \"a\"\naddresses = [{}]\n",
+                many.join(", ")
+            ),
+            &["namespace[0].addresses = 5 IPv6 addresses", "at most 4"],
+        );
     }
 
     #[test]
@@ -1115,7 +1175,7 @@ mod tests {
         );
         let nsa = |n| {
             format!(
-                "{BRIDGE}[[namespace]]\nname = \"a\"\naddresses = [{}]\n",
+                "{BRIDGE}[[namespace]]\nname = \"a\"\nanti_spoof = false\naddresses = [{}]\n",
                 v6(n, 1)
             )
         };

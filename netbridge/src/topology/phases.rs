@@ -262,7 +262,15 @@ fn sysctls(t: &Topology, ports: &[Port], run: &mut Run) -> Result<()> {
         port::sysctls(run, p)?;
     }
     if t.uplink.is_some() {
-        let on = BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        let mut on = BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        // A dual-stack lab routes IPv6 through the host too.
+        if t.bridge
+            .iter()
+            .flat_map(|b| &b.addresses)
+            .any(|a| a.addr().is_ipv6())
+        {
+            on.insert("net.ipv6.conf.all.forwarding".into(), "1".into());
+        }
         set_sysctls(run, &host_of(t), &on)?;
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! undo it) for one port of a running topology without touching the
 //! others: no other port's link, program, FDB entry, counter or NAT
 //! session is read-modified-written, and the eBPF object is loaded once.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     bpf::{self, Datapath, PinDir},
-    config::{Datapath as Mode, Port, PortNetns, Topology, ipv4s},
+    config::{Datapath as Mode, Port, PortNetns, Topology, ipv4s, ipv6s},
     netlink::{self, LinkInfoLite},
     netns::{self, Netns},
     state::State,
@@ -191,14 +191,18 @@ pub(super) fn attach_peer(run: &mut Run, dp: &mut Datapath, t: &Topology, p: &Po
     })
 }
 
-/// The port's datapath entry: fast path on; with anti-spoofing, its
-/// namespace end's MAC and IPv4 addresses.
+/// The port's datapath entry: fast path on; its namespace end's MAC and
+/// addresses, checked with anti-spoofing; RA guard unless a router.
 pub(super) fn config(p: &Port, l: &LinkInfoLite, macs: &Macs) -> PortConfig {
     let v4: Vec<Ipv4Addr> = ipv4s(&p.addresses).collect();
-    let identity = macs
-        .get(&p.name)
-        .filter(|_| p.anti_spoof)
-        .map(|m| (*m, v4.as_slice()));
+    let v6: Vec<Ipv6Addr> = ipv6s(&p.addresses).collect();
+    let identity = macs.get(&p.name).map(|m| bpf::Identity {
+        mac: *m,
+        ipv4: &v4,
+        ipv6: &v6,
+        anti_spoof: p.anti_spoof,
+        router: p.ipv6_router,
+    });
     bpf::port_config(l.index, identity)
 }
 
