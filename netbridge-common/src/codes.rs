@@ -108,6 +108,10 @@ code_table! {
         /// malformed: TCP data offset below 5 or past the end of the packet,
         /// UDP header cut short.
         16 BadL4Header BAD_L4_HEADER "bad_l4_header",
+        /// A lab host's packet to another lab host's SNAT mapping
+        /// (hairpin) that the mapping's filtering refuses (as it would
+        /// refuse the same packet from outside).
+        17 NatFiltered NAT_FILTERED "nat_filtered",
     }
 }
 
@@ -145,6 +149,12 @@ code_table! {
         13 ExpiredLookup EXPIRED_LOOKUP "expired_lookup",
         /// Sessions removed because their forward went away or changed.
         14 Purged PURGED "purged",
+        /// Packets from a lab host to another lab host's SNAT mapping on the
+        /// uplink address, translated on the bridge port (RFC 4787 REQ-9).
+        15 HairpinSnat HAIRPIN_SNAT "hairpin_snat",
+        /// Inbound packets with no session admitted to a mapping's owner by
+        /// endpoint-independent or address-dependent filtering.
+        16 FilterAdmitted FILTER_ADMITTED "filter_admitted",
     }
 }
 
@@ -165,7 +175,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Purged.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::FilterAdmitted.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)
