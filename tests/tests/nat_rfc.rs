@@ -1050,14 +1050,26 @@ fn rfc4787_req5_rfc5382_req5_rfc5508_req2_default_timeouts() {
 fn rfc4787_req6a_inbound_refresh_only_when_configured() {
     require_root!();
     let mut lab = Lab::netbridge("timeouts = { udp = 3, udp_replied = 3 }");
-    let run = |lab: &Lab, sport: u16| -> bool {
-        lab.sh(
-            "black",
-            &format!(
-                "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
-                 s.bind(('{BLACK}', {sport})); s.sendto(b'x', ('{STUN1}', 5000))\""
-            ),
+    // The inside socket stays open while upstream streams to it: a closed
+    // one would answer with ICMP port unreachable, outbound traffic that
+    // refreshes the mapping (RFC 7857 sec. 7.1, not met: README).
+    let run = |lab: &mut Lab, sport: u16| -> bool {
+        let ns = lab.ns("black");
+        lab.sb.spawn(
+            &ns,
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket, time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                     s.bind(('{BLACK}', {sport})); s.sendto(b'x', ('{STUN1}', 5000)); time.sleep(12)"
+                ),
+            ],
         );
+        let sent = Sandbox::wait_for(Duration::from_secs(10), || {
+            session(lab, &format!("{BLACK}:{sport}"), &format!("{STUN1}:5000"))
+        });
+        assert!(sent.is_some(), "no session for {sport}");
         // Upstream streams to the mapping for 8 s (past the 3 s timeout).
         lab.sh(
             "stun",
@@ -1068,10 +1080,13 @@ fn rfc4787_req6a_inbound_refresh_only_when_configured() {
         );
         session(lab, &format!("{BLACK}:{sport}"), &format!("{STUN1}:5000")).is_some()
     };
-    assert!(!run(&lab, 57000), "inbound traffic kept the mapping alive");
+    assert!(
+        !run(&mut lab, 57000),
+        "inbound traffic kept the mapping alive"
+    );
     lab.reconfigure("timeouts = { udp = 3, udp_replied = 3 }\ninbound_refresh = true");
     assert!(
-        run(&lab, 57001),
+        run(&mut lab, 57001),
         "inbound_refresh = true: the mapping expired"
     );
 }
