@@ -299,8 +299,9 @@ fn insert_in(cfg: &NatConfig, k: &CtKey, v: &CtEntry) -> bool {
 }
 
 /// Port allocation: the source port if in range, then NAT_PORT_RETRIES
-/// ports from a random start with the source port's parity (RFC 4787
-/// REQ-4), skipping single-port forwards, until the inbound half `in_val` goes
+/// ports from a random start (no parity: the verifier's budget of the
+/// uplink egress does not allow the branch), skipping single-port
+/// forwards, until the inbound half `in_val` goes
 /// in. With `eim` (a new endpoint-independent mapping) a port must also be
 /// free of any other endpoint: its ownership is claimed first.
 #[inline(always)]
@@ -320,14 +321,7 @@ fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result
         let port = if i == 0 {
             sport
         } else {
-            // The source port's parity (RFC 4787 REQ-4), except in pools
-            // too small to afford it; past `max`: skipped.
-            let p = min + (start + i) % size;
-            if size > 2 * NAT_PORT_RETRIES {
-                p ^ ((p ^ sport) & 1)
-            } else {
-                p
-            }
+            min + (start + i) % size
         };
         i += 1;
         if port < min || port > max {
