@@ -129,6 +129,10 @@ code_table! {
         /// A first IPv6 fragment that does not hold the whole header chain
         /// (RFC 7112), or an ICMPv6/ND message in a fragment.
         23 Ipv6Fragment IPV6_FRAGMENT "ipv6_fragment",
+        /// A lab host's packet to another lab host's SNAT mapping
+        /// (hairpin) that the mapping's filtering refuses (as it would
+        /// refuse the same packet from outside).
+        24 NatFiltered NAT_FILTERED "nat_filtered",
     }
 }
 
@@ -172,6 +176,12 @@ code_table! {
         /// Admission candidates passed over while looking for one to evict:
         /// already gone, or assured (never evicted).
         16 EvictSkipped EVICT_SKIPPED "evict_skipped",
+        /// Packets from a lab host to another lab host's SNAT mapping on the
+        /// uplink address, translated on the bridge port (RFC 4787 REQ-9).
+        17 HairpinSnat HAIRPIN_SNAT "hairpin_snat",
+        /// Inbound packets with no session admitted to a mapping's owner by
+        /// endpoint-independent or address-dependent filtering.
+        18 FilterAdmitted FILTER_ADMITTED "filter_admitted",
     }
 }
 
@@ -192,7 +202,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::EvictSkipped.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::FilterAdmitted.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

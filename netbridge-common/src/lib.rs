@@ -313,9 +313,23 @@ pub const CT_GRAVES_SIZE: u32 = 16_384;
 /// [`CtlCmd`], it starts the sweep timer, sweeps now, or purges sessions.
 /// The timer's callback belongs to it; it is pinned for `gc` and `forward`.
 pub const PROG_CT_CTL: &str = "nb_ct_ctl";
-/// LRU hash: [`EimKey`] (inside endpoint) -> [`EimPort`], for
-/// endpoint-independent mapping (RFC 4787).
+/// Hash: [`EimKey`] (inside endpoint) -> [`EimEntry`], for
+/// endpoint-independent mapping (RFC 4787). Not an LRU: an evicted mapping
+/// would give its endpoint a second external port.
 pub const MAP_EIM: &str = "NB_EIM";
+/// Hash: [`ExtKey`] (external port and protocol) -> [`EimKey`] (the inside
+/// endpoint owning it under endpoint-independent mapping: no other
+/// endpoint shares the port, toward any remote).
+pub const MAP_EIM_OWNER: &str = "NB_EIM_OWNER";
+/// LRU hash: [`PermKey`] (remote address, external port, protocol) -> when
+/// a session toward that address last opened (ns): the permissions of
+/// address-dependent filtering.
+pub const MAP_PERM: &str = "NB_PERM";
+/// Capacity of [`MAP_EIM`] and [`MAP_EIM_OWNER`]: every port of the three
+/// protocols.
+pub const EIM_SIZE: u32 = 3 * 65_536;
+/// Capacity of [`MAP_PERM`].
+pub const PERM_SIZE: u32 = 65_536;
 /// Hash: lab IPv4 ([`Be32`]) -> [`HostEntry`], for hairpin replies.
 pub const MAP_HOSTS: &str = "NB_HOSTS";
 /// Queue of [`CtKey`]: the original keys of the last `max_sessions`
@@ -327,9 +341,53 @@ pub const MAP_CT_ADMITTED: &str = "NB_CT_ADMITTED";
 /// first unassured one still in the table is evicted to admit it.
 pub const ADMIT_SCAN: u32 = 16;
 
-/// The value of [`MAP_EIM`]: the inside endpoint's external port, in HOST
-/// byte order (the port allocator counts in host order).
-pub type EimPort = u16;
+/// The value of [`MAP_EIM`]: the inside endpoint's external port and how
+/// many sessions use it (the mapping goes with the last one, RFC 7857
+/// sec. 11).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EimEntry {
+    /// HOST byte order (the port allocator counts in host order).
+    pub port: u16,
+    pub _pad: [u16; 3],
+    /// Live sessions of the endpoint (host order), updated atomically (64
+    /// bits: the BPF target has no 32-bit atomics).
+    pub sessions: u64,
+}
+const _: () = assert!(core::mem::size_of::<EimEntry>() == 16);
+
+/// Key of [`MAP_EIM_OWNER`]: an external port of one protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ExtKey {
+    /// HOST byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ExtKey>() == 4);
+
+/// Key of [`MAP_PERM`]: an external port's permission toward one address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PermKey {
+    /// Remote IPv4 address, wire order.
+    pub remote: Be32,
+    /// External port, HOST byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<PermKey>() == 8);
+
+/// [`NatConfig::filtering`]: inbound packets need a session (RFC 4787
+/// "address and port-dependent filtering"; Linux MASQUERADE's).
+pub const FILTER_APDF: u8 = 0;
+/// [`NatConfig::filtering`]: any port of an address the mapping's owner
+/// sent to may answer.
+pub const FILTER_ADF: u8 = 1;
+/// [`NatConfig::filtering`]: anyone may send to a mapping (full cone).
+pub const FILTER_EIF: u8 = 2;
 
 /// Largest capacity of [`MAP_CT`] (two entries per session); `up` sizes the
 /// table from `max_sessions` (see [`ct_entries`]).
@@ -388,6 +446,9 @@ pub const NAT_FORWARDS: u32 = 4;
 /// [`NatConfig::flags`]: packets of established sessions skip the kernel's
 /// bridge and routing (redirect straight to the uplink or the lab host).
 pub const NAT_FAST_PATH: u32 = 8;
+/// [`NatConfig::flags`]: inbound packets refresh SNAT sessions too (RFC
+/// 4787 REQ-6 MAY); off, only outbound ones do.
+pub const NAT_INBOUND_REFRESH: u32 = 16;
 
 /// [`CtKey::dir`]: seen leaving through the uplink (or, for hairpin
 /// replies, entering a bridge port): the source is rewritten.
@@ -419,6 +480,9 @@ pub const CT_F_REPLIED: u8 = 2;
 /// opening side spoke again after a reply (TCP: an ACK without SYN or RST,
 /// the handshake done). An assured session never gives way to a new one.
 pub const CT_F_ASSURED: u8 = 4;
+/// [`CtEntry::flags`]: a SNAT session counted in its endpoint's
+/// endpoint-independent mapping ([`EimEntry::sessions`]).
+pub const CT_F_EIM: u8 = 8;
 
 /// NAT settings (index 0 of [`MAP_NAT_CONFIG`]).
 #[repr(C)]
@@ -444,7 +508,9 @@ pub struct NatConfig {
     /// Period of the in-kernel sweep in ms (host order); 0 =
     /// [`CT_SWEEP_DEFAULT_MS`].
     pub sweep_ms: u32,
-    pub _pad: u32,
+    /// `FILTER_*`: which inbound packets without a session reach a mapping.
+    pub filtering: u8,
+    pub _pad: [u8; 3],
     /// Idle timeout in seconds (host order) per session state, indexed by
     /// the `CT_*` state code (index 0 unused). A session idle longer than
     /// the timeout of its state is expired: on lookup and by the sweep.
@@ -639,6 +705,9 @@ mod user {
     unsafe impl aya::Pod for super::FwdKey {}
     unsafe impl aya::Pod for super::FwdTarget {}
     unsafe impl aya::Pod for super::EimKey {}
+    unsafe impl aya::Pod for super::EimEntry {}
+    unsafe impl aya::Pod for super::ExtKey {}
+    unsafe impl aya::Pod for super::PermKey {}
     unsafe impl aya::Pod for super::HostEntry {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::CtStateView {}

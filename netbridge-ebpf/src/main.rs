@@ -19,7 +19,9 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
-use netbridge_common::{NAT_FAST_PATH, NAT_FORWARDS, PORT_PROG_NAT, PORT_PROGS, PortConfig};
+use netbridge_common::{
+    NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, PORT_PROG_NAT, PORT_PROGS, PortConfig,
+};
 
 use crate::{
     bridge::Verdict,
@@ -116,7 +118,11 @@ fn l3_checks(
 #[inline(always)]
 fn wants_nat(dst: Mac, gateway: Mac) -> bool {
     match nat::config() {
-        Some(c) => c.flags & NAT_FORWARDS != 0 || (dst == gateway && c.flags & NAT_FAST_PATH != 0),
+        // Masquerade: SNAT hairpin (a lab host to another's mapping).
+        Some(c) => {
+            c.flags & NAT_FORWARDS != 0
+                || (dst == gateway && c.flags & (NAT_FAST_PATH | NAT_MASQUERADE) != 0)
+        }
         None => false,
     }
 }
@@ -207,6 +213,12 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
             capture::port(ctx, ifindex, uplink);
             // SAFETY: a helper call with an ifindex and no neighbour params (NULL, 0).
             unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
+        }
+        // SNAT hairpin's first packet: the uplink's egress program opens
+        // the session and delivers it.
+        nat::Hook::Egress(uplink) => {
+            // SAFETY: a helper call with an ifindex and flags, no pointers.
+            unsafe { aya_ebpf::helpers::bpf_redirect(uplink, 0) as i32 }
         }
     })
 }

@@ -17,7 +17,7 @@ use aya::{
 use netbridge_common::{
     Be16, Be32, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ICMP, CT_SIZE, CT_SNAT, CT_TCP_CLOSED,
     CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CTL_ETHERTYPE,
-    CtCounts, CtEntry, CtKey, CtStateView, CtlCmd, EimKey, EimPort, FwdKey, FwdTarget, HostEntry,
+    CtCounts, CtEntry, CtKey, CtStateView, CtlCmd, EimEntry, EimKey, FwdKey, FwdTarget, HostEntry,
     MAP_CT, MAP_CT_STATE, MAP_EIM, MAP_FORWARDS, MAP_FWD_HITS, MAP_FWD_RANGES, MAP_HOSTS,
     MAP_NAT_CONFIG, MAP_NAT_STATS, MAX_FWD_RANGES, NatConfig, PROG_CT_CTL, ctl, nat_stat,
 };
@@ -43,7 +43,7 @@ pub struct NatMaps {
     pub stats: PerCpuArray<MapData, u64>,
     /// Live count, high-water mark and sweeps, kept by the datapath.
     pub state: Array<MapData, CtStateView>,
-    pub eim: HashMap<MapData, EimKey, EimPort>,
+    pub eim: HashMap<MapData, EimKey, EimEntry>,
     pub hosts: HashMap<MapData, Be32, HostEntry>,
     /// The conntrack control program (loaded, or its pin), if any.
     ctl: Option<ProgramFd>,
@@ -185,7 +185,7 @@ impl NatMaps {
             hits: src.map(MAP_FWD_HITS, Map::PerCpuHashMap)?,
             stats: src.map(MAP_NAT_STATS, Map::PerCpuArray)?,
             state: src.map(MAP_CT_STATE, Map::Array)?,
-            eim: src.map(MAP_EIM, Map::LruHashMap)?,
+            eim: src.map(MAP_EIM, Map::HashMap)?,
             hosts: src.map(MAP_HOSTS, Map::HashMap)?,
             // Not pinned on a lab brought up without NAT: read-only use works.
             ctl: src.program_fd(PROG_CT_CTL),
@@ -463,35 +463,14 @@ impl NatMaps {
     }
 
     /// A forced sweep (`netbridge gc`): the kernel removes the sessions
-    /// idle past their timeout now, as its timer does; then the
-    /// endpoint-independent mappings no session uses are forgotten.
-    /// Returns the sessions removed.
+    /// idle past their timeout now, as its timer does (an
+    /// endpoint-independent mapping goes with its last session, in the
+    /// kernel too). Returns the sessions removed.
     pub fn gc(&mut self) -> Result<u64, BpfError> {
         let n = self.control(CtlCmd {
             op: ctl::OP_SWEEP,
             ..CtlCmd::default()
         })?;
-        let alive: HashSet<EimKey> = self
-            .ct
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, e)| e.kind == CT_SNAT && e.flags & CT_F_ORIGINAL != 0)
-            .map(|(k, _)| EimKey {
-                addr: k.saddr,
-                port: k.sport,
-                proto: k.proto,
-                _pad: 0,
-            })
-            .collect();
-        let stale: Vec<EimKey> = self
-            .eim
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !alive.contains(k))
-            .collect();
-        for k in stale {
-            let _ = self.eim.remove(&k);
-        }
         Ok(n as u64)
     }
 
@@ -628,11 +607,17 @@ fn describe_config(cfg: &NatConfig, asked: u32, capacity: u32) -> String {
         );
     }
     let flag = |bit: u32, text: &'static str| if cfg.flags & bit != 0 { text } else { "" };
+    let filtering = match cfg.filtering {
+        netbridge_common::FILTER_ADF => "address-dependent filtering, ",
+        netbridge_common::FILTER_EIF => "endpoint-independent filtering, ",
+        _ => "",
+    };
     format!(
-        "NAT on {} ({}{}ports {}-{}, {limit}, sweep every {} ms)",
+        "NAT on {} ({}{}{filtering}{}ports {}-{}, {limit}, sweep every {} ms)",
         ip(cfg.uplink_ipv4),
         flag(netbridge_common::NAT_MASQUERADE, "masquerade, "),
         flag(netbridge_common::NAT_EIM, "endpoint-independent, "),
+        flag(netbridge_common::NAT_INBOUND_REFRESH, "inbound refresh, "),
         cfg.port_min,
         cfg.port_max,
         cfg.sweep_ms

@@ -800,3 +800,293 @@ fn rfc4787_req6_outbound_refresh_keeps_mapping() {
     assert!(gone.is_some(), "session still there: {:?}", lab.conntrack());
     assert_eq!(expired(&lab), before + 1, "expired by the kernel, once");
 }
+
+/// The conntrack session of inside endpoint `inside` toward `remote`.
+fn session(lab: &Lab, inside: &str, remote: &str) -> Option<Value> {
+    lab.conntrack()
+        .into_iter()
+        .find(|s| s["inside"] == inside && s["remote"] == remote)
+}
+
+/// RFC 4787 REQ-8 (UDP filtering, RECOMMENDED endpoint-independent or
+/// address-dependent; REQ-8 a: MAY be configurable): `uplink.filtering`
+/// as an RFC 5780 client classifies it (natdiscovery -f asks for answers
+/// from the alternate address and port, then from the alternate port).
+/// The default is the control: address-and-port-dependent, the same as
+/// Linux MASQUERADE.
+#[test]
+fn rfc4787_req8_filtering_is_a_setting() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    for (setting, expect) in [
+        ("", "Address and Port Dependent"),
+        ("filtering = \"address-dependent\"", "Address Dependent"),
+        (
+            "filtering = \"endpoint-independent\"",
+            "Endpoint Independent",
+        ),
+    ] {
+        if !setting.is_empty() {
+            lab.reconfigure(setting);
+        }
+        let out = lab.discover("black", &["-f", "-L", BLACK]);
+        assert_eq!(
+            verdict(&out, "Filtering").as_deref(),
+            Some(expect),
+            "{setting:?}:\n{out}"
+        );
+    }
+    // ADF admitted the alternate port's answer, EIF the alternate address's.
+    assert!(lab.nat_counter("filter_admitted") >= 2);
+}
+
+/// RFC 4787 REQ-9 (hairpinning) with an RFC 5780 client: natdiscovery -H
+/// sends from a second socket to the mapping the first socket learned from
+/// the STUN server, through the NAT's external address; with
+/// endpoint-independent filtering the first socket receives it. Control:
+/// with the default (address-and-port-dependent) filtering the same probe
+/// is filtered, as it would be from outside (the first socket never sent
+/// to the second's mapping); see `rfc4787_req9_hairpinning_udp_...` for
+/// hairpinning under that filtering.
+#[test]
+fn rfc4787_req9_hairpinning_natdiscovery_endpoint_independent_filtering() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let out = lab.discover("black", &["-H", "-L", BLACK]);
+    assert!(!out.contains("Received a request"), "control:\n{out}");
+    lab.reconfigure("filtering = \"endpoint-independent\"");
+    let out = lab.discover("black", &["-H", "-L", BLACK]);
+    assert!(out.contains("Received a request"), "{out}");
+    assert!(lab.nat_counter("hairpin_snat") >= 1);
+}
+
+/// RFC 4787 REQ-9 and REQ-9 a (hairpinning, external source address and
+/// port) under the default address-and-port-dependent filtering, as peers
+/// punch holes: white (port 41000) sends to black's external address:port
+/// 203.0.113.1:42000 first (filtered: black never sent to white's mapping;
+/// black's socket must not see it), then black sends to white's
+/// 203.0.113.1:41000: white receives it from black's external mapping (the
+/// one conntrack shows, not 192.168.1.10), answers, and black gets the
+/// answer from white's external mapping.
+#[test]
+fn rfc4787_req9_hairpinning_udp_source_is_external_mapping() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let dir = lab.sb.tmp_file("hp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let peers = [
+        ("black", BLACK, "42000", "41000", "from-black"),
+        ("white", "192.168.2.10", "41000", "42000", "from-white"),
+    ];
+    for (role, ip, port, dport, msg) in peers {
+        let ns = lab.ns(role);
+        let (out, go) = (f(role), f(&format!("{role}.go")));
+        lab.sb.spawn(
+            &ns,
+            &[
+                "python3",
+                &script("udp_hairpin_peer.py"),
+                ip,
+                port,
+                &out,
+                &go,
+                UPLINK,
+                dport,
+                msg,
+                "60",
+            ],
+        );
+    }
+    let ready = Sandbox::wait_for(Duration::from_secs(10), || {
+        (std::path::Path::new(&f("black.ready")).exists()
+            && std::path::Path::new(&f("white.ready")).exists())
+        .then_some(())
+    });
+    assert!(ready.is_some(), "peers not ready");
+    std::fs::write(f("white.go"), "").unwrap();
+    let white_out = format!("{UPLINK}:42000");
+    let punched = Sandbox::wait_for(Duration::from_secs(10), || {
+        session(&lab, "192.168.2.10:41000", &white_out)
+    });
+    assert!(punched.is_some(), "white's session: {:?}", lab.conntrack());
+    std::fs::write(f("black.go"), "").unwrap();
+    let read = |role: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(f(role)).unwrap_or_default();
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["received"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let answered = Sandbox::wait_for(Duration::from_secs(10), || {
+        let b = read("black");
+        (!b.is_empty()).then_some(b)
+    });
+    for role in ["black", "white"] {
+        std::fs::write(f(&format!("{role}.stop")), "").unwrap();
+    }
+    let (black, white) = (answered.unwrap_or_default(), read("white"));
+    let black_map = session(&lab, &format!("{BLACK}:42000"), &format!("{UPLINK}:41000"))
+        .expect("black's session toward white's mapping");
+    let white_map = session(&lab, "192.168.2.10:41000", &white_out).unwrap();
+    assert_eq!(
+        white,
+        vec![serde_json::json!(["from-black", black_map["external"]])],
+        "white: {white:?}, black's mapping {black_map}"
+    );
+    assert_eq!(
+        black,
+        vec![serde_json::json!(["re:from-black", white_map["external"]])],
+        "black: {black:?} (from-white must have been filtered)"
+    );
+    assert_eq!(black_map["external"], format!("{UPLINK}:42000"));
+    assert!(lab.nat_counter("hairpin_snat") >= 2);
+}
+
+/// RFC 4787 REQ-1 and REQ-11 (endpoint-independent, deterministic mapping)
+/// under a port collision: white holds external port 40000 toward the
+/// second STUN address first; black's endpoint port 40000 then gets one
+/// other external port that it keeps for every destination (natdiscovery
+/// -m -l 40000 asks both STUN addresses). Before issue 22 black's mapping
+/// changed for the second address (the notes' "Address Dependent" row).
+/// Control: without EIM the same probe reads address-and-port-dependent.
+#[test]
+fn rfc4787_req1_eim_survives_port_collision() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    lab.occupy_port_from_white(40000);
+    let out = lab.discover("black", &["-m", "-L", BLACK, "-l", "40000"]);
+    assert_eq!(
+        verdict(&out, "Mapping").as_deref(),
+        Some("Address and Port Dependent"),
+        "control without EIM:\n{out}"
+    );
+    lab.reconfigure("endpoint_independent = true");
+    lab.occupy_port_from_white(40002);
+    let out = lab.discover("black", &["-m", "-L", BLACK, "-l", "40002"]);
+    assert_eq!(
+        verdict(&out, "Mapping").as_deref(),
+        Some("Endpoint Independent"),
+        "{out}"
+    );
+    let ports: Vec<u16> = reflexive(&out).iter().map(|(_, p)| *p).collect();
+    assert!(ports.len() >= 2, "{out}");
+    assert!(
+        ports.iter().all(|p| *p == ports[0] && *p != 40002),
+        "{ports:?}"
+    );
+}
+
+/// RFC 4787 REQ-5 (UDP mapping not below 2 min; REQ-5 c: 5 min
+/// recommended), RFC 5382 REQ-5 (TCP transitory 4 min), RFC 5508 REQ-2
+/// (ICMP query 60 s): the defaults, as `conntrack` reports the remaining
+/// lifetime of fresh sessions of each kind made by real traffic.
+#[test]
+fn rfc4787_req5_rfc5382_req5_rfc5508_req2_default_timeouts() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let ns = lab.ns("stun");
+    lab.sb.spawn(
+        &ns,
+        &["python3", &script("tcp_whoami.py"), "server", "80", "120"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
+    });
+    assert!(ok.is_some(), "whoami server not listening");
+    // One-way UDP: the router blackholes the destination, nothing answers.
+    lab.sh("router", "ip route add blackhole 198.51.100.200/32");
+    lab.sh(
+        "black",
+        &format!(
+            "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.bind(('{BLACK}', 56000)); s.sendto(b'x', ('198.51.100.200', 9)); \
+             s2=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s2.bind(('{BLACK}', 56001)); \
+             s2.settimeout(3); s2.sendto(b'x', ('{STUN1}', 7)); s2.recv(100)\""
+        ),
+    );
+    lab.sh("black", &format!("ping -c 1 -W 3 {STUN1}"));
+    let who = lab.sh(
+        "black",
+        &format!(
+            "python3 {} client {BLACK} 56002 {STUN1} 80",
+            script("tcp_whoami.py")
+        ),
+    );
+    assert!(who.starts_with(UPLINK), "{who}");
+    let all = lab.conntrack();
+    let expires = |pred: &dyn Fn(&Value) -> bool| -> (String, f64) {
+        let s = all
+            .iter()
+            .find(|s| pred(s))
+            .unwrap_or_else(|| panic!("{all:?}"));
+        (
+            s["state"].as_str().unwrap_or("?").to_string(),
+            s["expires_in_secs"].as_f64().unwrap(),
+        )
+    };
+    let one_way = expires(&|s| s["inside"] == format!("{BLACK}:56000"));
+    let replied = expires(&|s| s["inside"] == format!("{BLACK}:56001"));
+    let icmp = expires(&|s| s["proto"] == "icmp");
+    let tcp = expires(&|s| s["inside"] == format!("{BLACK}:56002"));
+    let within = |(state, left): &(String, f64), floor: f64| {
+        assert!(
+            *left > floor - 30.0 && *left <= floor,
+            "{state}: {left} s left, default must be {floor} s; {all:?}"
+        )
+    };
+    within(&one_way, 120.0);
+    within(&replied, 300.0);
+    within(&icmp, 60.0);
+    within(&tcp, 240.0);
+}
+
+/// RFC 4787 REQ-6 (outbound refresh) and REQ-6 a / RFC 7857 sec. 7
+/// (inbound refresh only when configured): a mapping that only receives
+/// (upstream sends to it every 0.5 s after one outbound datagram) expires
+/// at its timeout by default; with `inbound_refresh = true` the same
+/// stream keeps it.
+#[test]
+fn rfc4787_req6a_inbound_refresh_only_when_configured() {
+    require_root!();
+    let mut lab = Lab::netbridge("timeouts = { udp = 3, udp_replied = 3 }");
+    // The inside socket stays open while upstream streams to it: a closed
+    // one would answer with ICMP port unreachable, outbound traffic that
+    // refreshes the mapping (RFC 7857 sec. 7.1, not met: README).
+    let run = |lab: &mut Lab, sport: u16| -> bool {
+        let ns = lab.ns("black");
+        lab.sb.spawn(
+            &ns,
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket, time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                     s.bind(('{BLACK}', {sport})); s.sendto(b'x', ('{STUN1}', 5000)); time.sleep(12)"
+                ),
+            ],
+        );
+        let sent = Sandbox::wait_for(Duration::from_secs(10), || {
+            session(lab, &format!("{BLACK}:{sport}"), &format!("{STUN1}:5000"))
+        });
+        assert!(sent.is_some(), "no session for {sport}");
+        // Upstream streams to the mapping for 8 s (past the 3 s timeout).
+        lab.sh(
+            "stun",
+            &format!(
+                "python3 -c \"import socket, time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                 s.bind(('{STUN1}', 5000))\nfor i in range(16):\n    s.sendto(b'y', ('{UPLINK}', {sport})); time.sleep(0.5)\""
+            ),
+        );
+        session(lab, &format!("{BLACK}:{sport}"), &format!("{STUN1}:5000")).is_some()
+    };
+    assert!(
+        !run(&mut lab, 57000),
+        "inbound traffic kept the mapping alive"
+    );
+    lab.reconfigure("timeouts = { udp = 3, udp_replied = 3 }\ninbound_refresh = true");
+    assert!(
+        run(&mut lab, 57001),
+        "inbound_refresh = true: the mapping expired"
+    );
+}

@@ -53,7 +53,8 @@ fn ep(a: Ipv4Addr, port: u16) -> SocketAddrV4 {
 }
 
 /// The NAT settings every scenario starts from: masquerade over the whole
-/// default port range, no fast path, timeouts as `up` defaults them.
+/// default port range, no fast path, fixed timeouts (the scenarios age
+/// sessions relative to these; `up`'s defaults are longer, see README).
 fn base_config() -> NatConfig {
     NatConfig {
         uplink_ipv4: UPLINK.into(),

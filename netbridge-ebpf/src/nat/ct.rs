@@ -10,9 +10,10 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, Queue},
 };
 use netbridge_common::{
-    ADMIT_SCAN, Be16, Be32, CT_F_ASSURED, CT_F_ORIGINAL, CT_F_REPLIED, CT_GRAVES_SIZE,
-    CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN,
-    CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, NatConfig, drop_reason, nat_stat,
+    ADMIT_SCAN, Be16, Be32, CT_DIR_OUT, CT_F_ASSURED, CT_F_EIM, CT_F_ORIGINAL, CT_F_REPLIED,
+    CT_GRAVES_SIZE, CT_REFRESH_NS, CT_SIZE, CT_SNAT, CT_TCP_CLOSED, CT_TCP_CLOSING,
+    CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey, NAT_INBOUND_REFRESH,
+    NatConfig, drop_reason, nat_stat,
 };
 
 use crate::nat::{
@@ -197,10 +198,20 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
             r.state = next;
             r.flags = (r.flags & CT_F_ORIGINAL) | (next_fl & !CT_F_ORIGINAL);
         }
-    } else if idle > (tmo >> 4).min(CT_REFRESH_NS) {
+    } else if idle > (tmo >> 4).min(CT_REFRESH_NS) && (dir == CT_DIR_OUT || refreshes(cfg, e.kind))
+    {
         e.last_seen_ns = now;
     }
     Found::Hit(e.nat_addr, e.nat_port, e.kind)
+}
+
+/// Does an inbound packet keep a `kind` session alive? A SNAT
+/// mapping only by outbound packets unless `inbound_refresh` (RFC 4787
+/// REQ-6, RFC 7857 sec. 7: an outsider must not hold a mapping open).
+// Its own BPF function: off the hot (outbound) path's frame.
+#[inline(never)]
+fn refreshes(cfg: &NatConfig, kind: u8) -> bool {
+    kind != CT_SNAT || cfg.flags & NAT_INBOUND_REFRESH != 0
 }
 
 /// Is the session of entry `e` (and its other half, if any) idle past
@@ -231,7 +242,10 @@ pub fn expire_if_idle(cfg: &NatConfig, k: &CtKey, now: u64) -> bool {
     };
     // SAFETY: a map value; read before the removal below frees it.
     let e = unsafe { &*e };
-    if !idle_past(&cfg.timeouts, e, now) {
+    // A session counted in an endpoint-independent mapping is left to the
+    // sweep, which releases the mapping too (that call would not fit on
+    // the stack of the programs calling this).
+    if e.flags & CT_F_EIM != 0 || !idle_past(&cfg.timeouts, e, now) {
         return false;
     }
     if remove_session(k, e, now) {

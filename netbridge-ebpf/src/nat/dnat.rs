@@ -72,6 +72,20 @@ pub fn find_forward(cfg: &NatConfig, proto: u8, port: u16) -> Option<FwdTarget> 
     None
 }
 
+/// Is external `port` (host order) a single-port forward? (The port
+/// allocator's check: the range scan of [`find_forward`] inside its retry
+/// loop would exceed the verifier's budget.)
+#[inline(always)]
+pub fn is_single_forward(proto: u8, port: u16) -> bool {
+    let key = FwdKey {
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: only the presence is used.
+    unsafe { NB_FORWARDS.get(&key) }.is_some()
+}
+
 #[inline(always)]
 fn count_hit(fwd: &FwdTarget) {
     let key = FwdKey {

@@ -17,14 +17,14 @@ pub mod sweep;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::bpf_redirect_peer,
+    helpers::{bpf_redirect, bpf_redirect_peer},
     macros::map,
     maps::{Array, PerCpuArray},
     programs::TcContext,
 };
 use netbridge_common::{
-    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE,
-    NatConfig, drop_reason, nat_stat,
+    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, CT_TCP_ESTABLISHED, CT_UDP_REPLIED, FILTER_ADF,
+    FILTER_APDF, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig, drop_reason, nat_stat,
 };
 
 use crate::{
@@ -143,10 +143,18 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     // Expired: a late packet opens a new session, never reuses the old one.
     let (addr, port) = match ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
         ct::Found::Hit(addr, port, _) => (addr, port),
-        _ if masq => snat::new_session(cfg, &t, flags)?,
+        _ if masq => snat::new_session_logged(cfg, &t, flags)?,
         _ => return Ok(TC_ACT_OK),
     };
     packet::rewrite(ctx, &ip, &t, true, addr, port)?;
+    if t.daddr == cfg.uplink_ipv4 {
+        let r = egress_hairpin(ctx, &ip, &t, addr, port);
+        return if r < 0 {
+            Err((-r) as u32)
+        } else {
+            Ok(r as i32)
+        };
+    }
     count(nat_stat::XLATE_OUT);
     Ok(TC_ACT_OK)
 }
@@ -171,7 +179,14 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
-    let (addr, port) = match dnat::mapping(cfg, &t, false, flags)? {
+    let inbound = match dnat::mapping(cfg, &t, false, flags)? {
+        dnat::Inbound::Mapped(addr, port) => dnat::Inbound::Mapped(addr, port),
+        other => match filter_admit(cfg, &t) {
+            Some((addr, port)) => dnat::Inbound::Mapped(addr, port),
+            None => other,
+        },
+    };
+    let (addr, port) = match inbound {
         dnat::Inbound::Mapped(addr, port) => (addr, port),
         dnat::Inbound::Unknown => return Ok(TC_ACT_OK),
         // For a SNAT mapping that expired: dropped, unless the host itself
@@ -182,6 +197,37 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
     fast_in(ctx, &ip, cfg, addr)
+}
+
+/// Filtering of an inbound TCP/UDP packet `t` to the uplink address with
+/// no session (RFC 4787 REQ-8, RFC 5382 REQ-3): endpoint-independent
+/// filtering admits it to the inside endpoint owning the external port,
+/// address-dependent filtering if that port sent to the packet's source
+/// address lately. Nothing is created: the inside host's answer opens its
+/// session (on the same port, endpoint-independent mapping), so an
+/// outsider can neither fill the table nor keep a mapping alive (RFC 7857
+/// secs. 7 and 13). Address-and-port-dependent filtering: None.
+#[inline(always)]
+fn filter_admit(cfg: &NatConfig, t: &Tuple) -> Option<(Be32, Be16)> {
+    if cfg.filtering == FILTER_APDF || t.proto == IPPROTO_ICMP {
+        return None;
+    }
+    let port = t.dport.get();
+    let owner = snat::eim_owner(port, t.proto)?;
+    if cfg.filtering == FILTER_ADF {
+        let state = if t.proto == IPPROTO_TCP {
+            CT_TCP_ESTABLISHED
+        } else {
+            CT_UDP_REPLIED
+        };
+        // The permission lasts as an answered, assured session would.
+        let tmo = ct::timeout_ns(&cfg.timeouts, state, netbridge_common::CT_F_ASSURED);
+        if !snat::permitted(t.saddr, port, t.proto, tmo) {
+            return None;
+        }
+    }
+    count(nat_stat::FILTER_ADMITTED);
+    Some((owner.addr, owner.port))
 }
 
 /// Fast path of the uplink ingress: a translated packet goes straight into
@@ -209,6 +255,9 @@ pub enum Hook {
     Peer(u32),
     /// Out of this interface, L2 from the neighbour table (bpf_redirect_neigh).
     Neigh(u32),
+    /// To this interface's egress (bpf_redirect): the uplink's, whose
+    /// program opens a hairpinned packet's session.
+    Egress(u32),
 }
 
 /// Bridge-port hook. Hairpin: a lab host reaching a forwarded port on the
@@ -219,40 +268,142 @@ pub enum Hook {
 /// uplink. None: carry on with bridging (and the kernel).
 #[inline(always)]
 pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
+    let main = port_hook_main(ctx, l3_off);
+    if main.kind != HOOK_SNAT_HAIRPIN {
+        return main.into_result();
+    }
+    port_hairpin_snat_entry(ctx, l3_off).into_result()
+}
+
+/// A [`Hook`] decision as BPF functions return it: no enum crosses a call
+/// (BTF rejects Rust's niche unions). `kind` is a `HOOK_*` code.
+#[repr(C)]
+struct HookOut {
+    kind: u32,
+    /// ifindex (PEER, NEIGH) or drop reason (DROP).
+    val: u32,
+}
+const HOOK_NONE: u32 = 0;
+const HOOK_PEER: u32 = 1;
+const HOOK_NEIGH: u32 = 2;
+const HOOK_DROP: u32 = 3;
+/// Not decided: for a SNAT mapping of another lab host, maybe.
+const HOOK_SNAT_HAIRPIN: u32 = 4;
+const HOOK_EGRESS: u32 = 5;
+
+impl HookOut {
+    #[inline(always)]
+    fn of(r: Result<Option<Hook>, u32>) -> HookOut {
+        let (kind, val) = match r {
+            Ok(None) => (HOOK_NONE, 0),
+            Ok(Some(Hook::Peer(i))) => (HOOK_PEER, i),
+            Ok(Some(Hook::Neigh(i))) => (HOOK_NEIGH, i),
+            Ok(Some(Hook::Egress(i))) => (HOOK_EGRESS, i),
+            Err(reason) => (HOOK_DROP, reason),
+        };
+        HookOut { kind, val }
+    }
+
+    #[inline(always)]
+    fn into_result(self) -> Result<Option<Hook>, u32> {
+        match self.kind {
+            HOOK_PEER => Ok(Some(Hook::Peer(self.val))),
+            HOOK_NEIGH => Ok(Some(Hook::Neigh(self.val))),
+            HOOK_EGRESS => Ok(Some(Hook::Egress(self.val))),
+            HOOK_DROP => Err(self.val),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The hook but SNAT hairpin; its own BPF function so that the SNAT
+/// hairpin's session allocation (a deep call) does not stack on its frame.
+#[inline(never)]
+fn port_hook_main(ctx: &TcContext, l3_off: usize) -> HookOut {
+    match port_hook_inner(ctx, l3_off) {
+        Ok(Some(h)) => HookOut::of(Ok(h)),
+        Ok(None) => HookOut {
+            kind: HOOK_SNAT_HAIRPIN,
+            val: 0,
+        },
+        Err(e) => HookOut::of(Err(e)),
+    }
+}
+
+/// Ok(None): to the uplink address and no forward, try SNAT hairpin.
+#[inline(always)]
+fn port_hook_inner(ctx: &TcContext, l3_off: usize) -> Result<Option<Option<Hook>>, u32> {
     let Some(cfg) = config() else {
-        return Ok(None);
+        return Ok(Some(None));
     };
-    if cfg.flags & (NAT_FORWARDS | NAT_FAST_PATH) == 0 {
-        return Ok(None);
+    if cfg.flags & (NAT_FORWARDS | NAT_FAST_PATH | NAT_MASQUERADE) == 0 {
+        return Ok(Some(None));
     }
     let Some(ip) = packet::parse_ipv4(ctx, l3_off)? else {
-        return Ok(None);
+        return Ok(Some(None));
     };
     if ip.non_first_fragment() {
-        return Ok(None);
+        return Ok(Some(None));
     }
     let t = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
         IPPROTO_ICMP if packet::icmp_type(ctx, &ip)? == ICMP_ECHO => ip.tuple(ctx, true)?,
-        _ => return Ok(None),
+        _ => return Ok(Some(None)),
     };
     if t.daddr == cfg.uplink_ipv4 {
-        return port_hairpin_request(ctx, &ip, &t, cfg);
+        return match port_hairpin_request(ctx, &ip, &t, cfg)? {
+            Some(hook) => Ok(Some(Some(hook))),
+            None if cfg.flags & NAT_MASQUERADE != 0 && t.proto != IPPROTO_ICMP => Ok(None),
+            None => Ok(Some(None)),
+        };
+    }
+    port_established(ctx, &ip, &t, cfg).map(Some)
+}
+
+/// SNAT hairpin (see [`port_hairpin_snat`]) from the frame.
+#[inline(never)]
+fn port_hairpin_snat_entry(ctx: &TcContext, l3_off: usize) -> HookOut {
+    HookOut::of(port_hairpin_snat_frame(ctx, l3_off))
+}
+
+#[inline(always)]
+fn port_hairpin_snat_frame(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
+    let (Some(cfg), Some(ip)) = (config(), packet::parse_ipv4(ctx, l3_off)?) else {
+        return Ok(None);
+    };
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(None);
+    }
+    let t = ip.tuple(ctx, false)?;
+    port_hairpin_snat(ctx, &ip, &t, cfg)
+}
+
+/// Packets of established sessions at a bridge port: DNAT hairpin replies
+/// to the client's port, others (fast path) out of the uplink.
+#[inline(always)]
+fn port_established(
+    ctx: &TcContext,
+    ip: &Ip4,
+    t: &Tuple,
+    cfg: &NatConfig,
+) -> Result<Option<Hook>, u32> {
+    if cfg.flags & (NAT_FORWARDS | NAT_FAST_PATH) == 0 {
+        return Ok(None);
     }
     let flags = ip.tcp_flags(ctx);
-    let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) else {
+    let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, t, CT_DIR_OUT, flags) else {
         return Ok(None);
     };
     ip.check_l4(ctx)?;
     if kind == CT_HAIRPIN {
-        packet::rewrite(ctx, &ip, &t, true, addr, port)?;
+        packet::rewrite(ctx, ip, t, true, addr, port)?;
         count(nat_stat::XLATE_HAIRPIN);
         return match dnat::host_port(ctx, t.daddr)? {
             Some(out) => Ok(Some(Hook::Peer(out))),
             None => Err(drop_reason::NAT_NO_ROUTE),
         };
     }
-    port_fast_out(ctx, &ip, &t, cfg, (addr, port))
+    port_fast_out(ctx, ip, t, cfg, (addr, port))
 }
 
 /// A lab host to the uplink address: a forwarded port is DNATed here
@@ -276,6 +427,110 @@ fn port_hairpin_request(
     packet::rewrite(ctx, ip, t, false, addr, port)?;
     count(nat_stat::XLATE_HAIRPIN);
     Ok(dnat::host_port(ctx, addr)?.map(Hook::Peer))
+}
+
+/// A lab host to another lab host's SNAT mapping on the uplink address
+/// (hairpinning, RFC 4787 REQ-9, RFC 5382 REQ-8), done here as the
+/// kernel would drop a routed packet with its own address as source. The
+/// packet leaves as it would through the uplink (the sender's session
+/// toward uplink:port, opened under the sender's mapping rules) and comes
+/// back in as from outside (the receiver's session toward the sender's
+/// external address:port, or filtering): the receiver sees the sender's
+/// external address and port (REQ-9 a). Refused by filtering: the host's
+/// own stack gets it, as for an outside sender.
+#[inline(always)]
+fn port_hairpin_snat(
+    ctx: &TcContext,
+    ip: &Ip4,
+    t: &Tuple,
+    cfg: &NatConfig,
+) -> Result<Option<Hook>, u32> {
+    if cfg.flags & NAT_MASQUERADE == 0 || t.proto == IPPROTO_ICMP || packet::ttl(ctx, ip) <= 1 {
+        return Ok(None);
+    }
+    ip.check_l4(ctx)?;
+    let flags = ip.tcp_flags(ctx);
+    let (src_addr, src_port) = match ct::lookup(cfg, t, CT_DIR_OUT, flags) {
+        ct::Found::Hit(addr, port, _) => (addr, port),
+        // The sender's first packet there: the uplink egress opens its
+        // session (this program's stack cannot hold the allocator) and
+        // hairpins it (`egress_hairpin`).
+        _ => return Ok(Some(Hook::Egress(cfg.uplink_ifindex))),
+    };
+    let (addr, port) = match hairpin_receiver(cfg, src_addr, src_port, t, flags) {
+        Some(to) => to,
+        None => return Err(drop_reason::NAT_FILTERED),
+    };
+    let Some(h) = dnat::host(addr) else {
+        return Err(drop_reason::NAT_NO_ROUTE);
+    };
+    packet::rewrite(ctx, ip, t, true, src_addr, src_port)?;
+    packet::rewrite(ctx, ip, t, false, addr, port)?;
+    packet::decrement_ttl(ctx, ip)?;
+    dnat::readdress(ctx, &h)?;
+    count(nat_stat::HAIRPIN_SNAT);
+    count(nat_stat::XLATE_HAIRPIN);
+    Ok(Some(Hook::Peer(h.ifindex)))
+}
+
+/// Where a hairpinned packet from `t` with the new source `src`:`sport`
+/// goes, as if it came in through the uplink: the receiver's session
+/// toward that source, or its mapping by filtering.
+#[inline(always)]
+fn hairpin_receiver(
+    cfg: &NatConfig,
+    src: Be32,
+    sport: Be16,
+    t: &Tuple,
+    flags: u8,
+) -> Option<(Be32, Be16)> {
+    let back = Tuple {
+        saddr: src,
+        daddr: t.daddr,
+        sport,
+        dport: t.dport,
+        proto: t.proto,
+    };
+    match ct::lookup(cfg, &back, CT_DIR_IN, flags) {
+        ct::Found::Hit(addr, port, _) => Some((addr, port)),
+        _ => filter_admit(cfg, &back),
+    }
+}
+
+/// Uplink egress, a lab host's packet to another's mapping handed over
+/// by the bridge port (`Hook::Egress`), its source translated already
+/// (to `src`:`sport`): delivered to the receiver's port, or dropped
+/// as filtering says (it was for no one else). Its own BPF function, off
+/// the frame that calls the SNAT allocator; returns the TC action, or a
+/// drop reason negated.
+#[inline(never)]
+fn egress_hairpin(ctx: &TcContext, ip: &Ip4, t: &Tuple, src: Be32, sport: Be16) -> i64 {
+    let moved = Tuple {
+        saddr: src,
+        sport,
+        ..*t
+    };
+    match egress_hairpin_inner(ctx, ip, &moved) {
+        Ok(action) => action as i64,
+        Err(reason) => -(reason as i64),
+    }
+}
+
+#[inline(always)]
+fn egress_hairpin_inner(ctx: &TcContext, ip: &Ip4, t: &Tuple) -> Result<i32, u32> {
+    let cfg = config().ok_or(drop_reason::NAT_FILTERED)?;
+    let flags = ip.tcp_flags(ctx);
+    let (addr, port) =
+        hairpin_receiver(cfg, t.saddr, t.sport, t, flags).ok_or(drop_reason::NAT_FILTERED)?;
+    let h = dnat::host(addr).ok_or(drop_reason::NAT_NO_ROUTE)?;
+    packet::rewrite(ctx, ip, t, false, addr, port)?;
+    packet::decrement_ttl(ctx, ip)?;
+    dnat::readdress(ctx, &h)?;
+    count(nat_stat::HAIRPIN_SNAT);
+    count(nat_stat::XLATE_HAIRPIN);
+    crate::stats::count_tx(h.ifindex, ctx.len() as u64);
+    // SAFETY: a helper call with a plain ifindex; no memory passed.
+    Ok(unsafe { bpf_redirect(h.ifindex, 0) } as i32)
 }
 
 /// An established SNAT session or a DNAT reply, bound for the uplink:

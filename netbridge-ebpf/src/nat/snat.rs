@@ -1,21 +1,35 @@
 //! SNAT (masquerade): new sessions for lab traffic leaving the uplink, in
 //! layers: admission, the port to try first, port allocation (claiming the
 //! inbound half), then the outbound half.
-use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::bpf_get_prandom_u32,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
 use netbridge_common::{
-    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_SNAT, CtEntry, CtKey, EimKey, EimPort,
-    NAT_EIM, NAT_PORT_RETRIES, NatConfig, drop_reason, nat_stat,
+    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_F_EIM, CT_F_ORIGINAL, CT_SNAT, CtEntry, CtKey, EIM_SIZE,
+    EimEntry, EimKey, ExtKey, FILTER_ADF, NAT_EIM, NAT_PORT_RETRIES, NatConfig, PERM_SIZE, PermKey,
+    drop_reason, nat_stat,
 };
 
 use crate::nat::{
     Tuple, count,
     ct::{self, BPF_NOEXIST, NB_CT},
-    sweep,
+    dnat, sweep,
 };
 
-/// Inside endpoint -> external port, for endpoint-independent mapping.
+/// Inside endpoint -> its external port, for endpoint-independent mapping.
 #[map]
-static NB_EIM: LruHashMap<EimKey, EimPort> = LruHashMap::pinned(65_536, 0);
+static NB_EIM: HashMap<EimKey, EimEntry> = HashMap::pinned(EIM_SIZE, 0);
+
+/// External port -> the one inside endpoint owning it under EIM.
+#[map]
+static NB_EIM_OWNER: HashMap<ExtKey, EimKey> = HashMap::pinned(EIM_SIZE, 0);
+
+/// Address-dependent filtering: (remote address, external port) -> last
+/// outbound packet (ns).
+#[map]
+static NB_PERM: LruHashMap<PermKey, u64> = LruHashMap::pinned(PERM_SIZE, 0);
 
 /// A port claimed for a new session.
 struct Claim {
@@ -34,22 +48,38 @@ struct Claim {
 /// A port is taken by inserting the reverse (IN) entry with BPF_NOEXIST;
 /// one held by an expired session is freed first, a live one never.
 // Its own BPF function: the slow path keeps its keys and values off the
-// programs' (large) frames.
+// programs' (large) frames. It does not log: the logger's frame must not
+// stack on it (see [`new_session_logged`]).
 #[inline(never)]
-pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(Be32, Be16), u32> {
+pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<dnat::Opened, u32> {
     ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_OUT))?;
     let r = open(cfg, t, tcp_flags);
     if !matches!(r, Ok(Opened::New(_))) {
         // Refused, or another CPU's session is used: not ours to count.
         sweep::release(1);
     }
-    match r? {
-        Opened::New(port) => {
-            log_new(cfg, t, port);
-            Ok((cfg.uplink_ipv4, Be16::from_host(port as u16)))
-        }
-        Opened::Raced(addr, port) => Ok((addr, port)),
+    Ok(match r? {
+        Opened::New(port) => dnat::Opened {
+            addr: cfg.uplink_ipv4,
+            port: Be16::from_host(port as u16),
+            opened: 1,
+        },
+        Opened::Raced(addr, port) => dnat::Opened {
+            addr,
+            port,
+            opened: 0,
+        },
+    })
+}
+
+/// [`new_session`], logging a new session: the new source.
+#[inline(always)]
+pub fn new_session_logged(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<(Be32, Be16), u32> {
+    let o = new_session(cfg, t, tcp_flags)?;
+    if o.opened != 0 {
+        log_new(cfg, t, o.port.get() as u32);
     }
+    Ok((o.addr, o.port))
 }
 
 /// What [`open`] did.
@@ -61,131 +91,276 @@ enum Opened {
 }
 
 /// Claims a port and inserts both halves of a session admitted already.
+/// With endpoint-independent mapping the session counts in its endpoint's
+/// mapping (`CT_F_EIM`), released by [`eim_release`] when it goes.
 #[inline(always)]
 fn open(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<Opened, u32> {
-    let out_key = ct::key(t, CT_DIR_OUT);
-    let now = ct::now();
+    let eim = cfg.flags & NAT_EIM != 0;
+    let flags = if eim { CT_F_EIM } else { 0 };
     let state = ct::initial_state(t.proto, tcp_flags);
-    // The inbound half: the same for every port tried.
-    let in_val = ct::stage(out_key, t.saddr, t.sport, state, CT_SNAT, 0, now)
-        .ok_or(drop_reason::NAT_CT_INSERT)?;
-    let eim_key = EimKey {
-        addr: t.saddr,
-        port: t.sport,
-        proto: t.proto,
-        _pad: 0,
-    };
-    let claim = claim_port(cfg, t, &eim_key, in_val, now)?;
-    let Some(out_val) = ct::stage(
-        claim.in_key,
-        cfg.uplink_ipv4,
-        Be16::from_host(claim.port as u16),
+    // The inbound half: the same for every port tried. Keys and values are
+    // rebuilt rather than kept: fewer values live across the allocator
+    // keep the frame small (the programs call this from large frames).
+    let in_val = ct::stage(
+        ct::key(t, CT_DIR_OUT),
+        t.saddr,
+        t.sport,
         state,
         CT_SNAT,
-        CT_F_ORIGINAL,
+        flags,
+        ct::now(),
+    )
+    .ok_or(drop_reason::NAT_CT_INSERT)?;
+    let claim = claim(cfg, t, eim, in_val)?;
+    let port = Be16::from_host(claim.port as u16);
+    let (state, flags, now) = (in_val.state, in_val.flags, in_val.created_ns);
+    let out_val = ct::stage(
+        claim.in_key,
+        cfg.uplink_ipv4,
+        port,
+        state,
+        CT_SNAT,
+        CT_F_ORIGINAL | flags,
         now,
-    ) else {
+    );
+    let out_key = ct::key(t, CT_DIR_OUT);
+    if out_val.is_none_or(|v| NB_CT.insert(&out_key, v, BPF_NOEXIST).is_err()) {
         let _ = NB_CT.remove(&claim.in_key);
-        return Err(drop_reason::NAT_CT_INSERT);
-    };
-    if NB_CT.insert(&out_key, out_val, BPF_NOEXIST).is_err() {
-        let _ = NB_CT.remove(&claim.in_key);
+        if eim {
+            eim_release(t.saddr, t.sport, t.proto);
+        }
         // SAFETY: a copy of the value is taken right away.
         return match unsafe { NB_CT.get(&out_key) } {
             Some(e) => Ok(Opened::Raced(e.nat_addr, e.nat_port)),
             None => Err(drop_reason::NAT_CT_INSERT),
         };
     }
-    if cfg.flags & NAT_EIM != 0 {
-        let _ = NB_EIM.insert(&eim_key, &(claim.port as EimPort), 0);
-    }
+    perm_touch(cfg, t.daddr, claim.port as u16, t.proto);
     count(nat_stat::SNAT_NEW);
     Ok(Opened::New(claim.port))
 }
 
-/// The port to try first (host order): the endpoint's earlier mapping with
-/// endpoint-independent mapping, else its own source port if in range.
+/// Inside endpoint of `t` (its source).
 #[inline(always)]
-fn first_port(cfg: &NatConfig, t: &Tuple, eim_key: &EimKey) -> Option<u32> {
-    if cfg.flags & NAT_EIM != 0 {
-        // SAFETY: a copy of the value is taken right away.
-        if let Some(p) = unsafe { NB_EIM.get(eim_key) } {
-            return Some(*p as u32);
-        }
+fn eim_key(t: &Tuple) -> EimKey {
+    EimKey {
+        addr: t.saddr,
+        port: t.sport,
+        proto: t.proto,
+        _pad: 0,
     }
-    let sport = t.sport.get() as u32;
-    (cfg.port_min as u32 <= sport && sport <= cfg.port_max as u32).then_some(sport)
 }
 
-/// Port allocation: the first port (if any), then NAT_PORT_RETRIES ports
-/// from a random start, until the inbound half `in_val` goes in with
-/// BPF_NOEXIST (a port held by an expired session is freed first).
+/// The session's external port. Endpoint-independent mapping (`eim`):
+/// the endpoint's one port (never changed while it has sessions: if that
+/// port is taken toward this remote the session is refused), or a new
+/// port it then owns alone. Else any free port (see [`claim_port`]).
 #[inline(always)]
-fn claim_port(
-    cfg: &NatConfig,
-    t: &Tuple,
-    eim_key: &EimKey,
-    in_val: &CtEntry,
-    now: u64,
-) -> Result<Claim, u32> {
+fn claim(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result<Claim, u32> {
+    if eim && let Some(e) = NB_EIM.get_ptr_mut(&eim_key(t)) {
+        // SAFETY: a value of the map (RCU-protected for this run).
+        let port = unsafe { (*e).port } as u32;
+        let in_key = in_key(cfg, t, port);
+        if !insert_in(cfg, &in_key, in_val) {
+            count(nat_stat::PORT_RETRIES);
+            return Err(drop_reason::NAT_PORT_EXHAUSTED);
+        }
+        // SAFETY: as above. Not atomic (the BPF target has no atomic add in
+        // Rust): two CPUs changing one endpoint's count at once may lose one
+        // change, see `eim_release`.
+        unsafe { (*e).sessions += 1 };
+        count(nat_stat::EIM_REUSED);
+        return Ok(Claim { in_key, port });
+    }
+    let claim = claim_port(cfg, t, eim, in_val)?;
+    if eim {
+        let entry = EimEntry {
+            port: claim.port as u16,
+            _pad: [0; 3],
+            sessions: 1,
+        };
+        if NB_EIM.insert(&eim_key(t), &entry, BPF_NOEXIST).is_err() {
+            // Another CPU mapped this endpoint meanwhile: its port wins;
+            // this packet is dropped, the next one uses it.
+            let _ = NB_CT.remove(&claim.in_key);
+            let _ = NB_EIM_OWNER.remove(&ext_key(claim.port, t.proto));
+            return Err(drop_reason::NAT_CT_INSERT);
+        }
+    }
+    Ok(claim)
+}
+
+/// A session of endpoint `addr`:`port` counted in its endpoint-independent
+/// mapping is gone (`CT_F_EIM`): the mapping, and its external port's
+/// ownership, go with the last one (RFC 7857 sec. 11).
+// Its own BPF function: its keys stay off the callers' frames.
+#[inline(never)]
+pub fn eim_release(addr: Be32, port: Be16, proto: u8) {
+    let k = EimKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    let Some(e) = NB_EIM.get_ptr_mut(&k) else {
+        return;
+    };
+    // SAFETY: a map value (RCU-protected for this run). A lost update
+    // (see `claim_eim`) frees a mapping early (its sessions keep their
+    // port, the endpoint's next new session may get another) or late.
+    let (left, ext) = unsafe {
+        (*e).sessions = (*e).sessions.saturating_sub(1);
+        ((*e).sessions, (*e).port)
+    };
+    if left == 0 {
+        let _ = NB_EIM.remove(&k);
+        let _ = NB_EIM_OWNER.remove(&ext_key(ext as u32, proto));
+    }
+}
+
+/// The inside endpoint owning external `port` (host order) under
+/// endpoint-independent mapping.
+#[inline(always)]
+pub fn eim_owner(port: u16, proto: u8) -> Option<EimKey> {
+    // SAFETY: a copy of the value is taken right away.
+    unsafe { NB_EIM_OWNER.get(&ext_key(port as u32, proto)) }.copied()
+}
+
+/// Address-dependent filtering: `remote` may reach external `port` if a
+/// packet went there from it within `tmo_ns`.
+#[inline(always)]
+pub fn permitted(remote: Be32, port: u16, proto: u8, tmo_ns: u64) -> bool {
+    let k = PermKey {
+        remote,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: a copy of the value is taken right away.
+    unsafe { NB_PERM.get(&k) }.is_some_and(|ts| ct::now().saturating_sub(*ts) <= tmo_ns)
+}
+
+/// Records (at most once a second) that external `port` sent to `remote`,
+/// under address-dependent filtering only. Its own BPF function: off the
+/// callers' frames.
+#[inline(never)]
+pub fn perm_touch(cfg: &NatConfig, remote: Be32, port: u16, proto: u8) {
+    if cfg.filtering != FILTER_ADF {
+        return;
+    }
+    let now = ct::now();
+    let k = PermKey {
+        remote,
+        port,
+        proto,
+        _pad: 0,
+    };
+    match NB_PERM.get_ptr_mut(&k) {
+        // SAFETY: a map value; a racing write of another "now" is as good.
+        Some(ts) if now.saturating_sub(unsafe { *ts }) > 1_000_000_000 => unsafe { *ts = now },
+        Some(_) => {}
+        None => {
+            let _ = NB_PERM.insert(&k, &now, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn ext_key(port: u32, proto: u8) -> ExtKey {
+    ExtKey {
+        port: port as u16,
+        proto,
+        _pad: 0,
+    }
+}
+
+/// The inbound key of `t`'s session on external `port` (host order).
+#[inline(always)]
+fn in_key(cfg: &NatConfig, t: &Tuple, port: u32) -> CtKey {
+    CtKey {
+        saddr: t.daddr,
+        daddr: cfg.uplink_ipv4,
+        sport: t.dport,
+        dport: Be16::from_host(port as u16),
+        proto: t.proto,
+        dir: CT_DIR_IN,
+        _pad: [0; 2],
+    }
+}
+
+/// Takes `k` for `v` with BPF_NOEXIST; a key held by an expired session is
+/// freed first, a live one never.
+#[inline(always)]
+fn insert_in(cfg: &NatConfig, k: &CtKey, v: &CtEntry) -> bool {
+    NB_CT.insert(k, v, BPF_NOEXIST).is_ok()
+        || (ct::expire_if_idle(cfg, k, ct::now()) && NB_CT.insert(k, v, BPF_NOEXIST).is_ok())
+}
+
+/// Port allocation: the source port if in range, then NAT_PORT_RETRIES
+/// ports from a random start (no parity: the verifier's budget of the
+/// uplink egress does not allow the branch), skipping single-port
+/// forwards, until the inbound half `in_val` goes
+/// in. With `eim` (a new endpoint-independent mapping) a port must also be
+/// free of any other endpoint: its ownership is claimed first.
+#[inline(always)]
+fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result<Claim, u32> {
     let (min, max) = (cfg.port_min as u32, cfg.port_max as u32);
     // Checked here, next to the division: a range the verifier-bound code
     // cannot prove non-empty would keep a panic path in the program.
     if max < min {
         return Err(drop_reason::NAT_PORT_EXHAUSTED);
     }
-    let size = max - min + 1;
-    let first = first_port(cfg, t, eim_key);
+    let size = (max - min + 1).max(1);
+    let sport = t.sport.get() as u32;
     // SAFETY: a helper without arguments.
     let start = unsafe { bpf_get_prandom_u32() } % size;
     let mut i = 0u32;
     while i <= NAT_PORT_RETRIES {
-        let port = match (i, first) {
-            (0, Some(p)) => p,
-            (0, None) => {
-                i += 1;
-                continue;
-            }
-            _ => min + (start + i) % size,
+        let port = if i == 0 {
+            sport
+        } else {
+            min + (start + i) % size
         };
-        let in_key = CtKey {
-            saddr: t.daddr,
-            daddr: cfg.uplink_ipv4,
-            sport: t.dport,
-            dport: Be16::from_host(port as u16),
-            proto: t.proto,
-            dir: CT_DIR_IN,
-            _pad: [0; 2],
-        };
-        if NB_CT.insert(&in_key, in_val, BPF_NOEXIST).is_ok()
-            || (ct::expire_if_idle(cfg, &in_key, now)
-                && NB_CT.insert(&in_key, in_val, BPF_NOEXIST).is_ok())
-        {
-            if i == 0 {
-                count_first(cfg, t, port);
+        i += 1;
+        if port < min || port > max {
+            continue;
+        }
+        if let Some(in_key) = try_port(cfg, t, eim, port, in_val) {
+            if port == sport {
+                count(nat_stat::PORT_KEPT);
             }
             return Ok(Claim { in_key, port });
         }
         count(nat_stat::PORT_RETRIES);
-        i += 1;
     }
     Err(drop_reason::NAT_PORT_EXHAUSTED)
 }
 
-/// The first port tried was free: the source port kept, or an
-/// endpoint-independent mapping reused.
+/// One candidate port: not forwarded, owned (`eim`), and its inbound half in.
 #[inline(always)]
-fn count_first(cfg: &NatConfig, t: &Tuple, port: u32) {
-    let reused = cfg.flags & NAT_EIM != 0 && port != t.sport.get() as u32;
-    count(if reused {
-        nat_stat::EIM_REUSED
-    } else {
-        nat_stat::PORT_KEPT
-    });
+fn try_port(cfg: &NatConfig, t: &Tuple, eim: bool, port: u32, in_val: &CtEntry) -> Option<CtKey> {
+    if cfg.flags & netbridge_common::NAT_FORWARDS != 0
+        && dnat::is_single_forward(t.proto, port as u16)
+    {
+        return None;
+    }
+    let ext = ext_key(port, t.proto);
+    if eim && NB_EIM_OWNER.insert(&ext, &eim_key(t), BPF_NOEXIST).is_err() {
+        return None;
+    }
+    let k = in_key(cfg, t, port);
+    if insert_in(cfg, &k, in_val) {
+        return Some(k);
+    }
+    if eim {
+        let _ = NB_EIM_OWNER.remove(&ext);
+    }
+    None
 }
 
-/// Logs a new SNAT session (rate-limited).
-#[inline(always)]
+/// Logs a new SNAT session (rate-limited). Its own BPF function: the
+/// logger's frame stays off the caller's.
+#[inline(never)]
 fn log_new(cfg: &NatConfig, t: &Tuple, port: u32) {
     if crate::log::allow(crate::log::NEW_SESSION) {
         aya_log_ebpf::info!(

@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ORPHAN_GRACE_NS, CT_SWEEP_DEFAULT_MS,
-    CtCounts, CtEntry, CtKey, CtStateView, CtlCmd, ctl, nat_stat,
+    CT_DIR_IN, CT_DNAT, CT_F_EIM, CT_F_ORIGINAL, CT_HAIRPIN, CT_ORPHAN_GRACE_NS,
+    CT_SWEEP_DEFAULT_MS, CtCounts, CtEntry, CtKey, CtStateView, CtlCmd, ctl, nat_stat,
 };
 
 use crate::{
@@ -166,7 +166,18 @@ fn expire_one(k: &CtKey, e: &CtEntry, w: &Walk) -> bool {
         }
         return false;
     }
-    ct::idle_past(&w.timeouts, e, w.now) && ct::remove_session(k, e, w.now)
+    ct::idle_past(&w.timeouts, e, w.now) && ct::remove_session(k, e, w.now) && eim_done(k, e)
+}
+
+/// A removed SNAT session counted in its endpoint's mapping releases it
+/// (issue 22: the mapping goes with its last session). True.
+#[inline(always)]
+fn eim_done(k: &CtKey, e: &CtEntry) -> bool {
+    if e.flags & CT_F_EIM != 0 {
+        // `k` is the original half here: the outbound key, inside endpoint.
+        crate::nat::snat::eim_release(k.saddr, k.sport, k.proto);
+    }
+    true
 }
 
 /// Purge: the sessions a forward opened (original inbound key to one of

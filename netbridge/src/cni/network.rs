@@ -127,6 +127,8 @@ pub fn wanted(
                 .unwrap_or(netbridge_common::DEFAULT_MAX_SESSIONS),
             fast_path: true,
             timeouts: Default::default(),
+            filtering: Default::default(),
+            inbound_refresh: false,
         }),
         forwards: running.map(|t| t.forwards.clone()).unwrap_or_default(),
         isolate: vec![],

@@ -302,6 +302,44 @@ pub struct Uplink {
     pub fast_path: bool,
     #[serde(default)]
     pub timeouts: NatTimeouts,
+    /// Which inbound packets with no session reach a mapping (RFC 4787
+    /// REQ-8, RFC 5382 REQ-3). Other than the default it needs, and turns
+    /// on, endpoint-independent mapping.
+    #[serde(default, skip_serializing_if = "Filtering::is_default")]
+    pub filtering: Filtering,
+    /// Inbound packets refresh SNAT mappings too (RFC 4787 REQ-6 MAY); off,
+    /// only outbound ones do (RFC 7857 sec. 7).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inbound_refresh: bool,
+}
+
+/// `uplink.filtering` (RFC 4787 sec. 5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Only the remote address and port a mapping sent to may answer
+    /// (Linux MASQUERADE's behaviour).
+    #[default]
+    AddressAndPortDependent,
+    /// Any port of a remote address the mapping sent to may answer.
+    AddressDependent,
+    /// Anyone may send to a mapping ("full cone", for P2P labs).
+    EndpointIndependent,
+}
+
+impl Filtering {
+    pub fn is_default(&self) -> bool {
+        *self == Filtering::AddressAndPortDependent
+    }
+
+    /// The `FILTER_*` code of the datapath.
+    pub fn code(self) -> u8 {
+        match self {
+            Filtering::AddressAndPortDependent => netbridge_common::FILTER_APDF,
+            Filtering::AddressDependent => netbridge_common::FILTER_ADF,
+            Filtering::EndpointIndependent => netbridge_common::FILTER_EIF,
+        }
+    }
 }
 
 fn default_max_sessions() -> u32 {
@@ -326,14 +364,18 @@ pub struct NatTimeouts {
 
 impl Default for NatTimeouts {
     fn default() -> Self {
+        // The RFCs' floors (README, NAT conformance): UDP 2 min (RFC 4787
+        // REQ-5), 5 min recommended; TCP established 2 h 4 min and
+        // transitory 4 min (RFC 5382 REQ-5, RFC 7857 sec. 2.1/2.2); ICMP
+        // query 60 s (RFC 5508 REQ-2).
         NatTimeouts {
-            tcp_syn: 60,
+            tcp_syn: 240,
             tcp_established: 7440,
-            tcp_closing: 120,
-            tcp_closed: 10,
-            udp: 30,
-            udp_replied: 180,
-            icmp: 30,
+            tcp_closing: 240,
+            tcp_closed: 240,
+            udp: 120,
+            udp_replied: 300,
+            icmp: 60,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use netbridge_common::{
-    FwdTarget, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig,
+    FwdTarget, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH, NAT_MASQUERADE, NatConfig,
 };
 
 use super::{
@@ -30,6 +30,8 @@ pub(super) struct NatInputs {
     ports: (u16, u16),
     max_sessions: u32,
     timeouts: NatTimeouts,
+    /// `FILTER_*` code.
+    filtering: u8,
 }
 
 /// One forward to an attached port (a CNI port mapping): `external` on the
@@ -85,12 +87,14 @@ pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
     Some(NatInputs {
         uplink: u.ifname.clone(),
         flags: flag(u.masquerade, NAT_MASQUERADE)
-            | flag(u.endpoint_independent, NAT_EIM)
+            | flag(u.endpoint_independent || !u.filtering.is_default(), NAT_EIM)
+            | flag(u.inbound_refresh, NAT_INBOUND_REFRESH)
             | flag(!t.forwards.is_empty(), NAT_FORWARDS)
             | flag(u.fast_path, NAT_FAST_PATH),
         ports: u.port_range(),
         max_sessions: u.max_sessions,
         timeouts: u.timeouts.clone(),
+        filtering: u.filtering.code(),
     })
 }
 
@@ -179,6 +183,7 @@ fn plan(
             range_count: 0,
             uplink_mtu: up.mtu.min(u16::MAX as u32) as u16,
             timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
+            filtering: inp.filtering,
             ..NatConfig::default()
         },
         forwards,
