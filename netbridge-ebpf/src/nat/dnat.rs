@@ -21,7 +21,7 @@ use netbridge_common::{
 use crate::{
     bridge,
     nat::{
-        Tuple, config, count,
+        Tuple, count,
         ct::{self, BPF_NOEXIST, NB_CT},
         packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
         sweep,
@@ -126,6 +126,11 @@ pub fn mapping(cfg: &NatConfig, t: &Tuple, hairpin: bool, tcp_flags: u8) -> Resu
         && t.proto != IPPROTO_ICMP
         && let Some(fwd) = find_forward(cfg, t.proto, t.dport.get())
     {
+        // Admission, and an expired session holding the reply key, here,
+        // not in `new_session`: their frames must not stack on its own
+        // (the port program's 512-byte limit).
+        ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_IN))?;
+        ct::expire_if_idle(cfg, &out_key(t, &fwd), ct::now());
         let o = new_session(t, &fwd, hairpin, tcp_flags)?;
         if o.opened != 0 {
             log_new(t, hairpin, o.addr, o.port);
@@ -180,11 +185,27 @@ pub struct Opened {
     pub opened: u16,
 }
 
+/// The reply-direction key of the DNAT session of `t` through `fwd`.
+#[inline(always)]
+fn out_key(t: &Tuple, fwd: &FwdTarget) -> CtKey {
+    let tport = fwd.port.wrapping_add(t.dport.get().wrapping_sub(fwd.first));
+    CtKey {
+        saddr: fwd.addr,
+        daddr: t.saddr,
+        sport: Be16::from_host(tport),
+        dport: t.sport,
+        proto: t.proto,
+        dir: CT_DIR_OUT,
+        _pad: [0; 2],
+    }
+}
+
 /// Opens a DNAT session for `t` (a client reaching the uplink address on a
 /// forwarded port: from upstream, or from a lab host when `hairpin`) and
-/// returns the new destination.
-// Its own BPF function (at most 5 arguments: the config is looked up
-// again): the slow path keeps its keys and values off the programs' frames.
+/// returns the new destination. The caller admitted it (`ct::admit`): a
+/// session not inserted here gives its place back.
+// Its own BPF function: the slow path keeps its keys and values off the
+// programs' frames.
 #[inline(never)]
 pub fn new_session(
     t: &Tuple,
@@ -192,27 +213,14 @@ pub fn new_session(
     hairpin: bool,
     tcp_flags: u8,
 ) -> Result<Opened, u32> {
-    let Some(cfg) = config() else {
-        return Err(drop_reason::NAT_CT_INSERT);
-    };
-    ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_IN))?;
-    let tport = fwd.port.wrapping_add(t.dport.get().wrapping_sub(fwd.first));
     let kind = if hairpin { CT_HAIRPIN } else { CT_DNAT };
     let s = Session {
         in_key: ct::key(t, CT_DIR_IN),
-        out_key: CtKey {
-            saddr: fwd.addr,
-            daddr: t.saddr,
-            sport: Be16::from_host(tport),
-            dport: t.sport,
-            proto: t.proto,
-            dir: CT_DIR_OUT,
-            _pad: [0; 2],
-        },
+        out_key: out_key(t, fwd),
         kind,
         state: ct::initial_state(t.proto, tcp_flags),
     };
-    let inserted = insert_pair(cfg, &s, t);
+    let inserted = insert_pair(&s, t);
     if inserted != Ok(true) {
         sweep::release(1);
     }
@@ -256,14 +264,12 @@ struct Session {
 /// if the second fails. False: not inserted (a race, or the reply key is
 /// live in another session).
 #[inline(always)]
-fn insert_pair(cfg: &NatConfig, s: &Session, t: &Tuple) -> Result<bool, u32> {
+fn insert_pair(s: &Session, t: &Tuple) -> Result<bool, u32> {
     let now = ct::now();
     let out_val = ct::stage(s.in_key, t.daddr, t.dport, s.state, s.kind, 0, now)
         .ok_or(drop_reason::NAT_CT_INSERT)?;
-    let out_free = NB_CT.insert(&s.out_key, out_val, BPF_NOEXIST).is_ok()
-        || (ct::expire_if_idle(cfg, &s.out_key, now)
-            && NB_CT.insert(&s.out_key, out_val, BPF_NOEXIST).is_ok());
-    if !out_free {
+    // (An expired session on the reply key was removed by the caller.)
+    if NB_CT.insert(&s.out_key, out_val, BPF_NOEXIST).is_err() {
         return Ok(false);
     }
     let (addr, port) = (s.out_key.saddr, s.out_key.sport);
