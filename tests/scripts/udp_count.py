@@ -3,6 +3,7 @@ one (after the first) or LIFETIME runs out; writes JSON to OUT:
 {"received": n, "distinct": n, "sources": ["addr:port", ...]}.
 Usage: udp_count.py PORT OUT [IDLE_SECS] [LIFETIME_SECS]"""
 import json
+import os
 import socket
 import sys
 import time
@@ -23,5 +24,8 @@ while time.time() < end and (last is None or time.time() - last < idle):
     last = time.time()
     seqs.append(int(data.split(b" ")[0]))
     sources.add(f"{addr[0]}:{addr[1]}")
-with open(out, "w") as f:
+# Written whole, then renamed: a reader polling for OUT never sees it half
+# written (an empty file read as JSON failed a test under load).
+with open(out + ".tmp", "w") as f:
     json.dump({"received": len(seqs), "distinct": len(set(seqs)), "sources": sorted(sources)}, f)
+os.rename(out + ".tmp", out)
