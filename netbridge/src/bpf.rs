@@ -580,9 +580,10 @@ impl Datapath {
         // live as long as the pin, not as this process. A port program
         // loaded alone (one more port) uses the NAT part already there, or
         // loads it when the slot is empty (the first port of a topology).
-        // (`ProgramArray::indices()` lists every index, filled or not.)
         let nat_slot_empty = match ebpf.map(MAP_PORT_PROGS) {
-            Some(aya::maps::Map::ProgramArray(m)) => !prog_array_slot_filled(m, PORT_PROG_NAT),
+            Some(aya::maps::Map::ProgramArray(m)) => {
+                !matches!(prog_array_id(m, PORT_PROG_NAT), Ok(Some(_)))
+            }
             _ => true,
         };
         let mut tail: ProgramArray<MapData> =
@@ -900,10 +901,11 @@ const _: () = {
     }
 };
 
-/// Whether index `index` of program array `map` holds a program: the
-/// kernel answers a lookup from userspace with the program's id, or ENOENT
-/// for an empty slot (aya's `ProgramArray` has no lookup).
-fn prog_array_slot_filled(map: &MapData, index: u32) -> bool {
+/// The id of the program at `index` of program array `map`: None for an
+/// empty slot (ENOENT). The kernel answers a lookup from userspace with the
+/// program's id; aya's `ProgramArray` has no lookup (and its `indices()`
+/// lists every index, filled or not).
+pub fn prog_array_id(map: &MapData, index: u32) -> std::io::Result<Option<u32>> {
     use std::os::fd::{AsFd, AsRawFd};
     /// The BPF_MAP_*_ELEM part of `union bpf_attr`.
     #[repr(C)]
@@ -915,16 +917,15 @@ fn prog_array_slot_filled(map: &MapData, index: u32) -> bool {
         flags: u64,
     }
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    let key = index;
     let mut id = 0u32;
     let attr = ElemAttr {
         map_fd: map.fd().as_fd().as_raw_fd() as u32,
         _pad: 0,
-        key: &key as *const u32 as u64,
+        key: &index as *const u32 as u64,
         value: &mut id as *mut u32 as u64,
         flags: 0,
     };
-    // SAFETY: `attr` points at `key` and `id`, both alive and 4 bytes (a
+    // SAFETY: `attr` points at `index` and `id`, both alive and 4 bytes (a
     // program array's key and its id value) for the duration of the call;
     // the kernel reads `attr` and writes at most 4 bytes to `id`.
     let rc = unsafe {
@@ -935,5 +936,15 @@ fn prog_array_slot_filled(map: &MapData, index: u32) -> bool {
             std::mem::size_of::<ElemAttr>(),
         )
     };
-    rc == 0 && id != 0
+    match rc {
+        0 => Ok(Some(id)),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
 }

@@ -132,7 +132,6 @@ pub const TAIL_CALL: &str = "tail_call";
 /// (index, program id) of every filled entry of the pinned program array
 /// at `pin` (none if it is not there: an older datapath).
 fn prog_array(pin: &Path) -> Result<Vec<(u32, u32)>, ProgStatsError> {
-    use std::os::fd::{AsFd, AsRawFd};
     let err = |source| ProgStatsError::ProgArray {
         path: pin.to_path_buf(),
         source,
@@ -142,47 +141,14 @@ fn prog_array(pin: &Path) -> Result<Vec<(u32, u32)>, ProgStatsError> {
     }
     let map =
         aya::maps::MapData::from_pin(pin).map_err(|e| err(std::io::Error::other(e.to_string())))?;
-    let fd = map.fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
     for index in 0..PORT_PROGS {
-        let mut id = 0u32;
-        // The `map_elem` member of `union bpf_attr`.
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let attr = Attr {
-            map_fd: fd as u32,
-            _pad: 0,
-            key: &index as *const u32 as u64,
-            value: &mut id as *mut u32 as u64,
-            flags: 0,
-        };
-        // SAFETY: BPF_MAP_LOOKUP_ELEM on a program array writes the u32 id
-        // of the program at `index` into `id`; both outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                libc::c_long::from(BPF_MAP_LOOKUP_ELEM),
-                &attr as *const Attr,
-                std::mem::size_of::<Attr>(),
-            )
-        };
-        match rc {
-            0 => out.push((index, id)),
-            // An empty slot.
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound => {}
-            _ => return Err(err(std::io::Error::last_os_error())),
+        if let Some(id) = crate::bpf::prog_array_id(&map, index).map_err(err)? {
+            out.push((index, id));
         }
     }
     Ok(out)
 }
-
-const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 
 /// The program id a pinned link holds.
 fn link_program(path: &Path) -> Result<u32, ProgStatsError> {
