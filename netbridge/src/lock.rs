@@ -17,6 +17,38 @@ use nix::fcntl::{Flock, FlockArg};
 
 pub const LOCK_DIR: &str = "/run/netbridge/locks";
 
+/// Creates `dir` and its parents, mode 0700: netbridge's run-time files
+/// (locks, journal, CNI state) are root's alone.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Opens `path` for reading and writing, created mode 0600 if missing,
+/// emptied if `truncate`.
+pub fn private_file(path: &Path, truncate: bool) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Replaces `path` with `bytes` atomically (a 0600 `*.tmp` beside it,
+/// synced, then renamed): a reader sees the old file or the new, whole.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = private_file(Path::new(&tmp), true)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("lock {path}: {source}")]
 pub struct LockError {
@@ -51,19 +83,8 @@ pub fn exclusive_in(
         path: path.clone(),
         source,
     };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
+    private_dir(dir).map_err(err)?;
+    let file = private_file(&path, false).map_err(err)?;
     let mut held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((file, nix::Error::EWOULDBLOCK)) => {

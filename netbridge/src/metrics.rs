@@ -14,13 +14,16 @@ use std::{
 };
 
 use netbridge_common::PortStats;
+
+use crate::{
+    nat::{ForwardUse, PoolUse},
+    stats::{NatSnapshot, PortRow, Snapshot, Source},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     task::JoinSet,
 };
-
-use crate::stats::{NatSnapshot, Snapshot, Source};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +58,26 @@ impl Exposition {
         }
         let _ = writeln!(self.out, "}} {value}");
     }
+
+    /// A family (name, type, help) whose samples `each` lists for every
+    /// topology's `T`: labels after `topology`, and the value.
+    fn family_of<'a, T>(
+        &mut self,
+        (name, kind, help): (&str, &str, &str),
+        of: &[(&str, &'a T)],
+        each: impl Fn(&'a T) -> Vec<Sample<'a>>,
+    ) {
+        self.family(name, kind, help);
+        for (topology, v) in of {
+            for (labels, value) in each(v) {
+                self.sample(name, topology, &labels, value);
+            }
+        }
+    }
 }
+
+/// One sample: its labels (after `topology`) and its value.
+type Sample<'a> = (Vec<(&'static str, &'a str)>, u64);
 
 /// (metric name, help text, field) of one per-port counter.
 type Counter = (&'static str, &'static str, fn(&PortStats) -> u64);
@@ -114,31 +136,25 @@ impl Snapshot {
 /// its samples labelled by topology): what `netbridge agent` serves.
 pub fn exposition(snaps: &[Snapshot]) -> String {
     let mut x = Exposition::default();
-    port_families(&mut x, snaps);
-    x.family(
+    let all: Vec<(&str, &Snapshot)> = snaps.iter().map(|s| (s.topology.as_str(), s)).collect();
+    port_families(&mut x, &all);
+    let drops = (
         "netbridge_drops_total",
         "counter",
         "Frames dropped, by reason.",
     );
-    for s in snaps {
-        for (reason, v) in &s.drops {
-            x.sample(
-                "netbridge_drops_total",
-                &s.topology,
-                &[("reason", reason)],
-                v,
-            );
-        }
-    }
-    let name = "netbridge_fdb_entries";
-    x.family(
-        name,
+    x.family_of(drops, &all, |s| {
+        s.drops
+            .iter()
+            .map(|(r, v)| (vec![("reason", &**r)], *v))
+            .collect()
+    });
+    let fdb = (
+        "netbridge_fdb_entries",
         "gauge",
         "MAC addresses in the BPF forwarding database.",
     );
-    for s in snaps {
-        x.sample(name, &s.topology, &[], s.fdb_entries);
-    }
+    x.family_of(fdb, &all, |s| vec![(vec![], s.fdb_entries as u64)]);
     let nat: Vec<(&str, &NatSnapshot)> = snaps
         .iter()
         .filter_map(|s| Some((s.topology.as_str(), s.nat.as_ref()?)))
@@ -149,19 +165,22 @@ pub fn exposition(snaps: &[Snapshot]) -> String {
     x.out
 }
 
-fn port_families(x: &mut Exposition, snaps: &[Snapshot]) {
+fn port_families(x: &mut Exposition, all: &[(&str, &Snapshot)]) {
     for (name, help, get) in PORT_COUNTERS {
-        x.family(name, "counter", help);
-        for s in snaps {
-            for r in &s.ports {
-                let labels = [("port", r.port.as_str()), ("namespace", &r.namespace)];
-                x.sample(name, &s.topology, &labels, get(&r.stats));
-            }
-        }
+        x.family_of((name, "counter", help), all, |s| {
+            s.ports
+                .iter()
+                .map(|r| (port_labels(r), get(&r.stats)))
+                .collect()
+        });
     }
-    let name = "netbridge_port_rx_frames_total";
-    x.family(name, "counter", "Frames received by L3 class.");
-    for s in snaps {
+    let frames = (
+        "netbridge_port_rx_frames_total",
+        "counter",
+        "Frames received by L3 class.",
+    );
+    x.family_of(frames, all, |s| {
+        let mut out = Vec::new();
         for r in &s.ports {
             let st = &r.stats;
             for (class, v) in [
@@ -170,87 +189,93 @@ fn port_families(x: &mut Exposition, snaps: &[Snapshot]) {
                 ("arp", st.rx_arp),
                 ("other", st.rx_other),
             ] {
-                let labels = [
-                    ("port", r.port.as_str()),
-                    ("namespace", &r.namespace),
-                    ("class", class),
-                ];
-                x.sample(name, &s.topology, &labels, v);
+                let mut labels = port_labels(r);
+                labels.push(("class", class));
+                out.push((labels, v));
             }
         }
-    }
+        out
+    });
 }
 
 /// (metric name, help text, value) of one NAT gauge.
 type NatGauge = (&'static str, &'static str, fn(&NatSnapshot) -> u64);
 
+const NAT_GAUGES: [NatGauge; 4] = [
+    (
+        "netbridge_nat_sessions_live",
+        "NAT sessions counted against max_sessions (kernel count).",
+        |n| n.live_sessions,
+    ),
+    (
+        "netbridge_nat_sessions_high_water",
+        "Highest live NAT session count reached.",
+        |n| n.high_water_sessions,
+    ),
+    (
+        "netbridge_nat_sessions_max",
+        "Session limit (max_sessions).",
+        |n| n.max_sessions.into(),
+    ),
+    (
+        "netbridge_nat_port_pool_size",
+        "Ports in the SNAT range.",
+        |n| n.pools.first().map_or(0, |p| p.pool_size as u64),
+    ),
+];
+
 /// The NAT families, over the topologies with NAT on.
-fn nat_families(x: &mut Exposition, nat: &[(&str, &NatSnapshot)]) {
-    let name = "netbridge_nat_events_total";
-    x.family(
-        name,
+fn nat_families<'a>(x: &mut Exposition, nat: &[(&str, &'a NatSnapshot)]) {
+    let events = (
+        "netbridge_nat_events_total",
         "counter",
         "NAT events (new sessions, translated packets, port retries), by kind.",
     );
-    for (t, n) in nat {
-        for (k, v) in &n.counters {
-            x.sample(name, t, &[("event", k)], v);
-        }
-    }
-    let name = "netbridge_nat_sessions";
-    x.family(
-        name,
+    x.family_of(events, nat, |n| {
+        n.counters
+            .iter()
+            .map(|(k, v)| (vec![("event", *k)], *v))
+            .collect()
+    });
+    let sessions = (
+        "netbridge_nat_sessions",
         "gauge",
         "NAT sessions in the conntrack table, by protocol.",
     );
-    for (t, n) in nat {
-        for (p, v) in &n.sessions {
-            x.sample(name, t, &[("proto", p)], v);
-        }
+    x.family_of(sessions, nat, |n| {
+        n.sessions
+            .iter()
+            .map(|(p, v)| (vec![("proto", *p)], *v))
+            .collect()
+    });
+    for (name, help, get) in NAT_GAUGES {
+        x.family_of((name, "gauge", help), nat, |n| vec![(vec![], get(n))]);
     }
-    let gauges: [NatGauge; 4] = [
-        (
-            "netbridge_nat_sessions_live",
-            "NAT sessions counted against max_sessions (kernel count).",
-            |n| n.live_sessions,
-        ),
-        (
-            "netbridge_nat_sessions_high_water",
-            "Highest live NAT session count reached.",
-            |n| n.high_water_sessions,
-        ),
-        (
-            "netbridge_nat_sessions_max",
-            "Session limit (max_sessions).",
-            |n| n.max_sessions.into(),
-        ),
-        (
-            "netbridge_nat_port_pool_size",
-            "Ports in the SNAT range.",
-            |n| n.pools.first().map_or(0, |p| p.pool_size as u64),
-        ),
-    ];
-    for (name, help, get) in gauges {
-        x.family(name, "gauge", help);
-        for (t, n) in nat {
-            x.sample(name, t, &[], get(n));
-        }
-    }
-    let name = "netbridge_nat_ports_in_use";
-    x.family(name, "gauge", "SNAT external ports in use, by protocol.");
-    for (t, n) in nat {
-        for p in &n.pools {
-            x.sample(name, t, &[("proto", p.proto)], p.ports_in_use);
-        }
-    }
-    let name = "netbridge_forward_sessions_total";
-    x.family(name, "counter", "New DNAT sessions per port forward.");
-    for (t, n) in nat {
-        for f in &n.forwards {
-            let labels = [("proto", f.proto), ("port", f.port.as_str()), ("to", &f.to)];
-            x.sample(name, t, &labels, f.hits);
-        }
-    }
+    let ports = (
+        "netbridge_nat_ports_in_use",
+        "gauge",
+        "SNAT external ports in use, by protocol.",
+    );
+    x.family_of(ports, nat, |n| {
+        let use_of = |p: &PoolUse| (vec![("proto", p.proto)], p.ports_in_use as u64);
+        n.pools.iter().map(use_of).collect()
+    });
+    let forwards = (
+        "netbridge_forward_sessions_total",
+        "counter",
+        "New DNAT sessions per port forward.",
+    );
+    x.family_of(forwards, nat, |n| {
+        let hits = |f: &'a ForwardUse| {
+            let labels = vec![("proto", f.proto), ("port", &*f.port), ("to", &*f.to)];
+            (labels, f.hits)
+        };
+        n.forwards.iter().map(hits).collect()
+    });
+}
+
+fn port_labels(r: &PortRow) -> Vec<(&'static str, &str)> {
+    vec![("port", r.port.as_str()), ("namespace", &*r.namespace)]
 }
 
 /// The agent's own families: how many topologies it sees and whether each

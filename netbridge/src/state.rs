@@ -2,9 +2,7 @@
 //! exactly that (and nothing else) and a crashed `up` can be finished or
 //! undone by the next `up`/`down`.
 use std::{
-    fs,
-    io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -134,22 +132,9 @@ impl State {
             path: path.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
+        crate::lock::private_dir(dir).map_err(err)?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| err(io::Error::other(e)))?;
-        f.write_all(&json).map_err(err)?;
-        fs::rename(&tmp, &path).map_err(err)
+        crate::lock::write_private(&path, &json).map_err(err)
     }
 
     pub fn remove(&self) -> Result<(), StateError> {

@@ -5,9 +5,8 @@
 //! journal: a reboot, which also ends every container, starts it empty.
 use std::{
     fs::{self, File},
-    io::{self, Write},
+    io,
     net::IpAddr,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -52,19 +51,9 @@ impl NetworkStore {
     /// Blocks until this process holds the network's exclusive lock. The
     /// kernel drops it when the process exits, even on a crash.
     pub fn lock(&self) -> Result<NetworkLock, CniError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| state_err(&self.dir, e))?;
+        crate::lock::private_dir(&self.dir).map_err(|e| state_err(&self.dir, e))?;
         let path = self.dir.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| state_err(&path, e))?;
+        let file = crate::lock::private_file(&path, false).map_err(|e| state_err(&path, e))?;
         let lock =
             Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| state_err(&path, e))?;
         Ok(NetworkLock {
@@ -138,19 +127,8 @@ fn load_json<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, C
 
 /// Writes a JSON state file atomically (tmp + rename), root-only.
 fn save_json(path: &Path, v: &impl Serialize) -> Result<(), CniError> {
-    let tmp = path.with_extension("json.tmp");
-    let write = || -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(v).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| state_err(path, e))
+    let json = serde_json::to_vec_pretty(v).map_err(|e| state_err(path, e))?;
+    crate::lock::write_private(path, &json).map_err(|e| state_err(path, e))
 }
 
 /// What netbridge-cni knows of one attachment. Written before anything is
