@@ -591,7 +591,6 @@ mod tests {
     /// A shell delegate: logs each call's CNI_COMMAND, CNI_CONTAINERID and
     /// stdin; speaks up to `max`; ADD fails when stdin contains "FAIL".
     fn fake_delegate(dir: &Path, max: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir).unwrap();
         let p = dir.join("fake-ipam");
         let versions = if max == "1.1.0" {
@@ -599,8 +598,9 @@ mod tests {
         } else {
             r#""0.4.0","1.0.0""#
         };
+        let src = dir.join("fake-ipam.sh");
         std::fs::write(
-            &p,
+            &src,
             format!(
                 r#"#!/bin/sh
 in=$(cat)
@@ -616,7 +616,16 @@ esac
             ),
         )
         .unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The executable is written by a child (`install`), never through
+        // an fd of this process: a concurrent test's fork would inherit
+        // that fd and the exec would fail with ETXTBSY ("Text file busy").
+        let st = std::process::Command::new("install")
+            .args(["-m", "0755"])
+            .arg(&src)
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(st.success(), "install {}: {st}", p.display());
         p
     }
 
