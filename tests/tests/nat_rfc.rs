@@ -1090,3 +1090,143 @@ fn rfc4787_req6a_inbound_refresh_only_when_configured() {
         "inbound_refresh = true: the mapping expired"
     );
 }
+
+/// `tcp_whoami.py client` in lab role `from`: the address the server at
+/// `dst`:`dport` saw, or None when the connection failed (refused,
+/// dropped: 5 s connect timeout).
+fn tcp_whoami(
+    lab: &Lab,
+    from: &str,
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+) -> Option<String> {
+    let out = lab.sb.sh_output(
+        &lab.ns(from),
+        &format!(
+            "python3 {} client {src} {sport} {dst} {dport}",
+            script("tcp_whoami.py")
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// A TCP listener on `ip`:`port` in lab role `role` whose port has a
+/// mapping: it connected from that port to the whoami server on the first
+/// STUN address, port 80 (tests/scripts/tcp_mapped_listener.py). Returns
+/// the mapping the server saw ("203.0.113.1:P").
+fn tcp_mapped_listener(lab: &mut Lab, role: &str, ip: &str, port: u16) -> String {
+    let out = lab.sb.tmp_file(&format!("mapped-{role}-{port}"));
+    let out = out.display().to_string();
+    let ns = lab.ns(role);
+    lab.sb.spawn(
+        &ns,
+        &[
+            "python3",
+            &script("tcp_mapped_listener.py"),
+            ip,
+            &port.to_string(),
+            STUN1,
+            "80",
+            &out,
+            "120",
+        ],
+    );
+    let seen = Sandbox::wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).ok().filter(|s| !s.is_empty())
+    });
+    seen.unwrap_or_else(|| panic!("{role}:{port}: no mapping learned"))
+}
+
+/// The netbridge lab with a tcp_whoami.py server on port 80 of the STUN
+/// host (both addresses).
+fn lab_with_whoami(uplink_extra: &str) -> Lab {
+    let mut lab = Lab::netbridge(uplink_extra);
+    let ns = lab.ns("stun");
+    lab.sb.spawn(
+        &ns,
+        &["python3", &script("tcp_whoami.py"), "server", "80", "300"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
+    });
+    assert!(ok.is_some(), "whoami server not listening");
+    lab
+}
+
+/// RFC 5382 REQ-8 (TCP hairpinning; RFC 4787 REQ-9 a for TCP: the
+/// receiver sees the sender's external address and port): white listens
+/// on port 41000 and has a mapping for it (it connected from that port
+/// upstream); black connects from port 42000 to white's external
+/// 203.0.113.1:<mapped>, reaches white's listener, and white reports
+/// black's external mapping (the one conntrack shows), never 192.168.1.10.
+/// Filtering endpoint-independent (white never sent to black); control:
+/// the default address-and-port-dependent filtering refuses the same
+/// connection, as from outside.
+#[test]
+fn rfc5382_req8_tcp_hairpinning_source_is_external_mapping() {
+    require_root!();
+    let mut lab = lab_with_whoami("");
+    let mapped = tcp_mapped_listener(&mut lab, "white", "192.168.2.10", 41000);
+    let port: u16 = mapped.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(mapped.starts_with(UPLINK), "{mapped}");
+    let filtered = tcp_whoami(&lab, "black", BLACK, 42000, UPLINK, port);
+    assert_eq!(filtered, None, "control: default filtering admitted it");
+    lab.reconfigure("filtering = \"endpoint-independent\"");
+    let mapped = tcp_mapped_listener(&mut lab, "white", "192.168.2.10", 41002);
+    let port: u16 = mapped.rsplit(':').next().unwrap().parse().unwrap();
+    let before = lab.nat_counter("hairpin_snat");
+    let seen = tcp_whoami(&lab, "black", BLACK, 42002, UPLINK, port)
+        .unwrap_or_else(|| panic!("hairpin connection failed: {:?}", lab.conntrack()));
+    let black = session(&lab, &format!("{BLACK}:42002"), &format!("{UPLINK}:{port}"))
+        .unwrap_or_else(|| panic!("black's session: {:?}", lab.conntrack()));
+    assert_eq!(
+        Value::from(seen.clone()),
+        black["external"],
+        "white saw {seen}"
+    );
+    assert!(seen.starts_with(&format!("{UPLINK}:")), "{seen}");
+    // SYN, ACK(s), FIN in both directions: several hairpinned packets.
+    assert!(lab.nat_counter("hairpin_snat") >= before + 4);
+}
+
+/// RFC 5382 REQ-3 (TCP filtering; RECOMMENDED endpoint-independent or
+/// address-dependent, configurable) with TCP traffic: black listens on a
+/// port that has a mapping (toward 198.51.100.10:80); SYNs to that mapping
+/// from the same remote address, other port, and from the other remote
+/// address are admitted or refused as `uplink.filtering` says. The admitted
+/// connections reach the listener, which sees the remote's real address.
+#[test]
+fn rfc5382_req3_tcp_filtering_follows_the_setting() {
+    require_root!();
+    let mut lab = lab_with_whoami("");
+    for (i, (setting, other_port, other_addr)) in [
+        ("", false, false),
+        ("filtering = \"address-dependent\"", true, false),
+        ("filtering = \"endpoint-independent\"", true, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !setting.is_empty() {
+            lab.reconfigure(setting);
+        }
+        let i = i as u16;
+        let mapped = tcp_mapped_listener(&mut lab, "black", BLACK, 43000 + i);
+        let port: u16 = mapped.rsplit(':').next().unwrap().parse().unwrap();
+        let same = tcp_whoami(&lab, "stun", STUN1, 44000 + i, UPLINK, port);
+        let other = tcp_whoami(&lab, "stun", STUN2, 44000 + i, UPLINK, port);
+        assert_eq!(
+            same,
+            other_port.then(|| format!("{STUN1}:{}", 44000 + i)),
+            "{setting:?}: same address, other port"
+        );
+        assert_eq!(
+            other,
+            other_addr.then(|| format!("{STUN2}:{}", 44000 + i)),
+            "{setting:?}: other address"
+        );
+    }
+}
