@@ -1230,3 +1230,51 @@ fn rfc5382_req3_tcp_filtering_follows_the_setting() {
         );
     }
 }
+
+/// RFC 5508 REQ-11 (an ICMP message the NAT cannot translate: drop it
+/// rather than forward it untranslated): a lab host's ICMP timestamp
+/// request (a query other than echo) and router advertisement (type 9,
+/// neither query nor error), sent twice each with scapy, never reach the
+/// upstream router (tcpdump there) and are counted as
+/// `nat_untranslatable`; before, they left with the lab's private source
+/// address. Control: an echo request sent after them is seen upstream,
+/// translated to the uplink address.
+#[test]
+fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let drops = |lab: &Lab| -> u64 {
+        let v: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
+        v["drops"]["nat_untranslatable"].as_u64().unwrap_or(0)
+    };
+    let before = drops(&lab);
+    let out = lab.sb.tmp_file("icmp.txt");
+    let router = lab.ns("router");
+    let td = lab
+        .sb
+        .tcpdump(&router, &["-l", "-i", "eth0", "icmp"], Some(&out));
+    lab.sh(
+        "black",
+        &format!(
+            "/usr/bin/python3 -c \"from scapy.all import *; conf.verb = 0; \
+             send(IP(dst='{STUN1}') / ICMP(type=13, id=7001), count=2); \
+             send(IP(dst='{STUN1}') / ICMP(type=9), count=2); \
+             send(IP(dst='{STUN1}') / ICMP(type=8, id=7003))\""
+        ),
+    );
+    let seen = Sandbox::wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.contains("echo request").then_some(())
+    });
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(seen.is_some(), "control: no echo request upstream:\n{text}");
+    let echo = text.lines().find(|l| l.contains("echo request")).unwrap();
+    assert!(echo.contains(&format!("IP {UPLINK} > {STUN1}")), "{echo}");
+    assert!(!text.contains("192.168."), "private source leaked:\n{text}");
+    assert!(
+        !text.contains("time stamp") && !text.contains("router advertisement"),
+        "untranslatable ICMP upstream:\n{text}"
+    );
+    assert_eq!(drops(&lab) - before, 4, "{text}");
+}

@@ -98,6 +98,15 @@ fn uplink_tuple(
                 icmp::translate_error(ctx, ip, cfg, dir)?;
                 return Ok(None);
             }
+            // Neither echo nor error (timestamp, address mask, router
+            // advertisement...): a lab host's would leave with its private
+            // source address (RFC 5508 REQ-11 allows dropping it).
+            _ if dir == CT_DIR_OUT
+                && cfg.flags & NAT_MASQUERADE != 0
+                && ip.saddr != cfg.uplink_ipv4 =>
+            {
+                return Err(drop_reason::NAT_UNTRANSLATABLE);
+            }
             _ => return Ok(None),
         },
         _ => return Ok(None),
