@@ -178,6 +178,14 @@ impl Lab {
             Nat::Netbridge { toml, .. } if toml.contains("endpoint_independent = true") => {
                 "netbridge (endpoint_independent)"
             }
+            Nat::Netbridge { toml, .. } if toml.contains("filtering = \"address-dependent\"") => {
+                "netbridge (filtering = address-dependent)"
+            }
+            Nat::Netbridge { toml, .. }
+                if toml.contains("filtering = \"endpoint-independent\"") =>
+            {
+                "netbridge (filtering = endpoint-independent)"
+            }
             Nat::Netbridge { .. } => "netbridge (default)",
             Nat::Masquerade => "bridge + iptables MASQUERADE",
         }
@@ -516,6 +524,8 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
         Lab::masquerade(),
         Lab::netbridge(""),
         Lab::netbridge("endpoint_independent = true"),
+        Lab::netbridge("filtering = \"address-dependent\""),
+        Lab::netbridge("filtering = \"endpoint-independent\""),
     ];
     // The 40 s lifetime runs overlap each other and the other probes.
     let files: Vec<String> = labs.iter_mut().map(start_lifetime).collect();
@@ -558,6 +568,7 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
         assert!(!p.alg, "{name}: STUN payload rewritten\n{table}");
     }
     let (masq, nb, eim) = (&profiles[0].1, &profiles[1].1, &profiles[2].1);
+    let (adf, eif) = (&profiles[3].1, &profiles[4].1);
     // The README's claim: by default netbridge maps and filters like
     // MASQUERADE (port-preserving, address-and-port-dependent filtering).
     assert_eq!(
@@ -567,6 +578,31 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
     assert_eq!(nb.filtering, masq.filtering, "\n{table}");
     assert_eq!(nb.mapping, masq.mapping, "\n{table}");
     assert_eq!(eim.mapping.as_deref(), Some("Endpoint Independent"));
+    // Each filtering setting reads as itself to the RFC 5780 client, with
+    // the endpoint-independent mapping it implies; only EIF lets natdiscovery
+    // -H hairpin (its second socket never got an answer from the first's
+    // remote, so APDF and ADF filter it, as they would from outside).
+    assert_eq!(eim.filtering, masq.filtering, "\n{table}");
+    assert_eq!(
+        adf.filtering.as_deref(),
+        Some("Address Dependent"),
+        "\n{table}"
+    );
+    assert_eq!(
+        eif.filtering.as_deref(),
+        Some("Endpoint Independent"),
+        "\n{table}"
+    );
+    for p in [adf, eif] {
+        assert_eq!(
+            p.mapping.as_deref(),
+            Some("Endpoint Independent"),
+            "\n{table}"
+        );
+    }
+    let hairpin = |p: &Profile| p.rows.iter().any(|(k, v)| k.contains("-H") && v == "yes");
+    assert!(hairpin(eif), "EIF: no hairpin\n{table}");
+    assert!(!hairpin(nb) && !hairpin(adf) && !hairpin(masq), "\n{table}");
 }
 
 /// RFC 4787 REQ-1 (UDP): with `endpoint_independent = true` an inside
