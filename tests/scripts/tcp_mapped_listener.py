@@ -10,6 +10,8 @@ import socket
 import sys
 import time
 
+from tcp_whoami import ask, serve
+
 bind_ip, port, dst, dport, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 end = time.time() + float(sys.argv[6])
 
@@ -24,24 +26,8 @@ def bound():
 
 ls = bound()
 ls.listen(16)
-ls.settimeout(0.2)
-c = bound()
-c.settimeout(5)
-c.connect((dst, dport))
-seen = b""
-while True:
-    chunk = c.recv(256)
-    if not chunk:
-        break
-    seen += chunk
-c.close()
+seen = ask(bound(), dst, dport)
 with open(out + ".tmp", "w") as f:
-    f.write(seen.decode().strip())
+    f.write(seen)
 os.replace(out + ".tmp", out)
-while time.time() < end:
-    try:
-        a, addr = ls.accept()
-    except socket.timeout:
-        continue
-    a.sendall(f"{addr[0]}:{addr[1]}\n".encode())
-    a.close()
+serve(ls, end)

@@ -647,16 +647,7 @@ fn rfc4787_req1_mapping_endpoint_independent_when_configured() {
 #[test]
 fn rfc5382_req1_tcp_mapping_endpoint_independent_when_configured() {
     require_root!();
-    let mut lab = Lab::netbridge("nat_ports = \"40000-49999\"");
-    let ns = lab.ns("stun");
-    lab.sb.spawn(
-        &ns,
-        &["python3", &script("tcp_whoami.py"), "server", "80", "120"],
-    );
-    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
-        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
-    });
-    assert!(ok.is_some(), "whoami server not listening");
+    let mut lab = lab_with_whoami("nat_ports = \"40000-49999\"");
     let seen = |lab: &Lab, sport: u16| -> Vec<String> {
         [STUN1, STUN2]
             .iter()
@@ -1020,16 +1011,7 @@ fn rfc4787_req1_eim_survives_port_collision() {
 #[test]
 fn rfc4787_req5_rfc5382_req5_rfc5508_req2_default_timeouts() {
     require_root!();
-    let mut lab = Lab::netbridge("");
-    let ns = lab.ns("stun");
-    lab.sb.spawn(
-        &ns,
-        &["python3", &script("tcp_whoami.py"), "server", "80", "120"],
-    );
-    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
-        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
-    });
-    assert!(ok.is_some(), "whoami server not listening");
+    let lab = lab_with_whoami("");
     // One-way UDP: the router blackholes the destination, nothing answers.
     lab.sh("router", "ip route add blackhole 198.51.100.200/32");
     lab.sh(
