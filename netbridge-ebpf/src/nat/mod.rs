@@ -445,8 +445,8 @@ fn port_hairpin_request(
 /// toward uplink:port, opened under the sender's mapping rules) and comes
 /// back in as from outside (the receiver's session toward the sender's
 /// external address:port, or filtering): the receiver sees the sender's
-/// external address and port (REQ-9 a). Refused by filtering: the host's
-/// own stack gets it, as for an outside sender.
+/// external address and port (REQ-9 a). Refused by filtering: dropped
+/// (`nat_filtered`; from outside it would go to the host's own stack).
 #[inline(always)]
 fn port_hairpin_snat(
     ctx: &TcContext,
