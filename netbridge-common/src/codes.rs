@@ -133,6 +133,11 @@ code_table! {
         /// (hairpin) that the mapping's filtering refuses (as it would
         /// refuse the same packet from outside).
         24 NatFiltered NAT_FILTERED "nat_filtered",
+        /// A lab host's ICMP message the NAT cannot translate (neither an
+        /// echo request nor an error: timestamp, address mask, router
+        /// advertisement...), dropped at the uplink egress rather than
+        /// leaking the lab's private source address (RFC 5508 REQ-11).
+        25 NatUntranslatable NAT_UNTRANSLATABLE "nat_untranslatable",
     }
 }
 

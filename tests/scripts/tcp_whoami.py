@@ -2,19 +2,16 @@
 with the peer address it sees ("ADDR:PORT\n") and closes first, so the
 client never sits in TIME_WAIT and can reuse its source port at once.
   tcp_whoami.py server PORT LIFETIME_SECS      (exits by itself)
-  tcp_whoami.py client SRC_ADDR SRC_PORT DST DPORT   (prints the answer)"""
+  tcp_whoami.py client SRC_ADDR SRC_PORT DST DPORT   (prints the answer)
+serve() and ask() are shared with tcp_mapped_listener.py."""
 import socket
 import sys
 import time
 
-if sys.argv[1] == "server":
-    port, life = int(sys.argv[2]), float(sys.argv[3])
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
-    ls.listen(64)
+
+def serve(ls, end):
+    """Answers connections on listening socket `ls` until time `end`."""
     ls.settimeout(0.2)
-    end = time.time() + life
     while time.time() < end:
         try:
             c, addr = ls.accept()
@@ -22,11 +19,10 @@ if sys.argv[1] == "server":
             continue
         c.sendall(f"{addr[0]}:{addr[1]}\n".encode())
         c.close()
-else:
-    src, sport, dst, dport = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((src, sport))
+
+
+def ask(s, dst, dport):
+    """Connects bound socket `s` to a whoami server; the address it saw."""
     s.settimeout(5)
     s.connect((dst, dport))
     data = b""
@@ -36,4 +32,20 @@ else:
             break
         data += chunk
     s.close()
-    print(data.decode().strip())
+    return data.decode().strip()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        port, life = int(sys.argv[2]), float(sys.argv[3])
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("0.0.0.0", port))
+        ls.listen(64)
+        serve(ls, time.time() + life)
+    else:
+        src, sport, dst, dport = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((src, sport))
+        print(ask(s, dst, dport))

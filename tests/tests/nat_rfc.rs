@@ -178,6 +178,14 @@ impl Lab {
             Nat::Netbridge { toml, .. } if toml.contains("endpoint_independent = true") => {
                 "netbridge (endpoint_independent)"
             }
+            Nat::Netbridge { toml, .. } if toml.contains("filtering = \"address-dependent\"") => {
+                "netbridge (filtering = address-dependent)"
+            }
+            Nat::Netbridge { toml, .. }
+                if toml.contains("filtering = \"endpoint-independent\"") =>
+            {
+                "netbridge (filtering = endpoint-independent)"
+            }
             Nat::Netbridge { .. } => "netbridge (default)",
             Nat::Masquerade => "bridge + iptables MASQUERADE",
         }
@@ -516,6 +524,8 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
         Lab::masquerade(),
         Lab::netbridge(""),
         Lab::netbridge("endpoint_independent = true"),
+        Lab::netbridge("filtering = \"address-dependent\""),
+        Lab::netbridge("filtering = \"endpoint-independent\""),
     ];
     // The 40 s lifetime runs overlap each other and the other probes.
     let files: Vec<String> = labs.iter_mut().map(start_lifetime).collect();
@@ -558,6 +568,7 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
         assert!(!p.alg, "{name}: STUN payload rewritten\n{table}");
     }
     let (masq, nb, eim) = (&profiles[0].1, &profiles[1].1, &profiles[2].1);
+    let (adf, eif) = (&profiles[3].1, &profiles[4].1);
     // The README's claim: by default netbridge maps and filters like
     // MASQUERADE (port-preserving, address-and-port-dependent filtering).
     assert_eq!(
@@ -567,6 +578,31 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
     assert_eq!(nb.filtering, masq.filtering, "\n{table}");
     assert_eq!(nb.mapping, masq.mapping, "\n{table}");
     assert_eq!(eim.mapping.as_deref(), Some("Endpoint Independent"));
+    // Each filtering setting reads as itself to the RFC 5780 client, with
+    // the endpoint-independent mapping it implies; only EIF lets natdiscovery
+    // -H hairpin (its second socket never got an answer from the first's
+    // remote, so APDF and ADF filter it, as they would from outside).
+    assert_eq!(eim.filtering, masq.filtering, "\n{table}");
+    assert_eq!(
+        adf.filtering.as_deref(),
+        Some("Address Dependent"),
+        "\n{table}"
+    );
+    assert_eq!(
+        eif.filtering.as_deref(),
+        Some("Endpoint Independent"),
+        "\n{table}"
+    );
+    for p in [adf, eif] {
+        assert_eq!(
+            p.mapping.as_deref(),
+            Some("Endpoint Independent"),
+            "\n{table}"
+        );
+    }
+    let hairpin = |p: &Profile| p.rows.iter().any(|(k, v)| k.contains("-H") && v == "yes");
+    assert!(hairpin(eif), "EIF: no hairpin\n{table}");
+    assert!(!hairpin(nb) && !hairpin(adf) && !hairpin(masq), "\n{table}");
 }
 
 /// RFC 4787 REQ-1 (UDP): with `endpoint_independent = true` an inside
@@ -611,16 +647,7 @@ fn rfc4787_req1_mapping_endpoint_independent_when_configured() {
 #[test]
 fn rfc5382_req1_tcp_mapping_endpoint_independent_when_configured() {
     require_root!();
-    let mut lab = Lab::netbridge("nat_ports = \"40000-49999\"");
-    let ns = lab.ns("stun");
-    lab.sb.spawn(
-        &ns,
-        &["python3", &script("tcp_whoami.py"), "server", "80", "120"],
-    );
-    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
-        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
-    });
-    assert!(ok.is_some(), "whoami server not listening");
+    let mut lab = lab_with_whoami("nat_ports = \"40000-49999\"");
     let seen = |lab: &Lab, sport: u16| -> Vec<String> {
         [STUN1, STUN2]
             .iter()
@@ -984,16 +1011,7 @@ fn rfc4787_req1_eim_survives_port_collision() {
 #[test]
 fn rfc4787_req5_rfc5382_req5_rfc5508_req2_default_timeouts() {
     require_root!();
-    let mut lab = Lab::netbridge("");
-    let ns = lab.ns("stun");
-    lab.sb.spawn(
-        &ns,
-        &["python3", &script("tcp_whoami.py"), "server", "80", "120"],
-    );
-    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
-        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
-    });
-    assert!(ok.is_some(), "whoami server not listening");
+    let lab = lab_with_whoami("");
     // One-way UDP: the router blackholes the destination, nothing answers.
     lab.sh("router", "ip route add blackhole 198.51.100.200/32");
     lab.sh(
@@ -1089,4 +1107,192 @@ fn rfc4787_req6a_inbound_refresh_only_when_configured() {
         run(&mut lab, 57001),
         "inbound_refresh = true: the mapping expired"
     );
+}
+
+/// `tcp_whoami.py client` in lab role `from`: the address the server at
+/// `dst`:`dport` saw, or None when the connection failed (refused,
+/// dropped: 5 s connect timeout).
+fn tcp_whoami(
+    lab: &Lab,
+    from: &str,
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+) -> Option<String> {
+    let out = lab.sb.sh_output(
+        &lab.ns(from),
+        &format!(
+            "python3 {} client {src} {sport} {dst} {dport}",
+            script("tcp_whoami.py")
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// A TCP listener on `ip`:`port` in lab role `role` whose port has a
+/// mapping: it connected from that port to the whoami server on the first
+/// STUN address, port 80 (tests/scripts/tcp_mapped_listener.py). Returns
+/// the mapping the server saw ("203.0.113.1:P").
+fn tcp_mapped_listener(lab: &mut Lab, role: &str, ip: &str, port: u16) -> String {
+    let out = lab.sb.tmp_file(&format!("mapped-{role}-{port}"));
+    let out = out.display().to_string();
+    let ns = lab.ns(role);
+    lab.sb.spawn(
+        &ns,
+        &[
+            "python3",
+            &script("tcp_mapped_listener.py"),
+            ip,
+            &port.to_string(),
+            STUN1,
+            "80",
+            &out,
+            "120",
+        ],
+    );
+    let seen = Sandbox::wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).ok().filter(|s| !s.is_empty())
+    });
+    seen.unwrap_or_else(|| panic!("{role}:{port}: no mapping learned"))
+}
+
+/// The netbridge lab with a tcp_whoami.py server on port 80 of the STUN
+/// host (both addresses).
+fn lab_with_whoami(uplink_extra: &str) -> Lab {
+    let mut lab = Lab::netbridge(uplink_extra);
+    let ns = lab.ns("stun");
+    lab.sb.spawn(
+        &ns,
+        &["python3", &script("tcp_whoami.py"), "server", "80", "300"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("stun", "ss -tln").contains(":80 ").then_some(())
+    });
+    assert!(ok.is_some(), "whoami server not listening");
+    lab
+}
+
+/// RFC 5382 REQ-8 (TCP hairpinning; RFC 4787 REQ-9 a for TCP: the
+/// receiver sees the sender's external address and port): white listens
+/// on port 41000 and has a mapping for it (it connected from that port
+/// upstream); black connects from port 42000 to white's external
+/// 203.0.113.1:<mapped>, reaches white's listener, and white reports
+/// black's external mapping (the one conntrack shows), never 192.168.1.10.
+/// Filtering endpoint-independent (white never sent to black); control:
+/// the default address-and-port-dependent filtering refuses the same
+/// connection, as from outside.
+#[test]
+fn rfc5382_req8_tcp_hairpinning_source_is_external_mapping() {
+    require_root!();
+    let mut lab = lab_with_whoami("");
+    let mapped = tcp_mapped_listener(&mut lab, "white", "192.168.2.10", 41000);
+    let port: u16 = mapped.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(mapped.starts_with(UPLINK), "{mapped}");
+    let filtered = tcp_whoami(&lab, "black", BLACK, 42000, UPLINK, port);
+    assert_eq!(filtered, None, "control: default filtering admitted it");
+    lab.reconfigure("filtering = \"endpoint-independent\"");
+    let mapped = tcp_mapped_listener(&mut lab, "white", "192.168.2.10", 41002);
+    let port: u16 = mapped.rsplit(':').next().unwrap().parse().unwrap();
+    let before = lab.nat_counter("hairpin_snat");
+    let seen = tcp_whoami(&lab, "black", BLACK, 42002, UPLINK, port)
+        .unwrap_or_else(|| panic!("hairpin connection failed: {:?}", lab.conntrack()));
+    let black = session(&lab, &format!("{BLACK}:42002"), &format!("{UPLINK}:{port}"))
+        .unwrap_or_else(|| panic!("black's session: {:?}", lab.conntrack()));
+    assert_eq!(
+        Value::from(seen.clone()),
+        black["external"],
+        "white saw {seen}"
+    );
+    assert!(seen.starts_with(&format!("{UPLINK}:")), "{seen}");
+    // SYN, ACK(s), FIN in both directions: several hairpinned packets.
+    assert!(lab.nat_counter("hairpin_snat") >= before + 4);
+}
+
+/// RFC 5382 REQ-3 (TCP filtering; RECOMMENDED endpoint-independent or
+/// address-dependent, configurable) with TCP traffic: black listens on a
+/// port that has a mapping (toward 198.51.100.10:80); SYNs to that mapping
+/// from the same remote address, other port, and from the other remote
+/// address are admitted or refused as `uplink.filtering` says. The admitted
+/// connections reach the listener, which sees the remote's real address.
+#[test]
+fn rfc5382_req3_tcp_filtering_follows_the_setting() {
+    require_root!();
+    let mut lab = lab_with_whoami("");
+    for (i, (setting, other_port, other_addr)) in [
+        ("", false, false),
+        ("filtering = \"address-dependent\"", true, false),
+        ("filtering = \"endpoint-independent\"", true, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !setting.is_empty() {
+            lab.reconfigure(setting);
+        }
+        let i = i as u16;
+        let mapped = tcp_mapped_listener(&mut lab, "black", BLACK, 43000 + i);
+        let port: u16 = mapped.rsplit(':').next().unwrap().parse().unwrap();
+        let same = tcp_whoami(&lab, "stun", STUN1, 44000 + i, UPLINK, port);
+        let other = tcp_whoami(&lab, "stun", STUN2, 44000 + i, UPLINK, port);
+        assert_eq!(
+            same,
+            other_port.then(|| format!("{STUN1}:{}", 44000 + i)),
+            "{setting:?}: same address, other port"
+        );
+        assert_eq!(
+            other,
+            other_addr.then(|| format!("{STUN2}:{}", 44000 + i)),
+            "{setting:?}: other address"
+        );
+    }
+}
+
+/// RFC 5508 REQ-11 (an ICMP message the NAT cannot translate: drop it
+/// rather than forward it untranslated): a lab host's ICMP timestamp
+/// request (a query other than echo) and router advertisement (type 9,
+/// neither query nor error), sent twice each with scapy, never reach the
+/// upstream router (tcpdump there) and are counted as
+/// `nat_untranslatable`; before, they left with the lab's private source
+/// address. Control: an echo request sent after them is seen upstream,
+/// translated to the uplink address.
+#[test]
+fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let drops = |lab: &Lab| -> u64 {
+        let v: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
+        v["drops"]["nat_untranslatable"].as_u64().unwrap_or(0)
+    };
+    let before = drops(&lab);
+    let out = lab.sb.tmp_file("icmp.txt");
+    let router = lab.ns("router");
+    let td = lab
+        .sb
+        .tcpdump(&router, &["-l", "-i", "eth0", "icmp"], Some(&out));
+    lab.sh(
+        "black",
+        &format!(
+            "/usr/bin/python3 -c \"from scapy.all import *; conf.verb = 0; \
+             send(IP(dst='{STUN1}') / ICMP(type=13, id=7001), count=2); \
+             send(IP(dst='{STUN1}') / ICMP(type=9), count=2); \
+             send(IP(dst='{STUN1}') / ICMP(type=8, id=7003))\""
+        ),
+    );
+    let seen = Sandbox::wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.contains("echo request").then_some(())
+    });
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(seen.is_some(), "control: no echo request upstream:\n{text}");
+    let echo = text.lines().find(|l| l.contains("echo request")).unwrap();
+    assert!(echo.contains(&format!("IP {UPLINK} > {STUN1}")), "{echo}");
+    assert!(!text.contains("192.168."), "private source leaked:\n{text}");
+    assert!(
+        !text.contains("time stamp") && !text.contains("router advertisement"),
+        "untranslatable ICMP upstream:\n{text}"
+    );
+    assert_eq!(drops(&lab) - before, 4, "{text}");
 }

@@ -98,6 +98,15 @@ fn uplink_tuple(
                 icmp::translate_error(ctx, ip, cfg, dir)?;
                 return Ok(None);
             }
+            // Neither echo nor error (timestamp, address mask, router
+            // advertisement...): a lab host's would leave with its private
+            // source address (RFC 5508 REQ-11 allows dropping it).
+            _ if dir == CT_DIR_OUT
+                && cfg.flags & NAT_MASQUERADE != 0
+                && ip.saddr != cfg.uplink_ipv4 =>
+            {
+                return Err(drop_reason::NAT_UNTRANSLATABLE);
+            }
             _ => return Ok(None),
         },
         _ => return Ok(None),
@@ -436,8 +445,8 @@ fn port_hairpin_request(
 /// toward uplink:port, opened under the sender's mapping rules) and comes
 /// back in as from outside (the receiver's session toward the sender's
 /// external address:port, or filtering): the receiver sees the sender's
-/// external address and port (REQ-9 a). Refused by filtering: the host's
-/// own stack gets it, as for an outside sender.
+/// external address and port (REQ-9 a). Refused by filtering: dropped
+/// (`nat_filtered`; from outside it would go to the host's own stack).
 #[inline(always)]
 fn port_hairpin_snat(
     ctx: &TcContext,

@@ -121,7 +121,7 @@ pub fn wanted(
             nat_ports: nb.nat_ports.map(|(a, b)| PortSpec {
                 raw: format!("{a}-{b}"),
             }),
-            endpoint_independent: false,
+            endpoint_independent: None,
             max_sessions: nb
                 .max_sessions
                 .unwrap_or(netbridge_common::DEFAULT_MAX_SESSIONS),

@@ -289,9 +289,11 @@ pub struct Uplink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_ports: Option<PortSpec>,
     /// Endpoint-independent mapping (RFC 4787): an inside address:port keeps
-    /// one external port for every destination.
-    #[serde(default)]
-    pub endpoint_independent: bool,
+    /// one external port for every destination. Absent: off, unless a
+    /// non-default `filtering` turns it on (explicit `false` with one is an
+    /// error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_independent: Option<bool>,
     /// New NAT sessions are dropped (counted) beyond this many.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
@@ -330,6 +332,15 @@ pub enum Filtering {
 impl Filtering {
     pub fn is_default(&self) -> bool {
         *self == Filtering::AddressAndPortDependent
+    }
+
+    /// The setting's name in the topology file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filtering::AddressAndPortDependent => "address-and-port-dependent",
+            Filtering::AddressDependent => "address-dependent",
+            Filtering::EndpointIndependent => "endpoint-independent",
+        }
     }
 
     /// The `FILTER_*` code of the datapath.

@@ -611,6 +611,17 @@ impl Validator<'_> {
                 format!("must be 1..={limit}"),
             ));
         }
+        if u.endpoint_independent == Some(false) && !u.filtering.is_default() {
+            return Err(self.err(
+                "uplink.endpoint_independent",
+                "false",
+                format!(
+                    "uplink.filtering = {} needs endpoint-independent mapping (RFC 4787 REQ-8): \
+                     remove endpoint_independent or set it to true",
+                    q(u.filtering.name())
+                ),
+            ));
+        }
         for (name, v) in u.timeouts.fields() {
             if v == 0 || v > 604_800 {
                 return Err(self.err(
@@ -1563,6 +1574,24 @@ mod tests {
                 &[&format!("uplink.timeouts.{field} = 604801")],
             );
         }
+        // Non-default filtering needs endpoint-independent mapping.
+        let filt = |f: &str, eim: &str| nat_base(&format!("{m}filtering = \"{f}\"\n{eim}"), addr);
+        for f in ["address-dependent", "endpoint-independent"] {
+            parse(&filt(f, "")).unwrap();
+            rule(
+                &filt(f, "endpoint_independent = true\n"),
+                &filt(f, "endpoint_independent = false\n"),
+                &[
+                    "uplink.endpoint_independent = false",
+                    &format!("uplink.filtering = \"{f}\" needs endpoint-independent mapping"),
+                ],
+            );
+        }
+        parse(&filt(
+            "address-and-port-dependent",
+            "endpoint_independent = false\n",
+        ))
+        .unwrap();
         // NAT (masquerade or a forward) needs an IPv4 address on the uplink.
         let v6 = "\"2001:db8::1/64\"";
         parse(&nat_base("", v6)).unwrap();

@@ -87,7 +87,10 @@ pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
     Some(NatInputs {
         uplink: u.ifname.clone(),
         flags: flag(u.masquerade, NAT_MASQUERADE)
-            | flag(u.endpoint_independent || !u.filtering.is_default(), NAT_EIM)
+            | flag(
+                u.endpoint_independent == Some(true) || !u.filtering.is_default(),
+                NAT_EIM,
+            )
             | flag(u.inbound_refresh, NAT_INBOUND_REFRESH)
             | flag(!t.forwards.is_empty(), NAT_FORWARDS)
             | flag(u.fast_path, NAT_FAST_PATH),
