@@ -1254,7 +1254,8 @@ fn rfc5382_req3_tcp_filtering_follows_the_setting() {
 /// request (a query other than echo) and router advertisement (type 9,
 /// neither query nor error), sent twice each with scapy, never reach the
 /// upstream router (tcpdump there) and are counted as
-/// `nat_untranslatable`; before, they left with the lab's private source
+/// `nat_untranslatable`, as are a port unreachable quoting a packet of no
+/// session and a GRE packet (no ports to map); before, they left with the lab's private source
 /// address. Control: an echo request sent after them is seen upstream,
 /// translated to the uplink address.
 #[test]
@@ -1268,15 +1269,20 @@ fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
     let before = drops(&lab);
     let out = lab.sb.tmp_file("icmp.txt");
     let router = lab.ns("router");
-    let td = lab
-        .sb
-        .tcpdump(&router, &["-l", "-i", "eth0", "icmp"], Some(&out));
+    let td = lab.sb.tcpdump(
+        &router,
+        &["-l", "-i", "eth0", "icmp or proto 47"],
+        Some(&out),
+    );
     lab.sh(
         "black",
         &format!(
             "/usr/bin/python3 -c \"from scapy.all import *; conf.verb = 0; \
              send(IP(dst='{STUN1}') / ICMP(type=13, id=7001), count=2); \
              send(IP(dst='{STUN1}') / ICMP(type=9), count=2); \
+             send(IP(dst='{STUN1}') / ICMP(type=3, code=3) / \
+                  IP(src='{STUN1}', dst='192.168.1.10') / UDP(sport=3478, dport=45678)); \
+             send(IP(dst='{STUN1}', proto=47) / Raw(b'gre-ish!')); \
              send(IP(dst='{STUN1}') / ICMP(type=8, id=7003))\""
         ),
     );
@@ -1291,8 +1297,11 @@ fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
     assert!(echo.contains(&format!("IP {UPLINK} > {STUN1}")), "{echo}");
     assert!(!text.contains("192.168."), "private source leaked:\n{text}");
     assert!(
-        !text.contains("time stamp") && !text.contains("router advertisement"),
+        !text.contains("time stamp")
+            && !text.contains("router advertisement")
+            && !text.contains("unreachable"),
         "untranslatable ICMP upstream:\n{text}"
     );
-    assert_eq!(drops(&lab) - before, 4, "{text}");
+    // 2 timestamps, 2 router advertisements, 1 error of no session, 1 GRE.
+    assert_eq!(drops(&lab) - before, 6, "{text}");
 }

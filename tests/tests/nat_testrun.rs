@@ -669,7 +669,8 @@ fn icmp_error_from_upstream_is_translated_back() {
 
 /// An ICMP error from a forward's target about an inbound packet: its
 /// source and the quoted destination become the uplink address and the
-/// forwarded port again, checksums valid.
+/// forwarded port again, checksums valid. A lab host's error of no
+/// session is dropped, not leaked with its private source.
 #[test]
 fn icmp_error_from_the_lab_is_translated_out() {
     require_root!();
@@ -688,10 +689,16 @@ fn icmp_error_from_the_lab_is_translated_out() {
             (ep(SERVER, 33333), ep(UPLINK, 8080))
         );
         assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
-        // An error quoting no session's packet is left alone.
+        // A lab host's error quoting no session's packet would leave with
+        // its private source: dropped (RFC 5508 REQ-11). The host's own
+        // is not the NAT's business.
         let stray = pkt::tcp(ep(SERVER, 1), ep(WHITE, 2), SYN, 5);
         let err = pkt::icmp_error(WHITE, SERVER, pkt::ICMP_DEST_UNREACH, 3, &stray);
-        assert_eq!(nat.untouched(|| nat.egress(&err)).ip().src(), WHITE);
+        let (out, moved) = nat.moved(|| nat.egress(&err));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_untranslatable", 1)]));
+        let own = pkt::icmp_error(UPLINK, SERVER, pkt::ICMP_DEST_UNREACH, 3, &stray);
+        assert_eq!(nat.untouched(|| nat.egress(&own)).ip().src(), UPLINK);
     });
 }
 

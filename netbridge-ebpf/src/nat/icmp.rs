@@ -39,11 +39,12 @@ struct Quote {
 /// source becomes the inside endpoint again, as does the outer destination.
 /// `dir` OUT (uplink egress): the quoted packet came in translated; its
 /// destination and the outer source become the external endpoint.
+/// Returns whether it was translated (false: no session of ours).
 #[inline(always)]
-pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> Result<(), u32> {
+pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> Result<bool, u32> {
     let inbound = dir == CT_DIR_IN;
     let Some(q) = parse_quote(ctx, ip, inbound)? else {
-        return Ok(());
+        return Ok(false);
     };
     // The session key of a packet answering the quoted one, in `dir`.
     let answer = Tuple {
@@ -54,14 +55,14 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
         proto: q.proto,
     };
     let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &answer, dir, 0) else {
-        return Ok(());
+        return Ok(false);
     };
     rewrite_outer(ctx, ip, cfg, inbound, addr)?;
     let old_addr = rewrite_quoted_addr(ctx, ip, &q, inbound, addr)?;
     let old_port = rewrite_quoted_port(ctx, ip, &q, port)?;
     fix_quoted_l4_csum(ctx, ip, &q, (old_addr, addr), (old_port, port))?;
     count(nat_stat::ICMP_ERRORS);
-    Ok(())
+    Ok(true)
 }
 
 /// The quoted packet, if it is IPv4 TCP, UDP or (inbound: our own) echo

@@ -76,6 +76,13 @@ pub struct Tuple {
     pub proto: u8,
 }
 
+/// A lab host's packet leaving through a masquerading uplink untranslated
+/// would carry its private source address upstream.
+#[inline(always)]
+fn leaks_private(ip: &Ip4, cfg: &NatConfig, dir: u8) -> bool {
+    dir == CT_DIR_OUT && cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4
+}
+
 /// The session tuple of `ip` at the uplink: TCP, UDP, or ICMP echo of
 /// `echo_type`. ICMP errors are translated in place (RFC 5508) going `dir`;
 /// they and everything else give None.
@@ -95,20 +102,20 @@ fn uplink_tuple(
         IPPROTO_ICMP => match packet::icmp_type(ctx, ip)? {
             ty if ty == echo_type => ip.tuple(ctx, true)?,
             ty if packet::is_icmp_error(ty) => {
-                icmp::translate_error(ctx, ip, cfg, dir)?;
+                let translated = icmp::translate_error(ctx, ip, cfg, dir)?;
+                if !translated && leaks_private(ip, cfg, dir) {
+                    return Err(drop_reason::NAT_UNTRANSLATABLE);
+                }
                 return Ok(None);
             }
             // Neither echo nor error (timestamp, address mask, router
             // advertisement...): a lab host's would leave with its private
             // source address (RFC 5508 REQ-11 allows dropping it).
-            _ if dir == CT_DIR_OUT
-                && cfg.flags & NAT_MASQUERADE != 0
-                && ip.saddr != cfg.uplink_ipv4 =>
-            {
-                return Err(drop_reason::NAT_UNTRANSLATABLE);
-            }
+            _ if leaks_private(ip, cfg, dir) => return Err(drop_reason::NAT_UNTRANSLATABLE),
             _ => return Ok(None),
         },
+        // No ports to map (GRE, SCTP...): the same leak.
+        _ if leaks_private(ip, cfg, dir) => return Err(drop_reason::NAT_UNTRANSLATABLE),
         _ => return Ok(None),
     };
     Ok(Some(t))
