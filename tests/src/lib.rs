@@ -175,6 +175,14 @@ impl Sandbox {
 
     /// `t<id>-`: prefix of every namespace, topology, state file and pin
     /// directory of this sandbox (pass it to `netbridge --prefix`).
+    /// `up` of the seed example `name` with this sandbox's prefix: its
+    /// path and the prefix.
+    pub fn up_example(&self, name: &str) -> (String, String) {
+        let (file, prefix) = (example(name), self.prefix());
+        self.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+        (file, prefix)
+    }
+
     pub fn prefix(&self) -> String {
         format!("t{}-", self.id)
     }

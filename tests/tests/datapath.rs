@@ -426,9 +426,7 @@ fn lines_with(text: &str, needle: &str) -> usize {
 fn fast_path_bypasses_the_kernel_bridge_on_real_traffic() {
     require_root!();
     let mut sb = Sandbox::new();
-    let file = example("bridge-three.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let (file, prefix) = sb.up_example("bridge-three.toml");
     let (black, white) = (sb.name("black"), sb.name("white"));
     let host = sb.host.clone();
     // Warm up: ARP goes through the kernel bridge, both MACs get learned.
@@ -823,9 +821,7 @@ fn xdp_mode_carries_real_traffic_and_switches_back_to_tc() {
 fn forged_source_ip_or_mac_is_dropped_and_counted() {
     require_root!();
     let sb = Sandbox::new();
-    let file = example("bridge-three.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let (file, prefix) = sb.up_example("bridge-three.toml");
     let (black, white) = (sb.name("black"), sb.name("white"));
     sb.sh(&black, "ping -c 2 -i 0.2 -W 2 192.168.2.1");
     let drops = |sb: &Sandbox| {

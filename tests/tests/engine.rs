@@ -126,9 +126,7 @@ fn ports_come_and_go_on_a_running_topology_without_touching_the_others() {
     let mut sb = Sandbox::new();
     let cni = sb.add_ns("cni");
     let before = sb.snapshot();
-    let file = example("nat-lab.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let (file, prefix) = sb.up_example("nat-lab.toml");
     let topo = sb.name("nat-lab");
     let (black, white, upstream) = (sb.name("black"), sb.name("white"), sb.name("upstream"));
     // Traffic and state of the file's ports before any change: a TCP
@@ -327,9 +325,7 @@ fn attached_ports_work(sb: &mut Sandbox, topo: &str, green: &str, cni: &str) {
 fn invalid_ports_are_refused_without_changes() {
     require_root!();
     let sb = Sandbox::new();
-    let file = example("bridge-three.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let _ = sb.up_example("bridge-three.toml");
     let topo = sb.name("bridge-three");
     let before = sb.snapshot();
     let journal = std::fs::read(netbridge::state::State::path(&topo)).unwrap();

@@ -2,7 +2,7 @@
 //! real HTTP client while traffic runs, and the non-interactive demo.
 use std::time::Duration;
 
-use netbridge_tests::{Sandbox, example, require_root};
+use netbridge_tests::{Sandbox, require_root};
 
 /// Value of the sample `name{...labels...}` in a Prometheus text body.
 fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
@@ -21,9 +21,7 @@ fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
 fn metrics_endpoint_and_stats_move_with_traffic() {
     require_root!();
     let mut sb = Sandbox::new();
-    let file = example("bridge-three.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let (_, prefix) = sb.up_example("bridge-three.toml");
     let (black, white) = (sb.name("black"), sb.name("white"));
     let topo = format!("{prefix}bridge-three");
 

@@ -3,7 +3,7 @@
 //! which are on only while the command samples.
 use std::process::Stdio;
 
-use netbridge_tests::{Sandbox, example, require_root};
+use netbridge_tests::{Sandbox, require_root};
 use serde_json::Value;
 
 /// Samples `--programs` of `topo` over `secs` while `during` runs (after a
@@ -73,9 +73,7 @@ fn bpf_stats_sysctl() -> String {
 fn programs_are_measured_on_real_traffic_only_while_sampling() {
     require_root!();
     let sb = Sandbox::new();
-    let file = example("bridge-three.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let (_, prefix) = sb.up_example("bridge-three.toml");
     let (black, topo) = (sb.name("black"), format!("{prefix}bridge-three"));
     sb.sh(&black, "ping -c 2 -i 0.2 -W 2 -q 192.168.2.1");
     let sysctl = bpf_stats_sysctl();
@@ -115,9 +113,7 @@ fn programs_are_measured_on_real_traffic_only_while_sampling() {
 fn nat_programs_are_listed_with_their_uplink() {
     require_root!();
     let mut sb = Sandbox::new();
-    let file = example("nat-lab.toml");
-    let prefix = sb.prefix();
-    sb.nb_ok(&["up", "-f", &file, "--prefix", &prefix]);
+    let (_, prefix) = sb.up_example("nat-lab.toml");
     for n in ["nbx-host", "black", "white", "upstream"] {
         sb.adopt_ns(&sb.name(n));
     }

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::{Pin, iperf_between, median};
+use crate::bench::{Pin, iperf_between, median, sh};
 
 const UPLINK: &str = "203.0.113.1";
 const PORT: u16 = 5201;
@@ -55,30 +55,6 @@ const WORKLOADS: [(&str, &str); 4] = [
     ("published_tcp_stream", "Gbit/s"),
     ("published_udp64_pps", "kpps"),
 ];
-
-fn sh(ns: Option<&str>, script: &str) -> Result<String> {
-    let mut c = match ns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).arg("--");
-            c
-        }
-        None => Command::new("env"),
-    };
-    let out = c
-        .args(["sh", "-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {script}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{script}` in {} failed: {}",
-            ns.unwrap_or("(bench host)"),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// One setup: node, upstream and two pods, attached by `plugin`; DEL and
 /// removal on drop (also on error).
