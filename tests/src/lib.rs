@@ -276,6 +276,16 @@ impl Sandbox {
     }
 
     /// Runs a shell snippet in `ns` and returns its output, whatever the status.
+    /// Polls `curl url` from `ns` (2 s a try) until it answers HTTP 200,
+    /// for up to 10 s: whether it did.
+    pub fn http_200_within_10s(&self, ns: &str, url: &str) -> bool {
+        let curl = format!("curl -s -m 2 -o /dev/null -w '%{{http_code}}' {url}");
+        Sandbox::wait_for(Duration::from_secs(10), || {
+            (self.sh_output(ns, &curl).stdout == b"200").then_some(())
+        })
+        .is_some()
+    }
+
     pub fn sh_output(&self, ns: &str, script: &str) -> Output {
         self.cmd(ns, &["sh", "-c", script])
             .stdin(Stdio::null())

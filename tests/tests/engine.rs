@@ -281,15 +281,10 @@ fn attached_ports_work(sb: &mut Sandbox, topo: &str, green: &str, cni: &str) {
         &white,
         &["python3", "-m", "http.server", "5000", "--bind", "0.0.0.0"],
     );
-    let got = Sandbox::wait_for(std::time::Duration::from_secs(10), || {
-        let o = sb.sh_output(
-            green,
-            "curl -s -m 2 -o /dev/null -w '%{http_code}' http://203.0.113.1:5000/",
-        );
-        let code = String::from_utf8_lossy(&o.stdout).into_owned();
-        (code == "200").then_some(code)
-    });
-    assert_eq!(got.as_deref(), Some("200"), "hairpin from an attached port");
+    assert!(
+        sb.http_200_within_10s(green, "http://203.0.113.1:5000/"),
+        "hairpin from an attached port"
+    );
     // The SNAT session of the new port is listed.
     let ct = sb.nb_ok(&["conntrack", "--json", "--name", topo]);
     assert!(ct.contains("192.168.3.10:"), "{ct}");
@@ -578,15 +573,10 @@ fn xdp_datapath_masquerades_and_reloads_without_a_gap() {
         &upstream,
         &["python3", "-m", "http.server", "80", "--bind", "0.0.0.0"],
     );
-    let code = Sandbox::wait_for(std::time::Duration::from_secs(10), || {
-        let o = sb.sh_output(
-            &white,
-            "curl -s -m 2 -o /dev/null -w '%{http_code}' http://203.0.113.254/",
-        );
-        let c = String::from_utf8_lossy(&o.stdout).into_owned();
-        (c == "200").then_some(c)
-    });
-    assert_eq!(code.as_deref(), Some("200"), "SNAT from white in XDP mode");
+    assert!(
+        sb.http_200_within_10s(&white, "http://203.0.113.254/"),
+        "SNAT from white in XDP mode"
+    );
     // A TCP connection through the NAT, used again after the reload.
     let hold = "import socket,sys\ns=socket.create_connection(('203.0.113.254',80))\nprint('up',flush=True)\nsys.stdin.readline()\ns.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(64).decode().splitlines()[0],flush=True)";
     let mut holder = sb

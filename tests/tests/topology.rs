@@ -2,7 +2,7 @@
 //! flows, `up` is idempotent and repairs, bad input changes nothing, a
 //! failure or crash mid-`up` is rolled back or repaired, `down` leaves no
 //! residue.
-use std::{path::PathBuf, process::Output, time::Duration};
+use std::{path::PathBuf, process::Output};
 
 use netbridge_tests::{Sandbox, example, require_root};
 
@@ -116,15 +116,10 @@ fn bridge_three_all_pairs_http_status_and_stats() {
         &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
     );
     for (client, _) in [&ns[0], &ns[2]] {
-        let got = Sandbox::wait_for(Duration::from_secs(10), || {
-            let o = sb.sh_output(
-                client,
-                "curl -s -m 2 -o /dev/null -w '%{http_code}' http://192.168.2.1:8000/",
-            );
-            let code = String::from_utf8_lossy(&o.stdout).into_owned();
-            (code == "200").then_some(code)
-        });
-        assert_eq!(got.as_deref(), Some("200"), "curl from {client}");
+        assert!(
+            sb.http_200_within_10s(client, "http://192.168.2.1:8000/"),
+            "curl from {client}"
+        );
     }
 
     // status: the three ports, enslaved to bri0, each with the program.
