@@ -276,6 +276,24 @@ impl Sandbox {
     }
 
     /// Runs a shell snippet in `ns` and returns its output, whatever the status.
+    /// `netbridge metrics` for topology `topo` in the sandbox host,
+    /// listening on `listen`, exiting after `max_requests` scrapes.
+    pub fn spawn_metrics(&mut self, topo: &str, listen: &str, max_requests: u32) {
+        let (bin, host, max) = (netbridge_bin(), self.host.clone(), max_requests.to_string());
+        let args = [
+            "metrics",
+            "--name",
+            topo,
+            "--listen",
+            listen,
+            "--max-requests",
+            &max,
+        ];
+        let mut argv = vec![bin.to_str().unwrap()];
+        argv.extend(args);
+        self.spawn(&host, &argv);
+    }
+
     /// Polls `curl url` from `ns` (2 s a try) until it answers HTTP 200,
     /// for up to 10 s: whether it did.
     pub fn http_200_within_10s(&self, ns: &str, url: &str) -> bool {

@@ -390,21 +390,8 @@ fn full_table_drops_new_sessions_and_keeps_live_ones() {
     let stats: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
     assert_eq!(stats["nat"]["live_sessions"], 4, "{stats}");
     assert_eq!(stats["nat"]["high_water_sessions"], 4, "{stats}");
-    let bin = netbridge_tests::netbridge_bin();
     let (host, topo) = (lab.sb.host.clone(), lab.topology());
-    lab.sb.spawn(
-        &host,
-        &[
-            bin.to_str().unwrap(),
-            "metrics",
-            "--name",
-            &topo,
-            "--listen",
-            "127.0.0.1:9479",
-            "--max-requests",
-            "5",
-        ],
-    );
+    lab.sb.spawn_metrics(&topo, "127.0.0.1:9479", 5);
     let body = Sandbox::wait_for(Duration::from_secs(10), || {
         let o = lab
             .sb

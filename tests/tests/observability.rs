@@ -30,21 +30,7 @@ fn metrics_endpoint_and_stats_move_with_traffic() {
     sb.sh(&white, "ping -c 2 -i 0.2 -W 2 192.168.3.1");
 
     // The metrics server runs in the sandbox host, on its loopback.
-    let bin = netbridge_tests::netbridge_bin();
-    let host = sb.host.clone();
-    sb.spawn(
-        &host,
-        &[
-            bin.to_str().unwrap(),
-            "metrics",
-            "--name",
-            &topo,
-            "--listen",
-            "127.0.0.1:9469",
-            "--max-requests",
-            "100",
-        ],
-    );
+    sb.spawn_metrics(&topo, "127.0.0.1:9469", 100);
     let scrape = |sb: &Sandbox| -> Option<String> {
         let o = sb.sh_output(
             &sb.host,
