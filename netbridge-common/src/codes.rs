@@ -138,6 +138,10 @@ code_table! {
         /// advertisement...), dropped at the uplink egress rather than
         /// leaking the lab's private source address (RFC 5508 REQ-11).
         25 NatUntranslatable NAT_UNTRANSLATABLE "nat_untranslatable",
+        /// A new NAT session refused: its source (the upstream client of a
+        /// forward, or the lab host) holds its quota of live sessions
+        /// already (`uplink.max_sessions_per_source` / `_per_host`).
+        26 NatQuota NAT_QUOTA "nat_quota",
     }
 }
 

@@ -309,6 +309,15 @@ pub const MAP_CT_STATE: &str = "NB_CT_STATE";
 pub const MAP_CT_GRAVES: &str = "NB_CT_GRAVES";
 /// Capacity of [`MAP_CT_GRAVES`] (the oldest are forgotten first).
 pub const CT_GRAVES_SIZE: u32 = 16_384;
+/// Hash (a BTF map, pinned by name, no prealloc): source address
+/// ([`Be32`], the original key's source: the upstream client of a
+/// forward, the lab host of SNAT and hairpin) -> [`QuotaView`] (a spin
+/// lock and its live sessions). Counted for every session, so a quota set
+/// later applies at once; the entry goes at 0.
+pub const MAP_CT_QUOTA: &str = "NB_CT_QUOTA";
+/// Capacity of [`MAP_CT_QUOTA`]: a source per live session at most; a
+/// source that finds it full goes uncounted.
+pub const CT_QUOTA_SIZE: u32 = CT_SIZE / 2;
 /// TC program never attached: run through BPF_PROG_TEST_RUN with a
 /// [`CtlCmd`], it starts the sweep timer, sweeps now, or purges sessions.
 /// The timer's callback belongs to it; it is pinned for `gc` and `forward`.
@@ -515,8 +524,14 @@ pub struct NatConfig {
     /// the `CT_*` state code (index 0 unused). A session idle longer than
     /// the timeout of its state is expired: on lookup and by the sweep.
     pub timeouts: [u32; 8],
+    /// Live sessions one upstream source address may hold through the
+    /// forwards (host order); 0: no quota. See [`MAP_CT_QUOTA`].
+    pub source_quota: u32,
+    /// Live sessions one lab host may hold (SNAT and hairpin, host order);
+    /// 0: no quota.
+    pub host_quota: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 72);
 
 /// Conntrack key: a packet's 5-tuple as seen at one hook.
 #[repr(C)]
@@ -647,6 +662,17 @@ pub struct CtStateView {
 }
 const _: () = assert!(core::mem::size_of::<CtStateView>() == 56);
 
+/// A value of [`MAP_CT_QUOTA`] as userspace reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct QuotaView {
+    /// The kernel's spin lock (reads as 0).
+    pub lock: u32,
+    /// Live sessions of the source (host order).
+    pub sessions: u32,
+}
+const _: () = assert!(core::mem::size_of::<QuotaView>() == 8);
+
 /// A command for [`PROG_CT_CTL`]: the test-run frame is a 14-byte Ethernet
 /// header (any addresses, [`CTL_ETHERTYPE`]) followed by this.
 #[repr(C)]
@@ -711,6 +737,7 @@ mod user {
     unsafe impl aya::Pod for super::HostEntry {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::CtStateView {}
+    unsafe impl aya::Pod for super::QuotaView {}
     // SAFETY: repr(transparent) over u16/u32.
     unsafe impl aya::Pod for super::Be16 {}
     unsafe impl aya::Pod for super::Be32 {}

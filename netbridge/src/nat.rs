@@ -18,8 +18,9 @@ use netbridge_common::{
     Be16, Be32, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_ICMP, CT_SIZE, CT_SNAT, CT_TCP_CLOSED,
     CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CTL_ETHERTYPE,
     CtCounts, CtEntry, CtKey, CtStateView, CtlCmd, EimEntry, EimKey, FwdKey, FwdTarget, HostEntry,
-    MAP_CT, MAP_CT_STATE, MAP_EIM, MAP_FORWARDS, MAP_FWD_HITS, MAP_FWD_RANGES, MAP_HOSTS,
-    MAP_NAT_CONFIG, MAP_NAT_STATS, MAX_FWD_RANGES, NatConfig, PROG_CT_CTL, ctl, nat_stat,
+    MAP_CT, MAP_CT_QUOTA, MAP_CT_STATE, MAP_EIM, MAP_FORWARDS, MAP_FWD_HITS, MAP_FWD_RANGES,
+    MAP_HOSTS, MAP_NAT_CONFIG, MAP_NAT_STATS, MAX_FWD_RANGES, NatConfig, PROG_CT_CTL, QuotaView,
+    ctl, nat_stat,
 };
 use serde::Serialize;
 
@@ -45,6 +46,8 @@ pub struct NatMaps {
     pub state: Array<MapData, CtStateView>,
     pub eim: HashMap<MapData, EimKey, EimEntry>,
     pub hosts: HashMap<MapData, Be32, HostEntry>,
+    /// Live sessions per source (see [`MAP_CT_QUOTA`]).
+    pub quota: HashMap<MapData, Be32, QuotaView>,
     /// The conntrack control program (loaded, or its pin), if any.
     ctl: Option<ProgramFd>,
 }
@@ -187,9 +190,23 @@ impl NatMaps {
             state: src.map(MAP_CT_STATE, Map::Array)?,
             eim: src.map(MAP_EIM, Map::HashMap)?,
             hosts: src.map(MAP_HOSTS, Map::HashMap)?,
+            quota: src.map(MAP_CT_QUOTA, Map::HashMap)?,
             // Not pinned on a lab brought up without NAT: read-only use works.
             ctl: src.program_fd(PROG_CT_CTL),
         })
+    }
+
+    /// Live sessions per source (the upstream client of a forward, the lab
+    /// host of SNAT and hairpin) as the datapath counts them for the
+    /// quotas: every CPU's slot summed; most first.
+    pub fn sessions_by_source(&self) -> Result<Vec<(Ipv4Addr, i64)>, BpfError> {
+        let mut out = Vec::new();
+        for r in self.quota.iter() {
+            let (k, v) = r.map_err(map_err(MAP_CT_QUOTA))?;
+            out.push((ip(k), v.sessions as i64));
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(out)
     }
 
     pub fn open_pinned(pins: &PinDir) -> Result<Self, BpfError> {
@@ -605,6 +622,12 @@ fn describe_config(cfg: &NatConfig, asked: u32, capacity: u32) -> String {
         limit += &format!(
             " (not {asked}: the conntrack table was sized for {capacity} at the first `up`; `down` and `up` to resize)"
         );
+    }
+    if cfg.source_quota != 0 {
+        limit += &format!(", {} per upstream source", cfg.source_quota);
+    }
+    if cfg.host_quota != 0 {
+        limit += &format!(", {} per lab host", cfg.host_quota);
     }
     let flag = |bit: u32, text: &'static str| if cfg.flags & bit != 0 { text } else { "" };
     let filtering = match cfg.filtering {

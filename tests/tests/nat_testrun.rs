@@ -201,6 +201,11 @@ impl Nat {
         self.dp.maps.nat.live_sessions()
     }
 
+    /// Live sessions per source, as the quotas count them.
+    fn by_source(&self) -> Vec<(Ipv4Addr, i64)> {
+        self.dp.maps.nat.sessions_by_source().unwrap()
+    }
+
     /// Both halves of the session whose packets from `src` to `dst` are
     /// seen going `dir`, the half of that key first.
     fn session(&self, proto: u8, src: SocketAddrV4, dst: SocketAddrV4, dir: u8) -> [CtEntry; 2] {
@@ -468,6 +473,97 @@ fn full_table_evicts_the_oldest_unassured_session() {
         assert_eq!(nat.entry(&evicted), None);
         // The assured session is still translated.
         assert_eq!(nat.egress(&a).passed().src_ep(), ep(UPLINK, 40000));
+    });
+}
+
+/// Per-lab-host quota (`host_quota`): a host holding its quota of live
+/// sessions has its next new one refused (`nat_quota`, no session, no
+/// eviction), while another host still opens one; the quota count follows
+/// the table (an expired session gives its place back).
+#[test]
+fn host_quota_refuses_the_host_at_its_quota_only() {
+    require_root!();
+    scenario(|nat| {
+        nat.setup(
+            NatConfig {
+                host_quota: 2,
+                ..base_config()
+            },
+            &[],
+            &[],
+        );
+        let srv = ep(SERVER, 7);
+        for port in [40000, 40001] {
+            nat.egress(&pkt::udp(ep(BLACK, port), srv, b"a", true))
+                .passed();
+        }
+        assert_eq!(nat.by_source(), vec![(BLACK, 2)]);
+        let third = pkt::udp(ep(BLACK, 40002), srv, b"b", true);
+        let (out, moved) = nat.moved(|| nat.egress(&third));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        assert_eq!(
+            nat.entry(&key(pkt::UDP, ep(BLACK, 40002), srv, CT_DIR_OUT)),
+            None
+        );
+        // Another lab host is not held back by black's quota.
+        let (out, moved) = nat.moved(|| nat.egress(&pkt::udp(ep(WHITE, 40000), srv, b"w", true)));
+        assert_eq!(out.passed().src(), UPLINK);
+        assert_eq!(moved["snat_new"], 1, "{moved:?}");
+        assert_eq!(nat.by_source(), vec![(BLACK, 2), (WHITE, 1)]);
+        assert_eq!(nat.live(), 3);
+        // Black's first session expires (found on lookup): its place is
+        // given back, and the refused flow now opens.
+        let first = key(pkt::UDP, ep(BLACK, 40000), srv, CT_DIR_OUT);
+        nat.age(&first, Duration::from_secs(121));
+        let reply = pkt::udp(srv, ep(UPLINK, 40000), b"late", true);
+        let (_, moved) = nat.moved(|| nat.ingress(&reply));
+        assert_eq!(moved["expired_lookup"], 1, "{moved:?}");
+        assert_eq!(nat.by_source(), vec![(BLACK, 1), (WHITE, 1)]);
+        let (out, moved) = nat.moved(|| nat.egress(&third));
+        assert_eq!(out.passed().src(), UPLINK);
+        assert_eq!(moved.get("nat_quota"), None, "{moved:?}");
+        assert_eq!(nat.by_source(), vec![(BLACK, 2), (WHITE, 1)]);
+    });
+}
+
+/// Per-source quota on the forwards (`source_quota`): an upstream client
+/// at its quota is refused (`nat_quota`) while another client gets
+/// through the same forward; the lab's SNAT (no host quota) is not
+/// limited by it.
+#[test]
+fn source_quota_limits_one_upstream_client_of_a_forward() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        nat.setup(
+            NatConfig {
+                source_quota: 1,
+                ..base_config()
+            },
+            &[fwd],
+            &[],
+        );
+        let fwd_ep = ep(UPLINK, 8080);
+        let syn = |from| pkt::tcp(from, fwd_ep, SYN, 5);
+        let (out, moved) = nat.moved(|| nat.ingress(&syn(ep(SERVER, 33333))));
+        assert_eq!(out.passed().dst_ep(), ep(WHITE, 5000));
+        assert_eq!(moved["dnat_new"], 1, "{moved:?}");
+        let (out, moved) = nat.moved(|| nat.ingress(&syn(ep(SERVER, 33334))));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        let (out, moved) = nat.moved(|| nat.ingress(&syn(ep(ROUTER, 40000))));
+        assert_eq!(out.passed().dst_ep(), ep(WHITE, 5000));
+        assert_eq!(moved["dnat_new"], 1, "{moved:?}");
+        // The first client's session still works (not evicted).
+        let again = pkt::tcp(ep(SERVER, 33333), fwd_ep, ACK, 5);
+        assert_eq!(nat.ingress(&again).passed().dst_ep(), ep(WHITE, 5000));
+        // SNAT from the lab counts per lab host: no quota there.
+        for port in [40000, 40001] {
+            nat.egress(&pkt::udp(ep(BLACK, port), ep(SERVER, 7), b"a", true))
+                .passed();
+        }
+        assert_eq!(nat.by_source(), vec![(BLACK, 2), (SERVER, 1), (ROUTER, 1)]);
     });
 }
 

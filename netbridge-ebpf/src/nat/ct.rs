@@ -19,7 +19,7 @@ use netbridge_common::{
 use crate::nat::{
     Tuple, count,
     packet::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    sweep,
+    quota, sweep,
 };
 
 /// Sized by `up` from `max_sessions` (EbpfLoader::map_max_entries).
@@ -271,6 +271,7 @@ pub fn remove_session(k: &CtKey, e: &CtEntry, now: u64) -> bool {
         return false;
     }
     let _ = NB_CT.remove(&other);
+    quota::give(&orig.saddr);
     if snat {
         // The SNAT original is the outbound half: `other` is inbound.
         let _ = NB_CT_GRAVES.insert(&other, &now, 0);
@@ -286,21 +287,37 @@ pub fn grave(k: &CtKey) -> bool {
 }
 
 /// Admission of a new session whose original key is `orig` (the policy,
-/// README "Admission under pressure"): below `max_sessions` it is
-/// admitted; at the limit an unassured session gives way (evicted,
-/// counted `evicted`): the oldest of the new session's own source among
-/// the next [`ADMIT_SCAN`] candidates, else the oldest of them. If none
-/// can, the new one is refused (`nat_table_full`). An assured session is
-/// never evicted. The admitted session becomes a candidate itself.
+/// README "Admission under pressure"): a source holding `quota` live
+/// sessions already (0: no quota) is refused (`nat_quota`); below
+/// `max_sessions` it is admitted; at the limit an unassured session gives
+/// way (evicted, counted `evicted`): the oldest of the new session's own
+/// source among the next [`ADMIT_SCAN`] candidates, else the oldest of
+/// them. If none can, the new one is refused (`nat_table_full`). An
+/// assured session is never evicted. The admitted session becomes a
+/// candidate itself; one not inserted after all is given back
+/// ([`unadmit`]).
 #[inline(always)]
-pub fn admit(max_sessions: u32, orig: &CtKey) -> Result<(), u32> {
+pub fn admit(max_sessions: u32, quota: u32, orig: &CtKey) -> Result<(), u32> {
+    if quota::take(orig.saddr, quota) == 0 {
+        return Err(drop_reason::NAT_QUOTA);
+    }
     let admitted = sweep::reserve(max_sessions)
         || (evict_for(orig.saddr) != 0 && sweep::reserve(max_sessions));
     if !admitted {
+        quota::give_back(orig.saddr);
         return Err(drop_reason::NAT_TABLE_FULL);
     }
     let _ = NB_CT_ADMITTED.push(orig, BPF_EXIST);
     Ok(())
+}
+
+/// An admitted session of source `src` (its original key's) was not
+/// inserted: refused, or another CPU's equal session is used. Its place
+/// goes back.
+#[inline(always)]
+pub fn unadmit(src: Be32) {
+    sweep::release(1);
+    quota::give_back(src);
 }
 
 /// Pops up to [`ADMIT_SCAN`] admission candidates, oldest first, and

@@ -24,7 +24,6 @@ use crate::{
         Tuple, count,
         ct::{self, BPF_NOEXIST, NB_CT},
         packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-        sweep,
     },
 };
 
@@ -129,7 +128,12 @@ pub fn mapping(cfg: &NatConfig, t: &Tuple, hairpin: bool, tcp_flags: u8) -> Resu
         // Admission, and an expired session holding the reply key, here,
         // not in `new_session`: their frames must not stack on its own
         // (the port program's 512-byte limit).
-        ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_IN))?;
+        let quota = if hairpin {
+            cfg.host_quota
+        } else {
+            cfg.source_quota
+        };
+        ct::admit(cfg.max_sessions, quota, &ct::key(t, CT_DIR_IN))?;
         ct::expire_if_idle(cfg, &out_key(t, &fwd), ct::now());
         let o = new_session(t, &fwd, hairpin, tcp_flags)?;
         if o.opened != 0 {
@@ -222,7 +226,7 @@ pub fn new_session(
     };
     let inserted = insert_pair(&s, t);
     if inserted != Ok(true) {
-        sweep::release(1);
+        ct::unadmit(s.in_key.saddr);
     }
     if !inserted? {
         // Lost a race with another CPU opening the same session?

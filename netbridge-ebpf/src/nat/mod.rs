@@ -12,6 +12,7 @@ pub mod ct;
 pub mod dnat;
 pub mod icmp;
 pub mod packet;
+pub mod quota;
 pub mod snat;
 pub mod sweep;
 

@@ -15,7 +15,7 @@ use netbridge_common::{
 use crate::nat::{
     Tuple, count,
     ct::{self, BPF_NOEXIST, NB_CT},
-    dnat, sweep,
+    dnat,
 };
 
 /// Inside endpoint -> its external port, for endpoint-independent mapping.
@@ -52,11 +52,11 @@ struct Claim {
 // stack on it (see [`new_session_logged`]).
 #[inline(never)]
 pub fn new_session(cfg: &NatConfig, t: &Tuple, tcp_flags: u8) -> Result<dnat::Opened, u32> {
-    ct::admit(cfg.max_sessions, &ct::key(t, CT_DIR_OUT))?;
+    ct::admit(cfg.max_sessions, cfg.host_quota, &ct::key(t, CT_DIR_OUT))?;
     let r = open(cfg, t, tcp_flags);
     if !matches!(r, Ok(Opened::New(_))) {
         // Refused, or another CPU's session is used: not ours to count.
-        sweep::release(1);
+        ct::unadmit(t.saddr);
     }
     Ok(match r? {
         Opened::New(port) => dnat::Opened {

@@ -125,6 +125,8 @@ pub fn wanted(
             max_sessions: nb
                 .max_sessions
                 .unwrap_or(netbridge_common::DEFAULT_MAX_SESSIONS),
+            max_sessions_per_source: 0,
+            max_sessions_per_host: 0,
             fast_path: true,
             timeouts: Default::default(),
             filtering: Default::default(),

@@ -297,6 +297,16 @@ pub struct Uplink {
     /// New NAT sessions are dropped (counted) beyond this many.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
+    /// Live sessions one upstream address may hold through the forwards;
+    /// 0 (default): no quota, the admission policy alone (README, "Admission
+    /// under pressure"). Beyond it, its new sessions are refused
+    /// (`nat_quota`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_sessions_per_source: u32,
+    /// Live sessions one lab host may hold (SNAT, hairpin); 0 (default): no
+    /// quota.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_sessions_per_host: u32,
     /// Established sessions skip the kernel's bridge and routing (see
     /// README, NAT). Off: every packet is routed by the kernel and
     /// translated on the uplink.
@@ -351,6 +361,10 @@ impl Filtering {
             Filtering::EndpointIndependent => netbridge_common::FILTER_EIF,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_max_sessions() -> u32 {

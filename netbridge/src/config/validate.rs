@@ -611,6 +611,21 @@ impl Validator<'_> {
                 format!("must be 1..={limit}"),
             ));
         }
+        for (field, quota) in [
+            ("max_sessions_per_source", u.max_sessions_per_source),
+            ("max_sessions_per_host", u.max_sessions_per_host),
+        ] {
+            if quota > u.max_sessions {
+                return Err(self.err(
+                    format!("uplink.{field}"),
+                    quota.to_string(),
+                    format!(
+                        "must be 0 (no quota) or at most uplink.max_sessions ({})",
+                        u.max_sessions
+                    ),
+                ));
+            }
+        }
         if u.endpoint_independent == Some(false) && !u.filtering.is_default() {
             return Err(self.err(
                 "uplink.endpoint_independent",
@@ -1549,6 +1564,18 @@ mod tests {
             &ports("0-100"),
             &["uplink.nat_ports = \"0-100\""],
         );
+        let quota =
+            |k: &str, n: u32| nat_base(&format!("{m}max_sessions = 100\n{k} = {n}\n"), addr);
+        for k in ["max_sessions_per_source", "max_sessions_per_host"] {
+            rule(
+                &quota(k, 100),
+                &quota(k, 101),
+                &[
+                    &format!("uplink.{k} = 101"),
+                    "at most uplink.max_sessions (100)",
+                ],
+            );
+        }
         let max = |n: u32| nat_base(&format!("{m}max_sessions = {n}\n"), addr);
         let limit = netbridge_common::MAX_SESSIONS_LIMIT;
         rule(

@@ -29,6 +29,8 @@ pub(super) struct NatInputs {
     flags: u32,
     ports: (u16, u16),
     max_sessions: u32,
+    /// Per upstream source, per lab host; 0: none.
+    quotas: (u32, u32),
     timeouts: NatTimeouts,
     /// `FILTER_*` code.
     filtering: u8,
@@ -96,6 +98,7 @@ pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
             | flag(u.fast_path, NAT_FAST_PATH),
         ports: u.port_range(),
         max_sessions: u.max_sessions,
+        quotas: (u.max_sessions_per_source, u.max_sessions_per_host),
         timeouts: u.timeouts.clone(),
         filtering: u.filtering.code(),
     })
@@ -187,6 +190,8 @@ fn plan(
             uplink_mtu: up.mtu.min(u16::MAX as u32) as u16,
             timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
             filtering: inp.filtering,
+            source_quota: inp.quotas.0,
+            host_quota: inp.quotas.1,
             ..NatConfig::default()
         },
         forwards,
