@@ -10,10 +10,10 @@ admission tests and bench). Every mode stops by itself.
       N new TCP connections one after another (from address SRC if
       given), each waiting for the server's greeting line (TIMEOUT s). Prints JSON: ok, failed,
       connect_ms (of the successful ones).
-  flood.py keepalive DST DPORT SECS
-      One TCP connection, one byte every 0.1 s, each echo awaited (2 s);
-      never reconnects. Prints JSON: exchanges, failures, local (the
-      client's address:port).
+  flood.py keepalive DST DPORT SECS [SRC]
+      One TCP connection (from address SRC if given), one byte every 0.1 s,
+      each echo awaited (2 s); never reconnects. Prints JSON: exchanges,
+      failures, local (the client's address:port).
   flood.py udp_connect DST DPORT N TIMEOUT
       N UDP exchanges from N new sockets: ok, failed.
 """
@@ -87,8 +87,9 @@ def connect(dst, dport, n, timeout, src=None):
     return {"ok": ok, "failed": n - ok, "connect_ms": times}
 
 
-def keepalive(dst, dport, secs):
-    c = socket.create_connection((dst, dport), timeout=2)
+def keepalive(dst, dport, secs, src=None):
+    c = socket.create_connection((dst, dport), timeout=2,
+                                 source_address=(src, 0) if src else None)
     c.makefile().readline()
     local = "%s:%d" % c.getsockname()
     # Told to the test at once: it looks the session up while we run.
@@ -128,7 +129,7 @@ def main(a):
     elif a[0] == "connect":
         r = connect(a[1], int(a[2]), int(a[3]), float(a[4]), a[5] if len(a) > 5 else None)
     elif a[0] == "keepalive":
-        r = keepalive(a[1], int(a[2]), float(a[3]))
+        r = keepalive(a[1], int(a[2]), float(a[3]), a[4] if len(a) > 4 else None)
     elif a[0] == "udp_connect":
         r = udp_connect(a[1], int(a[2]), int(a[3]), float(a[4]))
     else:

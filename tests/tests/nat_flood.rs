@@ -14,15 +14,25 @@
 //! the legitimate upstream client. The router's own answers (RSTs to the
 //! SYN-ACKs, port unreachables) are blackholed by a policy route in its
 //! namespace, so flood sessions are never answered from its side.
+//!
+//! The cost of an established flow's packet is measured before and during
+//! each flood in the live uplink ingress program (BPF_PROG_TEST_RUN on the
+//! keep-alive session's next packet, `tests/scripts/est_cost.py`) and
+//! printed, not asserted (no timing thresholds in tests); what is asserted
+//! is that the runs took the established path (redirected, translated to
+//! the session's inside endpoint, the session older than the runs) and
+//! that the "during" runs ended before the flood did.
 use std::{
+    net::SocketAddrV4,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use netbridge_tests::{
     Sandbox,
-    natlab::{NatLab as Lab, SERVER, UPLINK, script},
+    natlab::{NatLab as Lab, SERVER, UPLINK, script, sessions},
     require_root,
+    testrun::pkt::Ip,
 };
 use serde_json::Value;
 
@@ -34,6 +44,11 @@ const FLOOD_FRAMES: u32 = 60_000;
 const FLOOD_SECS: u32 = 4;
 /// Life of the keep-alive client: it outlasts the flood and the checks.
 const KEEPALIVE_SECS: u32 = 15;
+/// Test runs per established-flow cost measurement (0.02-0.08 s here:
+/// the "during" round must end before the flood, which lasts 0.3-1 s).
+const COST_RUNS: u32 = 5_000;
+/// TC_ACT_REDIRECT: the fast path's verdict for an established session.
+const TC_ACT_REDIRECT: &str = "7";
 
 /// The lab with `max_sessions = 500`, three forwards, a TCP greeting/echo
 /// server on white:5000 and on server:5000, UDP echo on white:5300 and
@@ -74,7 +89,10 @@ fn result(path: &Path, key: &str, secs: u64) -> Value {
         let v: Value = serde_json::from_str(text.lines().last()?).ok()?;
         v.get(key).is_some().then_some(v)
     })
-    .unwrap_or_else(|| panic!("{} never had {key}", path.display()))
+    .unwrap_or_else(|| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        panic!("{} never had {key}: {text}", path.display())
+    })
 }
 
 /// `flood.py ARGS` in `ns`, waited for: its JSON.
@@ -123,6 +141,156 @@ fn program_cost(lab: &Lab, when: &str) {
             p["name"], p["runs"], p["ns_per_run"]
         );
     }
+}
+
+fn endpoint(v: &Value) -> SocketAddrV4 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an endpoint: {v}"))
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The keep-alive client's next packet as the uplink sees it: from the
+/// session's remote end to its external endpoint; translated, it goes to
+/// the inside one.
+struct EstPacket {
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    inside: SocketAddrV4,
+}
+
+/// The keep-alive client's session (`ka`: its result file), from
+/// `conntrack`: the client is its remote end (through a forward) or its
+/// inside one (SNAT).
+fn est_packet(lab: &Lab, ka: &Path) -> EstPacket {
+    let local = result(ka, "local", 1)["local"].clone();
+    let ct = lab.conntrack();
+    let s = sessions(&ct)
+        .into_iter()
+        .find(|s| s["proto"] == "tcp" && (s["remote"] == local || s["inside"] == local))
+        .unwrap_or_else(|| panic!("no session of the keep-alive client {local}: {ct}"));
+    EstPacket {
+        from: endpoint(&s["remote"]),
+        to: endpoint(&s["external"]),
+        inside: endpoint(&s["inside"]),
+    }
+}
+
+/// The established-flow cost measurement under way: its output file, the
+/// file that starts its "during" round, and when it started.
+struct Cost {
+    packet: EstPacket,
+    out: PathBuf,
+    trigger: PathBuf,
+    started: Instant,
+}
+
+/// Starts `est_cost.py` in the host namespace on the live uplink ingress
+/// program with `packet`: it measures at once ("before"), then again
+/// when the trigger file appears ("during").
+fn spawn_cost(lab: &mut Lab, packet: EstPacket) -> Cost {
+    let bpf = netbridge::bpf::PinDir(Path::new(netbridge::bpf::BPFFS_ROOT).join(lab.topology()));
+    let pin = bpf.link("uplink0", netbridge::bpf::HOOK_UPLINK_IN);
+    let (out, trigger) = (lab.sb.tmp_file("cost.json"), lab.sb.tmp_file("cost.go"));
+    let started = Instant::now();
+    let cmd = format!(
+        "python3 {} {} uplink0 {} {} {COST_RUNS} {} 60 > {} 2>&1",
+        script("est_cost.py"),
+        pin.display(),
+        packet.from,
+        packet.to,
+        trigger.display(),
+        out.display()
+    );
+    lab.spawn("gw", &["sh", "-c", &cmd]);
+    Cost {
+        packet,
+        out,
+        trigger,
+        started,
+    }
+}
+
+/// The figures of one round (`when`: "before" or "during"), checked: the
+/// uplink program ran, every run redirected the packet (the fast path of
+/// an established session) translated to the session's inside endpoint,
+/// checksums valid (otherwise the figure would be another path's). The
+/// mean and the median ns per run.
+fn cost_round(c: &Cost, when: &str) -> (f64, f64) {
+    let v = result(&c.out, when, 30)[when].clone();
+    let p = &c.packet;
+    assert!(
+        v["prog"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("nb_uplink_ingre"),
+        "not the uplink program: {v}"
+    );
+    assert_eq!(
+        v["retvals"],
+        serde_json::json!({ (TC_ACT_REDIRECT): COST_RUNS }),
+        "{when}: not every run took the established fast path ({} -> {}): {v}",
+        p.from,
+        p.to
+    );
+    assert_eq!(v["distinct_out"], 1, "{v}");
+    let frame = unhex(v["data_out"].as_str().unwrap());
+    let ip = Ip::of_frame(&frame);
+    ip.verify().unwrap_or_else(|e| panic!("{when}: {e}"));
+    assert_eq!(
+        (ip.src_ep(), ip.dst_ep()),
+        (p.from, p.inside),
+        "{when}: {} -> {} not translated to the session's inside endpoint",
+        p.from,
+        p.to
+    );
+    eprintln!(
+        "established-flow cost {when}: {} -> {} (to {}), prog {} id {}, {} runs in {} s: mean {} ns, median {} ns, p90 {} ns, min {} ns",
+        p.from,
+        p.to,
+        p.inside,
+        v["prog"],
+        v["prog_id"],
+        v["runs"],
+        v["secs"],
+        v["ns_mean"],
+        v["ns_median"],
+        v["ns_p90"],
+        v["ns_min"]
+    );
+    (
+        v["ns_mean"].as_f64().unwrap(),
+        v["ns_median"].as_f64().unwrap(),
+    )
+}
+
+/// The other half of the positive control, after a round: the packet's
+/// session is still ESTABLISHED and older than the measurement, so the
+/// runs found it. (A packet of no session to a forward opens one, and is
+/// translated and redirected just the same.)
+fn assert_found_not_opened(lab: &Lab, c: &Cost, when: &str) {
+    let min_age = c.started.elapsed().as_secs_f64();
+    let p = &c.packet;
+    let ct = lab.conntrack();
+    let s = sessions(&ct)
+        .into_iter()
+        .find(|s| {
+            s["proto"] == "tcp"
+                && s["remote"] == p.from.to_string()
+                && s["external"] == p.to.to_string()
+        })
+        .unwrap_or_else(|| panic!("{when}: no session {} -> {}: {ct}", p.from, p.to));
+    let age = s["age_secs"].as_f64().unwrap();
+    assert!(
+        age >= min_age && s["state"] == "ESTABLISHED",
+        "{when}: {s} is not the established session from before the measurement, which began {min_age} s ago: the runs opened it"
+    );
 }
 
 /// A keep-alive client through `dst:port` from `ns`, opened (and answered)
@@ -175,9 +343,19 @@ struct Flood {
     out: PathBuf,
 }
 
+/// Whether the flood of `out` has ended (its figures written).
+fn flood_ended(out: &Path) -> bool {
+    std::fs::read_to_string(out)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(t.lines().last()?).ok())
+        .is_some_and(|v| v.get("sent").is_some())
+}
+
 /// Opens a keep-alive client from `ka.0` to `ka.1`:`ka.2`, then floods
 /// from `ns` (`flood.py KIND eth0 MAC ARGS`, MAC that of `dev` in the
-/// host namespace) and waits until the table is full.
+/// host namespace) and waits until the table is full. The keep-alive
+/// session's per-packet cost is measured before the flood and once the
+/// table is full, while the flood goes on.
 fn start(
     lab: &mut Lab,
     ka: (&str, &str, u16),
@@ -187,6 +365,12 @@ fn start(
     args: &str,
 ) -> Flood {
     let ka = keepalive(lab, ka.0, ka.1, ka.2, KEEPALIVE_SECS);
+    let packet = est_packet(lab, &ka);
+    let cost = spawn_cost(lab, packet);
+    // Before `stats --programs`: the kernel's BPF statistics, while on,
+    // add their own clock reads to every run.
+    let cost_before = cost_round(&cost, "before");
+    assert_found_not_opened(lab, &cost, "before");
     program_cost(lab, "before the flood (the keep-alive client only)");
     let (before, _) = stats(lab);
     let mac = lab.sb.mac_of(&lab.ns("gw"), dev);
@@ -198,6 +382,22 @@ fn start(
         "flood.json",
     );
     wait_full(lab);
+    std::fs::write(&cost.trigger, "").unwrap();
+    let cost_during = cost_round(&cost, "during");
+    assert!(
+        !flood_ended(&out),
+        "the flood ended before the cost measurement during it did"
+    );
+    assert_found_not_opened(lab, &cost, "during");
+    eprintln!(
+        "established-flow cost before: {:.1} ns, during: {:.1} ns (ratio {:.2}); median before: {} ns, during: {} ns (ratio {:.2})",
+        cost_before.0,
+        cost_during.0,
+        cost_during.0 / cost_before.0,
+        cost_before.1,
+        cost_during.1,
+        cost_during.1 / cost_before.1
+    );
     Flood { ka, before, out }
 }
 
