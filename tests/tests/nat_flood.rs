@@ -44,6 +44,8 @@ const FLOOD_FRAMES: u32 = 60_000;
 const FLOOD_SECS: u32 = 4;
 /// Life of the keep-alive client: it outlasts the flood and the checks.
 const KEEPALIVE_SECS: u32 = 15;
+/// `max_sessions_per_source` of the quota test.
+const QUOTA: u64 = 100;
 /// Test runs per established-flow cost measurement (0.02-0.08 s here:
 /// the "during" round must end before the flood, which lasts 0.3-1 s).
 const COST_RUNS: u32 = 5_000;
@@ -55,7 +57,12 @@ const TC_ACT_REDIRECT: &str = "7";
 /// :5301 and on server:7 and :9, and the router's own packets
 /// blackholed.
 fn lab() -> Lab {
-    let mut lab = Lab::new(&format!("max_sessions = {MAX}"), FORWARDS);
+    lab_with(&format!("max_sessions = {MAX}"))
+}
+
+/// [`lab`] with `uplink` as its uplink settings.
+fn lab_with(uplink: &str) -> Lab {
+    let mut lab = Lab::new(uplink, FORWARDS);
     let nat_flow = script("nat_flow.py");
     for ns in ["white", "server"] {
         lab.spawn(ns, &["python3", &nat_flow, "tcpserver", "5000", "300"]);
@@ -507,4 +514,61 @@ fn outbound_flood_from_one_lab_host_leaves_snat_to_the_others() {
     assert_most(&udp, "white's new UDP exchanges during the flood");
     assert_most(&after, "white's new TCP connections right after");
     assert_keepalive(&f.ka);
+}
+
+/// Live sessions whose remote end is `addr` (`conntrack --json`).
+fn sessions_of(lab: &Lab, addr: &str) -> u64 {
+    let v: Value = serde_json::from_str(&lab.nb(&["conntrack", "--json"])).unwrap();
+    let prefix = format!("{addr}:");
+    v["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sessions in {v}"))
+        .iter()
+        .filter(|s| s["remote"].as_str().is_some_and(|r| r.starts_with(&prefix)))
+        .count() as u64
+}
+
+/// The SYN flood again, with `max_sessions_per_source = 100`: the
+/// flooder never holds more than its quota (its SYNs beyond are refused,
+/// `nat_quota`: the positive control), so the table never fills and
+/// nothing is evicted, and new clients from another address connect once
+/// the flooder hit its quota and after the flood (this flood is fast: it
+/// may be over by the first).
+#[test]
+fn syn_flood_is_capped_by_the_per_source_quota() {
+    require_root!();
+    let mut lab = lab_with(&format!(
+        "max_sessions = {MAX}\nmax_sessions_per_source = {QUOTA}"
+    ));
+    let (before, _) = stats(&lab);
+    let mac = lab.sb.mac_of(&lab.ns("gw"), "uplink0");
+    let args = format!("syn eth0 {mac} {ROUTER} {UPLINK} 8080 {FLOOD_FRAMES} {FLOOD_SECS}");
+    let out = bg(&mut lab, "router", &args, "flood.json");
+    let at_quota = Sandbox::wait_for(Duration::from_secs(FLOOD_SECS as u64 + 5), || {
+        let (v, _) = stats(&lab);
+        (nat_counter(&v, "nat_quota") > nat_counter(&before, "nat_quota")).then_some(())
+    });
+    assert!(at_quota.is_some(), "the flooder never reached its quota");
+    let held = sessions_of(&lab, ROUTER);
+    let during = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
+    let flood = result(&out, "sent", FLOOD_SECS as u64 + 10);
+    let after = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
+    let (v, _) = stats(&lab);
+    let moved = |name| nat_counter(&v, name) - nat_counter(&before, name);
+    let refused = moved("nat_quota");
+    eprintln!(
+        "quota flood {flood}: flooder held {held}, refused {refused}, high water {}, legit during {during}, after {after}",
+        v["nat"]["high_water_sessions"]
+    );
+    assert!(held > 0 && held <= QUOTA, "flooder holds {held} sessions");
+    let sent = flood["sent"].as_u64().unwrap();
+    assert!(sent > 4 * MAX, "flood too small: {flood}");
+    assert!(refused > sent / 2, "only {refused} of {sent} SYNs refused");
+    // The table never filled: the flooder's quota plus the legit clients.
+    let high = v["nat"]["high_water_sessions"].as_u64().unwrap();
+    assert!(high <= QUOTA + 20, "high-water mark {high}");
+    assert_eq!(moved("evicted"), 0, "{v}");
+    assert_eq!(moved("nat_table_full"), 0, "{v}");
+    assert_most(&during, "new connections once the flooder hit its quota");
+    assert_most(&after, "new connections after the quota-capped flood");
 }
