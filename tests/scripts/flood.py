@@ -4,8 +4,10 @@ admission tests and bench). Every mode stops by itself.
   flood.py syn|udp IFACE DST_MAC SRC DST DPORT COUNT SECS
       Raw frames out of IFACE (AF_PACKET: no socket, no routing) from SRC
       to DST:DPORT, the source port changing every frame (1024-65535): TCP
-      SYNs or 1-byte UDP datagrams. Stops after COUNT frames or SECS
-      seconds. Prints JSON: sent, secs.
+      SYNs or 1-byte UDP datagrams. COUNT frames spread evenly over SECS
+      seconds (paced per 256 frames, so legitimate clients measured
+      "during" the flood really are), stopping at SECS. Prints JSON: sent,
+      secs.
   flood.py connect DST DPORT N TIMEOUT [SRC]
       N new TCP connections one after another (from address SRC if
       given), each waiting for the server's greeting line (TIMEOUT s). Prints JSON: ok, failed,
@@ -48,9 +50,15 @@ def flood(kind, iface, dst_mac, src, dst, dport, count, secs):
     pseudo = sa + da + struct.pack("!BBH", 0, proto, l4_len)
     start = time.monotonic()
     sent = 0
+    rate = count / secs
     while sent < count:
-        if sent % 256 == 0 and time.monotonic() - start > secs:
-            break
+        if sent % 256 == 0:
+            elapsed = time.monotonic() - start
+            if elapsed > secs:
+                break
+            ahead = sent / rate - elapsed
+            if ahead > 0:
+                time.sleep(ahead)
         sport = 1024 + sent % 64512
         if kind == "syn":
             l4 = struct.pack("!HHIIBBHHH", sport, dport, sent, 0, 5 << 4, 0x02, 65535, 0, 0)

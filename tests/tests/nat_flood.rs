@@ -338,6 +338,12 @@ fn assert_filled(lab: &Lab, flood: &Value, before: &Value) {
     );
 }
 
+/// The clients measured "during" a flood ran while it did (the flood,
+/// paced over FLOOD_SECS, had not ended when they were done).
+fn assert_still_flooding(out: &Path, what: &str) {
+    assert!(!flood_ended(out), "the flood ended before {what} did");
+}
+
 fn assert_most(r: &Value, what: &str) {
     assert!(r["ok"].as_u64().unwrap() >= 9, "{what}: {r}");
 }
@@ -444,6 +450,7 @@ fn syn_flood_to_a_forward_does_not_lock_out_new_clients() {
         &format!("{ROUTER} {UPLINK} 8080"),
     );
     let during = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
+    assert_still_flooding(&f.out, "the new connections");
     program_cost(&lab, "during the flood");
     flood_done(&lab, &f);
     let after = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
@@ -480,6 +487,7 @@ fn udp_flood_to_a_forward_does_not_lock_out_new_clients() {
         &format!("{ROUTER} {UPLINK} 5300"),
     );
     let during = run(&lab, "server", &format!("udp_connect {UPLINK} 5301 10 2"));
+    assert_still_flooding(&f.out, "the new UDP exchanges");
     flood_done(&lab, &f);
     let after = run(&lab, "server", &format!("udp_connect {UPLINK} 5301 10 2"));
     eprintln!("legit during {during}, after {after}");
@@ -507,6 +515,7 @@ fn outbound_flood_from_one_lab_host_leaves_snat_to_the_others() {
     );
     let tcp = run(&lab, "white", &format!("connect {SERVER} 5000 10 2"));
     let udp = run(&lab, "white", &format!("udp_connect {SERVER} 7 10 1"));
+    assert_still_flooding(&f.out, "white's new connections");
     flood_done(&lab, &f);
     let after = run(&lab, "white", &format!("connect {SERVER} 5000 10 2"));
     eprintln!("white during: tcp {tcp}, udp {udp}; after {after}");
@@ -531,9 +540,8 @@ fn sessions_of(lab: &Lab, addr: &str) -> u64 {
 /// The SYN flood again, with `max_sessions_per_source = 100`: the
 /// flooder never holds more than its quota (its SYNs beyond are refused,
 /// `nat_quota`: the positive control), so the table never fills and
-/// nothing is evicted, and new clients from another address connect once
-/// the flooder hit its quota and after the flood (this flood is fast: it
-/// may be over by the first).
+/// nothing is evicted, and new clients from another address connect
+/// during and after the flood.
 #[test]
 fn syn_flood_is_capped_by_the_per_source_quota() {
     require_root!();
@@ -551,6 +559,7 @@ fn syn_flood_is_capped_by_the_per_source_quota() {
     assert!(at_quota.is_some(), "the flooder never reached its quota");
     let held = sessions_of(&lab, ROUTER);
     let during = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
+    assert_still_flooding(&out, "the new connections");
     let flood = result(&out, "sent", FLOOD_SECS as u64 + 10);
     let after = run(&lab, "server", &format!("connect {UPLINK} 8080 10 2"));
     let (v, _) = stats(&lab);
@@ -569,6 +578,6 @@ fn syn_flood_is_capped_by_the_per_source_quota() {
     assert!(high <= QUOTA + 20, "high-water mark {high}");
     assert_eq!(moved("evicted"), 0, "{v}");
     assert_eq!(moved("nat_table_full"), 0, "{v}");
-    assert_most(&during, "new connections once the flooder hit its quota");
+    assert_most(&during, "new connections during the quota-capped flood");
     assert_most(&after, "new connections after the quota-capped flood");
 }

@@ -413,7 +413,7 @@ pub fn run(
     dir: &Path,
 ) -> Result<(String, serde_json::Value)> {
     let mut table = format!(
-        "\nNAT under a SYN flood ({} frames in at most {} s, one source, changing ports) to a forward; {LEGIT} new connections from another address\n\
+        "\nNAT under a SYN flood ({} frames paced over {} s, one source, changing ports) to a forward; {LEGIT} new connections from another address\n\
          | setup | ok before | p50 before ms | ok during | p50 during ms | flood frames | table | est. ns before | est. ns during | ratio |\n|---|---|---|---|---|---|---|---|---|---|\n",
         FLOOD.0, FLOOD.1
     );
