@@ -2,7 +2,9 @@
   tcp_hold.py server PORT LIFETIME_SECS
   tcp_hold.py clients DST PORT FIRST_SPORT COUNT READY_FILE LIFETIME_SECS
 The client binds COUNT consecutive source ports, connects them all, writes the
-number connected to READY_FILE, then sleeps holding them."""
+number connected to READY_FILE (temp + rename: a reader never sees it
+empty), then sleeps holding them."""
+import os
 import socket
 import sys
 import time
@@ -34,6 +36,7 @@ else:
             held.append(s)
         except OSError as e:
             print(f"connect from {first + i}: {e}", file=sys.stderr)
-    with open(ready, "w") as f:
+    with open(ready + ".tmp", "w") as f:
         f.write(str(len(held)))
+    os.replace(ready + ".tmp", ready)
     time.sleep(life)
