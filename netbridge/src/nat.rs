@@ -198,12 +198,12 @@ impl NatMaps {
 
     /// Live sessions per source (the upstream client of a forward, the lab
     /// host of SNAT and hairpin) as the datapath counts them for the
-    /// quotas: every CPU's slot summed; most first.
-    pub fn sessions_by_source(&self) -> Result<Vec<(Ipv4Addr, i64)>, BpfError> {
+    /// quotas; most first.
+    pub fn sessions_by_source(&self) -> Result<Vec<(Ipv4Addr, u32)>, BpfError> {
         let mut out = Vec::new();
         for r in self.quota.iter() {
             let (k, v) = r.map_err(map_err(MAP_CT_QUOTA))?;
-            out.push((ip(k), v.sessions as i64));
+            out.push((ip(k), v.sessions));
         }
         out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         Ok(out)

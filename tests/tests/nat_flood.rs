@@ -527,7 +527,7 @@ fn outbound_flood_from_one_lab_host_leaves_snat_to_the_others() {
 
 /// Live sessions whose remote end is `addr` (`conntrack --json`).
 fn sessions_of(lab: &Lab, addr: &str) -> u64 {
-    let v: Value = serde_json::from_str(&lab.nb(&["conntrack", "--json"])).unwrap();
+    let v = lab.conntrack();
     let prefix = format!("{addr}:");
     v["sessions"]
         .as_array()

@@ -202,7 +202,7 @@ impl Nat {
     }
 
     /// Live sessions per source, as the quotas count them.
-    fn by_source(&self) -> Vec<(Ipv4Addr, i64)> {
+    fn by_source(&self) -> Vec<(Ipv4Addr, u32)> {
         self.dp.maps.nat.sessions_by_source().unwrap()
     }
 

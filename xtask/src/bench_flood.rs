@@ -154,16 +154,7 @@ fn start_cost(
     )?;
     let local = wait_line(&ka_out, "local", 10)?["local"].clone();
     let _ = std::fs::remove_file(&ka_out);
-    let ct = Command::new(netbridge)
-        .args(["conntrack", "--json", "--name", topo])
-        .output()?;
-    let ct: serde_json::Value = serde_json::from_slice(&ct.stdout).context("conntrack JSON")?;
-    let session = ct["sessions"]
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .find(|x| x["proto"] == "tcp" && x["remote"] == local)
-        })
+    let session = tcp_session(netbridge, topo, |x| x["remote"] == local)?
         .with_context(|| format!("no session of the keep-alive client {local}"))?;
     let text = |k: &str| session[k].as_str().unwrap_or_default().to_string();
     let (out, trigger) = (
@@ -202,24 +193,32 @@ fn start_cost(
     })
 }
 
+/// The first TCP session of `topo` (`conntrack --json`) that `pick` takes.
+fn tcp_session(
+    netbridge: &Path,
+    topo: &str,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Result<Option<serde_json::Value>> {
+    let ct = Command::new(netbridge)
+        .args(["conntrack", "--json", "--name", topo])
+        .output()?;
+    let ct: serde_json::Value = serde_json::from_slice(&ct.stdout).context("conntrack JSON")?;
+    Ok(ct["sessions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["proto"] == "tcp" && pick(x)))
+        .cloned())
+}
+
 /// The other half of the check, after a round: the session is still
 /// ESTABLISHED and older than the measurement, so the runs found it (a
 /// packet of no session to a forward opens one, and is translated and
 /// redirected just the same).
 fn found_not_opened(netbridge: &Path, topo: &str, c: &CostRun, when: &str) -> Result<()> {
     let min_age = c.started.elapsed().as_secs_f64();
-    let ct = Command::new(netbridge)
-        .args(["conntrack", "--json", "--name", topo])
-        .output()?;
-    let ct: serde_json::Value = serde_json::from_slice(&ct.stdout).context("conntrack JSON")?;
-    let s = ct["sessions"]
-        .as_array()
-        .and_then(|a| {
-            a.iter().find(|x| {
-                x["proto"] == "tcp" && x["remote"] == c.remote && x["external"] == c.external
-            })
-        })
-        .with_context(|| format!("{when}: no session {} -> {}", c.remote, c.external))?;
+    let s = tcp_session(netbridge, topo, |x| {
+        x["remote"] == c.remote && x["external"] == c.external
+    })?
+    .with_context(|| format!("{when}: no session {} -> {}", c.remote, c.external))?;
     if s["age_secs"].as_f64().unwrap_or(0.0) < min_age || s["state"] != "ESTABLISHED" {
         bail!("{when}: {s} is not the established session from before the measurement");
     }

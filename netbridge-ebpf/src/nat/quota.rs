@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use netbridge_common::{Be32, CT_QUOTA_SIZE, QuotaView};
 
-use crate::nat::ct::BPF_NOEXIST;
+use crate::nat::{ct::BPF_NOEXIST, sweep::PIN_BY_NAME};
 
 /// The value of `NB_CT_QUOTA`: [`QuotaView`] with the kernel's lock type.
 #[repr(C)]
@@ -25,8 +25,6 @@ pub struct Quota {
 }
 const _: () = assert!(core::mem::size_of::<Quota>() == core::mem::size_of::<QuotaView>());
 
-/// LIBBPF_PIN_BY_NAME, as the length of the BTF `pinning` array.
-const PIN_BY_NAME: usize = 1;
 /// BPF_F_NO_PREALLOC: an entry per source with sessions, allocated then.
 const NO_PREALLOC: usize = 1;
 

@@ -44,8 +44,9 @@ pub struct CtState {
 }
 const _: () = assert!(core::mem::size_of::<CtState>() == core::mem::size_of::<CtStateView>());
 
-/// LIBBPF_PIN_BY_NAME, as the length of the BTF `pinning` array.
-const PIN_BY_NAME: usize = 1;
+/// LIBBPF_PIN_BY_NAME, as the length of the BTF `pinning` array (also
+/// `quota::QuotaMap`'s).
+pub(crate) const PIN_BY_NAME: usize = 1;
 const CLOCK_MONOTONIC: u64 = 1;
 const EBUSY: i64 = 16;
 const EINVAL: i64 = 22;
