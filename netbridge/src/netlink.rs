@@ -236,12 +236,13 @@ fn address_of(m: &AddressMessage) -> Option<IpNet> {
     IpNet::new(addr, m.header.prefix_len).ok()
 }
 
-/// Adds `net` to link `index`. IPv6 addresses skip duplicate address
-/// detection (IFA_F_NODAD): netbridge assigns each once (validated), and a
-/// tentative address would fail binds and pings for the first seconds.
-pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<()> {
+/// Adds `net` to link `index`. With `nodad`, an IPv6 address skips
+/// duplicate address detection (IFA_F_NODAD): netbridge assigns each once
+/// (validated), and a tentative address would fail binds and pings for the
+/// first seconds. Without it the kernel runs DAD (see [`dad_states`]).
+pub async fn add_address(h: &Handle, index: u32, net: IpNet, nodad: bool) -> Result<()> {
     let mut req = h.address().add(index, net.addr(), net.prefix_len());
-    if net.addr().is_ipv6() {
+    if nodad && net.addr().is_ipv6() {
         req.message_mut()
             .attributes
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
@@ -249,6 +250,68 @@ pub async fn add_address(h: &Handle, index: u32, net: IpNet) -> Result<()> {
     req.execute()
         .await
         .map_err(ctx(|| format!("add address {net} to link #{index}")))
+}
+
+/// Where duplicate address detection of an IPv6 address stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dad {
+    Done,
+    /// Still tentative: DAD runs (or waits for the link's carrier).
+    Tentative,
+    /// Another node on the link answered for the address.
+    Failed,
+}
+
+/// The IPv6 addresses of link `index` (its link-local one included) and
+/// where their DAD stands, from the 32-bit IFA_FLAGS when present.
+pub async fn dad_states(h: &Handle, index: u32) -> Result<Vec<(IpNet, Dad)>> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(ctx(|| format!("list addresses of link #{index}")))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(|m| {
+            let net = address_of(m).filter(|n| n.addr().is_ipv6())?;
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| AddressFlags::from_bits_retain(m.header.flags.bits().into()));
+            let dad = if flags.contains(AddressFlags::Dadfailed) {
+                Dad::Failed
+            } else if flags.contains(AddressFlags::Tentative) {
+                Dad::Tentative
+            } else {
+                Dad::Done
+            };
+            Some((net, dad))
+        })
+        .collect())
+}
+
+/// Whether link `name` has carrier (IFF_LOWER_UP): DAD waits for it.
+pub async fn has_carrier(h: &Handle, name: &str) -> Result<Option<bool>> {
+    let mut answer = h.link().get().match_name(name).execute();
+    match answer.try_next().await {
+        Ok(msg) => Ok(msg.map(|m| m.header.flags.contains(LinkFlags::LowerUp))),
+        Err(e) => {
+            let err = ctx(|| format!("look up link {name}"))(e);
+            if err.errno() == Some(libc::ENODEV) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
 }
 
 /// A route as netbridge configures it.

@@ -433,3 +433,135 @@ fn dual_stack_veth_pair_example() {
     sb.sh(&red, "ping -c 2 -i 0.2 -W 2 192.168.1.2");
     down(&sb, &file);
 }
+
+/// `ipv6_dad = "wait"`: addresses go on with DAD (no `nodad` flag) and
+/// `up` returns only once none of them, link-local ones included, is
+/// tentative; an address another node on the bridge already holds fails
+/// `up` naming the namespace, interface and address, and the run is
+/// rolled back (the lab that was up keeps working).
+#[test]
+fn ipv6_dad_wait_waits_and_names_a_duplicate() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let with_wait = |t: String| {
+        t.replacen(
+            "name = \"dual-stack\"",
+            "name = \"dual-stack\"\nipv6_dad = \"wait\"",
+            1,
+        )
+    };
+    let file = lab(&mut sb, with_wait);
+    up(&sb, &file);
+    let (black, white) = (sb.name("black"), sb.name("white"));
+    for ns in [&black, &white] {
+        let addrs = sb.sh(ns, "ip -6 addr show dev eth0");
+        assert!(addrs.contains("scope link"), "{addrs}");
+        assert!(
+            !addrs.contains("tentative"),
+            "DAD not finished after up:\n{addrs}"
+        );
+        // With "nodad" the kernel would skip DAD: `ip` shows the flag.
+        assert!(!addrs.contains("nodad"), "{addrs}");
+    }
+    let bridge = sb.sh(&sb.name("host"), "ip -6 addr show dev brds");
+    assert!(
+        bridge.contains("fd00:77::1/64") && !bridge.contains("tentative"),
+        "{bridge}"
+    );
+
+    // Another node on the bridge holds fd00:77::b9 already.
+    let intruder = sb.add_ns("intr");
+    sb.veth(&sb.name("host"), "nb-intr", None, &intruder, "eth0", None);
+    sb.sh(&sb.name("host"), "ip link set nb-intr master brds");
+    sb.sh(&intruder, "ip addr add fd00:77::b9/64 dev eth0");
+    let settled = Sandbox::wait_for(std::time::Duration::from_secs(10), || {
+        let a = sb.sh(&intruder, "ip -6 addr show dev eth0");
+        (!a.contains("tentative") && a.contains("fd00:77::b9")).then_some(())
+    });
+    assert!(settled.is_some(), "intruder's address never left DAD");
+
+    let blue = "[[namespace]]\nname = \"blue\"\nhost_ifname = \"nb-blue\"\n\
+                addresses = [\"192.168.4.1/24\", \"fd00:77::b9/64\"]\n";
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n{blue}")).unwrap();
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "up with a duplicate address succeeded"
+    );
+    let blue_ns = sb.name("blue");
+    for want in [
+        "fd00:77::b9",
+        "eth0",
+        blue_ns.as_str(),
+        "duplicate address detection",
+    ] {
+        assert!(err.contains(want), "error does not name {want:?}:\n{err}");
+    }
+    assert!(err.contains("rolled back"), "{err}");
+    assert!(
+        !sb.live_namespaces().contains(&blue_ns),
+        "{blue_ns} left behind"
+    );
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 fd00:77::b2");
+
+    // Without the duplicate, the same file comes up.
+    sb.remove_ns(&intruder);
+    up(&sb, &file);
+    let addrs = sb.sh(&blue_ns, "ip -6 addr show dev eth0");
+    assert!(
+        addrs.contains("fd00:77::b9/64") && !addrs.contains("tentative"),
+        "{addrs}"
+    );
+    down(&sb, &file);
+}
+
+/// An IPv6 route via a link-local gateway (the bridge's own fe80::
+/// address, with `dev`) goes on with `up` and carries traffic; without
+/// `dev` the file is refused naming the field (nothing changes).
+#[test]
+fn ipv6_route_via_link_local_gateway() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let no_v6_default = |t: String| t.replace(", { to = \"::/0\", via = \"fd00:77::1\" }", "");
+    let file = lab(&mut sb, no_v6_default);
+    up(&sb, &file);
+    let host = sb.name("host");
+    let ll = sb.sh(&host, "ip -6 -o addr show dev brds scope link");
+    let gw = ll
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address on brds: {ll}"))
+        .to_string();
+    sb.sh(&host, "ip link add nbx0 type veth peer name nbx1 && ip link set nbx1 up && ip link set nbx0 up && ip addr add 2001:db8:77::1/64 dev nbx0 nodad");
+    let black = sb.name("black");
+    let unreachable = sb.sh_output(&black, "ping -6 -c 1 -W 1 2001:db8:77::1");
+    assert!(!unreachable.status.success(), "reachable before the route");
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let black_routes = "routes = [{ to = \"default\", dev = \"eth0\" }]";
+    let without_dev = format!(
+        "routes = [{{ to = \"default\", dev = \"eth0\" }}, {{ to = \"2001:db8:77::/64\", via = \"{gw}\" }}]"
+    );
+    std::fs::write(&file, text.replacen(black_routes, &without_dev, 1)).unwrap();
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("link-local gateway") && err.contains(&gw),
+        "{err}"
+    );
+
+    let with_dev = without_dev.replace(" }]", ", dev = \"eth0\" }]");
+    std::fs::write(&file, text.replacen(black_routes, &with_dev, 1)).unwrap();
+    let report = up(&sb, &file);
+    assert!(report.contains("added route"), "{report}");
+    let routes = sb.sh(&black, "ip -6 route show 2001:db8:77::/64");
+    assert!(routes.contains(&format!("via {gw} dev eth0")), "{routes}");
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 2001:db8:77::1");
+    down(&sb, &file);
+}

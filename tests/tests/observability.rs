@@ -192,6 +192,18 @@ fn demo_runs_non_interactively_and_cleans_up() {
         !nat.contains("SNAT in 0,") && !nat.contains("DNAT in 0;"),
         "{nat}"
     );
+    // The default lab is dual-stack: "demo ipv6: HTTP 200 over IPv6 in N; F of T frames ..."
+    let v6 = stdout
+        .lines()
+        .find(|l| l.starts_with("demo ipv6:"))
+        .expect("ipv6 summary line");
+    let n = |after: &str| -> u64 {
+        let rest = &v6[v6.find(after).unwrap() + after.len()..];
+        let word = rest.split_whitespace().next().unwrap();
+        word.trim_end_matches(';').parse().unwrap()
+    };
+    assert!(n("over IPv6 in ") > 0, "{v6}");
+    assert!(n("; ") > 0, "no IPv6 frame counted: {v6}");
     assert!(stdout.contains("torn down"), "{stdout}");
     assert_eq!(sb.snapshot(), before, "demo left residue");
 }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use netbridge::{
-    config::{Namespace, Proto, Topology, ipv4s},
+    config::{Namespace, Proto, Topology, ipv4s, ipv6s},
     stats, topology,
 };
 
@@ -58,6 +58,10 @@ fn first_v4(addrs: &[ipnet::IpNet]) -> Option<String> {
     ipv4s(addrs).next().map(|a| a.to_string())
 }
 
+fn first_v6(addrs: &[ipnet::IpNet]) -> Option<String> {
+    ipv6s(addrs).next().map(|a| a.to_string())
+}
+
 /// Who talks to whom: an HTTP server in the target of the first TCP
 /// forward (else the last bridged namespace), fetched from the first
 /// bridged namespace directly and from upstream through the forward.
@@ -65,6 +69,8 @@ struct Plan {
     bridged: Vec<Namespace>,
     server: Namespace,
     server_ip: String,
+    /// The server's IPv6 address, in a dual-stack lab.
+    server_ip6: Option<String>,
     server_port: String,
     /// (forwarded port, "ns:port") of the first TCP forward.
     forward: Option<(String, String)>,
@@ -96,6 +102,7 @@ impl Plan {
         Ok(Plan {
             server_ip: first_v4(&server.addresses)
                 .context("server namespace has no IPv4 address")?,
+            server_ip6: first_v6(&server.addresses),
             server_port: forward.map_or(8000, |f| f.target().1).to_string(),
             forward: forward.map(|f| (f.port.to_string(), f.to.clone())),
             bridged,
@@ -106,17 +113,15 @@ impl Plan {
 
     /// HTTP servers in the lab and "on the internet" (for SNAT).
     fn start_servers(&self, guard: &mut Guard) -> Result<()> {
-        // --bind 0.0.0.0: with a specific address http.server does a reverse
-        // DNS lookup at start, which would hang (and send a query) inside.
+        // --bind ::: with a specific address http.server does a reverse
+        // DNS lookup at start, which would hang (and send a query) inside;
+        // `::` serves IPv4 too (http.server's dual-stack socket).
         let http = |ns: &str, port: &str| {
-            in_ns(
-                ns,
-                &["python3", "-m", "http.server", port, "--bind", "0.0.0.0"],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting python3 -m http.server in {ns}"))
+            in_ns(ns, &["python3", "-m", "http.server", port, "--bind", "::"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting python3 -m http.server in {ns}"))
         };
         guard
             .children
@@ -134,6 +139,8 @@ impl Plan {
 struct Tally {
     rounds: u32,
     http: u32,
+    /// Of which over IPv6.
+    http6: u32,
     snat: u32,
     dnat: u32,
 }
@@ -146,7 +153,10 @@ fn round(p: &Plan, tally: &mut Tally) -> String {
     // path.
     for a in &p.bridged {
         for b in p.bridged.iter().filter(|b| b.name != a.name) {
-            if let Some(ip) = first_v4(&b.addresses) {
+            for ip in first_v4(&b.addresses)
+                .into_iter()
+                .chain(first_v6(&b.addresses))
+            {
                 let ping = ["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", &ip];
                 let _ = in_ns(&a.name, &ping).stdout(Stdio::null()).status();
             }
@@ -157,6 +167,12 @@ fn round(p: &Plan, tally: &mut Tally) -> String {
     let fetched = curl(client, &url);
     tally.http += u32::from(fetched == "200");
     let mut line = format!("HTTP {fetched} from {client} -> {url}");
+    if let Some(ip6) = &p.server_ip6 {
+        let url6 = format!("http://[{ip6}]:{}/", p.server_port);
+        let got = curl(client, &url6);
+        tally.http6 += u32::from(got == "200");
+        line += &format!("; HTTP {got} -> {url6}");
+    }
     if let Some((up_ns, up_ip, uplink_ip)) = &p.upstream {
         // SNAT: the lab reaches the upstream server as the uplink address.
         let s = curl(client, &format!("http://{up_ip}/"));
@@ -239,6 +255,13 @@ fn summary(last: &stats::Snapshot, tally: &Tally) {
     println!(
         "\ndemo summary: {} rounds, HTTP 200 in {}; {redirected} frames took the BPF fast path, {kernel} went to the kernel bridge",
         tally.rounds, tally.http
+    );
+    let v6: (u64, u64) = last.ports.iter().fold((0, 0), |(r, t), p| {
+        (r + p.stats.rx_ipv6, t + p.stats.rx_packets)
+    });
+    println!(
+        "demo ipv6: HTTP 200 over IPv6 in {}; {} of {} frames from the lab were IPv6",
+        tally.http6, v6.0, v6.1
     );
     if let Some(n) = &last.nat {
         let c = |k: &str| n.counters.get(k).copied().unwrap_or(0);

@@ -103,6 +103,8 @@ pub fn wanted(
         name: names::topology_name(&conf.name),
         host_netns: None,
         datapath: nb.datapath.clone(),
+        // Container runtimes expect an address usable at once.
+        ipv6_dad: Default::default(),
         mtu: conf.bridge.mtu,
         bridge: Some(Bridge {
             name: conf.bridge.name.clone(),

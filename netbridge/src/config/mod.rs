@@ -52,6 +52,19 @@ pub enum Datapath {
     Xdp,
 }
 
+/// What `up` does about IPv6 duplicate address detection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Dad {
+    /// Addresses go on with IFA_F_NODAD: usable at once (netbridge
+    /// assigns each once).
+    #[default]
+    Nodad,
+    /// The kernel runs DAD; `up` waits until no IPv6 address of the
+    /// topology is tentative and fails, naming it, on a duplicate.
+    Wait,
+}
+
 /// The IPv4 addresses among `addrs`, in order.
 pub fn ipv4s(addrs: &[IpNet]) -> impl Iterator<Item = Ipv4Addr> + '_ {
     addrs.iter().filter_map(|a| match a.addr() {
@@ -84,6 +97,9 @@ pub struct Topology {
     pub host_netns: Option<String>,
     #[serde(default)]
     pub datapath: Datapath,
+    /// IPv6 duplicate address detection: `"nodad"` (default) or `"wait"`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ipv6_dad: Ipv6Dad,
     /// Default MTU for the bridge and every veth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -109,6 +125,10 @@ fn default_aging() -> u32 {
 
 fn default_ifname() -> String {
     "eth0".into()
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_true() -> bool {
@@ -718,6 +738,18 @@ mod tests {
                 Err(e) => proptest::prop_assert!(e.to_string().starts_with("fuzz.toml: ")),
             }
         }
+    }
+
+    #[test]
+    fn ipv6_dad() {
+        let dad = |v: &str| parse(&format!("name = \"x\"\n{v}")).map(|t| t.ipv6_dad);
+        assert_eq!(dad("").unwrap(), Ipv6Dad::Nodad);
+        assert_eq!(dad("ipv6_dad = \"nodad\"\n").unwrap(), Ipv6Dad::Nodad);
+        assert_eq!(dad("ipv6_dad = \"wait\"\n").unwrap(), Ipv6Dad::Wait);
+        assert_err(
+            "name = \"x\"\nipv6_dad = \"skip\"\n",
+            &["invalid TOML", "ipv6_dad", "skip", "nodad", "wait"],
+        );
     }
 
     #[test]

@@ -571,6 +571,13 @@ impl Validator<'_> {
                 format!("address family differs from {}", r.to),
             ));
         }
+        if r.dev.is_none() && is_link_local(via) {
+            return Err(self.err(
+                format!("{field}.via"),
+                q(&via.to_string()),
+                "a link-local gateway (fe80::/10) is reachable on one interface only: add `dev`",
+            ));
+        }
         if r.dev.is_none() && !nets.iter().any(|n| n.contains(&via)) {
             let subnets: Vec<String> = nets.iter().map(|n| n.trunc().to_string()).collect();
             return Err(self.err(
@@ -863,6 +870,10 @@ impl Topology {
 }
 
 /// Why IPv6 address `a` cannot be configured on an interface, if so.
+fn is_link_local(a: std::net::IpAddr) -> bool {
+    matches!(a, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 fn not_a_v6_host(a: std::net::Ipv6Addr) -> Option<&'static str> {
     let seg0 = a.segments()[0];
     if a.is_unspecified() || a.is_loopback() {
@@ -1519,6 +1530,21 @@ mod tests {
             &via_link("172.16.0.9"),
             &via_link("172.17.0.9"),
             &["outside every subnet of namespace a (172.16.0.0/24)"],
+        );
+        // A link-local gateway needs its interface.
+        let ll = |route: &str| {
+            format!(
+                "{BRIDGE}[[namespace]]\nname = \"a\"\naddresses = [\"fd00:1::5/64\"]\nroutes = [{route}]\n"
+            )
+        };
+        rule(
+            &ll("{ to = \"::/0\", via = \"fe80::1\", dev = \"eth0\" }"),
+            &ll("{ to = \"::/0\", via = \"fe80::1\" }"),
+            &[
+                "routes[0].via = \"fe80::1\"",
+                "link-local gateway",
+                "add `dev`",
+            ],
         );
         // Routes on link endpoints: their own subnets and devices.
         let ep = |r: &str| {

@@ -23,6 +23,7 @@ use crate::{
     state::{State, StateError},
 };
 
+mod dad;
 mod nat;
 mod phases;
 mod port;
@@ -68,6 +69,14 @@ pub enum TopologyError {
     /// Something on the host is in the way; nothing was changed.
     #[error("{0}")]
     Conflict(String),
+    /// `ipv6_dad = "wait"`: an address failed or did not finish DAD.
+    #[error("IPv6 address {addr} on {ifname} in namespace {ns}: {problem}")]
+    Dad {
+        ns: String,
+        ifname: String,
+        addr: String,
+        problem: String,
+    },
     #[error("interface {ifname} is missing in namespace {ns} right after it was created")]
     Vanished { ns: String, ifname: String },
     /// NETBRIDGE_FAULT made step `step` fail (tests of the rollback).

@@ -19,13 +19,13 @@ use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_POR
 use rtnetlink::Handle;
 
 use super::{
-    Result, TopologyError, host_of, in_ns, nat, ns_of, port,
+    Result, TopologyError, dad, host_of, in_ns, nat, ns_of, port,
     run::{Run, Step},
     up::UpOptions,
 };
 use crate::{
     bpf::{self, Datapath, PinDir},
-    config::{Port, Route, Topology, ipv4s},
+    config::{Ipv6Dad, Port, Route, Topology, ipv4s},
     netlink::{self, LinkInfoLite, RouteSpec},
     netns::{self, Netns},
 };
@@ -45,6 +45,7 @@ pub(super) fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> 
         None
     };
     let (max_sessions, progs) = (nat::max_sessions(t), programs_needed(t, opts));
+    run.dad = t.ipv6_dad;
     std::thread::scope(|s| {
         let loader =
             pins.map(|pins| s.spawn(move || Datapath::load_programs(pins, max_sessions, progs)));
@@ -57,6 +58,10 @@ pub(super) fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> 
         timed("addresses and routes");
         sysctls(t, &ports, run)?;
         timed("sysctls");
+        if t.ipv6_dad == Ipv6Dad::Wait {
+            dad::wait(t, &ports, run)?;
+            timed("ipv6 dad");
+        }
         let Some(loader) = loader else {
             return Ok(());
         };
@@ -124,7 +129,7 @@ const WORKERS: usize = 8;
 /// merges their changes and fault points in item order. Returns the
 /// results in item order, or the first error (the other items are done
 /// anyway: a failed run rolls back all it journaled).
-fn parallel<I, R, F>(run: &mut Run, items: &[I], f: F) -> Result<Vec<R>>
+pub(super) fn parallel<I, R, F>(run: &mut Run, items: &[I], f: F) -> Result<Vec<R>>
 where
     I: Sync,
     R: Send,
@@ -518,7 +523,7 @@ pub(super) fn configure_endpoint(
             netlink::addresses(&h, link.index).await?
         };
         for a in addrs.iter().filter(|a| !have.contains(a)) {
-            netlink::add_address(&h, link.index, *a).await?;
+            netlink::add_address(&h, link.index, *a, run.dad == Ipv6Dad::Nodad).await?;
             run.changed(
                 Step::Address,
                 format!("added address {a} to {ifname} in {label}"),

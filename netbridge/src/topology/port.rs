@@ -10,14 +10,14 @@ use serde::Serialize;
 use netbridge_common::{HostEntry, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP, PortConfig};
 
 use super::{
-    Held, Result, TopologyError, host_of, in_ns,
+    Held, Result, TopologyError, dad, host_of, in_ns,
     phases::{self, Macs},
     run::{Run, Step},
     teardown, up,
 };
 use crate::{
     bpf::{self, Datapath, PinDir},
-    config::{Datapath as Mode, Port, PortNetns, Topology, ipv4s, ipv6s},
+    config::{Datapath as Mode, Ipv6Dad, Port, PortNetns, Topology, ipv4s, ipv6s},
     netlink::{self, LinkInfoLite},
     netns::{self, Netns},
     state::State,
@@ -291,8 +291,12 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
         p,
         None,
     )?;
+    run.dad = t.ipv6_dad;
     let mac = address(run, p)?;
     sysctls(run, p)?;
+    if t.ipv6_dad == Ipv6Dad::Wait {
+        dad::wait_port(p, run)?;
+    }
     let pins = phases::ensure_pins(run, &t.name)?;
     let macs = Macs::from([(p.name.clone(), mac)]);
     let r = &mut *run;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{Result, TopologyError};
 use crate::{
+    config::Ipv6Dad,
     netns::Netns,
     state::{ChangedSysctl, CreatedLink, State},
 };
@@ -103,6 +104,8 @@ pub(super) struct Run {
     /// A worker of a parallel phase (see [`Run::worker`]): what it would
     /// report or count, kept for [`Run::merge`].
     worker: Option<Vec<Logged>>,
+    /// How IPv6 addresses go on (the topology's `ipv6_dad`).
+    pub dad: Ipv6Dad,
 }
 
 /// A change or fault point a worker met.
@@ -122,6 +125,7 @@ impl Run {
             kinds: BTreeMap::new(),
             fault: Fault::from_env()?,
             worker: None,
+            dad: Ipv6Dad::default(),
         })
     }
 
@@ -138,6 +142,7 @@ impl Run {
             kinds: BTreeMap::new(),
             fault: None,
             worker: Some(Vec::new()),
+            dad: self.dad,
         }
     }
 
@@ -338,6 +343,7 @@ mod tests {
             kinds: BTreeMap::new(),
             fault: Some(Fault::parse(spec)?),
             worker: None,
+            dad: Ipv6Dad::default(),
         })
     }
 
