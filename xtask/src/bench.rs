@@ -26,6 +26,9 @@ use crate::{
 
 const SERVER_IP: &str = "192.168.50.2";
 const CLIENT_IP: &str = "192.168.50.1";
+/// The bridged labs are dual-stack: the `_v6` workloads use these.
+const SERVER_IP6: &str = "fd00:50::2";
+const CLIENT_IP6: &str = "fd00:50::1";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Setup {
@@ -67,7 +70,7 @@ impl Setup {
 /// Workloads and their unit; higher is better except latency. udp64_pps
 /// and rr_* use iperf3 and ping; udp64_pps_rust and udp_rr_* the tools in
 /// crr.rs.
-const WORKLOADS: [(&str, &str, bool); 7] = [
+const WORKLOADS: [(&str, &str, bool); 10] = [
     ("tcp_stream", "Gbit/s", true),
     ("udp64_pps", "kpps", true),
     ("udp64_pps_rust", "kpps", true),
@@ -75,6 +78,9 @@ const WORKLOADS: [(&str, &str, bool); 7] = [
     ("rr_p99", "us", false),
     ("udp_rr_tps", "ktps", true),
     ("udp_rr_p50", "us", false),
+    ("udp64_pps_v6", "kpps", true),
+    ("udp64_pps_rust_v6", "kpps", true),
+    ("udp_rr_p50_v6", "us", false),
 ];
 
 /// Where the tools run.
@@ -190,11 +196,12 @@ impl Lab {
                     None,
                     &format!("ip -n {c} link add eth0 type veth peer name eth0 netns {s}"),
                 )?;
-                for (n, ip) in [(&c, CLIENT_IP), (&s, SERVER_IP)] {
+                for (n, ip, ip6) in [(&c, CLIENT_IP, CLIENT_IP6), (&s, SERVER_IP, SERVER_IP6)] {
                     sh(
                         None,
                         &format!(
-                            "ip -n {n} addr add {ip}/24 dev eth0 && ip -n {n} link set eth0 up"
+                            "ip -n {n} addr add {ip}/24 dev eth0 && \
+                             ip -n {n} addr add {ip6}/64 dev eth0 nodad && ip -n {n} link set eth0 up"
                         ),
                     )?;
                 }
@@ -205,13 +212,18 @@ impl Lab {
                     None,
                     &format!("ip -n {h} link add br0 type bridge && ip -n {h} link set br0 up"),
                 )?;
-                for (n, port, ip) in [(&c, "p-client", CLIENT_IP), (&s, "p-server", SERVER_IP)] {
+                let ends = [
+                    (&c, "p-client", CLIENT_IP, CLIENT_IP6),
+                    (&s, "p-server", SERVER_IP, SERVER_IP6),
+                ];
+                for (n, port, ip, ip6) in ends {
                     sh(
                         None,
                         &format!(
                             "ip -n {h} link add {port} type veth peer name eth0 netns {n} && \
                              ip -n {h} link set {port} master br0 up && \
-                             ip -n {n} addr add {ip}/24 dev eth0 && ip -n {n} link set eth0 up"
+                             ip -n {n} addr add {ip}/24 dev eth0 && \
+                             ip -n {n} addr add {ip6}/64 dev eth0 nodad && ip -n {n} link set eth0 up"
                         ),
                     )?;
                 }
@@ -228,15 +240,19 @@ impl Lab {
                     format!(
                         "name = \"bench\"\nhost_netns = \"host\"\ndatapath = \"{datapath}\"\n\
                          [bridge]\nname = \"br0\"\n\
-                         [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\"]\n\
-                         [[namespace]]\nname = \"server\"\nhost_ifname = \"p-server\"\naddresses = [\"{SERVER_IP}/24\"]\n"
+                         [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{CLIENT_IP}/24\", \"{CLIENT_IP6}/64\"]\n\
+                         [[namespace]]\nname = \"server\"\nhost_ifname = \"p-server\"\naddresses = [\"{SERVER_IP}/24\", \"{SERVER_IP6}/64\"]\n"
                     ),
                 )?;
                 lab.netbridge_up(file)?;
             }
         }
-        // Warm up ARP and, for netbridge, the FDB.
+        // Warm up ARP / ND and, for netbridge, the FDB.
         sh(Some(&c), &format!("ping -c 3 -i 0.2 -W 2 -q {SERVER_IP}"))?;
+        sh(
+            Some(&c),
+            &format!("ping -6 -c 3 -i 0.2 -W 2 -q {SERVER_IP6}"),
+        )?;
         Ok(lab)
     }
 }
@@ -511,14 +527,14 @@ fn rust_tools(
     secs: f64,
     pin: Pin,
 ) -> Result<(f64, f64, f64)> {
-    let (bind, target): (SocketAddr, SocketAddr) = (
-        format!("{bind}:5201").parse()?,
-        format!("{target}:5201").parse()?,
+    let (bind, target) = (
+        SocketAddr::new(bind.parse()?, 5201),
+        SocketAddr::new(target.parse()?, 5201),
     );
     let pps = crate::crr::udp_blast(&Blast {
         tx_ns: c,
         rx_ns: sv,
-        tx_bind: ANY,
+        tx_bind: if target.is_ipv6() { ANY6 } else { ANY },
         rx_bind: bind,
         target: Target::To(target),
         secs,
@@ -532,6 +548,7 @@ fn rust_tools(
 
 /// Any local address and port.
 const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+const ANY6: SocketAddr = SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
 
 /// One NAT round run `pin`'s way: SNAT stream, packet rate and latency,
 /// DNAT stream, rate and connection rate.
@@ -751,6 +768,14 @@ fn bridged_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result
     put("udp64_pps_rust", pps);
     put("udp_rr_tps", tps);
     put("udp_rr_p50", rr50);
+    // The same over IPv6 (the port programs' IPv6 checks and fast path).
+    if opts.iperf(pin) {
+        let v6 = iperf_between(&c, &sv, Some(SERVER_IP6), SERVER_IP6, opts.secs, true, pin)?;
+        put("udp64_pps_v6", v6);
+    }
+    let (pps, _, rr50) = rust_tools(&c, &sv, SERVER_IP6, SERVER_IP6, opts.tool_secs(pin), pin)?;
+    put("udp64_pps_rust_v6", pps);
+    put("udp_rr_p50_v6", rr50);
     Ok(())
 }
 
@@ -1171,7 +1196,7 @@ impl Results {
     ) -> serde_json::Map<String, serde_json::Value> {
         let _ = writeln!(
             table,
-            "\nbridged, {}\n{:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "\nbridged, {}\n{:<18} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
             pin_label(pin),
             "workload",
             "unit",
@@ -1194,7 +1219,7 @@ impl Results {
             }
             let _ = writeln!(
                 table,
-                "{w:<15} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{w:<18} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 d / a,
                 d / b,
                 x / a,

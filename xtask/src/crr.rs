@@ -241,7 +241,12 @@ pub fn udp_rr(
     cpu: Option<usize>,
 ) -> Result<(f64, f64, f64)> {
     run_in(ns, cpu, "udp rr", move |ns| {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let any = if target.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let s = std::net::UdpSocket::bind(any)?;
         s.connect(target)?;
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
         let (req, mut buf) = ([7u8; 64], [0u8; 2048]);
