@@ -12,8 +12,7 @@ use crate::{
     nat::{
         Tuple, count, ct,
         packet::{
-            self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, l3_csum, l4_csum, load,
-            store,
+            self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, l3_csum, l4_csum, load, store,
         },
     },
 };
@@ -25,7 +24,7 @@ struct Quote {
     proto: u8,
     saddr: Be32,
     daddr: Be32,
-    /// Ports; ICMP echo: the identifier in `sport`, 0 in `dport`.
+    /// Ports; ICMP query: the identifier in `sport`, its family in `dport`.
     sport: Be16,
     dport: Be16,
     /// The port (identifier) the translation rewrites.
@@ -65,8 +64,8 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
     Ok(true)
 }
 
-/// The quoted packet, if it is IPv4 TCP, UDP or (inbound: our own) echo
-/// request; anything else is not ours to translate.
+/// The quoted packet, if it is IPv4 TCP, UDP or (inbound: our own) ICMP
+/// query request; anything else is not ours to translate.
 #[inline(always)]
 fn parse_quote(ctx: &TcContext, ip: &Ip4, inbound: bool) -> Result<Option<Quote>, u32> {
     let inner = ip.l4_off + 8;
@@ -84,9 +83,10 @@ fn parse_quote(ctx: &TcContext, ip: &Ip4, inbound: bool) -> Result<Option<Quote>
             let port_off = if inbound { l4 } else { l4 + 2 };
             (load(ctx, l4)?, load(ctx, l4 + 2)?, port_off)
         }
-        // Only our own echo requests are quoted back to us.
-        IPPROTO_ICMP if inbound && load::<u8>(ctx, l4)? == ICMP_ECHO => {
-            (load(ctx, l4 + 4)?, Be16::ZERO, l4 + 4)
+        // Only our own query requests are quoted back to us.
+        IPPROTO_ICMP if inbound && packet::is_icmp_query(load(ctx, l4)?) => {
+            let family = packet::icmp_family(load(ctx, l4)?);
+            (load(ctx, l4 + 4)?, family, l4 + 4)
         }
         _ => return Ok(None),
     };
@@ -157,7 +157,7 @@ fn rewrite_quoted_addr(
     Ok(old)
 }
 
-/// The quoted port (or echo identifier). Returns the old one.
+/// The quoted port (or query identifier). Returns the old one.
 #[inline(always)]
 fn rewrite_quoted_port(ctx: &TcContext, ip: &Ip4, q: &Quote, port: Be16) -> Result<Be16, u32> {
     let old: Be16 = load(ctx, q.port_off)?;

@@ -29,7 +29,7 @@ use netbridge_common::{
 };
 
 use crate::{
-    nat::packet::{ICMP_ECHO, ICMP_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
+    nat::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
     parse::ETH_HLEN,
 };
 
@@ -84,24 +84,21 @@ fn leaks_private(ip: &Ip4, cfg: &NatConfig, dir: u8) -> bool {
     dir == CT_DIR_OUT && cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4
 }
 
-/// The session tuple of `ip` at the uplink: TCP, UDP, or ICMP echo of
-/// `echo_type`. ICMP errors are translated in place (RFC 5508) going `dir`;
-/// they and everything else give None.
+/// The session tuple of `ip` at the uplink: TCP, UDP, or an ICMP query
+/// (RFC 5508 REQ-1: echo, timestamp, information, address mask; requests
+/// going out, replies coming in). ICMP errors are translated in place
+/// (RFC 5508) going `dir`; they and everything else give None.
 #[inline(always)]
-fn uplink_tuple(
-    ctx: &TcContext,
-    ip: &Ip4,
-    cfg: &NatConfig,
-    echo_type: u8,
-    dir: u8,
-) -> Result<Option<Tuple>, u32> {
+fn uplink_tuple(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> Result<Option<Tuple>, u32> {
+    let out = dir == CT_DIR_OUT;
     let t = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             ip.check_l4(ctx)?;
             ip.tuple(ctx, false)?
         }
         IPPROTO_ICMP => match packet::icmp_type(ctx, ip)? {
-            ty if ty == echo_type => ip.tuple(ctx, true)?,
+            ty if out && packet::is_icmp_query(ty) => ip.tuple(ctx, true)?,
+            ty if !out && packet::is_icmp_query_reply(ty) => ip.tuple(ctx, true)?,
             ty if packet::is_icmp_error(ty) => {
                 let translated = icmp::translate_error(ctx, ip, cfg, dir)?;
                 if !translated && leaks_private(ip, cfg, dir) {
@@ -109,9 +106,9 @@ fn uplink_tuple(
                 }
                 return Ok(None);
             }
-            // Neither echo nor error (timestamp, address mask, router
-            // advertisement...): a lab host's would leave with its private
-            // source address (RFC 5508 REQ-11 allows dropping it).
+            // Neither query nor error (a router advertisement, a query
+            // reply...): a lab host's would leave with its private source
+            // address (RFC 5508 REQ-11 allows dropping it).
             _ if leaks_private(ip, cfg, dir) => return Err(drop_reason::NAT_UNTRANSLATABLE),
             _ => return Ok(None),
         },
@@ -153,7 +150,7 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
             Ok(TC_ACT_OK)
         };
     }
-    let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO, CT_DIR_OUT)? else {
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_OUT)? else {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
@@ -191,8 +188,8 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         // Not for a mapping; a fragment the host reassembles for itself.
         return Ok(TC_ACT_OK);
     }
-    // Inbound echo requests (and other ICMP) are for the host itself.
-    let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO_REPLY, CT_DIR_IN)? else {
+    // Inbound ICMP queries (and other ICMP) are for the host itself.
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_IN)? else {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
@@ -364,7 +361,9 @@ fn port_hook_inner(ctx: &TcContext, l3_off: usize) -> Result<Option<Option<Hook>
     }
     let t = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
-        IPPROTO_ICMP if packet::icmp_type(ctx, &ip)? == ICMP_ECHO => ip.tuple(ctx, true)?,
+        IPPROTO_ICMP if packet::is_icmp_query(packet::icmp_type(ctx, &ip)?) => {
+            ip.tuple(ctx, true)?
+        }
         _ => return Ok(Some(None)),
     };
     if t.daddr == cfg.uplink_ipv4 {
