@@ -191,6 +191,11 @@ code_table! {
         /// Inbound packets with no session admitted to a mapping's owner by
         /// endpoint-independent or address-dependent filtering.
         18 FilterAdmitted FILTER_ADMITTED "filter_admitted",
+        /// A lab host's ICMP errors about packets hairpinned to it from
+        /// another lab host, translated and delivered to that host (RFC
+        /// 5508 REQ-7); each also counts twice in `icmp_errors_translated`
+        /// (out as from the erring host, back in to the sender).
+        19 HairpinIcmpErrors HAIRPIN_ICMP_ERRORS "icmp_errors_hairpinned",
     }
 }
 
@@ -211,7 +216,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::FilterAdmitted.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::HairpinIcmpErrors.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

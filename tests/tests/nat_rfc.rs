@@ -1380,3 +1380,61 @@ fn rfc5508_req1_icmp_queries_other_than_echo_are_translated() {
         .collect();
     assert_eq!(icmp.len(), 3, "one session per query: {icmp:?}");
 }
+
+/// RFC 5508 REQ-7 and RFC 7857 sec. 12 (hairpinned ICMP errors): white
+/// sends from port 41000 to black's future mapping 203.0.113.1:42000 first
+/// (a hole punch: its session exists; the datagram is filtered), then
+/// black sends datagrams from port 42000 to white's mapping
+/// 203.0.113.1:41000 on a connected socket. They are hairpinned to white,
+/// which has no socket there: white's kernel answers Port Unreachable to
+/// black's external address. The error is translated as if it left
+/// through the uplink and came back in: black's socket gets ECONNREFUSED
+/// for every datagram (the kernel matched the quoted packet to it), and
+/// tcpdump in black shows the error from the uplink address (white's
+/// external address) quoting black's datagram as black sent it. Before,
+/// the error went to the NAT box's own stack and black heard nothing
+/// ("silent").
+#[test]
+fn rfc5508_req7_rfc7857_12_hairpinned_icmp_error_reaches_the_sender() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    lab.sh(
+        "white",
+        &format!(
+            "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.bind(('192.168.2.10', 41000)); s.sendto(b'punch', ('{UPLINK}', 42000))\""
+        ),
+    );
+    let punched = Sandbox::wait_for(Duration::from_secs(10), || {
+        session(&lab, "192.168.2.10:41000", &format!("{UPLINK}:42000"))
+    });
+    assert!(punched.is_some(), "white's session: {:?}", lab.conntrack());
+    let out = lab.sb.tmp_file("black-icmp.txt");
+    let black = lab.ns("black");
+    let td = lab
+        .sb
+        .tcpdump(&black, &["-l", "-v", "-i", "eth0", "icmp"], Some(&out));
+    let probe = lab.sh(
+        "black",
+        &format!(
+            "python3 {} {BLACK} 42000 {UPLINK} 41000 3",
+            script("udp_icmp_probe.py")
+        ),
+    );
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(probe.trim(), "refused refused refused", "{text}");
+    let errors = text
+        .matches(&format!(
+            "{UPLINK} > {BLACK}: ICMP {UPLINK} udp port 41000 unreachable"
+        ))
+        .count();
+    assert_eq!(errors, 3, "{text}");
+    let quoted = format!("{BLACK}.42000 > {UPLINK}.41000: UDP");
+    assert_eq!(text.matches(&quoted).count(), 3, "{text}");
+    assert!(
+        !text.contains("192.168.2.10"),
+        "white's inside address shown:\n{text}"
+    );
+    assert_eq!(lab.nat_counter("icmp_errors_hairpinned"), 3);
+}
