@@ -1020,3 +1020,53 @@ fn udp_without_checksum_stays_without() {
         assert_eq!((ip.dst(), ip.l4_csum_field()), (BLACK, 0));
     });
 }
+
+/// RFC 5508 REQ-6 (ICMP errors do not refresh a mapping) and the ICMP half
+/// of RFC 7857 sec. 7.1: an inbound Port Unreachable about a UDP session's
+/// datagram, 5 s into the session (past the refresh granularity), is
+/// translated but leaves both halves as they were: not refreshed, not
+/// marked replied (a reply would give it the longer `udp_replied`
+/// timeout). Same for a forward target's error going out about an inbound
+/// SYN. Control: a real UDP reply does mark the session replied and
+/// refreshes it.
+#[test]
+fn rfc5508_req6_icmp_errors_neither_refresh_nor_answer_a_session() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        nat.setup(base_config(), &[fwd], &[]);
+        let (lab, srv) = (ep(BLACK, 40000), ep(SERVER, 7));
+        let view = |s: [CtEntry; 2]| s.map(|e| (e.state, e.flags, e.last_seen_ns));
+        let sent = nat.egress(&pkt::udp(lab, srv, b"q", true));
+        let sent = sent.passed().0.to_vec();
+        nat.age(&key(pkt::UDP, lab, srv, CT_DIR_OUT), Duration::from_secs(5));
+        let before = nat.session(pkt::UDP, lab, srv, CT_DIR_OUT);
+        let err = pkt::icmp_error(SERVER, UPLINK, pkt::ICMP_DEST_UNREACH, 3, &sent);
+        let (out, moved) = nat.moved(|| nat.ingress(&err));
+        assert_eq!(out.passed().dst(), BLACK);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        let after = nat.session(pkt::UDP, lab, srv, CT_DIR_OUT);
+        assert_eq!(view(after), view(before), "inbound error");
+        assert_eq!(after[0].state, CT_UDP);
+
+        let client = ep(SERVER, 33333);
+        let syn = pkt::tcp(client, ep(UPLINK, 8080), SYN, 5);
+        let delivered = nat.ingress(&syn).passed().0.to_vec();
+        let dk = key(pkt::TCP, client, ep(UPLINK, 8080), CT_DIR_IN);
+        nat.age(&dk, Duration::from_secs(5));
+        let before_fwd = nat.session(pkt::TCP, client, ep(UPLINK, 8080), CT_DIR_IN);
+        let err = pkt::icmp_error(WHITE, SERVER, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let (out, moved) = nat.moved(|| nat.egress(&err));
+        assert_eq!(out.passed().src(), UPLINK);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        let after_fwd = nat.session(pkt::TCP, client, ep(UPLINK, 8080), CT_DIR_IN);
+        assert_eq!(view(after_fwd), view(before_fwd), "outbound error");
+
+        let reply = pkt::udp(srv, ep(UPLINK, 40000), b"r", true);
+        assert_eq!(nat.ingress(&reply).passed().dst_ep(), lab);
+        let replied = nat.session(pkt::UDP, lab, srv, CT_DIR_OUT);
+        assert_eq!(replied.map(|e| e.state), [CT_UDP_REPLIED; 2], "control");
+        let last = |s: [CtEntry; 2]| s[0].last_seen_ns.max(s[1].last_seen_ns);
+        assert!(last(replied) > last(before), "control: refreshed");
+    });
+}

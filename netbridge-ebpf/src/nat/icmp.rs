@@ -53,7 +53,8 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
         dport: q.sport,
         proto: q.proto,
     };
-    let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &answer, dir, 0) else {
+    // An error neither refreshes nor answers the session (RFC 5508 REQ-6).
+    let ct::Found::Hit(addr, port, _) = ct::peek(cfg, &answer, dir) else {
         return Ok(false);
     };
     rewrite_outer(ctx, ip, cfg, inbound, addr)?;
