@@ -142,6 +142,15 @@ code_table! {
         /// forward, or the lab host) holds its quota of live sessions
         /// already (`uplink.max_sessions_per_source` / `_per_host`).
         26 NatQuota NAT_QUOTA "nat_quota",
+        /// Placeholder: issue 22's fragment work takes codes 27 and 28
+        /// (replaced by them on merge; never counted).
+        27 Reserved27 RESERVED_27 "reserved_27",
+        /// Placeholder, see 27.
+        28 Reserved28 RESERVED_28 "reserved_28",
+        /// An ICMP error of a NAT session whose ICMP checksum is wrong,
+        /// dropped rather than translated: the translation's incremental
+        /// checksum update would pass it on as valid (RFC 5508 REQ-3).
+        29 NatIcmpBadCsum NAT_ICMP_BAD_CSUM "nat_icmp_bad_checksum",
     }
 }
 

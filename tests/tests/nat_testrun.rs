@@ -1070,3 +1070,43 @@ fn rfc5508_req6_icmp_errors_neither_refresh_nor_answer_a_session() {
         assert!(last(replied) > last(before), "control: refreshed");
     });
 }
+
+/// RFC 5508 REQ-3 (SHOULD validate an ICMP error's checksum before
+/// translating it): a Time Exceeded about a UDP session's datagram (an
+/// odd-length message: 8 + 33 bytes) with one bit of its ICMP checksum
+/// flipped is dropped, counted `nat_icmp_bad_checksum`, not translated
+/// (the incremental update would have made it look valid). The same
+/// error with its checksum intact is translated. Also at the uplink
+/// egress: a forward target's error with a bad checksum.
+#[test]
+fn rfc5508_req3_icmp_error_with_bad_checksum_is_dropped() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        nat.setup(base_config(), &[fwd], &[]);
+        let (lab, srv) = (ep(BLACK, 40000), ep(SERVER, 7));
+        let sent = nat.egress(&pkt::udp(lab, srv, b"probe", true));
+        let sent = sent.passed().0.to_vec();
+        let good = pkt::icmp_error(ROUTER, UPLINK, pkt::ICMP_TIME_EXCEEDED, 0, &sent);
+        let mut bad = good.clone();
+        bad[22] ^= 0x01;
+        let (out, moved) = nat.moved(|| nat.ingress(&bad));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_icmp_bad_checksum", 1)]));
+        let (out, moved) = nat.moved(|| nat.ingress(&good));
+        assert_eq!(out.passed().quoted().src_ep(), lab);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+
+        let syn = pkt::tcp(ep(SERVER, 33333), ep(UPLINK, 8080), SYN, 5);
+        let delivered = nat.ingress(&syn).passed().0.to_vec();
+        let good = pkt::icmp_error(WHITE, SERVER, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let mut bad = good.clone();
+        bad[23] ^= 0x80;
+        let (out, moved) = nat.moved(|| nat.egress(&bad));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_icmp_bad_checksum", 1)]));
+        let (out, moved) = nat.moved(|| nat.egress(&good));
+        assert_eq!(out.passed().src(), UPLINK);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+    });
+}
