@@ -1110,3 +1110,57 @@ fn rfc5508_req3_icmp_error_with_bad_checksum_is_dropped() {
         assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
     });
 }
+
+/// RFC 5508 REQ-7 on the bridge port: white holds a SNAT mapping toward
+/// black's (its datagram to black's future mapping is filtered), black's
+/// datagram to white's mapping is hairpinned to white, and white's Port
+/// Unreachable about it, sent to the uplink address, is translated as if
+/// it left and came back through the uplink: out of black's port from the
+/// uplink address (white's external address), quoting black's datagram as
+/// black sent it (its TTL one hop less), every checksum valid (outer,
+/// ICMP, quoted IPv4 and UDP).
+/// Control: the same error quoting a packet of no session is left to the
+/// host (not redirected, unchanged).
+#[test]
+fn rfc5508_req7_hairpinned_error_is_translated_on_the_port() {
+    require_root!();
+    scenario(|nat| {
+        let hosts = [
+            (BLACK, host(BLACK_PORT, MAC_BLACK)),
+            (WHITE, host(WHITE_PORT, MAC_WHITE)),
+        ];
+        nat.setup(base_config(), &[], &hosts);
+        let (b, w) = (ep(BLACK, 42000), ep(WHITE, 41000));
+        let punch = nat.egress(&pkt::udp(w, ep(UPLINK, 42000), b"punch", true));
+        assert_eq!(
+            punch.verdict, TC_ACT_SHOT,
+            "filtered: black has no mapping yet"
+        );
+        let sent = pkt::udp(b, ep(UPLINK, 41000), b"probe", true);
+        let delivered = nat.egress(&sent);
+        assert_eq!(delivered.verdict, TC_ACT_REDIRECT);
+        let delivered = delivered.ip().0.to_vec();
+        let err = pkt::icmp_error(WHITE, UPLINK, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let (out, moved) = nat.moved(|| nat.port(MAC_WHITE, &err));
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        let ip = out.ip();
+        ip.verify().unwrap();
+        assert_eq!((ip.src(), ip.dst()), (UPLINK, BLACK));
+        // As black sent it; its TTL as white got it (one hop).
+        let q = ip.quoted();
+        assert_eq!((q.src_ep(), q.dst_ep()), (b, ep(UPLINK, 41000)));
+        assert_eq!((q.l4(), q.ttl()), (&sent[20..], 63));
+        assert_eq!(&out.frame[..6], &MAC_BLACK[..]);
+        let want = [
+            ("icmp_errors_translated", 2),
+            ("icmp_errors_hairpinned", 1),
+            ("translated_hairpin", 1),
+        ];
+        assert_eq!(moved, counts(&want));
+        let stray = pkt::udp(ep(UPLINK, 1), ep(WHITE, 2), b"x", true);
+        let err = pkt::icmp_error(WHITE, UPLINK, pkt::ICMP_DEST_UNREACH, 3, &stray);
+        let out = nat.port(MAC_WHITE, &err);
+        assert_ne!(out.verdict, TC_ACT_REDIRECT);
+        assert_eq!(out.ip().0, &err[..]);
+    });
+}
