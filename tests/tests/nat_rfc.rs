@@ -1251,8 +1251,10 @@ fn rfc5382_req3_tcp_filtering_follows_the_setting() {
 
 /// RFC 5508 REQ-11 (an ICMP message the NAT cannot translate: drop it
 /// rather than forward it untranslated): a lab host's ICMP timestamp
-/// request (a query other than echo) and router advertisement (type 9,
-/// neither query nor error), sent twice each with scapy, never reach the
+/// reply (a query reply going out: no session of the lab host asked for
+/// it; the requests are translated, see `rfc5508_req1_...`) and router
+/// advertisement (type 9, neither query nor error), sent twice each with
+/// scapy, never reach the
 /// upstream router (tcpdump there) and are counted as
 /// `nat_untranslatable`, as are a port unreachable quoting a packet of no
 /// session and a GRE packet (no ports to map); before, they left with the lab's private source
@@ -1278,7 +1280,7 @@ fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
         "black",
         &format!(
             "/usr/bin/python3 -c \"from scapy.all import *; conf.verb = 0; \
-             send(IP(dst='{STUN1}') / ICMP(type=13, id=7001), count=2); \
+             send(IP(dst='{STUN1}') / ICMP(type=14, id=7001), count=2); \
              send(IP(dst='{STUN1}') / ICMP(type=9), count=2); \
              send(IP(dst='{STUN1}') / ICMP(type=3, code=3) / \
                   IP(src='{STUN1}', dst='192.168.1.10') / UDP(sport=3478, dport=45678)); \
@@ -1302,6 +1304,137 @@ fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
             && !text.contains("unreachable"),
         "untranslatable ICMP upstream:\n{text}"
     );
-    // 2 timestamps, 2 router advertisements, 1 error of no session, 1 GRE.
+    // 2 timestamp replies, 2 router advertisements, 1 error of no session, 1 GRE.
     assert_eq!(drops(&lab) - before, 6, "{text}");
+}
+
+/// RFC 5508 REQ-1 (ICMP query mapping for every query type with an
+/// identifier): a lab host's timestamp, information and address mask
+/// requests (raw socket, identifiers 7101-7103) leave with the uplink
+/// address (tcpdump on the upstream router) and their replies come back
+/// to it: the server's kernel answers the timestamp, a raw-socket
+/// responder the other two. The responder also answers the address mask
+/// request with an echo reply and a timestamp reply of the same
+/// identifier first: replies of another query family match no session
+/// and never reach the lab host. Before, the three requests were dropped
+/// at the uplink (`nat_untranslatable`) and nothing came back.
+#[test]
+fn rfc5508_req1_icmp_queries_other_than_echo_are_translated() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let ready = lab.sb.tmp_file("responder.ready");
+    let stun = lab.ns("stun");
+    let r = ready.display().to_string();
+    lab.sb.spawn(
+        &stun,
+        &["python3", &script("icmp_query_responder.py"), &r, "30"],
+    );
+    let up = Sandbox::wait_for(Duration::from_secs(10), || ready.exists().then_some(()));
+    assert!(up.is_some(), "responder not ready");
+    let out = lab.sb.tmp_file("queries.txt");
+    let router = lab.ns("router");
+    let td = lab
+        .sb
+        .tcpdump(&router, &["-l", "-i", "eth0", "icmp"], Some(&out));
+    let got = lab.sh(
+        "black",
+        &format!("python3 {} {STUN1} 7101", script("icmp_query_probe.py")),
+    );
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let got: Value = serde_json::from_str(got.trim()).unwrap_or_else(|e| panic!("{e}: {got}"));
+    assert_eq!(
+        got,
+        serde_json::json!([[14, 7101], [16, 7102], [18, 7103]]),
+        "replies at the lab host (types 0 and 14 for 7103 must not be)\nupstream:\n{text}\n{}",
+        lab.nb(&["stats", "--json"])
+    );
+    assert!(
+        !text.contains("192.168."),
+        "private address upstream:\n{text}"
+    );
+    for (what, n) in [
+        (
+            format!("IP {UPLINK} > {STUN1}: ICMP time stamp query id 7101"),
+            1,
+        ),
+        (
+            format!("IP {STUN1} > {UPLINK}: ICMP time stamp reply id 7101"),
+            1,
+        ),
+        (
+            format!("IP {UPLINK} > {STUN1}: ICMP information request"),
+            1,
+        ),
+        (
+            format!("IP {UPLINK} > {STUN1}: ICMP address mask request"),
+            1,
+        ),
+    ] {
+        assert_eq!(text.matches(&what).count(), n, "{what}:\n{text}");
+    }
+    let icmp: Vec<Value> = lab
+        .conntrack()
+        .into_iter()
+        .filter(|s| s["proto"] == "icmp")
+        .collect();
+    assert_eq!(icmp.len(), 3, "one session per query: {icmp:?}");
+}
+
+/// RFC 5508 REQ-7 and RFC 7857 sec. 12 (hairpinned ICMP errors): white
+/// sends from port 41000 to black's future mapping 203.0.113.1:42000 first
+/// (a hole punch: its session exists; the datagram is filtered), then
+/// black sends datagrams from port 42000 to white's mapping
+/// 203.0.113.1:41000 on a connected socket. They are hairpinned to white,
+/// which has no socket there: white's kernel answers Port Unreachable to
+/// black's external address. The error is translated as if it left
+/// through the uplink and came back in: black's socket gets ECONNREFUSED
+/// for every datagram (the kernel matched the quoted packet to it), and
+/// tcpdump in black shows the error from the uplink address (white's
+/// external address) quoting black's datagram as black sent it. Before,
+/// the error went to the NAT box's own stack and black heard nothing
+/// ("silent").
+#[test]
+fn rfc5508_req7_rfc7857_12_hairpinned_icmp_error_reaches_the_sender() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    lab.sh(
+        "white",
+        &format!(
+            "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.bind(('192.168.2.10', 41000)); s.sendto(b'punch', ('{UPLINK}', 42000))\""
+        ),
+    );
+    let punched = Sandbox::wait_for(Duration::from_secs(10), || {
+        session(&lab, "192.168.2.10:41000", &format!("{UPLINK}:42000"))
+    });
+    assert!(punched.is_some(), "white's session: {:?}", lab.conntrack());
+    let out = lab.sb.tmp_file("black-icmp.txt");
+    let black = lab.ns("black");
+    let td = lab
+        .sb
+        .tcpdump(&black, &["-l", "-v", "-i", "eth0", "icmp"], Some(&out));
+    let probe = lab.sh(
+        "black",
+        &format!(
+            "python3 {} {BLACK} 42000 {UPLINK} 41000 3",
+            script("udp_icmp_probe.py")
+        ),
+    );
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(probe.trim(), "refused refused refused", "{text}");
+    let errors = text
+        .matches(&format!(
+            "{UPLINK} > {BLACK}: ICMP {UPLINK} udp port 41000 unreachable"
+        ))
+        .count();
+    assert_eq!(errors, 3, "{text}");
+    let quoted = format!("{BLACK}.42000 > {UPLINK}.41000: UDP");
+    assert_eq!(text.matches(&quoted).count(), 3, "{text}");
+    assert!(
+        !text.contains("192.168.2.10"),
+        "white's inside address shown:\n{text}"
+    );
+    assert_eq!(lab.nat_counter("icmp_errors_hairpinned"), 3);
 }

@@ -1020,3 +1020,147 @@ fn udp_without_checksum_stays_without() {
         assert_eq!((ip.dst(), ip.l4_csum_field()), (BLACK, 0));
     });
 }
+
+/// RFC 5508 REQ-6 (ICMP errors do not refresh a mapping) and the ICMP half
+/// of RFC 7857 sec. 7.1: an inbound Port Unreachable about a UDP session's
+/// datagram, 5 s into the session (past the refresh granularity), is
+/// translated but leaves both halves as they were: not refreshed, not
+/// marked replied (a reply would give it the longer `udp_replied`
+/// timeout). Same for a forward target's error going out about an inbound
+/// SYN. Control: a real UDP reply does mark the session replied and
+/// refreshes it.
+#[test]
+fn rfc5508_req6_icmp_errors_neither_refresh_nor_answer_a_session() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        nat.setup(base_config(), &[fwd], &[]);
+        let (lab, srv) = (ep(BLACK, 40000), ep(SERVER, 7));
+        let view = |s: [CtEntry; 2]| s.map(|e| (e.state, e.flags, e.last_seen_ns));
+        let sent = nat.egress(&pkt::udp(lab, srv, b"q", true));
+        let sent = sent.passed().0.to_vec();
+        nat.age(&key(pkt::UDP, lab, srv, CT_DIR_OUT), Duration::from_secs(5));
+        let before = nat.session(pkt::UDP, lab, srv, CT_DIR_OUT);
+        let err = pkt::icmp_error(SERVER, UPLINK, pkt::ICMP_DEST_UNREACH, 3, &sent);
+        let (out, moved) = nat.moved(|| nat.ingress(&err));
+        assert_eq!(out.passed().dst(), BLACK);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        let after = nat.session(pkt::UDP, lab, srv, CT_DIR_OUT);
+        assert_eq!(view(after), view(before), "inbound error");
+        assert_eq!(after[0].state, CT_UDP);
+
+        let client = ep(SERVER, 33333);
+        let syn = pkt::tcp(client, ep(UPLINK, 8080), SYN, 5);
+        let delivered = nat.ingress(&syn).passed().0.to_vec();
+        let dk = key(pkt::TCP, client, ep(UPLINK, 8080), CT_DIR_IN);
+        nat.age(&dk, Duration::from_secs(5));
+        let before_fwd = nat.session(pkt::TCP, client, ep(UPLINK, 8080), CT_DIR_IN);
+        let err = pkt::icmp_error(WHITE, SERVER, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let (out, moved) = nat.moved(|| nat.egress(&err));
+        assert_eq!(out.passed().src(), UPLINK);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        let after_fwd = nat.session(pkt::TCP, client, ep(UPLINK, 8080), CT_DIR_IN);
+        assert_eq!(view(after_fwd), view(before_fwd), "outbound error");
+
+        let reply = pkt::udp(srv, ep(UPLINK, 40000), b"r", true);
+        assert_eq!(nat.ingress(&reply).passed().dst_ep(), lab);
+        let replied = nat.session(pkt::UDP, lab, srv, CT_DIR_OUT);
+        assert_eq!(replied.map(|e| e.state), [CT_UDP_REPLIED; 2], "control");
+        let last = |s: [CtEntry; 2]| s[0].last_seen_ns.max(s[1].last_seen_ns);
+        assert!(last(replied) > last(before), "control: refreshed");
+    });
+}
+
+/// RFC 5508 REQ-3 (SHOULD validate an ICMP error's checksum before
+/// translating it): a Time Exceeded about a UDP session's datagram (an
+/// odd-length message: 8 + 33 bytes) with one bit of its ICMP checksum
+/// flipped is dropped, counted `nat_icmp_bad_checksum`, not translated
+/// (the incremental update would have made it look valid). The same
+/// error with its checksum intact is translated. Also at the uplink
+/// egress: a forward target's error with a bad checksum.
+#[test]
+fn rfc5508_req3_icmp_error_with_bad_checksum_is_dropped() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        nat.setup(base_config(), &[fwd], &[]);
+        let (lab, srv) = (ep(BLACK, 40000), ep(SERVER, 7));
+        let sent = nat.egress(&pkt::udp(lab, srv, b"probe", true));
+        let sent = sent.passed().0.to_vec();
+        let good = pkt::icmp_error(ROUTER, UPLINK, pkt::ICMP_TIME_EXCEEDED, 0, &sent);
+        let mut bad = good.clone();
+        bad[22] ^= 0x01;
+        let (out, moved) = nat.moved(|| nat.ingress(&bad));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_icmp_bad_checksum", 1)]));
+        let (out, moved) = nat.moved(|| nat.ingress(&good));
+        assert_eq!(out.passed().quoted().src_ep(), lab);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+
+        let syn = pkt::tcp(ep(SERVER, 33333), ep(UPLINK, 8080), SYN, 5);
+        let delivered = nat.ingress(&syn).passed().0.to_vec();
+        let good = pkt::icmp_error(WHITE, SERVER, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let mut bad = good.clone();
+        bad[23] ^= 0x80;
+        let (out, moved) = nat.moved(|| nat.egress(&bad));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_icmp_bad_checksum", 1)]));
+        let (out, moved) = nat.moved(|| nat.egress(&good));
+        assert_eq!(out.passed().src(), UPLINK);
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+    });
+}
+
+/// RFC 5508 REQ-7 on the bridge port: white holds a SNAT mapping toward
+/// black's (its datagram to black's future mapping is filtered), black's
+/// datagram to white's mapping is hairpinned to white, and white's Port
+/// Unreachable about it, sent to the uplink address, is translated as if
+/// it left and came back through the uplink: out of black's port from the
+/// uplink address (white's external address), quoting black's datagram as
+/// black sent it (its TTL one hop less), every checksum valid (outer,
+/// ICMP, quoted IPv4 and UDP).
+/// Control: the same error quoting a packet of no session is left to the
+/// host (not redirected, unchanged).
+#[test]
+fn rfc5508_req7_hairpinned_error_is_translated_on_the_port() {
+    require_root!();
+    scenario(|nat| {
+        let hosts = [
+            (BLACK, host(BLACK_PORT, MAC_BLACK)),
+            (WHITE, host(WHITE_PORT, MAC_WHITE)),
+        ];
+        nat.setup(base_config(), &[], &hosts);
+        let (b, w) = (ep(BLACK, 42000), ep(WHITE, 41000));
+        let punch = nat.egress(&pkt::udp(w, ep(UPLINK, 42000), b"punch", true));
+        assert_eq!(
+            punch.verdict, TC_ACT_SHOT,
+            "filtered: black has no mapping yet"
+        );
+        let sent = pkt::udp(b, ep(UPLINK, 41000), b"probe", true);
+        let delivered = nat.egress(&sent);
+        assert_eq!(delivered.verdict, TC_ACT_REDIRECT);
+        let delivered = delivered.ip().0.to_vec();
+        let err = pkt::icmp_error(WHITE, UPLINK, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let (out, moved) = nat.moved(|| nat.port(MAC_WHITE, &err));
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        let ip = out.ip();
+        ip.verify().unwrap();
+        assert_eq!((ip.src(), ip.dst()), (UPLINK, BLACK));
+        // As black sent it; its TTL as white got it (one hop).
+        let q = ip.quoted();
+        assert_eq!((q.src_ep(), q.dst_ep()), (b, ep(UPLINK, 41000)));
+        assert_eq!((q.l4(), q.ttl()), (&sent[20..], 63));
+        assert_eq!(&out.frame[..6], &MAC_BLACK[..]);
+        let want = [
+            ("icmp_errors_translated", 2),
+            ("icmp_errors_hairpinned", 1),
+            ("translated_hairpin", 1),
+        ];
+        assert_eq!(moved, counts(&want));
+        let stray = pkt::udp(ep(UPLINK, 1), ep(WHITE, 2), b"x", true);
+        let err = pkt::icmp_error(WHITE, UPLINK, pkt::ICMP_DEST_UNREACH, 3, &stray);
+        let out = nat.port(MAC_WHITE, &err);
+        assert_ne!(out.verdict, TC_ACT_REDIRECT);
+        assert_eq!(out.ip().0, &err[..]);
+    });
+}

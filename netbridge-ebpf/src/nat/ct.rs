@@ -205,6 +205,24 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
     Found::Hit(e.nat_addr, e.nat_port, e.kind)
 }
 
+/// The mapping for `t` seen in `dir` for a packet that must neither keep
+/// its session alive nor advance its state: an ICMP error (RFC 5508
+/// REQ-6, RFC 7857 sec. 7.1). As [`lookup`], but nothing is written.
+#[inline(always)]
+pub fn peek(cfg: &NatConfig, t: &Tuple, dir: u8) -> Found {
+    let k = key(t, dir);
+    // SAFETY: a copy of the value is taken right away.
+    let Some(e) = (unsafe { NB_CT.get(&k) }).copied() else {
+        return Found::Miss;
+    };
+    let now = now();
+    let tmo = timeout_ns(&cfg.timeouts, e.state, e.flags);
+    if now.saturating_sub(e.last_seen_ns) > tmo && expire_if_idle(cfg, &k, now) {
+        return Found::Expired(e.kind);
+    }
+    Found::Hit(e.nat_addr, e.nat_port, e.kind)
+}
+
 /// Does an inbound packet keep a `kind` session alive? A SNAT
 /// mapping only by outbound packets unless `inbound_refresh` (RFC 4787
 /// REQ-6, RFC 7857 sec. 7: an outsider must not hold a mapping open).

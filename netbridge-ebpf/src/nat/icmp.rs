@@ -5,15 +5,14 @@
 //! the quoted address (and its header checksum), the quoted port, and the
 //! quoted L4 checksum; the ICMP checksum follows every change.
 use aya_ebpf::programs::TcContext;
-use netbridge_common::{Be16, Be32, CT_DIR_IN, NatConfig, nat_stat};
+use netbridge_common::{Be16, Be32, CT_DIR_IN, NatConfig, drop_reason, nat_stat};
 
 use crate::{
     csum,
     nat::{
         Tuple, count, ct,
         packet::{
-            self, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, l3_csum, l4_csum, load,
-            store,
+            self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, l3_csum, l4_csum, load, store,
         },
     },
 };
@@ -25,7 +24,7 @@ struct Quote {
     proto: u8,
     saddr: Be32,
     daddr: Be32,
-    /// Ports; ICMP echo: the identifier in `sport`, 0 in `dport`.
+    /// Ports; ICMP query: the identifier in `sport`, its family in `dport`.
     sport: Be16,
     dport: Be16,
     /// The port (identifier) the translation rewrites.
@@ -54,9 +53,14 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
         dport: q.sport,
         proto: q.proto,
     };
-    let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &answer, dir, 0) else {
+    // An error neither refreshes nor answers the session (RFC 5508 REQ-6).
+    let ct::Found::Hit(addr, port, _) = ct::peek(cfg, &answer, dir) else {
         return Ok(false);
     };
+    // Checked only now: errors of no session are not ours to judge.
+    if csum_valid(ctx, ip.ip_off, ip.l4_off) == 0 {
+        return Err(drop_reason::NAT_ICMP_BAD_CSUM);
+    }
     rewrite_outer(ctx, ip, cfg, inbound, addr)?;
     let old_addr = rewrite_quoted_addr(ctx, ip, &q, inbound, addr)?;
     let old_port = rewrite_quoted_port(ctx, ip, &q, port)?;
@@ -65,8 +69,71 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
     Ok(true)
 }
 
-/// The quoted packet, if it is IPv4 TCP, UDP or (inbound: our own) echo
-/// request; anything else is not ours to translate.
+/// The longest ICMP message [`csum_valid`] checks: an error in a
+/// 1500-byte packet (Linux and routers quote at most 576 bytes).
+const CSUM_MAX: usize = 1480;
+
+/// Is the ICMP checksum of the message at `l4_off` (to the IPv4 total
+/// length) valid? (RFC 5508 REQ-3: the translation adjusts the checksum
+/// incrementally, so it would carry a bad one on as good.) 1 valid or
+/// longer than [`CSUM_MAX`] (unchecked), 0 bad or cut short. A ones'
+/// complement sum does not depend on byte order: native 32-bit words are
+/// added and folded. Its own BPF function: the loop stays off the
+/// programs' frames and is verified once per call.
+#[inline(never)]
+fn csum_valid(ctx: &TcContext, ip_off: usize, l4_off: usize) -> u32 {
+    let Ok(tot) = ctx.load::<Be16>(ip_off + 2) else {
+        return 0;
+    };
+    let end = ip_off + tot.get() as usize;
+    if end > ctx.len() as usize || end < l4_off + 8 {
+        return 0;
+    }
+    if end - l4_off > CSUM_MAX {
+        return 1;
+    }
+    let mut sum: u64 = 0;
+    let mut off = l4_off;
+    for _ in 0..CSUM_MAX / 8 {
+        if off + 8 > end {
+            break;
+        }
+        let Ok(w) = ctx.load::<u64>(off) else {
+            return 0;
+        };
+        sum += (w & 0xffff_ffff) + (w >> 32);
+        off += 8;
+    }
+    sum += csum_tail(ctx, off, end);
+    // Fold to 16 bits: at most 2^8 words of 32 bits were added.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum == 0xffff) as u32
+}
+
+/// The last 0-7 bytes from `off` to `end`, as native words (an odd last
+/// byte is the first of a word padded with zero).
+#[inline(always)]
+fn csum_tail(ctx: &TcContext, mut off: usize, end: usize) -> u64 {
+    let mut sum = 0u64;
+    if off + 4 <= end {
+        sum += ctx.load::<u32>(off).unwrap_or(0) as u64;
+        off += 4;
+    }
+    if off + 2 <= end {
+        sum += ctx.load::<u16>(off).unwrap_or(0) as u64;
+        off += 2;
+    }
+    if off < end {
+        sum += ctx.load::<u8>(off).unwrap_or(0) as u64;
+    }
+    sum
+}
+
+/// The quoted packet, if it is IPv4 TCP, UDP or (inbound: our own) ICMP
+/// query request; anything else is not ours to translate.
 #[inline(always)]
 fn parse_quote(ctx: &TcContext, ip: &Ip4, inbound: bool) -> Result<Option<Quote>, u32> {
     let inner = ip.l4_off + 8;
@@ -84,9 +151,10 @@ fn parse_quote(ctx: &TcContext, ip: &Ip4, inbound: bool) -> Result<Option<Quote>
             let port_off = if inbound { l4 } else { l4 + 2 };
             (load(ctx, l4)?, load(ctx, l4 + 2)?, port_off)
         }
-        // Only our own echo requests are quoted back to us.
-        IPPROTO_ICMP if inbound && load::<u8>(ctx, l4)? == ICMP_ECHO => {
-            (load(ctx, l4 + 4)?, Be16::ZERO, l4 + 4)
+        // Only our own query requests are quoted back to us.
+        IPPROTO_ICMP if inbound && packet::is_icmp_query(load(ctx, l4)?) => {
+            let family = packet::icmp_family(load(ctx, l4)?);
+            (load(ctx, l4 + 4)?, family, l4 + 4)
         }
         _ => return Ok(None),
     };
@@ -157,7 +225,7 @@ fn rewrite_quoted_addr(
     Ok(old)
 }
 
-/// The quoted port (or echo identifier). Returns the old one.
+/// The quoted port (or query identifier). Returns the old one.
 #[inline(always)]
 fn rewrite_quoted_port(ctx: &TcContext, ip: &Ip4, q: &Quote, port: Be16) -> Result<Be16, u32> {
     let old: Be16 = load(ctx, q.port_off)?;

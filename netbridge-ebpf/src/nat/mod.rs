@@ -29,7 +29,7 @@ use netbridge_common::{
 };
 
 use crate::{
-    nat::packet::{ICMP_ECHO, ICMP_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
+    nat::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
     parse::ETH_HLEN,
 };
 
@@ -84,24 +84,21 @@ fn leaks_private(ip: &Ip4, cfg: &NatConfig, dir: u8) -> bool {
     dir == CT_DIR_OUT && cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4
 }
 
-/// The session tuple of `ip` at the uplink: TCP, UDP, or ICMP echo of
-/// `echo_type`. ICMP errors are translated in place (RFC 5508) going `dir`;
-/// they and everything else give None.
+/// The session tuple of `ip` at the uplink: TCP, UDP, or an ICMP query
+/// (RFC 5508 REQ-1: echo, timestamp, information, address mask; requests
+/// going out, replies coming in). ICMP errors are translated in place
+/// (RFC 5508) going `dir`; they and everything else give None.
 #[inline(always)]
-fn uplink_tuple(
-    ctx: &TcContext,
-    ip: &Ip4,
-    cfg: &NatConfig,
-    echo_type: u8,
-    dir: u8,
-) -> Result<Option<Tuple>, u32> {
+fn uplink_tuple(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> Result<Option<Tuple>, u32> {
+    let out = dir == CT_DIR_OUT;
     let t = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             ip.check_l4(ctx)?;
             ip.tuple(ctx, false)?
         }
         IPPROTO_ICMP => match packet::icmp_type(ctx, ip)? {
-            ty if ty == echo_type => ip.tuple(ctx, true)?,
+            ty if out && packet::is_icmp_query(ty) => ip.tuple(ctx, true)?,
+            ty if !out && packet::is_icmp_query_reply(ty) => ip.tuple(ctx, true)?,
             ty if packet::is_icmp_error(ty) => {
                 let translated = icmp::translate_error(ctx, ip, cfg, dir)?;
                 if !translated && leaks_private(ip, cfg, dir) {
@@ -109,9 +106,9 @@ fn uplink_tuple(
                 }
                 return Ok(None);
             }
-            // Neither echo nor error (timestamp, address mask, router
-            // advertisement...): a lab host's would leave with its private
-            // source address (RFC 5508 REQ-11 allows dropping it).
+            // Neither query nor error (a router advertisement, a query
+            // reply...): a lab host's would leave with its private source
+            // address (RFC 5508 REQ-11 allows dropping it).
             _ if leaks_private(ip, cfg, dir) => return Err(drop_reason::NAT_UNTRANSLATABLE),
             _ => return Ok(None),
         },
@@ -153,7 +150,7 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
             Ok(TC_ACT_OK)
         };
     }
-    let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO, CT_DIR_OUT)? else {
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_OUT)? else {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
@@ -191,8 +188,8 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         // Not for a mapping; a fragment the host reassembles for itself.
         return Ok(TC_ACT_OK);
     }
-    // Inbound echo requests (and other ICMP) are for the host itself.
-    let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO_REPLY, CT_DIR_IN)? else {
+    // Inbound ICMP queries (and other ICMP) are for the host itself.
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_IN)? else {
         return Ok(TC_ACT_OK);
     };
     let flags = ip.tcp_flags(ctx);
@@ -289,7 +286,12 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
     if main.kind != HOOK_SNAT_HAIRPIN {
         return main.into_result();
     }
-    port_hairpin_snat_entry(ctx, l3_off).into_result()
+    let snat = port_hairpin_snat_entry(ctx, l3_off);
+    if snat.kind != HOOK_ICMP_HAIRPIN {
+        return snat.into_result();
+    }
+    // Each in turn, not nested: their frames would not fit together.
+    hairpin_error(ctx, l3_off).into_result()
 }
 
 /// A [`Hook`] decision as BPF functions return it: no enum crosses a call
@@ -307,6 +309,9 @@ const HOOK_DROP: u32 = 3;
 /// Not decided: for a SNAT mapping of another lab host, maybe.
 const HOOK_SNAT_HAIRPIN: u32 = 4;
 const HOOK_EGRESS: u32 = 5;
+/// Not decided: a lab host's ICMP error to the uplink address, maybe
+/// about a packet hairpinned to it.
+const HOOK_ICMP_HAIRPIN: u32 = 6;
 
 impl HookOut {
     #[inline(always)]
@@ -364,7 +369,17 @@ fn port_hook_inner(ctx: &TcContext, l3_off: usize) -> Result<Option<Option<Hook>
     }
     let t = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => ip.tuple(ctx, false)?,
-        IPPROTO_ICMP if packet::icmp_type(ctx, &ip)? == ICMP_ECHO => ip.tuple(ctx, true)?,
+        IPPROTO_ICMP => match packet::icmp_type(ctx, &ip)? {
+            ty if packet::is_icmp_query(ty) => ip.tuple(ctx, true)?,
+            // Maybe about a packet hairpinned to this host: see below.
+            ty if packet::is_icmp_error(ty)
+                && ip.daddr == cfg.uplink_ipv4
+                && cfg.flags & NAT_MASQUERADE != 0 =>
+            {
+                return Ok(None);
+            }
+            _ => return Ok(Some(None)),
+        },
         _ => return Ok(Some(None)),
     };
     if t.daddr == cfg.uplink_ipv4 {
@@ -377,9 +392,16 @@ fn port_hook_inner(ctx: &TcContext, l3_off: usize) -> Result<Option<Option<Hook>
     port_established(ctx, &ip, &t, cfg).map(Some)
 }
 
-/// SNAT hairpin (see [`port_hairpin_snat`]) from the frame.
+/// SNAT hairpin (see [`port_hairpin_snat`]) from the frame; an ICMP
+/// error is handed on (HOOK_ICMP_HAIRPIN) to [`hairpin_error`].
 #[inline(never)]
 fn port_hairpin_snat_entry(ctx: &TcContext, l3_off: usize) -> HookOut {
+    if ctx.load::<u8>(l3_off + 9) == Ok(IPPROTO_ICMP) {
+        return HookOut {
+            kind: HOOK_ICMP_HAIRPIN,
+            val: 0,
+        };
+    }
     HookOut::of(port_hairpin_snat_frame(ctx, l3_off))
 }
 
@@ -486,6 +508,41 @@ fn port_hairpin_snat(
     packet::decrement_ttl(ctx, ip)?;
     dnat::readdress(ctx, &h)?;
     count(nat_stat::HAIRPIN_SNAT);
+    count(nat_stat::XLATE_HAIRPIN);
+    Ok(Some(Hook::Peer(h.ifindex)))
+}
+
+/// A lab host's ICMP error to the uplink address about a packet hairpinned
+/// to it (RFC 5508 REQ-7, RFC 7857 sec. 12): that packet's source was the
+/// sender's external mapping. Translated as if it left through the uplink
+/// (outer source and quoted destination: the erring host's external
+/// mapping) and came back in (outer destination and quoted source: the
+/// sender's inside endpoint, as it sent the packet), then delivered to the
+/// sender's port. An error quoting no session is the host's own. Its own
+/// BPF function: off the frames of the ports' session allocation.
+#[inline(never)]
+fn hairpin_error(ctx: &TcContext, l3_off: usize) -> HookOut {
+    HookOut::of(hairpin_error_inner(ctx, l3_off))
+}
+
+#[inline(always)]
+fn hairpin_error_inner(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
+    let (Some(cfg), Some(ip)) = (config(), packet::parse_ipv4(ctx, l3_off)?) else {
+        return Ok(None);
+    };
+    let ip = &ip;
+    if !icmp::translate_error(ctx, ip, cfg, CT_DIR_OUT)? {
+        return Ok(None);
+    }
+    // Half translated: without the sender's session it is no one's.
+    if !icmp::translate_error(ctx, ip, cfg, CT_DIR_IN)? {
+        return Err(drop_reason::NAT_NO_ROUTE);
+    }
+    let dst: Be32 = packet::load(ctx, ip.ip_off + 16)?;
+    let h = dnat::host(dst).ok_or(drop_reason::NAT_NO_ROUTE)?;
+    packet::decrement_ttl(ctx, ip)?;
+    dnat::readdress(ctx, &h)?;
+    count(nat_stat::HAIRPIN_ICMP_ERRORS);
     count(nat_stat::XLATE_HAIRPIN);
     Ok(Some(Hook::Peer(h.ifindex)))
 }

@@ -11,6 +11,11 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO: u8 = 8;
+/// Query requests other than echo that carry an identifier (RFC 5508
+/// REQ-1); each reply type is its request's + 1.
+const ICMP_TIMESTAMP: u8 = 13;
+const ICMP_INFO_REQUEST: u8 = 15;
+const ICMP_ADDRESS: u8 = 17;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETERPROB: u8 = 12;
@@ -98,6 +103,35 @@ pub fn is_icmp_error(ty: u8) -> bool {
     ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAMETERPROB
 }
 
+/// An ICMP query request with an identifier: echo, timestamp,
+/// information, address mask.
+#[inline(always)]
+pub fn is_icmp_query(ty: u8) -> bool {
+    ty == ICMP_ECHO || ty == ICMP_TIMESTAMP || ty == ICMP_INFO_REQUEST || ty == ICMP_ADDRESS
+}
+
+/// The reply to an [`is_icmp_query`] request.
+#[inline(always)]
+pub fn is_icmp_query_reply(ty: u8) -> bool {
+    ty == ICMP_ECHO_REPLY
+        || ty == ICMP_TIMESTAMP + 1
+        || ty == ICMP_INFO_REQUEST + 1
+        || ty == ICMP_ADDRESS + 1
+}
+
+/// The query family of a request or reply type: the session key's other
+/// "port", so a reply only answers a session of its own request type.
+/// Echo: 0 (as before the other queries were mapped); else the request type.
+#[inline(always)]
+pub fn icmp_family(ty: u8) -> Be16 {
+    let fam = if ty == ICMP_ECHO || ty == ICMP_ECHO_REPLY {
+        0
+    } else {
+        (ty - 1) | 1
+    };
+    Be16::from_host(fam as u16)
+}
+
 #[inline(always)]
 pub fn icmp_type(ctx: &TcContext, ip: &Ip4) -> Result<u8, u32> {
     load(ctx, ip.l4_off)
@@ -124,17 +158,18 @@ impl Ip4 {
         self.proto == IPPROTO_TCP || self.proto == IPPROTO_UDP || self.proto == IPPROTO_ICMP
     }
 
-    /// The 5-tuple. ICMP echo (`icmp`): the identifier is the inside
-    /// "port": sport for requests, dport for replies (the other is 0).
+    /// The 5-tuple. ICMP query (`icmp`): the identifier is the inside
+    /// "port": sport for requests, dport for replies; the other is the
+    /// query family ([`icmp_family`]).
     #[inline(always)]
     pub fn tuple(&self, ctx: &TcContext, icmp: bool) -> Result<Tuple, u32> {
         let (sport, dport) = if icmp {
             let ty: u8 = load(ctx, self.l4_off)?;
             let id: Be16 = load(ctx, self.l4_off + ICMP_ID)?;
-            if ty == ICMP_ECHO {
-                (id, Be16::ZERO)
+            if is_icmp_query(ty) {
+                (id, icmp_family(ty))
             } else {
-                (Be16::ZERO, id)
+                (icmp_family(ty), id)
             }
         } else {
             (load(ctx, self.l4_off)?, load(ctx, self.l4_off + 2)?)
@@ -189,7 +224,7 @@ impl Ip4 {
 }
 
 /// Rewrites the source (`src`) or destination address and port of `t` to
-/// `addr`/`port`, fixing the IPv4 and L4 checksums. ICMP echo: the
+/// `addr`/`port`, fixing the IPv4 and L4 checksums. ICMP query: the
 /// identifier (at sport for requests, dport for replies) is the port.
 #[inline(always)]
 pub fn rewrite(
@@ -221,7 +256,7 @@ pub fn rewrite(
             rewrite_l4(ctx, ip, t.proto, port_off, &moved)
         }
         IPPROTO_ICMP if old_port != port => {
-            // The echo identifier; ICMP has no pseudo-header.
+            // The query identifier; ICMP has no pseudo-header.
             store(ctx, ip.l4_off + ICMP_ID, &port)?;
             let csum = ip.l4_off + ICMP_CSUM;
             l4_csum(ctx, csum, old_port.raw() as u32, port.raw() as u32, 2)
