@@ -1020,3 +1020,49 @@ fn udp_without_checksum_stays_without() {
         assert_eq!((ip.dst(), ip.l4_csum_field()), (BLACK, 0));
     });
 }
+
+/// RFC 7857 sec. 7.1: an outbound TCP RST and an outbound ICMP error about
+/// a session do not refresh it (its last-seen time stays where it was);
+/// outbound data does (the control). Each packet is still translated.
+#[test]
+fn rfc7857_7_1_outbound_rst_and_icmp_error_do_not_refresh() {
+    require_root!();
+    scenario(|nat| {
+        nat.setup(base_config(), &[], &[]);
+        let (lab, srv, ext) = (ep(BLACK, 40000), ep(SERVER, 80), ep(UPLINK, 40000));
+        let k = key(pkt::TCP, lab, srv, CT_DIR_OUT);
+        nat.egress(&pkt::tcp(lab, srv, SYN, 5)).passed();
+        nat.ingress(&pkt::tcp(srv, ext, SYN | ACK, 5)).passed();
+        nat.egress(&pkt::tcp(lab, srv, ACK, 5)).passed();
+        // Aged less than every timeout of the test config (closed: 10 s).
+        let idle = Duration::from_secs(5);
+        let seen = |nat: &Nat, k: &CtKey| nat.entry(k).unwrap().last_seen_ns;
+        nat.age(&k, idle);
+        let then = seen(nat, &k);
+        nat.egress(&pkt::tcp(lab, srv, ACK, 5)).passed();
+        assert!(seen(nat, &k) > then, "control: outbound data refreshes");
+        nat.age(&k, idle);
+        let then = seen(nat, &k);
+        let out = nat.egress(&pkt::tcp(lab, srv, RST | ACK, 5));
+        assert_eq!(out.passed().src_ep(), ext, "the RST is translated");
+        let [o, _] = nat.session(pkt::TCP, lab, srv, CT_DIR_OUT);
+        assert_eq!((o.state, o.last_seen_ns), (CT_TCP_CLOSED, then), "RST");
+
+        // UDP, answered; the lab host refuses a later reply with an ICMP
+        // port unreachable quoting it.
+        let (lab, srv, ext) = (ep(BLACK, 40001), ep(SERVER, 7), ep(UPLINK, 40001));
+        let k = key(pkt::UDP, lab, srv, CT_DIR_OUT);
+        nat.egress(&pkt::udp(lab, srv, b"q", true)).passed();
+        let reply = nat.ingress(&pkt::udp(srv, ext, b"r", true));
+        let delivered = reply.passed().0.to_vec();
+        nat.age(&k, idle);
+        let then = seen(nat, &k);
+        let err = pkt::icmp_error(BLACK, SERVER, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let (out, moved) = nat.moved(|| nat.egress(&err));
+        assert_eq!(out.passed().quoted().dst_ep(), ext, "error translated");
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        assert_eq!(seen(nat, &k), then, "the ICMP error refreshed the session");
+        nat.egress(&pkt::udp(lab, srv, b"q", true)).passed();
+        assert!(seen(nat, &k) > then, "control: outbound data refreshes");
+    });
+}

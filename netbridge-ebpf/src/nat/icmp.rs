@@ -54,7 +54,9 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
         dport: q.sport,
         proto: q.proto,
     };
-    let ct::Found::Hit(addr, port, _) = ct::lookup(cfg, &answer, dir, 0) else {
+    // An outbound error (the inside host refusing) refreshes nothing
+    // (RFC 7857 sec. 7.1).
+    let ct::Found::Hit(addr, port, _) = ct::lookup_as(cfg, &answer, dir, 0, inbound) else {
         return Ok(false);
     };
     rewrite_outer(ctx, ip, cfg, inbound, addr)?;
