@@ -91,8 +91,10 @@ code_table! {
         9 NatTableFull NAT_TABLE_FULL "nat_table_full",
         /// Inserting a conntrack entry failed (lost a race or map error).
         10 NatCtInsert NAT_CT_INSERT "nat_ct_insert",
-        /// A non-first IPv4 fragment that would need translation: it carries
-        /// no ports, so it cannot be mapped (netbridge does not reassemble).
+        /// A non-first IPv4 fragment that would need translation but whose
+        /// first fragment was not translated before it (out of order, or
+        /// lost): it carries no ports, so it cannot be mapped (netbridge
+        /// does not reassemble).
         11 NatFragment NAT_FRAGMENT "nat_fragment",
         /// Rewriting the packet (store or checksum helper) failed.
         12 NatRewrite NAT_REWRITE "nat_rewrite",
@@ -191,6 +193,9 @@ code_table! {
         /// Inbound packets with no session admitted to a mapping's owner by
         /// endpoint-independent or address-dependent filtering.
         18 FilterAdmitted FILTER_ADMITTED "filter_admitted",
+        /// Non-first IPv4 fragments translated from their first fragment's
+        /// translation (`NB_FRAG`, RFC 4787 REQ-14).
+        19 FragTranslated FRAG_TRANSLATED "fragments_translated",
     }
 }
 
@@ -211,7 +216,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::FilterAdmitted.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::FragTranslated.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

@@ -1305,3 +1305,61 @@ fn rfc5508_req11_untranslatable_icmp_is_dropped_not_leaked() {
     // 2 timestamps, 2 router advertisements, 1 error of no session, 1 GRE.
     assert_eq!(drops(&lab) - before, 6, "{text}");
 }
+
+/// `tests/scripts/udp_big.py` in lab role `from`: one `size`-byte datagram
+/// (fragmented by the sender) from `src`:`sport` to `dst`:`dport`, answered
+/// by udp_echo.py; its JSON result.
+fn udp_big(lab: &Lab, from: &str, (src, sport): (&str, u16), (dst, dport): (&str, u16)) -> Value {
+    let cmd = format!(
+        "python3 {} {src} {sport} {dst} {dport} 4000",
+        script("udp_big.py")
+    );
+    let out = lab.sh(from, &cmd);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// RFC 4787 REQ-14 and REQ-13 a (fragments, received in order), real
+/// traffic: a 4,000-byte UDP datagram, fragmented by its sender (MTU 1500
+/// everywhere), through SNAT (black to the STUN host's echo) and through a
+/// UDP forward (the STUN host to uplink:5353, white's echo); each echo,
+/// 4,000 bytes and the echo's header, fragmented the same way, comes back
+/// whole, and each echo saw the translated source. Three fragments each:
+/// two non-first ones per datagram translated from their first
+/// (`fragments_translated`, at least 8). Before, they were dropped
+/// (`nat_fragment`) going out and passed untranslated coming in.
+#[test]
+fn rfc4787_req14_fragmented_udp_through_snat_and_dnat_forward() {
+    require_root!();
+    let mut lab =
+        Lab::netbridge("\n[[forward]]\nproto = \"udp\"\nport = 5353\nto = \"white:5353\"");
+    let ns = lab.ns("white");
+    lab.sb.spawn(
+        &ns,
+        &["python3", &script("udp_echo.py"), "5353", "white", "120"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("white", "ss -uln").contains(":5353 ").then_some(())
+    });
+    assert!(ok.is_some(), "white's echo not listening");
+
+    let snat = udp_big(&lab, "black", (BLACK, 55000), (STUN1, 7));
+    assert_eq!(snat["lost"], false, "SNAT: {snat}");
+    assert_eq!(snat["tag"], "stun", "{snat}");
+    assert_eq!(snat["seen"], format!("{UPLINK}:55000"), "{snat}");
+    assert_eq!(snat["whole"], true, "{snat}");
+    assert_eq!(
+        snat["len"],
+        4000 + "stun 203.0.113.1:55000 ".len(),
+        "{snat}"
+    );
+
+    let dnat = udp_big(&lab, "stun", (STUN1, 56000), (UPLINK, 5353));
+    assert_eq!(dnat["lost"], false, "forward: {dnat}");
+    assert_eq!(dnat["tag"], "white", "{dnat}");
+    assert_eq!(dnat["seen"], format!("{STUN1}:56000"), "{dnat}");
+    assert_eq!(dnat["whole"], true, "{dnat}");
+    assert_eq!(dnat["len"], 4000 + "white 198.51.100.10:56000 ".len());
+
+    let translated = lab.nat_counter("fragments_translated");
+    assert!(translated >= 8, "fragments_translated {translated}");
+}

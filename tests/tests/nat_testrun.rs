@@ -1066,3 +1066,82 @@ fn rfc7857_7_1_outbound_rst_and_icmp_error_do_not_refresh() {
         assert!(seen(nat, &k) > then, "control: outbound data refreshes");
     });
 }
+
+/// Splits IPv4 packet `ip` (20-byte header) after `at` bytes of its
+/// payload (a multiple of 8) into its two fragments, IP ID `id`.
+fn fragments(ip: &[u8], at: usize, id: u16) -> [Vec<u8>; 2] {
+    let (hdr, body) = ip.split_at(20);
+    let part = |data: &[u8], off: usize, more: bool| {
+        let mut p = hdr.to_vec();
+        p[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        let frag = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(data);
+        fix_ip_csum(&mut p);
+        p
+    };
+    [part(&body[..at], 0, true), part(&body[at..], at, false)]
+}
+
+/// A fragment as a program left it: verdict OK, IPv4 header checksum
+/// valid; its payload (the L4 checksum covers the whole datagram).
+fn fragment_passed(out: &Out) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
+    assert_eq!(out.verdict, TC_ACT_OK, "verdict");
+    let ip = &out.frame[14..];
+    assert_eq!(pkt::csum(&ip[..20]), 0, "IPv4 header checksum");
+    let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let (src, dst) = (out.ip().src(), out.ip().dst());
+    (src, dst, ip[20..len].to_vec())
+}
+
+/// RFC 4787 REQ-14 (in order): a UDP datagram in two fragments through the
+/// uplink egress (SNAT) and, as a reply, the ingress: the first fragment is
+/// translated as any packet, the second gets the same new address and a
+/// valid header checksum (`fragments_translated`), and the reassembled
+/// datagram's UDP checksum is valid for the new addresses. A non-first
+/// fragment before its first one (out of order) is dropped at the egress
+/// (`nat_fragment`); at the ingress it is the host's (untouched).
+#[test]
+fn rfc4787_req14_in_order_fragments_translated_out_of_order_dropped() {
+    require_root!();
+    scenario(|nat| {
+        nat.setup(base_config(), &[], &[]);
+        let (lab, srv, ext) = (ep(BLACK, 40000), ep(SERVER, 7), ep(UPLINK, 40000));
+        let payload: Vec<u8> = (0..40).collect();
+        let [_, late] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x1111);
+        let (out, moved) = nat.moved(|| nat.egress(&late));
+        assert_eq!(out.verdict, TC_ACT_SHOT, "out of order");
+        assert_eq!(moved, counts(&[("nat_fragment", 1)]));
+        assert_eq!(nat.live(), 0);
+
+        let [first, second] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x2222);
+        let (src, dst, mut udp) = fragment_passed(&nat.egress(&first));
+        assert_eq!((src, dst), (UPLINK, SERVER));
+        let (out, moved) = nat.moved(|| nat.egress(&second));
+        let (src2, dst2, rest) = fragment_passed(&out);
+        assert_eq!((src2, dst2), (UPLINK, SERVER), "second fragment");
+        assert_eq!(moved, counts(&[("fragments_translated", 1)]));
+        udp.extend_from_slice(&rest);
+        assert_eq!(pkt::l4_csum(UPLINK, SERVER, pkt::UDP, &udp), 0, "UDP csum");
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), ext.port());
+
+        let [first, second] = fragments(&pkt::udp(srv, ext, &payload, true), 16, 0x3333);
+        let (out, moved) = nat.moved(|| nat.ingress(&second));
+        assert_eq!(fragment_passed(&out).1, UPLINK, "out of order: the host's");
+        assert!(moved.is_empty(), "{moved:?}");
+        let [first, second] = [first, second].map(|mut p| {
+            p[4..6].copy_from_slice(&0x4444u16.to_be_bytes());
+            fix_ip_csum(&mut p);
+            p
+        });
+        let (src, dst, mut udp) = fragment_passed(&nat.ingress(&first));
+        assert_eq!((src, dst), (SERVER, BLACK));
+        let (out, moved) = nat.moved(|| nat.ingress(&second));
+        let (src2, dst2, rest) = fragment_passed(&out);
+        assert_eq!((src2, dst2), (SERVER, BLACK), "second fragment");
+        assert_eq!(moved, counts(&[("fragments_translated", 1)]));
+        udp.extend_from_slice(&rest);
+        assert_eq!(pkt::l4_csum(SERVER, BLACK, pkt::UDP, &udp), 0, "UDP csum");
+    });
+}

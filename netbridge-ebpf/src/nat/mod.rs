@@ -10,6 +10,7 @@
 //! (`sweep`). `max_sessions` bounds the live count kept there.
 pub mod ct;
 pub mod dnat;
+pub mod frag;
 pub mod icmp;
 pub mod packet;
 pub mod quota;
@@ -147,10 +148,12 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     }
     let masq = cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4;
     if ip.non_first_fragment() {
-        return if masq && ip.is_nat_proto() {
-            Err(drop_reason::NAT_FRAGMENT)
-        } else {
-            Ok(TC_ACT_OK)
+        return match frag::translate(ctx, ip.ip_off, CT_DIR_OUT) {
+            r if r < 0 => Err((-r) as u32),
+            1 => Ok(TC_ACT_OK),
+            // Its first fragment was not translated (yet): out of order.
+            _ if masq && ip.is_nat_proto() => Err(drop_reason::NAT_FRAGMENT),
+            _ => Ok(TC_ACT_OK),
         };
     }
     let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO, CT_DIR_OUT)? else {
@@ -163,6 +166,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
         _ if masq => snat::new_session_logged(cfg, &t, flags)?,
         _ => return Ok(TC_ACT_OK),
     };
+    if frag::more_fragments(ctx, ip.ip_off) {
+        frag::remember(ctx, ip.ip_off, CT_DIR_OUT, addr);
+    }
     packet::rewrite(ctx, &ip, &t, true, addr, port)?;
     if t.daddr == cfg.uplink_ipv4 {
         let r = egress_hairpin(ctx, &ip, &t, addr, port);
@@ -187,9 +193,19 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
         return Ok(TC_ACT_OK);
     };
-    if ip.daddr != cfg.uplink_ipv4 || ip.non_first_fragment() {
-        // Not for a mapping; a fragment the host reassembles for itself.
+    if ip.daddr != cfg.uplink_ipv4 {
+        // Not for a mapping.
         return Ok(TC_ACT_OK);
+    }
+    if ip.non_first_fragment() {
+        // Of a datagram whose first fragment was translated, or else one
+        // the host reassembles for itself.
+        let r = frag::translate(ctx, ip.ip_off, CT_DIR_IN);
+        return if r < 0 {
+            Err((-r) as u32)
+        } else {
+            Ok(TC_ACT_OK)
+        };
     }
     // Inbound echo requests (and other ICMP) are for the host itself.
     let Some(t) = uplink_tuple(ctx, &ip, cfg, ICMP_ECHO_REPLY, CT_DIR_IN)? else {
@@ -211,6 +227,9 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         dnat::Inbound::Dead if dnat::host_socket(ctx, &t) => return Ok(TC_ACT_OK),
         dnat::Inbound::Dead => return Err(drop_reason::NAT_EXPIRED),
     };
+    if ip.more_fragments() {
+        frag::remember(ctx, ip.ip_off, CT_DIR_IN, addr);
+    }
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
     fast_in(ctx, &ip, cfg, addr)
@@ -553,7 +572,8 @@ fn egress_hairpin_inner(ctx: &TcContext, ip: &Ip4, t: &Tuple) -> Result<i32, u32
 /// An established SNAT session or a DNAT reply, bound for the uplink:
 /// translated here and sent straight out of it. Too big or TTL expiring:
 /// the kernel path (fragmentation needed, time exceeded); the uplink
-/// egress program translates it there.
+/// egress program translates it there. So is a first fragment: the uplink
+/// egress remembers its translation for the later ones (`frag`).
 #[inline(always)]
 fn port_fast_out(
     ctx: &TcContext,
@@ -563,6 +583,7 @@ fn port_fast_out(
     (addr, port): (Be32, Be16),
 ) -> Result<Option<Hook>, u32> {
     if cfg.flags & NAT_FAST_PATH == 0
+        || ip.more_fragments()
         || !packet::fits(ctx, ip, cfg.uplink_mtu)
         || packet::ttl(ctx, ip) <= 1
     {
