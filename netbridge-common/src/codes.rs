@@ -144,6 +144,12 @@ code_table! {
         /// forward, or the lab host) holds its quota of live sessions
         /// already (`uplink.max_sessions_per_source` / `_per_host`).
         26 NatQuota NAT_QUOTA "nat_quota",
+        /// An unsolicited inbound TCP SYN to the uplink address in the NAT
+        /// port range (no session, forward, filtering admission or host
+        /// socket takes it), dropped silently under `unsolicited_syn =
+        /// "drop"` (RFC 5382 REQ-4: a simultaneous open's inside SYN may
+        /// still come).
+        27 NatUnsolicitedSyn NAT_UNSOLICITED_SYN "nat_unsolicited_syn",
     }
 }
 

@@ -496,6 +496,11 @@ pub const NAT_FAST_PATH: u32 = 8;
 /// [`NatConfig::flags`]: inbound packets refresh SNAT sessions too (RFC
 /// 4787 REQ-6 MAY); off, only outbound ones do.
 pub const NAT_INBOUND_REFRESH: u32 = 16;
+/// [`NatConfig::flags`]: an unsolicited inbound SYN to the uplink address
+/// (no session, forward, filtering admission or host socket), in the NAT
+/// port range, is dropped (`nat_unsolicited_syn`) rather than answered
+/// with a RST by the host's stack (RFC 5382 REQ-4; `unsolicited_syn`).
+pub const NAT_SYN_DROP: u32 = 32;
 
 /// [`CtKey::dir`]: seen leaving through the uplink (or, for hairpin
 /// replies, entering a bridge port): the source is rewritten.

@@ -328,6 +328,11 @@ impl Lab {
     /// TCP simultaneous open between black:`port` and stun:`port`+1000
     /// (tests/scripts/tcp_simopen.py); JSON result.
     fn simultaneous_open(&self, port: u16, unsolicited: bool) -> Value {
+        self.simultaneous_open_as(port, if unsolicited { "--unsolicited" } else { "" })
+    }
+
+    /// The same with tcp_simopen.py's `mode` option ("" for none).
+    fn simultaneous_open_as(&self, port: u16, mode: &str) -> Value {
         let mut cmd = format!(
             "python3 {} {BLACK} {port} {STUN1} {} {UPLINK} {port} {} {}",
             script("tcp_simopen.py"),
@@ -335,8 +340,8 @@ impl Lab {
             self.ns("stun"),
             self.ns("router"),
         );
-        if unsolicited {
-            cmd.push_str(" --unsolicited");
+        if !mode.is_empty() {
+            cmd.push_str(&format!(" {mode}"));
         }
         let out = self.sh("black", &cmd);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -1362,4 +1367,83 @@ fn rfc4787_req14_fragmented_udp_through_snat_and_dnat_forward() {
 
     let translated = lab.nat_counter("fragments_translated");
     assert!(translated >= 8, "fragments_translated {translated}");
+}
+
+/// `tests/scripts/tcp_connect_probe.py` from the STUN host to the uplink
+/// address, port `dport`, waiting up to `secs`: "ECONNREFUSED" (a RST came
+/// back), "timeout" (no answer at all) or "connected".
+fn connect_probe(lab: &Lab, sport: u16, dport: u16, secs: u32) -> String {
+    let cmd = format!(
+        "python3 {} {STUN1} {sport} {UPLINK} {dport} {secs}",
+        script("tcp_connect_probe.py")
+    );
+    let out = lab.sh("stun", &cmd);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["result"].as_str().unwrap_or_default().to_string()
+}
+
+fn drop_count(lab: &Lab, reason: &str) -> u64 {
+    let v: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
+    v["drops"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no drop reason {reason} in {v}"))
+}
+
+/// RFC 5382 REQ-4 (unsolicited inbound SYN: no answer for at least 6 s, so
+/// a simultaneous open can complete): with `unsolicited_syn = "drop"` an
+/// outside connect to an unused port of the NAT range gets no answer in
+/// 6 s (no RST: the SYN and its retransmissions are dropped, counted
+/// `nat_unsolicited_syn`), a host service on a port of that range still
+/// answers (its socket takes the SYN), and a TCP simultaneous open whose
+/// outside SYN reaches the NAT first completes. Control, the default
+/// ("reset", as MASQUERADE): the same connect is refused at once by the
+/// host's RST, and the same simultaneous open fails. (The SHOULD, an ICMP
+/// port unreachable after 6 s, is not implemented.)
+#[test]
+fn rfc5382_req4_unsolicited_syn_dropped_when_configured() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    assert_eq!(
+        connect_probe(&lab, 46000, 47000, 6),
+        "ECONNREFUSED",
+        "control"
+    );
+    let reset = lab.simultaneous_open_as(53200, "--outside-first");
+    assert_ne!(reset["outside"], "connected", "control: {reset}");
+    assert_eq!(drop_count(&lab, "nat_unsolicited_syn"), 0);
+
+    lab.reconfigure("unsolicited_syn = \"drop\"");
+    assert_eq!(connect_probe(&lab, 46001, 47000, 6), "timeout");
+    let dropped = drop_count(&lab, "nat_unsolicited_syn");
+    assert!(dropped >= 1, "nat_unsolicited_syn {dropped}");
+    // A host service in the NAT range keeps working.
+    let ns = lab.ns("gw");
+    lab.sb.spawn(
+        &ns,
+        &[
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(); \
+          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+          s.bind(('203.0.113.1', 47001)); s.listen(); time.sleep(60)",
+        ],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("gw", "ss -tln").contains(":47001 ").then_some(())
+    });
+    assert!(ok.is_some(), "host listener not up");
+    assert_eq!(
+        connect_probe(&lab, 46002, 47001, 6),
+        "connected",
+        "host service"
+    );
+    let simopen = lab.simultaneous_open_as(53300, "--outside-first");
+    assert_eq!(simopen["outside"], "connected", "{simopen}");
+    assert_eq!(simopen["inside"], "connected", "{simopen}");
+    assert_eq!(simopen["outside_got"], "from-inside", "{simopen}");
+    assert_eq!(
+        simopen["outside_peer"],
+        format!("{UPLINK}:53300"),
+        "{simopen}"
+    );
 }

@@ -26,11 +26,14 @@ use aya_ebpf::{
 };
 use netbridge_common::{
     Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, CT_TCP_ESTABLISHED, CT_UDP_REPLIED, FILTER_ADF,
-    FILTER_APDF, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig, drop_reason, nat_stat,
+    FILTER_APDF, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NAT_SYN_DROP, NatConfig, drop_reason,
+    nat_stat,
 };
 
 use crate::{
-    nat::packet::{ICMP_ECHO, ICMP_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
+    nat::packet::{
+        ICMP_ECHO, ICMP_ECHO_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, TCP_ACK, TCP_SYN,
+    },
     parse::ETH_HLEN,
 };
 
@@ -221,6 +224,9 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     };
     let (addr, port) = match inbound {
         dnat::Inbound::Mapped(addr, port) => (addr, port),
+        dnat::Inbound::Unknown if unsolicited_syn(ctx, &t, flags) => {
+            return Err(drop_reason::NAT_UNSOLICITED_SYN);
+        }
         dnat::Inbound::Unknown => return Ok(TC_ACT_OK),
         // For a SNAT mapping that expired: dropped, unless the host itself
         // has a socket for it (its own traffic shares the port range).
@@ -264,6 +270,26 @@ fn filter_admit(cfg: &NatConfig, t: &Tuple) -> Option<(Be32, Be16)> {
     }
     count(nat_stat::FILTER_ADMITTED);
     Some((owner.addr, owner.port))
+}
+
+/// Is `t` (TCP flags `flags`), which nothing of the NAT takes, a SYN to
+/// drop under `unsolicited_syn = "drop"` (RFC 5382 REQ-4)? A SYN without
+/// ACK to a port of the NAT range that no socket of the host takes: the
+/// host's stack would answer it with a RST at once, which kills a TCP
+/// simultaneous open whose outside SYN comes first; dropped, the inside
+/// host's own SYN opens the mapping and the outside's retransmission gets
+/// through. Its own BPF function: off the ingress program's frame.
+#[inline(never)]
+fn unsolicited_syn(ctx: &TcContext, t: &Tuple, flags: u8) -> bool {
+    let Some(cfg) = config() else {
+        return false;
+    };
+    let port = t.dport.get();
+    cfg.flags & NAT_SYN_DROP != 0
+        && t.proto == IPPROTO_TCP
+        && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && (cfg.port_min..=cfg.port_max).contains(&port)
+        && !dnat::host_socket(ctx, t)
 }
 
 /// Fast path of the uplink ingress: a translated packet goes straight into

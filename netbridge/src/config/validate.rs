@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use super::{
     ConfigError, Endpoint, MAX_ADDRESSES, MAX_FORWARDS, MAX_LINKS, MAX_NAMESPACES, MAX_ROUTES,
-    MAX_SYSCTLS, Namespace, Port, Proto, Route, Topology,
+    MAX_SYSCTLS, Namespace, Port, Proto, Route, Topology, UnsolicitedSyn,
 };
 
 /// Checks `t` (parsed from `file`). `host_has_link(name)` tells whether an
@@ -635,6 +635,14 @@ impl Validator<'_> {
                      remove endpoint_independent or set it to true",
                     q(u.filtering.name())
                 ),
+            ));
+        }
+        if u.unsolicited_syn == UnsolicitedSyn::Drop && !u.masquerade {
+            return Err(self.err(
+                "uplink.unsolicited_syn",
+                "\"drop\"",
+                "needs masquerade = true: it drops SYNs to the SNAT port range \
+                 (RFC 5382 REQ-4); without masquerade there are no mappings",
             ));
         }
         for (name, v) in u.timeouts.fields() {
@@ -1619,6 +1627,23 @@ mod tests {
             "endpoint_independent = false\n",
         ))
         .unwrap();
+        // unsolicited_syn: "reset" (default) or "drop", which needs
+        // masquerade; another value is named with the field's line.
+        let syn =
+            |v: &str, masq: &str| nat_base(&format!("{masq}unsolicited_syn = \"{v}\"\n"), addr);
+        parse(&syn("reset", m)).unwrap();
+        rule(
+            &syn("drop", m),
+            &syn("drop", ""),
+            &[
+                "uplink.unsolicited_syn = \"drop\"",
+                "needs masquerade = true",
+            ],
+        );
+        assert_err(
+            &syn("silent", m),
+            &["unsolicited_syn = \"silent\"", "unknown variant `silent`"],
+        );
         // NAT (masquerade or a forward) needs an IPv4 address on the uplink.
         let v6 = "\"2001:db8::1/64\"";
         parse(&nat_base("", v6)).unwrap();
