@@ -19,8 +19,9 @@ use netbridge::{
 use netbridge_common::{
     CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_SNAT, CT_TCP_CLOSED,
     CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey,
-    CtStateView, FwdTarget, HostEntry, MAP_CT_GRAVES, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS,
-    NAT_MASQUERADE, NatConfig, PROG_PORT_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    CtStateView, CtlCmd, EimKey, FwdTarget, HostEntry, MAP_CT_GRAVES, NAT_EIM, NAT_FAST_PATH,
+    NAT_FORWARDS, NAT_MASQUERADE, NatConfig, PROG_CT_CTL, PROG_PORT_INGRESS, PROG_UPLINK_EGRESS,
+    PROG_UPLINK_INGRESS, ctl,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -1143,5 +1144,62 @@ fn rfc4787_req14_in_order_fragments_translated_out_of_order_dropped() {
         assert_eq!(moved, counts(&[("fragments_translated", 1)]));
         udp.extend_from_slice(&rest);
         assert_eq!(pkt::l4_csum(SERVER, BLACK, pkt::UDP, &udp), 0, "UDP csum");
+    });
+}
+
+/// RFC 7857 sec. 11: an endpoint-independent mapping (`NB_EIM`, and its
+/// external port's owner) is deleted with its last session, not before.
+/// One inside endpoint, two sessions on one external port; the sweep
+/// (`nb_ct_ctl`, as the timer runs it) removes the first expired one: the
+/// mapping stays, counting one session, and its port stays owned (another
+/// endpoint with the same source port gets a different one). Then the last
+/// expires: the mapping is gone, and a third endpoint keeps port 5000.
+#[test]
+fn rfc7857_11_eim_mapping_deleted_with_its_last_session() {
+    require_root!();
+    scenario(|nat| {
+        let cfg = NatConfig {
+            flags: NAT_MASQUERADE | NAT_EIM,
+            ..base_config()
+        };
+        nat.setup(cfg, &[], &[]);
+        let (lab, a, b) = (ep(BLACK, 5000), ep(SERVER, 7), ep(SERVER, 8));
+        let port = nat.egress(&pkt::udp(lab, a, b"a", true)).passed().sport();
+        assert_eq!(port, 5000, "kept");
+        assert_eq!(
+            nat.egress(&pkt::udp(lab, b, b"b", true)).passed().sport(),
+            port
+        );
+        let ek = EimKey {
+            addr: BLACK.into(),
+            port: netbridge_common::Be16::from_host(5000),
+            proto: pkt::UDP,
+            _pad: 0,
+        };
+        let sessions = |nat: &Nat| nat.dp.maps.nat.eim.get(&ek, 0).ok().map(|e| e.sessions);
+        assert_eq!(sessions(nat), Some(2));
+        let sweep = |nat: &Nat| {
+            let cmd = CtlCmd {
+                op: ctl::OP_SWEEP,
+                ..CtlCmd::default()
+            };
+            let fd = nat.dp.prog_fd(PROG_CT_CTL).unwrap();
+            run_out(fd, &netbridge::nat::ctl_frame(&cmd))
+                .unwrap()
+                .retval
+        };
+        // Unanswered UDP times out after 30 s.
+        let idle = Duration::from_secs(31);
+        nat.age(&key(pkt::UDP, lab, a, CT_DIR_OUT), idle);
+        assert_eq!(sweep(nat), 1, "one session swept");
+        assert_eq!(sessions(nat), Some(1), "the mapping stays with one left");
+        let other = nat.egress(&pkt::udp(ep(WHITE, 5000), a, b"c", true));
+        assert_ne!(other.passed().sport(), 5000, "port 5000 still owned");
+        nat.age(&key(pkt::UDP, lab, b, CT_DIR_OUT), idle);
+        assert_eq!(sweep(nat), 1, "the last session swept");
+        assert_eq!(sessions(nat), None, "the mapping went with it");
+        let third = ep(Ipv4Addr::new(192, 168, 3, 10), 5000);
+        let out = nat.egress(&pkt::udp(third, a, b"d", true));
+        assert_eq!(out.passed().sport(), 5000, "port 5000 free again");
     });
 }

@@ -1027,6 +1027,22 @@ mod tests {
         );
     }
 
+    /// RFC 4787 REQ-7 (internal and external addresses must not conflict):
+    /// `check` rejects an uplink whose subnet overlaps the lab's, naming
+    /// both; the same file with a distinct upstream subnet passes.
+    #[test]
+    fn rfc4787_req7_uplink_subnet_overlapping_the_lab_is_rejected() {
+        let m = "masquerade = true\n";
+        rule(
+            &nat_base(m, "\"203.0.113.1/24\""),
+            &nat_base(m, "\"192.168.9.1/24\""),
+            &[
+                "link[0].a.addresses[0] = \"192.168.9.1/24\"",
+                "overlaps subnet 192.168.0.0/16 of the bridge",
+            ],
+        );
+    }
+
     #[test]
     fn addresses_and_overlaps() {
         assert_err(
