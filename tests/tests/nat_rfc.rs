@@ -608,6 +608,16 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
     let hairpin = |p: &Profile| p.rows.iter().any(|(k, v)| k.contains("-H") && v == "yes");
     assert!(hairpin(eif), "EIF: no hairpin\n{table}");
     assert!(!hairpin(nb) && !hairpin(adf) && !hairpin(masq), "\n{table}");
+    // In-order fragments are translated (RFC 4787 REQ-14): the 4,000-byte
+    // datagram and its echo cross every NAT, as through MASQUERADE.
+    for (name, p) in &profiles {
+        let big = p.rows.iter().find(|(k, _)| k.starts_with("4000-byte"));
+        assert_eq!(
+            big.map(|(_, v)| v.as_str()),
+            Some("echoed 4023 bytes"),
+            "{name}\n{table}"
+        );
+    }
 }
 
 /// RFC 4787 REQ-1 (UDP): with `endpoint_independent = true` an inside
