@@ -91,8 +91,10 @@ code_table! {
         9 NatTableFull NAT_TABLE_FULL "nat_table_full",
         /// Inserting a conntrack entry failed (lost a race or map error).
         10 NatCtInsert NAT_CT_INSERT "nat_ct_insert",
-        /// A non-first IPv4 fragment that would need translation: it carries
-        /// no ports, so it cannot be mapped (netbridge does not reassemble).
+        /// A non-first IPv4 fragment that would need translation but whose
+        /// first fragment was not translated before it (out of order, or
+        /// lost): it carries no ports, so it cannot be mapped (netbridge
+        /// does not reassemble).
         11 NatFragment NAT_FRAGMENT "nat_fragment",
         /// Rewriting the packet (store or checksum helper) failed.
         12 NatRewrite NAT_REWRITE "nat_rewrite",
@@ -142,15 +144,16 @@ code_table! {
         /// forward, or the lab host) holds its quota of live sessions
         /// already (`uplink.max_sessions_per_source` / `_per_host`).
         26 NatQuota NAT_QUOTA "nat_quota",
-        /// Placeholder: issue 22's fragment work takes codes 27 and 28
-        /// (replaced by them on merge; never counted).
-        27 Reserved27 RESERVED_27 "reserved_27",
-        /// Placeholder, see 27.
-        28 Reserved28 RESERVED_28 "reserved_28",
+        /// An unsolicited inbound TCP SYN to the uplink address in the NAT
+        /// port range (no session, forward, filtering admission or host
+        /// socket takes it), dropped silently under `unsolicited_syn =
+        /// "drop"` (RFC 5382 REQ-4: a simultaneous open's inside SYN may
+        /// still come).
+        27 NatUnsolicitedSyn NAT_UNSOLICITED_SYN "nat_unsolicited_syn",
         /// An ICMP error of a NAT session whose ICMP checksum is wrong,
         /// dropped rather than translated: the translation's incremental
         /// checksum update would pass it on as valid (RFC 5508 REQ-3).
-        29 NatIcmpBadCsum NAT_ICMP_BAD_CSUM "nat_icmp_bad_checksum",
+        28 NatIcmpBadCsum NAT_ICMP_BAD_CSUM "nat_icmp_bad_checksum",
     }
 }
 
@@ -200,11 +203,14 @@ code_table! {
         /// Inbound packets with no session admitted to a mapping's owner by
         /// endpoint-independent or address-dependent filtering.
         18 FilterAdmitted FILTER_ADMITTED "filter_admitted",
+        /// Non-first IPv4 fragments translated from their first fragment's
+        /// translation (`NB_FRAG`, RFC 4787 REQ-14).
+        19 FragTranslated FRAG_TRANSLATED "fragments_translated",
         /// A lab host's ICMP errors about packets hairpinned to it from
         /// another lab host, translated and delivered to that host (RFC
         /// 5508 REQ-7); each also counts twice in `icmp_errors_translated`
         /// (out as from the erring host, back in to the sender).
-        19 HairpinIcmpErrors HAIRPIN_ICMP_ERRORS "icmp_errors_hairpinned",
+        20 HairpinIcmpErrors HAIRPIN_ICMP_ERRORS "icmp_errors_hairpinned",
     }
 }
 

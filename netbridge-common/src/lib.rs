@@ -389,6 +389,44 @@ pub struct PermKey {
 }
 const _: () = assert!(core::mem::size_of::<PermKey>() == 8);
 
+/// LRU hash: [`FragKey`] (a translated first IPv4 fragment's addresses,
+/// protocol and IP ID as seen before translation) -> [`FragEntry`] (the
+/// address that replaced one of them): the later fragments of the datagram,
+/// which carry no ports, are translated from it (RFC 4787 REQ-14).
+pub const MAP_FRAG: &str = "NB_FRAG";
+/// Capacity of [`MAP_FRAG`]: datagrams in flight in fragments at once.
+pub const FRAG_SIZE: u32 = 8_192;
+/// How long a [`MAP_FRAG`] entry translates fragments after its first one:
+/// Linux's reassembly timeout (`ipfrag_time`), so a stale entry never
+/// rewrites another datagram that reuses the IP ID much later.
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Key of [`MAP_FRAG`]: wire-order fields of the IPv4 header, untranslated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: Be32,
+    pub daddr: Be32,
+    pub id: Be16,
+    pub proto: u8,
+    /// [`CT_DIR_OUT`] (uplink egress: the source is rewritten) or
+    /// [`CT_DIR_IN`] (uplink ingress: the destination).
+    pub dir: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// Value of [`MAP_FRAG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragEntry {
+    /// When the first fragment was translated (ns, CLOCK_MONOTONIC).
+    pub at_ns: u64,
+    /// The new source (OUT) or destination (IN) address, wire order.
+    pub addr: Be32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
+
 /// [`NatConfig::filtering`]: inbound packets need a session (RFC 4787
 /// "address and port-dependent filtering"; Linux MASQUERADE's).
 pub const FILTER_APDF: u8 = 0;
@@ -458,6 +496,11 @@ pub const NAT_FAST_PATH: u32 = 8;
 /// [`NatConfig::flags`]: inbound packets refresh SNAT sessions too (RFC
 /// 4787 REQ-6 MAY); off, only outbound ones do.
 pub const NAT_INBOUND_REFRESH: u32 = 16;
+/// [`NatConfig::flags`]: an unsolicited inbound SYN to the uplink address
+/// (no session, forward, filtering admission or host socket), in the NAT
+/// port range, is dropped (`nat_unsolicited_syn`) rather than answered
+/// with a RST by the host's stack (RFC 5382 REQ-4; `unsolicited_syn`).
+pub const NAT_SYN_DROP: u32 = 32;
 
 /// [`CtKey::dir`]: seen leaving through the uplink (or, for hairpin
 /// replies, entering a bridge port): the source is rewritten.

@@ -6,9 +6,13 @@ the order of the two SYNs is fixed. Start it inside the lab namespace:
      mapping EXT:EXT_PORT: both sockets are in SYN-SENT and each receives
      the other's SYN. Both must end up connected and exchange a line.
 With --unsolicited, step 1 is skipped (control): the outside SYN reaches a
-NAT without a mapping. Prints JSON.
+NAT without a mapping. With --outside-first, the outside host connects
+first (its SYN reaches a NAT without a mapping), then the inside host
+connects to it 0.3 s later, before the outside's first retransmission
+(RFC 5382 REQ-4: a NAT that drops the unsolicited SYN lets this succeed).
+Prints JSON.
 Usage: tcp_simopen.py IN_ADDR IN_PORT OUT_ADDR OUT_PORT EXT EXT_PORT
-                      OUTSIDE_NS ROUTER_NS [--unsolicited]"""
+                      OUTSIDE_NS ROUTER_NS [--unsolicited | --outside-first]"""
 import ctypes
 import errno
 import json
@@ -22,6 +26,7 @@ import time
 in_addr, in_port, out_addr, out_port, ext, ext_port, outside_ns, router_ns = sys.argv[1:9]
 in_port, out_port, ext_port = int(in_port), int(out_port), int(ext_port)
 unsolicited = "--unsolicited" in sys.argv[9:]
+outside_first = "--outside-first" in sys.argv[9:]
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -47,7 +52,7 @@ def route(op):
 
 
 inside = sock(in_addr, in_port)
-if not unsolicited:
+if not unsolicited and not outside_first:
     route("add")
     try:
         assert inside.connect_ex((out_addr, out_port)) == errno.EINPROGRESS
@@ -57,6 +62,10 @@ if not unsolicited:
 setns(outside_ns)
 outside = sock(out_addr, out_port)
 assert outside.connect_ex((ext, ext_port)) == errno.EINPROGRESS
+if outside_first:
+    # The inside socket was made in its own namespace: it connects from there.
+    time.sleep(0.3)
+    assert inside.connect_ex((out_addr, out_port)) == errno.EINPROGRESS
 socks, deadline = {"outside": outside}, time.time() + 5
 if not unsolicited:
     socks["inside"] = inside

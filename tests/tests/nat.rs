@@ -657,7 +657,8 @@ const FROM_LAB: &[(&str, &[Fate])] = &[
     ("ip_spoof", &[Fate::Drop("spoofed_ipv4")]),
     ("mac_spoof", &[Fate::Drop("spoofed_mac")]),
     ("multicast_src_mac", &[Fate::Drop("bad_src_mac")]),
-    // A non-first fragment cannot be mapped (uplink egress).
+    // A non-first fragment whose first was never translated cannot be
+    // mapped (uplink egress).
     ("non_first_fragment", &[Fate::Drop("nat_fragment")]),
     (
         "ip_options",

@@ -328,6 +328,11 @@ impl Lab {
     /// TCP simultaneous open between black:`port` and stun:`port`+1000
     /// (tests/scripts/tcp_simopen.py); JSON result.
     fn simultaneous_open(&self, port: u16, unsolicited: bool) -> Value {
+        self.simultaneous_open_as(port, if unsolicited { "--unsolicited" } else { "" })
+    }
+
+    /// The same with tcp_simopen.py's `mode` option ("" for none).
+    fn simultaneous_open_as(&self, port: u16, mode: &str) -> Value {
         let mut cmd = format!(
             "python3 {} {BLACK} {port} {STUN1} {} {UPLINK} {port} {} {}",
             script("tcp_simopen.py"),
@@ -335,8 +340,8 @@ impl Lab {
             self.ns("stun"),
             self.ns("router"),
         );
-        if unsolicited {
-            cmd.push_str(" --unsolicited");
+        if !mode.is_empty() {
+            cmd.push_str(&format!(" {mode}"));
         }
         let out = self.sh("black", &cmd);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -603,6 +608,16 @@ fn comparison_natdiscovery_netbridge_vs_iptables_masquerade() {
     let hairpin = |p: &Profile| p.rows.iter().any(|(k, v)| k.contains("-H") && v == "yes");
     assert!(hairpin(eif), "EIF: no hairpin\n{table}");
     assert!(!hairpin(nb) && !hairpin(adf) && !hairpin(masq), "\n{table}");
+    // In-order fragments are translated (RFC 4787 REQ-14): the 4,000-byte
+    // datagram and its echo cross every NAT, as through MASQUERADE.
+    for (name, p) in &profiles {
+        let big = p.rows.iter().find(|(k, _)| k.starts_with("4000-byte"));
+        assert_eq!(
+            big.map(|(_, v)| v.as_str()),
+            Some("echoed 4023 bytes"),
+            "{name}\n{table}"
+        );
+    }
 }
 
 /// RFC 4787 REQ-1 (UDP): with `endpoint_independent = true` an inside
@@ -1437,4 +1452,141 @@ fn rfc5508_req7_rfc7857_12_hairpinned_icmp_error_reaches_the_sender() {
         "white's inside address shown:\n{text}"
     );
     assert_eq!(lab.nat_counter("icmp_errors_hairpinned"), 3);
+}
+
+/// `tests/scripts/udp_big.py` in lab role `from`: one `size`-byte datagram
+/// (fragmented by the sender) from `src`:`sport` to `dst`:`dport`, answered
+/// by udp_echo.py; its JSON result.
+fn udp_big(lab: &Lab, from: &str, (src, sport): (&str, u16), (dst, dport): (&str, u16)) -> Value {
+    let cmd = format!(
+        "python3 {} {src} {sport} {dst} {dport} 4000",
+        script("udp_big.py")
+    );
+    let out = lab.sh(from, &cmd);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// RFC 4787 REQ-14 and REQ-13 a (fragments, received in order), real
+/// traffic: a 4,000-byte UDP datagram, fragmented by its sender (MTU 1500
+/// everywhere), through SNAT (black to the STUN host's echo) and through a
+/// UDP forward (the STUN host to uplink:5353, white's echo); each echo,
+/// 4,000 bytes and the echo's header, fragmented the same way, comes back
+/// whole, and each echo saw the translated source. Three fragments each:
+/// two non-first ones per datagram translated from their first
+/// (`fragments_translated`, at least 8). Before, they were dropped
+/// (`nat_fragment`) going out and passed untranslated coming in.
+#[test]
+fn rfc4787_req14_fragmented_udp_through_snat_and_dnat_forward() {
+    require_root!();
+    let mut lab =
+        Lab::netbridge("\n[[forward]]\nproto = \"udp\"\nport = 5353\nto = \"white:5353\"");
+    let ns = lab.ns("white");
+    lab.sb.spawn(
+        &ns,
+        &["python3", &script("udp_echo.py"), "5353", "white", "120"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("white", "ss -uln").contains(":5353 ").then_some(())
+    });
+    assert!(ok.is_some(), "white's echo not listening");
+
+    let snat = udp_big(&lab, "black", (BLACK, 55000), (STUN1, 7));
+    assert_eq!(snat["lost"], false, "SNAT: {snat}");
+    assert_eq!(snat["tag"], "stun", "{snat}");
+    assert_eq!(snat["seen"], format!("{UPLINK}:55000"), "{snat}");
+    assert_eq!(snat["whole"], true, "{snat}");
+    assert_eq!(
+        snat["len"],
+        4000 + "stun 203.0.113.1:55000 ".len(),
+        "{snat}"
+    );
+
+    let dnat = udp_big(&lab, "stun", (STUN1, 56000), (UPLINK, 5353));
+    assert_eq!(dnat["lost"], false, "forward: {dnat}");
+    assert_eq!(dnat["tag"], "white", "{dnat}");
+    assert_eq!(dnat["seen"], format!("{STUN1}:56000"), "{dnat}");
+    assert_eq!(dnat["whole"], true, "{dnat}");
+    assert_eq!(dnat["len"], 4000 + "white 198.51.100.10:56000 ".len());
+
+    let translated = lab.nat_counter("fragments_translated");
+    assert!(translated >= 8, "fragments_translated {translated}");
+}
+
+/// `tests/scripts/tcp_connect_probe.py` from the STUN host to the uplink
+/// address, port `dport`, waiting up to `secs`: "ECONNREFUSED" (a RST came
+/// back), "timeout" (no answer at all) or "connected".
+fn connect_probe(lab: &Lab, sport: u16, dport: u16, secs: u32) -> String {
+    let cmd = format!(
+        "python3 {} {STUN1} {sport} {UPLINK} {dport} {secs}",
+        script("tcp_connect_probe.py")
+    );
+    let out = lab.sh("stun", &cmd);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["result"].as_str().unwrap_or_default().to_string()
+}
+
+fn drop_count(lab: &Lab, reason: &str) -> u64 {
+    let v: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
+    v["drops"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no drop reason {reason} in {v}"))
+}
+
+/// RFC 5382 REQ-4 (unsolicited inbound SYN: no answer for at least 6 s, so
+/// a simultaneous open can complete): with `unsolicited_syn = "drop"` an
+/// outside connect to an unused port of the NAT range gets no answer in
+/// 6 s (no RST: the SYN and its retransmissions are dropped, counted
+/// `nat_unsolicited_syn`), a host service on a port of that range still
+/// answers (its socket takes the SYN), and a TCP simultaneous open whose
+/// outside SYN reaches the NAT first completes. Control, the default
+/// ("reset", as MASQUERADE): the same connect is refused at once by the
+/// host's RST, and the same simultaneous open fails. (The SHOULD, an ICMP
+/// port unreachable after 6 s, is not implemented.)
+#[test]
+fn rfc5382_req4_unsolicited_syn_dropped_when_configured() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    assert_eq!(
+        connect_probe(&lab, 46000, 47000, 6),
+        "ECONNREFUSED",
+        "control"
+    );
+    let reset = lab.simultaneous_open_as(53200, "--outside-first");
+    assert_ne!(reset["outside"], "connected", "control: {reset}");
+    assert_eq!(drop_count(&lab, "nat_unsolicited_syn"), 0);
+
+    lab.reconfigure("unsolicited_syn = \"drop\"");
+    assert_eq!(connect_probe(&lab, 46001, 47000, 6), "timeout");
+    let dropped = drop_count(&lab, "nat_unsolicited_syn");
+    assert!(dropped >= 1, "nat_unsolicited_syn {dropped}");
+    // A host service in the NAT range keeps working.
+    let ns = lab.ns("gw");
+    lab.sb.spawn(
+        &ns,
+        &[
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(); \
+          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+          s.bind(('203.0.113.1', 47001)); s.listen(); time.sleep(60)",
+        ],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("gw", "ss -tln").contains(":47001 ").then_some(())
+    });
+    assert!(ok.is_some(), "host listener not up");
+    assert_eq!(
+        connect_probe(&lab, 46002, 47001, 6),
+        "connected",
+        "host service"
+    );
+    let simopen = lab.simultaneous_open_as(53300, "--outside-first");
+    assert_eq!(simopen["outside"], "connected", "{simopen}");
+    assert_eq!(simopen["inside"], "connected", "{simopen}");
+    assert_eq!(simopen["outside_got"], "from-inside", "{simopen}");
+    assert_eq!(
+        simopen["outside_peer"],
+        format!("{UPLINK}:53300"),
+        "{simopen}"
+    );
 }

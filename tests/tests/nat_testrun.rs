@@ -19,8 +19,9 @@ use netbridge::{
 use netbridge_common::{
     CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_SNAT, CT_TCP_CLOSED,
     CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey,
-    CtStateView, FwdTarget, HostEntry, MAP_CT_GRAVES, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS,
-    NAT_MASQUERADE, NatConfig, PROG_PORT_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    CtStateView, CtlCmd, EimKey, FwdTarget, HostEntry, MAP_CT_GRAVES, NAT_EIM, NAT_FAST_PATH,
+    NAT_FORWARDS, NAT_MASQUERADE, NatConfig, PROG_CT_CTL, PROG_PORT_INGRESS, PROG_UPLINK_EGRESS,
+    PROG_UPLINK_INGRESS, ctl,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -1162,5 +1163,187 @@ fn rfc5508_req7_hairpinned_error_is_translated_on_the_port() {
         let out = nat.port(MAC_WHITE, &err);
         assert_ne!(out.verdict, TC_ACT_REDIRECT);
         assert_eq!(out.ip().0, &err[..]);
+    });
+}
+
+/// RFC 7857 sec. 7.1: an outbound TCP RST and an outbound ICMP error about
+/// a session do not refresh it (its last-seen time stays where it was);
+/// outbound data does (the control). Each packet is still translated.
+#[test]
+fn rfc7857_7_1_outbound_rst_and_icmp_error_do_not_refresh() {
+    require_root!();
+    scenario(|nat| {
+        nat.setup(base_config(), &[], &[]);
+        let (lab, srv, ext) = (ep(BLACK, 40000), ep(SERVER, 80), ep(UPLINK, 40000));
+        let k = key(pkt::TCP, lab, srv, CT_DIR_OUT);
+        nat.egress(&pkt::tcp(lab, srv, SYN, 5)).passed();
+        nat.ingress(&pkt::tcp(srv, ext, SYN | ACK, 5)).passed();
+        nat.egress(&pkt::tcp(lab, srv, ACK, 5)).passed();
+        // Aged less than every timeout of the test config (closed: 10 s).
+        let idle = Duration::from_secs(5);
+        let seen = |nat: &Nat, k: &CtKey| nat.entry(k).unwrap().last_seen_ns;
+        nat.age(&k, idle);
+        let then = seen(nat, &k);
+        nat.egress(&pkt::tcp(lab, srv, ACK, 5)).passed();
+        assert!(seen(nat, &k) > then, "control: outbound data refreshes");
+        nat.age(&k, idle);
+        let then = seen(nat, &k);
+        let out = nat.egress(&pkt::tcp(lab, srv, RST | ACK, 5));
+        assert_eq!(out.passed().src_ep(), ext, "the RST is translated");
+        let [o, _] = nat.session(pkt::TCP, lab, srv, CT_DIR_OUT);
+        assert_eq!((o.state, o.last_seen_ns), (CT_TCP_CLOSED, then), "RST");
+
+        // UDP, answered; the lab host refuses a later reply with an ICMP
+        // port unreachable quoting it.
+        let (lab, srv, ext) = (ep(BLACK, 40001), ep(SERVER, 7), ep(UPLINK, 40001));
+        let k = key(pkt::UDP, lab, srv, CT_DIR_OUT);
+        nat.egress(&pkt::udp(lab, srv, b"q", true)).passed();
+        let reply = nat.ingress(&pkt::udp(srv, ext, b"r", true));
+        let delivered = reply.passed().0.to_vec();
+        nat.age(&k, idle);
+        let then = seen(nat, &k);
+        let err = pkt::icmp_error(BLACK, SERVER, pkt::ICMP_DEST_UNREACH, 3, &delivered);
+        let (out, moved) = nat.moved(|| nat.egress(&err));
+        assert_eq!(out.passed().quoted().dst_ep(), ext, "error translated");
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        assert_eq!(seen(nat, &k), then, "the ICMP error refreshed the session");
+        nat.egress(&pkt::udp(lab, srv, b"q", true)).passed();
+        assert!(seen(nat, &k) > then, "control: outbound data refreshes");
+    });
+}
+
+/// Splits IPv4 packet `ip` (20-byte header) after `at` bytes of its
+/// payload (a multiple of 8) into its two fragments, IP ID `id`.
+fn fragments(ip: &[u8], at: usize, id: u16) -> [Vec<u8>; 2] {
+    let (hdr, body) = ip.split_at(20);
+    let part = |data: &[u8], off: usize, more: bool| {
+        let mut p = hdr.to_vec();
+        p[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        let frag = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(data);
+        fix_ip_csum(&mut p);
+        p
+    };
+    [part(&body[..at], 0, true), part(&body[at..], at, false)]
+}
+
+/// A fragment as a program left it: verdict OK, IPv4 header checksum
+/// valid; its payload (the L4 checksum covers the whole datagram).
+fn fragment_passed(out: &Out) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
+    assert_eq!(out.verdict, TC_ACT_OK, "verdict");
+    let ip = &out.frame[14..];
+    assert_eq!(pkt::csum(&ip[..20]), 0, "IPv4 header checksum");
+    let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let (src, dst) = (out.ip().src(), out.ip().dst());
+    (src, dst, ip[20..len].to_vec())
+}
+
+/// RFC 4787 REQ-14 (in order): a UDP datagram in two fragments through the
+/// uplink egress (SNAT) and, as a reply, the ingress: the first fragment is
+/// translated as any packet, the second gets the same new address and a
+/// valid header checksum (`fragments_translated`), and the reassembled
+/// datagram's UDP checksum is valid for the new addresses. A non-first
+/// fragment before its first one (out of order) is dropped at the egress
+/// (`nat_fragment`); at the ingress it is the host's (untouched).
+#[test]
+fn rfc4787_req14_in_order_fragments_translated_out_of_order_dropped() {
+    require_root!();
+    scenario(|nat| {
+        nat.setup(base_config(), &[], &[]);
+        let (lab, srv, ext) = (ep(BLACK, 40000), ep(SERVER, 7), ep(UPLINK, 40000));
+        let payload: Vec<u8> = (0..40).collect();
+        let [_, late] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x1111);
+        let (out, moved) = nat.moved(|| nat.egress(&late));
+        assert_eq!(out.verdict, TC_ACT_SHOT, "out of order");
+        assert_eq!(moved, counts(&[("nat_fragment", 1)]));
+        assert_eq!(nat.live(), 0);
+
+        let [first, second] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x2222);
+        let (src, dst, mut udp) = fragment_passed(&nat.egress(&first));
+        assert_eq!((src, dst), (UPLINK, SERVER));
+        let (out, moved) = nat.moved(|| nat.egress(&second));
+        let (src2, dst2, rest) = fragment_passed(&out);
+        assert_eq!((src2, dst2), (UPLINK, SERVER), "second fragment");
+        assert_eq!(moved, counts(&[("fragments_translated", 1)]));
+        udp.extend_from_slice(&rest);
+        assert_eq!(pkt::l4_csum(UPLINK, SERVER, pkt::UDP, &udp), 0, "UDP csum");
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), ext.port());
+
+        let [first, second] = fragments(&pkt::udp(srv, ext, &payload, true), 16, 0x3333);
+        let (out, moved) = nat.moved(|| nat.ingress(&second));
+        assert_eq!(fragment_passed(&out).1, UPLINK, "out of order: the host's");
+        assert!(moved.is_empty(), "{moved:?}");
+        let [first, second] = [first, second].map(|mut p| {
+            p[4..6].copy_from_slice(&0x4444u16.to_be_bytes());
+            fix_ip_csum(&mut p);
+            p
+        });
+        let (src, dst, mut udp) = fragment_passed(&nat.ingress(&first));
+        assert_eq!((src, dst), (SERVER, BLACK));
+        let (out, moved) = nat.moved(|| nat.ingress(&second));
+        let (src2, dst2, rest) = fragment_passed(&out);
+        assert_eq!((src2, dst2), (SERVER, BLACK), "second fragment");
+        assert_eq!(moved, counts(&[("fragments_translated", 1)]));
+        udp.extend_from_slice(&rest);
+        assert_eq!(pkt::l4_csum(SERVER, BLACK, pkt::UDP, &udp), 0, "UDP csum");
+    });
+}
+
+/// RFC 7857 sec. 11: an endpoint-independent mapping (`NB_EIM`, and its
+/// external port's owner) is deleted with its last session, not before.
+/// One inside endpoint, two sessions on one external port; the sweep
+/// (`nb_ct_ctl`, as the timer runs it) removes the first expired one: the
+/// mapping stays, counting one session, and its port stays owned (another
+/// endpoint with the same source port gets a different one). Then the last
+/// expires: the mapping is gone, and a third endpoint keeps port 5000.
+#[test]
+fn rfc7857_11_eim_mapping_deleted_with_its_last_session() {
+    require_root!();
+    scenario(|nat| {
+        let cfg = NatConfig {
+            flags: NAT_MASQUERADE | NAT_EIM,
+            ..base_config()
+        };
+        nat.setup(cfg, &[], &[]);
+        let (lab, a, b) = (ep(BLACK, 5000), ep(SERVER, 7), ep(SERVER, 8));
+        let port = nat.egress(&pkt::udp(lab, a, b"a", true)).passed().sport();
+        assert_eq!(port, 5000, "kept");
+        assert_eq!(
+            nat.egress(&pkt::udp(lab, b, b"b", true)).passed().sport(),
+            port
+        );
+        let ek = EimKey {
+            addr: BLACK.into(),
+            port: netbridge_common::Be16::from_host(5000),
+            proto: pkt::UDP,
+            _pad: 0,
+        };
+        let sessions = |nat: &Nat| nat.dp.maps.nat.eim.get(&ek, 0).ok().map(|e| e.sessions);
+        assert_eq!(sessions(nat), Some(2));
+        let sweep = |nat: &Nat| {
+            let cmd = CtlCmd {
+                op: ctl::OP_SWEEP,
+                ..CtlCmd::default()
+            };
+            let fd = nat.dp.prog_fd(PROG_CT_CTL).unwrap();
+            run_out(fd, &netbridge::nat::ctl_frame(&cmd))
+                .unwrap()
+                .retval
+        };
+        // Unanswered UDP times out after 30 s.
+        let idle = Duration::from_secs(31);
+        nat.age(&key(pkt::UDP, lab, a, CT_DIR_OUT), idle);
+        assert_eq!(sweep(nat), 1, "one session swept");
+        assert_eq!(sessions(nat), Some(1), "the mapping stays with one left");
+        let other = nat.egress(&pkt::udp(ep(WHITE, 5000), a, b"c", true));
+        assert_ne!(other.passed().sport(), 5000, "port 5000 still owned");
+        nat.age(&key(pkt::UDP, lab, b, CT_DIR_OUT), idle);
+        assert_eq!(sweep(nat), 1, "the last session swept");
+        assert_eq!(sessions(nat), None, "the mapping went with it");
+        let third = ep(Ipv4Addr::new(192, 168, 3, 10), 5000);
+        let out = nat.egress(&pkt::udp(third, a, b"d", true));
+        assert_eq!(out.passed().sport(), 5000, "port 5000 free again");
     });
 }

@@ -164,9 +164,20 @@ pub enum Found {
 
 /// The mapping for `t` seen in `dir`. An entry past its timeout is never
 /// used: its session is removed (its port free again) and `Expired`
-/// returned. Otherwise the entry is refreshed and the state advanced.
+/// returned. Otherwise the state is advanced and the entry refreshed,
+/// except by an outbound RST (RFC 7857 sec. 7.1: the inside host's "not
+/// interested" must not keep the mapping alive).
 #[inline(always)]
 pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
+    let refresh = dir != CT_DIR_OUT || tcp_flags & TCP_RST == 0;
+    lookup_as(cfg, t, dir, tcp_flags, refresh)
+}
+
+/// [`lookup`], refreshing the entry only if `refresh`; the state
+/// advances either way. (ICMP errors use [`peek`]: they neither refresh
+/// nor advance a session, RFC 5508 REQ-6, RFC 7857 sec. 7.1.)
+#[inline(always)]
+fn lookup_as(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8, refresh: bool) -> Found {
     let k = key(t, dir);
     let Some(e) = NB_CT.get_ptr_mut(&k) else {
         return Found::Miss;
@@ -189,7 +200,9 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
     if next != state || next_fl != flags {
         e.state = next;
         e.flags = next_fl;
-        e.last_seen_ns = now;
+        if refresh {
+            e.last_seen_ns = now;
+        }
         // Keep both halves in the same state and flags (rare: only on
         // transitions).
         if let Some(r) = NB_CT.get_ptr_mut(&e.reverse) {
@@ -198,7 +211,9 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
             r.state = next;
             r.flags = (r.flags & CT_F_ORIGINAL) | (next_fl & !CT_F_ORIGINAL);
         }
-    } else if idle > (tmo >> 4).min(CT_REFRESH_NS) && (dir == CT_DIR_OUT || refreshes(cfg, e.kind))
+    } else if refresh
+        && idle > (tmo >> 4).min(CT_REFRESH_NS)
+        && (dir == CT_DIR_OUT || refreshes(cfg, e.kind))
     {
         e.last_seen_ns = now;
     }

@@ -53,7 +53,8 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
         dport: q.sport,
         proto: q.proto,
     };
-    // An error neither refreshes nor answers the session (RFC 5508 REQ-6).
+    // An error neither refreshes nor answers the session (RFC 5508 REQ-6,
+    // RFC 7857 sec. 7.1 for outbound ones).
     let ct::Found::Hit(addr, port, _) = ct::peek(cfg, &answer, dir) else {
         return Ok(false);
     };

@@ -10,6 +10,7 @@
 //! (`sweep`). `max_sessions` bounds the live count kept there.
 pub mod ct;
 pub mod dnat;
+pub mod frag;
 pub mod icmp;
 pub mod packet;
 pub mod quota;
@@ -25,11 +26,12 @@ use aya_ebpf::{
 };
 use netbridge_common::{
     Be16, Be32, CT_DIR_IN, CT_DIR_OUT, CT_HAIRPIN, CT_TCP_ESTABLISHED, CT_UDP_REPLIED, FILTER_ADF,
-    FILTER_APDF, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig, drop_reason, nat_stat,
+    FILTER_APDF, NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NAT_SYN_DROP, NatConfig, drop_reason,
+    nat_stat,
 };
 
 use crate::{
-    nat::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4},
+    nat::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, TCP_ACK, TCP_SYN},
     parse::ETH_HLEN,
 };
 
@@ -144,10 +146,12 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     }
     let masq = cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4;
     if ip.non_first_fragment() {
-        return if masq && ip.is_nat_proto() {
-            Err(drop_reason::NAT_FRAGMENT)
-        } else {
-            Ok(TC_ACT_OK)
+        return match frag::translate(ctx, ip.ip_off, CT_DIR_OUT) {
+            r if r < 0 => Err((-r) as u32),
+            1 => Ok(TC_ACT_OK),
+            // Its first fragment was not translated (yet): out of order.
+            _ if masq && ip.is_nat_proto() => Err(drop_reason::NAT_FRAGMENT),
+            _ => Ok(TC_ACT_OK),
         };
     }
     let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_OUT)? else {
@@ -160,6 +164,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
         _ if masq => snat::new_session_logged(cfg, &t, flags)?,
         _ => return Ok(TC_ACT_OK),
     };
+    if frag::more_fragments(ctx, ip.ip_off) {
+        frag::remember(ctx, ip.ip_off, CT_DIR_OUT, addr);
+    }
     packet::rewrite(ctx, &ip, &t, true, addr, port)?;
     if t.daddr == cfg.uplink_ipv4 {
         let r = egress_hairpin(ctx, &ip, &t, addr, port);
@@ -184,9 +191,19 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
         return Ok(TC_ACT_OK);
     };
-    if ip.daddr != cfg.uplink_ipv4 || ip.non_first_fragment() {
-        // Not for a mapping; a fragment the host reassembles for itself.
+    if ip.daddr != cfg.uplink_ipv4 {
+        // Not for a mapping.
         return Ok(TC_ACT_OK);
+    }
+    if ip.non_first_fragment() {
+        // Of a datagram whose first fragment was translated, or else one
+        // the host reassembles for itself.
+        let r = frag::translate(ctx, ip.ip_off, CT_DIR_IN);
+        return if r < 0 {
+            Err((-r) as u32)
+        } else {
+            Ok(TC_ACT_OK)
+        };
     }
     // Inbound ICMP queries (and other ICMP) are for the host itself.
     let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_IN)? else {
@@ -202,12 +219,18 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     };
     let (addr, port) = match inbound {
         dnat::Inbound::Mapped(addr, port) => (addr, port),
+        dnat::Inbound::Unknown if unsolicited_syn(ctx, &t, flags) => {
+            return Err(drop_reason::NAT_UNSOLICITED_SYN);
+        }
         dnat::Inbound::Unknown => return Ok(TC_ACT_OK),
         // For a SNAT mapping that expired: dropped, unless the host itself
         // has a socket for it (its own traffic shares the port range).
         dnat::Inbound::Dead if dnat::host_socket(ctx, &t) => return Ok(TC_ACT_OK),
         dnat::Inbound::Dead => return Err(drop_reason::NAT_EXPIRED),
     };
+    if ip.more_fragments() {
+        frag::remember(ctx, ip.ip_off, CT_DIR_IN, addr);
+    }
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
     fast_in(ctx, &ip, cfg, addr)
@@ -242,6 +265,26 @@ fn filter_admit(cfg: &NatConfig, t: &Tuple) -> Option<(Be32, Be16)> {
     }
     count(nat_stat::FILTER_ADMITTED);
     Some((owner.addr, owner.port))
+}
+
+/// Is `t` (TCP flags `flags`), which nothing of the NAT takes, a SYN to
+/// drop under `unsolicited_syn = "drop"` (RFC 5382 REQ-4)? A SYN without
+/// ACK to a port of the NAT range that no socket of the host takes: the
+/// host's stack would answer it with a RST at once, which kills a TCP
+/// simultaneous open whose outside SYN comes first; dropped, the inside
+/// host's own SYN opens the mapping and the outside's retransmission gets
+/// through. Its own BPF function: off the ingress program's frame.
+#[inline(never)]
+fn unsolicited_syn(ctx: &TcContext, t: &Tuple, flags: u8) -> bool {
+    let Some(cfg) = config() else {
+        return false;
+    };
+    let port = t.dport.get();
+    cfg.flags & NAT_SYN_DROP != 0
+        && t.proto == IPPROTO_TCP
+        && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && (cfg.port_min..=cfg.port_max).contains(&port)
+        && !dnat::host_socket(ctx, t)
 }
 
 /// Fast path of the uplink ingress: a translated packet goes straight into
@@ -610,7 +653,8 @@ fn egress_hairpin_inner(ctx: &TcContext, ip: &Ip4, t: &Tuple) -> Result<i32, u32
 /// An established SNAT session or a DNAT reply, bound for the uplink:
 /// translated here and sent straight out of it. Too big or TTL expiring:
 /// the kernel path (fragmentation needed, time exceeded); the uplink
-/// egress program translates it there.
+/// egress program translates it there. So is a first fragment: the uplink
+/// egress remembers its translation for the later ones (`frag`).
 #[inline(always)]
 fn port_fast_out(
     ctx: &TcContext,
@@ -620,6 +664,7 @@ fn port_fast_out(
     (addr, port): (Be32, Be16),
 ) -> Result<Option<Hook>, u32> {
     if cfg.flags & NAT_FAST_PATH == 0
+        || ip.more_fragments()
         || !packet::fits(ctx, ip, cfg.uplink_mtu)
         || packet::ttl(ctx, ip) <= 1
     {

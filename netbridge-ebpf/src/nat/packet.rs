@@ -153,6 +153,13 @@ impl Ip4 {
         self.frag & 0x1fff != 0
     }
 
+    /// A fragment with more to come (a first one, at offset 0, unless
+    /// [`Self::non_first_fragment`]).
+    #[inline(always)]
+    pub fn more_fragments(&self) -> bool {
+        self.frag & 0x2000 != 0
+    }
+
     #[inline(always)]
     pub fn is_nat_proto(&self) -> bool {
         self.proto == IPPROTO_TCP || self.proto == IPPROTO_UDP || self.proto == IPPROTO_ICMP

@@ -133,6 +133,7 @@ pub fn wanted(
             timeouts: Default::default(),
             filtering: Default::default(),
             inbound_refresh: false,
+            unsolicited_syn: Default::default(),
         }),
         forwards: running.map(|t| t.forwards.clone()).unwrap_or_default(),
         isolate: vec![],

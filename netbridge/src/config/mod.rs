@@ -343,6 +343,29 @@ pub struct Uplink {
     /// only outbound ones do (RFC 7857 sec. 7).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inbound_refresh: bool,
+    /// What an unsolicited inbound TCP SYN to the uplink address in the
+    /// NAT port range gets (RFC 5382 REQ-4): the host stack's RST
+    /// (default, as MASQUERADE) or nothing (dropped, counted).
+    #[serde(default, skip_serializing_if = "UnsolicitedSyn::is_default")]
+    pub unsolicited_syn: UnsolicitedSyn,
+}
+
+/// `uplink.unsolicited_syn` (RFC 5382 REQ-4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnsolicitedSyn {
+    /// The host's stack answers with a RST at once (Linux MASQUERADE).
+    #[default]
+    Reset,
+    /// Dropped silently (`nat_unsolicited_syn`): a TCP simultaneous open
+    /// whose outside SYN comes first still works.
+    Drop,
+}
+
+impl UnsolicitedSyn {
+    pub fn is_default(&self) -> bool {
+        *self == UnsolicitedSyn::Reset
+    }
 }
 
 /// `uplink.filtering` (RFC 4787 sec. 5).

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use super::{
     ConfigError, Endpoint, MAX_ADDRESSES, MAX_FORWARDS, MAX_LINKS, MAX_NAMESPACES, MAX_ROUTES,
-    MAX_SYSCTLS, Namespace, Port, Proto, Route, Topology,
+    MAX_SYSCTLS, Namespace, Port, Proto, Route, Topology, UnsolicitedSyn,
 };
 
 /// Checks `t` (parsed from `file`). `host_has_link(name)` tells whether an
@@ -644,6 +644,14 @@ impl Validator<'_> {
                 ),
             ));
         }
+        if u.unsolicited_syn == UnsolicitedSyn::Drop && !u.masquerade {
+            return Err(self.err(
+                "uplink.unsolicited_syn",
+                "\"drop\"",
+                "needs masquerade = true: it drops SYNs to the SNAT port range \
+                 (RFC 5382 REQ-4); without masquerade there are no mappings",
+            ));
+        }
         for (name, v) in u.timeouts.fields() {
             if v == 0 || v > 604_800 {
                 return Err(self.err(
@@ -1026,6 +1034,22 @@ mod tests {
                 "namespace[0].host_ifname",
                 "duplicate interface",
                 "bridge.name",
+            ],
+        );
+    }
+
+    /// RFC 4787 REQ-7 (internal and external addresses must not conflict):
+    /// `check` rejects an uplink whose subnet overlaps the lab's, naming
+    /// both; the same file with a distinct upstream subnet passes.
+    #[test]
+    fn rfc4787_req7_uplink_subnet_overlapping_the_lab_is_rejected() {
+        let m = "masquerade = true\n";
+        rule(
+            &nat_base(m, "\"203.0.113.1/24\""),
+            &nat_base(m, "\"192.168.9.1/24\""),
+            &[
+                "link[0].a.addresses[0] = \"192.168.9.1/24\"",
+                "overlaps subnet 192.168.0.0/16 of the bridge",
             ],
         );
     }
@@ -1645,6 +1669,23 @@ mod tests {
             "endpoint_independent = false\n",
         ))
         .unwrap();
+        // unsolicited_syn: "reset" (default) or "drop", which needs
+        // masquerade; another value is named with the field's line.
+        let syn =
+            |v: &str, masq: &str| nat_base(&format!("{masq}unsolicited_syn = \"{v}\"\n"), addr);
+        parse(&syn("reset", m)).unwrap();
+        rule(
+            &syn("drop", m),
+            &syn("drop", ""),
+            &[
+                "uplink.unsolicited_syn = \"drop\"",
+                "needs masquerade = true",
+            ],
+        );
+        assert_err(
+            &syn("silent", m),
+            &["unsolicited_syn = \"silent\"", "unknown variant `silent`"],
+        );
         // NAT (masquerade or a forward) needs an IPv4 address on the uplink.
         let v6 = "\"2001:db8::1/64\"";
         parse(&nat_base("", v6)).unwrap();

@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 
 use netbridge_common::{
-    FwdTarget, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH, NAT_MASQUERADE, NatConfig,
+    FwdTarget, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH, NAT_MASQUERADE,
+    NAT_SYN_DROP, NatConfig,
 };
+
+use crate::config::UnsolicitedSyn;
 
 use super::{
     Held, Result, TopologyError, host_has_link, host_of, in_ns, lock_topology,
@@ -94,6 +97,10 @@ pub(super) fn inputs(t: &Topology) -> Option<NatInputs> {
                 NAT_EIM,
             )
             | flag(u.inbound_refresh, NAT_INBOUND_REFRESH)
+            | flag(
+                u.unsolicited_syn == UnsolicitedSyn::Drop && u.masquerade,
+                NAT_SYN_DROP,
+            )
             | flag(!t.forwards.is_empty(), NAT_FORWARDS)
             | flag(u.fast_path, NAT_FAST_PATH),
         ports: u.port_range(),
