@@ -191,6 +191,18 @@ code_table! {
         /// Inbound packets with no session admitted to a mapping's owner by
         /// endpoint-independent or address-dependent filtering.
         18 FilterAdmitted FILTER_ADMITTED "filter_admitted",
+        /// New NAT66 (IPv6 masquerade) sessions.
+        19 Snat6New SNAT6_NEW "snat6_new",
+        /// IPv6 packets rewritten at the uplink egress (source).
+        20 Xlate6Out XLATE6_OUT "translated6_out",
+        /// IPv6 packets rewritten at the uplink ingress (destination).
+        21 Xlate6In XLATE6_IN "translated6_in",
+        /// ICMPv6 errors about NAT66 sessions translated (outer
+        /// destination and the quoted packet).
+        22 Icmp6Errors ICMP6_ERRORS "icmp6_errors_translated",
+        /// NAT66 sessions removed past their timeout when a packet (or a new
+        /// session wanting the port) found them.
+        23 Expired6 EXPIRED6 "expired6",
     }
 }
 
@@ -211,7 +223,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::FilterAdmitted.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Expired6.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)
