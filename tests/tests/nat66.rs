@@ -281,6 +281,9 @@ fn ula_source_never_leaves() {
 fn icmp6_errors_translated_pmtu_and_traceroute() {
     require_root!();
     let lab = lab66("");
+    // uplink.gateway6: the host's IPv6 default route.
+    let r = lab.sh("gw", "ip -6 route show default");
+    assert!(r.contains("via 2001:db8:1::fe dev uplink0"), "{r}");
     let before = lab.counter("icmp6_errors_translated");
     // UDP traceroute: the router's Time Exceeded and the server's Port
     // Unreachable go to the uplink address and are translated back.

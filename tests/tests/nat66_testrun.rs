@@ -260,3 +260,44 @@ fn untranslatable_lab_packets_are_dropped() {
         assert!(moved.is_empty(), "{moved:?}");
     });
 }
+
+/// A lab host's error about a reply it got (Port Unreachable) goes out
+/// with the mapping: outer source, quoted destination and port (a
+/// remapped one), every checksum valid. One about no session is dropped.
+#[test]
+fn lab_icmp6_error_is_translated_out() {
+    require_root!();
+    scenario(|lab| {
+        // Source port 80 is outside 1024-65535: remapped.
+        let (out, _) = lab.moved(|| lab.run(lab.egress, &udp(black(), 80, server(), 7, b"q")));
+        assert_eq!(out.0, TC_ACT_OK);
+        let ext = port_at(&out.1, 40);
+        assert!(ext >= 1024, "{ext}");
+        let (back, _) = lab.moved(|| lab.run(lab.ingress, &udp(server(), 7, uplink(), ext, b"r")));
+        assert_eq!((addr_at(&back.1, 24), port_at(&back.1, 42)), (black(), 80));
+        // Port Unreachable from black quoting the reply as it got it.
+        let mut l4 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        l4.extend_from_slice(&back.1);
+        let unreach = ipv6(black(), server(), ICMPV6, l4.clone(), 2);
+        let (err, moved) = lab.moved(|| lab.run(lab.egress, &unreach));
+        assert_eq!(err.0, TC_ACT_OK);
+        assert_eq!(moved, counts(&[("icmp6_errors_translated", 1)]));
+        let e = err.1;
+        assert_eq!(addr_at(&e, 8), uplink(), "outer source");
+        assert!(l4_valid(&e), "bad ICMPv6 checksum");
+        let q = &e[48..];
+        assert_eq!(
+            (addr_at(q, 24), port_at(q, 42)),
+            (uplink(), ext),
+            "quoted destination"
+        );
+        assert!(l4_valid(q), "bad quoted UDP checksum");
+        // About a packet of no session: dropped, not leaked.
+        let mut l4 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        l4.extend_from_slice(&udp(server(), 7, black(), 81, b"r"));
+        let stray = ipv6(black(), server(), ICMPV6, l4, 2);
+        let (err, moved) = lab.moved(|| lab.run(lab.egress, &stray));
+        assert_eq!(err.0, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_untranslatable", 1)]));
+    });
+}

@@ -92,6 +92,16 @@ fn is_lab(cfg: &Nat6Config, a: &In6) -> bool {
     false
 }
 
+/// Did the packet enter the host through the uplink? Routed back out, it
+/// is upstream's own (a forged lab source), never masqueraded: the NAT is
+/// no relay for upstream hosts (as the IPv4 NAT).
+#[inline(always)]
+fn from_uplink(ctx: &TcContext, cfg: &Nat6Config) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    iif != 0 && iif == cfg.uplink_ifindex
+}
+
 /// Egress: a lab source is translated (a new session if none), or the
 /// packet dropped; anything else (the host's own, link-local) passes.
 #[inline(always)]
@@ -103,7 +113,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(ip) = packet::parse(ctx, p)? else {
         return Ok(TC_ACT_OK);
     };
-    if !is_lab(cfg, &p.key.saddr) {
+    if !is_lab(cfg, &p.key.saddr) || from_uplink(ctx, cfg) {
         return Ok(TC_ACT_OK);
     }
     match ip.proto {
@@ -111,14 +121,19 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
             ip.check_l4(ctx)?;
             ip.ports(ctx, p, false, CT_DIR_OUT)?;
         }
-        IPPROTO_ICMPV6 if ip.icmp_type(ctx)? == ICMPV6_ECHO_REQUEST => {
-            ip.ports(ctx, p, true, CT_DIR_OUT)?
-        }
+        IPPROTO_ICMPV6 => match ip.icmp_type(ctx)? {
+            ICMPV6_ECHO_REQUEST => ip.ports(ctx, p, true, CT_DIR_OUT)?,
+            ty if packet::is_icmp_error(ty) && icmp::translate_error(ctx, &ip, cfg, p, false)? => {
+                return Ok(TC_ACT_OK);
+            }
+            // Errors about no session, other ICMPv6: the lab's source
+            // would leak.
+            _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
+        },
         // No ports in a non-first fragment; the first one is not parsed
         // either (netbridge does not reassemble).
         IPPROTO_FRAGMENT => return Err(drop_reason::NAT_FRAGMENT),
-        // Other ICMPv6 (errors about inbound packets, too, in this slice),
-        // extension headers, other protocols: the lab's source would leak.
+        // Extension headers, other protocols: the lab's source would leak.
         _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
     }
     let flags = ip.tcp_flags(ctx);
@@ -155,7 +170,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         IPPROTO_ICMPV6 => match ip.icmp_type(ctx)? {
             ICMPV6_ECHO_REPLY => ip.ports(ctx, p, true, CT_DIR_IN)?,
             ty if packet::is_icmp_error(ty) => {
-                icmp::translate_error(ctx, &ip, cfg, p)?;
+                icmp::translate_error(ctx, &ip, cfg, p, true)?;
                 return Ok(TC_ACT_OK);
             }
             _ => return Ok(TC_ACT_OK),
