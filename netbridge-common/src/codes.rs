@@ -211,6 +211,18 @@ code_table! {
         /// 5508 REQ-7); each also counts twice in `icmp_errors_translated`
         /// (out as from the erring host, back in to the sender).
         20 HairpinIcmpErrors HAIRPIN_ICMP_ERRORS "icmp_errors_hairpinned",
+        /// New NAT66 (IPv6 masquerade) sessions.
+        21 Snat6New SNAT6_NEW "snat6_new",
+        /// IPv6 packets rewritten at the uplink egress (source).
+        22 Xlate6Out XLATE6_OUT "translated6_out",
+        /// IPv6 packets rewritten at the uplink ingress (destination).
+        23 Xlate6In XLATE6_IN "translated6_in",
+        /// ICMPv6 errors about NAT66 sessions translated (outer
+        /// destination and the quoted packet).
+        24 Icmp6Errors ICMP6_ERRORS "icmp6_errors_translated",
+        /// NAT66 sessions removed past their timeout when a packet (or a new
+        /// session wanting the port) found them.
+        25 Expired6 EXPIRED6 "expired6",
     }
 }
 
@@ -231,7 +243,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::HairpinIcmpErrors.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Expired6.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

@@ -16,9 +16,14 @@ mod codes;
 use bytemuck::{Pod, Zeroable};
 
 pub mod capture;
+pub mod nat6;
 pub use crate::{
     byteorder::{Be16, Be32},
     codes::{DropReason, NatStat, drop_reason, nat_stat},
+    nat6::{
+        CT6_SIZE, Ct6Entry, Ct6Key, In6, MAP_CT6, MAP_NAT6_CONFIG, NAT6_MASQUERADE, NAT6_PREFIXES,
+        Nat6Config, Prefix6,
+    },
 };
 
 /// TC program attached to the ingress of every bridge port (host-side veth).

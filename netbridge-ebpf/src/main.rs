@@ -8,6 +8,7 @@ mod csum;
 mod guard;
 mod log;
 mod nat;
+mod nat6;
 mod parse;
 mod policy;
 mod stats;
@@ -223,11 +224,16 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
     })
 }
 
-/// TC egress of the uplink: SNAT (masquerade) and reverse DNAT.
+/// TC egress of the uplink: SNAT (masquerade) and reverse DNAT; IPv6:
+/// NAT66 masquerade (`nat6`, its own BPF functions and stack chain).
 #[classifier]
 pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
     capture::begin(&ctx);
-    let r = nat::try_uplink_egress(&ctx);
+    let r = if nat6::packet::is_ipv6(&ctx) {
+        nat6::uplink_egress(&ctx)
+    } else {
+        nat::try_uplink_egress(&ctx)
+    };
     capture::uplink(&ctx, true, &r);
     uplink_action(&ctx, r)
 }
@@ -236,7 +242,11 @@ pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
     capture::begin(&ctx);
-    let r = nat::try_uplink_ingress(&ctx);
+    let r = if nat6::packet::is_ipv6(&ctx) {
+        nat6::uplink_ingress(&ctx)
+    } else {
+        nat::try_uplink_ingress(&ctx)
+    };
     capture::uplink(&ctx, false, &r);
     uplink_action(&ctx, r)
 }

@@ -55,6 +55,8 @@ pub struct Maps {
     /// IPv6 address (octets) -> port ifindex.
     pub hosts6: HashMap<MapData, [u8; 16], u32>,
     pub nat: NatMaps,
+    /// None: pins of an older object without NAT66.
+    pub nat6: Option<crate::nat6::Nat6Maps>,
 }
 
 /// A port's identity: the namespace end's MAC and its IPv4 (at most
@@ -160,6 +162,7 @@ impl Maps {
             policy: src.map(MAP_POLICY, Map::HashMap)?,
             hosts6: src.map(MAP_HOSTS6, Map::HashMap)?,
             nat: NatMaps::from_source(src)?,
+            nat6: crate::nat6::Nat6Maps::from_source(src).ok(),
         })
     }
 

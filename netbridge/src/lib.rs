@@ -8,6 +8,7 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod nat;
+pub mod nat6;
 pub mod netlink;
 pub mod netns;
 pub mod pins;

@@ -23,8 +23,16 @@ fn emit(text: &str) -> Result<bool> {
 pub fn conntrack(which: &Which, json: bool) -> Result<()> {
     let source = stats::Source::open(&name_of(which)?)?;
     let ct = source.maps.nat.conntrack()?;
+    let now = netbridge::bpf::monotonic_ns();
+    let ct6 = source
+        .maps
+        .nat6
+        .as_ref()
+        .map_or(vec![], |m| m.sessions(now));
     if json {
-        emit(&format!("{}\n", serde_json::to_string_pretty(&ct)?))?;
+        let mut v = serde_json::to_value(&ct)?;
+        v["sessions6"] = serde_json::to_value(&ct6)?;
+        emit(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
         return Ok(());
     }
     let mut t = String::new();
@@ -47,13 +55,21 @@ pub fn conntrack(which: &Which, json: bool) -> Result<()> {
             s.expires_in_secs
         )?;
     }
+    for s in &ct6 {
+        writeln!(
+            t,
+            "{:<6} {:<11} {} -> {} -> {}  idle {:.0}s, expires {:.0}s",
+            s.proto, s.state, s.inside, s.external, s.remote, s.idle_secs, s.expires_in_secs
+        )?;
+    }
     writeln!(
         t,
-        "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}",
+        "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}; NAT66: {}",
         ct.sessions.len(),
         ct.live_sessions,
         ct.high_water_sessions,
-        ct.max_sessions
+        ct.max_sessions,
+        ct6.len()
     )?;
     writeln!(
         t,

@@ -120,6 +120,7 @@ pub fn wanted(
             ifname: ifname.into(),
             masquerade: conf.bridge.ip_masq,
             gateway: None,
+            gateway6: None,
             nat_ports: nb.nat_ports.map(|(a, b)| PortSpec {
                 raw: format!("{a}-{b}"),
             }),

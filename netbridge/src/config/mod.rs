@@ -305,6 +305,10 @@ pub struct Uplink {
     /// If set: default route in the host namespace via this gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
+    /// If set: IPv6 default route in the host namespace via this gateway
+    /// (with `gateway` an IPv4 one, for a dual-stack uplink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<IpAddr>,
     /// SNAT port range, "first-last" (default 1024-65535).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_ports: Option<PortSpec>,

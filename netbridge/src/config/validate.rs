@@ -661,6 +661,7 @@ impl Validator<'_> {
                 ));
             }
         }
+        self.validate_gateway6(u)?;
         let Some((near, _)) = t.uplink_ends() else {
             if host_has_link(&u.ifname) {
                 return Ok(());
@@ -683,13 +684,51 @@ impl Validator<'_> {
                 "NAT needs an IPv4 address on the uplink",
             ));
         }
-        if let Some(gw) = u.gateway
-            && !near.addresses.iter().any(|n| n.contains(&gw))
-        {
+        for (field, gw) in [
+            ("uplink.gateway", u.gateway),
+            ("uplink.gateway6", u.gateway6),
+        ] {
+            if let Some(gw) = gw
+                && !near.addresses.iter().any(|n| n.contains(&gw))
+            {
+                return Err(self.err(
+                    field,
+                    q(&gw.to_string()),
+                    format!("gateway is outside every subnet of uplink {}", u.ifname),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `uplink.gateway6`: an IPv6 address, not link-local (no `dev` to
+    /// name), and not with an IPv6 `gateway` too (two default routes).
+    fn validate_gateway6(&self, u: &super::Uplink) -> Result<(), ConfigError> {
+        let Some(gw) = u.gateway6 else {
+            return Ok(());
+        };
+        let v6 = match gw {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(_) => {
+                return Err(self.err(
+                    "uplink.gateway6",
+                    q(&gw.to_string()),
+                    "must be an IPv6 address (an IPv4 gateway goes in uplink.gateway)",
+                ));
+            }
+        };
+        if v6.segments()[0] & 0xffc0 == 0xfe80 {
             return Err(self.err(
-                "uplink.gateway",
+                "uplink.gateway6",
                 q(&gw.to_string()),
-                format!("gateway is outside every subnet of uplink {}", u.ifname),
+                "a link-local gateway is not supported here: use an address in a subnet of the uplink",
+            ));
+        }
+        if u.gateway.is_some_and(|g| g.is_ipv6()) {
+            return Err(self.err(
+                "uplink.gateway6",
+                q(&gw.to_string()),
+                "uplink.gateway is an IPv6 address already: set gateway to an IPv4 one, or drop gateway6",
             ));
         }
         Ok(())
@@ -1708,6 +1747,35 @@ mod tests {
                 "uplink.gateway = \"198.51.100.1\"",
                 "outside every subnet of uplink up0",
             ],
+        );
+        // gateway6: IPv6, in a subnet of the uplink, not beside an IPv6 gateway.
+        let dual = "\"203.0.113.1/24\", \"2001:db8:1::1/64\"";
+        let gw6 = |g: &str| nat_base(&format!("{m}gateway6 = \"{g}\"\n"), dual);
+        rule(
+            &gw6("2001:db8:1::fe"),
+            &gw6("2001:db8:2::fe"),
+            &[
+                "uplink.gateway6 = \"2001:db8:2::fe\"",
+                "outside every subnet of uplink up0",
+            ],
+        );
+        assert_err(
+            &gw6("203.0.113.254"),
+            &[
+                "uplink.gateway6 = \"203.0.113.254\"",
+                "must be an IPv6 address",
+            ],
+        );
+        assert_err(
+            &gw6("fe80::1"),
+            &["uplink.gateway6 = \"fe80::1\"", "link-local"],
+        );
+        assert_err(
+            &nat_base(
+                &format!("{m}gateway = \"2001:db8:1::fe\"\ngateway6 = \"2001:db8:1::fd\"\n"),
+                dual,
+            ),
+            &["uplink.gateway6", "IPv6 address already"],
         );
         // An existing host interface (not declared by a link) is accepted.
         let existing =

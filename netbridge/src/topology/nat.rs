@@ -124,6 +124,7 @@ pub(super) fn apply(
 ) -> Result<()> {
     let inputs = inputs(t);
     let forwards = forward_targets(t, &run.st.attachments);
+    let lab6 = crate::nat6::lab_prefixes(t.bridge.as_ref().map_or(&[][..], |b| &b.addresses));
     in_ns(&host_of(t), |h| async move {
         let links = netlink::links(&h).await?;
         let links = phases::by_name(&links);
@@ -138,22 +139,27 @@ pub(super) fn apply(
             })
             .flatten()
             .collect();
-        let (plan, keep) = match &inputs {
+        let (plan, keep, plan6) = match &inputs {
             Some(inp) => {
                 let up = phases::find(&links, &inp.uplink)?;
-                let addr = ipv4s(&netlink::addresses(&h, up.index).await?).next();
+                let addrs = netlink::addresses(&h, up.index).await?;
+                let addr = ipv4s(&addrs).next();
                 (
                     plan(inp, up, addr, hosts, forwards)?,
                     Some(inp.uplink.as_str()),
+                    plan6(inp, up.index, &addrs, &lab6),
                 )
             }
-            None => (off(hosts), None),
+            None => (off(hosts), None, Default::default()),
         };
         for ifname in dp.detach_uplinks_except(keep) {
             let what = format!("detached the NAT programs from {ifname}");
             run.changed(Step::Program, what)?;
         }
         run.changes.extend(dp.maps.nat.apply(&plan)?);
+        if let Some(nat6) = dp.maps.nat6.as_mut() {
+            run.changes.extend(nat6.apply(plan6)?);
+        }
         run.point(Step::Nat, "NAT maps")?;
         let Some(uplink) = keep else {
             return Ok(());
@@ -204,6 +210,23 @@ fn plan(
         forwards,
         hosts,
     })
+}
+
+/// NAT66 (IPv6 masquerade): with masquerade on, an IPv6 address on the
+/// uplink (global or ULA) and IPv6 networks on the bridge; else off.
+fn plan6(
+    inp: &NatInputs,
+    ifindex: u32,
+    uplink_addrs: &[ipnet::IpNet],
+    lab6: &[ipnet::Ipv6Net],
+) -> netbridge_common::Nat6Config {
+    match crate::nat6::masquerade_addr(uplink_addrs) {
+        Some(a) if inp.flags & NAT_MASQUERADE != 0 && !lab6.is_empty() => {
+            let timeouts = crate::nat::timeouts_by_state(&inp.timeouts);
+            crate::nat6::config(a, ifindex, lab6, inp.ports, timeouts)
+        }
+        _ => Default::default(),
+    }
 }
 
 /// NAT off; the lab hosts stay (isolation by address uses them).

@@ -225,7 +225,12 @@ fn addresses_and_routes(t: &Topology, ports: &[Port], run: &mut Run) -> Result<M
             configure_endpoint(run, &ns, &e.ifname, mtu, None, &e.addresses, &e.routes)?;
         }
     }
-    if let Some(gw) = t.uplink.as_ref().and_then(|u| u.gateway) {
+    let uplink = t.uplink.as_ref();
+    for gw in uplink
+        .into_iter()
+        .flat_map(|u| [u.gateway, u.gateway6])
+        .flatten()
+    {
         host_gateway(run, &host, gw)?;
     }
     Ok(macs)

@@ -1,0 +1,108 @@
+//! NAT66: IPv6 masquerade on the uplink (SNAT of lab sources to the
+//! uplink's IPv6 address, with port mapping). Its own maps, apart from the
+//! IPv4 NAT's: a config and a conntrack table with 16-byte addresses.
+use bytemuck::{Pod, Zeroable};
+
+use crate::{Be16, Be32};
+
+/// An IPv6 address as four words in wire order (loaded and compared a
+/// word at a time).
+pub type In6 = [Be32; 4];
+
+/// Array of one [`Nat6Config`], written by userspace (`up`); flags 0: off.
+pub const MAP_NAT6_CONFIG: &str = "NB_NAT6_CONFIG";
+/// LRU hash: [`Ct6Key`] -> [`Ct6Entry`]; two entries per session, as
+/// [`crate::MAP_CT`].
+pub const MAP_CT6: &str = "NB_CT6";
+/// Capacity of [`MAP_CT6`] (entries: two per session).
+pub const CT6_SIZE: u32 = 65_536;
+/// Lab prefixes [`Nat6Config`] holds.
+pub const NAT6_PREFIXES: usize = 4;
+
+/// [`Nat6Config::flags`]: masquerade lab sources leaving the uplink.
+pub const NAT6_MASQUERADE: u32 = 1;
+
+/// A lab prefix: `addr & mask == addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Prefix6 {
+    pub addr: In6,
+    pub mask: In6,
+}
+const _: () = assert!(core::mem::size_of::<Prefix6>() == 32);
+
+/// NAT66 settings (index 0 of [`MAP_NAT6_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Nat6Config {
+    /// The uplink's IPv6 address: the masquerade address.
+    pub uplink_ipv6: In6,
+    /// Sources translated (and never let out untranslated): the bridge's
+    /// IPv6 prefixes; the first `prefix_count` are used.
+    pub prefixes: [Prefix6; NAT6_PREFIXES],
+    /// Host order.
+    pub prefix_count: u32,
+    /// Uplink ifindex in the host namespace (host order).
+    pub uplink_ifindex: u32,
+    /// `NAT6_*` bits; 0 disables NAT66.
+    pub flags: u32,
+    /// SNAT port range, inclusive, HOST byte order.
+    pub port_min: u16,
+    /// HOST byte order.
+    pub port_max: u16,
+    /// Idle timeouts in seconds per `CT_*` state, as
+    /// [`crate::NatConfig::timeouts`].
+    pub timeouts: [u32; 8],
+}
+const _: () = assert!(core::mem::size_of::<Nat6Config>() == 192);
+
+/// NAT66 conntrack key: a packet's 5-tuple at the uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Ct6Key {
+    pub saddr: In6,
+    pub daddr: In6,
+    /// ICMPv6 echo: the identifier from the inside (requests), 0 from
+    /// outside.
+    pub sport: Be16,
+    /// ICMPv6 echo: 0 from the inside, the identifier from outside.
+    pub dport: Be16,
+    /// Next header (6, 17, 58).
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Ct6Key>() == 40);
+
+/// NAT66 conntrack value: how to rewrite packets matching the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Ct6Entry {
+    /// The key of the other direction (removed together).
+    pub reverse: Ct6Key,
+    /// New source (dir OUT) or destination (dir IN) address.
+    pub nat_addr: In6,
+    /// New source/destination port (ICMPv6 echo: identifier).
+    pub nat_port: Be16,
+    /// `CT_TCP_*`, `CT_UDP*`, `CT_ICMP`.
+    pub state: u8,
+    /// `CT_F_*` (ORIGINAL, REPLIED, ASSURED).
+    pub flags: u8,
+    pub _pad: [u8; 4],
+    /// `bpf_ktime_get_ns()` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most every
+    /// [`crate::CT_REFRESH_NS`]).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Ct6Entry>() == 80);
+const _: () = assert!(core::mem::offset_of!(Ct6Entry, nat_addr) % 4 == 0);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C) and bytemuck::Pod: no padding, any bit pattern valid.
+    unsafe impl aya::Pod for super::Nat6Config {}
+    unsafe impl aya::Pod for super::Ct6Key {}
+    unsafe impl aya::Pod for super::Ct6Entry {}
+}

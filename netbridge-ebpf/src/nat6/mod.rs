@@ -1,0 +1,191 @@
+//! NAT66: IPv6 masquerade on the uplink. Lab sources (the bridge's IPv6
+//! prefixes) leaving the uplink get its IPv6 address and a mapped port
+//! (TCP, UDP) or echo identifier (ICMPv6); replies get the lab endpoint
+//! back; ICMPv6 errors about translated packets are translated with their
+//! quote. Sessions: two entries in an LRU hash as the IPv4 NAT's (reverse
+//! inserted first with BPF_NOEXIST), expired on lookup. A lab-sourced
+//! packet that cannot be translated is dropped: never leaked upstream.
+//!
+//! Each entry point is its own BPF function, called from the uplink
+//! programs before their IPv4 parse: its stack is a chain of its own.
+pub mod ct;
+pub mod icmp;
+pub mod packet;
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::Array, programs::TcContext};
+use netbridge_common::{
+    CT_DIR_IN, CT_DIR_OUT, In6, NAT6_MASQUERADE, Nat6Config, drop_reason, nat_stat,
+};
+
+use crate::nat::count;
+use packet::{
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
+
+#[map]
+static NB_NAT6_CONFIG: Array<Nat6Config> = Array::pinned(1, 0);
+
+#[inline(always)]
+fn config() -> Option<&'static Nat6Config> {
+    NB_NAT6_CONFIG
+        .get(0)
+        .filter(|c| c.flags & NAT6_MASQUERADE != 0)
+}
+
+/// A result as a BPF function returns it: the TC action, or a drop reason
+/// negated (no enum crosses a call).
+#[inline(always)]
+fn encode(r: Result<i32, u32>) -> i64 {
+    match r {
+        Ok(action) => action as i64,
+        Err(reason) => -(reason as i64),
+    }
+}
+
+#[inline(always)]
+fn decode(r: i64) -> Result<i32, u32> {
+    if r < 0 {
+        Err((-r) as u32)
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// Uplink egress of an IPv6 packet (the caller checked the ethertype).
+#[inline(always)]
+pub fn uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
+    decode(egress_entry(ctx))
+}
+
+/// Uplink ingress of an IPv6 packet.
+#[inline(always)]
+pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
+    decode(ingress_entry(ctx))
+}
+
+#[inline(never)]
+fn egress_entry(ctx: &TcContext) -> i64 {
+    encode(try_egress(ctx))
+}
+
+#[inline(never)]
+fn ingress_entry(ctx: &TcContext) -> i64 {
+    encode(try_ingress(ctx))
+}
+
+/// Is `a` in one of the lab's prefixes?
+#[inline(always)]
+fn is_lab(cfg: &Nat6Config, a: &In6) -> bool {
+    let mut i = 0;
+    while i < cfg.prefixes.len() {
+        if i as u32 >= cfg.prefix_count {
+            return false;
+        }
+        let p = &cfg.prefixes[i];
+        let m = |w: usize| a[w].raw() & p.mask[w].raw() == p.addr[w].raw();
+        if m(0) && m(1) && m(2) && m(3) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Did the packet enter the host through the uplink? Routed back out, it
+/// is upstream's own (a forged lab source), never masqueraded: the NAT is
+/// no relay for upstream hosts (as the IPv4 NAT).
+#[inline(always)]
+fn from_uplink(ctx: &TcContext, cfg: &Nat6Config) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    iif != 0 && iif == cfg.uplink_ifindex
+}
+
+/// Egress: a lab source is translated (a new session if none), or the
+/// packet dropped; anything else (the host's own, link-local) passes.
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let p = packet::pkt()?;
+    let Some(ip) = packet::parse(ctx, p)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if !is_lab(cfg, &p.key.saddr) || from_uplink(ctx, cfg) {
+        return Ok(TC_ACT_OK);
+    }
+    match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            ip.check_l4(ctx)?;
+            ip.ports(ctx, p, false, CT_DIR_OUT)?;
+        }
+        IPPROTO_ICMPV6 => match ip.icmp_type(ctx)? {
+            ICMPV6_ECHO_REQUEST => ip.ports(ctx, p, true, CT_DIR_OUT)?,
+            ty if packet::is_icmp_error(ty) && icmp::translate_error(ctx, &ip, cfg, p, false)? => {
+                return Ok(TC_ACT_OK);
+            }
+            // Errors about no session, other ICMPv6: the lab's source
+            // would leak.
+            _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
+        },
+        // No ports in a non-first fragment; the first one is not parsed
+        // either (netbridge does not reassemble).
+        IPPROTO_FRAGMENT => return Err(drop_reason::NAT_FRAGMENT),
+        // Extension headers, other protocols: the lab's source would leak.
+        _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
+    }
+    let flags = ip.tcp_flags(ctx);
+    match ct::lookup(cfg, p, flags) {
+        ct::Found::Hit => {}
+        // Expired: a late packet opens a new session.
+        _ => ct::new_session(cfg, p, flags)?,
+    }
+    packet::rewrite(ctx, &ip, p, true)?;
+    count(nat_stat::XLATE6_OUT);
+    Ok(TC_ACT_OK)
+}
+
+/// Ingress: packets to the uplink address of a session get the lab
+/// endpoint back; ICMPv6 errors about a session are translated; anything
+/// else is the host's.
+#[inline(always)]
+fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let p = packet::pkt()?;
+    let Some(ip) = packet::parse(ctx, p)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if p.key.daddr != cfg.uplink_ipv6 {
+        return Ok(TC_ACT_OK);
+    }
+    match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            ip.check_l4(ctx)?;
+            ip.ports(ctx, p, false, CT_DIR_IN)?;
+        }
+        IPPROTO_ICMPV6 => match ip.icmp_type(ctx)? {
+            ICMPV6_ECHO_REPLY => ip.ports(ctx, p, true, CT_DIR_IN)?,
+            ty if packet::is_icmp_error(ty) => {
+                icmp::translate_error(ctx, &ip, cfg, p, true)?;
+                return Ok(TC_ACT_OK);
+            }
+            _ => return Ok(TC_ACT_OK),
+        },
+        _ => return Ok(TC_ACT_OK),
+    }
+    let flags = ip.tcp_flags(ctx);
+    match ct::lookup(cfg, p, flags) {
+        ct::Found::Hit => {
+            packet::rewrite(ctx, &ip, p, false)?;
+            count(nat_stat::XLATE6_IN);
+            Ok(TC_ACT_OK)
+        }
+        // A late reply to a mapping past its timeout: not delivered.
+        ct::Found::Expired => Err(drop_reason::NAT_EXPIRED),
+        ct::Found::Miss => Ok(TC_ACT_OK),
+    }
+}

@@ -1,0 +1,238 @@
+//! NAT66 control plane: the IPv6 masquerade config the uplink programs
+//! read ([`MAP_NAT6_CONFIG`]) and its conntrack table ([`MAP_CT6`]).
+use std::net::Ipv6Addr;
+
+use aya::maps::{Array, HashMap, MapData};
+use ipnet::{IpNet, Ipv6Net};
+use netbridge_common::{
+    Be32, CT_DIR_OUT, CT_F_ASSURED, CT_F_ORIGINAL, CT_TCP_ESTABLISHED, CT_TCP_SYN, Ct6Entry,
+    Ct6Key, In6, MAP_CT6, MAP_NAT6_CONFIG, NAT6_MASQUERADE, NAT6_PREFIXES, Nat6Config, Prefix6,
+};
+
+use crate::pins::{BpfError, MapSource, map_err};
+
+/// The NAT66 maps.
+pub struct Nat6Maps {
+    pub config: Array<MapData, Nat6Config>,
+    /// An LRU hash in the kernel; read through `HashMap`.
+    pub ct: HashMap<MapData, Ct6Key, Ct6Entry>,
+}
+
+/// An address in the maps' form.
+pub fn in6(a: Ipv6Addr) -> In6 {
+    let o = a.octets();
+    std::array::from_fn(|i| Be32::from_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+pub fn addr(a: &In6) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// The lab side of NAT66: global or ULA IPv6 networks (not link-local).
+pub fn lab_prefixes(addresses: &[IpNet]) -> Vec<Ipv6Net> {
+    let mut out: Vec<Ipv6Net> = addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpNet::V6(n) if !is_link_local(n.addr()) => Some(n.trunc()),
+            _ => None,
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The address to masquerade as: the uplink's first global (or ULA)
+/// IPv6 address.
+pub fn masquerade_addr(addresses: &[IpNet]) -> Option<Ipv6Addr> {
+    addresses.iter().find_map(|a| match a {
+        IpNet::V6(n) if !is_link_local(n.addr()) && !n.addr().is_multicast() => Some(n.addr()),
+        _ => None,
+    })
+}
+
+fn is_link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The config for masquerading `prefixes` (at most [`NAT6_PREFIXES`]) as
+/// `uplink` on interface `ifindex`.
+pub fn config(
+    uplink: Ipv6Addr,
+    ifindex: u32,
+    prefixes: &[Ipv6Net],
+    ports: (u16, u16),
+    timeouts: [u32; 8],
+) -> Nat6Config {
+    let mut cfg = Nat6Config {
+        uplink_ipv6: in6(uplink),
+        uplink_ifindex: ifindex,
+        flags: NAT6_MASQUERADE,
+        port_min: ports.0,
+        port_max: ports.1,
+        timeouts,
+        ..Nat6Config::default()
+    };
+    for (slot, p) in cfg.prefixes.iter_mut().zip(prefixes) {
+        *slot = Prefix6 {
+            addr: in6(p.network()),
+            mask: in6(p.netmask()),
+        };
+        cfg.prefix_count += 1;
+    }
+    cfg
+}
+
+/// One NAT66 session for `conntrack` (IPv6 endpoints as `[addr]:port`;
+/// ICMPv6 echo: the identifier as the port, the remote without one).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Session6 {
+    pub proto: &'static str,
+    pub state: &'static str,
+    pub inside: String,
+    pub external: String,
+    pub remote: String,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+    /// 0: expired, removed when a packet or a port claim finds it.
+    pub expires_in_secs: f64,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        58 => "icmpv6",
+        p => crate::nat::proto_name(p),
+    }
+}
+
+impl Nat6Maps {
+    pub fn from_source(src: &mut impl MapSource) -> Result<Self, BpfError> {
+        use aya::maps::Map;
+        Ok(Nat6Maps {
+            config: src.map(MAP_NAT6_CONFIG, Map::Array)?,
+            ct: src.map(MAP_CT6, Map::LruHashMap)?,
+        })
+    }
+
+    pub fn config(&self) -> Nat6Config {
+        self.config.get(&0, 0).unwrap_or_default()
+    }
+
+    /// Writes `cfg` (flags 0: off); returns the change made, if any.
+    pub fn apply(&mut self, cfg: Nat6Config) -> Result<Vec<String>, BpfError> {
+        let old = self.config();
+        let change = match () {
+            _ if old == cfg => None,
+            _ if cfg.flags != 0 => Some(describe(&cfg)),
+            _ if old.flags != 0 => Some("NAT66 off".to_string()),
+            _ => None,
+        };
+        self.config
+            .set(0, cfg, 0)
+            .map_err(map_err(MAP_NAT6_CONFIG))?;
+        Ok(change.into_iter().collect())
+    }
+
+    /// The sessions (by their outbound halves), oldest first, judged as
+    /// the datapath does at `now_ns` (the later, further of both halves).
+    pub fn sessions(&self, now_ns: u64) -> Vec<Session6> {
+        let cfg = self.config();
+        let all: std::collections::HashMap<Ct6Key, Ct6Entry> =
+            self.ct.iter().filter_map(|r| r.ok()).collect();
+        let mut rows: Vec<(u64, Session6)> = all
+            .iter()
+            .filter(|(k, e)| k.dir == CT_DIR_OUT && e.flags & CT_F_ORIGINAL != 0)
+            .map(|(k, e)| (e.created_ns, row(&cfg, now_ns, k, e, all.get(&e.reverse))))
+            .collect();
+        rows.sort_by_key(|r| r.0);
+        rows.into_iter().map(|r| r.1).collect()
+    }
+}
+
+fn row(cfg: &Nat6Config, now: u64, k: &Ct6Key, e: &Ct6Entry, r: Option<&Ct6Entry>) -> Session6 {
+    let (last, state, flags) = match r {
+        Some(r) => (
+            e.last_seen_ns.max(r.last_seen_ns),
+            e.state.max(r.state),
+            e.flags | r.flags,
+        ),
+        None => (e.last_seen_ns, e.state, e.flags),
+    };
+    let timed = if state == CT_TCP_ESTABLISHED && flags & CT_F_ASSURED == 0 {
+        CT_TCP_SYN
+    } else {
+        state
+    };
+    let idle = now.saturating_sub(last) as f64 / 1e9;
+    let timeout = cfg.timeouts[(timed & 7) as usize] as f64;
+    let ep = |a: &In6, p: u16| format!("[{}]:{p}", addr(a));
+    let remote = if k.proto == 58 {
+        addr(&k.daddr).to_string()
+    } else {
+        ep(&k.daddr, k.dport.get())
+    };
+    Session6 {
+        proto: proto_name(k.proto),
+        state: crate::nat::state_name(state),
+        inside: ep(&k.saddr, k.sport.get()),
+        external: ep(&e.nat_addr, e.nat_port.get()),
+        remote,
+        age_secs: now.saturating_sub(e.created_ns) as f64 / 1e9,
+        idle_secs: idle,
+        expires_in_secs: (timeout - idle).max(0.0),
+    }
+}
+
+fn describe(cfg: &Nat6Config) -> String {
+    let nets: Vec<String> = cfg.prefixes[..(cfg.prefix_count as usize).min(NAT6_PREFIXES)]
+        .iter()
+        .map(|p| {
+            let len: u32 = p.mask.iter().map(|w| w.get().count_ones()).sum();
+            format!("{}/{len}", addr(&p.addr))
+        })
+        .collect();
+    format!(
+        "NAT66: masquerading {} as {} (ports {}-{})",
+        nets.join(", "),
+        addr(&cfg.uplink_ipv6),
+        cfg.port_min,
+        cfg.port_max
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_prefixes_and_addresses() {
+        let nets: Vec<IpNet> = ["fd00:77::1/64", "fe80::1/64", "192.168.0.1/16"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let p = lab_prefixes(&nets);
+        assert_eq!(p, vec!["fd00:77::/64".parse::<Ipv6Net>().unwrap()]);
+        let up: Vec<IpNet> = ["fe80::2/64", "2001:db8:1::1/64"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let a = masquerade_addr(&up).unwrap();
+        assert_eq!(a, "2001:db8:1::1".parse::<Ipv6Addr>().unwrap());
+        let cfg = config(a, 7, &p, (1024, 65535), [0; 8]);
+        assert_eq!(cfg.prefix_count, 1);
+        assert_eq!(
+            addr(&cfg.prefixes[0].addr),
+            "fd00:77::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(cfg.prefixes[0].mask[1].get(), u32::MAX);
+        assert_eq!(cfg.prefixes[0].mask[2].get(), 0);
+        assert_eq!(addr(&cfg.uplink_ipv6), a);
+        assert_eq!(
+            describe(&cfg),
+            "NAT66: masquerading fd00:77::/64 as 2001:db8:1::1 (ports 1024-65535)"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! NAT66 (IPv6 masquerade) against a simulated upstream: ping, TCP and UDP
+//! from ULA lab hosts leave with the uplink's IPv6 address (checksums
+//! checked by tshark upstream), distinct mappings for equal source ports,
+//! expiry in the kernel, no ULA source ever leaving, and ICMPv6 errors
+//! (Packet Too Big, Time Exceeded, Port Unreachable) translated back.
+//!
+//! The lab: black (fd00:77::10) and white (fd00:77::20) on a bridge
+//! (fd00:77::1/64) in a host namespace whose uplink (2001:db8:1::1) faces
+//! a router (2001:db8:1::fe), behind which sits a server (2001:db8:2::10).
+//! The router has no route to fd00::/8: only translated traffic comes back.
+use netbridge_tests::{Sandbox, natlab::NatLab, require_root, script};
+use serde_json::Value;
+
+const SERVER6: &str = "2001:db8:2::10";
+const UPLINK6: &str = "2001:db8:1::1";
+
+/// The dual-stack lab, `uplink_extra` appended to `[uplink]`.
+fn lab66(uplink_extra: &str) -> NatLab {
+    let mut sb = Sandbox::new();
+    let toml = format!(
+        r#"name = "nat"
+host_netns = "gw"
+
+[bridge]
+name = "br0"
+addresses = ["192.168.0.1/16", "fd00:77::1/64"]
+
+[[namespace]]
+name = "black"
+addresses = ["192.168.1.10/24", "fd00:77::10/64"]
+routes = [{{ to = "default", via = "192.168.0.1", dev = "eth0" }}, {{ to = "::/0", via = "fd00:77::1", dev = "eth0" }}]
+
+[[namespace]]
+name = "white"
+addresses = ["192.168.2.10/24", "fd00:77::20/64"]
+routes = [{{ to = "default", via = "192.168.0.1", dev = "eth0" }}, {{ to = "::/0", via = "fd00:77::1", dev = "eth0" }}]
+
+[[namespace]]
+name = "router"
+bridge = false
+sysctls = {{ "net.ipv4.ip_forward" = "1", "net.ipv6.conf.all.forwarding" = "1" }}
+
+[[namespace]]
+name = "server"
+bridge = false
+
+[[link]]
+a = {{ ifname = "uplink0", addresses = ["203.0.113.1/24", "2001:db8:1::1/64"] }}
+b = {{ netns = "router", ifname = "eth0", addresses = ["203.0.113.254/24", "2001:db8:1::fe/64"] }}
+
+[[link]]
+a = {{ netns = "router", ifname = "eth1", addresses = ["198.51.100.1/24", "2001:db8:2::1/64"] }}
+b = {{ netns = "server", ifname = "eth0", addresses = ["198.51.100.10/24", "2001:db8:2::10/64"], routes = [{{ to = "default", via = "198.51.100.1" }}, {{ to = "::/0", via = "2001:db8:2::1" }}] }}
+
+[uplink]
+ifname = "uplink0"
+masquerade = true
+gateway = "203.0.113.254"
+gateway6 = "2001:db8:1::fe"
+{uplink_extra}
+"#
+    );
+    let file = sb.tmp_file("nat66.toml").display().to_string();
+    std::fs::write(&file, toml).unwrap();
+    let lab = NatLab { sb, file };
+    lab.nb(&["up"]);
+    lab
+}
+
+/// UDP probes over IPv6 from `ns` ("sport:dport" pairs), waiting `wait` s.
+fn udp6_probe(lab: &NatLab, ns: &str, wait: u32, pairs: &[&str]) -> Value {
+    let out = lab.sh(
+        ns,
+        &format!(
+            "python3 {} {SERVER6} {wait} {}",
+            script("udp6_probe.py"),
+            pairs.join(" ")
+        ),
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// An IPv6 UDP echo on `port` in the server, answering after `delay` s.
+fn udp6_echo(lab: &mut NatLab, port: u16, delay: u32) {
+    let (p, d) = (port.to_string(), delay.to_string());
+    let argv = ["python3", &script("udp6_echo.py"), &p, "server", "120", &d];
+    lab.spawn("server", &argv);
+    lab.wait_listen("server", "udp", port);
+}
+
+/// A capture file under the sandbox's own /tmp directory (removed after).
+fn pcap_path(lab: &mut NatLab, name: &str) -> String {
+    let dir = format!("/tmp/{}pcap", lab.sb.prefix());
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.clone();
+    lab.sb.on_cleanup(move || {
+        let _ = std::fs::remove_dir_all(d);
+    });
+    format!("{dir}/{name}.pcap")
+}
+
+/// Source addresses of the IPv6 packets in `pcap`, one per packet.
+fn sources(lab: &NatLab, ns: &str, pcap: &str) -> Vec<String> {
+    let out = lab.sh(ns, &format!("tshark -r {pcap} -T fields -e ipv6.src"));
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
+#[test]
+fn masquerade_ping_tcp_udp_with_valid_checksums() {
+    require_root!();
+    let mut lab = lab66("");
+    // black sends full checksums (no veth offload): the capture shows
+    // exactly what the NAT wrote. white keeps offload (CHECKSUM_PARTIAL:
+    // the NAT fixes the pseudo-header sum only) and the router's eth1 has
+    // none, so the kernel completes white's checksums there in software:
+    // right only if the NAT's partial fix was.
+    for (ns, dev) in [
+        ("black", "eth0"),
+        ("server", "eth0"),
+        ("router", "eth0"),
+        ("router", "eth1"),
+    ] {
+        lab.sh(ns, &format!("ethtool -K {dev} tx off >/dev/null"));
+    }
+    let p = "8080".to_string();
+    lab.spawn(
+        "server",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("server", "tcp", 8080);
+    udp6_echo(&mut lab, 7, 0);
+    let pcap = pcap_path(&mut lab, "server");
+    let ns = lab.ns("server");
+    let dump = lab.sb.tcpdump(
+        &ns,
+        &[
+            "-i",
+            "eth0",
+            "-U",
+            "-w",
+            &pcap,
+            "ip6 and not icmp6[0] >= 133",
+        ],
+        None,
+    );
+
+    lab.sh("black", &format!("ping -6 -c 2 -i 0.2 -W 2 {SERVER6}"));
+    let url = format!("http://[{SERVER6}]:8080/");
+    assert_eq!(lab.curl("black", &url), "200");
+    assert_eq!(lab.curl("white", &url), "200");
+    // Two lab hosts on the same source port: distinct external ports,
+    // both on the uplink's address; the first keeps its port.
+    let b = udp6_probe(&lab, "black", 2, &["43001:7"]);
+    let w = udp6_probe(&lab, "white", 2, &["43001:7"]);
+    let (b, w) = (b["43001:7"].as_str(), w["43001:7"].as_str());
+    assert_eq!(b, Some(format!("server [{UPLINK6}]:43001").as_str()));
+    let w = w.unwrap_or_else(|| panic!("no UDP reply to white"));
+    assert!(w.starts_with(&format!("server [{UPLINK6}]:")), "{w}");
+    assert!(!w.ends_with(":43001"), "same mapping for both: {w}");
+
+    // `conntrack` lists both mappings of port 43001.
+    let ct = lab.conntrack();
+    let s6 = ct["sessions6"].as_array().unwrap_or_else(|| panic!("{ct}"));
+    for (host, ext) in [("fd00:77::10", Some("43001")), ("fd00:77::20", None)] {
+        let inside = format!("[{host}]:43001");
+        let s = s6
+            .iter()
+            .find(|s| s["inside"] == inside.as_str() && s["proto"] == "udp")
+            .unwrap_or_else(|| panic!("no session of {inside}: {ct}"));
+        let external = s["external"].as_str().unwrap();
+        assert!(external.starts_with(&format!("[{UPLINK6}]:")), "{s}");
+        assert_eq!(s["remote"], format!("[{SERVER6}]:7").as_str(), "{s}");
+        assert_eq!(s["state"], "REPLIED", "{s}");
+        if let Some(p) = ext {
+            assert!(external.ends_with(&format!(":{p}")), "{s}");
+        }
+    }
+    let n = lab.sb.stop_tcpdump(dump);
+    assert!(n > 0, "empty capture");
+    let srcs = sources(&lab, "server", &pcap);
+    let from_lab: Vec<&String> = srcs.iter().filter(|s| *s != SERVER6).collect();
+    assert!(from_lab.len() >= 10, "{srcs:?}");
+    assert!(from_lab.iter().all(|s| *s == UPLINK6), "{srcs:?}");
+    // tshark verifies every TCP, UDP and ICMPv6 checksum (status 1: good).
+    let out = lab.sh(
+        "server",
+        &format!(
+            "tshark -r {pcap} -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE \
+             -T fields -E separator=, -e tcp.checksum.status -e udp.checksum.status \
+             -e icmpv6.checksum.status"
+        ),
+    );
+    let mut good = [0; 3];
+    for line in out.lines() {
+        for (i, s) in line.split(',').enumerate() {
+            for s in s.split(';').filter(|s| !s.is_empty()) {
+                assert_eq!(s, "1", "bad checksum ({i}) in {line:?}:\n{out}");
+                good[i] += 1;
+            }
+        }
+    }
+    assert!(good.iter().all(|&g| g >= 2), "checked {good:?}:\n{out}");
+    assert!(lab.counter("snat6_new") >= 5);
+    assert!(lab.counter("translated6_in") >= 5);
+    assert!(lab.counter("port_retries") + lab.counter("port_kept") >= 2);
+    lab.down_clean();
+}
+
+#[test]
+fn session_expires_in_the_kernel() {
+    require_root!();
+    let mut lab = lab66("timeouts = { udp = 2 }");
+    udp6_echo(&mut lab, 7, 0);
+    udp6_echo(&mut lab, 9, 4);
+    // Control: a prompt answer comes back through the session.
+    let r = udp6_probe(&lab, "black", 2, &["43100:7"]);
+    assert!(r["43100:7"].is_string(), "{r}");
+    // A reply 4 s after a lone datagram (timeout 2 s): the session is past
+    // its timeout when the reply comes, which is then dropped.
+    let expired = lab.counter("nat_expired");
+    let r = udp6_probe(&lab, "black", 7, &["43101:9"]);
+    assert!(r["43101:9"].is_null(), "late reply delivered: {r}");
+    assert!(lab.counter("nat_expired") > expired);
+    assert!(lab.counter("expired6") >= 1);
+    // The next datagram from the same endpoint opens a fresh session.
+    let new = lab.counter("snat6_new");
+    let r = udp6_probe(&lab, "black", 2, &["43101:7"]);
+    assert!(r["43101:7"].is_string(), "{r}");
+    assert_eq!(lab.counter("snat6_new"), new + 1);
+    lab.down_clean();
+}
+
+#[test]
+fn ula_source_never_leaves() {
+    require_root!();
+    let mut lab = lab66("");
+    let pcap = pcap_path(&mut lab, "router");
+    let ns = lab.ns("router");
+    let dump = lab.sb.tcpdump(
+        &ns,
+        &[
+            "-i",
+            "eth0",
+            "-U",
+            "-w",
+            &pcap,
+            "ip6 and not icmp6[0] >= 133",
+        ],
+        None,
+    );
+    let (untranslatable, fragment) = (
+        lab.counter("nat_untranslatable"),
+        lab.counter("nat_fragment"),
+    );
+    // Untranslatable kinds from a lab host: a hop-by-hop header, SCTP, an
+    // unknown ICMPv6 type, and a fragment.
+    let py = format!(
+        "from scapy.all import *\n\
+         d = '{SERVER6}'\n\
+         send(IPv6(dst=d)/IPv6ExtHdrHopByHop()/UDP(sport=1,dport=7), verbose=0)\n\
+         send(IPv6(dst=d, nh=132)/Raw(b'x'*16), verbose=0)\n\
+         send(IPv6(dst=d)/ICMPv6Unknown(type=200), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=0, m=1)/UDP(sport=2,dport=7), verbose=0)\n"
+    );
+    let file = lab.sb.tmp_file("leak.py");
+    std::fs::write(&file, py).unwrap();
+    lab.sh("black", &format!("/usr/bin/python3 {}", file.display()));
+    // Positive control: translated traffic is seen there.
+    lab.sh("black", &format!("ping -6 -c 1 -W 2 {SERVER6} || true"));
+    lab.sb.stop_tcpdump(dump);
+    let srcs = sources(&lab, "router", &pcap);
+    assert!(
+        srcs.iter().all(|s| !s.starts_with("fd00:")),
+        "leaked: {srcs:?}"
+    );
+    assert!(srcs.iter().any(|s| s == UPLINK6), "{srcs:?}");
+    assert!(lab.counter("nat_untranslatable") >= untranslatable + 3);
+    assert!(lab.counter("nat_fragment") > fragment);
+    lab.down_clean();
+}
+
+#[test]
+fn icmp6_errors_translated_pmtu_and_traceroute() {
+    require_root!();
+    let lab = lab66("");
+    // uplink.gateway6: the host's IPv6 default route.
+    let r = lab.sh("gw", "ip -6 route show default");
+    assert!(r.contains("via 2001:db8:1::fe dev uplink0"), "{r}");
+    let before = lab.counter("icmp6_errors_translated");
+    // UDP traceroute: the router's Time Exceeded and the server's Port
+    // Unreachable go to the uplink address and are translated back.
+    let tr = lab.sh(
+        "black",
+        &format!("traceroute -6 -n -q 1 -w 2 -m 5 {SERVER6}"),
+    );
+    let hops: Vec<&str> = tr
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(hops, ["fd00:77::1", "2001:db8:1::fe", SERVER6], "{tr}");
+    // PMTU: a 1280-byte hop beyond the NAT. The router's Packet Too Big is
+    // translated back and the lab host learns the MTU.
+    lab.sh("router", "ip link set eth1 mtu 1280");
+    let out = lab.sb.sh_output(
+        &lab.ns("black"),
+        &format!("ping -6 -M do -s 1400 -c 3 -i 0.3 -W 1 {SERVER6}"),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("mtu=1280") || text.contains("mtu = 1280"),
+        "{text}"
+    );
+    let route = lab.sh("black", &format!("ip -6 route get {SERVER6}"));
+    assert!(route.contains("mtu 1280"), "PMTU not learned: {route}");
+    let after = lab.counter("icmp6_errors_translated");
+    assert!(after >= before + 3, "translated {before} -> {after}");
+    lab.down_clean();
+}
