@@ -31,14 +31,25 @@ fn tc_program_counts_real_pings_in_per_cpu_map() {
         let (_, new) = dp.attach_port(&ifname).expect("attach TC ingress");
         assert!(new, "first attach must be new");
         let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
-        // Program and object fds close here: only the pinned link keeps the
+        // Program and object fds close here: the cls_bpf filter keeps the
         // program attached, which is what `netbridge up` relies on.
         let Datapath { maps, .. } = dp;
         (maps, ifindex)
     })
     .unwrap();
-    let link_pin = pins.link(&host_if, netbridge::bpf::HOOK_TC_INGRESS);
-    assert!(link_pin.exists(), "link pin {} missing", link_pin.display());
+    let prog_pin = pins.filter(&host_if, netbridge::bpf::HOOK_TC_INGRESS);
+    let pinned = netbridge::bpf::pinned_prog_id(&prog_pin);
+    assert!(
+        pinned.is_some(),
+        "program pin {} missing",
+        prog_pin.display()
+    );
+    // The filter (pref/handle netbridge's) runs the pinned program.
+    let ids = run_blocking_in(&Netns::named(&sb.host), move || {
+        netbridge::bpf::attached_tc_ids(&host_if)
+    })
+    .unwrap();
+    assert_eq!(ids, vec![pinned.unwrap()], "programs on the port");
 
     let before = maps
         .port_stats()

@@ -121,7 +121,7 @@ pub(super) fn attach(
     let xdp = t.datapath == Mode::Xdp;
     let (dropped, attached) = if xdp {
         let attached = dp.attach_xdp(PROG_PORT_XDP, name, name, l.xdp_prog)?.1;
-        (dp.detach_port_tc(name), attached)
+        (dp.detach_port_tc(name)?, attached)
     } else {
         (dp.detach_xdp(name), dp.attach_port(name)?.1)
     };
@@ -356,6 +356,9 @@ impl Held {
         };
         let p = st.attachments[i].clone();
         let mut changes = super::nat::drop_forwards_to(&mut st, port)?;
+        // The filter goes with the veth, but not if the host end stays
+        // (not made by netbridge) or the pins are gone.
+        changes.extend(detach_filter(&host_of(&t), &p.host_ifname)?);
         if let Some(pins) = pinned(&st) {
             changes.extend(detach(&host_of(&t), &pins, &p)?);
         }
@@ -406,8 +409,28 @@ fn journaled_for(st: &State, t: &Topology, p: &Port) -> State {
     mine
 }
 
+/// Deletes the port program's filter from `ifname` in `host` (see
+/// [`crate::tcfilter`]), if it is there.
+fn detach_filter(host: &Netns, ifname: &str) -> Result<Option<String>> {
+    let name = ifname.to_string();
+    let detached =
+        crate::netns::run_blocking_in(host, move || {
+            match nix::net::if_::if_nametoindex(name.as_str()) {
+                Ok(index) => crate::tcfilter::detach(index),
+                Err(_) => Ok(false),
+            }
+        })?;
+    let detached = detached.map_err(|source| TopologyError::Filter {
+        ns: host.label().into(),
+        ifname: ifname.into(),
+        source,
+    })?;
+    Ok(detached.then(|| format!("detached {} filter of {ifname}", bpf::HOOK_TC_INGRESS)))
+}
+
 /// Takes port `p` out of the datapath: its link pins (which detaches its
-/// programs), its entries in the pinned tables and its NAT sessions. With
+/// XDP programs), its filter's program pin, its entries in the pinned
+/// tables and its NAT sessions. With
 /// its host end already gone (the namespace was deleted), the tables are
 /// cleaned by the ifindex its lab hosts recorded.
 fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
@@ -421,6 +444,7 @@ fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
             changes.push(format!("detached {hook} program of {ifname}"));
         }
     }
+    let _ = std::fs::remove_file(pins.filter(&p.host_ifname, bpf::HOOK_TC_INGRESS));
     let ifname = p.host_ifname.as_str();
     let links = in_ns(host, |h| async move { netlink::links(&h).await })?;
     let mut maps = bpf::Maps::open_pinned(pins)?;
