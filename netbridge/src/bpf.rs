@@ -532,6 +532,19 @@ impl Maps {
     }
 }
 
+/// How a port's TC program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortHook {
+    /// A cls_bpf filter on a clsact qdisc (see [`crate::tcfilter`]): the
+    /// ports of a file, attached by the hundred in one `up`.
+    Filter,
+    /// A pinned TCX link: ports attached one at a time (the engine, CNI),
+    /// where one grace period per attach does not matter and a chained CNI
+    /// plugin may need the device's ingress qdisc slot (the reference
+    /// `bandwidth` adds an `ingress` qdisc, which cannot sit beside clsact).
+    Tcx,
+}
+
 /// A loaded copy of the datapath object.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -657,12 +670,32 @@ impl Datapath {
         Ok(fd.as_fd().as_raw_fd())
     }
 
-    /// Attaches the port program at TC ingress of `ifname` as a cls_bpf
-    /// filter (see [`crate::tcfilter`]) and pins the program under
-    /// `filters/`. Must run on a thread inside the interface's namespace
-    /// (see [`crate::netns::run_blocking_in`]). Returns the pin and whether
-    /// it was newly attached (or replaced).
-    pub fn attach_port(&mut self, ifname: &str) -> Result<(PathBuf, bool), BpfError> {
+    /// Attaches the port program at TC ingress of `ifname` as `hook` says,
+    /// and detaches it from the other kind of hook if it was there (after:
+    /// TCX runs before any filter, so either order of the two is gapless).
+    /// Must run on a thread inside the interface's namespace (see
+    /// [`crate::netns::run_blocking_in`]). Returns the pin and whether it
+    /// was newly attached (or replaced).
+    pub fn attach_port(
+        &mut self,
+        ifname: &str,
+        hook: PortHook,
+    ) -> Result<(PathBuf, bool), BpfError> {
+        if hook == PortHook::Filter {
+            return self.attach_port_filter(ifname);
+        }
+        let name = PROG_PORT_INGRESS;
+        let (path, new) = self.attach_tc(name, ifname, TcAttachType::Ingress, HOOK_TC_INGRESS)?;
+        let _ = fs::remove_file(self.pins.filter(ifname, HOOK_TC_INGRESS));
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| tc_err(name, ifname, e.into()))?;
+        let dropped = crate::tcfilter::detach(ifindex).map_err(|e| tc_err(name, ifname, e))?;
+        Ok((path, new || dropped))
+    }
+
+    /// [`Self::attach_port`] as a cls_bpf filter (see [`crate::tcfilter`]),
+    /// its program pinned under `filters/`.
+    fn attach_port_filter(&mut self, ifname: &str) -> Result<(PathBuf, bool), BpfError> {
         let name = PROG_PORT_INGRESS;
         let path = self.pins.filter(ifname, HOOK_TC_INGRESS);
         // A TCX link an older netbridge attached: it runs before any filter.
@@ -957,6 +990,16 @@ fn pin_prog(
     let _ = fs::remove_file(&fresh);
     prog.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
     fs::rename(&fresh, path).map_err(|e| pin_err(Box::new(e)))
+}
+
+/// Whether the port program is attached to `ifname` (calling thread's
+/// namespace): a TCX link (it dies with its pin), or a filter running the
+/// program pinned for it in `pins` (see [`port_filter_current`]).
+pub fn port_tc_attached(pins: Option<&PinDir>, ifname: &str) -> bool {
+    let short = short(PROG_PORT_INGRESS);
+    let tcx = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(short)));
+    tcx || pins.is_some_and(|pins| port_filter_current(pins, ifname))
 }
 
 /// Whether `ifname` (calling thread's namespace) runs, as netbridge's

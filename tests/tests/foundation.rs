@@ -28,7 +28,9 @@ fn tc_program_counts_real_pings_in_per_cpu_map() {
     let pins2 = pins.clone();
     let (maps, ifindex) = run_blocking_in(&Netns::named(&sb.host), move || {
         let mut dp = Datapath::load(pins2).expect("load eBPF object");
-        let (_, new) = dp.attach_port(&ifname).expect("attach TC ingress");
+        let (_, new) = dp
+            .attach_port(&ifname, netbridge::bpf::PortHook::Filter)
+            .expect("attach TC ingress");
         assert!(new, "first attach must be new");
         let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
         // Program and object fds close here: the cls_bpf filter keeps the

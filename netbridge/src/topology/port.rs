@@ -123,7 +123,13 @@ pub(super) fn attach(
         let attached = dp.attach_xdp(PROG_PORT_XDP, name, name, l.xdp_prog)?.1;
         (dp.detach_port_tc(name)?, attached)
     } else {
-        (dp.detach_xdp(name), dp.attach_port(name)?.1)
+        // A file's ports come by the hundred: filters (no grace period
+        // per attach); attached ones one at a time, often in a CNI chain.
+        let hook = match t.namespace(&p.name) {
+            Some(_) => bpf::PortHook::Filter,
+            None => bpf::PortHook::Tcx,
+        };
+        (dp.detach_xdp(name), dp.attach_port(name, hook)?.1)
     };
     if dropped {
         let other = if xdp { "TC" } else { "XDP" };

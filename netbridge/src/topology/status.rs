@@ -185,9 +185,7 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
                     continue;
                 }
                 (Some(l), Datapath::Xdp) => l.xdp_prog.is_some(),
-                (Some(_), Datapath::Tc) => pins
-                    .as_ref()
-                    .is_some_and(|pins| bpf::port_filter_current(pins, name)),
+                (Some(_), Datapath::Tc) => bpf::port_tc_attached(pins.as_ref(), name),
             };
             if !attached {
                 let why = format!("no datapath program on {name}");
