@@ -82,3 +82,50 @@ fn tc_program_counts_real_pings_in_per_cpu_map() {
         "unexpected drops: {drops:?}"
     );
 }
+
+/// A port moves between the two TC hooks without keeping the other: a
+/// TCX link (an older netbridge's, or an attached port's) gives way to the
+/// filter once it is in place, and the filter to a TCX link.
+#[test]
+fn port_hook_switches_leave_one_attachment() {
+    use netbridge::bpf::{HOOK_TC_INGRESS, PortHook, attached_tc_ids};
+    require_root!();
+    let mut sb = Sandbox::new();
+    let peer = sb.add_ns("peer");
+    let host_if = format!("t{}a", sb.id);
+    sb.veth(&sb.host, &host_if, None, &peer, "eth0", None);
+    let pins = PinDir(ensure_bpffs(&sb.name("pins")).unwrap());
+    sb.adopt_pins(&pins.0);
+    let (link, filter) = (
+        pins.link(&host_if, HOOK_TC_INGRESS),
+        pins.filter(&host_if, HOOK_TC_INGRESS),
+    );
+    let ifname = host_if.clone();
+    let pins2 = pins.clone();
+    run_blocking_in(&Netns::named(&sb.host), move || {
+        let mut dp = Datapath::load(pins2).expect("load eBPF object");
+        let tcx = |ifname: &str| {
+            aya::programs::SchedClassifier::query_tcx(ifname, aya::programs::TcAttachType::Ingress)
+                .unwrap()
+                .1
+                .len()
+        };
+        let index = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
+        let ours = || netbridge::tcfilter::ours(index).unwrap();
+        assert!(dp.attach_port(&ifname, PortHook::Tcx).unwrap().1);
+        assert!(link.exists() && !filter.exists());
+        assert_eq!((tcx(&ifname), ours()), (1, None));
+        assert!(dp.attach_port(&ifname, PortHook::Filter).unwrap().1);
+        assert!(!link.exists() && filter.exists(), "TCX link pin left");
+        assert_eq!(tcx(&ifname), 0, "TCX link still attached");
+        let f = ours().expect("no filter");
+        assert_eq!(f.prog_id, netbridge::bpf::pinned_prog_id(&filter));
+        assert_eq!(attached_tc_ids(&ifname), vec![f.prog_id.unwrap()]);
+        // Again: nothing to do.
+        assert!(!dp.attach_port(&ifname, PortHook::Filter).unwrap().1);
+        assert!(dp.attach_port(&ifname, PortHook::Tcx).unwrap().1);
+        assert!(link.exists() && !filter.exists(), "filter pin left");
+        assert_eq!((tcx(&ifname), ours()), (1, None), "filter left");
+    })
+    .unwrap();
+}
