@@ -729,33 +729,7 @@ impl Datapath {
             .ok_or(BpfError::MissingProgram { name })?
             .try_into()
             .map_err(|e| prog_err(name, ifname, e))?;
-        let id = if live.is_some() {
-            // Same priority and handle: cls_bpf swaps the program in one
-            // RCU pointer update, so every packet meets the old or the new
-            // program, none both or neither; the pinned maps are shared.
-            let link = aya::programs::tc::SchedClassifierLink::attached(
-                ifname,
-                TcAttachType::Ingress,
-                crate::tcfilter::PRIO,
-                crate::tcfilter::HANDLE.into(),
-                None,
-            )
-            .map_err(|e| tc_err(name, ifname, e))?;
-            prog.attach_to_link(link)
-        } else {
-            add_clsact(ifname).map_err(|e| prog_err(name, ifname, e))?;
-            let options = aya::programs::tc::NlOptions {
-                priority: crate::tcfilter::PRIO,
-                handle: crate::tcfilter::HANDLE.into(),
-                classid: None,
-            };
-            let options = aya::programs::tc::TcAttachOptions::Netlink(options);
-            prog.attach_with_options(ifname, TcAttachType::Ingress, options)
-        }
-        .map_err(|e| prog_err(name, ifname, e))?;
-        // The filter outlives this process: dropping aya's handle on it
-        // would delete it (and it holds no fd, so forgetting leaks nothing).
-        std::mem::forget(prog.take_link(id).map_err(|e| prog_err(name, ifname, e))?);
+        attach_filter(prog, ifname, live.is_some()).map_err(|e| prog_err(name, ifname, e))?;
         pin_prog(prog, &path, ifname)?;
         // Only now that the filter is in place: unpinning detaches the old
         // link, and the filter, run by nothing before, takes every packet.
@@ -955,6 +929,41 @@ impl Datapath {
     pub fn detach_xdp(&self, pin_key: &str) -> bool {
         fs::remove_file(self.pins.link(pin_key, HOOK_XDP)).is_ok()
     }
+}
+
+/// Attaches `prog` as netbridge's filter on `ifname`, or with `replace`
+/// gives the filter there `prog` instead: same priority and handle, which
+/// cls_bpf swaps in one RCU pointer update, so every packet meets the old
+/// or the new program, none both or neither (the pinned maps are shared).
+fn attach_filter(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    replace: bool,
+) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions};
+    let (priority, handle) = (crate::tcfilter::PRIO, crate::tcfilter::HANDLE.into());
+    let id = if replace {
+        let link =
+            SchedClassifierLink::attached(ifname, TcAttachType::Ingress, priority, handle, None)
+                .map_err(aya::programs::tc::TcError::IoError)?;
+        prog.attach_to_link(link)?
+    } else {
+        add_clsact(ifname)?;
+        let options = NlOptions {
+            priority,
+            handle,
+            classid: None,
+        };
+        prog.attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(options),
+        )?
+    };
+    // The filter outlives this process: dropping aya's handle on it would
+    // delete it (and it holds no fd, so forgetting leaks nothing).
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
 }
 
 /// Adds a clsact qdisc to `ifname` unless it has one.

@@ -132,10 +132,16 @@ pub fn ours(ifindex: u32) -> io::Result<Option<Filter>> {
     Ok(list(ifindex, true)?.into_iter().find(Filter::is_ours))
 }
 
-/// Deletes netbridge's filter from `ifindex`'s ingress hook, then the
-/// clsact qdisc if no filter is left on it (netbridge added it; another
-/// tool's filters keep it). Returns whether a filter was deleted.
+/// Deletes netbridge's filter (the port program at [`PRIO`]/[`HANDLE`])
+/// from `ifindex`'s ingress hook, then the clsact qdisc if no filter is
+/// left on it (netbridge added it; another tool's filters keep it).
+/// Anything else at that priority and handle stays. Returns whether a
+/// filter was deleted.
 pub fn detach(ifindex: u32) -> io::Result<bool> {
+    let port = netbridge_common::PROG_PORT_INGRESS;
+    if ours(ifindex)?.is_none_or(|f| f.name.as_deref() != Some(port)) {
+        return Ok(false);
+    }
     let mut m = TcMessage::with_index(ifindex as i32);
     m.header.parent = parent(true);
     m.header.handle = HANDLE.into();

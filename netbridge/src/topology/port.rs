@@ -362,8 +362,8 @@ impl Held {
         };
         let p = st.attachments[i].clone();
         let mut changes = super::nat::drop_forwards_to(&mut st, port)?;
-        // The filter goes with the veth, but not if the host end stays
-        // (not made by netbridge) or the pins are gone.
+        // A filter goes with the veth, but not if the host end stays (not
+        // made by netbridge) or the pins are gone.
         changes.extend(detach_filter(&host_of(&t), &p.host_ifname)?);
         if let Some(pins) = pinned(&st) {
             changes.extend(detach(&host_of(&t), &pins, &p)?);
@@ -416,8 +416,13 @@ fn journaled_for(st: &State, t: &Topology, p: &Port) -> State {
 }
 
 /// Deletes the port program's filter from `ifname` in `host` (see
-/// [`crate::tcfilter`]), if it is there.
+/// [`crate::tcfilter`]), if it is there. Attached ports get TCX links
+/// (see `bpf::PortHook`), so this only makes sure no filter outlives the
+/// port on a host end that stays.
 fn detach_filter(host: &Netns, ifname: &str) -> Result<Option<String>> {
+    if !host.exists() {
+        return Ok(None);
+    }
     let name = ifname.to_string();
     let detached =
         crate::netns::run_blocking_in(host, move || {
