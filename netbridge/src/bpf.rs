@@ -535,6 +535,19 @@ impl Maps {
     }
 }
 
+/// How a port's TC program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortHook {
+    /// A cls_bpf filter on a clsact qdisc (see [`crate::tcfilter`]): the
+    /// ports of a file, attached by the hundred in one `up`.
+    Filter,
+    /// A pinned TCX link: ports attached one at a time (the engine, CNI),
+    /// where one grace period per attach does not matter and a chained CNI
+    /// plugin may need the device's ingress qdisc slot (the reference
+    /// `bandwidth` adds an `ingress` qdisc, which cannot sit beside clsact).
+    Tcx,
+}
+
 /// A loaded copy of the datapath object.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -660,20 +673,76 @@ impl Datapath {
         Ok(fd.as_fd().as_raw_fd())
     }
 
-    /// Attaches the port program at TC ingress (TCX) of `ifname` and pins the
-    /// link so it outlives this process. Must run on a thread inside the
-    /// interface's namespace (see [`crate::netns::run_blocking_in`]).
-    /// Returns the pin and whether it was newly attached.
-    pub fn attach_port(&mut self, ifname: &str) -> Result<(PathBuf, bool), BpfError> {
-        self.attach_tc(
-            PROG_PORT_INGRESS,
-            ifname,
-            TcAttachType::Ingress,
-            HOOK_TC_INGRESS,
-        )
+    /// Attaches the port program at TC ingress of `ifname` as `hook` says,
+    /// and detaches it from the other kind of hook if it was there (after:
+    /// TCX runs before any filter, so either order of the two is gapless).
+    /// Must run on a thread inside the interface's namespace (see
+    /// [`crate::netns::run_blocking_in`]). Returns the pin and whether it
+    /// was newly attached (or replaced).
+    pub fn attach_port(
+        &mut self,
+        ifname: &str,
+        hook: PortHook,
+    ) -> Result<(PathBuf, bool), BpfError> {
+        if hook == PortHook::Filter {
+            return self.attach_port_filter(ifname);
+        }
+        let name = PROG_PORT_INGRESS;
+        let (path, new) = self.attach_tc(name, ifname, TcAttachType::Ingress, HOOK_TC_INGRESS)?;
+        let _ = fs::remove_file(self.pins.filter(ifname, HOOK_TC_INGRESS));
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| tc_err(name, ifname, e.into()))?;
+        let dropped = crate::tcfilter::detach(ifindex).map_err(|e| tc_err(name, ifname, e))?;
+        Ok((path, new || dropped))
     }
 
-    /// Attaches the NAT programs to the uplink (TC ingress and egress).
+    /// [`Self::attach_port`] as a cls_bpf filter (see [`crate::tcfilter`]),
+    /// its program pinned under `filters/`.
+    fn attach_port_filter(&mut self, ifname: &str) -> Result<(PathBuf, bool), BpfError> {
+        let name = PROG_PORT_INGRESS;
+        let path = self.pins.filter(ifname, HOOK_TC_INGRESS);
+        // A TCX link an older netbridge attached: it runs before any filter.
+        let tcx = self.pins.link(ifname, HOOK_TC_INGRESS);
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| tc_err(name, ifname, e.into()))?;
+        let live = crate::tcfilter::ours(ifindex).map_err(|e| tc_err(name, ifname, e))?;
+        if let Some(f) = &live {
+            if f.name.as_deref() != Some(name) {
+                let what = format!(
+                    "filter pref {} handle {:#x} on {ifname} is another program's ({:?})",
+                    f.prio, f.handle, f.name
+                );
+                return Err(tc_err(name, ifname, std::io::Error::other(what)));
+            }
+            // Attached by an earlier `up` with this topology's program;
+            // otherwise (pins lost, a crash between attach and pin) the
+            // filter is repaired below: its program may use maps that are
+            // no longer this topology's.
+            if f.prog_id.is_some()
+                && f.prog_id == pinned_prog_id(&path)
+                && !self.reload
+                && !tcx.exists()
+            {
+                return Ok((path, false));
+            }
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| prog_err(name, ifname, e))?;
+        attach_filter(prog, ifname, live.is_some()).map_err(|e| prog_err(name, ifname, e))?;
+        pin_prog(prog, &path, ifname)?;
+        // Only now that the filter is in place: unpinning detaches the old
+        // link, and the filter, run by nothing before, takes every packet.
+        let _ = fs::remove_file(&tcx);
+        Ok((path, true))
+    }
+
+    /// Attaches the NAT programs to the uplink (TC ingress and egress,
+    /// TCX links: one interface per topology, so the grace period each
+    /// TCX attach waits for is paid twice per `up`, not once per port).
     /// Returns the hooks newly attached.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<Vec<&'static str>, BpfError> {
         let mut new = Vec::new();
@@ -715,7 +784,8 @@ impl Datapath {
         if path.exists() {
             // Attached by an earlier `up`, unless the interface was recreated
             // since (then the pinned link is dead and is replaced).
-            let live = attached_tc(ifname, kind).iter().any(|p| same_prog(p, name));
+            let live = SchedClassifier::query_tcx(ifname, kind)
+                .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(short(name))));
             if live && !self.reload {
                 return Ok((path, false));
             }
@@ -787,8 +857,8 @@ where
 }
 
 /// The kernel keeps 15 characters of a program name.
-fn same_prog(kernel_name: &str, name: &str) -> bool {
-    kernel_name == &name[..name.len().min(15)]
+fn short(name: &str) -> &str {
+    &name[..name.len().min(15)]
 }
 
 impl Datapath {
@@ -844,16 +914,127 @@ impl Datapath {
         Ok((path, true))
     }
 
-    /// Detaches the TC port program from `ifname` (switching a port to XDP).
-    pub fn detach_port_tc(&self, ifname: &str) -> bool {
-        let path = self.pins.link(ifname, HOOK_TC_INGRESS);
-        fs::remove_file(path).is_ok()
+    /// Detaches the TC port program from `ifname` (switching a port to XDP)
+    /// in the calling thread's namespace, and removes its program pin.
+    pub fn detach_port_tc(&self, ifname: &str) -> Result<bool, BpfError> {
+        let path = self.pins.filter(ifname, HOOK_TC_INGRESS);
+        let tcx = self.pins.link(ifname, HOOK_TC_INGRESS);
+        let pinned = fs::remove_file(path).is_ok() | fs::remove_file(tcx).is_ok();
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname) else {
+            return Ok(pinned);
+        };
+        let detached =
+            crate::tcfilter::detach(ifindex).map_err(|e| tc_err(PROG_PORT_INGRESS, ifname, e))?;
+        Ok(pinned || detached)
     }
 
     /// Detaches an XDP link pinned under `pin_key` (switching back to TC).
     pub fn detach_xdp(&self, pin_key: &str) -> bool {
         fs::remove_file(self.pins.link(pin_key, HOOK_XDP)).is_ok()
     }
+}
+
+/// Attaches `prog` as netbridge's filter on `ifname`, or with `replace`
+/// gives the filter there `prog` instead: same priority and handle, which
+/// cls_bpf swaps in one RCU pointer update, so every packet meets the old
+/// or the new program, none both or neither (the pinned maps are shared).
+fn attach_filter(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    replace: bool,
+) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions};
+    let (priority, handle) = (crate::tcfilter::PRIO, crate::tcfilter::HANDLE.into());
+    let id = if replace {
+        let link =
+            SchedClassifierLink::attached(ifname, TcAttachType::Ingress, priority, handle, None)
+                .map_err(aya::programs::tc::TcError::IoError)?;
+        prog.attach_to_link(link)?
+    } else {
+        add_clsact(ifname)?;
+        let options = NlOptions {
+            priority,
+            handle,
+            classid: None,
+        };
+        prog.attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(options),
+        )?
+    };
+    // The filter outlives this process: dropping aya's handle on it would
+    // delete it (and it holds no fd, so forgetting leaks nothing).
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
+}
+
+/// Adds a clsact qdisc to `ifname` unless it has one.
+fn add_clsact(ifname: &str) -> Result<(), aya::programs::ProgramError> {
+    match aya::programs::tc::qdisc_add_clsact(ifname) {
+        Err(aya::programs::tc::TcError::NetlinkError(e))
+            if e.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(Into::into),
+    }
+}
+
+/// Pins the program of a filter at `path` (a reload's new program beside
+/// the old pin, then renamed over it: the pin is never missing).
+fn pin_prog(
+    prog: &mut SchedClassifier,
+    path: &std::path::Path,
+    ifname: &str,
+) -> Result<(), BpfError> {
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
+        what: format!("TC program on {ifname}"),
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| pin_err(Box::new(e)))?;
+    }
+    let mut fresh = path.to_path_buf().into_os_string();
+    fresh.push("%new");
+    let fresh = PathBuf::from(fresh);
+    let _ = fs::remove_file(&fresh);
+    prog.pin(&fresh).map_err(|e| pin_err(Box::new(e)))?;
+    fs::rename(&fresh, path).map_err(|e| pin_err(Box::new(e)))
+}
+
+/// Whether the port program is attached to `ifname` (calling thread's
+/// namespace): a TCX link (it dies with its pin), or a filter running the
+/// program pinned for it in `pins` (see [`port_filter_current`]).
+pub fn port_tc_attached(pins: Option<&PinDir>, ifname: &str) -> bool {
+    let short = short(PROG_PORT_INGRESS);
+    let tcx = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.name_as_str() == Some(short)));
+    tcx || pins.is_some_and(|pins| port_filter_current(pins, ifname))
+}
+
+/// Whether `ifname` (calling thread's namespace) runs, as netbridge's
+/// filter, the port program pinned for it in `pins`. A filter whose pin is
+/// gone (someone emptied the bpffs) runs maps that are no longer the
+/// topology's: not attached as far as `probe` goes, repaired by `up`.
+pub fn port_filter_current(pins: &PinDir, ifname: &str) -> bool {
+    let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname) else {
+        return false;
+    };
+    let live = crate::tcfilter::ours(ifindex).ok().flatten();
+    let pinned = pinned_prog_id(&pins.filter(ifname, HOOK_TC_INGRESS));
+    live.is_some_and(|f| f.prog_id.is_some() && f.prog_id == pinned)
+}
+
+/// Id of the program pinned at `path` (a filter's, see [`PinDir::filter`]).
+pub fn pinned_prog_id(path: &std::path::Path) -> Option<u32> {
+    let prog = SchedClassifier::from_pin(path).ok()?;
+    Some(prog.info().ok()?.id())
+}
+
+fn tc_err(name: &'static str, ifname: &str, e: std::io::Error) -> BpfError {
+    prog_err(name, ifname, aya::programs::tc::TcError::IoError(e).into())
 }
 
 fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) -> BpfError {
@@ -864,36 +1045,52 @@ fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) ->
     }
 }
 
-/// Names of the TCX ingress programs attached to `ifname` (current thread's
-/// namespace), for `netbridge status`.
+/// Names of the programs attached at TC ingress of `ifname` (current
+/// thread's namespace), for `netbridge status`.
 pub fn attached_ingress(ifname: &str) -> Vec<String> {
     attached_tc(ifname, TcAttachType::Ingress)
 }
 
-/// Kernel ids of the TCX programs attached to `ifname` (ingress, then
-/// egress), for `netbridge status --json`.
+/// Kernel ids of the TC programs attached to `ifname` (ingress, then
+/// egress; on each, TCX programs then cls_bpf filters in the order they
+/// run), for `netbridge status --json`.
 pub fn attached_tc_ids(ifname: &str) -> Vec<u32> {
     [TcAttachType::Ingress, TcAttachType::Egress]
         .into_iter()
-        .flat_map(|kind| {
-            SchedClassifier::query_tcx(ifname, kind)
-                .map(|(_, progs)| progs.iter().map(|p| p.id()).collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
+        .flat_map(|kind| attached(ifname, kind).into_iter().map(|(_, id)| id))
         .collect()
 }
 
-/// Names of the TCX programs attached to `ifname` at `kind`.
+/// Names of the TC programs attached to `ifname` at `kind`: TCX, then
+/// cls_bpf filters (the order they run in).
 pub fn attached_tc(ifname: &str, kind: TcAttachType) -> Vec<String> {
-    SchedClassifier::query_tcx(ifname, kind)
+    attached(ifname, kind).into_iter().map(|(n, _)| n).collect()
+}
+
+/// (name, id) of the TC programs at `kind` of `ifname`.
+fn attached(ifname: &str, kind: TcAttachType) -> Vec<(String, u32)> {
+    let mut progs: Vec<(String, u32)> = SchedClassifier::query_tcx(ifname, kind)
         .map(|(_, progs)| {
             progs
                 .iter()
-                .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                .map(|p| (p.name_as_str().unwrap_or("?").to_string(), p.id()))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let ingress = kind == TcAttachType::Ingress;
+    if let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname) {
+        let filters = crate::tcfilter::list(ifindex, ingress).unwrap_or_default();
+        progs.extend(filters.into_iter().filter_map(|f| {
+            // TCA_BPF_NAME is the loader's full name; the kernel keeps 15
+            // characters (what TCX reports).
+            let name = f.name.unwrap_or_else(|| "?".into());
+            let short: String = name.chars().take(15).collect();
+            Some((short, f.prog_id?))
+        }));
+    }
+    progs
 }
+
 // `up` moves the loaded object from namespace thread to namespace thread to
 // attach programs inside each one.
 const _: () = {

@@ -15,4 +15,5 @@ pub mod pins;
 pub mod progstats;
 pub mod state;
 pub mod stats;
+pub mod tcfilter;
 pub mod topology;

@@ -106,7 +106,9 @@ pub fn is_bpffs(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Pin layout of one topology: maps by name in `dir`, links in `dir/links`.
+/// Pin layout of one topology: maps by name in `dir`, links (TCX, XDP) in
+/// `dir/links`, the programs of the port filters (cls_bpf, see
+/// [`crate::tcfilter`]) in `dir/filters`.
 #[derive(Debug, Clone)]
 pub struct PinDir(pub PathBuf);
 
@@ -121,9 +123,24 @@ impl PinDir {
             .join("links")
             .join(format!("{hook}@{}", ifname.replace('.', "%2e")))
     }
+    /// The program of the filter at `hook` of `ifname`, named like a link
+    /// pin. Unlike a link pin it does not hold the attachment: removing it
+    /// detaches nothing.
+    pub fn filter(&self, ifname: &str, hook: &str) -> PathBuf {
+        self.0
+            .join("filters")
+            .join(format!("{hook}@{}", ifname.replace('.', "%2e")))
+    }
     /// (hook, ifname, path) of every link pin.
     pub fn links(&self) -> Vec<(String, String, PathBuf)> {
-        let Ok(dir) = fs::read_dir(self.0.join("links")) else {
+        self.entries("links")
+    }
+    /// (hook, ifname, path) of every filter's program pin.
+    pub fn filters(&self) -> Vec<(String, String, PathBuf)> {
+        self.entries("filters")
+    }
+    fn entries(&self, sub: &str) -> Vec<(String, String, PathBuf)> {
+        let Ok(dir) = fs::read_dir(self.0.join(sub)) else {
             return Vec::new();
         };
         dir.flatten()

@@ -13,8 +13,10 @@
 //!
 //! Programs are found from the topology's pins, so no namespace has to be
 //! entered: each link pin (`HOOK@IFNAME` under `links/`, see
-//! [`PinDir::link`]) names the program it holds, and the port program's
-//! tail-call array ([`MAP_PORT_PROGS`]) the programs it jumps to.
+//! [`PinDir::link`]) names the program it holds, each port filter's
+//! program is pinned under the same name in `filters/` (see
+//! [`PinDir::filter`]), and the port program's tail-call array
+//! ([`MAP_PORT_PROGS`]) names the programs it jumps to.
 use std::{
     collections::BTreeMap,
     fs,
@@ -94,10 +96,10 @@ pub fn parse_link_pin(file_name: &str) -> Option<(String, String)> {
 /// The programs attached by the topology pinned in `pins`.
 pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>, ProgStatsError> {
     let dir = pins.0.join("links");
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        // No link pinned (yet): nothing attached.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let entries: Vec<_> = match fs::read_dir(&dir) {
+        Ok(e) => e.collect(),
+        // No link pinned: a TC datapath without NAT has filters only.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => return Err(ProgStatsError::Pins { path: dir, source }),
     };
     let mut out = Vec::new();
@@ -113,6 +115,21 @@ pub fn attachments(pins: &PinDir) -> Result<Vec<Attachment>, ProgStatsError> {
             hook,
             ifname,
             prog_id: link_program(&e.path())?,
+        });
+    }
+    // Port filters: the pin is the program itself (see `PinDir::filter`).
+    for (hook, ifname, path) in pins.filters() {
+        if ifname.ends_with("%new") {
+            continue;
+        }
+        let prog_id = crate::bpf::pinned_prog_id(&path).ok_or_else(|| ProgStatsError::Pins {
+            path: path.clone(),
+            source: std::io::Error::other("not a pinned program"),
+        })?;
+        out.push(Attachment {
+            hook,
+            ifname,
+            prog_id,
         });
     }
     for (index, prog_id) in prog_array(&pins.map(MAP_PORT_PROGS))? {

@@ -28,17 +28,30 @@ fn tc_program_counts_real_pings_in_per_cpu_map() {
     let pins2 = pins.clone();
     let (maps, ifindex) = run_blocking_in(&Netns::named(&sb.host), move || {
         let mut dp = Datapath::load(pins2).expect("load eBPF object");
-        let (_, new) = dp.attach_port(&ifname).expect("attach TC ingress");
+        let (_, new) = dp
+            .attach_port(&ifname, netbridge::bpf::PortHook::Filter)
+            .expect("attach TC ingress");
         assert!(new, "first attach must be new");
         let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
-        // Program and object fds close here: only the pinned link keeps the
+        // Program and object fds close here: the cls_bpf filter keeps the
         // program attached, which is what `netbridge up` relies on.
         let Datapath { maps, .. } = dp;
         (maps, ifindex)
     })
     .unwrap();
-    let link_pin = pins.link(&host_if, netbridge::bpf::HOOK_TC_INGRESS);
-    assert!(link_pin.exists(), "link pin {} missing", link_pin.display());
+    let prog_pin = pins.filter(&host_if, netbridge::bpf::HOOK_TC_INGRESS);
+    let pinned = netbridge::bpf::pinned_prog_id(&prog_pin);
+    assert!(
+        pinned.is_some(),
+        "program pin {} missing",
+        prog_pin.display()
+    );
+    // The filter (pref/handle netbridge's) runs the pinned program.
+    let ids = run_blocking_in(&Netns::named(&sb.host), move || {
+        netbridge::bpf::attached_tc_ids(&host_if)
+    })
+    .unwrap();
+    assert_eq!(ids, vec![pinned.unwrap()], "programs on the port");
 
     let before = maps
         .port_stats()
@@ -68,4 +81,51 @@ fn tc_program_counts_real_pings_in_per_cpu_map() {
         drops.values().all(|&d| d == 0),
         "unexpected drops: {drops:?}"
     );
+}
+
+/// A port moves between the two TC hooks without keeping the other: a
+/// TCX link (an older netbridge's, or an attached port's) gives way to the
+/// filter once it is in place, and the filter to a TCX link.
+#[test]
+fn port_hook_switches_leave_one_attachment() {
+    use netbridge::bpf::{HOOK_TC_INGRESS, PortHook, attached_tc_ids};
+    require_root!();
+    let mut sb = Sandbox::new();
+    let peer = sb.add_ns("peer");
+    let host_if = format!("t{}a", sb.id);
+    sb.veth(&sb.host, &host_if, None, &peer, "eth0", None);
+    let pins = PinDir(ensure_bpffs(&sb.name("pins")).unwrap());
+    sb.adopt_pins(&pins.0);
+    let (link, filter) = (
+        pins.link(&host_if, HOOK_TC_INGRESS),
+        pins.filter(&host_if, HOOK_TC_INGRESS),
+    );
+    let ifname = host_if.clone();
+    let pins2 = pins.clone();
+    run_blocking_in(&Netns::named(&sb.host), move || {
+        let mut dp = Datapath::load(pins2).expect("load eBPF object");
+        let tcx = |ifname: &str| {
+            aya::programs::SchedClassifier::query_tcx(ifname, aya::programs::TcAttachType::Ingress)
+                .unwrap()
+                .1
+                .len()
+        };
+        let index = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
+        let ours = || netbridge::tcfilter::ours(index).unwrap();
+        assert!(dp.attach_port(&ifname, PortHook::Tcx).unwrap().1);
+        assert!(link.exists() && !filter.exists());
+        assert_eq!((tcx(&ifname), ours()), (1, None));
+        assert!(dp.attach_port(&ifname, PortHook::Filter).unwrap().1);
+        assert!(!link.exists() && filter.exists(), "TCX link pin left");
+        assert_eq!(tcx(&ifname), 0, "TCX link still attached");
+        let f = ours().expect("no filter");
+        assert_eq!(f.prog_id, netbridge::bpf::pinned_prog_id(&filter));
+        assert_eq!(attached_tc_ids(&ifname), vec![f.prog_id.unwrap()]);
+        // Again: nothing to do.
+        assert!(!dp.attach_port(&ifname, PortHook::Filter).unwrap().1);
+        assert!(dp.attach_port(&ifname, PortHook::Tcx).unwrap().1);
+        assert!(link.exists() && !filter.exists(), "filter pin left");
+        assert_eq!((tcx(&ifname), ours()), (1, None), "filter left");
+    })
+    .unwrap();
 }

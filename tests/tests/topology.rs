@@ -797,3 +797,117 @@ fn hostile_topology_corpus_is_refused_without_changes() {
         assert_eq!(sb.snapshot(), before, "{path}: host changed");
     }
 }
+
+/// The filters at ingress of `dev` in the sandbox host, as (pref, handle,
+/// program name, program id): `tc` itself reads them, not netbridge.
+fn tc_filters(sb: &Sandbox, dev: &str) -> Vec<(u64, String, String, u64)> {
+    let out = sb.sh(&sb.host, &format!("tc -j filter show dev {dev} ingress"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["options"]["handle"].is_string())
+        .map(|f| {
+            let o = &f["options"];
+            (
+                f["pref"].as_u64().unwrap(),
+                o["handle"].as_str().unwrap().to_string(),
+                o["bpf_name"].as_str().unwrap_or("-").to_string(),
+                o["prog"]["id"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The port program is one cls_bpf filter (pref 65000, handle 0x6e62)
+/// beside another tool's filter: a second `up` keeps it, `--reload`
+/// replaces its program in place (no second filter), switching the port to
+/// XDP deletes only it (the other filter and its qdisc stay; a port without
+/// one keeps no qdisc), and back to TC attaches it again.
+#[test]
+fn port_filter_is_replaced_in_place_beside_another_tools_filter() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let file = example("bridge-three.toml");
+    let before = sb.snapshot();
+    nb_ok(&sb, &["up"], &file);
+    let ours = |id: u64| {
+        (
+            65000,
+            "0x6e62".to_string(),
+            "nb_port_ingress".to_string(),
+            id,
+        )
+    };
+    let theirs = (10, "0x7".to_string(), "-".to_string(), 0);
+    let first = tc_filters(&sb, "nb-black");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let id1 = first[0].3;
+    assert_eq!(first, vec![ours(id1)]);
+    // Another tool's filter, run first, matching nothing (classic BPF
+    // returning 0: the next filter classifies).
+    sb.sh(
+        &sb.host,
+        "tc filter add dev nb-black ingress pref 10 handle 7 bpf bytecode '1,6 0 0 0,'",
+    );
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(out.contains("no changes"), "{out}");
+    assert_eq!(tc_filters(&sb, "nb-black"), vec![theirs.clone(), ours(id1)]);
+
+    let out = nb_ok(&sb, &["up", "--reload"], &file);
+    assert!(
+        out.contains("attached (replacing) nb_port_ingress to nb-black"),
+        "{out}"
+    );
+    let now = tc_filters(&sb, "nb-black");
+    assert_eq!(now.len(), 2, "{now:?}");
+    let id2 = now[1].3;
+    assert_ne!(id2, id1, "program not replaced");
+    assert_eq!(now, vec![theirs.clone(), ours(id2)]);
+    // The new program runs behind the other filter: black's pings are
+    // counted on its port.
+    let prefix = sb.prefix();
+    let rx = |sb: &Sandbox| {
+        let out = sb.netbridge(&["stats", "--json", "-f", &file, "--prefix", &prefix]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        s["ports"]["nb-black"]["rx_ipv4"].as_u64().unwrap()
+    };
+    let rx0 = rx(&sb);
+    ping(&sb, &sb.name("black"), "192.168.2.1");
+    assert!(rx(&sb) >= rx0 + 2, "the port program did not run");
+
+    // XDP: the filter goes, the other tool's filter and qdisc stay.
+    let xdp = sb.tmp_file("bridge-three-xdp.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text.replacen("\n[bridge]", "\ndatapath = \"xdp\"\n\n[bridge]", 1);
+    std::fs::write(&xdp, text).unwrap();
+    let out = nb_ok(&sb, &["up"], xdp.to_str().unwrap());
+    assert!(
+        out.contains("detached the TC program from nb-black"),
+        "{out}"
+    );
+    assert_eq!(tc_filters(&sb, "nb-black"), vec![theirs.clone()]);
+    let qdisc = |dev: &str| sb.sh(&sb.host, &format!("tc qdisc show dev {dev}"));
+    assert!(
+        qdisc("nb-black").contains("clsact"),
+        "{}",
+        qdisc("nb-black")
+    );
+    assert!(
+        !qdisc("nb-white").contains("clsact"),
+        "{}",
+        qdisc("nb-white")
+    );
+    // Back to TC.
+    let out = nb_ok(&sb, &["up"], &file);
+    assert!(
+        out.contains("attached nb_port_ingress to nb-black"),
+        "{out}"
+    );
+    let back = tc_filters(&sb, "nb-black");
+    assert_eq!(back.len(), 2, "{back:?}");
+    assert_eq!(back, vec![theirs, ours(back[1].3)]);
+    ping(&sb, &sb.name("white"), "192.168.1.1");
+    sb.sh(&sb.host, "tc filter del dev nb-black ingress pref 10");
+    assert_down_clean(&sb, &file, &before);
+}

@@ -66,6 +66,13 @@ pub enum TopologyError {
         #[source]
         source: io::Error,
     },
+    #[error("TC filter of {ifname} in namespace {ns}: {source}")]
+    Filter {
+        ns: String,
+        ifname: String,
+        #[source]
+        source: io::Error,
+    },
     /// Something on the host is in the way; nothing was changed.
     #[error("{0}")]
     Conflict(String),

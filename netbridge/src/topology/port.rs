@@ -121,9 +121,15 @@ pub(super) fn attach(
     let xdp = t.datapath == Mode::Xdp;
     let (dropped, attached) = if xdp {
         let attached = dp.attach_xdp(PROG_PORT_XDP, name, name, l.xdp_prog)?.1;
-        (dp.detach_port_tc(name), attached)
+        (dp.detach_port_tc(name)?, attached)
     } else {
-        (dp.detach_xdp(name), dp.attach_port(name)?.1)
+        // A file's ports come by the hundred: filters (no grace period
+        // per attach); attached ones one at a time, often in a CNI chain.
+        let hook = match t.namespace(&p.name) {
+            Some(_) => bpf::PortHook::Filter,
+            None => bpf::PortHook::Tcx,
+        };
+        (dp.detach_xdp(name), dp.attach_port(name, hook)?.1)
     };
     if dropped {
         let other = if xdp { "TC" } else { "XDP" };
@@ -360,6 +366,9 @@ impl Held {
         };
         let p = st.attachments[i].clone();
         let mut changes = super::nat::drop_forwards_to(&mut st, port)?;
+        // A filter goes with the veth, but not if the host end stays (not
+        // made by netbridge) or the pins are gone.
+        changes.extend(detach_filter(&host_of(&t), &p.host_ifname)?);
         if let Some(pins) = pinned(&st) {
             changes.extend(detach(&host_of(&t), &pins, &p)?);
         }
@@ -410,8 +419,33 @@ fn journaled_for(st: &State, t: &Topology, p: &Port) -> State {
     mine
 }
 
+/// Deletes the port program's filter from `ifname` in `host` (see
+/// [`crate::tcfilter`]), if it is there. Attached ports get TCX links
+/// (see `bpf::PortHook`), so this only makes sure no filter outlives the
+/// port on a host end that stays.
+fn detach_filter(host: &Netns, ifname: &str) -> Result<Option<String>> {
+    if !host.exists() {
+        return Ok(None);
+    }
+    let name = ifname.to_string();
+    let detached =
+        crate::netns::run_blocking_in(host, move || {
+            match nix::net::if_::if_nametoindex(name.as_str()) {
+                Ok(index) => crate::tcfilter::detach(index),
+                Err(_) => Ok(false),
+            }
+        })?;
+    let detached = detached.map_err(|source| TopologyError::Filter {
+        ns: host.label().into(),
+        ifname: ifname.into(),
+        source,
+    })?;
+    Ok(detached.then(|| format!("detached {} filter of {ifname}", bpf::HOOK_TC_INGRESS)))
+}
+
 /// Takes port `p` out of the datapath: its link pins (which detaches its
-/// programs), its entries in the pinned tables and its NAT sessions. With
+/// XDP programs), its filter's program pin, its entries in the pinned
+/// tables and its NAT sessions. With
 /// its host end already gone (the namespace was deleted), the tables are
 /// cleaned by the ifindex its lab hosts recorded.
 fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
@@ -425,6 +459,7 @@ fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
             changes.push(format!("detached {hook} program of {ifname}"));
         }
     }
+    let _ = std::fs::remove_file(pins.filter(&p.host_ifname, bpf::HOOK_TC_INGRESS));
     let ifname = p.host_ifname.as_str();
     let links = in_ns(host, |h| async move { netlink::links(&h).await })?;
     let mut maps = bpf::Maps::open_pinned(pins)?;

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use aya::programs::TcAttachType;
-use netbridge_common::{PROG_PORT_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS};
+use netbridge_common::{PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS};
 
 use super::{Result, host_of, in_ns, nat, port};
 use crate::{
@@ -26,7 +26,8 @@ pub struct LinkStatus {
     pub mtu: u32,
     pub master: Option<String>,
     pub addresses: Vec<String>,
-    /// TCX programs attached (egress ones marked "(egress)").
+    /// TC programs attached, TCX links and cls_bpf filters (egress ones
+    /// marked "(egress)").
     pub programs: Vec<String>,
     /// Their kernel program ids (change when `up --reload` replaces them).
     pub program_ids: Vec<u32>,
@@ -164,6 +165,7 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
     let ports = t.ports(&st.attachments);
     let uplink = nat::inputs(&t).map(|_| t.uplink.as_ref().map(|u| u.ifname.clone()));
     let bridge = t.bridge.as_ref().map(|b| b.name.clone());
+    let pins = st.pin_dir.clone().map(bpf::PinDir);
     let mut probe = in_ns(&host_of(&t), |h| async move {
         let links = netlink::links(&h).await?;
         let find = |n: &str| links.iter().find(|l| l.name == n);
@@ -183,7 +185,7 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
                     continue;
                 }
                 (Some(l), Datapath::Xdp) => l.xdp_prog.is_some(),
-                (Some(_), Datapath::Tc) => has(name, TcAttachType::Ingress, PROG_PORT_INGRESS),
+                (Some(_), Datapath::Tc) => bpf::port_tc_attached(pins.as_ref(), name),
             };
             if !attached {
                 let why = format!("no datapath program on {name}");
@@ -209,7 +211,8 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
 }
 
 /// Whether program `prog` (the kernel keeps 15 bytes of a name) is
-/// attached to `ifname` at `kind` (TCX), in the calling thread's namespace.
+/// attached to `ifname` at `kind` (TCX or a filter), in the calling
+/// thread's namespace.
 fn has(ifname: &str, kind: TcAttachType, prog: &str) -> bool {
     let short = &prog[..prog.len().min(15)];
     bpf::attached_tc(ifname, kind).iter().any(|n| n == short)

@@ -23,6 +23,13 @@ pub enum UndoError {
         #[source]
         source: io::Error,
     },
+    #[error("delete the TC filter of {ifname} in {ns}: {source}")]
+    Filter {
+        ns: String,
+        ifname: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("restore {key} in {ns}: {source}")]
     Sysctl {
         ns: String,
@@ -55,7 +62,8 @@ pub struct Teardown {
 }
 
 /// Removes everything `st` lists, in reverse order of creation: pins (which
-/// detaches the programs), sysctls, host routes, links, namespaces.
+/// detaches the programs held by links), the port filters on interfaces
+/// that stay, sysctls, host routes, links, namespaces.
 /// Objects inside a namespace that goes anyway are not touched one by one.
 pub fn teardown(st: &State) -> Teardown {
     let mut td = Teardown::default();
@@ -64,6 +72,9 @@ pub fn teardown(st: &State) -> Teardown {
             .is_some_and(|n| st.netns.contains(n) || !Netns::from_record(&Some(n.clone())).exists())
     };
     if let Some(dir) = &st.pin_dir {
+        for undo in detach_filters(st, &PinDir(dir.clone())) {
+            td.record(undo);
+        }
         match PinDir(dir.clone()).remove() {
             Ok(()) => td.done.push(format!("removed pins {}", dir.display())),
             Err(source) => td.errors.push(UndoError::Pins {
@@ -90,6 +101,49 @@ pub fn teardown(st: &State) -> Teardown {
         td.record(undo.map_err(UndoError::from));
     }
     td
+}
+
+/// Deletes the port filters (see [`crate::tcfilter`]) whose interface
+/// outlives the teardown: a filter holds its program without a pin, so
+/// removing the pins does not detach it. Interfaces deleted below (or in a
+/// namespace deleted below) take theirs with them.
+fn detach_filters(
+    st: &State,
+    pins: &PinDir,
+) -> Vec<std::result::Result<Option<String>, UndoError>> {
+    let host = st.topology.as_ref().map(host_of).unwrap_or(Netns::Current);
+    let record = host.to_record();
+    if record.as_ref().is_some_and(|n| st.netns.contains(n)) {
+        return Vec::new();
+    }
+    let staying: Vec<String> = pins
+        .filters()
+        .into_iter()
+        .map(|(_, ifname, _)| ifname)
+        .filter(|i| !st.links.iter().any(|l| l.netns == record && &l.ifname == i))
+        .collect();
+    if staying.is_empty() {
+        return Vec::new();
+    }
+    let ns = host.label().to_string();
+    let run = netns::run_blocking_in(&host, move || {
+        staying
+            .into_iter()
+            .filter_map(|ifname| {
+                let index = nix::net::if_::if_nametoindex(ifname.as_str()).ok()?;
+                Some(match crate::tcfilter::detach(index) {
+                    Ok(true) => Ok(Some(format!("detached the TC filter of {ifname}"))),
+                    Ok(false) => Ok(None),
+                    Err(source) => Err(UndoError::Filter {
+                        ns: ns.clone(),
+                        ifname,
+                        source,
+                    }),
+                })
+            })
+            .collect()
+    });
+    run.unwrap_or_else(|e| vec![Err(e.into())])
 }
 
 impl Teardown {
