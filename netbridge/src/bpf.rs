@@ -524,12 +524,20 @@ impl Maps {
     /// Drops summed over CPUs, by reason name.
     pub fn drop_stats(&self) -> Result<BTreeMap<&'static str, u64>, BpfError> {
         let mut out = BTreeMap::new();
+        // Reasons past the end of an array pinned by an older build (kept
+        // by `up --reload`) read 0: nothing can count them there.
+        let pinned = self.drop_stats.len();
         for code in 0..drop_reason::COUNT {
-            let per_cpu = self
-                .drop_stats
-                .get(&code, 0)
-                .map_err(map_err(MAP_DROP_STATS))?;
-            out.insert(drop_reason::NAMES[code as usize], per_cpu.iter().sum());
+            let sum = if code < pinned {
+                let per_cpu = self
+                    .drop_stats
+                    .get(&code, 0)
+                    .map_err(map_err(MAP_DROP_STATS))?;
+                per_cpu.iter().sum()
+            } else {
+                0
+            };
+            out.insert(drop_reason::NAMES[code as usize], sum);
         }
         Ok(out)
     }

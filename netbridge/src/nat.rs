@@ -545,12 +545,20 @@ impl NatMaps {
         })
     }
 
-    /// NAT counters summed over CPUs, by name.
+    /// NAT counters summed over CPUs, by name. A counter past the end of
+    /// the pinned array (pinned by an older build that had fewer, kept by
+    /// `up --reload`) reads 0: the programs cannot count it there either.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, BpfError> {
         let mut out = BTreeMap::new();
+        let pinned = self.stats.len();
         for i in 0..nat_stat::COUNT {
-            let v = self.stats.get(&i, 0).map_err(map_err(MAP_NAT_STATS))?;
-            out.insert(nat_stat::NAMES[i as usize], v.iter().sum());
+            let sum = if i < pinned {
+                let v = self.stats.get(&i, 0).map_err(map_err(MAP_NAT_STATS))?;
+                v.iter().sum()
+            } else {
+                0
+            };
+            out.insert(nat_stat::NAMES[i as usize], sum);
         }
         Ok(out)
     }
