@@ -107,9 +107,19 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkInfoLite>> {
 /// Link `name`, asked by name (one lookup in the kernel, not a dump of
 /// every link: namespaces with many ports stay linear).
 pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkInfoLite>> {
+    Ok(link_message(h, name).await?.as_ref().map(lite))
+}
+
+/// Whether link `name` has carrier (IFF_LOWER_UP): DAD waits for it.
+pub async fn has_carrier(h: &Handle, name: &str) -> Result<Option<bool>> {
+    let msg = link_message(h, name).await?;
+    Ok(msg.map(|m| m.header.flags.contains(LinkFlags::LowerUp)))
+}
+
+async fn link_message(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
     let mut answer = h.link().get().match_name(name).execute();
     match answer.try_next().await {
-        Ok(msg) => Ok(msg.as_ref().map(lite)),
+        Ok(msg) => Ok(msg),
         Err(e) => {
             let err = ctx(|| format!("look up link {name}"))(e);
             if err.errno() == Some(libc::ENODEV) {
@@ -296,22 +306,6 @@ pub async fn dad_states(h: &Handle, index: u32) -> Result<Vec<(IpNet, Dad)>> {
             Some((net, dad))
         })
         .collect())
-}
-
-/// Whether link `name` has carrier (IFF_LOWER_UP): DAD waits for it.
-pub async fn has_carrier(h: &Handle, name: &str) -> Result<Option<bool>> {
-    let mut answer = h.link().get().match_name(name).execute();
-    match answer.try_next().await {
-        Ok(msg) => Ok(msg.map(|m| m.header.flags.contains(LinkFlags::LowerUp))),
-        Err(e) => {
-            let err = ctx(|| format!("look up link {name}"))(e);
-            if err.errno() == Some(libc::ENODEV) {
-                Ok(None)
-            } else {
-                Err(err)
-            }
-        }
-    }
 }
 
 /// A route as netbridge configures it.
