@@ -3,13 +3,14 @@
 //! checked by tshark upstream), distinct mappings for equal source ports,
 //! expiry in the kernel, no ULA source ever leaving, and ICMPv6 errors
 //! (Packet Too Big, Time Exceeded, Port Unreachable) translated back;
-//! IPv6 port forwards (DNAT66) from upstream, edited live.
+//! IPv6 port forwards (DNAT66) from upstream, edited live; the
+//! dual-stack example (examples/nat-lab-dual-stack.toml) both ways.
 //!
 //! The lab: black (fd00:77::10) and white (fd00:77::20) on a bridge
 //! (fd00:77::1/64) in a host namespace whose uplink (2001:db8:1::1) faces
 //! a router (2001:db8:1::fe), behind which sits a server (2001:db8:2::10).
 //! The router has no route to fd00::/8: only translated traffic comes back.
-use netbridge_tests::{Sandbox, natlab::NatLab, require_root, script};
+use netbridge_tests::{Sandbox, example, natlab::NatLab, require_root, script};
 use serde_json::Value;
 
 const SERVER6: &str = "2001:db8:2::10";
@@ -521,5 +522,44 @@ fn dnat66_forward_changes_live() {
             .is_some_and(|s| s.starts_with("white ")),
         "{r}"
     );
+    lab.down_clean();
+}
+
+/// examples/nat-lab-dual-stack.toml: up turns on NAT66 and the IPv6
+/// forwards; the lab reaches upstream over IPv6 (ping, curl: masquerade),
+/// upstream reaches the lab's forwarded services over IPv6 and IPv4.
+#[test]
+fn dual_stack_example_both_ways() {
+    require_root!();
+    let mut lab = NatLab {
+        sb: Sandbox::new(),
+        file: example("nat-lab-dual-stack.toml"),
+    };
+    let out = lab.nb(&["up"]);
+    for want in [
+        "NAT66: masquerading fd00:77::/64 as 2001:db8:1::1",
+        "IPv6 forward tcp 8080 -> [fd00:77::10]:8000",
+        "IPv6 forward tcp 5000 -> [fd00:77::20]:5000",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    // Dual-stack servers (http.server --bind :: takes IPv4 too).
+    for (ns, port) in [("upstream", "80"), ("black", "8000"), ("white", "5000")] {
+        lab.spawn(ns, &["python3", "-m", "http.server", port, "--bind", "::"]);
+        lab.wait_listen(ns, "tcp", port.parse().unwrap());
+    }
+    // Lab -> upstream over IPv6.
+    lab.sh("black", "ping -6 -c 2 -i 0.2 -W 2 2001:db8:1::fe");
+    assert_eq!(lab.curl("white", "http://[2001:db8:1::fe]/"), "200");
+    assert!(lab.counter("snat6_new") >= 2);
+    // Upstream -> lab through the forwards, over IPv6 and IPv4.
+    for url in [
+        "http://[2001:db8:1::1]:8080/",
+        "http://[2001:db8:1::1]:5000/",
+        "http://203.0.113.1:8080/",
+    ] {
+        assert_eq!(lab.curl("upstream", url), "200", "{url}");
+    }
+    assert!(lab.counter("dnat6_new") >= 2);
     lab.down_clean();
 }
