@@ -316,7 +316,8 @@ fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u
 /// DNAT66: a SYN from upstream to a forwarded port (the second of a
 /// range) opens a session (reply half first) and goes to the target,
 /// checksum valid; the target's SYN-ACK leaves as the uplink's port; a
-/// port without a forward passes untouched and opens nothing.
+/// Packet Too Big about it goes back to the target with its quote; a port
+/// without a forward passes untouched and opens nothing.
 #[test]
 fn dnat66_forward_opens_a_session_and_replies_go_back() {
     require_root!();
@@ -357,6 +358,20 @@ fn dnat66_forward_opens_a_session_and_replies_go_back() {
         assert_eq!(s[0].inside, "[fd00:77::10]:8001");
         assert_eq!(s[0].external, "[2001:db8:1::1]:8081");
         assert_eq!(s[0].state, "ESTABLISHED");
+
+        // Packet Too Big from the router quoting the translated SYN-ACK:
+        // back to the target, the quote as the target sent it.
+        let mut l4 = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        l4.extend_from_slice(&ip);
+        let ptb = ipv6(a("2001:db8:1::fe"), uplink(), ICMPV6, l4, 2);
+        let (err, moved) = lab.moved(|| lab.run(lab.ingress, &ptb));
+        assert_eq!(err.0, TC_ACT_OK);
+        assert_eq!(moved, counts(&[("icmp6_errors_translated", 1)]));
+        assert_eq!(addr_at(&err.1, 24), black(), "outer destination");
+        assert!(l4_valid(&err.1), "bad ICMPv6 checksum");
+        let q = &err.1[48..];
+        assert_eq!((addr_at(q, 8), port_at(q, 40)), (black(), 8001), "quoted");
+        assert!(l4_valid(q), "bad quoted TCP checksum");
 
         let other = tcp(server(), 40001, uplink(), 8082, 0x02);
         let (out, moved) = lab.moved(|| lab.run(lab.ingress, &other));
