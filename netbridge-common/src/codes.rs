@@ -223,6 +223,8 @@ code_table! {
         /// NAT66 sessions removed past their timeout when a packet (or a new
         /// session wanting the port) found them.
         25 Expired6 EXPIRED6 "expired6",
+        /// New NAT66 port-forward (DNAT66) sessions.
+        26 Dnat6New DNAT6_NEW "dnat6_new",
     }
 }
 
@@ -243,7 +245,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Expired6.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Dnat6New.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

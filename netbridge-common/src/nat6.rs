@@ -1,6 +1,7 @@
 //! NAT66: IPv6 masquerade on the uplink (SNAT of lab sources to the
-//! uplink's IPv6 address, with port mapping). Its own maps, apart from the
-//! IPv4 NAT's: a config and a conntrack table with 16-byte addresses.
+//! uplink's IPv6 address, with port mapping) and IPv6 port forwards
+//! (DNAT66). Its own maps, apart from the IPv4 NAT's: a config, the
+//! forwards and a conntrack table with 16-byte addresses.
 use bytemuck::{Pod, Zeroable};
 
 use crate::{Be16, Be32};
@@ -16,6 +17,11 @@ pub const MAP_NAT6_CONFIG: &str = "NB_NAT6_CONFIG";
 pub const MAP_CT6: &str = "NB_CT6";
 /// Capacity of [`MAP_CT6`] (entries: two per session).
 pub const CT6_SIZE: u32 = 65_536;
+/// Array of [`MAX_FWD6`] [`Fwd6Target`]: the IPv6 port forwards (single
+/// ports and ranges alike); the first entry with `proto` 0 ends the list.
+pub const MAP_FWD6: &str = "NB_FWD6";
+/// IPv6 forwards the datapath holds (each a single port or a range).
+pub const MAX_FWD6: u32 = 64;
 /// Lab prefixes [`Nat6Config`] holds.
 pub const NAT6_PREFIXES: usize = 4;
 
@@ -55,6 +61,25 @@ pub struct Nat6Config {
     pub timeouts: [u32; 8],
 }
 const _: () = assert!(core::mem::size_of::<Nat6Config>() == 192);
+
+/// An IPv6 port forward: external ports `first..=last` on the uplink's
+/// IPv6 address go to `addr`, port `port + (p - first)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Fwd6Target {
+    /// The target namespace's IPv6 address.
+    pub addr: In6,
+    /// Target port for `first`, HOST byte order.
+    pub port: u16,
+    /// External ports covered, inclusive, HOST byte order.
+    pub first: u16,
+    /// HOST byte order.
+    pub last: u16,
+    /// IP protocol number (6, 17); 0: an unused slot, ends the list.
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Fwd6Target>() == 24);
 
 /// NAT66 conntrack key: a packet's 5-tuple at the uplink.
 #[repr(C)]
@@ -105,4 +130,5 @@ mod user {
     unsafe impl aya::Pod for super::Nat6Config {}
     unsafe impl aya::Pod for super::Ct6Key {}
     unsafe impl aya::Pod for super::Ct6Entry {}
+    unsafe impl aya::Pod for super::Fwd6Target {}
 }

@@ -1,12 +1,14 @@
 //! NAT66 control plane: the IPv6 masquerade config the uplink programs
-//! read ([`MAP_NAT6_CONFIG`]) and its conntrack table ([`MAP_CT6`]).
+//! read ([`MAP_NAT6_CONFIG`]), the IPv6 port forwards ([`MAP_FWD6`]) and
+//! the conntrack table ([`MAP_CT6`]).
 use std::net::Ipv6Addr;
 
 use aya::maps::{Array, HashMap, MapData};
 use ipnet::{IpNet, Ipv6Net};
 use netbridge_common::{
-    Be32, CT_DIR_OUT, CT_F_ASSURED, CT_F_ORIGINAL, CT_TCP_ESTABLISHED, CT_TCP_SYN, Ct6Entry,
-    Ct6Key, In6, MAP_CT6, MAP_NAT6_CONFIG, NAT6_MASQUERADE, NAT6_PREFIXES, Nat6Config, Prefix6,
+    Be32, CT_DIR_IN, CT_DIR_OUT, CT_F_ASSURED, CT_F_ORIGINAL, CT_TCP_ESTABLISHED, CT_TCP_SYN,
+    Ct6Entry, Ct6Key, Fwd6Target, In6, MAP_CT6, MAP_FWD6, MAP_NAT6_CONFIG, MAX_FWD6,
+    NAT6_MASQUERADE, NAT6_PREFIXES, Nat6Config, Prefix6,
 };
 
 use crate::pins::{BpfError, MapSource, map_err};
@@ -14,6 +16,7 @@ use crate::pins::{BpfError, MapSource, map_err};
 /// The NAT66 maps.
 pub struct Nat6Maps {
     pub config: Array<MapData, Nat6Config>,
+    pub forwards: Array<MapData, Fwd6Target>,
     /// An LRU hash in the kernel; read through `HashMap`.
     pub ct: HashMap<MapData, Ct6Key, Ct6Entry>,
 }
@@ -113,6 +116,7 @@ impl Nat6Maps {
         use aya::maps::Map;
         Ok(Nat6Maps {
             config: src.map(MAP_NAT6_CONFIG, Map::Array)?,
+            forwards: src.map(MAP_FWD6, Map::Array)?,
             ct: src.map(MAP_CT6, Map::LruHashMap)?,
         })
     }
@@ -136,7 +140,69 @@ impl Nat6Maps {
         Ok(change.into_iter().collect())
     }
 
-    /// The sessions (by their outbound halves), oldest first, judged as
+    /// The IPv6 forwards in the map (up to the first unused slot).
+    pub fn forwards(&self) -> Vec<Fwd6Target> {
+        (0..MAX_FWD6)
+            .map_while(|i| self.forwards.get(&i, 0).ok().filter(|f| f.proto != 0))
+            .collect()
+    }
+
+    /// Makes `fwds` the IPv6 forwards (at most [`MAX_FWD6`]: the caller
+    /// checked); the DNAT66 sessions of forwards that go or change are
+    /// purged first, so no flow keeps going to an old target.
+    pub fn set_forwards(&mut self, fwds: &[Fwd6Target]) -> Result<Vec<String>, BpfError> {
+        let old = self.forwards();
+        if old == fwds {
+            return Ok(vec![]);
+        }
+        let mut changes = Vec::new();
+        let purged = self.purge_dnat(fwds)?;
+        for f in old.iter().filter(|f| !fwds.contains(f)) {
+            changes.push(format!("removed IPv6 forward {}", fwd_label(f)));
+        }
+        for i in 0..MAX_FWD6 {
+            let f = fwds.get(i as usize).copied().unwrap_or_default();
+            self.forwards.set(i, f, 0).map_err(map_err(MAP_FWD6))?;
+        }
+        for f in fwds.iter().filter(|f| !old.contains(f)) {
+            changes.push(format!("IPv6 forward {}", fwd_label(f)));
+        }
+        if purged > 0 {
+            changes.push(format!(
+                "purged {purged} DNAT66 sessions of changed forwards"
+            ));
+        }
+        Ok(changes)
+    }
+
+    /// Removes the DNAT66 sessions (original half inbound) that `fwds` no
+    /// longer maps to their target; returns how many.
+    fn purge_dnat(&mut self, fwds: &[Fwd6Target]) -> Result<usize, BpfError> {
+        let kept = |k: &Ct6Key, e: &Ct6Entry| {
+            let p = k.dport.get();
+            fwds.iter().any(|f| {
+                f.proto == k.proto
+                    && (f.first..=f.last).contains(&p)
+                    && f.addr == e.nat_addr
+                    && f.port.wrapping_add(p - f.first) == e.nat_port.get()
+            })
+        };
+        let stale: Vec<(Ct6Key, Ct6Key)> = self
+            .ct
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, e)| k.dir == CT_DIR_IN && e.flags & CT_F_ORIGINAL != 0 && !kept(k, e))
+            .map(|(k, e)| (k, e.reverse))
+            .collect();
+        for (k, r) in &stale {
+            let _ = self.ct.remove(k);
+            let _ = self.ct.remove(r);
+        }
+        Ok(stale.len())
+    }
+
+    /// The sessions (SNAT66 by their outbound halves, DNAT66 by their
+    /// reply halves: the lab endpoint is `inside`), oldest first, judged as
     /// the datapath does at `now_ns` (the later, further of both halves).
     pub fn sessions(&self, now_ns: u64) -> Vec<Session6> {
         let cfg = self.config();
@@ -144,8 +210,15 @@ impl Nat6Maps {
             self.ct.iter().filter_map(|r| r.ok()).collect();
         let mut rows: Vec<(u64, Session6)> = all
             .iter()
-            .filter(|(k, e)| k.dir == CT_DIR_OUT && e.flags & CT_F_ORIGINAL != 0)
-            .map(|(k, e)| (e.created_ns, row(&cfg, now_ns, k, e, all.get(&e.reverse))))
+            .filter(|(_, e)| e.flags & CT_F_ORIGINAL != 0)
+            .filter_map(|(k, e)| {
+                let s = match k.dir {
+                    CT_DIR_OUT => row(&cfg, now_ns, k, e, all.get(&e.reverse)),
+                    // DNAT66: shown by its reply half (target -> client).
+                    _ => row(&cfg, now_ns, &e.reverse, all.get(&e.reverse)?, Some(e)),
+                };
+                Some((e.created_ns, s))
+            })
             .collect();
         rows.sort_by_key(|r| r.0);
         rows.into_iter().map(|r| r.1).collect()
@@ -184,6 +257,16 @@ fn row(cfg: &Nat6Config, now: u64, k: &Ct6Key, e: &Ct6Entry, r: Option<&Ct6Entry
         idle_secs: idle,
         expires_in_secs: (timeout - idle).max(0.0),
     }
+}
+
+fn fwd_label(f: &Fwd6Target) -> String {
+    let ports = if f.first == f.last {
+        f.first.to_string()
+    } else {
+        format!("{}-{}", f.first, f.last)
+    };
+    let to = format!("[{}]:{}", addr(&f.addr), f.port);
+    format!("{} {ports} -> {to}", proto_name(f.proto))
 }
 
 fn describe(cfg: &Nat6Config) -> String {

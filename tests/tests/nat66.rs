@@ -2,13 +2,15 @@
 //! from ULA lab hosts leave with the uplink's IPv6 address (checksums
 //! checked by tshark upstream), distinct mappings for equal source ports,
 //! expiry in the kernel, no ULA source ever leaving, and ICMPv6 errors
-//! (Packet Too Big, Time Exceeded, Port Unreachable) translated back.
+//! (Packet Too Big, Time Exceeded, Port Unreachable) translated back;
+//! IPv6 port forwards (DNAT66) from upstream, edited live; the
+//! dual-stack example (examples/nat-lab-dual-stack.toml) both ways.
 //!
 //! The lab: black (fd00:77::10) and white (fd00:77::20) on a bridge
 //! (fd00:77::1/64) in a host namespace whose uplink (2001:db8:1::1) faces
 //! a router (2001:db8:1::fe), behind which sits a server (2001:db8:2::10).
 //! The router has no route to fd00::/8: only translated traffic comes back.
-use netbridge_tests::{Sandbox, natlab::NatLab, require_root, script};
+use netbridge_tests::{Sandbox, example, natlab::NatLab, require_root, script};
 use serde_json::Value;
 
 const SERVER6: &str = "2001:db8:2::10";
@@ -105,6 +107,37 @@ fn sources(lab: &NatLab, ns: &str, pcap: &str) -> Vec<String> {
     out.lines().map(|l| l.trim().to_string()).collect()
 }
 
+/// tshark verifies every TCP, UDP and ICMPv6 checksum in `pcap` (status
+/// 1: good; anything else fails); how many of each it checked.
+fn checksums_good(lab: &NatLab, ns: &str, pcap: &str) -> [usize; 3] {
+    let out = lab.sh(
+        ns,
+        &format!(
+            "tshark -r {pcap} -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE \
+             -T fields -E separator=, -e tcp.checksum.status -e udp.checksum.status \
+             -e icmpv6.checksum.status"
+        ),
+    );
+    let mut good = [0; 3];
+    for line in out.lines() {
+        for (i, s) in line.split(',').enumerate() {
+            for s in s.split(';').filter(|s| !s.is_empty()) {
+                assert_eq!(s, "1", "bad checksum ({i}) in {line:?}:\n{out}");
+                good[i] += 1;
+            }
+        }
+    }
+    good
+}
+
+/// Checksum offload off where tshark reads: the capture then shows the
+/// checksums the NAT wrote, not ones the NIC would fill in.
+fn offload_off(lab: &NatLab, devs: &[(&str, &str)]) {
+    for (ns, dev) in devs {
+        lab.sh(ns, &format!("ethtool -K {dev} tx off >/dev/null"));
+    }
+}
+
 #[test]
 fn masquerade_ping_tcp_udp_with_valid_checksums() {
     require_root!();
@@ -181,25 +214,8 @@ fn masquerade_ping_tcp_udp_with_valid_checksums() {
     let from_lab: Vec<&String> = srcs.iter().filter(|s| *s != SERVER6).collect();
     assert!(from_lab.len() >= 10, "{srcs:?}");
     assert!(from_lab.iter().all(|s| *s == UPLINK6), "{srcs:?}");
-    // tshark verifies every TCP, UDP and ICMPv6 checksum (status 1: good).
-    let out = lab.sh(
-        "server",
-        &format!(
-            "tshark -r {pcap} -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE \
-             -T fields -E separator=, -e tcp.checksum.status -e udp.checksum.status \
-             -e icmpv6.checksum.status"
-        ),
-    );
-    let mut good = [0; 3];
-    for line in out.lines() {
-        for (i, s) in line.split(',').enumerate() {
-            for s in s.split(';').filter(|s| !s.is_empty()) {
-                assert_eq!(s, "1", "bad checksum ({i}) in {line:?}:\n{out}");
-                good[i] += 1;
-            }
-        }
-    }
-    assert!(good.iter().all(|&g| g >= 2), "checked {good:?}:\n{out}");
+    let good = checksums_good(&lab, "server", &pcap);
+    assert!(good.iter().all(|&g| g >= 2), "checked {good:?}");
     assert!(lab.counter("snat6_new") >= 5);
     assert!(lab.counter("translated6_in") >= 5);
     assert!(lab.counter("port_retries") + lab.counter("port_kept") >= 2);
@@ -316,5 +332,234 @@ fn icmp6_errors_translated_pmtu_and_traceroute() {
     assert!(route.contains("mtu 1280"), "PMTU not learned: {route}");
     let after = lab.counter("icmp6_errors_translated");
     assert!(after >= before + 3, "translated {before} -> {after}");
+    lab.down_clean();
+}
+
+/// The lab with IPv6 forwards (tcp 8080 -> white:8000, tcp 9000-9001 ->
+/// white:8000-8001, udp 5353 -> black:7, tcp 8081 -> grey:8000) and grey,
+/// a lab host with IPv4 only.
+fn lab_fwd66() -> NatLab {
+    lab66(
+        r#"
+[[namespace]]
+name = "grey"
+addresses = ["192.168.3.10/24"]
+routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }]
+
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "white:8000"
+
+[[forward]]
+proto = "tcp"
+port = "9000-9001"
+to = "white:8000"
+
+[[forward]]
+proto = "udp"
+port = 5353
+to = "black:7"
+
+[[forward]]
+proto = "tcp"
+port = 8081
+to = "grey:8000"
+"#,
+    )
+}
+
+/// DNAT66: upstream reaches lab services on the uplink's IPv6 address
+/// (HTTP, a port range, UDP), the services see the client's real address,
+/// checksums are good both ways, `conntrack` lists the sessions, and a
+/// forward to an IPv4-only host stays IPv4-only.
+#[test]
+fn dnat66_forwards_tcp_range_udp_with_valid_checksums() {
+    require_root!();
+    let mut lab = lab_fwd66();
+    offload_off(
+        &lab,
+        &[
+            ("black", "eth0"),
+            ("white", "eth0"),
+            ("server", "eth0"),
+            ("router", "eth0"),
+            ("router", "eth1"),
+        ],
+    );
+    let p = "8000".to_string();
+    lab.spawn(
+        "white",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("white", "tcp", 8000);
+    let argv = [
+        "python3",
+        &script("tcp_whoami.py"),
+        "server",
+        "8001",
+        "120",
+        "::",
+    ];
+    lab.spawn("white", &argv);
+    lab.wait_listen("white", "tcp", 8001);
+    let argv = ["python3", &script("udp6_echo.py"), "7", "black", "120", "0"];
+    lab.spawn("black", &argv);
+    lab.wait_listen("black", "udp", 7);
+    lab.http_server("grey", 8000);
+    let (pcap_s, pcap_w) = (pcap_path(&mut lab, "server"), pcap_path(&mut lab, "white"));
+    let filter = "ip6 and not icmp6[0] >= 133";
+    let ns = lab.ns("server");
+    let dump_s = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap_s, filter], None);
+    let ns = lab.ns("white");
+    let dump_w = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap_w, filter], None);
+
+    let url = format!("http://[{UPLINK6}]:8080/");
+    assert_eq!(lab.curl("server", &url), "200");
+    // The range: 9001 -> 8001, where white tells who it sees.
+    let who = lab.sh(
+        "server",
+        &format!(
+            "python3 {} client {SERVER6} 43300 {UPLINK6} 9001",
+            script("tcp_whoami.py")
+        ),
+    );
+    assert_eq!(who.trim(), format!("{SERVER6}:43300"), "white saw {who}");
+    let r = udp6_probe_to(&lab, UPLINK6, &["43200:5353"]);
+    assert_eq!(
+        r["43200:5353"].as_str(),
+        Some(format!("black [{SERVER6}]:43200").as_str()),
+        "{r}"
+    );
+    // grey has no IPv6: its forward is IPv4-only (the host answers the
+    // IPv6 connection itself: refused), over IPv4 it works.
+    let v6 = lab.sb.sh_output(
+        &lab.ns("server"),
+        &format!("curl -sS -m 5 -o /dev/null http://[{UPLINK6}]:8081/"),
+    );
+    assert!(!v6.status.success(), "IPv6 reached an IPv4-only forward");
+    assert_eq!(lab.curl("server", "http://203.0.113.1:8081/"), "200");
+
+    let ct = lab.conntrack();
+    let s6 = ct["sessions6"].as_array().unwrap_or_else(|| panic!("{ct}"));
+    let udp = s6
+        .iter()
+        .find(|s| s["proto"] == "udp" && s["inside"] == "[fd00:77::10]:7")
+        .unwrap_or_else(|| panic!("no DNAT66 UDP session: {ct}"));
+    assert_eq!(
+        udp["external"],
+        format!("[{UPLINK6}]:5353").as_str(),
+        "{udp}"
+    );
+    assert_eq!(
+        udp["remote"],
+        format!("[{SERVER6}]:43200").as_str(),
+        "{udp}"
+    );
+    assert_eq!(udp["state"], "REPLIED", "{udp}");
+    assert!(lab.counter("dnat6_new") >= 3);
+
+    lab.sb.stop_tcpdump(dump_s);
+    lab.sb.stop_tcpdump(dump_w);
+    // Upstream sees only the uplink's address from the lab; white sees the
+    // client's (no source NAT on forwarded traffic).
+    let srcs = sources(&lab, "server", &pcap_s);
+    assert!(srcs.iter().any(|s| s == UPLINK6), "{srcs:?}");
+    assert!(srcs.iter().all(|s| !s.starts_with("fd00:")), "{srcs:?}");
+    let srcs = sources(&lab, "white", &pcap_w);
+    assert!(srcs.iter().any(|s| s == SERVER6), "{srcs:?}");
+    // TCP both ways; UDP at the server (black's echo).
+    let s = checksums_good(&lab, "server", &pcap_s);
+    let w = checksums_good(&lab, "white", &pcap_w);
+    assert!(s[0] >= 4 && s[1] >= 2 && w[0] >= 4, "checked {s:?} {w:?}");
+    lab.down_clean();
+}
+
+/// UDP probes over IPv6 from the server to `dst`.
+fn udp6_probe_to(lab: &NatLab, dst: &str, pairs: &[&str]) -> Value {
+    let out = lab.sh(
+        "server",
+        &format!(
+            "python3 {} {dst} 2 {}",
+            script("udp6_probe.py"),
+            pairs.join(" ")
+        ),
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `netbridge forward` edits the IPv6 forwards live: a re-pointed forward
+/// reaches its new target over IPv6, a removed one no longer does.
+#[test]
+fn dnat66_forward_changes_live() {
+    require_root!();
+    let mut lab = lab_fwd66();
+    for ns in ["black", "white"] {
+        let argv = ["python3", &script("udp6_echo.py"), "7", ns, "120", "0"];
+        lab.spawn(ns, &argv);
+        lab.wait_listen(ns, "udp", 7);
+    }
+    let r = udp6_probe_to(&lab, UPLINK6, &["43400:5353"]);
+    assert!(
+        r["43400:5353"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("black ")),
+        "{r}"
+    );
+    lab.nb_named(&["forward", "del", "udp", "5353"]);
+    let r = udp6_probe_to(&lab, UPLINK6, &["43401:5353"]);
+    assert!(r["43401:5353"].is_null(), "removed forward answered: {r}");
+    let white = format!("{}:7", lab.ns("white"));
+    lab.nb_named(&["forward", "add", "udp", "5353", &white]);
+    let r = udp6_probe_to(&lab, UPLINK6, &["43400:5353"]);
+    assert!(
+        r["43400:5353"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("white ")),
+        "{r}"
+    );
+    lab.down_clean();
+}
+
+/// examples/nat-lab-dual-stack.toml: up turns on NAT66 and the IPv6
+/// forwards; the lab reaches upstream over IPv6 (ping, curl: masquerade),
+/// upstream reaches the lab's forwarded services over IPv6 and IPv4.
+#[test]
+fn dual_stack_example_both_ways() {
+    require_root!();
+    let mut lab = NatLab {
+        sb: Sandbox::new(),
+        file: example("nat-lab-dual-stack.toml"),
+    };
+    let out = lab.nb(&["up"]);
+    for want in [
+        "NAT66: masquerading fd00:77::/64 as 2001:db8:1::1",
+        "IPv6 forward tcp 8080 -> [fd00:77::10]:8000",
+        "IPv6 forward tcp 5000 -> [fd00:77::20]:5000",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    // Dual-stack servers (http.server --bind :: takes IPv4 too).
+    for (ns, port) in [("upstream", "80"), ("black", "8000"), ("white", "5000")] {
+        lab.spawn(ns, &["python3", "-m", "http.server", port, "--bind", "::"]);
+        lab.wait_listen(ns, "tcp", port.parse().unwrap());
+    }
+    // Lab -> upstream over IPv6.
+    lab.sh("black", "ping -6 -c 2 -i 0.2 -W 2 2001:db8:1::fe");
+    assert_eq!(lab.curl("white", "http://[2001:db8:1::fe]/"), "200");
+    assert!(lab.counter("snat6_new") >= 2);
+    // Upstream -> lab through the forwards, over IPv6 and IPv4.
+    for url in [
+        "http://[2001:db8:1::1]:8080/",
+        "http://[2001:db8:1::1]:5000/",
+        "http://203.0.113.1:8080/",
+    ] {
+        assert_eq!(lab.curl("upstream", url), "200", "{url}");
+    }
+    assert!(lab.counter("dnat6_new") >= 2);
     lab.down_clean();
 }

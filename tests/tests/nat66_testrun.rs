@@ -1,7 +1,7 @@
 //! NAT66 through BPF_PROG_TEST_RUN (a real skb, nothing sent): hand-built
 //! IPv6 packets through the uplink programs, the rewritten addresses,
 //! ports and every checksum checked here (computed independently), the
-//! counters that moved, and the conntrack entries.
+//! counters that moved, and the conntrack entries. SNAT66 and DNAT66.
 use std::{collections::BTreeMap, net::Ipv6Addr};
 
 use netbridge::{
@@ -10,7 +10,8 @@ use netbridge::{
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_UDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, PROG_UPLINK_EGRESS,
+    PROG_UPLINK_INGRESS,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -19,6 +20,7 @@ use netbridge_tests::{
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 
@@ -299,5 +301,82 @@ fn lab_icmp6_error_is_translated_out() {
         let (err, moved) = lab.moved(|| lab.run(lab.egress, &stray));
         assert_eq!(err.0, TC_ACT_SHOT);
         assert_eq!(moved, counts(&[("nat_untranslatable", 1)]));
+    });
+}
+
+/// A TCP segment with `flags` (no options).
+fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    ipv6(src, dst, TCP, l4, 16)
+}
+
+/// DNAT66: a SYN from upstream to a forwarded port (the second of a
+/// range) opens a session (reply half first) and goes to the target,
+/// checksum valid; the target's SYN-ACK leaves as the uplink's port; a
+/// Packet Too Big about it goes back to the target with its quote; a port
+/// without a forward passes untouched and opens nothing.
+#[test]
+fn dnat66_forward_opens_a_session_and_replies_go_back() {
+    require_root!();
+    scenario(|lab| {
+        let fwd = Fwd6Target {
+            addr: nat6::in6(black()),
+            port: 8000,
+            first: 8080,
+            last: 8081,
+            proto: TCP,
+            _pad: 0,
+        };
+        lab.nat6().set_forwards(&[fwd]).unwrap();
+        let syn = tcp(server(), 40000, uplink(), 8081, 0x02);
+        let (inb, moved) = lab.moved(|| lab.run(lab.ingress, &syn));
+        assert_eq!(inb.0, TC_ACT_OK);
+        let ip = inb.1;
+        assert_eq!((addr_at(&ip, 24), port_at(&ip, 42)), (black(), 8001));
+        assert_eq!((addr_at(&ip, 8), port_at(&ip, 40)), (server(), 40000));
+        assert!(l4_valid(&ip), "bad TCP checksum in: {ip:02x?}");
+        assert_eq!(moved, counts(&[("dnat6_new", 1), ("translated6_in", 1)]));
+        let entries: Vec<_> = lab.nat6().ct.iter().map(|r| r.unwrap()).collect();
+        assert_eq!(entries.len(), 2);
+        let (k, e) = entries.iter().find(|(k, _)| k.dir == CT_DIR_IN).unwrap();
+        assert_eq!((nat6::addr(&k.saddr), k.dport.get()), (server(), 8081));
+        assert_eq!((nat6::addr(&e.nat_addr), e.nat_port.get()), (black(), 8001));
+        assert_eq!((e.flags, e.state), (CT_F_ORIGINAL, CT_TCP_SYN));
+
+        let synack = tcp(black(), 8001, server(), 40000, 0x12);
+        let (out, moved) = lab.moved(|| lab.run(lab.egress, &synack));
+        assert_eq!(out.0, TC_ACT_OK);
+        let ip = out.1;
+        assert_eq!((addr_at(&ip, 8), port_at(&ip, 40)), (uplink(), 8081));
+        assert!(l4_valid(&ip), "bad TCP checksum out: {ip:02x?}");
+        assert_eq!(moved, counts(&[("translated6_out", 1)]));
+        let s = lab.nat6().sessions(0);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].inside, "[fd00:77::10]:8001");
+        assert_eq!(s[0].external, "[2001:db8:1::1]:8081");
+        assert_eq!(s[0].state, "ESTABLISHED");
+
+        // Packet Too Big from the router quoting the translated SYN-ACK:
+        // back to the target, the quote as the target sent it.
+        let mut l4 = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        l4.extend_from_slice(&ip);
+        let ptb = ipv6(a("2001:db8:1::fe"), uplink(), ICMPV6, l4, 2);
+        let (err, moved) = lab.moved(|| lab.run(lab.ingress, &ptb));
+        assert_eq!(err.0, TC_ACT_OK);
+        assert_eq!(moved, counts(&[("icmp6_errors_translated", 1)]));
+        assert_eq!(addr_at(&err.1, 24), black(), "outer destination");
+        assert!(l4_valid(&err.1), "bad ICMPv6 checksum");
+        let q = &err.1[48..];
+        assert_eq!((addr_at(q, 8), port_at(q, 40)), (black(), 8001), "quoted");
+        assert!(l4_valid(q), "bad quoted TCP checksum");
+
+        let other = tcp(server(), 40001, uplink(), 8082, 0x02);
+        let (out, moved) = lab.moved(|| lab.run(lab.ingress, &other));
+        assert_eq!((out.0, &out.1), (TC_ACT_OK, &other));
+        assert!(moved.is_empty(), "{moved:?}");
+        assert_eq!(lab.nat6().ct.iter().count(), 2);
     });
 }

@@ -282,6 +282,12 @@ impl Drop for Lab {
 /// client -> server; DNAT: server -> 203.0.113.1:5201 -> client:5201.
 pub(crate) const NAT_UPLINK: &str = "203.0.113.1";
 pub(crate) const NAT_SERVER: &str = "203.0.113.2";
+/// The NAT labs are dual-stack (but the 1,000-forward one): NAT66 between
+/// a ULA lab and the uplink's /64, for the `*66_*` workloads.
+const NAT_GW6: &str = "fd00:51::fe";
+const NAT_CLIENT6: &str = "fd00:51::1";
+const NAT_UPLINK6: &str = "2001:db8:50::1";
+const NAT_SERVER6: &str = "2001:db8:50::2";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum NatSetup {
@@ -308,7 +314,7 @@ impl NatSetup {
 }
 
 /// NAT workloads: (name, unit, higher is better).
-const NAT_WORKLOADS: [(&str, &str, bool); 13] = [
+const NAT_WORKLOADS: [(&str, &str, bool); 17] = [
     ("snat_tcp_stream", "Gbit/s", true),
     ("snat_udp64_pps", "kpps", true),
     ("snat_udp64_pps_rust", "kpps", true),
@@ -322,6 +328,10 @@ const NAT_WORKLOADS: [(&str, &str, bool); 13] = [
     ("dnat_udp_rr_p50", "us", false),
     ("dnat_crr", "kconn/s", true),
     ("dnat_crr_1000fwd", "kconn/s", true),
+    ("snat66_udp64_pps_rust", "kpps", true),
+    ("snat66_udp_rr_p50", "us", false),
+    ("dnat66_udp64_pps_rust", "kpps", true),
+    ("dnat66_udp_rr_p50", "us", false),
 ];
 
 /// A second lab host in the netbridge NAT lab, the hairpin client.
@@ -374,6 +384,9 @@ fn nat_lab_with(
         topo_file: None,
     };
     let (c, s, h) = (lab.ns("client"), lab.ns("server"), lab.ns("host"));
+    // Dual-stack but with the 999 extra forwards: more than the IPv6
+    // forward table holds (64), and the scale figure is IPv4's.
+    let dual = extra == 0;
     match setup {
         NatSetup::Iptables => {
             add_netns(&[&c, &s, &h])?;
@@ -397,6 +410,24 @@ fn nat_lab_with(
 "
                 ),
             )?;
+            if dual {
+                sh(
+                    None,
+                    &format!(
+                        "set -e
+                         ip -n {h} addr add {NAT_GW6}/64 dev br0 nodad
+                         ip -n {c} addr add {NAT_CLIENT6}/64 dev eth0 nodad
+                         ip -n {c} -6 route add default via {NAT_GW6}
+                         ip -n {h} addr add {NAT_UPLINK6}/64 dev uplink0 nodad
+                         ip -n {s} addr add {NAT_SERVER6}/64 dev eth0 nodad
+                         ip netns exec {h} sysctl -qw net.ipv6.conf.all.forwarding=1
+                         ip netns exec {h} ip6tables -t nat -A POSTROUTING -s fd00:51::/64 -o uplink0 -j MASQUERADE
+                         ip netns exec {h} ip6tables -t nat -A PREROUTING -i uplink0 -p tcp --dport 5201 -j DNAT --to-destination [{NAT_CLIENT6}]:5201
+                         ip netns exec {h} ip6tables -t nat -A PREROUTING -i uplink0 -p udp --dport 5201 -j DNAT --to-destination [{NAT_CLIENT6}]:5201
+"
+                    ),
+                )?;
+            }
             if extra > 0 {
                 // Inserted in front: every new connection to 5201 walks them.
                 let mut rules = String::from("*nat\n");
@@ -428,6 +459,7 @@ fn nat_lab_with(
                     CLIENT_IP,
                     NAT_UPLINK,
                     NAT_SERVER,
+                    dual.then_some([NAT_GW6, NAT_CLIENT6, NAT_UPLINK6, NAT_SERVER6]),
                     &format!(
                         "max_sessions = {}\n\
                          [[forward]]\nproto = \"tcp\"\nport = 5201\nto = \"client:5201\"\n\
@@ -449,29 +481,44 @@ fn nat_lab_with(
         }
     }
     sh(Some(&c), &format!("ping -c 3 -i 0.2 -W 2 -q {NAT_SERVER}"))?;
+    if dual {
+        sh(
+            Some(&c),
+            &format!("ping -6 -c 3 -i 0.2 -W 2 -q {NAT_SERVER6}"),
+        )?;
+    }
     Ok(lab)
 }
 
 /// The NAT lab as a netbridge topology (bench and soak): lab host "client"
 /// (`client`/24, default via the bridge at `gateway`) behind "uplink0"
-/// (`uplink`/24), which faces "server" (`server`/24). `uplink_extra` ends
-/// the `[uplink]` table and may add tables after it (forwards).
+/// (`uplink`/24), which faces "server" (`server`/24). `v6` (gateway,
+/// client, uplink, server; /64s) makes it dual-stack (NAT66).
+/// `uplink_extra` ends the `[uplink]` table and may add tables after it
+/// (forwards).
 pub(crate) fn nat_lab_toml(
     name: &str,
     gateway: &str,
     client: &str,
     uplink: &str,
     server: &str,
+    v6: Option<[&str; 4]>,
     uplink_extra: &str,
 ) -> String {
+    let [gw6, c6, up6, s6] = v6
+        .map(|a| a.map(|x| format!(", \"{x}/64\"")))
+        .unwrap_or_default();
+    let route6 = v6.map_or(String::new(), |a| {
+        format!(", {{ to = \"::/0\", via = \"{}\" }}", a[0])
+    });
     format!(
         "name = \"{name}\"\nhost_netns = \"host\"\n\
-         [bridge]\nname = \"br0\"\naddresses = [\"{gateway}/24\"]\n\
-         [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{client}/24\"]\n\
-         routes = [{{ to = \"default\", via = \"{gateway}\" }}]\n\
+         [bridge]\nname = \"br0\"\naddresses = [\"{gateway}/24\"{gw6}]\n\
+         [[namespace]]\nname = \"client\"\nhost_ifname = \"p-client\"\naddresses = [\"{client}/24\"{c6}]\n\
+         routes = [{{ to = \"default\", via = \"{gateway}\" }}{route6}]\n\
          [[namespace]]\nname = \"server\"\nbridge = false\n\
-         [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{uplink}/24\"] }}\n\
-         b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{server}/24\"] }}\n\
+         [[link]]\na = {{ ifname = \"uplink0\", addresses = [\"{uplink}/24\"{up6}] }}\n\
+         b = {{ netns = \"server\", ifname = \"eth0\", addresses = [\"{server}/24\"{s6}] }}\n\
          [uplink]\nifname = \"uplink0\"\nmasquerade = true\n{uplink_extra}"
     )
 }
@@ -551,7 +598,8 @@ const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 const ANY6: SocketAddr = SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
 
 /// One NAT round run `pin`'s way: SNAT stream, packet rate and latency,
-/// DNAT stream, rate and connection rate.
+/// DNAT stream, rate and connection rate; SNAT66 and DNAT66 packet rate
+/// and UDP latency.
 fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()> {
     let (c, sv) = (lab.ns("client"), lab.ns("server"));
     let mut put = |w: &str, v: f64| s.entry(pin.key(w)).or_default().push(v);
@@ -583,6 +631,13 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
     put("dnat_udp64_pps_rust", pps);
     put("dnat_udp_rr_tps", tps);
     put("dnat_udp_rr_p50", p50);
+    // NAT66: the same tools over IPv6 (masquerade, the forward of 5201).
+    let (pps, _, p50) = rust_tools(&c, &sv, NAT_SERVER6, NAT_SERVER6, secs, pin)?;
+    put("snat66_udp64_pps_rust", pps);
+    put("snat66_udp_rr_p50", p50);
+    let (pps, _, p50) = rust_tools(&sv, &c, NAT_CLIENT6, NAT_UPLINK6, secs, pin)?;
+    put("dnat66_udp64_pps_rust", pps);
+    put("dnat66_udp_rr_p50", p50);
     Ok(())
 }
 
@@ -1258,7 +1313,7 @@ impl Results {
     ) -> serde_json::Map<String, serde_json::Value> {
         let _ = writeln!(
             table,
-            "\nNAT paths, {} (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n{:<20} {:>7} {:>12} {:>12} {:>8}",
+            "\nNAT paths, {} (lab host behind the uplink; SNAT: lab -> upstream, DNAT: upstream -> forwarded port)\n{:<22} {:>7} {:>12} {:>12} {:>8}",
             pin_label(pin),
             "workload",
             "unit",
@@ -1275,7 +1330,7 @@ impl Results {
             }
             let _ = writeln!(
                 table,
-                "{w:<20} {unit:>7} {c:>12.2} {d:>12.2} {:>8.2}",
+                "{w:<22} {unit:>7} {c:>12.2} {d:>12.2} {:>8.2}",
                 d / c
             );
             json.insert(

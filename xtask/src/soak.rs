@@ -121,6 +121,7 @@ fn lab_toml() -> String {
         CLIENT_IP,
         UPLINK,
         SERVER_IP,
+        None,
         &format!(
             "max_sessions = {MAX_SESSIONS}\nnat_ports = \"20000-21999\"\n\
              timeouts = {{ tcp_syn = 2, tcp_established = 5, tcp_closing = 2, tcp_closed = 1, udp = {TIMEOUT_SECS}, udp_replied = {TIMEOUT_SECS}, icmp = 1 }}\n\

@@ -21,19 +21,19 @@ use crate::nat::{
 use super::packet::{IPPROTO_TCP, IPPROTO_UDP, Pkt6};
 
 #[map]
-static NB_CT6: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::pinned(CT6_SIZE, 0);
+pub(super) static NB_CT6: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::pinned(CT6_SIZE, 0);
 
-const BPF_NOEXIST: u64 = 1;
+pub(super) const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
 
 /// State of a new session opened by a packet with `tcp_flags`.
 #[inline(always)]
-fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
+pub(super) fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
     match proto {
         // Picked up mid-stream (e.g. after expiry): treat as established.
         IPPROTO_TCP if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 => CT_TCP_SYN,
@@ -135,7 +135,7 @@ pub fn lookup(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> Found {
 /// past the timeout of the session's state at `now`. True if `k` is gone.
 /// `gone` holds the other half's key meanwhile. Its own BPF function.
 #[inline(never)]
-fn expire_if_idle(cfg: &Nat6Config, k: &Ct6Key, gone: &mut Ct6Key, now: u64) -> bool {
+pub(super) fn expire_if_idle(cfg: &Nat6Config, k: &Ct6Key, gone: &mut Ct6Key, now: u64) -> bool {
     // SAFETY: copies are taken right away; the values are deleted after.
     let Some(e) = (unsafe { NB_CT6.get(k) }) else {
         return true;

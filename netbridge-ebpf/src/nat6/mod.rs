@@ -9,6 +9,7 @@
 //! Each entry point is its own BPF function, called from the uplink
 //! programs before their IPv4 parse: its stack is a chain of its own.
 pub mod ct;
+pub mod fwd;
 pub mod icmp;
 pub mod packet;
 
@@ -148,8 +149,8 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
 }
 
 /// Ingress: packets to the uplink address of a session get the lab
-/// endpoint back; ICMPv6 errors about a session are translated; anything
-/// else is the host's.
+/// endpoint back, and to a forwarded port open a DNAT66 session; ICMPv6
+/// errors about a session are translated; anything else is the host's.
 #[inline(always)]
 fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(cfg) = config() else {
@@ -178,14 +179,21 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         _ => return Ok(TC_ACT_OK),
     }
     let flags = ip.tcp_flags(ctx);
-    match ct::lookup(cfg, p, flags) {
-        ct::Found::Hit => {
-            packet::rewrite(ctx, &ip, p, false)?;
-            count(nat_stat::XLATE6_IN);
-            Ok(TC_ACT_OK)
-        }
+    let found = ct::lookup(cfg, p, flags);
+    let hit = match found {
+        ct::Found::Hit => true,
+        // A port forward opens a session (ICMPv6 echo has none).
+        _ if ip.proto != IPPROTO_ICMPV6 => decode(fwd::open(cfg, p, flags))? == 1,
+        _ => false,
+    };
+    if hit {
+        packet::rewrite(ctx, &ip, p, false)?;
+        count(nat_stat::XLATE6_IN);
+        return Ok(TC_ACT_OK);
+    }
+    match found {
         // A late reply to a mapping past its timeout: not delivered.
         ct::Found::Expired => Err(drop_reason::NAT_EXPIRED),
-        ct::Found::Miss => Ok(TC_ACT_OK),
+        _ => Ok(TC_ACT_OK),
     }
 }

@@ -788,9 +788,21 @@ impl Validator<'_> {
             ));
         }
         let mut taken: HashMap<Proto, BTreeMap<u16, (u16, usize)>> = HashMap::new();
-        let mut n_ranges = 0;
+        let (mut n_ranges, mut n_v6) = (0, 0);
         for (i, fw) in self.t.forwards.iter().enumerate() {
             let (first, last) = self.forward(i, fw)?;
+            n_v6 += usize::from(self.forward_has_ipv6(fw));
+            if n_v6 > netbridge_common::MAX_FWD6 as usize {
+                return Err(self.err(
+                    format!("forward[{i}].to"),
+                    q(&fw.to),
+                    format!(
+                        "more than {} forwards to namespaces with an IPv6 address (the IPv6 \
+                         forward table's size)",
+                        netbridge_common::MAX_FWD6
+                    ),
+                ));
+            }
             let field = format!("forward[{i}].port");
             let mine = taken.entry(fw.proto).or_default();
             // Earlier ranges overlapping first..=last start at most at
@@ -822,6 +834,15 @@ impl Validator<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Does the forward's target have a global or ULA IPv6 address (the
+    /// forward then works over IPv6 too, with NAT66)?
+    fn forward_has_ipv6(&self, fw: &super::Forward) -> bool {
+        let ns = fw.to.rsplit_once(':').map_or("", |(n, _)| n);
+        self.by_name
+            .get(ns)
+            .is_some_and(|t| crate::nat6::masquerade_addr(&t.addresses).is_some())
     }
 
     /// One forward on its own; returns its external (first, last) ports.
@@ -1209,6 +1230,33 @@ mod tests {
             fw("8080", "a:80")
         );
         assert_err(&dup, &["forward[1].port", "overlaps forward[0]"]);
+        // The IPv6 forward table: 64 forwards to a dual-stack target.
+        let v6 = format!(
+            "{BRIDGE}[[namespace]]\nname = \"a\"\naddresses = [\"192.168.1.1/24\", \"fd00::5/64\"]\n\
+             [uplink]\nifname = \"eth9\"\nmasquerade = true\n"
+        );
+        let fws = |n: u16| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "[[forward]]\nproto = \"udp\"\nport = {}\nto = \"a:80\"\n",
+                        1000 + i
+                    )
+                })
+                .collect()
+        };
+        parse(&format!("{v6}{}", fws(64))).unwrap();
+        assert_err(
+            &format!("{v6}{}", fws(65)),
+            &[
+                "forward[64].to",
+                "\"a:80\"",
+                "more than 64 forwards",
+                "IPv6",
+            ],
+        );
+        // IPv4-only targets do not count.
+        parse(&format!("{up}{}", fws(65).replace("udp", "tcp"))).unwrap();
         // Same port, other protocol: fine.
         parse(&format!(
             "{}[[forward]]\nproto = \"udp\"\nport = 8080\nto = \"a:81\"\n",

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use netbridge_common::{
-    FwdTarget, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH, NAT_MASQUERADE,
-    NAT_SYN_DROP, NatConfig,
+    Fwd6Target, FwdTarget, MAX_FWD6, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH,
+    NAT_MASQUERADE, NAT_SYN_DROP, NatConfig,
 };
 
 use crate::config::UnsolicitedSyn;
@@ -17,7 +17,7 @@ use super::{
     up,
 };
 use crate::{
-    bpf::Datapath,
+    bpf::{Datapath, PinDir},
     config::{ConfigError, Forward, NatTimeouts, Port, PortSpec, Proto, Topology, ipv4s},
     nat::{NatMaps, NatPlan, proto_num},
     netlink::{self, LinkInfoLite},
@@ -77,6 +77,36 @@ pub fn forward_targets(t: &Topology, attached: &[Port]) -> Vec<FwdTarget> {
         .collect()
 }
 
+/// The topology's forwards over IPv6: those whose target (namespace or
+/// attached port) has a global or ULA IPv6 address (its first); the rest
+/// are IPv4-only.
+pub fn forward_targets6(t: &Topology, attached: &[Port]) -> Vec<Fwd6Target> {
+    let ports = t.ports(attached);
+    let first_v6: HashMap<&str, _> = t
+        .namespaces
+        .iter()
+        .map(|n| (n.name.as_str(), &n.addresses))
+        .chain(ports.iter().map(|p| (p.name.as_str(), &p.addresses)))
+        .filter_map(|(n, a)| Some((n, crate::nat6::masquerade_addr(a)?)))
+        .collect();
+    t.forwards
+        .iter()
+        .filter_map(|f| {
+            let (first, last) = f.port.range()?;
+            let (ns, port) = f.target();
+            Some(Fwd6Target {
+                addr: crate::nat6::in6(*first_v6.get(ns.as_str())?),
+                port,
+                first,
+                last,
+                proto: proto_num(f.proto),
+                _pad: 0,
+            })
+        })
+        .take(MAX_FWD6 as usize)
+        .collect()
+}
+
 /// Session limit the conntrack table is sized for when first created.
 pub(super) fn max_sessions(t: &Topology) -> u32 {
     inputs(t).map_or(netbridge_common::DEFAULT_MAX_SESSIONS, |n| n.max_sessions)
@@ -124,6 +154,7 @@ pub(super) fn apply(
 ) -> Result<()> {
     let inputs = inputs(t);
     let forwards = forward_targets(t, &run.st.attachments);
+    let forwards6 = forward_targets6(t, &run.st.attachments);
     let lab6 = crate::nat6::lab_prefixes(t.bridge.as_ref().map_or(&[][..], |b| &b.addresses));
     in_ns(&host_of(t), |h| async move {
         let links = netlink::links(&h).await?;
@@ -158,6 +189,13 @@ pub(super) fn apply(
         }
         run.changes.extend(dp.maps.nat.apply(&plan)?);
         if let Some(nat6) = dp.maps.nat6.as_mut() {
+            // IPv6 forwards go with NAT66 (masquerade on).
+            let fwd6 = if plan6.flags != 0 {
+                &forwards6[..]
+            } else {
+                &[]
+            };
+            run.changes.extend(nat6.set_forwards(fwd6)?);
             run.changes.extend(nat6.apply(plan6)?);
         }
         run.point(Step::Nat, "NAT maps")?;
@@ -282,19 +320,30 @@ fn revalidate(t: &Topology, attached: &[Port], file: &str) -> Result<Topology> {
 /// runs (sessions of forwards that go or change purged, and of new ones,
 /// so no stale session outlives its mapping), else a full `up`.
 fn apply_forwards(st: &mut State, t: Topology) -> Result<Vec<String>> {
-    let mut nat = match port::pinned(st) {
-        Some(pins) => Some(NatMaps::open_pinned(&pins)?),
+    let pins = port::pinned(st);
+    let mut nat = match &pins {
+        Some(pins) => Some(NatMaps::open_pinned(pins)?),
         None => None,
     };
     match nat.as_mut().filter(|n| n.config().flags != 0) {
         Some(nat) => {
-            let changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
+            let mut changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
+            changes.extend(set_forwards6(pins, &t, &st.attachments)?);
             st.topology = Some(t);
             st.save()?;
             Ok(changes)
         }
         // No NAT programs on the uplink yet: a full (idempotent) up.
         None => Ok(up::up_locked(&t, up::UpOptions::default())?.changes),
+    }
+}
+
+/// The IPv6 forwards of a running NAT66 (masquerade on) made `t`'s.
+fn set_forwards6(pins: Option<PinDir>, t: &Topology, attached: &[Port]) -> Result<Vec<String>> {
+    let nat6 = pins.and_then(|mut p| crate::nat6::Nat6Maps::from_source(&mut p).ok());
+    match nat6.filter(|n| n.config().flags != 0) {
+        Some(mut n) => Ok(n.set_forwards(&forward_targets6(t, attached))?),
+        None => Ok(vec![]),
     }
 }
 
@@ -314,6 +363,7 @@ pub(super) fn drop_forwards_to(st: &mut State, port: &str) -> Result<Vec<String>
         let mut nat = NatMaps::open_pinned(&pins)?;
         if nat.config().flags != 0 {
             changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
+            changes.extend(set_forwards6(Some(pins), &t, &st.attachments)?);
         }
     }
     st.topology = Some(t);
