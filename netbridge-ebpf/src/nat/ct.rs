@@ -111,7 +111,7 @@ pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
 /// The state after a packet with `tcp_flags` in a session in `state`,
 /// seen on the half that opened it (`original`) or the answering one.
 #[inline(always)]
-fn next_state(proto: u8, tcp_flags: u8, state: u8, original: bool) -> u8 {
+pub fn next_state(proto: u8, tcp_flags: u8, state: u8, original: bool) -> u8 {
     match proto {
         IPPROTO_TCP if tcp_flags & TCP_RST != 0 => CT_TCP_CLOSED,
         IPPROTO_TCP if tcp_flags & TCP_FIN != 0 && state < CT_TCP_CLOSING => CT_TCP_CLOSING,
@@ -127,7 +127,7 @@ fn next_state(proto: u8, tcp_flags: u8, state: u8, original: bool) -> u8 {
 /// opening side spoke again after it (TCP: an ACK without SYN or RST, the
 /// three-way handshake done; a SYN-ACK alone assures nothing).
 #[inline(always)]
-fn next_flags(flags: u8, proto: u8, tcp_flags: u8, original: bool) -> u8 {
+pub fn next_flags(flags: u8, proto: u8, tcp_flags: u8, original: bool) -> u8 {
     if !original {
         return flags | CT_F_REPLIED;
     }

@@ -2,86 +2,24 @@
 //! sessions (port allocation claims the inbound half with BPF_NOEXIST,
 //! then the outbound half goes in). The TCP/UDP states, flags and
 //! timeouts are the IPv4 NAT's (`nat::ct`).
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    macros::map,
-    maps::LruHashMap,
-};
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
 use netbridge_common::{
-    Be16, CT_DIR_IN, CT_DIR_OUT, CT_F_ASSURED, CT_F_ORIGINAL, CT_F_REPLIED, CT_ICMP, CT_REFRESH_NS,
-    CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED,
-    CT6_SIZE, Ct6Entry, Ct6Key, NAT_PORT_RETRIES, Nat6Config, drop_reason, nat_stat,
+    Be16, CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_REFRESH_NS, CT6_SIZE, Ct6Entry, Ct6Key,
+    NAT_PORT_RETRIES, Nat6Config, drop_reason, nat_stat,
 };
 
-use crate::nat::{
-    count,
-    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-};
-
-use super::packet::{IPPROTO_TCP, IPPROTO_UDP, Pkt6};
+use super::packet::Pkt6;
+use crate::nat::count;
 
 #[map]
 pub(super) static NB_CT6: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::pinned(CT6_SIZE, 0);
 
 pub(super) const BPF_NOEXIST: u64 = 1;
 
-#[inline(always)]
-pub(super) fn now() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-/// State of a new session opened by a packet with `tcp_flags`.
-#[inline(always)]
-pub(super) fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
-    match proto {
-        // Picked up mid-stream (e.g. after expiry): treat as established.
-        IPPROTO_TCP if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 => CT_TCP_SYN,
-        IPPROTO_TCP => CT_TCP_ESTABLISHED,
-        IPPROTO_UDP => CT_UDP,
-        _ => CT_ICMP,
-    }
-}
-
-/// The state after a packet seen on the opening half (`original`) or not.
-#[inline(always)]
-fn next_state(proto: u8, tcp_flags: u8, state: u8, original: bool) -> u8 {
-    match proto {
-        IPPROTO_TCP if tcp_flags & TCP_RST != 0 => CT_TCP_CLOSED,
-        IPPROTO_TCP if tcp_flags & TCP_FIN != 0 && state < CT_TCP_CLOSING => CT_TCP_CLOSING,
-        IPPROTO_TCP if state == CT_TCP_SYN && !original => CT_TCP_ESTABLISHED,
-        IPPROTO_UDP if state == CT_UDP && !original => CT_UDP_REPLIED,
-        _ => state,
-    }
-}
-
-/// Replied once answered; assured once the opening side spoke after the
-/// answer (TCP: a plain ACK, the handshake done).
-#[inline(always)]
-fn next_flags(flags: u8, proto: u8, tcp_flags: u8, original: bool) -> u8 {
-    if !original {
-        return flags | CT_F_REPLIED;
-    }
-    let plain =
-        proto != IPPROTO_TCP || (tcp_flags & (TCP_SYN | TCP_RST) == 0 && tcp_flags & TCP_ACK != 0);
-    if flags & CT_F_REPLIED != 0 && plain {
-        flags | CT_F_ASSURED
-    } else {
-        flags
-    }
-}
-
-/// Idle timeout of a session in `state` with `flags` (an established but
-/// unassured TCP session keeps the SYN timeout).
-#[inline(always)]
-fn timeout_ns(timeouts: &[u32; 8], state: u8, flags: u8) -> u64 {
-    let state = if state == CT_TCP_ESTABLISHED && flags & CT_F_ASSURED == 0 {
-        CT_TCP_SYN
-    } else {
-        state
-    };
-    timeouts[(state & 7) as usize] as u64 * 1_000_000_000
-}
+// The states, flags and timeouts are the IPv4 NAT's (the protocol
+// numbers of TCP and UDP are the same in both families).
+pub(super) use crate::nat::ct::{initial_state, now};
+use crate::nat::ct::{next_flags, next_state, timeout_ns};
 
 pub enum Found {
     /// The mapping is in `Pkt6::nat_addr` and `nat_port`.
