@@ -204,6 +204,15 @@ fn demo_runs_non_interactively_and_cleans_up() {
     };
     assert!(n("over IPv6 in ") > 0, "{v6}");
     assert!(n("; ") > 0, "no IPv6 frame counted: {v6}");
+    // NAT66 both ways: "demo nat66: HTTP 200 through NAT66 masquerade in S, through an IPv6 forward in D; ..."
+    let nat66 = stdout
+        .lines()
+        .find(|l| l.starts_with("demo nat66:"))
+        .expect("nat66 summary line");
+    assert!(
+        !nat66.contains("masquerade in 0,") && !nat66.contains("forward in 0;"),
+        "{nat66}"
+    );
     assert!(stdout.contains("torn down"), "{stdout}");
     assert_eq!(sb.snapshot(), before, "demo left residue");
 }

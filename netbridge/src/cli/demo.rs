@@ -76,6 +76,8 @@ struct Plan {
     forward: Option<(String, String)>,
     /// The far end of the uplink: (namespace, its address, uplink address).
     upstream: Option<(String, String, String)>,
+    /// The same over IPv6 (NAT66), when both ends have an IPv6 address.
+    upstream6: Option<(String, String)>,
 }
 
 impl Plan {
@@ -99,6 +101,9 @@ impl Plan {
                 first_v4(&near.addresses)?,
             ))
         });
+        let upstream6 = t
+            .uplink_ends()
+            .and_then(|(near, far)| Some((first_v6(&far.addresses)?, first_v6(&near.addresses)?)));
         Ok(Plan {
             server_ip: first_v4(&server.addresses)
                 .context("server namespace has no IPv4 address")?,
@@ -108,6 +113,7 @@ impl Plan {
             bridged,
             server,
             upstream,
+            upstream6,
         })
     }
 
@@ -143,6 +149,9 @@ struct Tally {
     http6: u32,
     snat: u32,
     dnat: u32,
+    /// Through NAT66: masquerade and forward.
+    snat6: u32,
+    dnat6: u32,
 }
 
 /// One round of traffic; returns the status line.
@@ -184,6 +193,30 @@ fn round(p: &Plan, tally: &mut Tally) -> String {
             line +=
                 &format!("; HTTP {d} from {up_ns} -> http://{uplink_ip}:{port} (forward to {to})");
         }
+        if let Some((up6, uplink6)) = &p.upstream6 {
+            line += &nat66_round(p, tally, client, up_ns, up6, uplink6);
+        }
+    }
+    line
+}
+
+/// The NAT66 half of a round: the lab to upstream (masquerade) and
+/// upstream to the forwarded port, over IPv6.
+fn nat66_round(
+    p: &Plan,
+    tally: &mut Tally,
+    client: &str,
+    up_ns: &str,
+    up6: &str,
+    uplink6: &str,
+) -> String {
+    let s = curl(client, &format!("http://[{up6}]/"));
+    tally.snat6 += u32::from(s == "200");
+    let mut line = format!("\nNAT66: HTTP {s} from {client} -> http://[{up6}]/");
+    if let Some((port, _)) = &p.forward {
+        let d = curl(up_ns, &format!("http://[{uplink6}]:{port}/"));
+        tally.dnat6 += u32::from(d == "200");
+        line += &format!("; HTTP {d} from {up_ns} -> http://[{uplink6}]:{port}");
     }
     line
 }
@@ -273,6 +306,13 @@ fn summary(last: &stats::Snapshot, tally: &Tally) {
             c("dnat_new"),
             c("translated_out"),
             c("translated_in")
+        );
+        println!(
+            "demo nat66: HTTP 200 through NAT66 masquerade in {}, through an IPv6 forward in {}; {} NAT66 and {} DNAT66 sessions opened",
+            tally.snat6,
+            tally.dnat6,
+            c("snat6_new"),
+            c("dnat6_new")
         );
     }
 }
