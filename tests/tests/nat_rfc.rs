@@ -1084,8 +1084,9 @@ fn rfc4787_req6a_inbound_refresh_only_when_configured() {
     require_root!();
     let mut lab = Lab::netbridge("timeouts = { udp = 3, udp_replied = 3 }");
     // The inside socket stays open while upstream streams to it: a closed
-    // one would answer with ICMP port unreachable, outbound traffic that
-    // refreshes the mapping (RFC 7857 sec. 7.1, not met: README).
+    // one would answer with ICMP port unreachable (outbound errors no
+    // longer refresh a mapping, RFC 7857 sec. 7.1, but they would make the
+    // test about something else).
     let run = |lab: &mut Lab, sport: u16| -> bool {
         let ns = lab.ns("black");
         lab.sb.spawn(
