@@ -629,22 +629,14 @@ impl Datapath {
         .into_iter()
         .filter(|n| wanted(n))
         {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(BpfError::MissingProgram { name })?
-                .try_into()
-                .map_err(|e| prog_err(name, "-", e))?;
+            let prog: &mut SchedClassifier = program(&mut ebpf, name, "-")?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
         for name in [PROG_PORT_XDP, PROG_PEER_XDP]
             .into_iter()
             .filter(|n| wanted(n))
         {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(BpfError::MissingProgram { name })?
-                .try_into()
-                .map_err(|e| prog_err(name, "-", e))?;
+            let prog: &mut Xdp = program(&mut ebpf, name, "-")?;
             prog.load().map_err(|e| prog_err(name, "-", e))?;
         }
         if wanted(PROG_PORT_NAT) {
@@ -734,12 +726,7 @@ impl Datapath {
                 return Ok((path, false));
             }
         }
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(|e| prog_err(name, ifname, e))?;
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name, ifname)?;
         attach_filter(prog, ifname, live.is_some()).map_err(|e| prog_err(name, ifname, e))?;
         pin_prog(prog, &path, ifname)?;
         // Only now that the filter is in place: unpinning detaches the old
@@ -813,12 +800,7 @@ impl Datapath {
         } else {
             aya::programs::LinkOrder::default()
         };
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(|e| prog_err(name, ifname, e))?;
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name, ifname)?;
         let id: SchedClassifierLinkId = prog
             .attach_with_options(
                 ifname,
@@ -887,12 +869,7 @@ impl Datapath {
         if pinned && attached.is_some() && !self.reload {
             return Ok((path, false));
         }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(|e| prog_err(name, ifname, e))?;
+        let prog: &mut Xdp = program(&mut self.ebpf, name, ifname)?;
         if pinned && attached.is_some() {
             // Reload: the pinned link switches to the new program in one
             // step (BPF_LINK_UPDATE), no gap; the pin stays.
@@ -1043,6 +1020,22 @@ pub fn pinned_prog_id(path: &std::path::Path) -> Option<u32> {
 
 fn tc_err(name: &'static str, ifname: &str, e: std::io::Error) -> BpfError {
     prog_err(name, ifname, aya::programs::tc::TcError::IoError(e).into())
+}
+
+/// Program `name` of the object as its type (`SchedClassifier`, `Xdp`);
+/// errors name it and the interface it is for (`-`: none).
+pub(crate) fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    ifname: &str,
+) -> Result<&'a mut P, BpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram { name })?
+        .try_into()
+        .map_err(|e| prog_err(name, ifname, e))
 }
 
 fn prog_err(name: &'static str, ifname: &str, e: aya::programs::ProgramError) -> BpfError {

@@ -698,16 +698,7 @@ pub fn start_sweep(
     let path = pins.0.join(PROG_CT_CTL);
     if reload || !path.exists() {
         let name = PROG_CT_CTL;
-        let prog_err = |e| BpfError::Program {
-            name,
-            ifname: "-".into(),
-            source: Box::new(e),
-        };
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(prog_err)?;
+        let prog: &mut SchedClassifier = crate::bpf::program(ebpf, name, "-")?;
         let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| BpfError::Pin {
             what: format!("program {name}"),
             path: path.clone(),

@@ -2,6 +2,8 @@
 //! the forwards (`netbridge forward add|del`).
 use std::collections::HashMap;
 
+use ipnet::IpNet;
+
 use netbridge_common::{
     Fwd6Target, FwdTarget, MAX_FWD6, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH,
     NAT_MASQUERADE, NAT_SYN_DROP, NatConfig,
@@ -51,14 +53,7 @@ pub struct PortForward {
 /// The topology's forwards in datapath terms (target namespace's or
 /// attached port's first IPv4 address).
 pub fn forward_targets(t: &Topology, attached: &[Port]) -> Vec<FwdTarget> {
-    let ports = t.ports(attached);
-    let first_v4: HashMap<&str, _> = t
-        .namespaces
-        .iter()
-        .map(|n| (n.name.as_str(), &n.addresses))
-        .chain(ports.iter().map(|p| (p.name.as_str(), &p.addresses)))
-        .filter_map(|(n, a)| Some((n, ipv4s(a).next()?)))
-        .collect();
+    let first_v4 = target_addrs(t, attached, |a| ipv4s(a).next());
     t.forwards
         .iter()
         .filter_map(|f| {
@@ -81,14 +76,7 @@ pub fn forward_targets(t: &Topology, attached: &[Port]) -> Vec<FwdTarget> {
 /// attached port) has a global or ULA IPv6 address (its first); the rest
 /// are IPv4-only.
 pub fn forward_targets6(t: &Topology, attached: &[Port]) -> Vec<Fwd6Target> {
-    let ports = t.ports(attached);
-    let first_v6: HashMap<&str, _> = t
-        .namespaces
-        .iter()
-        .map(|n| (n.name.as_str(), &n.addresses))
-        .chain(ports.iter().map(|p| (p.name.as_str(), &p.addresses)))
-        .filter_map(|(n, a)| Some((n, crate::nat6::masquerade_addr(a)?)))
-        .collect();
+    let first_v6 = target_addrs(t, attached, crate::nat6::masquerade_addr);
     t.forwards
         .iter()
         .filter_map(|f| {
@@ -104,6 +92,22 @@ pub fn forward_targets6(t: &Topology, attached: &[Port]) -> Vec<Fwd6Target> {
             })
         })
         .take(MAX_FWD6 as usize)
+        .collect()
+}
+
+/// The address `pick` finds for each namespace and port (attached ones
+/// too) a forward may name, by name.
+fn target_addrs<A>(
+    t: &Topology,
+    attached: &[Port],
+    pick: impl Fn(&[IpNet]) -> Option<A>,
+) -> HashMap<String, A> {
+    let ports = t.ports(attached);
+    t.namespaces
+        .iter()
+        .map(|n| (&n.name, &n.addresses))
+        .chain(ports.iter().map(|p| (&p.name, &p.addresses)))
+        .filter_map(|(n, a)| Some((n.clone(), pick(a)?)))
         .collect()
 }
 
