@@ -40,6 +40,34 @@ pub fn ct_control(name: &str, cmd: netbridge_common::CtlCmd) -> std::io::Result<
 }
 
 /// Hand-built frames.
+/// Every NAT counter and drop reason of `dp`, by name.
+pub fn counters(dp: &netbridge::bpf::Datapath) -> std::collections::BTreeMap<String, u64> {
+    let nat = dp.maps.nat.counters().unwrap();
+    let drops = dp.maps.drop_stats().unwrap();
+    nat.into_iter()
+        .chain(drops)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Runs `f`; returns its result and the counters of `dp` that moved, by
+/// how much.
+pub fn moved<T>(
+    dp: &netbridge::bpf::Datapath,
+    f: impl FnOnce() -> T,
+) -> (T, std::collections::BTreeMap<String, u64>) {
+    let before = counters(dp);
+    let r = f();
+    let d = counters(dp)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let d = v - before[&k];
+            (d > 0).then_some((k, d))
+        })
+        .collect();
+    (r, d)
+}
+
 pub mod frame {
     pub const BROADCAST: [u8; 6] = [0xff; 6];
 

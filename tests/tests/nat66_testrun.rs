@@ -15,7 +15,7 @@ use netbridge_common::{
 };
 use netbridge_tests::{
     Sandbox, require_root,
-    testrun::{frame, run_out},
+    testrun::{self, frame, run_out},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -124,24 +124,9 @@ impl Lab {
         (r.retval, r.data[14..].to_vec())
     }
 
-    fn counters(&self) -> BTreeMap<String, u64> {
-        let nat = self.dp.maps.nat.counters().unwrap();
-        let drops = self.dp.maps.drop_stats().unwrap();
-        nat.into_iter()
-            .chain(drops)
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
-    }
-
+    /// Runs `f`, returns the counters that moved, by how much.
     fn moved<T>(&self, f: impl FnOnce() -> T) -> (T, BTreeMap<String, u64>) {
-        let before = self.counters();
-        let r = f();
-        let d = self
-            .counters()
-            .into_iter()
-            .filter_map(|(k, v)| (v > before[&k]).then(|| (k.clone(), v - before[&k])))
-            .collect();
-        (r, d)
+        testrun::moved(&self.dp, f)
     }
 }
 

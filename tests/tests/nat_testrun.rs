@@ -26,6 +26,7 @@ use netbridge_common::{
 use netbridge_tests::{
     Sandbox, require_root,
     testrun::{
+        self,
         pkt::{self, ACK, FIN, Ip, RST, SYN},
         run_out,
     },
@@ -156,29 +157,9 @@ impl Nat {
         self.run(self.port, &pkt::frame(MAC_GW, mac, ip))
     }
 
-    /// Every NAT counter and drop reason, by name.
-    fn counters(&self) -> BTreeMap<String, u64> {
-        let nat = self.dp.maps.nat.counters().unwrap();
-        let drops = self.dp.maps.drop_stats().unwrap();
-        nat.into_iter()
-            .chain(drops)
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
-    }
-
     /// Runs `f`, returns the counters that moved, by how much.
     fn moved<T>(&self, f: impl FnOnce() -> T) -> (T, BTreeMap<String, u64>) {
-        let before = self.counters();
-        let r = f();
-        let after = self.counters();
-        let d = after
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let d = v - before[&k];
-                (d > 0).then_some((k, d))
-            })
-            .collect();
-        (r, d)
+        testrun::moved(&self.dp, f)
     }
 
     /// Runs `f`: its packet must pass intact (checksums valid) with no
