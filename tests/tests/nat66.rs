@@ -101,9 +101,17 @@ fn pcap_path(lab: &mut NatLab, name: &str) -> String {
     format!("{dir}/{name}.pcap")
 }
 
-/// Source addresses of the IPv6 packets in `pcap`, one per packet.
+/// Source addresses of the IPv6 packets in `pcap`, one per packet
+/// (Neighbor Discovery left out).
 fn sources(lab: &NatLab, ns: &str, pcap: &str) -> Vec<String> {
-    let out = lab.sh(ns, &format!("tshark -r {pcap} -T fields -e ipv6.src"));
+    // Neighbor Discovery (ICMPv6 133-137) is the capturing link's own
+    // business, sent from link-local addresses whenever a neighbour entry
+    // needs it; it is never routed, so never translated.
+    let nd = "icmpv6.type >= 133 and icmpv6.type <= 137";
+    let out = lab.sh(
+        ns,
+        &format!("tshark -r {pcap} -Y 'not ({nd})' -T fields -e ipv6.src"),
+    );
     out.lines().map(|l| l.trim().to_string()).collect()
 }
 
