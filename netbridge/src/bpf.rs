@@ -29,7 +29,7 @@ use crate::nat::NatMaps;
 // The pin layer, re-exported where callers have always found it.
 pub use crate::pins::{
     BPFFS_ROOT, BpfError, HOOK_TC_INGRESS, HOOK_UPLINK_IN, HOOK_UPLINK_OUT, HOOK_XDP, MapSource,
-    PinDir, ensure_bpffs, is_bpffs, map_err, monotonic_ns,
+    PinDir, ensure_bpffs, is_bpffs, map_err, monotonic_ns, unpin_link,
 };
 
 /// The eBPF object built by build.rs (see xtask/src/ebpf_build.rs).
@@ -729,9 +729,9 @@ impl Datapath {
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name, ifname)?;
         attach_filter(prog, ifname, live.is_some()).map_err(|e| prog_err(name, ifname, e))?;
         pin_prog(prog, &path, ifname)?;
-        // Only now that the filter is in place: unpinning detaches the old
-        // link, and the filter, run by nothing before, takes every packet.
-        let _ = fs::remove_file(&tcx);
+        // Only now that the filter is in place: the old link goes, and the
+        // filter, run by nothing before, takes every packet.
+        unpin_link(&tcx);
         Ok((path, true))
     }
 
@@ -759,7 +759,7 @@ impl Datapath {
         for (hook, ifname, path) in self.pins.links() {
             if (hook == HOOK_UPLINK_IN || hook == HOOK_UPLINK_OUT)
                 && Some(ifname.as_str()) != keep
-                && fs::remove_file(path).is_ok()
+                && unpin_link(&path)
                 && !gone.contains(&ifname)
             {
                 gone.push(ifname);
@@ -904,7 +904,7 @@ impl Datapath {
     pub fn detach_port_tc(&self, ifname: &str) -> Result<bool, BpfError> {
         let path = self.pins.filter(ifname, HOOK_TC_INGRESS);
         let tcx = self.pins.link(ifname, HOOK_TC_INGRESS);
-        let pinned = fs::remove_file(path).is_ok() | fs::remove_file(tcx).is_ok();
+        let pinned = fs::remove_file(path).is_ok() | unpin_link(&tcx);
         let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname) else {
             return Ok(pinned);
         };
@@ -915,7 +915,7 @@ impl Datapath {
 
     /// Detaches an XDP link pinned under `pin_key` (switching back to TC).
     pub fn detach_xdp(&self, pin_key: &str) -> bool {
-        fs::remove_file(self.pins.link(pin_key, HOOK_XDP)).is_ok()
+        unpin_link(&self.pins.link(pin_key, HOOK_XDP))
     }
 }
 

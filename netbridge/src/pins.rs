@@ -4,6 +4,7 @@
 //! this module and never on each other.
 use std::{
     fs, io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -151,13 +152,84 @@ impl PinDir {
             })
             .collect()
     }
-    /// Removes every pin (maps and links) and the directory itself.
+    /// Removes every pin (maps and links) and the directory itself, each
+    /// link detached first (see [`unpin_link`]).
     pub fn remove(&self) -> io::Result<()> {
+        for (_, _, path) in self.links() {
+            unpin_link(&path);
+        }
         match fs::remove_dir_all(&self.0) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
         }
     }
+}
+
+/// Removes the link pin at `path`, detaching the link first; returns
+/// whether a pin was there. Removing the pin alone detaches only when bpffs
+/// frees the inode, after an RCU grace period and from a workqueue: until
+/// then the old program still runs beside its replacement, and a query
+/// right after the switch still lists it (seen in CI).
+pub fn unpin_link(path: &Path) -> bool {
+    if let Ok(fd) = obj_get(path) {
+        // A link whose interface is gone is defunct already: nothing to do.
+        let _ = link_detach(fd.as_fd());
+    }
+    fs::remove_file(path).is_ok()
+}
+
+/// BPF_OBJ_GET: an fd of the object pinned at `path`.
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `attr` points at `c`, a NUL-terminated path alive for the
+    // call; the kernel only reads `attr` and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_LINK_DETACH: detaches `link` now, whoever else holds it (pins,
+/// fds); they keep a defunct link.
+fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let attr: u32 = link.as_raw_fd() as u32;
+    // SAFETY: `attr` is the 4-byte `link_detach` member of union bpf_attr
+    // (the link fd); the kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &attr as *const u32,
+            std::mem::size_of::<u32>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads, so the one

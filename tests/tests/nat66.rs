@@ -104,13 +104,14 @@ fn pcap_path(lab: &mut NatLab, name: &str) -> String {
 /// Source addresses of the IPv6 packets in `pcap`, one per packet
 /// (Neighbor Discovery left out).
 fn sources(lab: &NatLab, ns: &str, pcap: &str) -> Vec<String> {
-    // Neighbor Discovery (ICMPv6 133-137) is the capturing link's own
-    // business, sent from link-local addresses whenever a neighbour entry
-    // needs it; it is never routed, so never translated.
-    let nd = "icmpv6.type >= 133 and icmpv6.type <= 137";
+    // Link-local sources are the capturing link's own business (Neighbor
+    // Discovery, MLD reports: both seen in CI captures, at moments the
+    // kernel picks); a router never forwards them (RFC 4291 sec. 2.5.6),
+    // so they are never translated traffic. A leaked lab source would be
+    // a ULA, still listed.
     let out = lab.sh(
         ns,
-        &format!("tshark -r {pcap} -Y 'not ({nd})' -T fields -e ipv6.src"),
+        &format!("tshark -r {pcap} -Y 'not ipv6.src == fe80::/10' -T fields -e ipv6.src"),
     );
     out.lines().map(|l| l.trim().to_string()).collect()
 }

@@ -455,7 +455,7 @@ fn detach(host: &Netns, pins: &PinDir, p: &Port) -> Result<Vec<String>> {
         (p.host_ifname.clone(), bpf::HOOK_XDP),
         (peer_key(p), bpf::HOOK_XDP),
     ] {
-        if std::fs::remove_file(pins.link(&ifname, hook)).is_ok() {
+        if bpf::unpin_link(&pins.link(&ifname, hook)) {
             changes.push(format!("detached {hook} program of {ifname}"));
         }
     }
