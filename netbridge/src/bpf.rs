@@ -619,26 +619,7 @@ impl Datapath {
                     && nat_slot_empty
                     && programs.contains(&PROG_PORT_INGRESS))
         };
-        for name in [
-            PROG_PORT_INGRESS,
-            PROG_PORT_NAT,
-            PROG_UPLINK_INGRESS,
-            PROG_UPLINK_EGRESS,
-            netbridge_common::PROG_CT_CTL,
-        ]
-        .into_iter()
-        .filter(|n| wanted(n))
-        {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name, "-")?;
-            prog.load().map_err(|e| prog_err(name, "-", e))?;
-        }
-        for name in [PROG_PORT_XDP, PROG_PEER_XDP]
-            .into_iter()
-            .filter(|n| wanted(n))
-        {
-            let prog: &mut Xdp = program(&mut ebpf, name, "-")?;
-            prog.load().map_err(|e| prog_err(name, "-", e))?;
-        }
+        load_parallel(&mut ebpf, &wanted)?;
         if wanted(PROG_PORT_NAT) {
             let fd =
                 MapSource::program_fd(&ebpf, PROG_PORT_NAT).ok_or(BpfError::MissingProgram {
@@ -812,6 +793,55 @@ impl Datapath {
         pin_link(link, &path, &format!("TC link on {ifname}"), replacing)?;
         Ok((path, true))
     }
+}
+
+/// Loads the programs `wanted` says, each on its own thread: the verifier
+/// is most of an `up`'s critical path, and each load is one syscall on one
+/// core (a bridged topology's nb_port_ingress and nb_port_nat verify side
+/// by side instead of one after the other).
+fn load_parallel(ebpf: &mut Ebpf, wanted: &dyn Fn(&str) -> bool) -> Result<(), BpfError> {
+    const TC: [&str; 5] = [
+        PROG_PORT_INGRESS,
+        PROG_PORT_NAT,
+        PROG_UPLINK_INGRESS,
+        PROG_UPLINK_EGRESS,
+        netbridge_common::PROG_CT_CTL,
+    ];
+    const XDP: [&str; 2] = [PROG_PORT_XDP, PROG_PEER_XDP];
+    let mut todo: Vec<(&'static str, &mut aya::programs::Program)> = Vec::new();
+    for (name, prog) in ebpf.programs_mut() {
+        if let Some(n) = TC.iter().chain(&XDP).find(|n| **n == name && wanted(n)) {
+            todo.push((n, prog));
+        }
+    }
+    for n in TC.iter().chain(&XDP).filter(|n| wanted(n)) {
+        if !todo.iter().any(|(t, _)| t == n) {
+            return Err(BpfError::MissingProgram { name: n });
+        }
+    }
+    std::thread::scope(|s| {
+        let threads: Vec<_> = todo
+            .into_iter()
+            .map(|(name, prog)| s.spawn(move || load_one(name, prog)))
+            .collect();
+        // Every thread joined before the first error is returned.
+        let results: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        results.into_iter().collect()
+    })
+}
+
+/// Loads one TC or XDP program of the object.
+fn load_one(name: &'static str, prog: &mut aya::programs::Program) -> Result<(), BpfError> {
+    use aya::programs::Program;
+    let r = match prog {
+        Program::SchedClassifier(p) => p.load(),
+        Program::Xdp(p) => p.load(),
+        _ => return Err(BpfError::MissingProgram { name }),
+    };
+    r.map_err(|e| prog_err(name, "-", e))
 }
 
 /// Pins `link` at `path` so it outlives this process. `replacing`: a link
