@@ -10,6 +10,7 @@
 //! programs before their IPv4 parse: its stack is a chain of its own.
 pub mod ct;
 pub mod fwd;
+pub mod hairpin;
 pub mod icmp;
 pub mod packet;
 
@@ -34,6 +35,12 @@ fn config() -> Option<&'static Nat6Config> {
         .filter(|c| c.flags & NAT6_MASQUERADE != 0)
 }
 
+/// Is NAT66 on (the port program's hairpin hook wants IPv6 frames)?
+#[inline(always)]
+pub fn enabled() -> bool {
+    config().is_some()
+}
+
 /// A result as a BPF function returns it: the TC action, or a drop reason
 /// negated (no enum crosses a call).
 #[inline(always)]
@@ -51,6 +58,16 @@ fn decode(r: i64) -> Result<i32, u32> {
     } else {
         Ok(r as i32)
     }
+}
+
+/// The bridge-port hook of an IPv6 frame to the gateway (Hairpin66):
+/// where to send it, if anywhere but on (see [`hairpin`]).
+#[inline(always)]
+pub fn port_hook(ctx: &TcContext) -> Result<Option<crate::nat::Hook>, u32> {
+    Ok(match decode(hairpin::port_hook(ctx))? {
+        0 => None,
+        out => Some(crate::nat::Hook::Peer(out as u32)),
+    })
 }
 
 /// Uplink egress of an IPv6 packet (the caller checked the ethertype).
