@@ -4,8 +4,9 @@
 //! expiry in the kernel, no ULA source ever leaving, and ICMPv6 errors
 //! (Packet Too Big, Time Exceeded, Port Unreachable) translated back;
 //! IPv6 port forwards (DNAT66) from upstream, edited live; Hairpin66 of
-//! forwards and of SNAT66 mappings between lab hosts; the dual-stack
-//! example (examples/nat-lab-dual-stack.toml) both ways.
+//! forwards and of SNAT66 mappings between lab hosts; the NAT66 fast path
+//! and what it leaves to the kernel; the dual-stack example
+//! (examples/nat-lab-dual-stack.toml) both ways.
 //!
 //! The lab: black (fd00:77::10) and white (fd00:77::20) on a bridge
 //! (fd00:77::1/64) in a host namespace whose uplink (2001:db8:1::1) faces
@@ -754,5 +755,143 @@ fn hairpin66_snat_mapping_udp_source_is_external_mapping() {
         "black: {black:?} (from-white must have been filtered)"
     );
     assert_eq!(lab.counter("translated6_hairpin"), 2);
+    lab.down_clean();
+}
+
+/// IPv6 datagrams the host namespace's kernel forwarded
+/// (Ip6OutForwDatagrams).
+fn forwarded6(lab: &NatLab) -> u64 {
+    let out = lab.sh("gw", "cat /proc/net/snmp6");
+    out.lines()
+        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no Ip6OutForwDatagrams in {out}"))
+}
+
+/// Hop limits of the IPv6 packets from `src` in `pcap`.
+fn hop_limits(lab: &NatLab, ns: &str, pcap: &str, src: &str) -> Vec<String> {
+    let out = lab.sh(
+        ns,
+        &format!("tshark -r {pcap} -Y 'ipv6.src == {src}' -T fields -e ipv6.hlim"),
+    );
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// The NAT66 fast path (`fast_path = true`, the default): after the first
+/// packet of each session (ping -6, curl -6, UDP), the kernel forwards
+/// nothing (Ip6OutForwDatagrams), `fast_path_out`/`fast_path_in` count
+/// the rest, every checksum is good and the hop limit went down by one at
+/// the NAT (64 sent, 62 after it and the router) on both sides.
+#[test]
+fn fast_path66_skips_the_kernel_with_valid_checksums() {
+    require_root!();
+    let mut lab = lab66("");
+    offload_off(
+        &lab,
+        &[
+            ("black", "eth0"),
+            ("server", "eth0"),
+            ("router", "eth0"),
+            ("router", "eth1"),
+        ],
+    );
+    let p = "8080".to_string();
+    lab.spawn(
+        "server",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("server", "tcp", 8080);
+    udp6_echo(&mut lab, 7, 0);
+    let (pcap_s, pcap_b) = (pcap_path(&mut lab, "server"), pcap_path(&mut lab, "black"));
+    let filter = "ip6 and not icmp6[0] >= 133";
+    let ns = lab.ns("server");
+    let dump_s = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap_s, filter], None);
+    let ns = lab.ns("black");
+    let dump_b = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap_b, filter], None);
+    let (out0, in0, fwd0) = (
+        lab.counter("fast_path_out"),
+        lab.counter("fast_path_in"),
+        forwarded6(&lab),
+    );
+
+    lab.sh("black", &format!("ping -6 -c 10 -i 0.2 -W 2 {SERVER6}"));
+    assert_eq!(
+        lab.curl("black", &format!("http://[{SERVER6}]:8080/")),
+        "200"
+    );
+    let r = udp6_probe(&lab, "black", 2, &["43800:7"]);
+    assert_eq!(
+        r["43800:7"].as_str(),
+        Some(format!("server [{UPLINK6}]:43800").as_str()),
+        "{r}"
+    );
+    let (out1, in1, fwd1) = (
+        lab.counter("fast_path_out"),
+        lab.counter("fast_path_in"),
+        forwarded6(&lab),
+    );
+    lab.sb.stop_tcpdump(dump_s);
+    lab.sb.stop_tcpdump(dump_b);
+
+    // The kernel forwarded each session's first packet (the echo request,
+    // the SYN, the datagram; a retransmission would find its session), the
+    // fast path the rest: out, 9 echo requests and every TCP segment but
+    // the SYN (3 or more); in, 10 echo replies, the TCP segments (3 or
+    // more) and the UDP answer.
+    let (fast_out, fast_in, kernel) = (out1 - out0, in1 - in0, fwd1 - fwd0);
+    assert_eq!(
+        kernel, 3,
+        "kernel-forwarded: {kernel} (fast {fast_out}/{fast_in})"
+    );
+    assert!(fast_out >= 9 + 3, "fast path out: {fast_out}");
+    assert!(fast_in > 10 + 3, "fast path in: {fast_in}");
+    let srcs = sources(&lab, "server", &pcap_s);
+    assert!(
+        srcs.iter().all(|s| s == UPLINK6 || s == SERVER6),
+        "{srcs:?}"
+    );
+    for (ns, pcap, src) in [("server", &pcap_s, UPLINK6), ("black", &pcap_b, SERVER6)] {
+        let hops = hop_limits(&lab, ns, pcap, src);
+        assert!(hops.len() >= 14, "{ns}: {hops:?}");
+        assert!(hops.iter().all(|h| h == "62"), "{ns}: {hops:?}");
+        let good = checksums_good(&lab, ns, pcap);
+        assert!(good.iter().all(|&g| g >= 1), "{ns}: checked {good:?}");
+        assert!(good[0] >= 6 && good[2] >= 20, "{ns}: checked {good:?}");
+    }
+    lab.down_clean();
+}
+
+/// On an established session, the packets the fast path must leave to the
+/// kernel: hop limit 1 (Time Exceeded from the gateway, not from the
+/// router beyond it) and too big for the uplink (Packet Too Big from the
+/// gateway with the uplink's MTU, 1280; the lab host learns it).
+#[test]
+fn fast_path66_leaves_hop_limit_and_mtu_to_the_kernel() {
+    require_root!();
+    let mut lab = lab66("");
+    udp6_echo(&mut lab, 7, 0);
+    lab.sh("gw", "ip link set uplink0 mtu 1280");
+    lab.sh("router", "ip link set eth0 mtu 1280");
+    let out = lab.sh(
+        "black",
+        &format!("python3 {} {SERVER6} 7 43900 1400", script("udp6_edges.py")),
+    );
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        r["reply"].as_str(),
+        Some(format!("server [{UPLINK6}]:43900").as_str()),
+        "{r}"
+    );
+    // ICMPv6 type 3: Time Exceeded; type 2: Packet Too Big (info: MTU).
+    assert_eq!(r["hop1"], serde_json::json!([3, 0, "fd00:77::1"]), "{r}");
+    assert_eq!(r["big"], serde_json::json!([2, 1280, "fd00:77::1"]), "{r}");
+    let route = lab.sh("black", &format!("ip -6 route get {SERVER6}"));
+    assert!(route.contains("mtu 1280"), "PMTU not learned: {route}");
+    // Positive control: the session's ordinary packets took the fast path.
+    assert!(lab.counter("fast_path_in") >= 1);
     lab.down_clean();
 }
