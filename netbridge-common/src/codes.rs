@@ -225,6 +225,10 @@ code_table! {
         25 Expired6 EXPIRED6 "expired6",
         /// New NAT66 port-forward (DNAT66) sessions.
         26 Dnat6New DNAT6_NEW "dnat6_new",
+        /// IPv6 packets from a lab host to the uplink's IPv6 address
+        /// hairpinned on the bridge port to another lab host (Hairpin66:
+        /// both the sender's and the receiver's session applied).
+        27 Xlate6Hairpin XLATE6_HAIRPIN "translated6_hairpin",
     }
 }
 
@@ -245,7 +249,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Dnat6New.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Xlate6Hairpin.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

@@ -74,10 +74,7 @@ fn try_port_ingress(ctx: &mut TcContext) -> Result<i32, u32> {
     let bridge = bridge::config();
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge)?;
     policy::check(flags, ifindex, &eth, start, end, &verdict, v6.as_ref())?;
-    if let L3::Ipv4 = eth.l3
-        && !tagged
-        && wants_nat(eth.dst, bridge.gateway)
-    {
+    if !tagged && wants_nat(&eth.l3, eth.dst, bridge.gateway) {
         // The NAT part runs as its own program: bridged frames never pay
         // for it, and neither program's stack or verification has to hold
         // both. It finishes with `verdict` if the frame is not for NAT.
@@ -113,11 +110,18 @@ fn l3_checks(
     }
 }
 
-/// May the NAT port hook want this IPv4 frame (to `dst`)? Only routed
-/// frames, to the gateway, can need translating, except hairpin replies,
-/// which a forward's target sends on-link to the client's MAC.
+/// May the NAT port hook want this frame (`l3`, to `dst`)? Only routed
+/// frames, to the gateway, can need translating, except IPv4 hairpin
+/// replies, which a forward's target sends on-link to the client's MAC.
+/// IPv6 (NAT66 hairpin): routed frames only, the target seeing the
+/// uplink's address.
 #[inline(always)]
-fn wants_nat(dst: Mac, gateway: Mac) -> bool {
+fn wants_nat(l3: &L3, dst: Mac, gateway: Mac) -> bool {
+    match l3 {
+        L3::Ipv4 => {}
+        L3::Ipv6 => return dst == gateway && nat6::enabled(),
+        _ => return false,
+    }
     match nat::config() {
         // Masquerade: SNAT hairpin (a lab host to another's mapping).
         Some(c) => {
@@ -181,9 +185,10 @@ impl Pass {
     }
 }
 
-/// NAT on a bridge port, tail-called by nb_port_ingress for IPv4 frames
-/// that may need it (see `wants_nat`): hairpin, and the fast path of
-/// established sessions; anything else finishes with the bridging verdict.
+/// NAT on a bridge port, tail-called by nb_port_ingress for frames that
+/// may need it (see `wants_nat`): hairpin (IPv4 and IPv6), and the fast
+/// path of established IPv4 sessions; anything else finishes with the
+/// bridging verdict.
 #[classifier]
 pub fn nb_port_nat(ctx: TcContext) -> i32 {
     let r = try_port_nat(&ctx);
@@ -196,8 +201,13 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len() as u64;
     let (slot, verdict) = Pass::read(ctx);
-    // Tail-called for untagged frames only: IPv4 right after Ethernet.
-    let Some(hook) = nat::port_hook(ctx, ETH_HLEN)? else {
+    // Tail-called for untagged frames only: IP right after Ethernet.
+    let hook = if nat6::packet::is_ipv6(ctx) {
+        nat6::port_hook(ctx)?
+    } else {
+        nat::port_hook(ctx, ETH_HLEN)?
+    };
+    let Some(hook) = hook else {
         return Ok(finish(ctx, ifindex, slot, verdict, len));
     };
     stats::count_redirected(stats::counters(ifindex, slot));

@@ -2,7 +2,7 @@
 //! fast path (redirect) and the kernel path (routed via the gateway, or ARP)
 //! alike. Broadcast and multicast other than ARP are not filtered.
 use aya_ebpf::{macros::map, maps::HashMap};
-use netbridge_common::{MAX_PORT_IPV6, MAX_PORTS, PORT_ISOLATED, PolicyKey, drop_reason};
+use netbridge_common::{In6, MAX_PORT_IPV6, MAX_PORTS, PORT_ISOLATED, PolicyKey, drop_reason};
 
 use crate::{
     bridge::Verdict,
@@ -15,6 +15,16 @@ static NB_POLICY: HashMap<PolicyKey, u32> = HashMap::pinned(MAX_PORTS * 4, 0);
 
 #[map]
 static NB_HOSTS6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_PORTS * MAX_PORT_IPV6 as u32, 0);
+
+/// The port of the lab host with IPv6 address `a` (NAT66 hairpin).
+#[inline(always)]
+pub fn host6(a: &In6) -> Option<u32> {
+    // SAFETY: `In6` is 16 bytes of plain words: viewed as its bytes, the
+    // map's key (wire order both).
+    let k = unsafe { &*(a as *const In6 as *const [u8; 16]) };
+    // SAFETY: a copy of the value is taken right away.
+    unsafe { NB_HOSTS6.get(k) }.copied()
+}
 
 /// The port of the lab host an IPv6 frame is for: the target of Neighbor
 /// Solicitations and Advertisements, else the destination address.

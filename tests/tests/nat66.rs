@@ -3,13 +3,17 @@
 //! checked by tshark upstream), distinct mappings for equal source ports,
 //! expiry in the kernel, no ULA source ever leaving, and ICMPv6 errors
 //! (Packet Too Big, Time Exceeded, Port Unreachable) translated back;
-//! IPv6 port forwards (DNAT66) from upstream, edited live; the
-//! dual-stack example (examples/nat-lab-dual-stack.toml) both ways.
+//! IPv6 port forwards (DNAT66) from upstream, edited live; Hairpin66 of
+//! forwards and of SNAT66 mappings between lab hosts; the NAT66 fast path
+//! and what it leaves to the kernel; the dual-stack example
+//! (examples/nat-lab-dual-stack.toml) both ways.
 //!
 //! The lab: black (fd00:77::10) and white (fd00:77::20) on a bridge
 //! (fd00:77::1/64) in a host namespace whose uplink (2001:db8:1::1) faces
 //! a router (2001:db8:1::fe), behind which sits a server (2001:db8:2::10).
 //! The router has no route to fd00::/8: only translated traffic comes back.
+use std::{path::Path, time::Duration};
+
 use netbridge_tests::{Sandbox, example, natlab::NatLab, require_root, script};
 use serde_json::Value;
 
@@ -570,5 +574,324 @@ fn dual_stack_example_both_ways() {
         assert_eq!(lab.curl("upstream", url), "200", "{url}");
     }
     assert!(lab.counter("dnat6_new") >= 2);
+    lab.down_clean();
+}
+
+/// The NAT66 session (`conntrack --json` `sessions6`) of `inside` toward
+/// `remote`.
+fn session6(lab: &NatLab, inside: &str, remote: &str) -> Option<Value> {
+    let ct = lab.conntrack();
+    ct["sessions6"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["inside"] == inside && s["remote"] == remote)
+        })
+        .cloned()
+}
+
+/// Hairpin66 of forwards: lab hosts reach the IPv6 forwards on the
+/// uplink's IPv6 address (TCP, a range port, UDP), and the target sees the
+/// sender's external address and port, the uplink's address and the
+/// sender's SNAT66 mapping (RFC 4787 REQ-9 a, RFC 5382 REQ-8); checksums
+/// good at the target, where the sender's own address never shows.
+#[test]
+fn hairpin66_forwards_tcp_range_udp_source_is_external_mapping() {
+    require_root!();
+    let mut lab = lab_fwd66();
+    offload_off(&lab, &[("black", "eth0"), ("white", "eth0")]);
+    let p = "8000".to_string();
+    lab.spawn(
+        "white",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("white", "tcp", 8000);
+    let argv = [
+        "python3",
+        &script("tcp_whoami.py"),
+        "server",
+        "8001",
+        "120",
+        "::",
+    ];
+    lab.spawn("white", &argv);
+    lab.wait_listen("white", "tcp", 8001);
+    let argv = ["python3", &script("udp6_echo.py"), "7", "black", "120", "0"];
+    lab.spawn("black", &argv);
+    lab.wait_listen("black", "udp", 7);
+    let pcap = pcap_path(&mut lab, "white");
+    let ns = lab.ns("white");
+    let filter = "ip6 and not icmp6[0] >= 133";
+    let dump = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap, filter], None);
+
+    assert_eq!(
+        lab.curl("black", &format!("http://[{UPLINK6}]:8080/")),
+        "200"
+    );
+    // The range (9001 -> white:8001): white tells who it sees.
+    let who = lab.sh(
+        "black",
+        &format!(
+            "python3 {} client fd00:77::10 43600 {UPLINK6} 9001",
+            script("tcp_whoami.py")
+        ),
+    );
+    assert_eq!(who.trim(), format!("{UPLINK6}:43600"), "white saw {who}");
+    // From the forward's own port: the mapping may not keep it (the key of
+    // its way back would be a packet from 9001 to 9001, the sender's).
+    let who = lab.sh(
+        "black",
+        &format!(
+            "python3 {} client fd00:77::10 9001 {UPLINK6} 9001",
+            script("tcp_whoami.py")
+        ),
+    );
+    let seen = who.trim().strip_prefix(&format!("{UPLINK6}:"));
+    assert!(seen.is_some_and(|p| p != "9001"), "white saw {who}");
+    // UDP from white to black's forward: black sees white's mapping.
+    let out = lab.sh(
+        "white",
+        &format!("python3 {} {UPLINK6} 2 43601:5353", script("udp6_probe.py")),
+    );
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        r["43601:5353"].as_str(),
+        Some(format!("black [{UPLINK6}]:43601").as_str()),
+        "{r}"
+    );
+    lab.sb.stop_tcpdump(dump);
+
+    // Both sessions of the range connection: the sender's SNAT66 one
+    // toward the forward, the forward's DNAT66 one from that mapping.
+    let (up, fd10) = (format!("[{UPLINK6}]"), "[fd00:77::10]");
+    let snat = session6(&lab, &format!("{fd10}:43600"), &format!("{up}:9001"))
+        .unwrap_or_else(|| panic!("no SNAT66 session: {}", lab.conntrack()));
+    assert_eq!(snat["external"], format!("{up}:43600").as_str(), "{snat}");
+    let dnat = session6(&lab, "[fd00:77::20]:8001", &format!("{up}:43600"))
+        .unwrap_or_else(|| panic!("no DNAT66 session: {}", lab.conntrack()));
+    assert_eq!(dnat["external"], format!("{up}:9001").as_str(), "{dnat}");
+    // The SYN and each later packet of four TCP connections and a UDP
+    // exchange, both ways.
+    assert!(lab.counter("translated6_hairpin") >= 10);
+    assert!(lab.counter("dnat6_new") >= 4);
+    let srcs = sources(&lab, "white", &pcap);
+    assert!(srcs.iter().any(|s| s == UPLINK6), "{srcs:?}");
+    assert!(srcs.iter().all(|s| s != "fd00:77::10"), "{srcs:?}");
+    let good = checksums_good(&lab, "white", &pcap);
+    assert!(good[0] >= 10 && good[1] >= 2, "checked {good:?}");
+    lab.down_clean();
+}
+
+/// Hairpin66 of SNAT66 mappings, as peers punch holes (RFC 4787 REQ-9,
+/// REQ-9 a): white (port 41000) sends to black's external [uplink]:42000
+/// first (no session of black's answers it: dropped as `nat_filtered`,
+/// black's socket must not see it), then black sends to white's
+/// [uplink]:41000: white receives it from black's external mapping (the
+/// uplink's address, port 42000), answers, and black gets the answer from
+/// white's external mapping.
+#[test]
+fn hairpin66_snat_mapping_udp_source_is_external_mapping() {
+    require_root!();
+    let mut lab = lab66("");
+    let dir = lab.sb.tmp_file("hp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let peers = [
+        ("black", "fd00:77::10", "42000", "41000", "from-black"),
+        ("white", "fd00:77::20", "41000", "42000", "from-white"),
+    ];
+    for (role, ip, port, dport, msg) in peers {
+        let (out, go) = (f(role), f(&format!("{role}.go")));
+        let peer = script("udp_hairpin_peer.py");
+        let argv = [
+            "python3", &peer, ip, port, &out, &go, UPLINK6, dport, msg, "60",
+        ];
+        lab.spawn(role, &argv);
+    }
+    let ready = Sandbox::wait_for(Duration::from_secs(10), || {
+        (Path::new(&f("black.ready")).exists() && Path::new(&f("white.ready")).exists())
+            .then_some(())
+    });
+    assert!(ready.is_some(), "peers not ready");
+    let filtered = lab.counter("nat_filtered");
+    std::fs::write(f("white.go"), "").unwrap();
+    let up = format!("[{UPLINK6}]");
+    let white_out = format!("{up}:42000");
+    let punched = Sandbox::wait_for(Duration::from_secs(10), || {
+        session6(&lab, "[fd00:77::20]:41000", &white_out)
+    });
+    assert!(punched.is_some(), "white's session: {}", lab.conntrack());
+    assert_eq!(lab.counter("nat_filtered"), filtered + 1);
+    std::fs::write(f("black.go"), "").unwrap();
+    let read = |role: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(f(role)).unwrap_or_default();
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["received"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let answered = Sandbox::wait_for(Duration::from_secs(10), || {
+        let b = read("black");
+        (!b.is_empty()).then_some(b)
+    });
+    for role in ["black", "white"] {
+        std::fs::write(f(&format!("{role}.stop")), "").unwrap();
+    }
+    let (black, white) = (answered.unwrap_or_default(), read("white"));
+    let black_map = session6(&lab, "[fd00:77::10]:42000", &format!("{up}:41000"))
+        .expect("black's session toward white's mapping");
+    let white_map = session6(&lab, "[fd00:77::20]:41000", &white_out).unwrap();
+    assert_eq!(black_map["external"], format!("{up}:42000").as_str());
+    assert_eq!(
+        white,
+        vec![serde_json::json!(["from-black", black_map["external"]])],
+        "white: {white:?}, black's mapping {black_map}"
+    );
+    assert_eq!(
+        black,
+        vec![serde_json::json!(["re:from-black", white_map["external"]])],
+        "black: {black:?} (from-white must have been filtered)"
+    );
+    assert_eq!(lab.counter("translated6_hairpin"), 2);
+    lab.down_clean();
+}
+
+/// IPv6 datagrams the host namespace's kernel forwarded
+/// (Ip6OutForwDatagrams).
+fn forwarded6(lab: &NatLab) -> u64 {
+    let out = lab.sh("gw", "cat /proc/net/snmp6");
+    out.lines()
+        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no Ip6OutForwDatagrams in {out}"))
+}
+
+/// Hop limits of the IPv6 packets from `src` in `pcap`.
+fn hop_limits(lab: &NatLab, ns: &str, pcap: &str, src: &str) -> Vec<String> {
+    let out = lab.sh(
+        ns,
+        &format!("tshark -r {pcap} -Y 'ipv6.src == {src}' -T fields -e ipv6.hlim"),
+    );
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// The NAT66 fast path (`fast_path = true`, the default): after the first
+/// packet of each session (ping -6, curl -6, UDP), the kernel forwards
+/// nothing (Ip6OutForwDatagrams), `fast_path_out`/`fast_path_in` count
+/// the rest, every checksum is good and the hop limit went down by one at
+/// the NAT (64 sent, 62 after it and the router) on both sides.
+#[test]
+fn fast_path66_skips_the_kernel_with_valid_checksums() {
+    require_root!();
+    let mut lab = lab66("");
+    offload_off(
+        &lab,
+        &[
+            ("black", "eth0"),
+            ("server", "eth0"),
+            ("router", "eth0"),
+            ("router", "eth1"),
+        ],
+    );
+    let p = "8080".to_string();
+    lab.spawn(
+        "server",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("server", "tcp", 8080);
+    udp6_echo(&mut lab, 7, 0);
+    let (pcap_s, pcap_b) = (pcap_path(&mut lab, "server"), pcap_path(&mut lab, "black"));
+    let filter = "ip6 and not icmp6[0] >= 133";
+    let ns = lab.ns("server");
+    let dump_s = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap_s, filter], None);
+    let ns = lab.ns("black");
+    let dump_b = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap_b, filter], None);
+    let (out0, in0, fwd0) = (
+        lab.counter("fast_path_out"),
+        lab.counter("fast_path_in"),
+        forwarded6(&lab),
+    );
+
+    lab.sh("black", &format!("ping -6 -c 10 -i 0.2 -W 2 {SERVER6}"));
+    assert_eq!(
+        lab.curl("black", &format!("http://[{SERVER6}]:8080/")),
+        "200"
+    );
+    let r = udp6_probe(&lab, "black", 2, &["43800:7"]);
+    assert_eq!(
+        r["43800:7"].as_str(),
+        Some(format!("server [{UPLINK6}]:43800").as_str()),
+        "{r}"
+    );
+    let (out1, in1, fwd1) = (
+        lab.counter("fast_path_out"),
+        lab.counter("fast_path_in"),
+        forwarded6(&lab),
+    );
+    lab.sb.stop_tcpdump(dump_s);
+    lab.sb.stop_tcpdump(dump_b);
+
+    // The kernel forwarded each session's first packet (the echo request,
+    // the SYN, the datagram; a retransmission would find its session), the
+    // fast path the rest: out, 9 echo requests and every TCP segment but
+    // the SYN (3 or more); in, 10 echo replies, the TCP segments (3 or
+    // more) and the UDP answer.
+    let (fast_out, fast_in, kernel) = (out1 - out0, in1 - in0, fwd1 - fwd0);
+    assert_eq!(
+        kernel, 3,
+        "kernel-forwarded: {kernel} (fast {fast_out}/{fast_in})"
+    );
+    assert!(fast_out >= 9 + 3, "fast path out: {fast_out}");
+    assert!(fast_in > 10 + 3, "fast path in: {fast_in}");
+    let srcs = sources(&lab, "server", &pcap_s);
+    assert!(
+        srcs.iter().all(|s| s == UPLINK6 || s == SERVER6),
+        "{srcs:?}"
+    );
+    for (ns, pcap, src) in [("server", &pcap_s, UPLINK6), ("black", &pcap_b, SERVER6)] {
+        let hops = hop_limits(&lab, ns, pcap, src);
+        assert!(hops.len() >= 14, "{ns}: {hops:?}");
+        assert!(hops.iter().all(|h| h == "62"), "{ns}: {hops:?}");
+        let good = checksums_good(&lab, ns, pcap);
+        assert!(good.iter().all(|&g| g >= 1), "{ns}: checked {good:?}");
+        assert!(good[0] >= 6 && good[2] >= 20, "{ns}: checked {good:?}");
+    }
+    lab.down_clean();
+}
+
+/// On an established session, the packets the fast path must leave to the
+/// kernel: hop limit 1 (Time Exceeded from the gateway, not from the
+/// router beyond it) and too big for the uplink (Packet Too Big from the
+/// gateway with the uplink's MTU, 1280; the lab host learns it).
+#[test]
+fn fast_path66_leaves_hop_limit_and_mtu_to_the_kernel() {
+    require_root!();
+    let mut lab = lab66("");
+    udp6_echo(&mut lab, 7, 0);
+    lab.sh("gw", "ip link set uplink0 mtu 1280");
+    lab.sh("router", "ip link set eth0 mtu 1280");
+    let out = lab.sh(
+        "black",
+        &format!("python3 {} {SERVER6} 7 43900 1400", script("udp6_edges.py")),
+    );
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        r["reply"].as_str(),
+        Some(format!("server [{UPLINK6}]:43900").as_str()),
+        "{r}"
+    );
+    // ICMPv6 type 3: Time Exceeded; type 2: Packet Too Big (info: MTU).
+    assert_eq!(r["hop1"], serde_json::json!([3, 0, "fd00:77::1"]), "{r}");
+    assert_eq!(r["big"], serde_json::json!([2, 1280, "fd00:77::1"]), "{r}");
+    let route = lab.sh("black", &format!("ip -6 route get {SERVER6}"));
+    assert!(route.contains("mtu 1280"), "PMTU not learned: {route}");
+    // Positive control: the session's ordinary packets took the fast path.
+    assert!(lab.counter("fast_path_in") >= 1);
     lab.down_clean();
 }

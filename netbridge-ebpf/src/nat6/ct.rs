@@ -147,6 +147,14 @@ fn claim_port(cfg: &Nat6Config, sport: u32, p: &mut Pkt6) -> Result<Be16, u32> {
         return Err(drop_reason::NAT_PORT_EXHAUSTED);
     }
     let size = (max - min + 1).max(1);
+    // A hairpin session (to the uplink's own address) never maps to its
+    // destination port: its inbound half would be the key of a packet from
+    // that port to itself, which a forward of that port needs.
+    let avoid = if p.key.daddr == cfg.uplink_ipv6 {
+        p.key.dport.get() as u32
+    } else {
+        u32::MAX
+    };
     // SAFETY: a helper without arguments.
     let start = unsafe { bpf_get_prandom_u32() } % size;
     let mut i = 0u32;
@@ -157,7 +165,7 @@ fn claim_port(cfg: &Nat6Config, sport: u32, p: &mut Pkt6) -> Result<Be16, u32> {
             min + (start + i) % size
         };
         i += 1;
-        if port < min || port > max {
+        if port < min || port > max || port == avoid {
             continue;
         }
         p.in_key.dport = Be16::from_host(port as u16);

@@ -8,10 +8,16 @@
 //!
 //! Each entry point is its own BPF function, called from the uplink
 //! programs before their IPv4 parse: its stack is a chain of its own.
+//! The bridge ports' part ([`port`], from `nb_port_nat`): hairpin
+//! ([`hairpin`]) and the fast path out; the fast path in runs after the
+//! uplink ingress ([`fast`]).
 pub mod ct;
+pub mod fast;
 pub mod fwd;
+pub mod hairpin;
 pub mod icmp;
 pub mod packet;
+pub mod port;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::Array, programs::TcContext};
 use netbridge_common::{
@@ -34,6 +40,12 @@ fn config() -> Option<&'static Nat6Config> {
         .filter(|c| c.flags & NAT6_MASQUERADE != 0)
 }
 
+/// Is NAT66 on (the port program's hook wants IPv6 frames)?
+#[inline(always)]
+pub fn enabled() -> bool {
+    config().is_some()
+}
+
 /// A result as a BPF function returns it: the TC action, or a drop reason
 /// negated (no enum crosses a call).
 #[inline(always)]
@@ -53,16 +65,32 @@ fn decode(r: i64) -> Result<i32, u32> {
     }
 }
 
+/// The bridge-port hook of an IPv6 frame to the gateway (hairpin, fast
+/// path out): where to send it, if anywhere but on (see [`port`]).
+#[inline(always)]
+pub fn port_hook(ctx: &TcContext) -> Result<Option<crate::nat::Hook>, u32> {
+    port::decode(port::port_hook(ctx))
+}
+
 /// Uplink egress of an IPv6 packet (the caller checked the ethertype).
 #[inline(always)]
 pub fn uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     decode(egress_entry(ctx))
 }
 
+/// [`try_ingress`]'s result for a packet translated to a lab endpoint
+/// (`Pkt6::nat_addr`), which the fast path may deliver: no TC action.
+const TRANSLATED: i32 = i32::MAX;
+
 /// Uplink ingress of an IPv6 packet.
 #[inline(always)]
 pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
-    decode(ingress_entry(ctx))
+    // In turn, not nested: the fast path's frame stays off the chain of
+    // the ingress's (DNAT66 sessions).
+    match decode(ingress_entry(ctx))? {
+        TRANSLATED => decode(fast::into_lab(ctx)),
+        action => Ok(action),
+    }
 }
 
 #[inline(never)]
@@ -151,6 +179,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
 /// Ingress: packets to the uplink address of a session get the lab
 /// endpoint back, and to a forwarded port open a DNAT66 session; ICMPv6
 /// errors about a session are translated; anything else is the host's.
+/// A translated TCP/UDP/echo reply: [`TRANSLATED`].
 #[inline(always)]
 fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(cfg) = config() else {
@@ -189,7 +218,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
     if hit {
         packet::rewrite(ctx, &ip, p, false)?;
         count(nat_stat::XLATE6_IN);
-        return Ok(TC_ACT_OK);
+        return Ok(TRANSLATED);
     }
     match found {
         // A late reply to a mapping past its timeout: not delivered.
