@@ -225,6 +225,9 @@ code_table! {
         25 Expired6 EXPIRED6 "expired6",
         /// New NAT66 port-forward (DNAT66) sessions.
         26 Dnat6New DNAT6_NEW "dnat6_new",
+        /// NAT66 sessions removed past their timeout by the sweep (or a
+        /// purge: `forward` marks the sessions of a changed forward idle).
+        27 Expired6Sweep EXPIRED6_SWEEP "expired6_sweep",
     }
 }
 
@@ -245,7 +248,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Dnat6New.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Expired6Sweep.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

@@ -255,6 +255,32 @@ fn session_expires_in_the_kernel() {
     lab.down_clean();
 }
 
+/// Idle NAT66 sessions go by the kernel's sweep timer, with no netbridge
+/// process running and no packet finding them: `conntrack` lists the
+/// session, then stops listing it (`expired6_sweep`, not `expired6`: no
+/// lookup removed it), and the kernel's live NAT66 count is back to 0.
+#[test]
+fn idle_session_swept_without_a_process() {
+    require_root!();
+    let mut lab = lab66("timeouts = { udp = 2, udp_replied = 2 }");
+    udp6_echo(&mut lab, 7, 0);
+    let r = udp6_probe(&lab, "black", 2, &["43200:7"]);
+    assert!(r["43200:7"].is_string(), "{r}");
+    let listed = |ct: &Value| {
+        ct["sessions6"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["inside"] == "[fd00:77::10]:43200"))
+    };
+    assert!(listed(&lab.conntrack()), "{}", lab.conntrack());
+    let (lookup, swept) = (lab.counter("expired6"), lab.counter("expired6_sweep"));
+    lab.wait_ct(30, "the idle NAT66 session swept", |ct| !listed(ct));
+    assert_eq!(lab.counter("expired6"), lookup);
+    assert!(lab.counter("expired6_sweep") > swept);
+    let ct = lab.conntrack();
+    assert_eq!(ct["live_sessions6"], 0, "{ct}");
+    lab.down_clean();
+}
+
 #[test]
 fn ula_source_never_leaves() {
     require_root!();

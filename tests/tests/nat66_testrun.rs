@@ -10,8 +10,8 @@ use netbridge::{
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, PROG_UPLINK_EGRESS,
-    PROG_UPLINK_INGRESS,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, NatConfig,
+    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -363,5 +363,158 @@ fn dnat66_forward_opens_a_session_and_replies_go_back() {
         assert_eq!((out.0, &out.1), (TC_ACT_OK, &other));
         assert!(moved.is_empty(), "{moved:?}");
         assert_eq!(lab.nat6().ct.iter().count(), 2);
+    });
+}
+
+/// The IPv4 NAT's limits applied to NAT66 (counted apart): `max_sessions`
+/// NAT66 sessions and `max_sessions_per_host` per lab host.
+fn limits(lab: &mut Lab, max_sessions: u32, per_host: u32, per_source: u32) {
+    let cfg = NatConfig {
+        max_sessions,
+        host_quota: per_host,
+        source_quota: per_source,
+        ..NatConfig::default()
+    };
+    lab.dp.maps.nat.config.set(0, cfg, 0).unwrap();
+}
+
+/// Marks every NAT66 entry idle since boot (as `forward` marks a purged
+/// forward's sessions): the next sweep removes them all.
+fn age_all(lab: &mut Lab) {
+    let keys: Vec<_> = lab.nat6().ct.keys().map(|k| k.unwrap()).collect();
+    for k in keys {
+        let mut v = lab.nat6().ct.get(&k, 0).unwrap();
+        v.last_seen_ns = 0;
+        lab.nat6().ct.insert(k, v, 0).unwrap();
+    }
+}
+
+/// `max_sessions` 3 and 2 per lab host: a host's third session is refused
+/// (`nat_quota`), a fourth host's session over the limit too
+/// (`nat_table_full`), never sent out; the kernel's live count and the
+/// per-host counts say 3 and 2 + 1. A sweep (no packet involved) removes
+/// idle sessions, counting them out of both (`expired6_sweep`), and the
+/// refused host gets its session then.
+#[test]
+fn nat66_max_sessions_and_host_quota() {
+    require_root!();
+    scenario(|lab| {
+        limits(lab, 3, 2, 0);
+        let white = a("fd00:77::20");
+        let out = |lab: &Lab, src, sport| {
+            lab.moved(|| lab.run(lab.egress, &udp(src, sport, server(), 7, b"x")))
+        };
+        for sport in [40000, 40001] {
+            let ((verdict, _), _) = out(lab, black(), sport);
+            assert_eq!(verdict, TC_ACT_OK);
+        }
+        let ((verdict, _), moved) = out(lab, black(), 40002);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        let ((verdict, _), _) = out(lab, white, 40000);
+        assert_eq!(verdict, TC_ACT_OK);
+        let ((verdict, _), moved) = out(lab, a("fd00:77::30"), 40000);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_table_full", 1)]));
+        assert_eq!(lab.nat6().counts().live, 3);
+        assert_eq!(lab.nat6().counts().high_water, 3);
+        assert_eq!(lab.nat6().quotas(), vec![(black(), 2), (white, 1)]);
+        assert_eq!(lab.nat6().ct.iter().count(), 6);
+        // An established session is not refused: only new ones count.
+        let ((verdict, _), _) = out(lab, black(), 40000);
+        assert_eq!(verdict, TC_ACT_OK);
+
+        age_all(lab);
+        let nat6 = lab.dp.maps.nat6.as_ref().unwrap();
+        let (n, moved) = lab.moved(|| nat6.sweep().unwrap());
+        assert_eq!(n, 3);
+        assert_eq!(moved, counts(&[("expired6_sweep", 3)]));
+        assert_eq!(lab.nat6().ct.iter().count(), 0);
+        assert_eq!(lab.nat6().counts().live, 0);
+        assert_eq!(lab.nat6().quotas(), vec![]);
+        let ((verdict, _), moved) = out(lab, a("fd00:77::30"), 40000);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(moved["snat6_new"], 1);
+    });
+}
+
+/// `max_sessions_per_source` for DNAT66 clients counts an upstream /64:
+/// two clients of one /64 share it (the second refused, `nat_quota`), one
+/// of another /64 is admitted; a session that expires on lookup gives its
+/// place back (live count and quota).
+#[test]
+fn nat66_source_quota_per_upstream_prefix() {
+    require_root!();
+    scenario(|lab| {
+        limits(lab, 100, 0, 1);
+        let fwd = Fwd6Target {
+            addr: nat6::in6(black()),
+            port: 8000,
+            first: 8080,
+            last: 8080,
+            proto: TCP,
+            _pad: 0,
+        };
+        lab.nat6().set_forwards(&[fwd]).unwrap();
+        let syn = |src| tcp(src, 40000, uplink(), 8080, 0x02);
+        let (r, _) = lab.moved(|| lab.run(lab.ingress, &syn(server())));
+        assert_eq!(r.0, TC_ACT_OK);
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(a("2001:db8:2::99"))));
+        assert_eq!(r.0, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(a("2001:db8:3::10"))));
+        assert_eq!(r.0, TC_ACT_OK);
+        assert_eq!(moved["dnat6_new"], 1);
+        let q = lab.nat6().quotas();
+        assert_eq!(q, vec![(a("2001:db8:2::"), 1), (a("2001:db8:3::"), 1)]);
+        assert_eq!(lab.nat6().counts().live, 2);
+        // Expired, found by its client's next SYN: removed and counted out
+        // (expired6), so the new session fits the /64's quota of 1.
+        age_all(lab);
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(server())));
+        assert_eq!(r.0, TC_ACT_OK);
+        assert_eq!((moved["expired6"], moved["dnat6_new"]), (1, 1), "{moved:?}");
+        assert_eq!(lab.nat6().counts().live, 2, "{:?}", lab.nat6().quotas());
+    });
+}
+
+/// SNAT66 never maps a lab source to a port an IPv6 forward owns (a single
+/// port or one of a range), not even its own source port; a pool of only
+/// forwarded ports has none to give (`nat_port_exhausted`).
+#[test]
+fn snat66_avoids_forwarded_ports() {
+    require_root!();
+    scenario(|lab| {
+        let fwd = |proto, first, last| Fwd6Target {
+            addr: nat6::in6(a("fd00:77::20")),
+            port: 9000,
+            first,
+            last,
+            proto,
+            _pad: 0,
+        };
+        let fwds = [fwd(TCP, 8080, 8080), fwd(UDP, 5000, 5001)];
+        lab.nat6().set_forwards(&fwds).unwrap();
+        let syn = tcp(black(), 8080, server(), 80, 0x02);
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.egress, &syn));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_ne!(port_at(&ip, 40), 8080);
+        assert!(!moved.contains_key("port_kept"), "{moved:?}");
+        let dgram = udp(black(), 5001, server(), 7, b"x");
+        let ((verdict, ip), _) = lab.moved(|| lab.run(lab.egress, &dgram));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert!(!(5000..=5001).contains(&port_at(&ip, 40)));
+        // Not forwarded for TCP: kept.
+        let syn = tcp(black(), 5001, server(), 80, 0x02);
+        let ((_, ip), _) = lab.moved(|| lab.run(lab.egress, &syn));
+        assert_eq!(port_at(&ip, 40), 5001);
+
+        let prefixes = ["fd00:77::/64".parse().unwrap()];
+        let cfg = nat6::config(uplink(), 4242, &prefixes, (5000, 5001), [30; 8]);
+        lab.nat6().apply(cfg).unwrap();
+        let dgram = udp(black(), 6000, server(), 7, b"x");
+        let ((verdict, _), moved) = lab.moved(|| lab.run(lab.egress, &dgram));
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved["nat_port_exhausted"], 1);
     });
 }

@@ -3,7 +3,8 @@
 //! (TCP, UDP) or echo identifier (ICMPv6); replies get the lab endpoint
 //! back; ICMPv6 errors about translated packets are translated with their
 //! quote. Sessions: two entries in an LRU hash as the IPv4 NAT's (reverse
-//! inserted first with BPF_NOEXIST), expired on lookup. A lab-sourced
+//! inserted first with BPF_NOEXIST), expired on lookup and by a timer's
+//! sweep, admitted under the IPv4 NAT's limits (`limits`). A lab-sourced
 //! packet that cannot be translated is dropped: never leaked upstream.
 //!
 //! Each entry point is its own BPF function, called from the uplink
@@ -11,12 +12,14 @@
 pub mod ct;
 pub mod fwd;
 pub mod icmp;
+pub mod limits;
 pub mod packet;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::Array, programs::TcContext};
 use netbridge_common::{
     CT_DIR_IN, CT_DIR_OUT, In6, NAT6_MASQUERADE, Nat6Config, drop_reason, nat_stat,
 };
+use packet::Pkt6;
 
 use crate::nat::count;
 use packet::{
@@ -29,9 +32,14 @@ static NB_NAT6_CONFIG: Array<Nat6Config> = Array::pinned(1, 0);
 
 #[inline(always)]
 fn config() -> Option<&'static Nat6Config> {
-    NB_NAT6_CONFIG
-        .get(0)
-        .filter(|c| c.flags & NAT6_MASQUERADE != 0)
+    config_any().filter(|c| c.flags & NAT6_MASQUERADE != 0)
+}
+
+/// The config even with NAT66 off (its timeouts 0 then: the sweep
+/// empties NB_CT6).
+#[inline(always)]
+fn config_any() -> Option<&'static Nat6Config> {
+    NB_NAT6_CONFIG.get(0)
 }
 
 /// A result as a BPF function returns it: the TC action, or a drop reason
@@ -141,11 +149,80 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
     match ct::lookup(cfg, p, flags) {
         ct::Found::Hit => {}
         // Expired: a late packet opens a new session.
-        _ => ct::new_session(cfg, p, flags)?,
+        _ => open_snat(cfg, p, flags)?,
     }
     packet::rewrite(ctx, &ip, p, true)?;
     count(nat_stat::XLATE6_OUT);
     Ok(TC_ACT_OK)
+}
+
+/// A new SNAT66 session for `p.key`, admitted first (quota of the lab
+/// host, `max_sessions`; beside the session's function, not under it),
+/// logged once open.
+#[inline(always)]
+fn open_snat(cfg: &Nat6Config, p: &mut Pkt6, flags: u8) -> Result<(), u32> {
+    let refused = limits::admit(&p.key);
+    if refused != 0 {
+        return Err(refused);
+    }
+    if let Err(reason) = ct::new_session(cfg, p, flags) {
+        limits::unadmit(&p.key);
+        return Err(reason);
+    }
+    log_new(p, false);
+    Ok(())
+}
+
+/// Logs a new NAT66 session (rate-limited, as the IPv4 NAT's): SNAT66
+/// the inside endpoint, its mapping and the remote; DNAT66 the client,
+/// the forwarded port and the target. Its own BPF function: the logger's
+/// frame stays off the session's.
+#[inline(never)]
+fn log_new(p: &Pkt6, dnat: bool) {
+    if !crate::log::allow(crate::log::NEW_SESSION) {
+        return;
+    }
+    let k = &p.key;
+    let (from, to) = (bytes(&k.saddr), bytes(&k.daddr));
+    let (sport, dport, nat_port) = (k.sport.get(), k.dport.get(), p.nat_port.get());
+    if dnat {
+        aya_log_ebpf::info!(
+            &(),
+            "new dnat6 proto {} from [{:i}]:{} to [{:i}]:{} -> [{:i}]:{}",
+            k.proto,
+            from,
+            sport,
+            to,
+            dport,
+            bytes(&p.nat_addr),
+            nat_port
+        );
+    } else {
+        aya_log_ebpf::info!(
+            &(),
+            "new snat6 proto {} [{:i}]:{} -> [{:i}]:{} to [{:i}]:{}",
+            k.proto,
+            from,
+            sport,
+            bytes(&p.nat_addr),
+            nat_port,
+            to,
+            dport
+        );
+    }
+}
+
+/// An address as the logger's IPv6 argument.
+#[inline(always)]
+fn bytes(a: &In6) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = a[i].to_bytes();
+        o[4 * i..4 * i + 4].copy_from_slice(&w);
+        i += 1;
+    }
+    o
 }
 
 /// Ingress: packets to the uplink address of a session get the lab
@@ -183,7 +260,13 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let hit = match found {
         ct::Found::Hit => true,
         // A port forward opens a session (ICMPv6 echo has none).
-        _ if ip.proto != IPPROTO_ICMPV6 => decode(fwd::open(cfg, p, flags))? == 1,
+        _ if ip.proto != IPPROTO_ICMPV6 => {
+            let opened = decode(fwd::open(cfg, p, flags))? == 1;
+            if opened {
+                log_new(p, true);
+            }
+            opened
+        }
         _ => false,
     };
     if hit {
