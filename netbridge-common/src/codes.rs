@@ -228,6 +228,10 @@ code_table! {
         /// NAT66 sessions removed past their timeout by the sweep (or a
         /// purge: `forward` marks the sessions of a changed forward idle).
         27 Expired6Sweep EXPIRED6_SWEEP "expired6_sweep",
+        /// IPv6 fragments (first or not) and packets with a routing header
+        /// still to go, to the uplink's IPv6 address: passed to the host
+        /// untranslated (NAT66 does not reassemble).
+        28 Untranslated6In UNTRANSLATED6_IN "untranslated6_in",
     }
 }
 
@@ -248,7 +252,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Expired6Sweep.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Untranslated6In.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

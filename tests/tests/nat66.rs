@@ -241,12 +241,13 @@ fn session_expires_in_the_kernel() {
     let r = udp6_probe(&lab, "black", 2, &["43100:7"]);
     assert!(r["43100:7"].is_string(), "{r}");
     // A reply 4 s after a lone datagram (timeout 2 s): the session is past
-    // its timeout when the reply comes, which is then dropped.
+    // its timeout when the reply comes (found so, or swept before and its
+    // grave found), which is then dropped.
     let expired = lab.counter("nat_expired");
     let r = udp6_probe(&lab, "black", 7, &["43101:9"]);
     assert!(r["43101:9"].is_null(), "late reply delivered: {r}");
     assert!(lab.counter("nat_expired") > expired);
-    assert!(lab.counter("expired6") >= 1);
+    assert!(lab.counter("expired6") + lab.counter("expired6_sweep") >= 1);
     // The next datagram from the same endpoint opens a fresh session.
     let new = lab.counter("snat6_new");
     let r = udp6_probe(&lab, "black", 2, &["43101:7"]);
@@ -281,6 +282,9 @@ fn idle_session_swept_without_a_process() {
     lab.down_clean();
 }
 
+/// Nothing leaves the uplink with a lab (ULA) source: kinds NAT66 cannot
+/// translate are dropped and counted (a router capture sees no fd00:
+/// source), a hop-by-hop header before UDP is followed and translated.
 #[test]
 fn ula_source_never_leaves() {
     require_root!();
@@ -299,19 +303,25 @@ fn ula_source_never_leaves() {
         ],
         None,
     );
-    let (untranslatable, fragment) = (
+    let (untranslatable, fragment, translated) = (
         lab.counter("nat_untranslatable"),
         lab.counter("nat_fragment"),
+        lab.counter("translated6_out"),
     );
-    // Untranslatable kinds from a lab host: a hop-by-hop header, SCTP, an
-    // unknown ICMPv6 type, and a fragment.
+    // Untranslatable kinds from a lab host (each passes the port
+    // program's checks): SCTP, an unknown ICMPv6 type, a routing header
+    // with a segment left, AH, a first and a later UDP fragment. A
+    // hop-by-hop header before UDP is followed: translated.
     let py = format!(
         "from scapy.all import *\n\
          d = '{SERVER6}'\n\
-         send(IPv6(dst=d)/IPv6ExtHdrHopByHop()/UDP(sport=1,dport=7), verbose=0)\n\
          send(IPv6(dst=d, nh=132)/Raw(b'x'*16), verbose=0)\n\
          send(IPv6(dst=d)/ICMPv6Unknown(type=200), verbose=0)\n\
-         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=0, m=1)/UDP(sport=2,dport=7), verbose=0)\n"
+         send(IPv6(dst=d)/IPv6ExtHdrSegmentRouting(addresses=[d], segleft=1)/UDP(sport=3,dport=7), verbose=0)\n\
+         send(IPv6(dst=d)/AH(nh=17, spi=1)/UDP(sport=4,dport=7), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=0, m=1)/UDP(sport=2,dport=7), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=8, m=0, nh=17)/Raw(b'y'*16), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrHopByHop()/UDP(sport=1,dport=7), verbose=0)\n"
     );
     let file = lab.sb.tmp_file("leak.py");
     std::fs::write(&file, py).unwrap();
@@ -325,8 +335,73 @@ fn ula_source_never_leaves() {
         "leaked: {srcs:?}"
     );
     assert!(srcs.iter().any(|s| s == UPLINK6), "{srcs:?}");
-    assert!(lab.counter("nat_untranslatable") >= untranslatable + 3);
-    assert!(lab.counter("nat_fragment") > fragment);
+    assert_eq!(lab.counter("nat_untranslatable"), untranslatable + 4);
+    assert_eq!(lab.counter("nat_fragment"), fragment + 2);
+    // The hop-by-hop datagram and the ping.
+    assert!(lab.counter("translated6_out") >= translated + 2);
+    lab.down_clean();
+}
+
+/// Hostile IPv6 frames from upstream to the uplink address, each sent 3
+/// times: a header cut to 20 bytes (`truncated_l3`), a payload length
+/// past the frame (`bad_ipv6_header`), five destination-options headers
+/// and a hop-by-hop header after another one (`ipv6_ext_chain`), a first
+/// fragment without its UDP header (`ipv6_fragment`): each reason moves
+/// by exactly 3. A fragmented ping -6 to the uplink address is the host's
+/// (passed untranslated, `untranslated6_in`, and answered), and NAT66
+/// traffic works afterwards.
+#[test]
+fn hostile_ipv6_from_upstream_dropped_by_reason() {
+    require_root!();
+    let mut lab = lab66("");
+    udp6_echo(&mut lab, 7, 0);
+    let upmac = lab.sb.mac_of(&lab.ns("gw"), "uplink0");
+    let reasons = [
+        ("truncated_l3", 3),
+        ("bad_ipv6_header", 3),
+        ("ipv6_ext_chain", 6),
+        ("ipv6_fragment", 3),
+    ];
+    let before: Vec<u64> = reasons.iter().map(|(r, _)| lab.counter(r)).collect();
+    let py = format!(
+        "from scapy.all import *\n\
+         conf.verb = 0\n\
+         me = get_if_hwaddr('eth0')\n\
+         e = Ether(src=me, dst='{upmac}')\n\
+         ip = IPv6(src='2001:db8:1::fe', dst='{UPLINK6}')\n\
+         u = UDP(sport=5353, dport=40999)/Raw(b'x'*8)\n\
+         def s(p): sendp(p, iface='eth0', count=3)\n\
+         s(Ether(src=me, dst='{upmac}', type=0x86dd)/raw(ip/u)[:20])\n\
+         s(e/IPv6(raw(ip/u)[:4] + b'\\xff\\x00' + raw(ip/u)[6:]))\n\
+         s(e/ip/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/u)\n\
+         s(e/ip/IPv6ExtHdrDestOpt()/IPv6ExtHdrHopByHop()/u)\n\
+         s(e/ip/IPv6ExtHdrFragment(id=9, m=1, nh=60)/IPv6ExtHdrDestOpt(nh=17, options=[PadN(optdata=b'\\x00'*60)]))\n"
+    );
+    let file = lab.sb.tmp_file("hostile6.py");
+    std::fs::write(&file, py).unwrap();
+    let passed = lab.counter("untranslated6_in");
+    lab.sh("router", &format!("/usr/bin/python3 {}", file.display()));
+    let moved = || -> Vec<u64> {
+        let now = reasons.iter().map(|(r, _)| lab.counter(r));
+        now.zip(&before).map(|(n, b)| n - b).collect()
+    };
+    let want: Vec<u64> = reasons.iter().map(|(_, n)| *n).collect();
+    let got = netbridge_tests::Sandbox::wait_for(std::time::Duration::from_secs(10), || {
+        let m = moved();
+        (m == want).then_some(m)
+    })
+    .unwrap_or_else(moved);
+    assert_eq!(got, want, "{reasons:?}");
+    // Fragments to the uplink address: the host's, reassembled and answered.
+    lab.sh(
+        "router",
+        &format!("ping -6 -c 2 -i 0.2 -W 2 -s 3000 {UPLINK6}"),
+    );
+    assert!(lab.counter("untranslated6_in") >= passed + 2);
+    // NAT66 unharmed.
+    lab.sh("black", &format!("ping -6 -c 1 -W 2 {SERVER6}"));
+    let r = udp6_probe(&lab, "black", 2, &["43300:7"]);
+    assert!(r["43300:7"].is_string(), "{r}");
     lab.down_clean();
 }
 

@@ -518,3 +518,281 @@ fn snat66_avoids_forwarded_ports() {
         assert_eq!(moved["nat_port_exhausted"], 1);
     });
 }
+
+const HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAG: u8 = 44;
+const AH: u8 = 51;
+const DSTOPTS: u8 = 60;
+
+/// An extension header of `kind` (its Next Header filled in by [`ipv6x`]):
+/// options headers padded to 8 bytes, a routing header with
+/// `segments_left` (one address when not 0), a fragment header at `offset`
+/// (8-byte units) with More Fragments, an AH of 12 bytes.
+fn ext(kind: u8, arg: u16) -> (u8, Vec<u8>) {
+    let body = match kind {
+        HOP | DSTOPTS => vec![0, 0, 1, 4, 0, 0, 0, 0],
+        ROUTING if arg == 0 => vec![0, 0, 253, 0, 0, 0, 0, 0],
+        ROUTING => {
+            let mut b = vec![0, 2, 253, arg as u8, 0, 0, 0, 0];
+            b.extend_from_slice(&server().octets());
+            b
+        }
+        FRAG => {
+            let o = (arg << 3) | 1;
+            let [hi, lo] = o.to_be_bytes();
+            vec![0, 0, hi, lo, 0, 0, 0, 7]
+        }
+        AH => vec![0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        _ => unreachable!(),
+    };
+    (kind, body)
+}
+
+/// An IPv6 packet with extension headers `chain` before `l4` (checksum at
+/// `csum_off` computed anew: the pseudo-header has the upper-layer
+/// length).
+fn ipv6x(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    chain: &[(u8, Vec<u8>)],
+    proto: u8,
+    mut l4: Vec<u8>,
+    csum_off: usize,
+) -> Vec<u8> {
+    l4[csum_off..csum_off + 2].fill(0);
+    let c = l4_csum(src, dst, proto, &l4);
+    l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    let mut payload = Vec::new();
+    for (i, (_, body)) in chain.iter().enumerate() {
+        let mut b = body.clone();
+        b[0] = chain.get(i + 1).map_or(proto, |e| e.0);
+        payload.extend_from_slice(&b);
+    }
+    payload.extend_from_slice(&l4);
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[chain.first().map_or(proto, |e| e.0), 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&payload);
+    p
+}
+
+/// The UDP header and payload of a datagram (for [`ipv6x`]).
+fn udp_l4(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    udp(black(), sport, server(), dport, payload)[40..].to_vec()
+}
+
+/// A packet with extension headers whose UDP datagram starts at `at`:
+/// (source, source port, destination, destination port, checksum good).
+fn udp_at(ip: &[u8], at: usize) -> (Ipv6Addr, u16, Ipv6Addr, u16, bool) {
+    let (src, dst) = (addr_at(ip, 8), addr_at(ip, 24));
+    let ok = l4_csum(src, dst, UDP, &ip[at..]) == 0;
+    (src, port_at(ip, at), dst, port_at(ip, at + 2), ok)
+}
+
+/// Hostile IPv6 frames into both uplink programs, each with its fate:
+/// dropped under its reason (only that counter moves), or passed
+/// untouched; from the lab, nothing untranslatable passes (fragments,
+/// routing headers with segments left, AH), and a chain NAT66 can follow
+/// (hop-by-hop, destination options, a routing header done with) is
+/// translated with a valid checksum. Upstream fragments and routed packets
+/// to the uplink address are the host's (`untranslated6_in`). The valid
+/// session keeps working afterwards. (A frame shorter than an IPv6 header
+/// is refused by BPF_PROG_TEST_RUN itself: nat66.rs sends those.)
+#[test]
+fn hostile_ipv6_frames_into_the_uplink_programs() {
+    require_root!();
+    scenario(|lab| {
+        let (up, srv) = (uplink(), server());
+        // A session, for the replies below.
+        let (out, _) = lab.moved(|| lab.run(lab.egress, &udp(black(), 41000, srv, 7, b"q")));
+        assert_eq!(out.0, TC_ACT_OK);
+        let valid = udp(black(), 41001, srv, 7, b"payload");
+        let mut long_plen = valid.clone();
+        long_plen[4..6].copy_from_slice(&(valid.len() as u16).to_be_bytes());
+        let mut v4 = valid.clone();
+        v4[0] = 0x45;
+        let five: Vec<_> = (0..5).map(|_| ext(DSTOPTS, 0)).collect();
+        let l4 = || udp_l4(41002, 7, b"x");
+        // A destination-options header claiming 2 KB the packet lacks.
+        let mut cut = ipv6x(black(), srv, &[ext(DSTOPTS, 0)], UDP, l4(), 6);
+        cut[41] = 255;
+        let mut frag_cut = ipv6x(black(), srv, &[ext(FRAG, 0), ext(DSTOPTS, 0)], UDP, l4(), 6);
+        frag_cut[49] = 255;
+        let echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+        let lab_cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "payload length past the frame",
+                long_plen,
+                "bad_ipv6_header",
+            ),
+            ("version 4", v4, "bad_ipv6_header"),
+            (
+                "five options headers",
+                ipv6x(black(), srv, &five, UDP, l4(), 6),
+                "ipv6_ext_chain",
+            ),
+            (
+                "hop-by-hop not first",
+                ipv6x(black(), srv, &[ext(DSTOPTS, 0), ext(HOP, 0)], UDP, l4(), 6),
+                "ipv6_ext_chain",
+            ),
+            ("options header cut short", cut, "ipv6_ext_chain"),
+            (
+                "first fragment without its UDP header",
+                frag_cut,
+                "ipv6_fragment",
+            ),
+            (
+                "first UDP fragment",
+                ipv6x(black(), srv, &[ext(FRAG, 0)], UDP, l4(), 6),
+                "nat_fragment",
+            ),
+            (
+                "later UDP fragment",
+                ipv6x(black(), srv, &[ext(FRAG, 4)], UDP, l4(), 6),
+                "nat_fragment",
+            ),
+            (
+                "first TCP fragment",
+                ipv6x(
+                    black(),
+                    srv,
+                    &[ext(FRAG, 0)],
+                    TCP,
+                    tcp(black(), 41003, srv, 80, 2)[40..].to_vec(),
+                    16,
+                ),
+                "nat_fragment",
+            ),
+            (
+                "ICMPv6 echo fragment",
+                ipv6x(
+                    black(),
+                    srv,
+                    &[ext(HOP, 0), ext(FRAG, 0)],
+                    ICMPV6,
+                    echo.clone(),
+                    2,
+                ),
+                "nat_fragment",
+            ),
+            (
+                "routing header, a segment left",
+                ipv6x(black(), srv, &[ext(ROUTING, 1)], UDP, l4(), 6),
+                "nat_untranslatable",
+            ),
+            (
+                "AH",
+                ipv6x(black(), srv, &[ext(AH, 0)], UDP, l4(), 6),
+                "nat_untranslatable",
+            ),
+        ];
+        for (what, pkt, reason) in &lab_cases {
+            let ((verdict, _), moved) = lab.moved(|| lab.run(lab.egress, pkt));
+            assert_eq!(verdict, TC_ACT_SHOT, "lab: {what}");
+            assert_eq!(moved, counts(&[(reason, 1)]), "lab: {what}");
+        }
+        // Chains NAT66 follows: translated, checksum valid.
+        let followed = [
+            vec![ext(HOP, 0)],
+            vec![
+                ext(HOP, 0),
+                ext(DSTOPTS, 0),
+                ext(ROUTING, 0),
+                ext(DSTOPTS, 0),
+            ],
+        ];
+        for (i, chain) in followed.iter().enumerate() {
+            let sport = 41010 + i as u16;
+            let pkt = ipv6x(black(), srv, chain, UDP, udp_l4(sport, 7, b"x"), 6);
+            let at = pkt.len() - 9;
+            let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.egress, &pkt));
+            assert_eq!(verdict, TC_ACT_OK, "{chain:?}");
+            assert_eq!(udp_at(&ip, at), (up, sport, srv, 7, true), "{chain:?}");
+            assert_eq!(moved["snat6_new"], 1);
+            // The reply, with a destination-options header.
+            let back = ipv6x(
+                srv,
+                up,
+                &[ext(DSTOPTS, 0)],
+                UDP,
+                udp(srv, 7, up, sport, b"r")[40..].to_vec(),
+                6,
+            );
+            let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &back));
+            assert_eq!(verdict, TC_ACT_OK);
+            assert_eq!(udp_at(&ip, 48), (srv, 7, black(), sport, true));
+            assert_eq!(moved, counts(&[("translated6_in", 1)]));
+        }
+        // The host's own traffic (not a lab source) is not NAT66's.
+        let own = ipv6x(a("fe80::1"), a("fe80::2"), &five, UDP, l4(), 6);
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.egress, &own));
+        assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &own, 0));
+
+        // Upstream, to the uplink address.
+        let reply = |port| udp(srv, 7, up, port, b"r")[40..].to_vec();
+        let mut up_cut = ipv6x(srv, up, &[ext(DSTOPTS, 0)], UDP, reply(41000), 6);
+        up_cut[41] = 255;
+        let up_drops: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "five options headers",
+                ipv6x(srv, up, &five, UDP, reply(41000), 6),
+                "ipv6_ext_chain",
+            ),
+            ("options header cut short", up_cut, "ipv6_ext_chain"),
+        ];
+        for (what, pkt, reason) in &up_drops {
+            let ((verdict, _), moved) = lab.moved(|| lab.run(lab.ingress, pkt));
+            assert_eq!(verdict, TC_ACT_SHOT, "upstream: {what}");
+            assert_eq!(moved, counts(&[(reason, 1)]), "upstream: {what}");
+        }
+        let up_host = [
+            ipv6x(srv, up, &[ext(FRAG, 0)], UDP, reply(41000), 6),
+            ipv6x(srv, up, &[ext(FRAG, 4)], UDP, reply(41000), 6),
+            ipv6x(srv, up, &[ext(ROUTING, 1)], UDP, reply(41000), 6),
+        ];
+        for pkt in &up_host {
+            let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, pkt));
+            assert_eq!((verdict, &ip), (TC_ACT_OK, pkt), "passed untouched");
+            assert_eq!(moved, counts(&[("untranslated6_in", 1)]));
+        }
+        // Not for the uplink address: the host's routing, untouched.
+        let transit = ipv6x(srv, a("2001:db8:1::99"), &five, UDP, reply(41000), 6);
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &transit));
+        assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &transit, 0));
+
+        // Valid traffic afterwards: the session both ways.
+        let (out, moved) = lab.moved(|| lab.run(lab.egress, &udp(black(), 41000, srv, 7, b"q")));
+        assert_eq!((out.0, addr_at(&out.1, 8)), (TC_ACT_OK, up));
+        assert_eq!(moved, counts(&[("translated6_out", 1)]));
+        let (back, _) = lab.moved(|| lab.run(lab.ingress, &udp(srv, 7, up, 41000, b"r")));
+        assert_eq!((back.0, addr_at(&back.1, 24)), (TC_ACT_OK, black()));
+        assert!(l4_valid(&back.1));
+    });
+}
+
+/// A SNAT66 session the sweep removed leaves a grave: the late reply is
+/// dropped (`nat_expired`), not handed to the host; a packet to a port
+/// with no session and no grave is the host's (passed untouched).
+#[test]
+fn late_reply_after_the_sweep_is_dropped() {
+    require_root!();
+    scenario(|lab| {
+        let (out, _) = lab.moved(|| lab.run(lab.egress, &udp(black(), 42000, server(), 7, b"q")));
+        assert_eq!(out.0, TC_ACT_OK);
+        age_all(lab);
+        let nat6 = lab.dp.maps.nat6.as_ref().unwrap();
+        let (n, moved) = lab.moved(|| nat6.sweep().unwrap());
+        assert_eq!((n, moved), (1, counts(&[("expired6_sweep", 1)])));
+        let late = udp(server(), 7, uplink(), 42000, b"late");
+        let ((verdict, _), moved) = lab.moved(|| lab.run(lab.ingress, &late));
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_expired", 1)]));
+        let other = udp(server(), 7, uplink(), 42001, b"host");
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &other));
+        assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &other, 0));
+    });
+}

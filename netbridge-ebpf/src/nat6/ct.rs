@@ -32,8 +32,10 @@ pub enum Found {
 /// The mapping for the packet `p.key` (its `dir` set). An entry past its
 /// timeout is never used: its session is removed and `Expired` returned.
 /// Otherwise the state advances; outbound packets refresh it (RFC 7857
-/// sec. 7: an outsider must not hold a mapping open).
-#[inline(always)]
+/// sec. 7: an outsider must not hold a mapping open). Its own BPF
+/// function: inlined, its registers spilled onto the uplink programs'
+/// frames, which top chains near the stack limit.
+#[inline(never)]
 pub fn lookup(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> Found {
     let Some(e) = NB_CT6.get_ptr_mut(&p.key) else {
         return Found::Miss;
@@ -109,7 +111,7 @@ pub(super) fn expire_if_idle(cfg: &Nat6Config, k: &Ct6Key, gone: &mut Ct6Key, no
     if NB_CT6.remove(orig).is_ok() {
         let _ = NB_CT6.remove(other);
         count(nat_stat::EXPIRED6);
-        limits::gone(orig);
+        limits::expired(orig, other, now);
     }
     true
 }

@@ -7,25 +7,30 @@
 //! any address of its prefix). At the limit a new session is refused
 //! (`nat_table_full`); nothing is evicted. Every removal is the kernel's
 //! (lookup, sweep, `gc`, a forward's purge), so the counts stay exact.
+//! An expired SNAT66 session leaves a grave (`NB_CT6_GRAVES`), so a late
+//! reply is dropped (`nat_expired`) after the sweep removed it too.
 use core::{ffi::c_void, ptr::null};
 
 use aya_ebpf::{
     bindings::{
-        bpf_map_type::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH},
+        BPF_F_CURRENT_NETNS, bpf_map_type::BPF_MAP_TYPE_ARRAY, bpf_map_type::BPF_MAP_TYPE_HASH,
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
         bpf_spin_lock, bpf_timer,
     },
     helpers::{
         bpf_for_each_map_elem, bpf_map_delete_elem, bpf_map_lookup_elem, bpf_map_update_elem,
-        bpf_spin_lock as lock, bpf_spin_unlock as unlock, bpf_timer_cancel, bpf_timer_init,
-        bpf_timer_set_callback, bpf_timer_start,
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp, bpf_spin_lock as lock,
+        bpf_spin_unlock as unlock, bpf_timer_cancel, bpf_timer_init, bpf_timer_set_callback,
+        bpf_timer_start,
     },
     macros::map,
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_F_ORIGINAL, CT_ORPHAN_GRACE_NS, CT_SWEEP_DEFAULT_MS, CT6_QUOTA_SIZE, Ct6Entry,
-    Ct6Key, CtCounts, CtStateView, CtlCmd, In6, ctl, drop_reason, nat_stat,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_ORPHAN_GRACE_NS, CT_SWEEP_DEFAULT_MS,
+    CT6_QUOTA_SIZE, Ct6Entry, Ct6Key, CtCounts, CtStateView, CtlCmd, In6, ctl, drop_reason,
+    nat_stat,
 };
 
 use super::ct::{self, BPF_NOEXIST, NB_CT6};
@@ -117,6 +122,11 @@ pub struct Scratch {
 
 #[map]
 static NB_CT6_LIMITS: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Inbound keys of expired SNAT66 sessions -> when they expired (as the
+/// IPv4 NAT's `NB_CT_GRAVES`).
+#[map]
+static NB_CT6_GRAVES: LruHashMap<Ct6Key, u64> = LruHashMap::pinned(CT_GRAVES_SIZE, 0);
 
 #[inline(always)]
 fn state_map() -> *mut c_void {
@@ -283,17 +293,68 @@ pub fn admit(orig: &Ct6Key) -> u32 {
 /// An admitted session (original half `orig`) was not opened after all.
 #[inline(never)]
 pub fn unadmit(orig: &Ct6Key) {
-    gone(orig);
-}
-
-/// The session with original half `orig` is gone: out of the live count
-/// and its source's quota.
-#[inline(always)]
-pub fn gone(orig: &Ct6Key) {
     release(1);
     if let Some(s) = scratch_for(orig) {
         give(&s.key);
     }
+}
+
+/// The session with original half `orig` and other half `other` expired
+/// (removed now): out of the live count and its source's quota; a SNAT66
+/// session leaves a grave for its inbound key.
+#[inline(always)]
+pub fn expired(orig: &Ct6Key, other: &Ct6Key, now: u64) {
+    release(1);
+    buried(orig, other, now);
+}
+
+/// An expired session's quota given back, its grave dug (SNAT66).
+#[inline(always)]
+fn buried(orig: &Ct6Key, other: &Ct6Key, now: u64) {
+    if let Some(s) = scratch_for(orig) {
+        give(&s.key);
+    }
+    if orig.dir == CT_DIR_OUT {
+        let _ = NB_CT6_GRAVES.insert(other, &now, 0);
+    }
+}
+
+/// Is the inbound packet `k`, with no session, a late reply to an
+/// expired SNAT66 mapping that no socket of the host itself takes? Its
+/// own BPF function (the socket tuple's frame).
+#[inline(never)]
+pub fn late_reply(ctx: &TcContext, k: &Ct6Key) -> bool {
+    // SAFETY: only the presence is used.
+    if unsafe { NB_CT6_GRAVES.get(k) }.is_none() {
+        return false;
+    }
+    let raw = |a: &In6| [a[0].raw(), a[1].raw(), a[2].raw(), a[3].raw()];
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: raw(&k.saddr),
+                daddr: raw(&k.daddr),
+                sport: k.sport.raw(),
+                dport: k.dport.raw(),
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
+    let (skb, netns) = (ctx.skb.skb as *mut c_void, BPF_F_CURRENT_NETNS as u64);
+    // SAFETY: a valid skb and tuple; a socket found is released below.
+    let sk = unsafe {
+        match k.proto {
+            6 => bpf_skc_lookup_tcp(skb, &mut tuple, size, netns, 0),
+            17 => bpf_sk_lookup_udp(skb, &mut tuple, size, netns, 0),
+            _ => return true,
+        }
+    };
+    if sk.is_null() {
+        return true;
+    }
+    // SAFETY: a reference the lookup took.
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    false
 }
 
 /// One walk: its time, the timeouts, and how many sessions went.
@@ -331,9 +392,7 @@ extern "C" fn visit(
     };
     if ct::idle_past(cfg, &e, w.now) && NB_CT6.remove(&k).is_ok() {
         let _ = NB_CT6.remove(&e.reverse);
-        if let Some(s) = scratch_for(&k) {
-            give(&s.key);
-        }
+        buried(&k, &e.reverse, w.now);
         w.removed = w.removed.wrapping_add(1);
     }
     0

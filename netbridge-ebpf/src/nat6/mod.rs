@@ -22,10 +22,7 @@ use netbridge_common::{
 use packet::Pkt6;
 
 use crate::nat::count;
-use packet::{
-    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
-};
+use packet::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 #[map]
 static NB_NAT6_CONFIG: Array<Nat6Config> = Array::pinned(1, 0);
@@ -119,11 +116,23 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let p = packet::pkt()?;
-    let Some(ip) = packet::parse(ctx, p)? else {
+    let Some(mut ip) = packet::parse(ctx, p)? else {
         return Ok(TC_ACT_OK);
     };
     if !is_lab(cfg, &p.key.saddr) || from_uplink(ctx, cfg) {
         return Ok(TC_ACT_OK);
+    }
+    // Through hop-by-hop, destination options and a routing header done
+    // with to TCP, UDP or ICMPv6.
+    let kind = ip.walk(ctx, p)?;
+    if kind & packet::FRAGMENT != 0 {
+        // A first fragment's ports cannot map the later ones (netbridge
+        // does not reassemble); a later one has none.
+        return Err(drop_reason::NAT_FRAGMENT);
+    }
+    if kind & packet::ROUTED != 0 {
+        // Segments left: its source would go on to other hops as is.
+        return Err(drop_reason::NAT_UNTRANSLATABLE);
     }
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
@@ -139,10 +148,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
             // would leak.
             _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
         },
-        // No ports in a non-first fragment; the first one is not parsed
-        // either (netbridge does not reassemble).
-        IPPROTO_FRAGMENT => return Err(drop_reason::NAT_FRAGMENT),
-        // Extension headers, other protocols: the lab's source would leak.
+        // AH, ESP, other protocols: the lab's source would leak.
         _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
     }
     let flags = ip.tcp_flags(ctx);
@@ -174,39 +180,37 @@ fn open_snat(cfg: &Nat6Config, p: &mut Pkt6, flags: u8) -> Result<(), u32> {
 }
 
 /// Logs a new NAT66 session (rate-limited, as the IPv4 NAT's): SNAT66
-/// the inside endpoint, its mapping and the remote; DNAT66 the client,
-/// the forwarded port and the target. Its own BPF function: the logger's
-/// frame stays off the session's.
+/// the inside endpoint, its port on the uplink address and the remote;
+/// DNAT66 the client, the forwarded port and the target. Its own BPF
+/// function: the logger's frame stays off the session's (two addresses
+/// only: its frame tops the uplink ingress chain).
 #[inline(never)]
 fn log_new(p: &Pkt6, dnat: bool) {
     if !crate::log::allow(crate::log::NEW_SESSION) {
         return;
     }
     let k = &p.key;
-    let (from, to) = (bytes(&k.saddr), bytes(&k.daddr));
-    let (sport, dport, nat_port) = (k.sport.get(), k.dport.get(), p.nat_port.get());
+    let (proto, sport, dport, port) = (k.proto, k.sport.get(), k.dport.get(), p.nat_port.get());
     if dnat {
         aya_log_ebpf::info!(
             &(),
-            "new dnat6 proto {} from [{:i}]:{} to [{:i}]:{} -> [{:i}]:{}",
-            k.proto,
-            from,
+            "new dnat6 proto {} from [{:i}]:{} to port {} -> [{:i}]:{}",
+            proto,
+            bytes(&k.saddr),
             sport,
-            to,
             dport,
             bytes(&p.nat_addr),
-            nat_port
+            port
         );
     } else {
         aya_log_ebpf::info!(
             &(),
-            "new snat6 proto {} [{:i}]:{} -> [{:i}]:{} to [{:i}]:{}",
-            k.proto,
-            from,
+            "new snat6 proto {} [{:i}]:{} -> port {} to [{:i}]:{}",
+            proto,
+            bytes(&k.saddr),
             sport,
-            bytes(&p.nat_addr),
-            nat_port,
-            to,
+            port,
+            bytes(&k.daddr),
             dport
         );
     }
@@ -234,10 +238,15 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let p = packet::pkt()?;
-    let Some(ip) = packet::parse(ctx, p)? else {
+    let Some(mut ip) = packet::parse(ctx, p)? else {
         return Ok(TC_ACT_OK);
     };
     if p.key.daddr != cfg.uplink_ipv6 {
+        return Ok(TC_ACT_OK);
+    }
+    if ip.walk(ctx, p)? != 0 {
+        // The host's to reassemble (or route on): never translated.
+        count(nat_stat::UNTRANSLATED6_IN);
         return Ok(TC_ACT_OK);
     }
     match ip.proto {
@@ -275,8 +284,10 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     }
     match found {
-        // A late reply to a mapping past its timeout: not delivered.
+        // A late reply to a mapping past its timeout (found now, or
+        // removed earlier: its grave): not delivered, unless the host's.
         ct::Found::Expired => Err(drop_reason::NAT_EXPIRED),
+        _ if limits::late_reply(ctx, &p.key) => Err(drop_reason::NAT_EXPIRED),
         _ => Ok(TC_ACT_OK),
     }
 }
