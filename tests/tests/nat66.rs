@@ -405,6 +405,122 @@ fn hostile_ipv6_from_upstream_dropped_by_reason() {
     lab.down_clean();
 }
 
+/// `netbridge log` shows NAT66 as it shows the IPv4 NAT: a new SNAT66
+/// session (inside endpoint, its port on the uplink address, the remote),
+/// a new DNAT66 session (client, forwarded port, target) and a drop at the
+/// uplink by name (a lab fragment, `nat_fragment`). `metrics` exposes the
+/// NAT66 counters and the kernel's live NAT66 count.
+#[test]
+fn nat66_in_the_datapath_log_and_metrics() {
+    require_root!();
+    let mut lab = lab_fwd66();
+    udp6_echo(&mut lab, 7, 0);
+    let p = "8000".to_string();
+    lab.spawn(
+        "white",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("white", "tcp", 8000);
+    let log = lab.sb.tmp_file("log6.txt");
+    let bin = netbridge_tests::netbridge_bin();
+    let (name, host) = (lab.topology(), lab.sb.host.clone());
+    let argv = [
+        bin.to_str().unwrap(),
+        "log",
+        "--name",
+        &name,
+        "--duration",
+        "300s",
+    ];
+    let logger = lab
+        .sb
+        .spawn_ready(&host, &argv, Some(&log), "following the datapath log");
+    let text = || std::fs::read_to_string(&log).unwrap();
+    let frag = lab.sb.tmp_file("frag6.py");
+    let py = format!(
+        "from scapy.all import *\n\
+         send(IPv6(dst='{SERVER6}')/IPv6ExtHdrFragment(offset=8, m=0, nh=17)/Raw(b'y'*16), verbose=0)\n"
+    );
+    std::fs::write(&frag, py).unwrap();
+    let snat = "new snat6 proto 17 [fd00:77::10]:43400 -> port 43400 to [2001:db8:2::10]:7";
+    let dnat = "to port 8080 -> [fd00:77::20]:8000";
+    // Repeated until logged: events are rate-limited per CPU and second.
+    let logged = netbridge_tests::Sandbox::wait_for(std::time::Duration::from_secs(20), || {
+        let t = text();
+        if !t.contains(snat) {
+            udp6_probe(&lab, "black", 1, &["43400:7"]);
+        }
+        if !t.contains(dnat) {
+            assert_eq!(
+                lab.curl("server", &format!("http://[{UPLINK6}]:8080/")),
+                "200"
+            );
+        }
+        if !t.contains("drop nat_fragment (reason") {
+            lab.sh("black", &format!("/usr/bin/python3 {}", frag.display()));
+        }
+        let t = text();
+        (t.contains(snat) && t.contains(dnat) && t.contains("drop nat_fragment (reason"))
+            .then_some(())
+    });
+    assert!(logged.is_some(), "NAT66 events missing:\n{}", text());
+    assert!(
+        text().contains(&format!("new dnat6 proto 6 from [{SERVER6}]:")),
+        "{}",
+        text()
+    );
+    let (status, err) = lab.sb.stop(logger);
+    assert!(status.success(), "netbridge log: {status}\n{err}");
+
+    let listen = "127.0.0.1:9479";
+    let argv = [
+        bin.to_str().unwrap(),
+        "metrics",
+        "--name",
+        &name,
+        "--listen",
+        listen,
+    ];
+    lab.sb.spawn(&host, &argv);
+    let url = format!("http://{listen}/metrics");
+    let body = netbridge_tests::Sandbox::wait_for(std::time::Duration::from_secs(10), || {
+        let out = lab.sb.sh(&host, &format!("curl -s {url} || true"));
+        out.contains("netbridge_nat66_sessions_live").then_some(out)
+    })
+    .expect("metrics endpoint never served");
+    let value = |metric: &str| -> u64 {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .unwrap_or_else(|| panic!("no {metric}:\n{body}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    let t = format!("{{topology=\"{name}\"");
+    assert!(
+        value(&format!(
+            "netbridge_nat_events_total{t},event=\"snat6_new\"}}"
+        )) >= 1
+    );
+    assert!(
+        value(&format!(
+            "netbridge_nat_events_total{t},event=\"dnat6_new\"}}"
+        )) >= 1
+    );
+    assert!(
+        value(&format!(
+            "netbridge_nat_events_total{t},event=\"translated6_out\"}}"
+        )) >= 2
+    );
+    assert!(value(&format!("netbridge_nat66_sessions_live{t}}}")) >= 2);
+    assert!(value(&format!("netbridge_nat66_sessions_high_water{t}}}")) >= 2);
+    assert!(
+        value(&format!(
+            "netbridge_drops_total{t},reason=\"nat_fragment\"}}"
+        )) >= 1
+    );
+    lab.down_clean();
+}
+
 #[test]
 fn icmp6_errors_translated_pmtu_and_traceroute() {
     require_root!();
