@@ -125,8 +125,8 @@ code_table! {
         /// IPv6 header with version != 6 or a payload length past the end
         /// of the frame.
         21 BadIpv6Header BAD_IPV6_HEADER "bad_ipv6_header",
-        /// More IPv6 extension headers than the parser follows, or one cut
-        /// short.
+        /// More IPv6 extension headers than the parser follows, one cut
+        /// short, or a hop-by-hop header after another one (RFC 8200).
         22 Ipv6ExtChain IPV6_EXT_CHAIN "ipv6_ext_chain",
         /// A first IPv6 fragment that does not hold the whole header chain
         /// (RFC 7112), or an ICMPv6/ND message in a fragment.
