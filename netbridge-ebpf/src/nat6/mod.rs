@@ -19,10 +19,11 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::Array, programs::TcContex
 use netbridge_common::{
     CT_DIR_IN, CT_DIR_OUT, In6, NAT6_MASQUERADE, Nat6Config, drop_reason, nat_stat,
 };
-use packet::Pkt6;
 
 use crate::nat::count;
-use packet::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use packet::{
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt6,
+};
 
 #[map]
 static NB_NAT6_CONFIG: Array<Nat6Config> = Array::pinned(1, 0);
