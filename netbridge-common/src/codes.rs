@@ -125,8 +125,8 @@ code_table! {
         /// IPv6 header with version != 6 or a payload length past the end
         /// of the frame.
         21 BadIpv6Header BAD_IPV6_HEADER "bad_ipv6_header",
-        /// More IPv6 extension headers than the parser follows, or one cut
-        /// short.
+        /// More IPv6 extension headers than the parser follows, one cut
+        /// short, or a hop-by-hop header after another one (RFC 8200).
         22 Ipv6ExtChain IPV6_EXT_CHAIN "ipv6_ext_chain",
         /// A first IPv6 fragment that does not hold the whole header chain
         /// (RFC 7112), or an ICMPv6/ND message in a fragment.
@@ -229,6 +229,13 @@ code_table! {
         /// hairpinned on the bridge port to another lab host (Hairpin66:
         /// both the sender's and the receiver's session applied).
         27 Xlate6Hairpin XLATE6_HAIRPIN "translated6_hairpin",
+        /// NAT66 sessions removed past their timeout by the sweep (or a
+        /// purge: `forward` marks the sessions of a changed forward idle).
+        28 Expired6Sweep EXPIRED6_SWEEP "expired6_sweep",
+        /// IPv6 fragments (first or not) and packets with a routing header
+        /// still to go, to the uplink's IPv6 address: passed to the host
+        /// untranslated (NAT66 does not reassemble).
+        29 Untranslated6In UNTRANSLATED6_IN "untranslated6_in",
     }
 }
 
@@ -249,7 +256,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Xlate6Hairpin.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Untranslated6In.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

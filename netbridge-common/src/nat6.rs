@@ -15,8 +15,21 @@ pub const MAP_NAT6_CONFIG: &str = "NB_NAT6_CONFIG";
 /// LRU hash: [`Ct6Key`] -> [`Ct6Entry`]; two entries per session, as
 /// [`crate::MAP_CT`].
 pub const MAP_CT6: &str = "NB_CT6";
-/// Capacity of [`MAP_CT6`] (entries: two per session).
+/// Capacity of [`MAP_CT6`] (entries: two per session) in the object;
+/// `up` sizes a new table for `max_sessions` as [`crate::MAP_CT`].
 pub const CT6_SIZE: u32 = 65_536;
+/// Array of one (a BTF map, pinned by name): the NAT66 sweep's
+/// `bpf_timer`, a spin lock and [`crate::CtCounts`] (live NAT66 sessions,
+/// counted against `max_sessions` apart from the IPv4 ones); userspace
+/// reads it as [`crate::CtStateView`].
+pub const MAP_CT6_STATE: &str = "NB_CT6_STATE";
+/// Hash (a BTF map, pinned by name, no prealloc): [`In6`] -> a spin lock
+/// and the live NAT66 sessions ([`crate::QuotaView`]) of a lab host (its
+/// address: `max_sessions_per_host`) or of an upstream client (its /64,
+/// the rest zero: `max_sessions_per_source`).
+pub const MAP_CT6_QUOTA: &str = "NB_CT6_QUOTA";
+/// Capacity of [`MAP_CT6_QUOTA`].
+pub const CT6_QUOTA_SIZE: u32 = CT6_SIZE / 2;
 /// Array of [`MAX_FWD6`] [`Fwd6Target`]: the IPv6 port forwards (single
 /// ports and ranges alike); the first entry with `proto` 0 ends the list.
 pub const MAP_FWD6: &str = "NB_FWD6";

@@ -262,11 +262,13 @@ pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
 }
 
 /// Never attached: `up`, `gc` and `forward` run it through
-/// BPF_PROG_TEST_RUN to start the conntrack sweep timer, sweep now, or
-/// purge a forward's sessions (see `nat::sweep`).
+/// BPF_PROG_TEST_RUN to start the conntrack sweep timers, sweep now, or
+/// purge a forward's sessions (see `nat::sweep`; NAT66's part:
+/// `nat6::limits`).
 #[classifier]
 pub fn nb_ct_ctl(ctx: TcContext) -> i32 {
-    nat::sweep::control(&ctx) as i32
+    let r4 = nat::sweep::control(&ctx);
+    nat6::limits::control(&ctx, r4) as i32
 }
 
 /// The uplink is not a bridge port: drops are counted by reason only.

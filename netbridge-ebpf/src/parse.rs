@@ -167,8 +167,8 @@ pub struct Ipv6 {
 
 /// Checks the IPv6 header at `off` of a frame `len` bytes long (the skb's
 /// length: the linear data may be shorter) and walks its extension headers
-/// (hop-by-hop, routing, fragment, destination options, AH) to the
-/// upper-layer header, which a first fragment must hold (RFC 7112).
+/// (hop-by-hop, first only; routing, fragment, destination options, AH) to
+/// the upper-layer header, which a first fragment must hold (RFC 7112).
 #[inline(always)]
 pub fn check_ipv6(start: usize, end: usize, off: usize, len: usize) -> Result<Ipv6, u32> {
     let h = ptr_at::<[u8; IPV6_HLEN]>(start, end, off).ok_or(drop_reason::TRUNCATED_L3)?;
@@ -179,9 +179,14 @@ pub fn check_ipv6(start: usize, end: usize, off: usize, len: usize) -> Result<Ip
     }
     let mut l = off + IPV6_HLEN;
     let (mut fragment, mut later_fragment) = (false, false);
-    for _ in 0..MAX_IPV6_EXT {
+    for i in 0..MAX_IPV6_EXT {
         if !matches!(nh, 0 | 43 | 44 | 51 | 60) {
             break;
+        }
+        // Hop-by-hop comes right after the fixed header or not at all
+        // (RFC 8200 sec. 4.1).
+        if nh == 0 && i > 0 {
+            return Err(drop_reason::IPV6_EXT_CHAIN);
         }
         // Next Header and Hdr Ext Len (or, in a fragment header, reserved);
         // cut short in a first fragment: RFC 7112.

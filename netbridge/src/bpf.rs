@@ -598,6 +598,12 @@ impl Datapath {
                 crate::nat::ct_entries_for(max_sessions),
             )
             .map_max_entries(netbridge_common::MAP_CT_ADMITTED, max_sessions.max(1))
+            // NAT66's table is sized as NB_CT, up to its own (smaller)
+            // maximum: its entries are three times as large.
+            .map_max_entries(
+                netbridge_common::MAP_CT6,
+                crate::nat::ct_entries_for(max_sessions).min(netbridge_common::CT6_SIZE),
+            )
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
         // The port program's tail call. The array is pinned: its entries

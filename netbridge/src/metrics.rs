@@ -201,7 +201,7 @@ fn port_families(x: &mut Exposition, all: &[(&str, &Snapshot)]) {
 /// (metric name, help text, value) of one NAT gauge.
 type NatGauge = (&'static str, &'static str, fn(&NatSnapshot) -> u64);
 
-const NAT_GAUGES: [NatGauge; 4] = [
+const NAT_GAUGES: [NatGauge; 6] = [
     (
         "netbridge_nat_sessions_live",
         "NAT sessions counted against max_sessions (kernel count).",
@@ -211,6 +211,16 @@ const NAT_GAUGES: [NatGauge; 4] = [
         "netbridge_nat_sessions_high_water",
         "Highest live NAT session count reached.",
         |n| n.high_water_sessions,
+    ),
+    (
+        "netbridge_nat66_sessions_live",
+        "NAT66 sessions counted against max_sessions, apart from IPv4's (kernel count).",
+        |n| n.sessions6.map_or(0, |s| s.0),
+    ),
+    (
+        "netbridge_nat66_sessions_high_water",
+        "Highest live NAT66 session count reached.",
+        |n| n.sessions6.map_or(0, |s| s.1),
     ),
     (
         "netbridge_nat_sessions_max",
@@ -510,6 +520,7 @@ mod tests {
                 live_sessions: 1,
                 high_water_sessions: 1,
                 max_sessions: 10,
+                sessions6: Some((2, 3)),
                 sessions: [("tcp", 1)].into_iter().collect(),
                 pools: vec![],
                 forwards: vec![],
@@ -540,7 +551,9 @@ mod tests {
             )
         );
         assert!(text.contains("netbridge_nat_sessions_max{topology=\"lab\\\"x\"} 10"));
-        assert_eq!(seen.len(), 9 + 2 + 8, "{seen:?}");
+        assert!(text.contains("netbridge_nat66_sessions_live{topology=\"lab\\\"x\"} 2"));
+        assert!(text.contains("netbridge_nat66_sessions_high_water{topology=\"lab\\\"x\"} 3"));
+        assert_eq!(seen.len(), 9 + 2 + 10, "{seen:?}");
     }
 
     /// The agent's exposition of two topologies (one with NAT, one
@@ -565,6 +578,7 @@ mod tests {
                 live_sessions: 1,
                 high_water_sessions: 1,
                 max_sessions: 10,
+                sessions6: None,
                 sessions: [("udp", 1)].into_iter().collect(),
                 pools: vec![],
                 forwards: vec![],

@@ -1,14 +1,19 @@
 //! NAT66 control plane: the IPv6 masquerade config the uplink programs
-//! read ([`MAP_NAT6_CONFIG`]), the IPv6 port forwards ([`MAP_FWD6`]) and
-//! the conntrack table ([`MAP_CT6`]).
-use std::net::Ipv6Addr;
+//! read ([`MAP_NAT6_CONFIG`]), the IPv6 port forwards ([`MAP_FWD6`]), the
+//! conntrack table ([`MAP_CT6`]) and its accounting ([`MAP_CT6_STATE`],
+//! [`MAP_CT6_QUOTA`]: the datapath's, read here).
+use std::{net::Ipv6Addr, os::fd::AsFd};
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::ProgramFd,
+};
 use ipnet::{IpNet, Ipv6Net};
 use netbridge_common::{
     Be32, CT_DIR_IN, CT_DIR_OUT, CT_F_ASSURED, CT_F_ORIGINAL, CT_TCP_ESTABLISHED, CT_TCP_SYN,
-    Ct6Entry, Ct6Key, Fwd6Target, In6, MAP_CT6, MAP_FWD6, MAP_NAT6_CONFIG, MAX_FWD6,
-    NAT6_MASQUERADE, NAT6_PREFIXES, Nat6Config, Prefix6,
+    Ct6Entry, Ct6Key, CtCounts, CtStateView, CtlCmd, Fwd6Target, In6, MAP_CT6, MAP_CT6_QUOTA,
+    MAP_CT6_STATE, MAP_FWD6, MAP_NAT6_CONFIG, MAX_FWD6, NAT6_MASQUERADE, NAT6_PREFIXES, Nat6Config,
+    PROG_CT_CTL, Prefix6, QuotaView, ctl,
 };
 
 use crate::pins::{BpfError, MapSource, map_err};
@@ -19,6 +24,13 @@ pub struct Nat6Maps {
     pub forwards: Array<MapData, Fwd6Target>,
     /// An LRU hash in the kernel; read through `HashMap`.
     pub ct: HashMap<MapData, Ct6Key, Ct6Entry>,
+    /// Live NAT66 sessions (against `max_sessions`), high-water mark,
+    /// sweeps: the datapath's count.
+    pub state: Array<MapData, CtStateView>,
+    /// Live NAT66 sessions per lab host address / upstream client /64.
+    pub quota: HashMap<MapData, In6, QuotaView>,
+    /// The conntrack control program (sweeps both tables), if loaded.
+    ctl: Option<ProgramFd>,
 }
 
 /// An address in the maps' form.
@@ -118,7 +130,46 @@ impl Nat6Maps {
             config: src.map(MAP_NAT6_CONFIG, Map::Array)?,
             forwards: src.map(MAP_FWD6, Map::Array)?,
             ct: src.map(MAP_CT6, Map::LruHashMap)?,
+            state: src.map(MAP_CT6_STATE, Map::Array)?,
+            quota: src.map(MAP_CT6_QUOTA, Map::HashMap)?,
+            ctl: src.program_fd(PROG_CT_CTL),
         })
+    }
+
+    /// The datapath's NAT66 session accounting.
+    pub fn counts(&self) -> CtCounts {
+        self.state.get(&0, 0).map(|s| s.counts).unwrap_or_default()
+    }
+
+    /// Live NAT66 sessions per quota key (lab host address, or upstream
+    /// client /64), as the datapath counts them.
+    pub fn quotas(&self) -> Vec<(Ipv6Addr, u32)> {
+        let mut v: Vec<(Ipv6Addr, u32)> = self
+            .quota
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, q)| (addr(&k), q.sessions))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A sweep of both conntrack tables in the kernel now (as `gc`);
+    /// the sessions removed. Without the control program: 0.
+    pub fn sweep(&self) -> Result<u64, BpfError> {
+        let Some(fd) = &self.ctl else {
+            return Ok(0);
+        };
+        let cmd = CtlCmd {
+            op: ctl::OP_SWEEP,
+            ..CtlCmd::default()
+        };
+        let rc = crate::nat::prog_test_run(fd.as_fd(), &crate::nat::ctl_frame(&cmd))
+            .map_err(|e| ctl_err(e.to_string()))?;
+        if rc >= ctl::ERROR {
+            return Err(ctl_err(format!("errno {}", rc - ctl::ERROR)));
+        }
+        Ok(rc as u64)
     }
 
     pub fn config(&self) -> Nat6Config {
@@ -175,9 +226,13 @@ impl Nat6Maps {
         Ok(changes)
     }
 
-    /// Removes the DNAT66 sessions (original half inbound) that `fwds` no
-    /// longer maps to their target; returns how many.
+    /// Ends the DNAT66 sessions (original half inbound) that `fwds` no
+    /// longer maps to their target; returns how many. Both halves are
+    /// marked idle since boot, so no packet uses them again (a lookup
+    /// removes them), then a sweep removes them: in the kernel, counted out
+    /// of the live count and the client's quota as expired sessions are.
     fn purge_dnat(&mut self, fwds: &[Fwd6Target]) -> Result<usize, BpfError> {
+        const BPF_EXIST: u64 = 2;
         let kept = |k: &Ct6Key, e: &Ct6Entry| {
             let p = k.dport.get();
             fwds.iter().any(|f| {
@@ -194,9 +249,16 @@ impl Nat6Maps {
             .filter(|(k, e)| k.dir == CT_DIR_IN && e.flags & CT_F_ORIGINAL != 0 && !kept(k, e))
             .map(|(k, e)| (k, e.reverse))
             .collect();
-        for (k, r) in &stale {
-            let _ = self.ct.remove(k);
-            let _ = self.ct.remove(r);
+        for key in stale.iter().flat_map(|(k, r)| [*k, *r]) {
+            // Only an entry still there: never re-create a half.
+            if let Ok(mut v) = self.ct.get(&key, 0) {
+                v.last_seen_ns = 0;
+                let _ = self.ct.insert(key, v, BPF_EXIST);
+            }
+        }
+        if !stale.is_empty() {
+            // Best effort: the timer's sweep (or a packet) removes them too.
+            let _ = self.sweep();
         }
         Ok(stale.len())
     }
@@ -256,6 +318,19 @@ fn row(cfg: &Nat6Config, now: u64, k: &Ct6Key, e: &Ct6Entry, r: Option<&Ct6Entry
         age_secs: now.saturating_sub(e.created_ns) as f64 / 1e9,
         idle_secs: idle,
         expires_in_secs: (timeout - idle).max(0.0),
+    }
+}
+
+fn ctl_err(msg: String) -> BpfError {
+    BpfError::Program {
+        name: PROG_CT_CTL,
+        ifname: "-".into(),
+        source: Box::new(aya::programs::ProgramError::SyscallError(
+            aya::sys::SyscallError {
+                call: "bpf_prog_test_run",
+                io_error: std::io::Error::other(msg),
+            },
+        )),
     }
 }
 

@@ -61,6 +61,9 @@ pub struct NatSnapshot {
     pub live_sessions: u64,
     pub high_water_sessions: u64,
     pub max_sessions: u32,
+    /// NAT66's live sessions and highest count (counted apart against the
+    /// same `max_sessions`), when NAT66 is on.
+    pub sessions6: Option<(u64, u64)>,
     /// Sessions by protocol name.
     pub sessions: BTreeMap<&'static str, u64>,
     pub pools: Vec<crate::nat::PoolUse>,
@@ -186,6 +189,12 @@ impl Source {
             live_sessions: ct.live_sessions,
             high_water_sessions: ct.high_water_sessions,
             max_sessions: ct.max_sessions,
+            sessions6: self
+                .maps
+                .nat6
+                .as_ref()
+                .filter(|n| n.config().flags != 0)
+                .map(|n| (n.counts().live, n.counts().high_water)),
             sessions,
             pools: ct.pools,
             forwards: nat.forward_uses()?,
@@ -238,6 +247,13 @@ impl NatSnapshot {
             self.high_water_sessions,
             if c.is_empty() { "no traffic yet" } else { &c }
         );
+        if let Some((live, high)) = self.sessions6 {
+            let _ = writeln!(
+                out,
+                "nat66 sessions: {live} of {} (highest {high})",
+                self.max_sessions
+            );
+        }
         for f in &self.forwards {
             let _ = writeln!(
                 out,
@@ -352,6 +368,8 @@ impl Snapshot {
                 "counters": n.counters,
                 "live_sessions": n.live_sessions,
                 "high_water_sessions": n.high_water_sessions,
+                "live_sessions6": n.sessions6.map_or(0, |s| s.0),
+                "high_water_sessions6": n.sessions6.map_or(0, |s| s.1),
                 "max_sessions": n.max_sessions,
                 "sessions": n.sessions,
                 "pools": n.pools,
@@ -410,6 +428,7 @@ mod tests {
             live_sessions: 2,
             high_water_sessions: 3,
             max_sessions: 100,
+            sessions6: Some((1, 4)),
             sessions: [("tcp", 2)].into_iter().collect(),
             pools: vec![],
             forwards: vec![],
@@ -418,7 +437,8 @@ mod tests {
         assert!(t.contains("drops: spoofed_mac=4\n"), "{t}");
         assert!(
             t.contains(
-                "nat sessions: 2 of 100 (tcp=2; highest 3)\nnat port pool: \nnat: snat_new=2\n"
+                "nat sessions: 2 of 100 (tcp=2; highest 3)\nnat port pool: \nnat: snat_new=2\n\
+                 nat66 sessions: 1 of 100 (highest 4)\n"
             ),
             "{t}"
         );

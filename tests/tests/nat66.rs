@@ -245,12 +245,13 @@ fn session_expires_in_the_kernel() {
     let r = udp6_probe(&lab, "black", 2, &["43100:7"]);
     assert!(r["43100:7"].is_string(), "{r}");
     // A reply 4 s after a lone datagram (timeout 2 s): the session is past
-    // its timeout when the reply comes, which is then dropped.
+    // its timeout when the reply comes (found so, or swept before and its
+    // grave found), which is then dropped.
     let expired = lab.counter("nat_expired");
     let r = udp6_probe(&lab, "black", 7, &["43101:9"]);
     assert!(r["43101:9"].is_null(), "late reply delivered: {r}");
     assert!(lab.counter("nat_expired") > expired);
-    assert!(lab.counter("expired6") >= 1);
+    assert!(lab.counter("expired6") + lab.counter("expired6_sweep") >= 1);
     // The next datagram from the same endpoint opens a fresh session.
     let new = lab.counter("snat6_new");
     let r = udp6_probe(&lab, "black", 2, &["43101:7"]);
@@ -259,6 +260,35 @@ fn session_expires_in_the_kernel() {
     lab.down_clean();
 }
 
+/// Idle NAT66 sessions go by the kernel's sweep timer, with no netbridge
+/// process running and no packet finding them: `conntrack` lists the
+/// session, then stops listing it (`expired6_sweep`, not `expired6`: no
+/// lookup removed it), and the kernel's live NAT66 count is back to 0.
+#[test]
+fn idle_session_swept_without_a_process() {
+    require_root!();
+    let mut lab = lab66("timeouts = { udp = 2, udp_replied = 2 }");
+    udp6_echo(&mut lab, 7, 0);
+    let r = udp6_probe(&lab, "black", 2, &["43200:7"]);
+    assert!(r["43200:7"].is_string(), "{r}");
+    let listed = |ct: &Value| {
+        ct["sessions6"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["inside"] == "[fd00:77::10]:43200"))
+    };
+    assert!(listed(&lab.conntrack()), "{}", lab.conntrack());
+    let (lookup, swept) = (lab.counter("expired6"), lab.counter("expired6_sweep"));
+    lab.wait_ct(30, "the idle NAT66 session swept", |ct| !listed(ct));
+    assert_eq!(lab.counter("expired6"), lookup);
+    assert!(lab.counter("expired6_sweep") > swept);
+    let ct = lab.conntrack();
+    assert_eq!(ct["live_sessions6"], 0, "{ct}");
+    lab.down_clean();
+}
+
+/// Nothing leaves the uplink with a lab (ULA) source: kinds NAT66 cannot
+/// translate are dropped and counted (a router capture sees no fd00:
+/// source), a hop-by-hop header before UDP is followed and translated.
 #[test]
 fn ula_source_never_leaves() {
     require_root!();
@@ -277,19 +307,25 @@ fn ula_source_never_leaves() {
         ],
         None,
     );
-    let (untranslatable, fragment) = (
+    let (untranslatable, fragment, translated) = (
         lab.counter("nat_untranslatable"),
         lab.counter("nat_fragment"),
+        lab.counter("translated6_out"),
     );
-    // Untranslatable kinds from a lab host: a hop-by-hop header, SCTP, an
-    // unknown ICMPv6 type, and a fragment.
+    // Untranslatable kinds from a lab host (each passes the port
+    // program's checks): SCTP, an unknown ICMPv6 type, a routing header
+    // with a segment left, AH, a first and a later UDP fragment. A
+    // hop-by-hop header before UDP is followed: translated.
     let py = format!(
         "from scapy.all import *\n\
          d = '{SERVER6}'\n\
-         send(IPv6(dst=d)/IPv6ExtHdrHopByHop()/UDP(sport=1,dport=7), verbose=0)\n\
          send(IPv6(dst=d, nh=132)/Raw(b'x'*16), verbose=0)\n\
          send(IPv6(dst=d)/ICMPv6Unknown(type=200), verbose=0)\n\
-         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=0, m=1)/UDP(sport=2,dport=7), verbose=0)\n"
+         send(IPv6(dst=d)/IPv6ExtHdrSegmentRouting(addresses=[d], segleft=1)/UDP(sport=3,dport=7), verbose=0)\n\
+         send(IPv6(dst=d)/AH(nh=17, spi=1)/UDP(sport=4,dport=7), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=0, m=1)/UDP(sport=2,dport=7), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrFragment(offset=8, m=0, nh=17)/Raw(b'y'*16), verbose=0)\n\
+         send(IPv6(dst=d)/IPv6ExtHdrHopByHop()/UDP(sport=1,dport=7), verbose=0)\n"
     );
     let file = lab.sb.tmp_file("leak.py");
     std::fs::write(&file, py).unwrap();
@@ -303,8 +339,189 @@ fn ula_source_never_leaves() {
         "leaked: {srcs:?}"
     );
     assert!(srcs.iter().any(|s| s == UPLINK6), "{srcs:?}");
-    assert!(lab.counter("nat_untranslatable") >= untranslatable + 3);
-    assert!(lab.counter("nat_fragment") > fragment);
+    assert_eq!(lab.counter("nat_untranslatable"), untranslatable + 4);
+    assert_eq!(lab.counter("nat_fragment"), fragment + 2);
+    // The hop-by-hop datagram and the ping.
+    assert!(lab.counter("translated6_out") >= translated + 2);
+    lab.down_clean();
+}
+
+/// Hostile IPv6 frames from upstream to the uplink address, each sent 3
+/// times: a header cut to 20 bytes (`truncated_l3`), a payload length
+/// past the frame (`bad_ipv6_header`), five destination-options headers
+/// and a hop-by-hop header after another one (`ipv6_ext_chain`), a first
+/// fragment without its UDP header (`ipv6_fragment`): each reason moves
+/// by exactly 3. A fragmented ping -6 to the uplink address is the host's
+/// (passed untranslated, `untranslated6_in`, and answered), and NAT66
+/// traffic works afterwards.
+#[test]
+fn hostile_ipv6_from_upstream_dropped_by_reason() {
+    require_root!();
+    let mut lab = lab66("");
+    udp6_echo(&mut lab, 7, 0);
+    let upmac = lab.sb.mac_of(&lab.ns("gw"), "uplink0");
+    let reasons = [
+        ("truncated_l3", 3),
+        ("bad_ipv6_header", 3),
+        ("ipv6_ext_chain", 6),
+        ("ipv6_fragment", 3),
+    ];
+    let before: Vec<u64> = reasons.iter().map(|(r, _)| lab.counter(r)).collect();
+    let py = format!(
+        "from scapy.all import *\n\
+         conf.verb = 0\n\
+         me = get_if_hwaddr('eth0')\n\
+         e = Ether(src=me, dst='{upmac}')\n\
+         ip = IPv6(src='2001:db8:1::fe', dst='{UPLINK6}')\n\
+         u = UDP(sport=5353, dport=40999)/Raw(b'x'*8)\n\
+         def s(p): sendp(p, iface='eth0', count=3)\n\
+         s(Ether(src=me, dst='{upmac}', type=0x86dd)/raw(ip/u)[:20])\n\
+         s(e/IPv6(raw(ip/u)[:4] + b'\\xff\\x00' + raw(ip/u)[6:]))\n\
+         s(e/ip/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/IPv6ExtHdrDestOpt()/u)\n\
+         s(e/ip/IPv6ExtHdrDestOpt()/IPv6ExtHdrHopByHop()/u)\n\
+         s(e/ip/IPv6ExtHdrFragment(id=9, m=1, nh=60)/IPv6ExtHdrDestOpt(nh=17, options=[PadN(optdata=b'\\x00'*60)]))\n"
+    );
+    let file = lab.sb.tmp_file("hostile6.py");
+    std::fs::write(&file, py).unwrap();
+    let passed = lab.counter("untranslated6_in");
+    lab.sh("router", &format!("/usr/bin/python3 {}", file.display()));
+    let moved = || -> Vec<u64> {
+        let now = reasons.iter().map(|(r, _)| lab.counter(r));
+        now.zip(&before).map(|(n, b)| n - b).collect()
+    };
+    let want: Vec<u64> = reasons.iter().map(|(_, n)| *n).collect();
+    let got = netbridge_tests::Sandbox::wait_for(std::time::Duration::from_secs(10), || {
+        let m = moved();
+        (m == want).then_some(m)
+    })
+    .unwrap_or_else(moved);
+    assert_eq!(got, want, "{reasons:?}");
+    // Fragments to the uplink address: the host's, reassembled and answered.
+    lab.sh(
+        "router",
+        &format!("ping -6 -c 2 -i 0.2 -W 2 -s 3000 {UPLINK6}"),
+    );
+    assert!(lab.counter("untranslated6_in") >= passed + 2);
+    // NAT66 unharmed.
+    lab.sh("black", &format!("ping -6 -c 1 -W 2 {SERVER6}"));
+    let r = udp6_probe(&lab, "black", 2, &["43300:7"]);
+    assert!(r["43300:7"].is_string(), "{r}");
+    lab.down_clean();
+}
+
+/// `netbridge log` shows NAT66 as it shows the IPv4 NAT: a new SNAT66
+/// session (inside endpoint, its port on the uplink address, the remote),
+/// a new DNAT66 session (client, forwarded port, target) and a drop at the
+/// uplink by name (a lab fragment, `nat_fragment`). `metrics` exposes the
+/// NAT66 counters and the kernel's live NAT66 count.
+#[test]
+fn nat66_in_the_datapath_log_and_metrics() {
+    require_root!();
+    let mut lab = lab_fwd66();
+    udp6_echo(&mut lab, 7, 0);
+    let p = "8000".to_string();
+    lab.spawn(
+        "white",
+        &["python3", "-m", "http.server", &p, "--bind", "::"],
+    );
+    lab.wait_listen("white", "tcp", 8000);
+    let log = lab.sb.tmp_file("log6.txt");
+    let bin = netbridge_tests::netbridge_bin();
+    let (name, host) = (lab.topology(), lab.sb.host.clone());
+    let argv = [
+        bin.to_str().unwrap(),
+        "log",
+        "--name",
+        &name,
+        "--duration",
+        "300s",
+    ];
+    let logger = lab
+        .sb
+        .spawn_ready(&host, &argv, Some(&log), "following the datapath log");
+    let text = || std::fs::read_to_string(&log).unwrap();
+    let frag = lab.sb.tmp_file("frag6.py");
+    let py = format!(
+        "from scapy.all import *\n\
+         send(IPv6(dst='{SERVER6}')/IPv6ExtHdrFragment(offset=8, m=0, nh=17)/Raw(b'y'*16), verbose=0)\n"
+    );
+    std::fs::write(&frag, py).unwrap();
+    let snat = "new snat6 proto 17 [fd00:77::10]:43400 -> port 43400 to [2001:db8:2::10]:7";
+    let dnat = "to port 8080 -> [fd00:77::20]:8000";
+    // Repeated until logged: events are rate-limited per CPU and second.
+    let logged = netbridge_tests::Sandbox::wait_for(std::time::Duration::from_secs(20), || {
+        let t = text();
+        if !t.contains(snat) {
+            udp6_probe(&lab, "black", 1, &["43400:7"]);
+        }
+        if !t.contains(dnat) {
+            assert_eq!(
+                lab.curl("server", &format!("http://[{UPLINK6}]:8080/")),
+                "200"
+            );
+        }
+        if !t.contains("drop nat_fragment (reason") {
+            lab.sh("black", &format!("/usr/bin/python3 {}", frag.display()));
+        }
+        let t = text();
+        (t.contains(snat) && t.contains(dnat) && t.contains("drop nat_fragment (reason"))
+            .then_some(())
+    });
+    assert!(logged.is_some(), "NAT66 events missing:\n{}", text());
+    assert!(
+        text().contains(&format!("new dnat6 proto 6 from [{SERVER6}]:")),
+        "{}",
+        text()
+    );
+    let (status, err) = lab.sb.stop(logger);
+    assert!(status.success(), "netbridge log: {status}\n{err}");
+
+    let listen = "127.0.0.1:9479";
+    let argv = [
+        bin.to_str().unwrap(),
+        "metrics",
+        "--name",
+        &name,
+        "--listen",
+        listen,
+    ];
+    lab.sb.spawn(&host, &argv);
+    let url = format!("http://{listen}/metrics");
+    let body = netbridge_tests::Sandbox::wait_for(std::time::Duration::from_secs(10), || {
+        let out = lab.sb.sh(&host, &format!("curl -s {url} || true"));
+        out.contains("netbridge_nat66_sessions_live").then_some(out)
+    })
+    .expect("metrics endpoint never served");
+    let value = |metric: &str| -> u64 {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .unwrap_or_else(|| panic!("no {metric}:\n{body}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    let t = format!("{{topology=\"{name}\"");
+    assert!(
+        value(&format!(
+            "netbridge_nat_events_total{t},event=\"snat6_new\"}}"
+        )) >= 1
+    );
+    assert!(
+        value(&format!(
+            "netbridge_nat_events_total{t},event=\"dnat6_new\"}}"
+        )) >= 1
+    );
+    assert!(
+        value(&format!(
+            "netbridge_nat_events_total{t},event=\"translated6_out\"}}"
+        )) >= 2
+    );
+    assert!(value(&format!("netbridge_nat66_sessions_live{t}}}")) >= 2);
+    assert!(value(&format!("netbridge_nat66_sessions_high_water{t}}}")) >= 2);
+    assert!(
+        value(&format!(
+            "netbridge_drops_total{t},reason=\"nat_fragment\"}}"
+        )) >= 1
+    );
     lab.down_clean();
 }
 

@@ -10,8 +10,8 @@ use netbridge::{
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, PROG_UPLINK_EGRESS,
-    PROG_UPLINK_INGRESS,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, NatConfig,
+    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -363,5 +363,436 @@ fn dnat66_forward_opens_a_session_and_replies_go_back() {
         assert_eq!((out.0, &out.1), (TC_ACT_OK, &other));
         assert!(moved.is_empty(), "{moved:?}");
         assert_eq!(lab.nat6().ct.iter().count(), 2);
+    });
+}
+
+/// The IPv4 NAT's limits applied to NAT66 (counted apart): `max_sessions`
+/// NAT66 sessions and `max_sessions_per_host` per lab host.
+fn limits(lab: &mut Lab, max_sessions: u32, per_host: u32, per_source: u32) {
+    let cfg = NatConfig {
+        max_sessions,
+        host_quota: per_host,
+        source_quota: per_source,
+        ..NatConfig::default()
+    };
+    lab.dp.maps.nat.config.set(0, cfg, 0).unwrap();
+}
+
+/// Marks every NAT66 entry idle since boot (as `forward` marks a purged
+/// forward's sessions): the next sweep removes them all.
+fn age_all(lab: &mut Lab) {
+    let keys: Vec<_> = lab.nat6().ct.keys().map(|k| k.unwrap()).collect();
+    for k in keys {
+        let mut v = lab.nat6().ct.get(&k, 0).unwrap();
+        v.last_seen_ns = 0;
+        lab.nat6().ct.insert(k, v, 0).unwrap();
+    }
+}
+
+/// `max_sessions` 3 and 2 per lab host: a host's third session is refused
+/// (`nat_quota`), a fourth host's session over the limit too
+/// (`nat_table_full`), never sent out; the kernel's live count and the
+/// per-host counts say 3 and 2 + 1. A sweep (no packet involved) removes
+/// idle sessions, counting them out of both (`expired6_sweep`), and the
+/// refused host gets its session then.
+#[test]
+fn nat66_max_sessions_and_host_quota() {
+    require_root!();
+    scenario(|lab| {
+        limits(lab, 3, 2, 0);
+        let white = a("fd00:77::20");
+        let out = |lab: &Lab, src, sport| {
+            lab.moved(|| lab.run(lab.egress, &udp(src, sport, server(), 7, b"x")))
+        };
+        for sport in [40000, 40001] {
+            let ((verdict, _), _) = out(lab, black(), sport);
+            assert_eq!(verdict, TC_ACT_OK);
+        }
+        let ((verdict, _), moved) = out(lab, black(), 40002);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        let ((verdict, _), _) = out(lab, white, 40000);
+        assert_eq!(verdict, TC_ACT_OK);
+        let ((verdict, _), moved) = out(lab, a("fd00:77::30"), 40000);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_table_full", 1)]));
+        assert_eq!(lab.nat6().counts().live, 3);
+        assert_eq!(lab.nat6().counts().high_water, 3);
+        assert_eq!(lab.nat6().quotas(), vec![(black(), 2), (white, 1)]);
+        assert_eq!(lab.nat6().ct.iter().count(), 6);
+        // An established session is not refused: only new ones count.
+        let ((verdict, _), _) = out(lab, black(), 40000);
+        assert_eq!(verdict, TC_ACT_OK);
+
+        age_all(lab);
+        let nat6 = lab.dp.maps.nat6.as_ref().unwrap();
+        let (n, moved) = lab.moved(|| nat6.sweep().unwrap());
+        assert_eq!(n, 3);
+        assert_eq!(moved, counts(&[("expired6_sweep", 3)]));
+        assert_eq!(lab.nat6().ct.iter().count(), 0);
+        assert_eq!(lab.nat6().counts().live, 0);
+        assert_eq!(lab.nat6().quotas(), vec![]);
+        let ((verdict, _), moved) = out(lab, a("fd00:77::30"), 40000);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(moved["snat6_new"], 1);
+    });
+}
+
+/// `max_sessions_per_source` for DNAT66 clients counts an upstream /64:
+/// two clients of one /64 share it (the second refused, `nat_quota`), one
+/// of another /64 is admitted; a session that expires on lookup gives its
+/// place back (live count and quota).
+#[test]
+fn nat66_source_quota_per_upstream_prefix() {
+    require_root!();
+    scenario(|lab| {
+        limits(lab, 100, 0, 1);
+        let fwd = Fwd6Target {
+            addr: nat6::in6(black()),
+            port: 8000,
+            first: 8080,
+            last: 8080,
+            proto: TCP,
+            _pad: 0,
+        };
+        lab.nat6().set_forwards(&[fwd]).unwrap();
+        let syn = |src| tcp(src, 40000, uplink(), 8080, 0x02);
+        let (r, _) = lab.moved(|| lab.run(lab.ingress, &syn(server())));
+        assert_eq!(r.0, TC_ACT_OK);
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(a("2001:db8:2::99"))));
+        assert_eq!(r.0, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(a("2001:db8:3::10"))));
+        assert_eq!(r.0, TC_ACT_OK);
+        assert_eq!(moved["dnat6_new"], 1);
+        let q = lab.nat6().quotas();
+        assert_eq!(q, vec![(a("2001:db8:2::"), 1), (a("2001:db8:3::"), 1)]);
+        assert_eq!(lab.nat6().counts().live, 2);
+        // Expired, found by its client's next SYN: removed and counted out
+        // (expired6), so the new session fits the /64's quota of 1.
+        age_all(lab);
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(server())));
+        assert_eq!(r.0, TC_ACT_OK);
+        assert_eq!((moved["expired6"], moved["dnat6_new"]), (1, 1), "{moved:?}");
+        assert_eq!(lab.nat6().counts().live, 2, "{:?}", lab.nat6().quotas());
+    });
+}
+
+/// SNAT66 never maps a lab source to a port an IPv6 forward owns (a single
+/// port or one of a range), not even its own source port; a pool of only
+/// forwarded ports has none to give (`nat_port_exhausted`).
+#[test]
+fn snat66_avoids_forwarded_ports() {
+    require_root!();
+    scenario(|lab| {
+        let fwd = |proto, first, last| Fwd6Target {
+            addr: nat6::in6(a("fd00:77::20")),
+            port: 9000,
+            first,
+            last,
+            proto,
+            _pad: 0,
+        };
+        let fwds = [fwd(TCP, 8080, 8080), fwd(UDP, 5000, 5001)];
+        lab.nat6().set_forwards(&fwds).unwrap();
+        let syn = tcp(black(), 8080, server(), 80, 0x02);
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.egress, &syn));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_ne!(port_at(&ip, 40), 8080);
+        assert!(!moved.contains_key("port_kept"), "{moved:?}");
+        let dgram = udp(black(), 5001, server(), 7, b"x");
+        let ((verdict, ip), _) = lab.moved(|| lab.run(lab.egress, &dgram));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert!(!(5000..=5001).contains(&port_at(&ip, 40)));
+        // Not forwarded for TCP: kept.
+        let syn = tcp(black(), 5001, server(), 80, 0x02);
+        let ((_, ip), _) = lab.moved(|| lab.run(lab.egress, &syn));
+        assert_eq!(port_at(&ip, 40), 5001);
+
+        let prefixes = ["fd00:77::/64".parse().unwrap()];
+        let cfg = nat6::config(uplink(), 4242, &prefixes, (5000, 5001), [30; 8]);
+        lab.nat6().apply(cfg).unwrap();
+        let dgram = udp(black(), 6000, server(), 7, b"x");
+        let ((verdict, _), moved) = lab.moved(|| lab.run(lab.egress, &dgram));
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved["nat_port_exhausted"], 1);
+    });
+}
+
+const HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAG: u8 = 44;
+const AH: u8 = 51;
+const DSTOPTS: u8 = 60;
+
+/// An extension header of `kind` (its Next Header filled in by [`ipv6x`]):
+/// options headers padded to 8 bytes, a routing header with
+/// `segments_left` (one address when not 0), a fragment header at `offset`
+/// (8-byte units) with More Fragments, an AH of 12 bytes.
+fn ext(kind: u8, arg: u16) -> (u8, Vec<u8>) {
+    let body = match kind {
+        HOP | DSTOPTS => vec![0, 0, 1, 4, 0, 0, 0, 0],
+        ROUTING if arg == 0 => vec![0, 0, 253, 0, 0, 0, 0, 0],
+        ROUTING => {
+            let mut b = vec![0, 2, 253, arg as u8, 0, 0, 0, 0];
+            b.extend_from_slice(&server().octets());
+            b
+        }
+        FRAG => {
+            let o = (arg << 3) | 1;
+            let [hi, lo] = o.to_be_bytes();
+            vec![0, 0, hi, lo, 0, 0, 0, 7]
+        }
+        AH => vec![0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        _ => unreachable!(),
+    };
+    (kind, body)
+}
+
+/// An IPv6 packet with extension headers `chain` before `l4` (checksum at
+/// `csum_off` computed anew: the pseudo-header has the upper-layer
+/// length).
+fn ipv6x(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    chain: &[(u8, Vec<u8>)],
+    proto: u8,
+    mut l4: Vec<u8>,
+    csum_off: usize,
+) -> Vec<u8> {
+    l4[csum_off..csum_off + 2].fill(0);
+    let c = l4_csum(src, dst, proto, &l4);
+    l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    let mut payload = Vec::new();
+    for (i, (_, body)) in chain.iter().enumerate() {
+        let mut b = body.clone();
+        b[0] = chain.get(i + 1).map_or(proto, |e| e.0);
+        payload.extend_from_slice(&b);
+    }
+    payload.extend_from_slice(&l4);
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[chain.first().map_or(proto, |e| e.0), 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&payload);
+    p
+}
+
+/// The UDP header and payload of a datagram (for [`ipv6x`]).
+fn udp_l4(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    udp(black(), sport, server(), dport, payload)[40..].to_vec()
+}
+
+/// A packet with extension headers whose UDP datagram starts at `at`:
+/// (source, source port, destination, destination port, checksum good).
+fn udp_at(ip: &[u8], at: usize) -> (Ipv6Addr, u16, Ipv6Addr, u16, bool) {
+    let (src, dst) = (addr_at(ip, 8), addr_at(ip, 24));
+    let ok = l4_csum(src, dst, UDP, &ip[at..]) == 0;
+    (src, port_at(ip, at), dst, port_at(ip, at + 2), ok)
+}
+
+/// Hostile IPv6 frames into both uplink programs, each with its fate:
+/// dropped under its reason (only that counter moves), or passed
+/// untouched; from the lab, nothing untranslatable passes (fragments,
+/// routing headers with segments left, AH), and a chain NAT66 can follow
+/// (hop-by-hop, destination options, a routing header done with) is
+/// translated with a valid checksum. Upstream fragments and routed packets
+/// to the uplink address are the host's (`untranslated6_in`). The valid
+/// session keeps working afterwards. (A frame shorter than an IPv6 header
+/// is refused by BPF_PROG_TEST_RUN itself: nat66.rs sends those.)
+#[test]
+fn hostile_ipv6_frames_into_the_uplink_programs() {
+    require_root!();
+    scenario(|lab| {
+        let (up, srv) = (uplink(), server());
+        // A session, for the replies below.
+        let (out, _) = lab.moved(|| lab.run(lab.egress, &udp(black(), 41000, srv, 7, b"q")));
+        assert_eq!(out.0, TC_ACT_OK);
+        let valid = udp(black(), 41001, srv, 7, b"payload");
+        let mut long_plen = valid.clone();
+        long_plen[4..6].copy_from_slice(&(valid.len() as u16).to_be_bytes());
+        let mut v4 = valid.clone();
+        v4[0] = 0x45;
+        let five: Vec<_> = (0..5).map(|_| ext(DSTOPTS, 0)).collect();
+        let l4 = || udp_l4(41002, 7, b"x");
+        // A destination-options header claiming 2 KB the packet lacks.
+        let mut cut = ipv6x(black(), srv, &[ext(DSTOPTS, 0)], UDP, l4(), 6);
+        cut[41] = 255;
+        let mut frag_cut = ipv6x(black(), srv, &[ext(FRAG, 0), ext(DSTOPTS, 0)], UDP, l4(), 6);
+        frag_cut[49] = 255;
+        let echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+        let lab_cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "payload length past the frame",
+                long_plen,
+                "bad_ipv6_header",
+            ),
+            ("version 4", v4, "bad_ipv6_header"),
+            (
+                "five options headers",
+                ipv6x(black(), srv, &five, UDP, l4(), 6),
+                "ipv6_ext_chain",
+            ),
+            (
+                "hop-by-hop not first",
+                ipv6x(black(), srv, &[ext(DSTOPTS, 0), ext(HOP, 0)], UDP, l4(), 6),
+                "ipv6_ext_chain",
+            ),
+            ("options header cut short", cut, "ipv6_ext_chain"),
+            (
+                "first fragment without its UDP header",
+                frag_cut,
+                "ipv6_fragment",
+            ),
+            (
+                "first UDP fragment",
+                ipv6x(black(), srv, &[ext(FRAG, 0)], UDP, l4(), 6),
+                "nat_fragment",
+            ),
+            (
+                "later UDP fragment",
+                ipv6x(black(), srv, &[ext(FRAG, 4)], UDP, l4(), 6),
+                "nat_fragment",
+            ),
+            (
+                "first TCP fragment",
+                ipv6x(
+                    black(),
+                    srv,
+                    &[ext(FRAG, 0)],
+                    TCP,
+                    tcp(black(), 41003, srv, 80, 2)[40..].to_vec(),
+                    16,
+                ),
+                "nat_fragment",
+            ),
+            (
+                "ICMPv6 echo fragment",
+                ipv6x(
+                    black(),
+                    srv,
+                    &[ext(HOP, 0), ext(FRAG, 0)],
+                    ICMPV6,
+                    echo.clone(),
+                    2,
+                ),
+                "nat_fragment",
+            ),
+            (
+                "routing header, a segment left",
+                ipv6x(black(), srv, &[ext(ROUTING, 1)], UDP, l4(), 6),
+                "nat_untranslatable",
+            ),
+            (
+                "AH",
+                ipv6x(black(), srv, &[ext(AH, 0)], UDP, l4(), 6),
+                "nat_untranslatable",
+            ),
+        ];
+        for (what, pkt, reason) in &lab_cases {
+            let ((verdict, _), moved) = lab.moved(|| lab.run(lab.egress, pkt));
+            assert_eq!(verdict, TC_ACT_SHOT, "lab: {what}");
+            assert_eq!(moved, counts(&[(reason, 1)]), "lab: {what}");
+        }
+        // Chains NAT66 follows: translated, checksum valid.
+        let followed = [
+            vec![ext(HOP, 0)],
+            vec![
+                ext(HOP, 0),
+                ext(DSTOPTS, 0),
+                ext(ROUTING, 0),
+                ext(DSTOPTS, 0),
+            ],
+        ];
+        for (i, chain) in followed.iter().enumerate() {
+            let sport = 41010 + i as u16;
+            let pkt = ipv6x(black(), srv, chain, UDP, udp_l4(sport, 7, b"x"), 6);
+            let at = pkt.len() - 9;
+            let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.egress, &pkt));
+            assert_eq!(verdict, TC_ACT_OK, "{chain:?}");
+            assert_eq!(udp_at(&ip, at), (up, sport, srv, 7, true), "{chain:?}");
+            assert_eq!(moved["snat6_new"], 1);
+            // The reply, with a destination-options header.
+            let back = ipv6x(
+                srv,
+                up,
+                &[ext(DSTOPTS, 0)],
+                UDP,
+                udp(srv, 7, up, sport, b"r")[40..].to_vec(),
+                6,
+            );
+            let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &back));
+            assert_eq!(verdict, TC_ACT_OK);
+            assert_eq!(udp_at(&ip, 48), (srv, 7, black(), sport, true));
+            assert_eq!(moved, counts(&[("translated6_in", 1)]));
+        }
+        // The host's own traffic (not a lab source) is not NAT66's.
+        let own = ipv6x(a("fe80::1"), a("fe80::2"), &five, UDP, l4(), 6);
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.egress, &own));
+        assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &own, 0));
+
+        // Upstream, to the uplink address.
+        let reply = |port| udp(srv, 7, up, port, b"r")[40..].to_vec();
+        let mut up_cut = ipv6x(srv, up, &[ext(DSTOPTS, 0)], UDP, reply(41000), 6);
+        up_cut[41] = 255;
+        let up_drops: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "five options headers",
+                ipv6x(srv, up, &five, UDP, reply(41000), 6),
+                "ipv6_ext_chain",
+            ),
+            ("options header cut short", up_cut, "ipv6_ext_chain"),
+        ];
+        for (what, pkt, reason) in &up_drops {
+            let ((verdict, _), moved) = lab.moved(|| lab.run(lab.ingress, pkt));
+            assert_eq!(verdict, TC_ACT_SHOT, "upstream: {what}");
+            assert_eq!(moved, counts(&[(reason, 1)]), "upstream: {what}");
+        }
+        let up_host = [
+            ipv6x(srv, up, &[ext(FRAG, 0)], UDP, reply(41000), 6),
+            ipv6x(srv, up, &[ext(FRAG, 4)], UDP, reply(41000), 6),
+            ipv6x(srv, up, &[ext(ROUTING, 1)], UDP, reply(41000), 6),
+        ];
+        for pkt in &up_host {
+            let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, pkt));
+            assert_eq!((verdict, &ip), (TC_ACT_OK, pkt), "passed untouched");
+            assert_eq!(moved, counts(&[("untranslated6_in", 1)]));
+        }
+        // Not for the uplink address: the host's routing, untouched.
+        let transit = ipv6x(srv, a("2001:db8:1::99"), &five, UDP, reply(41000), 6);
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &transit));
+        assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &transit, 0));
+
+        // Valid traffic afterwards: the session both ways.
+        let (out, moved) = lab.moved(|| lab.run(lab.egress, &udp(black(), 41000, srv, 7, b"q")));
+        assert_eq!((out.0, addr_at(&out.1, 8)), (TC_ACT_OK, up));
+        assert_eq!(moved, counts(&[("translated6_out", 1)]));
+        let (back, _) = lab.moved(|| lab.run(lab.ingress, &udp(srv, 7, up, 41000, b"r")));
+        assert_eq!((back.0, addr_at(&back.1, 24)), (TC_ACT_OK, black()));
+        assert!(l4_valid(&back.1));
+    });
+}
+
+/// A SNAT66 session the sweep removed leaves a grave: the late reply is
+/// dropped (`nat_expired`), not handed to the host; a packet to a port
+/// with no session and no grave is the host's (passed untouched).
+#[test]
+fn late_reply_after_the_sweep_is_dropped() {
+    require_root!();
+    scenario(|lab| {
+        let (out, _) = lab.moved(|| lab.run(lab.egress, &udp(black(), 42000, server(), 7, b"q")));
+        assert_eq!(out.0, TC_ACT_OK);
+        age_all(lab);
+        let nat6 = lab.dp.maps.nat6.as_ref().unwrap();
+        let (n, moved) = lab.moved(|| nat6.sweep().unwrap());
+        assert_eq!((n, moved), (1, counts(&[("expired6_sweep", 1)])));
+        let late = udp(server(), 7, uplink(), 42000, b"late");
+        let ((verdict, _), moved) = lab.moved(|| lab.run(lab.ingress, &late));
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("nat_expired", 1)]));
+        let other = udp(server(), 7, uplink(), 42001, b"host");
+        let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &other));
+        assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &other, 0));
     });
 }

@@ -8,7 +8,7 @@ use netbridge_common::{
     NAT_PORT_RETRIES, Nat6Config, drop_reason, nat_stat,
 };
 
-use super::packet::Pkt6;
+use super::{fwd, limits, packet::Pkt6};
 use crate::nat::count;
 
 #[map]
@@ -32,8 +32,10 @@ pub enum Found {
 /// The mapping for the packet `p.key` (its `dir` set). An entry past its
 /// timeout is never used: its session is removed and `Expired` returned.
 /// Otherwise the state advances; outbound packets refresh it (RFC 7857
-/// sec. 7: an outsider must not hold a mapping open).
-#[inline(always)]
+/// sec. 7: an outsider must not hold a mapping open). Its own BPF
+/// function: inlined, its registers spilled onto the uplink programs'
+/// frames, which top chains near the stack limit.
+#[inline(never)]
 pub fn lookup(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> Found {
     let Some(e) = NB_CT6.get_ptr_mut(&p.key) else {
         return Found::Miss;
@@ -69,18 +71,12 @@ pub fn lookup(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> Found {
     Found::Hit
 }
 
-/// Removes the session of the entry at `k` if both its halves are idle
-/// past the timeout of the session's state at `now`. True if `k` is gone.
-/// `gone` holds the other half's key meanwhile. Its own BPF function.
-#[inline(never)]
-pub(super) fn expire_if_idle(cfg: &Nat6Config, k: &Ct6Key, gone: &mut Ct6Key, now: u64) -> bool {
-    // SAFETY: copies are taken right away; the values are deleted after.
-    let Some(e) = (unsafe { NB_CT6.get(k) }) else {
-        return true;
-    };
-    *gone = e.reverse;
-    // SAFETY: as above.
-    let (last, state, flags) = match unsafe { NB_CT6.get(&*gone) } {
+/// Is the session of entry `e` (and its other half, if any) idle past
+/// its state's timeout at `now`? The later, further of both halves.
+#[inline(always)]
+pub(super) fn idle_past(cfg: &Nat6Config, e: &Ct6Entry, now: u64) -> bool {
+    // SAFETY: a copy is taken right away; the value may be deleted after.
+    let (last, state, flags) = match unsafe { NB_CT6.get(&e.reverse) } {
         Some(r) => (
             e.last_seen_ns.max(r.last_seen_ns),
             e.state.max(r.state),
@@ -88,12 +84,34 @@ pub(super) fn expire_if_idle(cfg: &Nat6Config, k: &Ct6Key, gone: &mut Ct6Key, no
         ),
         None => (e.last_seen_ns, e.state, e.flags),
     };
-    if now.saturating_sub(last) <= timeout_ns(&cfg.timeouts, state, flags) {
+    now.saturating_sub(last) > timeout_ns(&cfg.timeouts, state, flags)
+}
+
+/// Removes the session of the entry at `k` if both its halves are idle
+/// past the timeout of the session's state at `now`. True if `k` is gone.
+/// `gone` holds the other half's key meanwhile. The original half goes
+/// first: the CPU whose delete of it succeeds counts the session out
+/// (live count, quota), once. Its own BPF function.
+#[inline(never)]
+pub(super) fn expire_if_idle(cfg: &Nat6Config, k: &Ct6Key, gone: &mut Ct6Key, now: u64) -> bool {
+    let Some(e) = NB_CT6.get_ptr(k) else {
+        return true;
+    };
+    // SAFETY: a map value; read before the removals below free it.
+    let e = unsafe { &*e };
+    if !idle_past(cfg, e, now) {
         return false;
     }
-    if NB_CT6.remove(k).is_ok() {
-        let _ = NB_CT6.remove(&*gone);
+    *gone = e.reverse;
+    let (orig, other) = if e.flags & CT_F_ORIGINAL != 0 {
+        (k, &*gone)
+    } else {
+        (&*gone, k)
+    };
+    if NB_CT6.remove(orig).is_ok() {
+        let _ = NB_CT6.remove(other);
         count(nat_stat::EXPIRED6);
+        limits::expired(orig, other, now);
     }
     true
 }
@@ -165,7 +183,9 @@ fn claim_port(cfg: &Nat6Config, sport: u32, p: &mut Pkt6) -> Result<Be16, u32> {
             min + (start + i) % size
         };
         i += 1;
-        if port < min || port > max || port == avoid {
+        // Never a port an IPv6 forward owns: its clients would reach
+        // this session instead (as the IPv4 NAT's single-port check).
+        if port < min || port > max || port == avoid || fwd::forwarded(p.key.proto, port as u16) {
             continue;
         }
         p.in_key.dport = Be16::from_host(port as u16);

@@ -9,6 +9,7 @@ use netbridge_common::{
 
 use super::{
     ct::{self, BPF_NOEXIST, NB_CT6},
+    limits,
     packet::Pkt6,
 };
 use crate::nat::count;
@@ -35,6 +36,27 @@ fn find(p: &Pkt6) -> Option<&'static Fwd6Target> {
     None
 }
 
+/// Does an IPv6 forward cover `proto` port `port` (host order)? SNAT66
+/// never maps a lab source to such a port. Its own BPF function: the scan
+/// stays out of the port allocator's loop body.
+#[inline(never)]
+pub fn forwarded(proto: u8, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_FWD6 {
+        let Some(f) = NB_FWD6.get(i) else {
+            return false;
+        };
+        if f.proto == 0 {
+            return false;
+        }
+        if f.proto == proto && f.first <= port && port <= f.last {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Opens a DNAT66 session for the inbound packet `p.key` (dir IN, to the
 /// uplink's address) if a forward covers its port: 1 and the new
 /// destination in `p.nat_addr`/`p.nat_port`, 0 without a forward, else a
@@ -45,6 +67,10 @@ pub fn open(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> i64 {
         return 0;
     };
     let tport = f.port.wrapping_add(p.key.dport.get().wrapping_sub(f.first));
+    let refused = limits::admit(&p.key);
+    if refused != 0 {
+        return -(refused as i64);
+    }
     let now = ct::now();
     // The reply half (target -> client), built in map memory.
     p.in_key.saddr = f.addr;
@@ -67,6 +93,7 @@ pub fn open(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> i64 {
             && NB_CT6.insert(&p.in_key, &p.val, BPF_NOEXIST).is_ok())
     {
         // The target's endpoint is live in another session.
+        limits::unadmit(&p.key);
         return -(drop_reason::NAT_CT_INSERT as i64);
     }
     p.val.reverse = p.in_key;
@@ -75,6 +102,7 @@ pub fn open(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> i64 {
     p.val.flags = CT_F_ORIGINAL;
     if NB_CT6.insert(&p.key, &p.val, BPF_NOEXIST).is_err() {
         let _ = NB_CT6.remove(&p.in_key);
+        limits::unadmit(&p.key);
         return -(drop_reason::NAT_CT_INSERT as i64);
     }
     count(nat_stat::DNAT6_NEW);

@@ -36,7 +36,7 @@ pub(super) fn hairpin(
     // Out: the sender's session toward uplink:port, as at the egress.
     match ct::lookup(cfg, p, flags) {
         ct::Found::Hit => {}
-        _ => ct::new_session(cfg, p, flags)?,
+        _ => super::open_snat(cfg, p, flags)?,
     }
     packet::rewrite(ctx, ip, p, true)?;
     // In: from the sender's mapping, as at the ingress.

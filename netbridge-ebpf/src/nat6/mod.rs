@@ -3,7 +3,8 @@
 //! (TCP, UDP) or echo identifier (ICMPv6); replies get the lab endpoint
 //! back; ICMPv6 errors about translated packets are translated with their
 //! quote. Sessions: two entries in an LRU hash as the IPv4 NAT's (reverse
-//! inserted first with BPF_NOEXIST), expired on lookup. A lab-sourced
+//! inserted first with BPF_NOEXIST), expired on lookup and by a timer's
+//! sweep, admitted under the IPv4 NAT's limits (`limits`). A lab-sourced
 //! packet that cannot be translated is dropped: never leaked upstream.
 //!
 //! Each entry point is its own BPF function, called from the uplink
@@ -16,6 +17,7 @@ pub mod fast;
 pub mod fwd;
 pub mod hairpin;
 pub mod icmp;
+pub mod limits;
 pub mod packet;
 pub mod port;
 
@@ -26,8 +28,7 @@ use netbridge_common::{
 
 use crate::nat::count;
 use packet::{
-    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt6,
 };
 
 #[map]
@@ -35,9 +36,14 @@ static NB_NAT6_CONFIG: Array<Nat6Config> = Array::pinned(1, 0);
 
 #[inline(always)]
 fn config() -> Option<&'static Nat6Config> {
-    NB_NAT6_CONFIG
-        .get(0)
-        .filter(|c| c.flags & NAT6_MASQUERADE != 0)
+    config_any().filter(|c| c.flags & NAT6_MASQUERADE != 0)
+}
+
+/// The config even with NAT66 off (its timeouts 0 then: the sweep
+/// empties NB_CT6).
+#[inline(always)]
+fn config_any() -> Option<&'static Nat6Config> {
+    NB_NAT6_CONFIG.get(0)
 }
 
 /// Is NAT66 on (the port program's hook wants IPv6 frames)?
@@ -139,11 +145,23 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let p = packet::pkt()?;
-    let Some(ip) = packet::parse(ctx, p)? else {
+    let Some(mut ip) = packet::parse(ctx, p)? else {
         return Ok(TC_ACT_OK);
     };
     if !is_lab(cfg, &p.key.saddr) || from_uplink(ctx, cfg) {
         return Ok(TC_ACT_OK);
+    }
+    // Through hop-by-hop, destination options and a routing header done
+    // with to TCP, UDP or ICMPv6.
+    let kind = ip.walk(ctx, p)?;
+    if kind & packet::FRAGMENT != 0 {
+        // A first fragment's ports cannot map the later ones (netbridge
+        // does not reassemble); a later one has none.
+        return Err(drop_reason::NAT_FRAGMENT);
+    }
+    if kind & packet::ROUTED != 0 {
+        // Segments left: its source would go on to other hops as is.
+        return Err(drop_reason::NAT_UNTRANSLATABLE);
     }
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
@@ -159,21 +177,85 @@ fn try_egress(ctx: &TcContext) -> Result<i32, u32> {
             // would leak.
             _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
         },
-        // No ports in a non-first fragment; the first one is not parsed
-        // either (netbridge does not reassemble).
-        IPPROTO_FRAGMENT => return Err(drop_reason::NAT_FRAGMENT),
-        // Extension headers, other protocols: the lab's source would leak.
+        // AH, ESP, other protocols: the lab's source would leak.
         _ => return Err(drop_reason::NAT_UNTRANSLATABLE),
     }
     let flags = ip.tcp_flags(ctx);
     match ct::lookup(cfg, p, flags) {
         ct::Found::Hit => {}
         // Expired: a late packet opens a new session.
-        _ => ct::new_session(cfg, p, flags)?,
+        _ => open_snat(cfg, p, flags)?,
     }
     packet::rewrite(ctx, &ip, p, true)?;
     count(nat_stat::XLATE6_OUT);
     Ok(TC_ACT_OK)
+}
+
+/// A new SNAT66 session for `p.key`, admitted first (quota of the lab
+/// host, `max_sessions`; beside the session's function, not under it),
+/// logged once open.
+#[inline(always)]
+pub(super) fn open_snat(cfg: &Nat6Config, p: &mut Pkt6, flags: u8) -> Result<(), u32> {
+    let refused = limits::admit(&p.key);
+    if refused != 0 {
+        return Err(refused);
+    }
+    if let Err(reason) = ct::new_session(cfg, p, flags) {
+        limits::unadmit(&p.key);
+        return Err(reason);
+    }
+    log_new(p, false);
+    Ok(())
+}
+
+/// Logs a new NAT66 session (rate-limited, as the IPv4 NAT's): SNAT66
+/// the inside endpoint, its port on the uplink address and the remote;
+/// DNAT66 the client, the forwarded port and the target. Its own BPF
+/// function: the logger's frame stays off the session's (two addresses
+/// only: its frame tops the uplink ingress chain).
+#[inline(never)]
+fn log_new(p: &Pkt6, dnat: bool) {
+    if !crate::log::allow(crate::log::NEW_SESSION) {
+        return;
+    }
+    let k = &p.key;
+    let (proto, sport, dport, port) = (k.proto, k.sport.get(), k.dport.get(), p.nat_port.get());
+    if dnat {
+        aya_log_ebpf::info!(
+            &(),
+            "new dnat6 proto {} from [{:i}]:{} to port {} -> [{:i}]:{}",
+            proto,
+            bytes(&k.saddr),
+            sport,
+            dport,
+            bytes(&p.nat_addr),
+            port
+        );
+    } else {
+        aya_log_ebpf::info!(
+            &(),
+            "new snat6 proto {} [{:i}]:{} -> port {} to [{:i}]:{}",
+            proto,
+            bytes(&k.saddr),
+            sport,
+            port,
+            bytes(&k.daddr),
+            dport
+        );
+    }
+}
+
+/// An address as the logger's IPv6 argument.
+#[inline(always)]
+fn bytes(a: &In6) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = a[i].to_bytes();
+        o[4 * i..4 * i + 4].copy_from_slice(&w);
+        i += 1;
+    }
+    o
 }
 
 /// Ingress: packets to the uplink address of a session get the lab
@@ -186,10 +268,15 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let p = packet::pkt()?;
-    let Some(ip) = packet::parse(ctx, p)? else {
+    let Some(mut ip) = packet::parse(ctx, p)? else {
         return Ok(TC_ACT_OK);
     };
     if p.key.daddr != cfg.uplink_ipv6 {
+        return Ok(TC_ACT_OK);
+    }
+    if ip.walk(ctx, p)? != 0 {
+        // The host's to reassemble (or route on): never translated.
+        count(nat_stat::UNTRANSLATED6_IN);
         return Ok(TC_ACT_OK);
     }
     match ip.proto {
@@ -212,7 +299,13 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let hit = match found {
         ct::Found::Hit => true,
         // A port forward opens a session (ICMPv6 echo has none).
-        _ if ip.proto != IPPROTO_ICMPV6 => decode(fwd::open(cfg, p, flags))? == 1,
+        _ if ip.proto != IPPROTO_ICMPV6 => {
+            let opened = decode(fwd::open(cfg, p, flags))? == 1;
+            if opened {
+                log_new(p, true);
+            }
+            opened
+        }
         _ => false,
     };
     if hit {
@@ -221,8 +314,10 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TRANSLATED);
     }
     match found {
-        // A late reply to a mapping past its timeout: not delivered.
+        // A late reply to a mapping past its timeout (found now, or
+        // removed earlier: its grave): not delivered, unless the host's.
         ct::Found::Expired => Err(drop_reason::NAT_EXPIRED),
+        _ if limits::late_reply(ctx, &p.key) => Err(drop_reason::NAT_EXPIRED),
         _ => Ok(TC_ACT_OK),
     }
 }

@@ -31,6 +31,7 @@ const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 const BPF_F_IPV6: u64 = 0x80;
 
 /// Offsets in the IPv6 header.
+const IP6_PLEN: usize = 4;
 const IP6_NEXT: usize = 6;
 pub const IP6_SADDR: usize = 8;
 pub const IP6_DADDR: usize = 24;
@@ -43,10 +44,28 @@ pub const ICMP_ID: usize = 4;
 /// An IPv6 packet right after the Ethernet header; its addresses and
 /// ports are in [`Pkt6::key`].
 pub struct Ip6 {
+    /// The upper-layer header, once [`Ip6::walk`] followed the extension
+    /// headers (before: right after the fixed header).
     pub l4_off: usize,
-    /// The first next header (extension headers are not followed).
+    /// Its protocol (before the walk: the first Next Header).
     pub proto: u8,
 }
+
+/// [`Ip6::walk`]: a fragment (first or not): no whole upper-layer packet
+/// to translate.
+pub const FRAGMENT: u32 = 1;
+/// [`Ip6::walk`]: a routing header with segments left: not at its final
+/// destination.
+pub const ROUTED: u32 = 2;
+
+/// Extension headers followed (hop-by-hop first only, routing,
+/// destination options, fragment); a longer chain is dropped
+/// (`ipv6_ext_chain`), as by the port program. AH ends the walk: NAT
+/// would break it, so it is untranslatable.
+const MAX_EXT: u32 = 4;
+const NH_HOP: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_DSTOPTS: u8 = 60;
 
 /// This CPU's packet state, off the BPF stack (the uplink programs' own
 /// frames leave the NAT66 chain little of its 512 bytes): the packet's
@@ -66,6 +85,10 @@ pub struct Pkt6 {
     pub gone: Ct6Key,
     /// An address read from a quote (ICMPv6 errors).
     pub quoted: In6,
+    /// The extension-header walk's result (see [`Ip6::walk`]), passed
+    /// through map memory: the verifier then checks the rest once, not
+    /// once per path through the chain.
+    pub walk: [u32; 4],
 }
 
 #[map]
@@ -105,7 +128,8 @@ pub fn is_ipv6(ctx: &TcContext) -> bool {
 }
 
 /// The IPv6 header, or None if the frame is not IPv6; its addresses go
-/// to `p.key`.
+/// to `p.key`. Dropped: a header cut short (`truncated_l3`), a version
+/// other than 6 or a payload length past the frame (`bad_ipv6_header`).
 #[inline(always)]
 pub fn parse(ctx: &TcContext, p: &mut Pkt6) -> Result<Option<Ip6>, u32> {
     if !is_ipv6(ctx) {
@@ -118,10 +142,85 @@ pub fn parse(ctx: &TcContext, p: &mut Pkt6) -> Result<Option<Ip6>, u32> {
     }
     load_addr(ctx, off + IP6_SADDR, &mut p.key.saddr)?;
     load_addr(ctx, off + IP6_DADDR, &mut p.key.daddr)?;
+    let plen: Be16 = load(ctx, off + IP6_PLEN)?;
+    // (0 with more data: a BIG TCP packet, whose length is the skb's.)
+    if off + IP6_HLEN + plen.get() as usize > ctx.len() as usize {
+        return Err(drop_reason::BAD_IPV6_HEADER);
+    }
     Ok(Some(Ip6 {
         l4_off: off + IP6_HLEN,
         proto: load(ctx, off + IP6_NEXT)?,
     }))
+}
+
+/// Follows the extension headers from next header `nh` at `l` to the
+/// upper-layer header: its protocol, offset << 8 and ([`FRAGMENT`] |
+/// [`ROUTED`]) << 32, or the drop reason negated: a chain longer than
+/// [`MAX_EXT`], a hop-by-hop header not first, or a header cut short
+/// (`ipv6_ext_chain`; in a fragment `ipv6_fragment`, RFC 7112). Its own BPF
+/// function, the result passed through map memory (`w`): the verifier
+/// then checks the callers once, not once per path through the chain.
+#[inline(never)]
+fn walk_chain(ctx: &TcContext, w: &mut [u32; 4], mut nh: u8, mut l: usize) -> i64 {
+    let (mut fragment, mut later, mut routed) = (false, false, false);
+    let mut i = 0;
+    while i < MAX_EXT && !later {
+        if !matches!(nh, NH_HOP | NH_ROUTING | IPPROTO_FRAGMENT | NH_DSTOPTS) {
+            break;
+        }
+        let Ok(e) = ctx.load::<[u8; 4]>(l) else {
+            return -(cut_short(fragment) as i64);
+        };
+        if nh == NH_HOP && i > 0 {
+            return -(drop_reason::IPV6_EXT_CHAIN as i64);
+        }
+        let hlen = if nh == IPPROTO_FRAGMENT {
+            fragment = true;
+            // Fragment Offset: the top 13 bits of bytes 2..4.
+            later = u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0;
+            8
+        } else {
+            routed |= nh == NH_ROUTING && e[3] != 0;
+            (e[1] as usize + 1) * 8
+        };
+        nh = e[0];
+        l += hlen;
+        i += 1;
+    }
+    if !later {
+        if matches!(nh, NH_HOP | NH_ROUTING | IPPROTO_FRAGMENT | NH_DSTOPTS) {
+            return -(drop_reason::IPV6_EXT_CHAIN as i64);
+        }
+        // An upper-layer header starts with 4 bytes at least (ports,
+        // ICMPv6 type and code); No Next Header (59) has none.
+        if nh != 59 && l + 4 > ctx.len() as usize {
+            return -(cut_short(fragment) as i64);
+        }
+    }
+    w[0] = nh as u32;
+    w[1] = l as u32;
+    w[2] = if fragment { FRAGMENT } else { 0 } | if routed { ROUTED } else { 0 };
+    // SAFETY: map memory just written; volatile: the values come back as
+    // unknowns, whichever path wrote them.
+    let (nh, l, kind) = unsafe {
+        (
+            core::ptr::read_volatile(&w[0]),
+            core::ptr::read_volatile(&w[1]),
+            core::ptr::read_volatile(&w[2]),
+        )
+    };
+    // Bounded for the verifier (a packet offset plus a header stays under
+    // its limit); the chain walked ends well below.
+    (nh & 0xff) as i64 | ((l & 0x3fff) as i64) << 8 | ((kind & 3) as i64) << 32
+}
+
+#[inline(always)]
+fn cut_short(fragment: bool) -> u32 {
+    if fragment {
+        drop_reason::IPV6_FRAGMENT
+    } else {
+        drop_reason::IPV6_EXT_CHAIN
+    }
 }
 
 /// ICMPv6 errors: Destination Unreachable, Packet Too Big, Time Exceeded,
@@ -142,6 +241,19 @@ pub fn l4_csum_off(proto: u8) -> usize {
 }
 
 impl Ip6 {
+    /// Follows the extension headers to the upper-layer header (see
+    /// [`walk_chain`]; `p.walk` its scratch): [`FRAGMENT`], [`ROUTED`].
+    #[inline(always)]
+    pub fn walk(&mut self, ctx: &TcContext, p: &mut Pkt6) -> Result<u32, u32> {
+        let r = walk_chain(ctx, &mut p.walk, self.proto, self.l4_off);
+        if r < 0 {
+            return Err((-r) as u32);
+        }
+        self.proto = r as u8;
+        self.l4_off = ((r >> 8) & 0x3fff) as usize;
+        Ok((r >> 32) as u32)
+    }
+
     #[inline(always)]
     pub fn icmp_type(&self, ctx: &TcContext) -> Result<u8, u32> {
         load(ctx, self.l4_off)

@@ -29,9 +29,17 @@ pub fn conntrack(which: &Which, json: bool) -> Result<()> {
         .nat6
         .as_ref()
         .map_or(vec![], |m| m.sessions(now));
+    let counts6 = source
+        .maps
+        .nat6
+        .as_ref()
+        .map(|m| m.counts())
+        .unwrap_or_default();
     if json {
         let mut v = serde_json::to_value(&ct)?;
         v["sessions6"] = serde_json::to_value(&ct6)?;
+        v["live_sessions6"] = counts6.live.into();
+        v["high_water_sessions6"] = counts6.high_water.into();
         emit(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
         return Ok(());
     }
@@ -64,12 +72,16 @@ pub fn conntrack(which: &Which, json: bool) -> Result<()> {
     }
     writeln!(
         t,
-        "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}; NAT66: {}",
+        "\nsessions: {} listed, {} live (kernel count; highest {}), limit {}; \
+         NAT66: {} listed, {} live (highest {}), limit {}",
         ct.sessions.len(),
         ct.live_sessions,
         ct.high_water_sessions,
         ct.max_sessions,
-        ct6.len()
+        ct6.len(),
+        counts6.live,
+        counts6.high_water,
+        ct.max_sessions
     )?;
     writeln!(
         t,
