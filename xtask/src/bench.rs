@@ -838,7 +838,7 @@ fn bridged_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result
 struct Cost(BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>);
 
 /// The paths, in the order they are reported.
-const COST_PATHS: [(&str, &str); 8] = [
+const COST_PATHS: [(&str, &str); 12] = [
     ("bridged", "lab host -> lab host, TC"),
     ("bridged_xdp", "lab host -> lab host, XDP"),
     ("snat_out", "lab host -> upstream"),
@@ -847,6 +847,10 @@ const COST_PATHS: [(&str, &str); 8] = [
     ("dnat_out", "forward target replies -> upstream"),
     ("hairpin_req", "lab host -> uplink address:forwarded port"),
     ("hairpin_rep", "forward target replies (hairpin)"),
+    ("snat66_out", "IPv6: lab host -> upstream"),
+    ("snat66_in", "IPv6: upstream replies -> lab host"),
+    ("dnat66_in", "IPv6: upstream -> forwarded port"),
+    ("dnat66_out", "IPv6: forward target replies -> upstream"),
 ];
 
 impl Cost {
@@ -868,8 +872,8 @@ fn blast_to<'a>(tx: &'a str, rx: &'a str, to: &str, secs: f64) -> Result<Blast<'
     Ok(Blast {
         tx_ns: tx,
         rx_ns: rx,
-        tx_bind: ANY,
-        rx_bind: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), to.port()),
+        tx_bind: any_of(&to, 0),
+        rx_bind: any_of(&to, to.port()),
         target: Target::To(to),
         secs,
         tx_cpu: Pin::Pinned.client(),
@@ -888,23 +892,30 @@ fn blast_back<'a>(
     open: &str,
     secs: f64,
 ) -> Result<Blast<'a>> {
-    let any = |port| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+    let open: SocketAddr = open.parse()?;
     Ok(Blast {
         tx_ns: tx,
         rx_ns: rx,
-        tx_bind: any(tx_port),
-        rx_bind: any(rx_port),
-        target: Target::ReplyTo(open.parse()?),
+        tx_bind: any_of(&open, tx_port),
+        rx_bind: any_of(&open, rx_port),
+        target: Target::ReplyTo(open),
         secs,
         tx_cpu: Pin::Pinned.client(),
         rx_cpu: Pin::Pinned.server(),
     })
 }
 
+/// The unspecified address of `to`'s family, port `port`.
+fn any_of(to: &SocketAddr, port: u16) -> SocketAddr {
+    let any = if to.is_ipv6() { ANY6 } else { ANY };
+    SocketAddr::new(any.ip(), port)
+}
+
 /// The programs' cost on each NAT path of the netbridge NAT lab.
 fn nat_cost(lab: &Lab, netbridge: &Path, opts: &Options, cost: &mut Cost) -> Result<()> {
     let (c, sv, peer) = (lab.ns("client"), lab.ns("server"), lab.ns("peer"));
     let fwd = format!("{NAT_UPLINK}:5201");
+    let fwd6 = format!("[{NAT_UPLINK6}]:5201");
     let secs = opts.cost_secs();
     let paths = [
         (
@@ -922,6 +933,18 @@ fn nat_cost(lab: &Lab, netbridge: &Path, opts: &Options, cost: &mut Cost) -> Res
             "hairpin_rep",
             blast_back(&c, 5201, &peer, 5304, &fwd, secs)?,
         ),
+        // The lab is dual-stack: the same paths through NAT66 (masquerade
+        // and the IPv6 forward of 5201).
+        (
+            "snat66_out",
+            blast_to(&c, &sv, &format!("[{NAT_SERVER6}]:5201"), secs)?,
+        ),
+        (
+            "snat66_in",
+            blast_back(&sv, 5302, &c, 5301, &format!("[{NAT_SERVER6}]:5302"), secs)?,
+        ),
+        ("dnat66_in", blast_to(&sv, &c, &fwd6, secs)?),
+        ("dnat66_out", blast_back(&c, 5201, &sv, 5303, &fwd6, secs)?),
     ];
     let topo = format!("{}benchnat", lab.prefix);
     for (path, blast) in paths {
