@@ -225,6 +225,17 @@ code_table! {
         25 Expired6 EXPIRED6 "expired6",
         /// New NAT66 port-forward (DNAT66) sessions.
         26 Dnat6New DNAT6_NEW "dnat6_new",
+        /// ICMP Destination Unreachable, code 13 (communication
+        /// administratively prohibited), sent to a lab host whose new
+        /// session was refused (port pool, table full, quota; RFC 5508
+        /// REQ-8).
+        27 IcmpProhibitedSent ICMP_PROHIBITED_SENT "icmp_prohibited_sent",
+        /// Such errors not sent: over the per-CPU rate limit.
+        28 IcmpProhibitedLimited ICMP_PROHIBITED_LIMITED "icmp_prohibited_rate_limited",
+        /// Non-atomic outbound IPv4 datagrams (DF clear, or fragments)
+        /// given a new IP ID at the uplink (RFC 7857 sec. 10, RFC 6864
+        /// sec. 5.3.1); each fragment counts.
+        29 IpIdRewritten IP_ID_REWRITTEN "ip_id_rewritten",
     }
 }
 
@@ -245,7 +256,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Dnat6New.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::IpIdRewritten.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)
