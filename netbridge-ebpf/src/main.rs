@@ -240,7 +240,7 @@ pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
         // the host told why (ICMP Destination Unreachable, code 13).
         Err(reason) if nat::refuse::is_refusal(reason) && !nat6::packet::is_ipv6(&ctx) => {
             uplink_action(&ctx, r);
-            nat::refuse::answer(&ctx)
+            nat::refuse::answer(&ctx, 0)
         }
         r => uplink_action(&ctx, r),
     }
@@ -256,7 +256,15 @@ pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
         nat::try_uplink_ingress(&ctx)
     };
     capture::uplink(&ctx, false, &r);
-    uplink_action(&ctx, r)
+    match r {
+        // A forward's client refused a new session (RFC 5508 REQ-8):
+        // dropped, and told why, back out of the uplink.
+        Err(reason) if nat::refuse::is_refusal(reason) && !nat6::packet::is_ipv6(&ctx) => {
+            uplink_action(&ctx, r);
+            nat::refuse::answer(&ctx, 1)
+        }
+        r => uplink_action(&ctx, r),
+    }
 }
 
 /// Never attached: `up`, `gc` and `forward` run it through

@@ -1695,6 +1695,65 @@ fn rfc5508_req8_refused_session_gets_icmp_prohibited() {
     assert_eq!(lab.nat_counter("icmp_prohibited_sent"), 2);
 }
 
+/// RFC 5508 REQ-8 for a forward's client: with a TCP forward
+/// uplink:8080 -> white:8000 and `max_sessions_per_source = 1`, the STUN
+/// host connects and holds the connection, then connects again from
+/// another port: that SYN is refused (`nat_quota`) and answered with an
+/// ICMP Destination Unreachable, code 13, from the uplink address, so the
+/// second connect fails at once with EHOSTUNREACH (tcpdump in the STUN
+/// host sees the error quoting the SYN). Without it, the connect times
+/// out (fails).
+#[test]
+fn rfc5508_req8_forward_client_refused_gets_icmp_prohibited() {
+    require_root!();
+    let mut lab = Lab::netbridge(
+        "max_sessions_per_source = 1\n\n[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:8000\"",
+    );
+    let ns = lab.ns("white");
+    lab.sb.spawn(
+        &ns,
+        &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("white", "ss -tln").contains(":8000 ").then_some(())
+    });
+    assert!(ok.is_some(), "white's server not listening");
+    let out = lab.sb.tmp_file("stun-icmp.txt");
+    let stun = lab.ns("stun");
+    let td = lab
+        .sb
+        .tcpdump(&stun, &["-l", "-v", "-i", "eth0", "icmp"], Some(&out));
+    let py = format!(
+        "import errno, socket\n\
+         a = socket.create_connection(('{UPLINK}', 8080), timeout=3)\n\
+         b = socket.socket(); b.settimeout(3)\n\
+         try:\n    b.connect(('{UPLINK}', 8080)); print('connected')\n\
+         except socket.timeout:\n    print('timeout')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    );
+    let file = format!("/tmp/{}fwd_quota.py", lab.sb.prefix());
+    std::fs::write(&file, py).unwrap();
+    let r = lab.sh("stun", &format!("python3 {file}"));
+    let _ = std::fs::remove_file(&file);
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(r.trim(), "EHOSTUNREACH", "{text}");
+    let error = format!("{UPLINK} > {STUN1}: ICMP host {UPLINK} unreachable - admin prohibited");
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("admin prohibited"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(text.contains(&error), "{text}");
+    assert!(
+        text.contains(&format!("{STUN1}."))
+            && text.contains(&format!("> {UPLINK}.8080: Flags [S]")),
+        "quote: {text}"
+    );
+    assert_eq!(drop_count(&lab, "nat_quota"), 1);
+    assert_eq!(lab.nat_counter("icmp_prohibited_sent"), 1);
+}
+
 /// RFC 7857 sec. 10 / RFC 6864 sec. 5.3.1: black and white each send a
 /// UDP datagram of 2,000 bytes in two fragments (scapy, DF clear) with the
 /// SAME IP ID 0x4242 to the STUN host, interleaved (black's first

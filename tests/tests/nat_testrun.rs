@@ -41,6 +41,8 @@ const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const BLACK: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 const WHITE: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 10);
+/// The lab-side gateway address (the scenarios' bridge).
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
 const MAC_BLACK: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 const MAC_WHITE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
 const MAC_GW: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
@@ -237,7 +239,7 @@ fn scenario(test: impl FnOnce(&mut Nat) + Send) {
         let gw = Gateway {
             ifindex: 0,
             mac: MAC_GW,
-            ipv4: Some(Ipv4Addr::new(192, 168, 0, 1)),
+            ipv4: Some(GATEWAY),
         };
         dp.maps.configure(&[], 300, Some(gw)).unwrap();
         let mut pins = pins;
@@ -532,8 +534,10 @@ fn source_quota_limits_one_upstream_client_of_a_forward() {
         assert_eq!(out.passed().dst_ep(), ep(WHITE, 5000));
         assert_eq!(moved["dnat_new"], 1, "{moved:?}");
         let (out, moved) = nat.moved(|| nat.ingress(&syn(ep(SERVER, 33334))));
-        assert_eq!(out.verdict, TC_ACT_SHOT);
-        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        // Dropped, answered by ICMP (see rfc5508_req8_forward_client_...).
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        let want = [("nat_quota", 1), ("icmp_prohibited_sent", 1)];
+        assert_eq!(moved, counts(&want));
         let (out, moved) = nat.moved(|| nat.ingress(&syn(ep(ROUTER, 40000))));
         assert_eq!(out.passed().dst_ep(), ep(WHITE, 5000));
         assert_eq!(moved["dnat_new"], 1, "{moved:?}");
@@ -1430,19 +1434,24 @@ fn rfc4787_req3a_low_ports_stay_low_high_ports_stay_high() {
     });
 }
 
-/// The ICMP error a refused lab host gets (RFC 5508 REQ-8): redirected
-/// (to its port) from the gateway MAC to `mac`, from the gateway address
-/// to `to`, Destination Unreachable code 13, every checksum valid, quoting
-/// `refused` whole (a length that is a multiple of 4).
-fn assert_prohibited(out: &Out, mac: [u8; 6], to: Ipv4Addr, refused: &[u8]) {
+/// The ICMP error a refused sender gets (RFC 5508 REQ-8): redirected, in
+/// a frame to `macs[0]` from `macs[1]`, from `from` to `to`, Destination
+/// Unreachable code 13, every checksum valid, quoting `refused` whole (a
+/// length that is a multiple of 4).
+fn assert_prohibited(
+    out: &Out,
+    macs: [[u8; 6]; 2],
+    (from, to): (Ipv4Addr, Ipv4Addr),
+    refused: &[u8],
+) {
     assert_eq!(out.verdict, TC_ACT_REDIRECT, "verdict");
     assert_eq!(
-        (&out.frame[..6], &out.frame[6..12]),
-        (&mac[..], &MAC_GW[..])
+        [&out.frame[..6], &out.frame[6..12]],
+        [&macs[0][..], &macs[1][..]]
     );
     let ip = out.ip();
     ip.verify().unwrap();
-    assert_eq!((ip.src(), ip.dst()), (Ipv4Addr::new(192, 168, 0, 1), to));
+    assert_eq!((ip.src(), ip.dst()), (from, to));
     assert_eq!(ip.proto(), pkt::ICMP);
     assert_eq!(&ip.l4()[..2], &[pkt::ICMP_DEST_UNREACH, 13]);
     assert_eq!(ip.quoted().0, refused, "the quote");
@@ -1475,13 +1484,13 @@ fn rfc5508_req8_refused_session_answered_with_icmp_prohibited() {
             .passed();
         let quota = pkt::udp(ep(BLACK, 40001), ep(SERVER, 8), b"abcd", true);
         let (out, moved) = nat.moved(|| nat.egress(&quota));
-        assert_prohibited(&out, MAC_BLACK, BLACK, &quota);
+        assert_prohibited(&out, [MAC_BLACK, MAC_GW], (GATEWAY, BLACK), &quota);
         let want = [("nat_quota", 1), ("icmp_prohibited_sent", 1)];
         assert_eq!(moved, counts(&want));
 
         let pool = pkt::udp(ep(WHITE, 40000), srv, b"abcd", true);
         let (out, moved) = nat.moved(|| nat.egress(&pool));
-        assert_prohibited(&out, MAC_WHITE, WHITE, &pool);
+        assert_prohibited(&out, [MAC_WHITE, MAC_GW], (GATEWAY, WHITE), &pool);
         let retries = 1 + netbridge_common::NAT_PORT_RETRIES as u64;
         let want = [
             ("nat_port_exhausted", 1),
@@ -1495,6 +1504,32 @@ fn rfc5508_req8_refused_session_answered_with_icmp_prohibited() {
         let (out, moved) = nat.moved(|| nat.egress(&stranger));
         assert_eq!(out.verdict, TC_ACT_SHOT);
         assert_eq!(moved.get("icmp_prohibited_sent"), None, "{moved:?}");
+    });
+}
+
+/// RFC 5508 REQ-8 for a forward's client: an upstream client at its
+/// per-source quota (`source_quota` 1) has its next SYN to the forward
+/// dropped (`nat_quota`) and gets an ICMP Destination Unreachable, code
+/// 13, from the uplink address quoting the SYN, sent back out of the
+/// uplink toward the router (MACs swapped). Without it: TC_ACT_SHOT.
+#[test]
+fn rfc5508_req8_forward_client_refused_gets_icmp_prohibited() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        let cfg = NatConfig {
+            source_quota: 1,
+            ..base_config()
+        };
+        nat.setup(cfg, &[fwd], &[]);
+        let syn = |port| pkt::tcp(ep(SERVER, port), ep(UPLINK, 8080), SYN, 5);
+        nat.ingress(&syn(33333)).passed();
+        let refused = syn(33334);
+        let (out, moved) = nat.moved(|| nat.ingress(&refused));
+        assert_prohibited(&out, [MAC_ROUTER, MAC_GW], (UPLINK, SERVER), &refused);
+        let want = [("nat_quota", 1), ("icmp_prohibited_sent", 1)];
+        assert_eq!(moved, counts(&want));
+        assert_eq!(nat.live(), 1);
     });
 }
 

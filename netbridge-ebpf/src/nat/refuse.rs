@@ -1,14 +1,16 @@
-//! RFC 5508 REQ-8: a lab host whose new IPv4 session the NAT refuses for
-//! resources or policy (port pool exhausted, session table full, its host
+//! RFC 5508 REQ-8: a sender whose new IPv4 session the NAT refuses for
+//! resources or policy (port pool exhausted, session table full, its
 //! quota) gets an ICMP Destination Unreachable, code 13 (communication
-//! administratively prohibited), from the lab-side gateway address,
-//! quoting its packet; the packet itself is dropped (counted under its
-//! reason as before). The error is built in place from the refused skb,
-//! as Cilium's `__icmp_send`: trimmed to the quote (at most 576 bytes in
-//! all, RFC 1812 4.3.2.3), room made in front for the new IPv4 and ICMP
-//! headers, checksummed with `bpf_csum_diff`, readdressed from the gateway
-//! MAC and sent out of the host's bridge port. Rate-limited per CPU, so a
-//! flood of refused packets is not answered by a flood of errors.
+//! administratively prohibited), quoting its packet; the packet itself is
+//! dropped (counted under its reason as before). A lab host refused at the
+//! uplink egress hears it from the lab-side gateway address, through its
+//! bridge port; a forward's client refused at the uplink ingress from the
+//! uplink address, back out of the uplink. The error is built in place
+//! from the refused skb, as Cilium's `__icmp_send`: trimmed to the quote
+//! (at most 576 bytes in all, RFC 1812 4.3.2.3), room made in front for
+//! the new IPv4 and ICMP headers, checksummed with `bpf_csum_diff`.
+//! Rate-limited per CPU, so a flood of refused packets is not answered by
+//! a flood of errors.
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::{
@@ -23,7 +25,7 @@ use netbridge_common::{Be16, Be32, drop_reason, nat_stat};
 
 use crate::{
     bridge,
-    nat::{count, dnat, packet},
+    nat::{self, count, dnat, packet},
     parse::ETH_HLEN,
 };
 
@@ -50,40 +52,45 @@ pub fn is_refusal(reason: u32) -> bool {
         || reason == drop_reason::NAT_QUOTA
 }
 
-/// The uplink egress's IPv4 packet whose new session was refused: turned
-/// into the error and redirected to its sender's port (TC_ACT_REDIRECT),
-/// else dropped (TC_ACT_SHOT: not a known lab host, no gateway address,
-/// GSO, over the rate limit, a helper failed). Its own BPF function, called
-/// from the program entry once the refusal has returned: its frame never
-/// stacks on the session allocator's.
+/// The uplink's IPv4 packet whose new session was refused, turned into the
+/// error: at the egress (`inbound` 0, a lab host's) redirected to the
+/// host's port, at the ingress (`inbound` 1, a forward's client) back out
+/// of the uplink (TC_ACT_REDIRECT); else dropped (TC_ACT_SHOT: not a known
+/// lab host, no gateway address, GSO, over the rate limit, a helper
+/// failed). Its own BPF function, called from the program entry once the
+/// refusal has returned: its frame never stacks on the session
+/// allocator's.
 #[inline(never)]
-pub fn answer(ctx: &TcContext) -> i32 {
-    try_answer(ctx).unwrap_or(TC_ACT_SHOT)
+pub fn answer(ctx: &TcContext, inbound: u32) -> i32 {
+    try_answer(ctx, inbound != 0).unwrap_or(TC_ACT_SHOT)
 }
 
 #[inline(always)]
-fn try_answer(ctx: &TcContext) -> Result<i32, ()> {
-    let gw = Be32::from_bytes(bridge::gateway_ipv4());
+fn try_answer(ctx: &TcContext, inbound: bool) -> Result<i32, ()> {
     // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
-    let gso = unsafe { (*ctx.skb.skb).gso_size };
-    if gw == Be32::from_host(0) || gso != 0 {
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
         return Err(());
     }
-    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
-    let ihl = (vihl & 0x0f) as u32 * 4;
-    let tot: Be16 = ctx.load(ETH_HLEN + 2).map_err(|_| ())?;
     let src: Be32 = ctx.load(ETH_HLEN + 12).map_err(|_| ())?;
-    let h = dnat::host(src).ok_or(())?;
-    // As much of the packet as fits, in whole words (bpf_csum_diff's).
-    let avail = ctx.len().saturating_sub(ETH_HLEN as u32);
-    let quote = (tot.get() as u32).min(avail).min(QUOTE_MAX) & !3;
-    if quote < ihl + 8 {
+    // Where the error goes: (its source, the ifindex out, the lab host).
+    let (from, out, host) = if inbound {
+        let cfg = nat::config().ok_or(())?;
+        (cfg.uplink_ipv4, cfg.uplink_ifindex, None)
+    } else {
+        let h = dnat::host(src).ok_or(())?;
+        (Be32::from_bytes(bridge::gateway_ipv4()), h.ifindex, Some(h))
+    };
+    if from == Be32::from_host(0) {
         return Err(());
     }
+    let quote = quote_len(ctx)?;
     if !allow() {
         count(nat_stat::ICMP_PROHIBITED_LIMITED);
         return Err(());
     }
+    // The sender's frame came from `mac_src` to `mac_dst`: the error goes back.
+    let mac_dst: [u8; 6] = ctx.load(0).map_err(|_| ())?;
+    let mac_src: [u8; 6] = ctx.load(6).map_err(|_| ())?;
     let skb = ctx.skb.skb;
     // SAFETY: helpers on the program's own skb; lengths checked above.
     let ok = unsafe {
@@ -93,12 +100,35 @@ fn try_answer(ctx: &TcContext) -> Result<i32, ()> {
     if !ok {
         return Err(());
     }
-    write_headers(ctx, gw, src, quote)?;
-    dnat::readdress(ctx, &h).map_err(|_| ())?;
+    write_headers(ctx, from, src, quote)?;
+    match host {
+        Some(h) => dnat::readdress(ctx, &h).map_err(|_| ())?,
+        None => {
+            packet::store(ctx, 0, &mac_src).map_err(|_| ())?;
+            packet::store(ctx, 6, &mac_dst).map_err(|_| ())?;
+        }
+    }
     count(nat_stat::ICMP_PROHIBITED_SENT);
-    crate::stats::count_tx(h.ifindex, ctx.len() as u64);
+    if host.is_some() {
+        crate::stats::count_tx(out, ctx.len() as u64);
+    }
     // SAFETY: a helper call with a plain ifindex; no memory passed.
-    Ok(unsafe { bpf_redirect(h.ifindex, 0) } as i32)
+    Ok(unsafe { bpf_redirect(out, 0) } as i32)
+}
+
+/// The bytes of the refused IPv4 packet to quote: as much as fits, in
+/// whole words (bpf_csum_diff's), at least its header and 8 bytes.
+#[inline(always)]
+fn quote_len(ctx: &TcContext) -> Result<u32, ()> {
+    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    let ihl = (vihl & 0x0f) as u32 * 4;
+    let tot: Be16 = ctx.load(ETH_HLEN + 2).map_err(|_| ())?;
+    let avail = ctx.len().saturating_sub(ETH_HLEN as u32);
+    let quote = (tot.get() as u32).min(avail).min(QUOTE_MAX) & !3;
+    if quote < ihl + 8 {
+        return Err(());
+    }
+    Ok(quote)
 }
 
 /// Writes the IPv4 header (gateway `gw` to `dst`) and the ICMP header in
