@@ -298,7 +298,7 @@ fn insert_in(cfg: &NatConfig, k: &CtKey, v: &CtEntry) -> bool {
 
 /// Port allocation, within the source port's class ([`class_range`]):
 /// the source port if in range, then NAT_PORT_RETRIES ports from a random
-/// start (no parity: the verifier's budget of the
+/// start, [`PROBE_STRIDE`] apart (no parity: the verifier's budget of the
 /// uplink egress does not allow the branch), skipping single-port
 /// forwards, until the inbound half `in_val` goes
 /// in. With `eim` (a new endpoint-independent mapping) a port must also be
@@ -327,7 +327,7 @@ fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result
         let port = if i == 0 {
             kept
         } else {
-            min + (start + i) % size
+            min + (start + i * PROBE_STRIDE) % size
         };
         i += 1;
         if port == 0 {
@@ -343,6 +343,15 @@ fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result
     }
     Err(drop_reason::NAT_PORT_EXHAUSTED)
 }
+
+/// The step between probed ports: a prime above any pool size, so its
+/// remainder is prime to the size and the probes visit distinct ports,
+/// spread over the pool rather than sequential (a block of ports held by
+/// one busy host, e.g. 1,000 connections from consecutive source ports,
+/// would otherwise swallow every probe that starts in it: a refused
+/// session, now answered with ICMP, where a retransmitted SYN used to get
+/// another random start).
+const PROBE_STRIDE: u32 = 65_537;
 
 /// The part of `nat_ports` for source port `sport` (RFC 4787 REQ-3 a,
 /// RECOMMENDED): 0-1023 are mapped within the pool's ports below 1024,
