@@ -236,6 +236,17 @@ code_table! {
         /// still to go, to the uplink's IPv6 address: passed to the host
         /// untranslated (NAT66 does not reassemble).
         29 Untranslated6In UNTRANSLATED6_IN "untranslated6_in",
+        /// ICMP Destination Unreachable, code 13 (communication
+        /// administratively prohibited), sent to a lab host whose new
+        /// session was refused (port pool, table full, quota; RFC 5508
+        /// REQ-8).
+        30 IcmpProhibitedSent ICMP_PROHIBITED_SENT "icmp_prohibited_sent",
+        /// Such errors not sent: over the per-CPU rate limit.
+        31 IcmpProhibitedLimited ICMP_PROHIBITED_LIMITED "icmp_prohibited_rate_limited",
+        /// Non-atomic outbound IPv4 datagrams (DF clear, or fragments)
+        /// given a new IP ID at the uplink (RFC 7857 sec. 10, RFC 6864
+        /// sec. 5.3.1); each fragment counts.
+        32 IpIdRewritten IP_ID_REWRITTEN "ip_id_rewritten",
     }
 }
 
@@ -256,7 +267,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Untranslated6In.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::IpIdRewritten.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

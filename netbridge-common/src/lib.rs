@@ -429,9 +429,17 @@ pub struct FragEntry {
     pub at_ns: u64,
     /// The new source (OUT) or destination (IN) address, wire order.
     pub addr: Be32,
-    pub _pad: u32,
+    /// OUT, [`FRAG_NEW_ID`] set: the datagram's new IP ID, wire order
+    /// (every fragment gets the first one's, RFC 7857 sec. 10).
+    pub id: Be16,
+    /// `FRAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
+/// [`FragEntry::flags`]: `id` holds the datagram's new IP ID (an entry
+/// written by an older build has it clear: the later fragments keep theirs).
+pub const FRAG_NEW_ID: u8 = 1;
 
 /// [`NatConfig::filtering`]: inbound packets need a session (RFC 4787
 /// "address and port-dependent filtering"; Linux MASQUERADE's).

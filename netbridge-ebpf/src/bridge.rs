@@ -93,6 +93,12 @@ pub fn gateway_mac() -> [u8; 6] {
     NB_CONFIG.get(0).map(|c| c.gateway_mac).unwrap_or([0; 6])
 }
 
+/// The gateway (bridge) IPv4 address, wire order; zero if none.
+#[inline(always)]
+pub fn gateway_ipv4() -> [u8; 4] {
+    NB_CONFIG.get(0).map(|c| c.gateway_ipv4).unwrap_or([0; 4])
+}
+
 /// The bridge port `ifindex`, if configured: its direct-mapped index entry
 /// (no hashing), else the hash (another port holds that index, or none).
 #[inline(always)]

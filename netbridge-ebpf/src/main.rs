@@ -245,7 +245,15 @@ pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
         nat::try_uplink_egress(&ctx)
     };
     capture::uplink(&ctx, true, &r);
-    uplink_action(&ctx, r)
+    match r {
+        // A lab host's new session refused (RFC 5508 REQ-8): dropped, and
+        // the host told why (ICMP Destination Unreachable, code 13).
+        Err(reason) if nat::refuse::is_refusal(reason) && !nat6::packet::is_ipv6(&ctx) => {
+            uplink_action(&ctx, r);
+            nat::refuse::answer(&ctx, 0)
+        }
+        r => uplink_action(&ctx, r),
+    }
 }
 
 /// TC ingress of the uplink: reverse SNAT and DNAT of forwarded ports.
@@ -258,7 +266,15 @@ pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
         nat::try_uplink_ingress(&ctx)
     };
     capture::uplink(&ctx, false, &r);
-    uplink_action(&ctx, r)
+    match r {
+        // A forward's client refused a new session (RFC 5508 REQ-8):
+        // dropped, and told why, back out of the uplink.
+        Err(reason) if nat::refuse::is_refusal(reason) && !nat6::packet::is_ipv6(&ctx) => {
+            uplink_action(&ctx, r);
+            nat::refuse::answer(&ctx, 1)
+        }
+        r => uplink_action(&ctx, r),
+    }
 }
 
 /// Never attached: `up`, `gc` and `forward` run it through

@@ -173,12 +173,13 @@ pub mod pkt {
         !fold(sum(l4, sum(&pseudo, 0)))
     }
 
-    /// An IPv4 header (no options, TTL 64, DF clear) before `payload`.
+    /// An IPv4 header (no options, TTL 64, DF set: an atomic datagram,
+    /// as Linux sends them, whose IP ID the NAT keeps) before `payload`.
     pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
         let len = (20 + payload.len()) as u16;
         let mut h = vec![0x45, 0];
         h.extend_from_slice(&len.to_be_bytes());
-        h.extend_from_slice(&[0x12, 0x34, 0, 0, 64, proto, 0, 0]);
+        h.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
         h.extend_from_slice(&src.octets());
         h.extend_from_slice(&dst.octets());
         let c = csum(&h);

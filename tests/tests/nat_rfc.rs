@@ -1591,3 +1591,229 @@ fn rfc5382_req4_unsolicited_syn_dropped_when_configured() {
         "{simopen}"
     );
 }
+
+/// A connected UDP socket in lab role `from` (`src`:`sport`) sends one
+/// datagram to `dst`:`dport` and waits 2 s: "answered", "silent", or the
+/// errno name of the error an ICMP message raised (EHOSTUNREACH for
+/// Destination Unreachable code 13).
+fn udp_errno(
+    lab: &Lab,
+    from: &str,
+    (src, sport): (&str, u16),
+    (dst, dport): (&str, u16),
+) -> String {
+    let py = format!(
+        "import errno, socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{src}', {sport})); s.connect(('{dst}', {dport})); s.settimeout(2)\n\
+         s.send(b'new flow')\n\
+         try:\n    s.recv(256); print('answered')\n\
+         except socket.timeout:\n    print('silent')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    );
+    let file = format!("/tmp/{}udp_errno.py", lab.sb.prefix());
+    std::fs::write(&file, py).unwrap();
+    let out = lab.sh(from, &format!("python3 {file}"));
+    let _ = std::fs::remove_file(&file);
+    out.trim().to_string()
+}
+
+/// RFC 5508 REQ-8: a lab host whose new session the NAT refuses (here its
+/// quota, `max_sessions_per_host = 1`, held by a ping) gets an ICMP
+/// Destination Unreachable, code 13 (communication administratively
+/// prohibited), from the gateway 192.168.0.1 quoting its packet, and the
+/// packet is dropped: black's UDP socket gets EHOSTUNREACH at once, and a
+/// second ping (a new identifier: a new session) prints "Packet filtered".
+/// tcpdump in black captures the errors; tshark finds type 3 code 13 with
+/// good IPv4 and ICMP checksums, quoting black's datagram to the echo
+/// port. Controls: the first ping and white (under its own quota) are
+/// answered. Without the error, the socket times out ("silent") and ping
+/// prints nothing (fails).
+#[test]
+fn rfc5508_req8_refused_session_gets_icmp_prohibited() {
+    require_root!();
+    let mut lab = Lab::netbridge("max_sessions_per_host = 1");
+    let dir = format!("/tmp/{}pcap", lab.sb.prefix());
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.clone();
+    lab.sb.on_cleanup(move || {
+        let _ = std::fs::remove_dir_all(d);
+    });
+    let pcap = format!("{dir}/black.pcap");
+    let black = lab.ns("black");
+    let td = lab
+        .sb
+        .tcpdump(&black, &["-i", "eth0", "-U", "-w", &pcap, "icmp"], None);
+    let first = lab.sh("black", &format!("ping -c 1 -W 2 {STUN1}"));
+    assert!(first.contains("1 received"), "control: {first}");
+    let udp = udp_errno(&lab, "black", (BLACK, 43000), (STUN1, 7));
+    let ping = lab
+        .sb
+        .cmd(&black, &["ping", "-c", "1", "-W", "2", STUN1])
+        .output();
+    let ping = String::from_utf8_lossy(&ping.unwrap().stdout).into_owned();
+    let white = udp_errno(&lab, "white", ("192.168.2.10", 43000), (STUN1, 7));
+    let n = lab.sb.stop_tcpdump(td);
+    assert_eq!(udp, "EHOSTUNREACH", "black's refused UDP flow");
+    assert!(
+        ping.contains("From 192.168.0.1") && ping.contains("Packet filtered"),
+        "{ping}"
+    );
+    assert_eq!(white, "answered", "control: white is not at black's quota");
+    assert!(n >= 4, "captured {n}");
+    let fields = lab.sh(
+        "black",
+        &format!(
+            "tshark -r {pcap} -o ip.check_checksum:TRUE -Y 'icmp.type == 3' -T fields \
+             -E separator=, -E aggregator=';' -e ip.src -e ip.dst -e icmp.code \
+             -e ip.checksum.status -e icmp.checksum.status -e udp.dstport -e icmp.type"
+        ),
+    );
+    let lines: Vec<Vec<&str>> = fields.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(lines.len(), 2, "two errors (UDP, ping):\n{fields}");
+    for f in &lines {
+        // Outer header first, then the quoted packet's (aggregated by ';').
+        assert_eq!(f[0], format!("192.168.0.1;{BLACK}"), "{fields}");
+        assert_eq!(f[1], format!("{BLACK};{STUN1}"), "{fields}");
+        assert_eq!(f[2].split(';').next(), Some("13"), "code: {fields}");
+        assert_eq!(f[6].split(';').next(), Some("3"), "type: {fields}");
+        // Status 1: good; the error's own (outer IPv4, ICMP) and the
+        // quoted IPv4 header's must be; a quoted ICMP checksum tshark may
+        // leave unverified (2), never bad (0).
+        let (ip, icmp): (Vec<&str>, Vec<&str>) =
+            (f[3].split(';').collect(), f[4].split(';').collect());
+        assert_eq!(ip, ["1", "1"], "IPv4 checksums: {fields}");
+        assert_eq!(icmp[0], "1", "ICMP checksum: {fields}");
+        assert!(!icmp.contains(&"0"), "checksums: {fields}");
+    }
+    assert_eq!(
+        lines[0][5], "7",
+        "quotes the UDP datagram to port 7: {fields}"
+    );
+    assert_eq!(lines[1][6], "3;8", "quotes the echo request: {fields}");
+    assert_eq!(drop_count(&lab, "nat_quota"), 2);
+    assert_eq!(lab.nat_counter("icmp_prohibited_sent"), 2);
+}
+
+/// RFC 5508 REQ-8 for a forward's client: with a TCP forward
+/// uplink:8080 -> white:8000 and `max_sessions_per_source = 1`, the STUN
+/// host connects and holds the connection, then connects again from
+/// another port: that SYN is refused (`nat_quota`) and answered with an
+/// ICMP Destination Unreachable, code 13, from the uplink address, so the
+/// second connect fails at once with EHOSTUNREACH (tcpdump in the STUN
+/// host sees the error quoting the SYN). Without it, the connect times
+/// out (fails).
+#[test]
+fn rfc5508_req8_forward_client_refused_gets_icmp_prohibited() {
+    require_root!();
+    let mut lab = Lab::netbridge(
+        "max_sessions_per_source = 1\n\n[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:8000\"",
+    );
+    let ns = lab.ns("white");
+    lab.sb.spawn(
+        &ns,
+        &["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+    );
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("white", "ss -tln").contains(":8000 ").then_some(())
+    });
+    assert!(ok.is_some(), "white's server not listening");
+    let out = lab.sb.tmp_file("stun-icmp.txt");
+    let stun = lab.ns("stun");
+    let td = lab
+        .sb
+        .tcpdump(&stun, &["-l", "-v", "-i", "eth0", "icmp"], Some(&out));
+    let py = format!(
+        "import errno, socket\n\
+         a = socket.create_connection(('{UPLINK}', 8080), timeout=3)\n\
+         b = socket.socket(); b.settimeout(3)\n\
+         try:\n    b.connect(('{UPLINK}', 8080)); print('connected')\n\
+         except socket.timeout:\n    print('timeout')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    );
+    let file = format!("/tmp/{}fwd_quota.py", lab.sb.prefix());
+    std::fs::write(&file, py).unwrap();
+    let r = lab.sh("stun", &format!("python3 {file}"));
+    let _ = std::fs::remove_file(&file);
+    lab.sb.stop_tcpdump(td);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(r.trim(), "EHOSTUNREACH", "{text}");
+    let error = format!("{UPLINK} > {STUN1}: ICMP host {UPLINK} unreachable - admin prohibited");
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("admin prohibited"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(text.contains(&error), "{text}");
+    assert!(
+        text.contains(&format!("{STUN1}."))
+            && text.contains(&format!("> {UPLINK}.8080: Flags [S]")),
+        "quote: {text}"
+    );
+    assert_eq!(drop_count(&lab, "nat_quota"), 1);
+    assert_eq!(lab.nat_counter("icmp_prohibited_sent"), 1);
+}
+
+/// RFC 7857 sec. 10 / RFC 6864 sec. 5.3.1: black and white each send a
+/// UDP datagram of 2,000 bytes in two fragments (scapy, DF clear) with the
+/// SAME IP ID 0x4242 to the STUN host, interleaved (black's first
+/// fragment, white's first, black's second, white's second), so both are
+/// in reassembly there at once. Both leave from 203.0.113.1: with the IDs
+/// kept, the destination takes white's fragments for duplicates of
+/// black's and at most one datagram arrives (seen before the change:
+/// only black's). The NAT gives each non-atomic datagram its own new ID
+/// (`ip_id_rewritten`): both arrive whole (the receiver checks every
+/// byte; the kernel checked the UDP checksum).
+#[test]
+fn rfc7857_10_same_ip_id_from_two_hosts_both_reassemble() {
+    require_root!();
+    let mut lab = Lab::netbridge("");
+    let log = lab.sb.tmp_file("frag-recv.txt");
+    let py = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0', 9)); s.settimeout(0.5); end = time.time() + 60\n\
+         while time.time() < end:\n\
+         \x20   try:\n        d, a = s.recvfrom(65535)\n\
+         \x20   except socket.timeout:\n        continue\n\
+         \x20   whole = d == d[:1] * len(d)\n\
+         \x20   with open('{}', 'a') as f:\n\
+         \x20       f.write(f'{{a[0]}}:{{a[1]}} {{len(d)}} {{d[:1].decode()}} {{whole}}\\n')\n",
+        log.display()
+    );
+    let ns = lab.ns("stun");
+    lab.sb.spawn(&ns, &["python3", "-c", &py]);
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        lab.sh("stun", "ss -uln")
+            .contains("0.0.0.0:9 ")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "receiver not listening");
+    let send = |role: &str, sport: u16, byte: char, i: usize| {
+        lab.sh(
+            role,
+            &format!(
+                "/usr/bin/python3 -c \"from scapy.all import *; conf.verb = 0; \
+                 p = IP(dst='{STUN1}', id=0x4242, flags=0) / UDP(sport={sport}, dport=9) / \
+                 Raw(b'{byte}' * 2000); send(fragment(p, fragsize=1400)[{i}])\""
+            ),
+        );
+    };
+    for i in 0..2 {
+        send("black", 45001, 'B', i);
+        send("white", 45002, 'W', i);
+    }
+    let got = Sandbox::wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.lines().count() >= 2).then_some(text)
+    });
+    let text = got.unwrap_or_else(|| std::fs::read_to_string(&log).unwrap_or_default());
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    let want = [
+        format!("{UPLINK}:45001 2000 B True"),
+        format!("{UPLINK}:45002 2000 W True"),
+    ];
+    assert_eq!(lines, want, "datagrams reassembled at the destination");
+    assert_eq!(lab.nat_counter("ip_id_rewritten"), 4);
+}

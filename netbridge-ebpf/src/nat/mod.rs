@@ -14,6 +14,7 @@ pub mod frag;
 pub mod icmp;
 pub mod packet;
 pub mod quota;
+pub mod refuse;
 pub mod snat;
 pub mod sweep;
 
@@ -164,9 +165,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
         _ if masq => snat::new_session_logged(cfg, &t, flags)?,
         _ => return Ok(TC_ACT_OK),
     };
-    if frag::more_fragments(ctx, ip.ip_off) {
-        frag::remember(ctx, ip.ip_off, CT_DIR_OUT, addr);
-    }
+    // A new IP ID for a non-atomic datagram (RFC 7857 sec. 10); a first
+    // fragment's translation remembered for the later ones.
+    frag::outbound(ctx, ip.ip_off, addr);
     packet::rewrite(ctx, &ip, &t, true, addr, port)?;
     if t.daddr == cfg.uplink_ipv4 {
         let r = egress_hairpin(ctx, &ip, &t, addr, port);
@@ -653,8 +654,10 @@ fn egress_hairpin_inner(ctx: &TcContext, ip: &Ip4, t: &Tuple) -> Result<i32, u32
 /// An established SNAT session or a DNAT reply, bound for the uplink:
 /// translated here and sent straight out of it. Too big or TTL expiring:
 /// the kernel path (fragmentation needed, time exceeded); the uplink
-/// egress program translates it there. So is a first fragment: the uplink
-/// egress remembers its translation for the later ones (`frag`).
+/// egress program translates it there. So is a non-atomic datagram (DF
+/// clear, or a first fragment): the uplink egress gives it a new IP ID
+/// and remembers a first fragment's translation for the later ones
+/// (`frag`).
 #[inline(always)]
 fn port_fast_out(
     ctx: &TcContext,
@@ -664,7 +667,7 @@ fn port_fast_out(
     (addr, port): (Be32, Be16),
 ) -> Result<Option<Hook>, u32> {
     if cfg.flags & NAT_FAST_PATH == 0
-        || ip.more_fragments()
+        || !ip.atomic()
         || !packet::fits(ctx, ip, cfg.uplink_mtu)
         || packet::ttl(ctx, ip) <= 1
     {

@@ -160,6 +160,13 @@ impl Ip4 {
         self.frag & 0x2000 != 0
     }
 
+    /// An atomic datagram (RFC 6864): DF set, not a fragment. Its IP ID
+    /// means nothing; a non-atomic one's the NAT rewrites.
+    #[inline(always)]
+    pub fn atomic(&self) -> bool {
+        self.frag & 0x7fff == 0x4000
+    }
+
     #[inline(always)]
     pub fn is_nat_proto(&self) -> bool {
         self.proto == IPPROTO_TCP || self.proto == IPPROTO_UDP || self.proto == IPPROTO_ICMP

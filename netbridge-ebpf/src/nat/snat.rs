@@ -296,15 +296,16 @@ fn insert_in(cfg: &NatConfig, k: &CtKey, v: &CtEntry) -> bool {
         || (ct::expire_if_idle(cfg, k, ct::now()) && NB_CT.insert(k, v, BPF_NOEXIST).is_ok())
 }
 
-/// Port allocation: the source port if in range, then NAT_PORT_RETRIES
-/// ports from a random start (no parity: the verifier's budget of the
+/// Port allocation, within the source port's class ([`class_range`]):
+/// the source port if in range, then NAT_PORT_RETRIES ports from a random
+/// start, [`PROBE_STRIDE`] apart (no parity: the verifier's budget of the
 /// uplink egress does not allow the branch), skipping single-port
 /// forwards, until the inbound half `in_val` goes
 /// in. With `eim` (a new endpoint-independent mapping) a port must also be
 /// free of any other endpoint: its ownership is claimed first.
 #[inline(always)]
 fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result<Claim, u32> {
-    let (min, max) = (cfg.port_min as u32, cfg.port_max as u32);
+    let (min, max) = class_range(cfg, t.sport.get() as u32);
     // Checked here, next to the division: a range the verifier-bound code
     // cannot prove non-empty would keep a panic path in the program.
     if max < min {
@@ -312,21 +313,28 @@ fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result
     }
     let size = (max - min + 1).max(1);
     let sport = t.sport.get() as u32;
+    // The source port to keep, 0 if not in the range (pool ports are >= 1):
+    // `max` need not stay live through the loop (the frame is at its limit).
+    let kept = if (min..=max).contains(&sport) {
+        sport
+    } else {
+        0
+    };
     // SAFETY: a helper without arguments.
     let start = unsafe { bpf_get_prandom_u32() } % size;
     let mut i = 0u32;
     while i <= NAT_PORT_RETRIES {
         let port = if i == 0 {
-            sport
+            kept
         } else {
-            min + (start + i) % size
+            min + (start + i * PROBE_STRIDE) % size
         };
         i += 1;
-        if port < min || port > max {
+        if port == 0 {
             continue;
         }
         if let Some(in_key) = try_port(cfg, t, eim, port, in_val) {
-            if port == sport {
+            if i == 1 {
                 count(nat_stat::PORT_KEPT);
             }
             return Ok(Claim { in_key, port });
@@ -334,6 +342,31 @@ fn claim_port(cfg: &NatConfig, t: &Tuple, eim: bool, in_val: &CtEntry) -> Result
         count(nat_stat::PORT_RETRIES);
     }
     Err(drop_reason::NAT_PORT_EXHAUSTED)
+}
+
+/// The step between probed ports: a prime above any pool size, so its
+/// remainder is prime to the size and the probes visit distinct ports,
+/// spread over the pool rather than sequential (a block of ports held by
+/// one busy host, e.g. 1,000 connections from consecutive source ports,
+/// would otherwise swallow every probe that starts in it: a refused
+/// session, now answered with ICMP, where a retransmitted SYN used to get
+/// another random start).
+const PROBE_STRIDE: u32 = 65_537;
+
+/// The part of `nat_ports` for source port `sport` (RFC 4787 REQ-3 a,
+/// RECOMMENDED): 0-1023 are mapped within the pool's ports below 1024,
+/// 1024-65535 within its ports from 1024. A pool with none of the port's
+/// class (the default 1024-65535 for a low port): the whole pool.
+#[inline(always)]
+fn class_range(cfg: &NatConfig, sport: u32) -> (u32, u32) {
+    let (min, max) = (cfg.port_min as u32, cfg.port_max as u32);
+    if sport < 1024 && min < 1024 {
+        (min, max.min(1023))
+    } else if sport >= 1024 && max >= 1024 {
+        (min.max(1024), max)
+    } else {
+        (min, max)
+    }
 }
 
 /// One candidate port: not forwarded, owned (`eim`), and its inbound half in.
