@@ -576,16 +576,20 @@ impl Datapath {
     /// Same, sizing a new conntrack table for `max_sessions` (a pinned
     /// one keeps its size: see `NatMaps::capacity`).
     pub fn load_sized(pins: PinDir, max_sessions: u32) -> Result<Self, BpfError> {
-        Self::load_programs(pins, max_sessions, &[])
+        Self::load_programs(pins, max_sessions, &[], true)
     }
 
     /// Same, loading only `programs` into the kernel (all when empty): the
     /// verifier takes most of a load's time, and attaching one port needs
-    /// one program (two with XDP).
+    /// one program (two with XDP). `port_nat`: the topology has NAT, so a
+    /// port program also needs its NAT tail call, loaded here if its slot
+    /// is empty; without NAT the port program never calls it (the biggest
+    /// program to verify, left out of a bridged topology's `up`).
     pub fn load_programs(
         pins: PinDir,
         max_sessions: u32,
         programs: &[&'static str],
+        port_nat: bool,
     ) -> Result<Self, BpfError> {
         let load_err = |source| BpfError::Load {
             pin_dir: pins.0.clone(),
@@ -622,6 +626,7 @@ impl Datapath {
             programs.is_empty()
                 || programs.contains(&name)
                 || (name == PROG_PORT_NAT
+                    && port_nat
                     && nat_slot_empty
                     && programs.contains(&PROG_PORT_INGRESS))
         };

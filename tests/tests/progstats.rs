@@ -90,10 +90,19 @@ fn programs_are_measured_on_real_traffic_only_while_sampling() {
     for p in ["nb-black", "nb-white", "nb-green"] {
         assert!(on.contains(&format!("tc_ingress@{p}")), "{on:?}");
     }
-    // The NAT tail call is listed; its time is its caller's.
-    let nat = program(&busy, netbridge_common::PROG_PORT_NAT);
-    assert_eq!(nat["tail_called"], true, "{busy:#}");
-    assert_eq!(attached(nat), ["tail_call@NB_PORT_PROGS[0]"]);
+    // Without NAT the port program never tail-calls its NAT part, so
+    // `up` does not load it (the biggest program to verify). On a NAT lab
+    // it is listed as tail-called: json_schema's `stats --programs` check.
+    let names: Vec<&str> = busy["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&netbridge_common::PROG_PORT_NAT),
+        "{names:?}"
+    );
 
     // Control: the same window without the pings counts (almost) nothing,
     // so the runs above are the traffic's, not a running total.

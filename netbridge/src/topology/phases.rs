@@ -15,7 +15,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP};
+use netbridge_common::{PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_XDP};
 use rtnetlink::Handle;
 
 use super::{
@@ -44,11 +44,13 @@ pub(super) fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> 
     } else {
         None
     };
-    let (max_sessions, progs) = (nat::max_sessions(t), programs_needed(t, opts));
+    let (max_sessions, (progs, port_nat)) = (nat::max_sessions(t), programs_needed(t, opts));
     run.dad = t.ipv6_dad;
     std::thread::scope(|s| {
         let loader =
-            pins.map(|pins| s.spawn(move || Datapath::load_programs(pins, max_sessions, progs)));
+            pins.map(|pins| {
+                s.spawn(move || Datapath::load_programs(pins, max_sessions, progs, port_nat))
+            });
         let timed = timer();
         namespaces(t, &ports, run)?;
         timed("namespaces");
@@ -321,15 +323,16 @@ fn datapath(
 
 /// The programs `up` loads (the verifier is most of a load's time): with
 /// NAT, or replacing every program (`--reload`), all of them; otherwise
-/// the port programs of the datapath (the TC one with its NAT tail call,
-/// which sets the tail-call slot: a later `forward add` or port finds it).
-fn programs_needed(t: &Topology, opts: UpOptions) -> &'static [&'static str] {
+/// the port programs of the datapath, without the NAT tail call (a
+/// `forward add` on a topology without NAT is a full `up`, which loads
+/// it). Also whether the NAT tail call is wanted.
+fn programs_needed(t: &Topology, opts: UpOptions) -> (&'static [&'static str], bool) {
     if opts.reload || nat::inputs(t).is_some() {
-        return &[];
+        return (&[], true);
     }
     match t.datapath {
-        crate::config::Datapath::Tc => &[PROG_PORT_INGRESS, PROG_PORT_NAT],
-        crate::config::Datapath::Xdp => &[PROG_PORT_XDP, PROG_PEER_XDP],
+        crate::config::Datapath::Tc => (&[PROG_PORT_INGRESS], false),
+        crate::config::Datapath::Xdp => (&[PROG_PORT_XDP, PROG_PEER_XDP], false),
     }
 }
 

@@ -314,7 +314,8 @@ fn one_port(t: &Topology, p: &Port, run: &mut Run) -> Result<()> {
             Mode::Xdp => &[PROG_PORT_XDP, PROG_PEER_XDP],
         };
         let max = netbridge_common::DEFAULT_MAX_SESSIONS;
-        let mut dp = Datapath::load_programs(pins, max, progs)?;
+        let nat = super::nat::inputs(t).is_some();
+        let mut dp = Datapath::load_programs(pins, max, progs, nat)?;
         let links = netlink::links(&h).await?;
         let links = phases::by_name(&links);
         let l = phases::find(&links, &p.host_ifname)?;
