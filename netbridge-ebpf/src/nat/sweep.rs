@@ -271,8 +271,9 @@ fn sweep(s: &mut CtState) -> u64 {
     removed
 }
 
+/// The sweep timers' period (NAT66's too): `sweep_ms`, or the default.
 #[inline(always)]
-fn period_ns() -> u64 {
+pub(crate) fn period_ns() -> u64 {
     let ms = config_any().map_or(0, |c| c.sweep_ms);
     let ms = if ms == 0 { CT_SWEEP_DEFAULT_MS } else { ms };
     ms as u64 * 1_000_000

@@ -28,9 +28,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_ORPHAN_GRACE_NS, CT_SWEEP_DEFAULT_MS,
-    CT6_QUOTA_SIZE, Ct6Entry, Ct6Key, CtCounts, CtStateView, CtlCmd, In6, ctl, drop_reason,
-    nat_stat,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_GRAVES_SIZE, CT_ORPHAN_GRACE_NS, CT6_QUOTA_SIZE,
+    Ct6Entry, Ct6Key, CtCounts, CtStateView, CtlCmd, In6, ctl, drop_reason, nat_stat,
 };
 
 use super::ct::{self, BPF_NOEXIST, NB_CT6};
@@ -432,13 +431,6 @@ fn sweep(s: &mut State6) -> u64 {
     removed
 }
 
-#[inline(always)]
-fn period_ns() -> u64 {
-    let ms = config_any().map_or(0, |c| c.sweep_ms);
-    let ms = if ms == 0 { CT_SWEEP_DEFAULT_MS } else { ms };
-    ms as u64 * 1_000_000
-}
-
 /// The timer callback (must return 0): sweep, then come back.
 #[inline(never)]
 extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, s: *mut State6) -> i32 {
@@ -446,7 +438,7 @@ extern "C" fn on_timer(_map: *mut c_void, _key: *mut u32, s: *mut State6) -> i32
     let s = unsafe { &mut *s };
     sweep(s);
     // SAFETY: the timer of that value, initialised before it could fire.
-    unsafe { bpf_timer_start(&mut s.timer, period_ns(), 0) };
+    unsafe { bpf_timer_start(&mut s.timer, crate::nat::sweep::period_ns(), 0) };
     0
 }
 
@@ -461,7 +453,7 @@ fn arm(s: &mut State6, takeover: bool) -> u32 {
         0 => {}
         rc if rc == -EBUSY && !takeover => {
             // SAFETY: an initialised timer; -EINVAL if it has no callback.
-            match unsafe { bpf_timer_start(&mut s.timer, period_ns(), 0) } {
+            match unsafe { bpf_timer_start(&mut s.timer, crate::nat::sweep::period_ns(), 0) } {
                 0 => return ctl::RUNNING,
                 rc if rc == -EINVAL => {}
                 rc => return ctl::ERROR + (-rc) as u32,
@@ -477,7 +469,7 @@ fn arm(s: &mut State6, takeover: bool) -> u32 {
         return ctl::ERROR + (-rc) as u32;
     }
     // SAFETY: an initialised timer with a callback.
-    match unsafe { bpf_timer_start(&mut s.timer, period_ns(), 0) } {
+    match unsafe { bpf_timer_start(&mut s.timer, crate::nat::sweep::period_ns(), 0) } {
         0 => ctl::ARMED,
         rc => ctl::ERROR + (-rc) as u32,
     }

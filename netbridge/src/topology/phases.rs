@@ -47,10 +47,9 @@ pub(super) fn apply(t: &Topology, run: &mut Run, opts: UpOptions) -> Result<()> 
     let (max_sessions, (progs, port_nat)) = (nat::max_sessions(t), programs_needed(t, opts));
     run.dad = t.ipv6_dad;
     std::thread::scope(|s| {
-        let loader =
-            pins.map(|pins| {
-                s.spawn(move || Datapath::load_programs(pins, max_sessions, progs, port_nat))
-            });
+        let loader = pins.map(|pins| {
+            s.spawn(move || Datapath::load_programs(pins, max_sessions, progs, port_nat))
+        });
         let timed = timer();
         namespaces(t, &ports, run)?;
         timed("namespaces");
