@@ -46,6 +46,7 @@ fn port_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
     match r {
         Ok(action) => action,
         Err(reason) => {
+            let reason = stats::opaque(reason);
             // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             stats::count_drop(ifindex, reason);
@@ -293,6 +294,7 @@ fn uplink_action(ctx: &TcContext, r: Result<i32, u32>) -> i32 {
     match r {
         Ok(action) => action,
         Err(reason) => {
+            let reason = stats::opaque(reason);
             stats::count_drop_reason(reason);
             // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
             log::drop(unsafe { (*ctx.skb.skb).ifindex }, reason);

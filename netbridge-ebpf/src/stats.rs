@@ -135,3 +135,24 @@ pub fn count_drop(ifindex: u32, reason: u32) {
         s.rx_dropped += 1
     });
 }
+
+/// Scratch for [`opaque`].
+#[map]
+static NB_REASON_SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `v` stored and loaded back through a per-CPU map: the verifier no
+/// longer knows which constant it is, so the drop path after it (counters,
+/// log record, capture) is verified once, not once per drop reason that
+/// leads there (each a path of its own through every program).
+#[inline(always)]
+pub fn opaque(v: u32) -> u32 {
+    let Some(p) = NB_REASON_SCRATCH.get_ptr_mut(0) else {
+        return v;
+    };
+    // SAFETY: this CPU's value of a per-CPU map; programs do not nest on
+    // one CPU for these hooks. Volatile: the load must really happen.
+    unsafe {
+        core::ptr::write_volatile(p, v);
+        core::ptr::read_volatile(p)
+    }
+}
