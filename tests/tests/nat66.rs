@@ -1117,6 +1117,13 @@ fn fast_path66_leaves_hop_limit_and_mtu_to_the_kernel() {
 /// lab hosts, uplink, router, server); `extra` appended to the file (after
 /// `[uplink]`). Returns the lab and `up`'s output.
 fn lab6only(extra: &str) -> (NatLab, String) {
+    let lab = lab6only_file(extra, |t| t);
+    let out = lab.nb(&["up"]);
+    (lab, out)
+}
+
+/// The IPv6-only lab's file, `edit`ed, not brought up.
+fn lab6only_file(extra: &str, edit: impl Fn(String) -> String) -> NatLab {
     let mut sb = Sandbox::new();
     let toml = format!(
         r#"name = "nat"
@@ -1161,10 +1168,77 @@ gateway6 = "2001:db8:1::fe"
 "#
     );
     let file = sb.tmp_file("nat6only.toml").display().to_string();
-    std::fs::write(&file, toml).unwrap();
-    let lab = NatLab { sb, file };
-    let out = lab.nb(&["up"]);
-    (lab, out)
+    std::fs::write(&file, edit(toml)).unwrap();
+    NatLab { sb, file }
+}
+
+/// A dual-stack lab behind an uplink with only IPv6 addresses: `check`
+/// and `up` warn that its IPv4 traffic is not translated (no NAT44), `up`
+/// says the IPv4 NAT is off; IPv4 from black to upstream is then answered
+/// "Destination Net Unreachable" by the gateway (no IPv4 route out of the
+/// host namespace) and never leaves the uplink, while ping -6 goes out
+/// through NAT66. Without NAT66 alone, `check` and `up` fail.
+#[test]
+fn dual_stack_lab_behind_ipv6_only_uplink_has_no_nat44() {
+    require_root!();
+    let mut lab = lab6only_file("", |t| {
+        t.replacen(
+            r#"addresses = ["fd00:77::1/64"]"#,
+            r#"addresses = ["192.168.0.1/16", "fd00:77::1/64"]"#,
+            1,
+        )
+        .replacen(
+            r#"addresses = ["fd00:77::10/64"]
+routes = ["#,
+            r#"addresses = ["192.168.1.10/24", "fd00:77::10/64"]
+routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }, "#,
+            1,
+        )
+    });
+    let run = |args: &[&str]| {
+        let prefix = lab.sb.prefix();
+        let mut full = args.to_vec();
+        full.extend(["-f", &lab.file]);
+        if args[0] != "check" {
+            full.extend(["--prefix", &prefix]);
+        }
+        let out = lab.sb.netbridge(&full);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let warning = "uplink uplink0 has no IPv4 address: NAT66 only; IPv4 traffic from bridge \
+                   br0 to upstream is not translated (no NAT44)";
+    let (_, err) = run(&["check"]);
+    assert!(err.contains(warning), "check: {err}");
+    let (out, err) = run(&["up"]);
+    assert!(err.contains(warning), "up: {err}");
+    assert!(
+        out.contains("IPv4 NAT off: uplink uplink0 has no IPv4 address"),
+        "{out}"
+    );
+    let ping6 = lab.sh("black", &format!("ping -6 -c 1 -W 2 {SERVER6}"));
+    assert!(ping6.contains("1 received"), "{ping6}");
+    let gw = lab.ns("gw");
+    let td = lab.sb.tcpdump(&gw, &["-i", "uplink0", "-U", "ip"], None);
+    let black = lab.ns("black");
+    let ping4 = lab
+        .sb
+        .cmd(
+            &black,
+            &["ping", "-4", "-c", "1", "-W", "2", "198.51.100.10"],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ping4.stdout);
+    assert!(!ping4.status.success(), "IPv4 got through: {text}");
+    assert!(
+        text.contains("From 192.168.0.1") && text.contains("Destination Net Unreachable"),
+        "{text}"
+    );
+    assert_eq!(lab.sb.stop_tcpdump(td), 0, "no IPv4 packet on the uplink");
+    assert_eq!(lab.counter("translated_out"), 0, "no IPv4 translated");
+    lab.down_clean();
 }
 
 /// NAT66 on an uplink with only IPv6 addresses, in a lab with no IPv4 at
