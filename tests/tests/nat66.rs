@@ -1245,7 +1245,8 @@ routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }, "#,
 /// all: `up` says the IPv4 NAT is off and writes no IPv4 NAT state
 /// (no IPv4 port pool, no IPv4 forward); ping -6 and curl -6 go out
 /// masqueraded as the uplink's address (tshark upstream: no lab source,
-/// every checksum good); an IPv6 forward is reached from upstream, and
+/// every checksum good); an IPv6 forward is reached from upstream (and
+/// from the lab, Hairpin66), and
 /// `forward add|del` edits the IPv6 forwards live; `conntrack` and `stats`
 /// show the sessions; the NAT66 fast path takes the established sessions'
 /// packets. Without NAT66 alone, `up` fails ("NAT needs an IPv4
@@ -1295,6 +1296,8 @@ fn ipv6_only_uplink_masquerade_and_forwards() {
     );
     let fwd = |port: u16| lab.curl("server", &format!("http://[{UPLINK6}]:{port}/"));
     assert_eq!(fwd(8080), "200", "the IPv6 forward from upstream");
+    let hairpin = lab.curl("black", &format!("http://[{UPLINK6}]:8080/"));
+    assert_eq!(hairpin, "200", "Hairpin66 of the forward");
     let ct = lab.conntrack();
     let s6 = ct["sessions6"].as_array().unwrap().clone();
     let has = |inside: &str, external: &str| {
@@ -1314,6 +1317,9 @@ fn ipv6_only_uplink_masquerade_and_forwards() {
     assert!(lab.nb_named(&["forward", "list", "--json"]).trim() == "[]");
     assert!(lab.counter("snat6_new") >= 2, "ping and curl");
     assert!(lab.counter("dnat6_new") >= 1);
+    // `status` lists the uplink programs attached.
+    let status = lab.nb(&["status"]);
+    assert!(status.contains("nb_uplink_ingre"), "{status}");
     // The NAT66 fast path (on by default) runs on its own flag, without an
     // IPv4 NAT.
     assert!(lab.counter("fast_path_out") >= 1 && lab.counter("fast_path_in") >= 1);
