@@ -247,6 +247,14 @@ code_table! {
         /// given a new IP ID at the uplink (RFC 7857 sec. 10, RFC 6864
         /// sec. 5.3.1); each fragment counts.
         32 IpIdRewritten IP_ID_REWRITTEN "ip_id_rewritten",
+        /// ICMPv6 Destination Unreachable, code 1 (communication
+        /// administratively prohibited), sent for a refused NAT66 session
+        /// (RFC 5508 REQ-8's IPv6 counterpart): to a lab host, or to a
+        /// forward's client.
+        33 Icmp6ProhibitedSent ICMP6_PROHIBITED_SENT "icmp6_prohibited_sent",
+        /// Such errors not sent: over the per-CPU rate limit (shared with
+        /// the IPv4 ones).
+        34 Icmp6ProhibitedLimited ICMP6_PROHIBITED_LIMITED "icmp6_prohibited_rate_limited",
     }
 }
 
@@ -267,7 +275,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::IpIdRewritten.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::Icmp6ProhibitedLimited.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

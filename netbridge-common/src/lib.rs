@@ -22,8 +22,8 @@ pub use crate::{
     codes::{DropReason, NatStat, drop_reason, nat_stat},
     nat6::{
         CT6_QUOTA_SIZE, CT6_SIZE, Ct6Entry, Ct6Key, Fwd6Target, In6, MAP_CT6, MAP_CT6_QUOTA,
-        MAP_CT6_STATE, MAP_FWD6, MAP_NAT6_CONFIG, MAX_FWD6, NAT6_MASQUERADE, NAT6_PREFIXES,
-        Nat6Config, Prefix6,
+        MAP_CT6_STATE, MAP_FWD6, MAP_NAT6_CONFIG, MAX_FWD6, NAT6_FAST_PATH, NAT6_MASQUERADE,
+        NAT6_PREFIXES, Nat6Config, Prefix6,
     },
 };
 

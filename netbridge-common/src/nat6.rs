@@ -40,6 +40,9 @@ pub const NAT6_PREFIXES: usize = 4;
 
 /// [`Nat6Config::flags`]: masquerade lab sources leaving the uplink.
 pub const NAT6_MASQUERADE: u32 = 1;
+/// [`Nat6Config::flags`]: the NAT66 fast path (the uplink's `fast_path`;
+/// its own bit, so it needs no IPv4 NAT beside it).
+pub const NAT6_FAST_PATH: u32 = 2;
 
 /// A lab prefix: `addr & mask == addr`.
 #[repr(C)]
@@ -72,8 +75,12 @@ pub struct Nat6Config {
     /// Idle timeouts in seconds per `CT_*` state, as
     /// [`crate::NatConfig::timeouts`].
     pub timeouts: [u32; 8],
+    /// The bridge's (lab gateway's) IPv6 address: the source of the
+    /// ICMPv6 errors a refused lab host gets (RFC 5508 REQ-8's
+    /// counterpart); all zeros: none sent.
+    pub lab_gateway: In6,
 }
-const _: () = assert!(core::mem::size_of::<Nat6Config>() == 192);
+const _: () = assert!(core::mem::size_of::<Nat6Config>() == 208);
 
 /// An IPv6 port forward: external ports `first..=last` on the uplink's
 /// IPv6 address go to `addr`, port `port + (p - first)`.

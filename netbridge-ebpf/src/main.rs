@@ -248,8 +248,13 @@ pub fn nb_uplink_egress(ctx: TcContext) -> i32 {
     capture::uplink(&ctx, true, &r);
     match r {
         // A lab host's new session refused (RFC 5508 REQ-8): dropped, and
-        // the host told why (ICMP Destination Unreachable, code 13).
-        Err(reason) if nat::refuse::is_refusal(reason) && !nat6::packet::is_ipv6(&ctx) => {
+        // the host told why (ICMP Destination Unreachable, code 13;
+        // ICMPv6's code 1).
+        Err(reason) if nat::refuse::is_refusal(reason) && nat6::packet::is_ipv6(&ctx) => {
+            uplink_action(&ctx, r);
+            nat6::refuse::answer(&ctx, 0)
+        }
+        Err(reason) if nat::refuse::is_refusal(reason) => {
             uplink_action(&ctx, r);
             nat::refuse::answer(&ctx, 0)
         }
@@ -270,7 +275,11 @@ pub fn nb_uplink_ingress(ctx: TcContext) -> i32 {
     match r {
         // A forward's client refused a new session (RFC 5508 REQ-8):
         // dropped, and told why, back out of the uplink.
-        Err(reason) if nat::refuse::is_refusal(reason) && !nat6::packet::is_ipv6(&ctx) => {
+        Err(reason) if nat::refuse::is_refusal(reason) && nat6::packet::is_ipv6(&ctx) => {
+            uplink_action(&ctx, r);
+            nat6::refuse::answer(&ctx, 1)
+        }
+        Err(reason) if nat::refuse::is_refusal(reason) => {
             uplink_action(&ctx, r);
             nat::refuse::answer(&ctx, 1)
         }

@@ -510,7 +510,13 @@ impl NatMaps {
             .collect();
         sessions.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs));
         let pool_size = (cfg.port_max as usize + 1).saturating_sub(cfg.port_min as usize);
-        let pools = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP]
+        // IPv4 NAT off (none, or NAT66 alone): no IPv4 port pool.
+        let protos: &[u8] = if cfg.flags == 0 {
+            &[]
+        } else {
+            &[IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP]
+        };
+        let pools = protos
             .iter()
             .map(|p| PoolUse {
                 proto: proto_name(*p),

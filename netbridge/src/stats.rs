@@ -176,7 +176,9 @@ impl Source {
     fn nat_snapshot(&self) -> Result<Option<NatSnapshot>, StatsError> {
         let nat = &self.maps.nat;
         let cfg = nat.config();
-        if cfg.flags == 0 {
+        let nat6 = self.maps.nat6.as_ref().filter(|n| n.config().flags != 0);
+        // NAT66 may run alone (an uplink without an IPv4 address).
+        if cfg.flags == 0 && nat6.is_none() {
             return Ok(None);
         }
         let ct = nat.conntrack()?;
@@ -189,12 +191,7 @@ impl Source {
             live_sessions: ct.live_sessions,
             high_water_sessions: ct.high_water_sessions,
             max_sessions: ct.max_sessions,
-            sessions6: self
-                .maps
-                .nat6
-                .as_ref()
-                .filter(|n| n.config().flags != 0)
-                .map(|n| (n.counts().live, n.counts().high_water)),
+            sessions6: nat6.map(|n| (n.counts().live, n.counts().high_water)),
             sessions,
             pools: ct.pools,
             forwards: nat.forward_uses()?,

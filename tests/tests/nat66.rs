@@ -1112,3 +1112,330 @@ fn fast_path66_leaves_hop_limit_and_mtu_to_the_kernel() {
     assert!(lab.counter("fast_path_in") >= 1);
     lab.down_clean();
 }
+
+/// The IPv6-only lab: as `lab66`'s, without a single IPv4 address (bridge,
+/// lab hosts, uplink, router, server); `extra` appended to the file (after
+/// `[uplink]`). Returns the lab and `up`'s output.
+fn lab6only(extra: &str) -> (NatLab, String) {
+    let lab = lab6only_file(extra, |t| t);
+    let out = lab.nb(&["up"]);
+    (lab, out)
+}
+
+/// The IPv6-only lab's file, `edit`ed, not brought up.
+fn lab6only_file(extra: &str, edit: impl Fn(String) -> String) -> NatLab {
+    let mut sb = Sandbox::new();
+    let toml = format!(
+        r#"name = "nat"
+host_netns = "gw"
+
+[bridge]
+name = "br0"
+addresses = ["fd00:77::1/64"]
+
+[[namespace]]
+name = "black"
+addresses = ["fd00:77::10/64"]
+routes = [{{ to = "::/0", via = "fd00:77::1", dev = "eth0" }}]
+
+[[namespace]]
+name = "white"
+addresses = ["fd00:77::20/64"]
+routes = [{{ to = "::/0", via = "fd00:77::1", dev = "eth0" }}]
+
+[[namespace]]
+name = "router"
+bridge = false
+sysctls = {{ "net.ipv6.conf.all.forwarding" = "1" }}
+
+[[namespace]]
+name = "server"
+bridge = false
+
+[[link]]
+a = {{ ifname = "uplink0", addresses = ["2001:db8:1::1/64"] }}
+b = {{ netns = "router", ifname = "eth0", addresses = ["2001:db8:1::fe/64"] }}
+
+[[link]]
+a = {{ netns = "router", ifname = "eth1", addresses = ["2001:db8:2::1/64"] }}
+b = {{ netns = "server", ifname = "eth0", addresses = ["2001:db8:2::10/64"], routes = [{{ to = "::/0", via = "2001:db8:2::1" }}] }}
+
+[uplink]
+ifname = "uplink0"
+masquerade = true
+gateway6 = "2001:db8:1::fe"
+{extra}
+"#
+    );
+    let file = sb.tmp_file("nat6only.toml").display().to_string();
+    std::fs::write(&file, edit(toml)).unwrap();
+    NatLab { sb, file }
+}
+
+/// A dual-stack lab behind an uplink with only IPv6 addresses: `check`
+/// and `up` warn that its IPv4 traffic is not translated (no NAT44), `up`
+/// says the IPv4 NAT is off; IPv4 from black to upstream is then answered
+/// "Destination Net Unreachable" by the gateway (no IPv4 route out of the
+/// host namespace) and never leaves the uplink, while ping -6 goes out
+/// through NAT66. Without NAT66 alone, `check` and `up` fail.
+#[test]
+fn dual_stack_lab_behind_ipv6_only_uplink_has_no_nat44() {
+    require_root!();
+    let mut lab = lab6only_file("", |t| {
+        t.replacen(
+            r#"addresses = ["fd00:77::1/64"]"#,
+            r#"addresses = ["192.168.0.1/16", "fd00:77::1/64"]"#,
+            1,
+        )
+        .replacen(
+            r#"addresses = ["fd00:77::10/64"]
+routes = ["#,
+            r#"addresses = ["192.168.1.10/24", "fd00:77::10/64"]
+routes = [{ to = "default", via = "192.168.0.1", dev = "eth0" }, "#,
+            1,
+        )
+    });
+    let run = |args: &[&str]| {
+        let prefix = lab.sb.prefix();
+        let mut full = args.to_vec();
+        full.extend(["-f", &lab.file]);
+        if args[0] != "check" {
+            full.extend(["--prefix", &prefix]);
+        }
+        let out = lab.sb.netbridge(&full);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let warning = "uplink uplink0 has no IPv4 address: NAT66 only; IPv4 traffic from bridge \
+                   br0 to upstream is not translated (no NAT44)";
+    let (_, err) = run(&["check"]);
+    assert!(err.contains(warning), "check: {err}");
+    let (out, err) = run(&["up"]);
+    assert!(err.contains(warning), "up: {err}");
+    assert!(
+        out.contains("IPv4 NAT off: uplink uplink0 has no IPv4 address"),
+        "{out}"
+    );
+    let ping6 = lab.sh("black", &format!("ping -6 -c 1 -W 2 {SERVER6}"));
+    assert!(ping6.contains("1 received"), "{ping6}");
+    let gw = lab.ns("gw");
+    let td = lab.sb.tcpdump(&gw, &["-i", "uplink0", "-U", "ip"], None);
+    let black = lab.ns("black");
+    let ping4 = lab
+        .sb
+        .cmd(
+            &black,
+            &["ping", "-4", "-c", "1", "-W", "2", "198.51.100.10"],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ping4.stdout);
+    assert!(!ping4.status.success(), "IPv4 got through: {text}");
+    assert!(
+        text.contains("From 192.168.0.1") && text.contains("Destination Net Unreachable"),
+        "{text}"
+    );
+    assert_eq!(lab.sb.stop_tcpdump(td), 0, "no IPv4 packet on the uplink");
+    assert_eq!(lab.counter("translated_out"), 0, "no IPv4 translated");
+    lab.down_clean();
+}
+
+/// NAT66 on an uplink with only IPv6 addresses, in a lab with no IPv4 at
+/// all: `up` says the IPv4 NAT is off and writes no IPv4 NAT state
+/// (no IPv4 port pool, no IPv4 forward); ping -6 and curl -6 go out
+/// masqueraded as the uplink's address (tshark upstream: no lab source,
+/// every checksum good); an IPv6 forward is reached from upstream (and
+/// from the lab, Hairpin66), and
+/// `forward add|del` edits the IPv6 forwards live; `conntrack` and `stats`
+/// show the sessions; the NAT66 fast path takes the established sessions'
+/// packets. Without NAT66 alone, `up` fails ("NAT needs an IPv4
+/// address on the uplink").
+#[test]
+fn ipv6_only_uplink_masquerade_and_forwards() {
+    require_root!();
+    let (mut lab, up) =
+        lab6only("\n[[forward]]\nproto = \"tcp\"\nport = 8080\nto = \"white:8000\"\n");
+    assert!(
+        up.contains("IPv4 NAT off: uplink uplink0 has no IPv4 address (NAT66 only)"),
+        "{up}"
+    );
+    assert!(
+        up.contains("NAT66: masquerading fd00:77::/64 as 2001:db8:1::1"),
+        "{up}"
+    );
+    assert!(
+        up.contains("IPv6 forward tcp 8080 -> [fd00:77::20]:8000"),
+        "{up}"
+    );
+    offload_off(
+        &lab,
+        &[
+            ("black", "eth0"),
+            ("server", "eth0"),
+            ("router", "eth0"),
+            ("router", "eth1"),
+        ],
+    );
+    for (ns, port) in [("server", "8080"), ("white", "8000")] {
+        lab.spawn(ns, &["python3", "-m", "http.server", port, "--bind", "::"]);
+        lab.wait_listen(ns, "tcp", port.parse().unwrap());
+    }
+    let pcap = pcap_path(&mut lab, "server6only");
+    let ns = lab.ns("server");
+    let filter = "ip6 and not icmp6[0] >= 133";
+    let dump = lab
+        .sb
+        .tcpdump(&ns, &["-i", "eth0", "-U", "-w", &pcap, filter], None);
+
+    let ping = lab.sh("black", &format!("ping -6 -c 2 -i 0.2 -W 2 {SERVER6}"));
+    assert!(ping.contains("2 received"), "{ping}");
+    assert_eq!(
+        lab.curl("black", &format!("http://[{SERVER6}]:8080/")),
+        "200"
+    );
+    let fwd = |port: u16| lab.curl("server", &format!("http://[{UPLINK6}]:{port}/"));
+    assert_eq!(fwd(8080), "200", "the IPv6 forward from upstream");
+    let hairpin = lab.curl("black", &format!("http://[{UPLINK6}]:8080/"));
+    assert_eq!(hairpin, "200", "Hairpin66 of the forward");
+    let ct = lab.conntrack();
+    let s6 = ct["sessions6"].as_array().unwrap().clone();
+    let has = |inside: &str, external: &str| {
+        s6.iter().any(|s| {
+            s["inside"].as_str().unwrap().starts_with(inside)
+                && s["external"].as_str().unwrap().starts_with(external)
+        })
+    };
+    assert!(has("[fd00:77::10]:", "[2001:db8:1::1]:"), "SNAT66: {ct}");
+    assert!(
+        has("[fd00:77::20]:8000", "[2001:db8:1::1]:8080"),
+        "DNAT66: {ct}"
+    );
+    // The IPv4 NAT is off: no IPv4 session, port pool or forward.
+    assert_eq!(ct["sessions"].as_array().map(Vec::len), Some(0), "{ct}");
+    assert_eq!(ct["pools"].as_array().map(Vec::len), Some(0), "{ct}");
+    assert!(lab.nb_named(&["forward", "list", "--json"]).trim() == "[]");
+    assert!(lab.counter("snat6_new") >= 2, "ping and curl");
+    assert!(lab.counter("dnat6_new") >= 1);
+    // `status` lists the uplink programs attached.
+    let status = lab.nb(&["status"]);
+    assert!(status.contains("nb_uplink_ingre"), "{status}");
+    // The NAT66 fast path (on by default) runs on its own flag, without an
+    // IPv4 NAT.
+    assert!(lab.counter("fast_path_out") >= 1 && lab.counter("fast_path_in") >= 1);
+    let stats: Value = serde_json::from_str(&lab.nb(&["stats", "--json"])).unwrap();
+    assert!(
+        stats["nat"]["live_sessions6"].as_u64() >= Some(3),
+        "{stats}"
+    );
+
+    let white = format!("{}:8000", lab.ns("white"));
+    let add = lab.nb_named(&["forward", "add", "tcp", "8081", &white]);
+    assert!(
+        add.contains("IPv6 forward tcp 8081 -> [fd00:77::20]:8000"),
+        "{add}"
+    );
+    assert_eq!(fwd(8081), "200", "a forward added live");
+    let del = lab.nb_named(&["forward", "del", "tcp", "8081"]);
+    assert!(del.contains("removed IPv6 forward tcp 8081"), "{del}");
+    let gone = lab.sh(
+        "server",
+        &format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://[{UPLINK6}]:8081/ || true"),
+    );
+    assert_eq!(gone.trim(), "000", "the forward deleted live");
+    let n = lab.sb.stop_tcpdump(dump);
+    assert!(n > 0, "captured {n}");
+    let srcs = sources(&lab, "server", &pcap);
+    assert!(
+        srcs.iter().all(|s| s == UPLINK6 || s == SERVER6),
+        "a lab source left untranslated: {srcs:?}"
+    );
+    let [tcp, _udp, icmp] = checksums_good(&lab, "server", &pcap);
+    assert!(tcp > 0 && icmp >= 4, "checked tcp {tcp}, icmpv6 {icmp}");
+    lab.down_clean();
+}
+
+/// A connected UDP socket in `ns` sending from `sport` to the server's
+/// `dport`: "answered", "silent" (2 s), or the errno its recv got.
+fn udp6_errno(lab: &NatLab, ns: &str, sport: u16, dport: u16) -> String {
+    let py = format!(
+        "import errno, socket\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+         s.bind(('::', {sport})); s.connect(('{SERVER6}', {dport})); s.settimeout(2)\n\
+         s.send(b'new flow')\n\
+         try:\n    s.recv(256); print('answered')\n\
+         except socket.timeout:\n    print('silent')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    );
+    let file = format!("/tmp/{}udp6_errno.py", lab.sb.prefix());
+    std::fs::write(&file, py).unwrap();
+    let out = lab.sh(ns, &format!("python3 {file}"));
+    let _ = std::fs::remove_file(&file);
+    out.trim().to_string()
+}
+
+/// RFC 5508 REQ-8's IPv6 counterpart: a lab host whose new NAT66 session
+/// is refused (its quota, `max_sessions_per_host = 1`, held by a ping) gets
+/// an ICMPv6 Destination Unreachable, code 1 (administratively
+/// prohibited), from the bridge's address fd00:77::1, quoting its packet:
+/// its connected UDP socket fails at once (EACCES) and a second ping
+/// reports it; tshark checks the error's checksum and sees the quote.
+/// white, under its own quota, is answered. Without the error the UDP
+/// socket times out ("silent") and ping only loses its packet.
+#[test]
+fn refused_nat66_session_gets_icmp6_prohibited() {
+    require_root!();
+    let (mut lab, _) = lab6only("max_sessions_per_host = 1\n");
+    udp6_echo(&mut lab, 7, 0);
+    let pcap = pcap_path(&mut lab, "black6");
+    let black = lab.ns("black");
+    let td = lab.sb.tcpdump(
+        &black,
+        &["-i", "eth0", "-U", "-w", &pcap, "icmp6 and ip6[40] == 1"],
+        None,
+    );
+    let first = lab.sh("black", &format!("ping -6 -c 1 -W 2 {SERVER6}"));
+    assert!(first.contains("1 received"), "control: {first}");
+    let udp = udp6_errno(&lab, "black", 43000, 7);
+    let ping = lab
+        .sb
+        .cmd(&black, &["ping", "-6", "-c", "1", "-W", "2", SERVER6])
+        .output();
+    let ping = String::from_utf8_lossy(&ping.unwrap().stdout).into_owned();
+    let white = udp6_errno(&lab, "white", 43000, 7);
+    let n = lab.sb.stop_tcpdump(td);
+    assert_eq!(udp, "EACCES", "black's refused UDP flow");
+    assert!(
+        ping.contains("From fd00:77::1") && ping.contains("Administratively prohibited"),
+        "{ping}"
+    );
+    assert_eq!(white, "answered", "control: white is not at black's quota");
+    assert!(n >= 2, "captured {n}");
+    let fields = lab.sh(
+        "black",
+        &format!(
+            "tshark -r {pcap} -Y 'icmpv6.type == 1' -T fields -E separator=, \
+             -E aggregator=';' -e ipv6.src -e ipv6.dst -e icmpv6.type -e icmpv6.code \
+             -e icmpv6.checksum.status -e udp.dstport -e ipv6.plen"
+        ),
+    );
+    let lines: Vec<Vec<&str>> = fields.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(lines.len(), 2, "two errors (UDP, ping):\n{fields}");
+    for f in &lines {
+        // Outer header first, then the quoted packet's (aggregated by ';').
+        assert_eq!(f[0], "fd00:77::1;fd00:77::10", "{fields}");
+        assert_eq!(f[1], format!("fd00:77::10;{SERVER6}"), "{fields}");
+        assert_eq!(f[2].split(';').next(), Some("1"), "type: {fields}");
+        assert_eq!(f[3].split(';').next(), Some("1"), "code: {fields}");
+        // Status 1: good (the error's own checksum, over its pseudo-header).
+        assert_eq!(f[4].split(';').next(), Some("1"), "checksum: {fields}");
+    }
+    assert_eq!(
+        lines[0][5], "7",
+        "quotes the UDP datagram to port 7: {fields}"
+    );
+    assert_eq!(lines[1][2], "1;128", "quotes the echo request: {fields}");
+    assert_eq!(lab.counter("nat_quota"), 2);
+    assert_eq!(lab.counter("icmp6_prohibited_sent"), 2);
+    lab.down_clean();
+}

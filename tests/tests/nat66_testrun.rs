@@ -438,8 +438,25 @@ fn nat66_max_sessions_and_host_quota() {
     });
 }
 
+/// The test run's result `r` is an ICMPv6 Destination Unreachable, code 1
+/// (administratively prohibited), from `from` to `to`, quoting `quoted`
+/// whole, with a valid checksum, redirected (TC_ACT_REDIRECT, 7).
+fn assert_prohibited6(r: &(u32, Vec<u8>), from: Ipv6Addr, to: Ipv6Addr, quoted: &[u8]) {
+    let ip = &r.1;
+    assert_eq!(r.0, 7, "redirected, not dropped");
+    assert_eq!((ip[0] >> 4, ip[6], ip[7]), (6, ICMPV6, 64), "{ip:02x?}");
+    assert_eq!((addr_at(ip, 8), addr_at(ip, 24)), (from, to));
+    let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    assert_eq!(plen, 8 + quoted.len() / 4 * 4, "{ip:02x?}");
+    assert_eq!(ip.len(), 40 + plen);
+    assert_eq!((ip[40], ip[41]), (1, 1), "type 1, code 1");
+    assert!(l4_valid(ip), "ICMPv6 checksum");
+    assert_eq!(&ip[48..], &quoted[..plen - 8], "the quote");
+}
+
 /// `max_sessions_per_source` for DNAT66 clients counts an upstream /64:
-/// two clients of one /64 share it (the second refused, `nat_quota`), one
+/// two clients of one /64 share it (the second refused, `nat_quota`, and
+/// answered with an ICMPv6 administratively prohibited error), one
 /// of another /64 is admitted; a session that expires on lookup gives its
 /// place back (live count and quota).
 #[test]
@@ -459,9 +476,12 @@ fn nat66_source_quota_per_upstream_prefix() {
         let syn = |src| tcp(src, 40000, uplink(), 8080, 0x02);
         let (r, _) = lab.moved(|| lab.run(lab.ingress, &syn(server())));
         assert_eq!(r.0, TC_ACT_OK);
-        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(a("2001:db8:2::99"))));
-        assert_eq!(r.0, TC_ACT_SHOT);
-        assert_eq!(moved, counts(&[("nat_quota", 1)]));
+        let refused = syn(a("2001:db8:2::99"));
+        let (r, moved) = lab.moved(|| lab.run(lab.ingress, &refused));
+        // Refused, and told so (RFC 5508 REQ-8's IPv6 counterpart).
+        assert_prohibited6(&r, uplink(), a("2001:db8:2::99"), &refused);
+        let want = [("nat_quota", 1), ("icmp6_prohibited_sent", 1)];
+        assert_eq!(moved, counts(&want));
         let (r, moved) = lab.moved(|| lab.run(lab.ingress, &syn(a("2001:db8:3::10"))));
         assert_eq!(r.0, TC_ACT_OK);
         assert_eq!(moved["dnat6_new"], 1);
@@ -794,5 +814,53 @@ fn late_reply_after_the_sweep_is_dropped() {
         let other = udp(server(), 7, uplink(), 42001, b"host");
         let ((verdict, ip), moved) = lab.moved(|| lab.run(lab.ingress, &other));
         assert_eq!((verdict, &ip, moved.len()), (TC_ACT_OK, &other, 0));
+    });
+}
+
+/// The ICMPv6 prohibited errors share the IPv4 ones' rate limit: 1,000
+/// SYNs from a client /64 at its quota (`max_sessions_per_source` 1) are
+/// all refused (`nat_quota`), but at most 20 errors per CPU per second are
+/// sent (`icmp6_prohibited_sent`, each run redirected), the rest counted
+/// `icmp6_prohibited_rate_limited` and dropped. The bound is from the
+/// measured time of the runs, which take well under a second: without the
+/// limit (1,000 sent) this fails.
+#[test]
+fn nat66_prohibited_errors_are_rate_limited() {
+    require_root!();
+    scenario(|lab| {
+        limits(lab, 100, 0, 1);
+        let fwd = Fwd6Target {
+            addr: nat6::in6(black()),
+            port: 8000,
+            first: 8080,
+            last: 8080,
+            proto: TCP,
+            _pad: 0,
+        };
+        lab.nat6().set_forwards(&[fwd]).unwrap();
+        let syn = |sport| tcp(server(), sport, uplink(), 8080, 0x02);
+        assert_eq!(lab.run(lab.ingress, &syn(40000)).0, TC_ACT_OK);
+        let runs = 1000u64;
+        let t0 = std::time::Instant::now();
+        let (verdicts, moved) = lab.moved(|| {
+            (0..runs)
+                .map(|i| lab.run(lab.ingress, &syn(20000 + i as u16)).0)
+                .collect::<Vec<_>>()
+        });
+        let secs = t0.elapsed().as_secs() + 1;
+        let sent = moved.get("icmp6_prohibited_sent").copied().unwrap_or(0);
+        let limited = moved
+            .get("icmp6_prohibited_rate_limited")
+            .copied()
+            .unwrap_or(0);
+        let cpus = aya::util::nr_cpus().unwrap() as u64;
+        println!("{runs} refused in < {secs} s: {sent} errors sent, {limited} rate-limited");
+        assert_eq!(moved["nat_quota"], runs, "{moved:?}");
+        assert_eq!(sent + limited, runs, "{moved:?}");
+        assert!(sent >= 1, "{moved:?}");
+        assert!(sent <= cpus * 20 * (secs + 1), "{sent} sent in {secs} s");
+        let redirected = verdicts.iter().filter(|v| **v == 7).count();
+        assert_eq!(redirected as u64, sent);
+        assert_eq!(verdicts.len() as u64 - sent, limited, "the rest dropped");
     });
 }

@@ -151,20 +151,26 @@ fn write_headers(ctx: &TcContext, gw: Be32, dst: Be32, quote: u32) -> Result<(),
     let icmp = [3u8, 13, 0, 0, 0, 0, 0, 0];
     let icmp_off = ETH_HLEN + 20;
     packet::store(ctx, icmp_off, &icmp).map_err(|_| ())?;
-    let sum = icmp_sum(ctx, icmp_off as u32, 8 + quote)?;
+    let sum = icmp_sum::<{ 8 + QUOTE_MAX }>(ctx, icmp_off as u32, 8 + quote, 0)?;
     packet::store(ctx, icmp_off + 2, &fold(sum)).map_err(|_| ())
 }
 
-/// The one's complement sum (bpf_csum_diff's, unfolded) of `len` bytes at
-/// `off`, `len` a multiple of 4: whole chunks, then words.
+/// The one's complement sum (bpf_csum_diff's, unfolded), from `seed`, of
+/// `len` bytes at `off`, `len` a multiple of 4 and at most `MAX`: whole
+/// chunks, then words. (NAT66's errors seed it with their pseudo-header.)
 #[inline(always)]
-fn icmp_sum(ctx: &TcContext, off: u32, len: u32) -> Result<i64, ()> {
+pub(crate) fn icmp_sum<const MAX: u32>(
+    ctx: &TcContext,
+    off: u32,
+    len: u32,
+    seed: u32,
+) -> Result<i64, ()> {
     let skb = ctx.skb.skb as *const core::ffi::c_void;
     let mut buf = [0u32; (CHUNK / 4) as usize];
-    let mut sum: i64 = 0;
+    let mut sum: i64 = seed as i64;
     let mut at = 0u32;
-    // Bounded: (8 + QUOTE_MAX) / CHUNK chunks, then < CHUNK / 4 words.
-    for _ in 0..(8 + QUOTE_MAX) / CHUNK {
+    // Bounded: MAX / CHUNK chunks, then < CHUNK / 4 words.
+    for _ in 0..MAX / CHUNK {
         if at + CHUNK > len {
             break;
         }
@@ -197,16 +203,17 @@ fn icmp_sum(ctx: &TcContext, off: u32, len: u32) -> Result<i64, ()> {
 
 /// The Internet checksum of a bpf_csum_diff sum, in memory order.
 #[inline(always)]
-fn fold(sum: i64) -> u16 {
+pub(crate) fn fold(sum: i64) -> u16 {
     let mut s = sum as u32;
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     !(s as u16)
 }
 
-/// May an error be sent now (this CPU's window not full)?
+/// May an error be sent now (this CPU's window not full)? One budget for
+/// the IPv4 and the NAT66 errors.
 #[inline(always)]
-fn allow() -> bool {
+pub(crate) fn allow() -> bool {
     let Some(p) = NB_REFUSE_RATE.get_ptr_mut(0) else {
         return false;
     };

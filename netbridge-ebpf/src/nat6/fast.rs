@@ -15,23 +15,23 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_redirect_peer},
     programs::TcContext,
 };
-use netbridge_common::{CT_DIR_OUT, NAT_FAST_PATH, Nat6Config, nat_stat};
+use netbridge_common::{CT_DIR_OUT, NAT6_FAST_PATH, Nat6Config, nat_stat};
 
 use super::{
     ct, encode,
     packet::{self, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ip6, Pkt6},
     port,
 };
-use crate::nat::{self, Hook, count, dnat};
+use crate::nat::{Hook, count, dnat};
 
 /// bpf_check_mtu: check each segment of a GSO skb.
 const BPF_MTU_CHK_SEGS: u64 = 1;
 
-/// Is the fast path on? It follows the uplink's `fast_path` (the IPv4
-/// NAT's config: NAT66 runs only beside it).
+/// Is the fast path on? It follows the uplink's `fast_path` (NAT66's own
+/// flag: the uplink may have no IPv4 NAT beside it).
 #[inline(always)]
 fn enabled() -> bool {
-    nat::config().is_some_and(|c| c.flags & NAT_FAST_PATH != 0)
+    super::config().is_some_and(|c| c.flags & NAT6_FAST_PATH != 0)
 }
 
 /// Does the packet fit the MTU of `ifindex` (GSO: each segment)?

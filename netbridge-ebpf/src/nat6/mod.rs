@@ -20,6 +20,7 @@ pub mod icmp;
 pub mod limits;
 pub mod packet;
 pub mod port;
+pub mod refuse;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::Array, programs::TcContext};
 use netbridge_common::{

@@ -25,7 +25,11 @@ fn warn(t: &netbridge::config::Topology, which: &Which) {
         .flatten()
         .map(|s| s.attachments)
         .unwrap_or_default();
-    for w in t.mtu_warnings(&attached, &file) {
+    for w in t
+        .mtu_warnings(&attached, &file)
+        .into_iter()
+        .chain(t.nat_warnings(&file))
+    {
         eprintln!("netbridge: warning: {w}");
     }
 }

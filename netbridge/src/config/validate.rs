@@ -675,14 +675,8 @@ impl Validator<'_> {
                 ),
             ));
         };
-        if (u.masquerade || !t.forwards.is_empty())
-            && !near.addresses.iter().any(|a| a.addr().is_ipv4())
-        {
-            return Err(self.err(
-                "uplink.ifname",
-                q(&u.ifname),
-                "NAT needs an IPv4 address on the uplink",
-            ));
+        if u.masquerade || !t.forwards.is_empty() {
+            self.validate_nat_family(u, &near.addresses)?;
         }
         for (field, gw) in [
             ("uplink.gateway", u.gateway),
@@ -773,8 +767,49 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// NAT translates to the uplink's IPv4 address, or, without one, runs
+    /// as NAT66 alone: a global or ULA IPv6 address on the uplink, an IPv6
+    /// network on the bridge and masquerade on (IPv6 forwards go with it).
+    fn validate_nat_family(&self, u: &super::Uplink, near: &[IpNet]) -> Result<(), ConfigError> {
+        if near.iter().any(|a| a.addr().is_ipv4()) {
+            return Ok(());
+        }
+        let bridge6 = self
+            .t
+            .bridge
+            .as_ref()
+            .is_some_and(|b| !crate::nat6::lab_prefixes(&b.addresses).is_empty());
+        if crate::nat6::masquerade_addr(near).is_none() || !bridge6 {
+            return Err(self.err(
+                "uplink.ifname",
+                q(&u.ifname),
+                "NAT needs an IPv4 address on the uplink (or, for NAT66 alone, a global or \
+                 ULA IPv6 address on it and an IPv6 network on the bridge)",
+            ));
+        }
+        if !u.masquerade {
+            return Err(self.err(
+                "uplink.masquerade",
+                "false",
+                format!(
+                    "uplink {} has only IPv6 addresses: its forwards are IPv6 forwards, which \
+                     run with NAT66 masquerade (set masquerade = true)",
+                    u.ifname
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Does the uplink, as the file declares it, have only IPv6 addresses
+    /// (NAT66 alone: forwards need IPv6 targets)? None: not declared.
+    fn uplink_v6_only(&self) -> Option<bool> {
+        let (near, _) = self.t.uplink_ends()?;
+        Some(!near.addresses.iter().any(|a| a.addr().is_ipv4()))
+    }
+
     /// Port forwards: the TC datapath (hairpin), an uplink, valid ports, a
-    /// bridged IPv4 target, no two
+    /// bridged IPv4 target (IPv6 behind an IPv6-only uplink), no two
     /// forwards of one protocol on one external port, a bounded number of
     /// ranges. Taken ranges are kept per protocol, sorted by first port.
     fn validate_forwards(&self) -> Result<(), ConfigError> {
@@ -864,11 +899,22 @@ impl Validator<'_> {
         let Some(target) = self.by_name.get(ns) else {
             return Err(self.err(f("to"), q(&fw.to), format!("unknown namespace {ns:?}")));
         };
-        if !self.t.on_bridge(target) || !target.addresses.iter().any(|a| a.addr().is_ipv4()) {
+        let v4 = target.addresses.iter().any(|a| a.addr().is_ipv4());
+        let v6 = crate::nat6::masquerade_addr(&target.addresses).is_some();
+        let (ok, family) = match self.uplink_v6_only() {
+            Some(true) => (
+                v6,
+                "a global or ULA IPv6 address (the uplink has only IPv6 ones)",
+            ),
+            Some(false) => (v4, "an IPv4 address"),
+            // An existing interface: `up` reads its addresses.
+            None => (v4 || v6, "an IPv4 or a global or ULA IPv6 address"),
+        };
+        if !self.t.on_bridge(target) || !ok {
             return Err(self.err(
                 f("to"),
                 q(&fw.to),
-                format!("namespace {ns} is not on the bridge with an IPv4 address"),
+                format!("namespace {ns} is not on the bridge with {family}"),
             ));
         }
         let fits = |p: &u16| *p >= 1 && (*p as u32 + (last - first) as u32) <= 65535;
@@ -933,6 +979,31 @@ impl Topology {
             b.name,
             groups.join("; "),
             by_mtu.keys().next().expect("two MTUs"),
+        )]
+    }
+}
+
+impl Topology {
+    /// Warnings about the NAT that do not stop `up`: an uplink with only
+    /// IPv6 addresses (as the file declares it) runs NAT66 alone, so the
+    /// lab's IPv4 traffic to upstream is not translated (and has no route
+    /// out of the uplink).
+    pub fn nat_warnings(&self, file: &str) -> Vec<String> {
+        let (Some(u), Some(b)) = (&self.uplink, &self.bridge) else {
+            return vec![];
+        };
+        let Some((near, _)) = self.uplink_ends() else {
+            return vec![];
+        };
+        let v4 = |a: &[IpNet]| a.iter().any(|a| a.addr().is_ipv4());
+        let nat = u.masquerade || !self.forwards.is_empty();
+        if !nat || v4(&near.addresses) || !v4(&b.addresses) {
+            return vec![];
+        }
+        vec![format!(
+            "{file}: uplink {} has no IPv4 address: NAT66 only; IPv4 traffic from bridge {} \
+             to upstream is not translated (no NAT44), and IPv4 forwards do not exist",
+            u.ifname, b.name
         )]
     }
 }
@@ -1786,6 +1857,42 @@ mod tests {
             &format!("{}{fwd}", nat_base("", v6)),
             &["NAT needs an IPv4 address"],
         );
+        // An IPv6-only uplink runs NAT66 alone: an IPv6 network on the
+        // bridge, masquerade on, forwards to IPv6 targets; a dual-stack lab
+        // is told its IPv4 traffic is not translated.
+        let lab6 = |extra: &str, target: &str| {
+            format!(
+                "name = \"x\"\n[bridge]\nname = \"br0\"\naddresses = [\"fd00:77::1/64\"]\n{}\
+                 [[namespace]]\nname = \"wan\"\nbridge = false\n\
+                 [[link]]\na = {{ ifname = \"up0\", addresses = [{v6}] }}\n\
+                 b = {{ netns = \"wan\", ifname = \"eth0\", addresses = [\"2001:db8::2/64\"] }}\n\
+                 [uplink]\nifname = \"up0\"\n{extra}\
+                 [[forward]]\nproto = \"tcp\"\nport = 80\nto = \"a:80\"\n",
+                ns("a", target)
+            )
+        };
+        let t = parse(&lab6(m, "fd00:77::10/64")).unwrap();
+        assert!(t.nat_warnings("t.toml").is_empty());
+        rule(
+            &lab6(m, "fd00:77::10/64"),
+            &lab6("", "fd00:77::10/64"),
+            &["uplink.masquerade = false", "only IPv6 addresses"],
+        );
+        rule(
+            &lab6(m, "fd00:77::10/64"),
+            &lab6(m, "192.168.1.1/24"),
+            &[
+                "forward[0].to = \"a:80\"",
+                "not on the bridge with a global or ULA IPv6 address",
+            ],
+        );
+        let dual = lab6(m, "fd00:77::10/64").replace(
+            "[\"fd00:77::1/64\"]",
+            "[\"192.168.0.1/16\", \"fd00:77::1/64\"]",
+        );
+        let w = parse(&dual).unwrap().nat_warnings("t.toml");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("uplink up0 has no IPv4 address") && w[0].contains("no NAT44"));
         // The gateway must sit in a subnet of the uplink.
         let gw = |g: &str| nat_base(&format!("{m}gateway = \"{g}\"\n"), addr);
         rule(

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use netbridge_common::{
     Fwd6Target, FwdTarget, MAX_FWD6, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH,
-    NAT_MASQUERADE, NAT_SYN_DROP, NatConfig,
+    NAT_MASQUERADE, NAT_SYN_DROP, NAT6_FAST_PATH, NatConfig,
 };
 
 use crate::config::UnsolicitedSyn;
@@ -159,7 +159,10 @@ pub(super) fn apply(
     let inputs = inputs(t);
     let forwards = forward_targets(t, &run.st.attachments);
     let forwards6 = forward_targets6(t, &run.st.attachments);
-    let lab6 = crate::nat6::lab_prefixes(t.bridge.as_ref().map_or(&[][..], |b| &b.addresses));
+    let n_forwards = t.forwards.len();
+    let bridge_addrs = t.bridge.as_ref().map_or(&[][..], |b| &b.addresses);
+    let lab6 = crate::nat6::lab_prefixes(bridge_addrs);
+    let gateway6 = crate::nat6::masquerade_addr(bridge_addrs);
     in_ns(&host_of(t), |h| async move {
         let links = netlink::links(&h).await?;
         let links = phases::by_name(&links);
@@ -179,10 +182,17 @@ pub(super) fn apply(
                 let up = phases::find(&links, &inp.uplink)?;
                 let addrs = netlink::addresses(&h, up.index).await?;
                 let addr = ipv4s(&addrs).next();
+                let plan6 = plan6(inp, up.index, &addrs, &lab6, gateway6);
+                let mapped = if addr.is_some() {
+                    forwards.len()
+                } else {
+                    forwards6.len()
+                };
+                check_forward_families(inp, addr.is_some(), n_forwards, mapped)?;
                 (
-                    plan(inp, up, addr, hosts, forwards)?,
+                    plan(inp, up, addr, hosts, forwards, plan6.flags != 0)?,
                     Some(inp.uplink.as_str()),
-                    plan6(inp, up.index, &addrs, &lab6),
+                    plan6,
                 )
             }
             None => (off(hosts), None, Default::default()),
@@ -191,7 +201,18 @@ pub(super) fn apply(
             let what = format!("detached the NAT programs from {ifname}");
             run.changed(Step::Program, what)?;
         }
+        let was4 = dp.maps.nat.config().flags != 0;
         run.changes.extend(dp.maps.nat.apply(&plan)?);
+        if let Some(inp) = inputs.as_ref().filter(|_| plan.config.flags == 0 && !was4) {
+            // NAT66 alone: the IPv4 NAT stays off; say so once.
+            if dp.maps.nat6.as_ref().is_none_or(|n| n.config().flags == 0) {
+                let what = format!(
+                    "IPv4 NAT off: uplink {} has no IPv4 address (NAT66 only)",
+                    inp.uplink
+                );
+                run.changes.push(what);
+            }
+        }
         if let Some(nat6) = dp.maps.nat6.as_mut() {
             // IPv6 forwards go with NAT66 (masquerade on).
             let fwd6 = if plan6.flags != 0 {
@@ -220,19 +241,60 @@ pub(super) fn apply(
     })
 }
 
+/// Every forward maps over the uplink's family (`v4`: IPv4, else IPv6):
+/// `mapped` of `all` have a target address of it. (A file with an
+/// existing uplink interface cannot be checked before its addresses are
+/// read.)
+fn check_forward_families(inp: &NatInputs, v4: bool, all: usize, mapped: usize) -> Result<()> {
+    if mapped >= all {
+        return Ok(());
+    }
+    let family = if v4 {
+        "an IPv4 address"
+    } else {
+        "a global or ULA IPv6 address (the uplink has no IPv4 one)"
+    };
+    Err(TopologyError::Conflict(format!(
+        "{} of {all} forwards target a namespace or port without {family}: uplink {} \
+         cannot forward to them",
+        all - mapped,
+        inp.uplink
+    )))
+}
+
+/// The IPv4 NAT: on with an IPv4 address on the uplink; without one, off
+/// (`nat6`: NAT66 runs alone) or an error (no NAT at all could run).
 fn plan(
     inp: &NatInputs,
     up: &LinkInfoLite,
     addr: Option<std::net::Ipv4Addr>,
     hosts: Vec<(std::net::Ipv4Addr, netbridge_common::HostEntry)>,
     forwards: Vec<FwdTarget>,
+    nat6: bool,
 ) -> Result<NatPlan> {
-    let addr = addr.ok_or_else(|| {
-        TopologyError::Conflict(format!(
-            "uplink {} has no IPv4 address: NAT needs one to masquerade as",
+    let limits = NatConfig {
+        max_sessions: inp.max_sessions,
+        timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
+        source_quota: inp.quotas.0,
+        host_quota: inp.quotas.1,
+        ..NatConfig::default()
+    };
+    let Some(addr) = addr else {
+        if nat6 {
+            // IPv4 NAT off (flags 0: no IPv4 path reads anything); the
+            // config carries only the limits and sweep period NAT66 shares.
+            return Ok(NatPlan {
+                config: limits,
+                ..off(hosts)
+            });
+        }
+        return Err(TopologyError::Conflict(format!(
+            "uplink {} has no IPv4 address, and NAT66 cannot run alone (no global or ULA \
+             IPv6 address on it, no IPv6 network on the bridge, or masquerade off): NAT \
+             needs an address to translate to",
             inp.uplink
-        ))
-    })?;
+        )));
+    };
     Ok(NatPlan {
         config: NatConfig {
             uplink_ipv4: addr.into(),
@@ -240,14 +302,10 @@ fn plan(
             flags: inp.flags,
             port_min: inp.ports.0,
             port_max: inp.ports.1,
-            max_sessions: inp.max_sessions,
             range_count: 0,
             uplink_mtu: up.mtu.min(u16::MAX as u32) as u16,
-            timeouts: crate::nat::timeouts_by_state(&inp.timeouts),
             filtering: inp.filtering,
-            source_quota: inp.quotas.0,
-            host_quota: inp.quotas.1,
-            ..NatConfig::default()
+            ..limits
         },
         forwards,
         hosts,
@@ -256,16 +314,25 @@ fn plan(
 
 /// NAT66 (IPv6 masquerade): with masquerade on, an IPv6 address on the
 /// uplink (global or ULA) and IPv6 networks on the bridge; else off.
+/// `gateway6`: the bridge's address, the source of its ICMPv6 errors.
 fn plan6(
     inp: &NatInputs,
     ifindex: u32,
     uplink_addrs: &[ipnet::IpNet],
     lab6: &[ipnet::Ipv6Net],
+    gateway6: Option<std::net::Ipv6Addr>,
 ) -> netbridge_common::Nat6Config {
     match crate::nat6::masquerade_addr(uplink_addrs) {
         Some(a) if inp.flags & NAT_MASQUERADE != 0 && !lab6.is_empty() => {
             let timeouts = crate::nat::timeouts_by_state(&inp.timeouts);
-            crate::nat6::config(a, ifindex, lab6, inp.ports, timeouts)
+            let mut cfg = crate::nat6::config(a, ifindex, lab6, inp.ports, timeouts);
+            if inp.flags & NAT_FAST_PATH != 0 {
+                cfg.flags |= NAT6_FAST_PATH;
+            }
+            if let Some(g) = gateway6 {
+                cfg.lab_gateway = crate::nat6::in6(g);
+            }
+            cfg
         }
         _ => Default::default(),
     }
@@ -329,9 +396,10 @@ fn apply_forwards(st: &mut State, t: Topology) -> Result<Vec<String>> {
         Some(pins) => Some(NatMaps::open_pinned(pins)?),
         None => None,
     };
-    match nat.as_mut().filter(|n| n.config().flags != 0) {
+    let on6 = nat6_on(pins.clone());
+    match nat.as_mut().filter(|n| n.config().flags != 0 || on6) {
         Some(nat) => {
-            let mut changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
+            let mut changes = set_forwards4(nat, &t, &st.attachments)?;
             changes.extend(set_forwards6(pins, &t, &st.attachments)?);
             st.topology = Some(t);
             st.save()?;
@@ -340,6 +408,21 @@ fn apply_forwards(st: &mut State, t: Topology) -> Result<Vec<String>> {
         // No NAT programs on the uplink yet: a full (idempotent) up.
         None => Ok(up::up_locked(&t, up::UpOptions::default())?.changes),
     }
+}
+
+/// Does NAT66 run (its maps pinned in `pins`, masquerade on)?
+fn nat6_on(pins: Option<PinDir>) -> bool {
+    let nat6 = pins.and_then(|mut p| crate::nat6::Nat6Maps::from_source(&mut p).ok());
+    nat6.is_some_and(|n| n.config().flags != 0)
+}
+
+/// The IPv4 forwards of `t`, if the IPv4 NAT runs (an IPv6-only uplink
+/// has none: they stay off with it).
+fn set_forwards4(nat: &mut NatMaps, t: &Topology, attached: &[Port]) -> Result<Vec<String>> {
+    if nat.config().flags == 0 {
+        return Ok(vec![]);
+    }
+    Ok(nat.set_forwards(forward_targets(t, attached))?)
 }
 
 /// The IPv6 forwards of a running NAT66 (masquerade on) made `t`'s.
@@ -365,10 +448,8 @@ pub(super) fn drop_forwards_to(st: &mut State, port: &str) -> Result<Vec<String>
     let mut changes = Vec::new();
     if let Some(pins) = port::pinned(st) {
         let mut nat = NatMaps::open_pinned(&pins)?;
-        if nat.config().flags != 0 {
-            changes = nat.set_forwards(forward_targets(&t, &st.attachments))?;
-            changes.extend(set_forwards6(Some(pins), &t, &st.attachments)?);
-        }
+        changes = set_forwards4(&mut nat, &t, &st.attachments)?;
+        changes.extend(set_forwards6(Some(pins), &t, &st.attachments)?);
     }
     st.topology = Some(t);
     st.save()?;
