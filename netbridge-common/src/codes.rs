@@ -247,6 +247,16 @@ code_table! {
         /// given a new IP ID at the uplink (RFC 7857 sec. 10, RFC 6864
         /// sec. 5.3.1); each fragment counts.
         32 IpIdRewritten IP_ID_REWRITTEN "ip_id_rewritten",
+        /// Inbound non-first IPv4 fragments seen before their first one
+        /// (out of order), requeued to the uplink's ingress to come back
+        /// after it (RFC 4787 REQ-14); each requeue counts.
+        33 FragRequeued FRAG_REQUEUED "fragments_requeued",
+        /// Outbound IPv4 datagrams whose later fragment came before the
+        /// first one (out of order), masquerading: that fragment wrote the
+        /// datagram's `NB_FRAG` entry (the uplink address, a new IP ID the
+        /// first fragment takes). One per datagram; each fragment it
+        /// translates counts in `fragments_translated`.
+        34 FragEarlyOut FRAG_EARLY_OUT "fragments_translated_early",
     }
 }
 
@@ -267,7 +277,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::IpIdRewritten.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::FragEarlyOut.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)
