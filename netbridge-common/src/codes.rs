@@ -255,6 +255,16 @@ code_table! {
         /// Such errors not sent: over the per-CPU rate limit (shared with
         /// the IPv4 ones).
         34 Icmp6ProhibitedLimited ICMP6_PROHIBITED_LIMITED "icmp6_prohibited_rate_limited",
+        /// Inbound non-first IPv4 fragments seen before their first one
+        /// (out of order), requeued to the uplink's ingress to come back
+        /// after it (RFC 4787 REQ-14); each requeue counts.
+        35 FragRequeued FRAG_REQUEUED "fragments_requeued",
+        /// Outbound IPv4 datagrams whose later fragment came before the
+        /// first one (out of order), masquerading: that fragment wrote the
+        /// datagram's `NB_FRAG` entry (the uplink address, a new IP ID the
+        /// first fragment takes). One per datagram; each fragment it
+        /// translates counts in `fragments_translated`.
+        36 FragEarlyOut FRAG_EARLY_OUT "fragments_translated_early",
     }
 }
 
@@ -275,7 +285,7 @@ mod tests {
         for r in DropReason::ALL {
             assert_eq!(drop_reason::NAMES[r.code() as usize], r.name());
         }
-        assert_eq!(NatStat::Icmp6ProhibitedLimited.code(), nat_stat::COUNT - 1);
+        assert_eq!(NatStat::FragEarlyOut.code(), nat_stat::COUNT - 1);
         assert_eq!(
             NatStat::from_code(nat_stat::PORT_KEPT),
             Some(NatStat::PortKept)

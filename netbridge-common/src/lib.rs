@@ -434,12 +434,23 @@ pub struct FragEntry {
     pub id: Be16,
     /// `FRAG_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// [`FRAG_PENDING`]: how many times the datagram's later fragments
+    /// were requeued waiting for its first one.
+    pub tries: u8,
 }
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 /// [`FragEntry::flags`]: `id` holds the datagram's new IP ID (an entry
 /// written by an older build has it clear: the later fragments keep theirs).
 pub const FRAG_NEW_ID: u8 = 1;
+/// [`FragEntry::flags`]: written by an inbound later fragment that came
+/// before its first one (out of order): no translation yet (`addr` unset);
+/// the fragments are requeued to the uplink's ingress until the first one
+/// replaces the entry, at most [`FRAG_REQUEUE_MAX`] times per datagram.
+pub const FRAG_PENDING: u8 = 2;
+/// Requeues per datagram of its inbound out-of-order fragments: each
+/// round lets the packets queued behind them (its first fragment, in a
+/// burst) go first. Past it they go to the host untranslated, as before.
+pub const FRAG_REQUEUE_MAX: u8 = 16;
 
 /// [`NatConfig::filtering`]: inbound packets need a session (RFC 4787
 /// "address and port-dependent filtering"; Linux MASQUERADE's).

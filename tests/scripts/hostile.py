@@ -58,7 +58,7 @@ FRAMES = {
     "bad_ip_checksum": lambda: [eth / IP(src=sip, dst=dip, chksum=0x1234) / ICMP(id=0x4243)],
     # Bad UDP checksum (the receiving socket layer must drop it).
     "bad_udp_checksum": lambda: [eth / ip_ok / UDP(sport=1234, dport=9, chksum=0x4321) / Raw(b"x")],
-    # A non-first fragment: no ports, cannot be mapped.
+    # A non-first fragment, its first never sent: no ports.
     "non_first_fragment": lambda: [eth / IP(src=sip, dst=dip, proto=17, frag=100) / Raw(b"y" * 16)],
     "tcp_bad_offset": lambda: [tcp_bad_offset()],
     # SYNs from OTHER_IP, each from its own source port: COUNT new flows.

@@ -657,9 +657,13 @@ const FROM_LAB: &[(&str, &[Fate])] = &[
     ("ip_spoof", &[Fate::Drop("spoofed_ipv4")]),
     ("mac_spoof", &[Fate::Drop("spoofed_mac")]),
     ("multicast_src_mac", &[Fate::Drop("bad_src_mac")]),
-    // A non-first fragment whose first was never translated cannot be
-    // mapped (uplink egress).
-    ("non_first_fragment", &[Fate::Drop("nat_fragment")]),
+    // A non-first fragment whose first was never seen: translated ahead
+    // of it (masquerade: the uplink address); the server's kernel waits
+    // for the rest of the datagram.
+    (
+        "non_first_fragment",
+        &[Fate::Kernel("server", "IpReasmReqds")],
+    ),
     (
         "ip_options",
         &[
@@ -697,6 +701,8 @@ const FROM_UPSTREAM: &[(&str, &[Fate])] = &[
     ("ip_options", &[Fate::Kernel("gw", "IcmpInEchos")]),
     ("ip_spoof", &[Fate::Kernel("gw", "IcmpInEchos")]),
     ("mac_spoof", &[Fate::Kernel("gw", "IcmpInEchos")]),
+    // Requeued at the uplink ingress for its first fragment (never
+    // comes), then the host's.
     ("non_first_fragment", &[Fate::Kernel("gw", "IpReasmReqds")]),
     // To the forwarded port: never translated (no DNAT session).
     ("tcp_bad_offset", &[Fate::Drop("bad_l4_header")]),

@@ -1513,6 +1513,103 @@ fn rfc4787_req14_fragmented_udp_through_snat_and_dnat_forward() {
     assert!(translated >= 8, "fragments_translated {translated}");
 }
 
+/// `tests/scripts/udp_frag_reversed.py send` (scapy: Debian's python3) in
+/// lab role `from`: one
+/// 4,000-byte datagram from `src`:`sport` to `dst`:`dport` as fragments in
+/// reverse order, held on `hold` (a device of `from`) and sent as one burst
+/// if given; answered by udp_echo.py; its JSON result (as `udp_big`).
+fn udp_reversed(
+    lab: &Lab,
+    from: &str,
+    (src, sport): (&str, u16),
+    (dst, dport): (&str, u16),
+    hold: Option<&str>,
+) -> Value {
+    let cmd = format!(
+        "/usr/bin/python3 {} send {src} {sport} {dst} {dport} 4000 {}",
+        script("udp_frag_reversed.py"),
+        hold.unwrap_or("-")
+    );
+    let out = lab.sh(from, &cmd);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// RFC 4787 REQ-14 (fragments received out of order), real traffic: a
+/// 4,000-byte UDP datagram sent by scapy as three fragments, last first.
+/// Out, black to the STUN host's echo through SNAT: the early fragments
+/// are translated ahead of the first (the last one writes the datagram's
+/// entry, `fragments_translated_early`), each sent on its own (no timing
+/// involved). In, the STUN host's answers to
+/// black's session (an echo answering in reversed fragments) and a
+/// datagram to a UDP forward (uplink:5353, white's echo): the early
+/// fragments are requeued at the uplink's ingress (`fragments_requeued`)
+/// until their first one has been translated. There the fragments leave the
+/// STUN host as one burst, held back on its eth0 and released together:
+/// the requeue lets the packets queued behind a fragment go first, so the
+/// first fragment must arrive within that backlog (see the README). Every
+/// echo and answer comes back whole and saw the translated source; nothing
+/// is dropped as `nat_fragment`. Before the change: out, the early fragments
+/// were dropped (`nat_fragment`) and black's datagram lost; in, they went
+/// to the host (untranslated) and the datagram was lost.
+#[test]
+fn rfc4787_req14_out_of_order_fragments_through_snat_and_dnat_forward() {
+    require_root!();
+    let mut lab =
+        Lab::netbridge("\n[[forward]]\nproto = \"udp\"\nport = 5353\nto = \"white:5353\"");
+    let (white, stun) = (lab.ns("white"), lab.ns("stun"));
+    lab.sb.spawn(
+        &white,
+        &["python3", &script("udp_echo.py"), "5353", "white", "120"],
+    );
+    let reversed = script("udp_frag_reversed.py");
+    let argv = [
+        "/usr/bin/python3",
+        &reversed,
+        "echo",
+        STUN1,
+        "8",
+        "stun",
+        "eth0",
+        "120",
+    ];
+    lab.sb.spawn(&stun, &argv);
+    let ok = Sandbox::wait_for(Duration::from_secs(10), || {
+        let white = lab.sh("white", "ss -uln").contains(":5353 ");
+        let stun = lab.sh("stun", "ss -uln").contains(&format!("{STUN1}:8 "));
+        (white && stun).then_some(())
+    });
+    assert!(ok.is_some(), "echoes not listening");
+
+    let out = udp_reversed(&lab, "black", (BLACK, 55100), (STUN1, 7), None);
+    assert_eq!(out["lost"], false, "out, SNAT: {out}");
+    assert_eq!(out["tag"], "stun", "{out}");
+    assert_eq!(out["seen"], format!("{UPLINK}:55100"), "{out}");
+    assert_eq!(out["whole"], true, "{out}");
+    assert_eq!(out["len"], 4000 + "stun 203.0.113.1:55100 ".len(), "{out}");
+    // One datagram written early; its two non-first fragments translated.
+    let early = lab.nat_counter("fragments_translated_early");
+    assert!(early >= 1, "fragments_translated_early {early}");
+    let translated = lab.nat_counter("fragments_translated");
+    assert!(translated >= 2, "fragments_translated {translated}");
+
+    let back = udp_big(&lab, "black", (BLACK, 55200), (STUN1, 8));
+    assert_eq!(back["lost"], false, "in, SNAT reply: {back}");
+    assert_eq!(back["tag"], "stun", "{back}");
+    assert_eq!(back["seen"], format!("{UPLINK}:55200"), "{back}");
+    assert_eq!(back["whole"], true, "{back}");
+
+    let fwd = udp_reversed(&lab, "stun", (STUN1, 56100), (UPLINK, 5353), Some("eth0"));
+    assert_eq!(fwd["lost"], false, "in, forward: {fwd}");
+    assert_eq!(fwd["tag"], "white", "{fwd}");
+    assert_eq!(fwd["seen"], format!("{STUN1}:56100"), "{fwd}");
+    assert_eq!(fwd["whole"], true, "{fwd}");
+    assert_eq!(fwd["len"], 4000 + "white 198.51.100.10:56100 ".len());
+
+    let requeued = lab.nat_counter("fragments_requeued");
+    assert!(requeued >= 4, "fragments_requeued {requeued}");
+    assert_eq!(drop_count(&lab, "nat_fragment"), 0);
+}
+
 /// `tests/scripts/tcp_connect_probe.py` from the STUN host to the uplink
 /// address, port `dport`, waiting up to `secs`: "ECONNREFUSED" (a RST came
 /// back), "timeout" (no answer at all) or "connected".

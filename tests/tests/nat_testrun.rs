@@ -915,8 +915,10 @@ fn malformed_packets_are_dropped_with_their_reason() {
             p.truncate(28);
             p
         };
+        // Out of order toward the uplink address (hairpin): without the
+        // first fragment's ports it cannot be translated early.
         let fragment = {
-            let mut p = pkt::udp(lab, srv, b"fragment", true);
+            let mut p = pkt::udp(lab, ep(UPLINK, 40000), b"fragment", true);
             p[6..8].copy_from_slice(&100u16.to_be_bytes());
             fix_ip_csum(&mut p);
             p
@@ -939,7 +941,7 @@ fn malformed_packets_are_dropped_with_their_reason() {
             ),
             ("UDP header cut", cut_udp, false, "bad_l4_header"),
             ("IHL 4", bad_ihl, false, "bad_ipv4_header"),
-            ("non-first fragment", fragment, false, "nat_fragment"),
+            ("early fragment, hairpin", fragment, false, "nat_fragment"),
         ];
         for (what, p, inbound, reason) in cases {
             let (out, moved) = nat.moved(|| {
@@ -1260,25 +1262,53 @@ fn fragment_passed(out: &Out) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
     (src, dst, ip[20..len].to_vec())
 }
 
-/// RFC 4787 REQ-14 (in order): a UDP datagram in two fragments through the
-/// uplink egress (SNAT) and, as a reply, the ingress: the first fragment is
-/// translated as any packet, the second gets the same new address and a
-/// valid header checksum (`fragments_translated`), and the reassembled
-/// datagram's UDP checksum is valid for the new addresses. A non-first
-/// fragment before its first one (out of order) is dropped at the egress
-/// (`nat_fragment`); at the ingress it is the host's (untouched).
+/// RFC 4787 REQ-14, in order and out of order: a UDP datagram in two
+/// fragments through the uplink egress (SNAT) and, as a reply, the
+/// ingress. In order, the first fragment is translated as any packet, the
+/// second gets the same new address and a valid header checksum
+/// (`fragments_translated`); the reassembled datagram's UDP checksum is
+/// valid for the new addresses. Out of order at the egress, the second
+/// fragment is translated ahead of its first (`fragments_translated_early`)
+/// and the first takes its new IP ID. Out of order at the ingress, the
+/// second fragment is requeued to the ingress (TC_ACT_REDIRECT,
+/// `fragments_requeued`) until its first one has been translated; past
+/// `FRAG_REQUEUE_MAX` requeues it is the host's (untouched), and so are the
+/// later fragments of the host's own datagrams, at once. Before the change
+/// the egress dropped the early fragment (`nat_fragment`) and the ingress
+/// passed it untranslated.
 #[test]
-fn rfc4787_req14_in_order_fragments_translated_out_of_order_dropped() {
+fn rfc4787_req14_fragments_in_order_and_out_of_order() {
     require_root!();
     scenario(|nat| {
         nat.setup(base_config(), &[], &[]);
         let (lab, srv, ext) = (ep(BLACK, 40000), ep(SERVER, 7), ep(UPLINK, 40000));
         let payload: Vec<u8> = (0..40).collect();
-        let [_, late] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x1111);
+        let [first, late] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x1111);
         let (out, moved) = nat.moved(|| nat.egress(&late));
-        assert_eq!(out.verdict, TC_ACT_SHOT, "out of order");
-        assert_eq!(moved, counts(&[("nat_fragment", 1)]));
-        assert_eq!(nat.live(), 0);
+        let (src, dst, rest) = fragment_passed(&out);
+        assert_eq!(
+            (src, dst),
+            (UPLINK, SERVER),
+            "out of order: translated early"
+        );
+        let want = [
+            ("fragments_translated_early", 1),
+            ("fragments_translated", 1),
+            ("ip_id_rewritten", 1),
+        ];
+        assert_eq!(moved, counts(&want));
+        let id = ip_id(&out);
+        let out = nat.egress(&first);
+        assert_eq!(
+            ip_id(&out),
+            id,
+            "the first fragment takes the early one's IP ID"
+        );
+        let (src, dst, mut udp) = fragment_passed(&out);
+        assert_eq!((src, dst), (UPLINK, SERVER));
+        udp.extend_from_slice(&rest);
+        assert_eq!(pkt::l4_csum(UPLINK, SERVER, pkt::UDP, &udp), 0, "UDP csum");
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), ext.port());
 
         let [first, second] = fragments(&pkt::udp(lab, srv, &payload, true), 16, 0x2222);
         let (src, dst, mut udp) = fragment_passed(&nat.egress(&first));
@@ -1293,23 +1323,52 @@ fn rfc4787_req14_in_order_fragments_translated_out_of_order_dropped() {
         assert_eq!(pkt::l4_csum(UPLINK, SERVER, pkt::UDP, &udp), 0, "UDP csum");
         assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), ext.port());
 
+        // In: the second fragment waits (requeued) for its first one.
         let [first, second] = fragments(&pkt::udp(srv, ext, &payload, true), 16, 0x3333);
-        let (out, moved) = nat.moved(|| nat.ingress(&second));
-        assert_eq!(fragment_passed(&out).1, UPLINK, "out of order: the host's");
-        assert!(moved.is_empty(), "{moved:?}");
-        let [first, second] = [first, second].map(|mut p| {
-            p[4..6].copy_from_slice(&0x4444u16.to_be_bytes());
-            fix_ip_csum(&mut p);
-            p
-        });
+        for round in 0..2 {
+            let (out, moved) = nat.moved(|| nat.ingress(&second));
+            assert_eq!(out.verdict, TC_ACT_REDIRECT, "requeue {round}");
+            assert_eq!(moved, counts(&[("fragments_requeued", 1)]));
+        }
         let (src, dst, mut udp) = fragment_passed(&nat.ingress(&first));
         assert_eq!((src, dst), (SERVER, BLACK));
         let (out, moved) = nat.moved(|| nat.ingress(&second));
         let (src2, dst2, rest) = fragment_passed(&out);
-        assert_eq!((src2, dst2), (SERVER, BLACK), "second fragment");
+        assert_eq!((src2, dst2), (SERVER, BLACK), "second fragment, back");
         assert_eq!(moved, counts(&[("fragments_translated", 1)]));
         udp.extend_from_slice(&rest);
         assert_eq!(pkt::l4_csum(SERVER, BLACK, pkt::UDP, &udp), 0, "UDP csum");
+
+        // Its first fragment never comes: requeued FRAG_REQUEUE_MAX times
+        // in all, then the host's.
+        let [_, second] = fragments(&pkt::udp(srv, ext, &payload, true), 16, 0x4444);
+        let max = netbridge_common::FRAG_REQUEUE_MAX as u64;
+        let (verdicts, moved) = nat.moved(|| {
+            (0..max)
+                .map(|_| nat.ingress(&second).verdict)
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            verdicts.iter().all(|&v| v == TC_ACT_REDIRECT),
+            "{verdicts:?}"
+        );
+        assert_eq!(moved, counts(&[("fragments_requeued", max)]));
+        let (out, moved) = nat.moved(|| nat.ingress(&second));
+        assert_eq!(
+            fragment_passed(&out).1,
+            UPLINK,
+            "past the bound: the host's"
+        );
+        assert!(moved.is_empty(), "{moved:?}");
+
+        // The host's own datagram (no mapping): its first fragment passes
+        // untouched, and then its later ones at once.
+        let own = ep(UPLINK, 50000);
+        let [first, second] = fragments(&pkt::udp(srv, own, &payload, true), 16, 0x5555);
+        assert_eq!(fragment_passed(&nat.ingress(&first)).1, UPLINK);
+        let (out, moved) = nat.moved(|| nat.ingress(&second));
+        assert_eq!(fragment_passed(&out).1, UPLINK, "the host's");
+        assert!(moved.is_empty(), "{moved:?}");
     });
 }
 

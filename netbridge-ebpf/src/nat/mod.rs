@@ -147,11 +147,19 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     }
     let masq = cfg.flags & NAT_MASQUERADE != 0 && ip.saddr != cfg.uplink_ipv4;
     if ip.non_first_fragment() {
-        return match frag::translate(ctx, ip.ip_off, CT_DIR_OUT) {
+        // Out of order, masquerading: translated ahead of its first
+        // fragment (not toward the uplink address: hairpin needs ports).
+        let nat = masq && ip.is_nat_proto();
+        let early = if nat && ip.daddr != cfg.uplink_ipv4 {
+            cfg.uplink_ipv4
+        } else {
+            Be32::from_raw(0)
+        };
+        return match frag::translate(ctx, ip.ip_off, CT_DIR_OUT, early) {
             r if r < 0 => Err((-r) as u32),
             1 => Ok(TC_ACT_OK),
             // Its first fragment was not translated (yet): out of order.
-            _ if masq && ip.is_nat_proto() => Err(drop_reason::NAT_FRAGMENT),
+            _ if nat => Err(drop_reason::NAT_FRAGMENT),
             _ => Ok(TC_ACT_OK),
         };
     }
@@ -197,14 +205,19 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     }
     if ip.non_first_fragment() {
-        // Of a datagram whose first fragment was translated, or else one
-        // the host reassembles for itself.
-        let r = frag::translate(ctx, ip.ip_off, CT_DIR_IN);
-        return if r < 0 {
-            Err((-r) as u32)
-        } else {
-            Ok(TC_ACT_OK)
+        // Of a datagram whose first fragment was translated, or the
+        // host's; else its first fragment is late (out of order):
+        // requeued to come back after it, or finally the host's.
+        return match frag::translate(ctx, ip.ip_off, CT_DIR_IN, Be32::from_raw(0)) {
+            r if r < 0 => Err((-r) as u32),
+            0 if ip.is_nat_proto() => Ok(frag::requeue(ctx, ip.ip_off)),
+            _ => Ok(TC_ACT_OK),
         };
+    }
+    if ip.more_fragments() && ip.is_nat_proto() {
+        // A first fragment: its later ones are the host's unless the
+        // translation below replaces this identity entry.
+        frag::remember(ctx, ip.ip_off, CT_DIR_IN, ip.daddr);
     }
     // Inbound ICMP queries (and other ICMP) are for the host itself.
     let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_IN)? else {
