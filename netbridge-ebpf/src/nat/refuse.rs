@@ -21,7 +21,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TcContext,
 };
-use netbridge_common::{Be16, Be32, drop_reason, nat_stat};
+use netbridge_common::{Be16, Be32, HostEntry, drop_reason, nat_stat};
 
 use crate::{
     bridge,
@@ -88,19 +88,39 @@ fn try_answer(ctx: &TcContext, inbound: bool) -> Result<i32, ()> {
         count(nat_stat::ICMP_PROHIBITED_LIMITED);
         return Err(());
     }
-    // The sender's frame came from `mac_src` to `mac_dst`: the error goes back.
+    let macs = reshape(ctx, quote, ROOM)?;
+    write_headers(ctx, from, src, quote)?;
+    send(ctx, host, macs, out, nat_stat::ICMP_PROHIBITED_SENT)
+}
+
+/// Cuts the refused frame to `quote` bytes past Ethernet and makes `room`
+/// bytes for the error's headers in front of them. Returns the frame's
+/// (destination, source) MACs, read before: the error goes back the way
+/// the frame came. Shared with NAT66 (`nat6::refuse`).
+#[inline(always)]
+pub(crate) fn reshape(ctx: &TcContext, quote: u32, room: u32) -> Result<([u8; 6], [u8; 6]), ()> {
     let mac_dst: [u8; 6] = ctx.load(0).map_err(|_| ())?;
     let mac_src: [u8; 6] = ctx.load(6).map_err(|_| ())?;
     let skb = ctx.skb.skb;
-    // SAFETY: helpers on the program's own skb; lengths checked above.
+    // SAFETY: helpers on the program's own skb; lengths checked by callers.
     let ok = unsafe {
         bpf_skb_change_tail(skb, ETH_HLEN as u32 + quote, 0) == 0
-            && bpf_skb_adjust_room(skb, ROOM as i32, BPF_ADJ_ROOM_MAC, 0) == 0
+            && bpf_skb_adjust_room(skb, room as i32, BPF_ADJ_ROOM_MAC, 0) == 0
     };
-    if !ok {
-        return Err(());
-    }
-    write_headers(ctx, from, src, quote)?;
+    if ok { Ok((mac_dst, mac_src)) } else { Err(()) }
+}
+
+/// Sends the error built in the frame out of `out`: to lab host `host`
+/// (MACs of its port), or, with none, back to where the frame came from
+/// (`macs` as [`reshape`] read them, swapped). Counted in `sent`.
+#[inline(always)]
+pub(crate) fn send(
+    ctx: &TcContext,
+    host: Option<HostEntry>,
+    (mac_dst, mac_src): ([u8; 6], [u8; 6]),
+    out: u32,
+    sent: u32,
+) -> Result<i32, ()> {
     match host {
         Some(h) => dnat::readdress(ctx, &h).map_err(|_| ())?,
         None => {
@@ -108,7 +128,7 @@ fn try_answer(ctx: &TcContext, inbound: bool) -> Result<i32, ()> {
             packet::store(ctx, 6, &mac_dst).map_err(|_| ())?;
         }
     }
-    count(nat_stat::ICMP_PROHIBITED_SENT);
+    count(sent);
     if host.is_some() {
         crate::stats::count_tx(out, ctx.len() as u64);
     }

@@ -8,18 +8,14 @@
 //! all, RFC 4443 2.4 (c)), room made in front for the new IPv6 and ICMPv6
 //! headers. A lab host hears it from the bridge's IPv6 address, through
 //! its port; a forward's client from the uplink's, back out of the uplink.
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_csum_diff, programs::TcContext};
 use netbridge_common::{In6, nat_stat};
 
 use super::packet::store_addr;
 use crate::{
     nat::{
-        count, dnat, packet,
-        refuse::{allow, fold, icmp_sum},
+        count, packet,
+        refuse::{allow, fold, icmp_sum, reshape, send},
     },
     parse::ETH_HLEN,
 };
@@ -28,7 +24,6 @@ use crate::{
 const QUOTE_MAX: u32 = 1232;
 /// New IPv6 header and ICMPv6 header in front of the quote.
 const ROOM: u32 = 48;
-const BPF_ADJ_ROOM_MAC: u32 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 /// ICMPv6 Destination Unreachable, code 1.
 const ICMPV6_DEST_UNREACH: u8 = 1;
@@ -70,32 +65,9 @@ fn try_answer(ctx: &TcContext, inbound: bool) -> Result<i32, ()> {
         count(nat_stat::ICMP6_PROHIBITED_LIMITED);
         return Err(());
     }
-    // The sender's frame came from `mac_src` to `mac_dst`: the error goes back.
-    let mac_dst: [u8; 6] = ctx.load(0).map_err(|_| ())?;
-    let mac_src: [u8; 6] = ctx.load(6).map_err(|_| ())?;
-    let skb = ctx.skb.skb;
-    // SAFETY: helpers on the program's own skb; lengths checked above.
-    let ok = unsafe {
-        bpf_skb_change_tail(skb, ETH_HLEN as u32 + quote, 0) == 0
-            && bpf_skb_adjust_room(skb, ROOM as i32, BPF_ADJ_ROOM_MAC, 0) == 0
-    };
-    if !ok {
-        return Err(());
-    }
+    let macs = reshape(ctx, quote, ROOM)?;
     write_headers(ctx, from, &src, quote)?;
-    match host {
-        Some(h) => dnat::readdress(ctx, &h).map_err(|_| ())?,
-        None => {
-            packet::store(ctx, 0, &mac_src).map_err(|_| ())?;
-            packet::store(ctx, 6, &mac_dst).map_err(|_| ())?;
-        }
-    }
-    count(nat_stat::ICMP6_PROHIBITED_SENT);
-    if host.is_some() {
-        crate::stats::count_tx(out, ctx.len() as u64);
-    }
-    // SAFETY: a helper call with a plain ifindex; no memory passed.
-    Ok(unsafe { bpf_redirect(out, 0) } as i32)
+    send(ctx, host, macs, out, nat_stat::ICMP6_PROHIBITED_SENT)
 }
 
 /// The bytes of the refused IPv6 packet to quote: as much as fits, in
