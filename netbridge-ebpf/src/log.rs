@@ -23,14 +23,21 @@ pub fn allow(kind: u32) -> bool {
     };
     // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU do
     // not preempt each other.
-    let w = unsafe { &mut *p };
+    window_allows(unsafe { &mut *p }, PER_SECOND)
+}
+
+/// One-second window `w` ([start ns, events in it]) of a per-CPU rate
+/// limit: may one more event go, `per_second` at most? Counts it if so.
+/// Also the ICMP errors' limit (`nat::refuse`).
+#[inline(always)]
+pub fn window_allows(w: &mut [u64; 2], per_second: u64) -> bool {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(w[0]) > 1_000_000_000 {
         w[0] = now;
         w[1] = 0;
     }
-    if w[1] >= PER_SECOND {
+    if w[1] >= per_second {
         return false;
     }
     w[1] += 1;

@@ -14,8 +14,7 @@
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::{
-        bpf_csum_diff, bpf_ktime_get_ns, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail,
-        bpf_skb_load_bytes,
+        bpf_csum_diff, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes,
     },
     macros::map,
     maps::PerCpuArray,
@@ -239,16 +238,5 @@ pub(crate) fn allow() -> bool {
     };
     // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU do
     // not preempt each other.
-    let w = unsafe { &mut *p };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(w[0]) > 1_000_000_000 {
-        w[0] = now;
-        w[1] = 0;
-    }
-    if w[1] >= PER_SECOND {
-        return false;
-    }
-    w[1] += 1;
-    true
+    crate::log::window_allows(unsafe { &mut *p }, PER_SECOND)
 }
