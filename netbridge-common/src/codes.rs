@@ -154,6 +154,11 @@ code_table! {
         /// dropped rather than translated: the translation's incremental
         /// checksum update would pass it on as valid (RFC 5508 REQ-3).
         28 NatIcmpBadCsum NAT_ICMP_BAD_CSUM "nat_icmp_bad_checksum",
+        /// An IPv6 frame on a bridge port whose IPv6 program is not in the
+        /// port program's tail-call array (a lab made by an older netbridge
+        /// and upgraded in place: `down`, then `up`). Dropped rather than
+        /// bridged without the IPv6 guards.
+        29 PortProgramMissing PORT_PROGRAM_MISSING "port_program_missing",
     }
 }
 

@@ -20,9 +20,9 @@ use netbridge_common::{
     BRIDGE_ISOLATION, Be32, BridgeConfig, FdbEntry, FdbKey, HostEntry, MAP_CONFIG, MAP_DROP_STATS,
     MAP_FDB, MAP_FDB_GEN, MAP_HOSTS, MAP_HOSTS6, MAP_POLICY, MAP_PORT_INDEX, MAP_PORT_PROGS,
     MAP_PORT_SLOTS, MAP_PORT_STATS, MAP_PORTS, MAX_PORTS, PORT_INDEX_SIZE, PORT_ISOLATED,
-    PORT_PROG_NAT, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_NAT, PROG_PORT_XDP,
-    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig, PortSlot, PortStats,
-    drop_reason,
+    PORT_PROG_IPV6, PORT_PROG_NAT, PORT_PROGS, PROG_PEER_XDP, PROG_PORT_INGRESS, PROG_PORT_IPV6,
+    PROG_PORT_NAT, PROG_PORT_XDP, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, PolicyKey, PortConfig,
+    PortSlot, PortStats, drop_reason,
 };
 
 use crate::nat::NatMaps;
@@ -610,34 +610,30 @@ impl Datapath {
             )
             .load(EBPF_OBJECT)
             .map_err(load_err)?;
-        // The port program's tail call. The array is pinned: its entries
+        // The port program's tail calls. The array is pinned: its entries
         // live as long as the pin, not as this process. A port program
-        // loaded alone (one more port) uses the NAT part already there, or
-        // loads it when the slot is empty (the first port of a topology).
-        let nat_slot_empty = match ebpf.map(MAP_PORT_PROGS) {
-            Some(aya::maps::Map::ProgramArray(m)) => {
-                !matches!(prog_array_id(m, PORT_PROG_NAT), Ok(Some(_)))
-            }
-            _ => true,
-        };
+        // loaded alone (one more port) uses the parts already there, or
+        // loads those whose slot is empty (the first port of a topology).
+        let empty = empty_tail_slots(&ebpf, &pins)?;
         let mut tail: ProgramArray<MapData> =
             MapSource::map(&mut ebpf, MAP_PORT_PROGS, aya::maps::Map::ProgramArray)?;
+        let port = programs.contains(&PROG_PORT_INGRESS);
         let wanted = |name: &str| {
             programs.is_empty()
                 || programs.contains(&name)
-                || (name == PROG_PORT_NAT
-                    && port_nat
-                    && nat_slot_empty
-                    && programs.contains(&PROG_PORT_INGRESS))
+                || (name == PROG_PORT_NAT && port_nat && port && empty[0])
+                || (name == PROG_PORT_IPV6 && port && empty[1])
         };
         load_parallel(&mut ebpf, &wanted)?;
-        if wanted(PROG_PORT_NAT) {
-            let fd =
-                MapSource::program_fd(&ebpf, PROG_PORT_NAT).ok_or(BpfError::MissingProgram {
-                    name: PROG_PORT_NAT,
-                })?;
-            tail.set(PORT_PROG_NAT, &fd, 0)
-                .map_err(map_err(MAP_PORT_PROGS))?;
+        for (name, index) in [
+            (PROG_PORT_NAT, PORT_PROG_NAT),
+            (PROG_PORT_IPV6, PORT_PROG_IPV6),
+        ] {
+            if wanted(name) {
+                let fd =
+                    MapSource::program_fd(&ebpf, name).ok_or(BpfError::MissingProgram { name })?;
+                tail.set(index, &fd, 0).map_err(map_err(MAP_PORT_PROGS))?;
+            }
         }
         let maps = Maps::from_source(&mut ebpf)?;
         Ok(Datapath {
@@ -806,13 +802,34 @@ impl Datapath {
     }
 }
 
+/// Whether the port program's tail-call slots ([`PORT_PROG_NAT`],
+/// [`PORT_PROG_IPV6`]) are empty. An array pinned by an older netbridge,
+/// with fewer slots, is refused with what to do.
+fn empty_tail_slots(ebpf: &Ebpf, pins: &PinDir) -> Result<[bool; 2], BpfError> {
+    let Some(aya::maps::Map::ProgramArray(m)) = ebpf.map(MAP_PORT_PROGS) else {
+        return Ok([true; 2]);
+    };
+    let size = m.info().map_err(map_err(MAP_PORT_PROGS))?.max_entries();
+    if size < PORT_PROGS {
+        return Err(BpfError::OlderMap {
+            name: MAP_PORT_PROGS,
+            pin_dir: pins.0.clone(),
+            entries: size,
+            needed: PORT_PROGS,
+        });
+    }
+    let empty = |i| !matches!(prog_array_id(m, i), Ok(Some(_)));
+    Ok([empty(PORT_PROG_NAT), empty(PORT_PROG_IPV6)])
+}
+
 /// Loads the programs `wanted` says, each on its own thread: the verifier
 /// is most of an `up`'s critical path, and each load is one syscall on one
 /// core (a bridged topology's nb_port_ingress and nb_port_nat verify side
 /// by side instead of one after the other).
 fn load_parallel(ebpf: &mut Ebpf, wanted: &dyn Fn(&str) -> bool) -> Result<(), BpfError> {
-    const TC: [&str; 5] = [
+    const TC: [&str; 6] = [
         PROG_PORT_INGRESS,
+        PROG_PORT_IPV6,
         PROG_PORT_NAT,
         PROG_UPLINK_INGRESS,
         PROG_UPLINK_EGRESS,

@@ -32,6 +32,16 @@ pub enum BpfError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    #[error(
+        "eBPF map {name} pinned in {pin_dir} has {entries} entries, this netbridge needs {needed}: \
+         the lab was made by an older netbridge; bring it down (`netbridge down`) and up again"
+    )]
+    OlderMap {
+        name: &'static str,
+        pin_dir: PathBuf,
+        entries: u32,
+        needed: u32,
+    },
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("eBPF map {name}: {source}")]

@@ -570,3 +570,51 @@ fn ipv6_route_via_link_local_gateway() {
     sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 2001:db8:77::1");
     down(&sb, &file);
 }
+
+/// IPv6 frames are checked by the port's IPv6 program (a tail call of the
+/// port program): with its slot emptied, they are dropped and counted as
+/// `port_program_missing`, never bridged unchecked, while IPv4 still
+/// flows; `up` again fills the slot and IPv6 flows again. A tail-call
+/// array pinned by an older build (one slot) makes `up` fail with what to
+/// do, naming the map.
+#[test]
+fn ipv6_without_its_program_fails_closed_and_up_repairs() {
+    require_root!();
+    let mut sb = Sandbox::new();
+    let file = lab(&mut sb, |t| t);
+    up(&sb, &file);
+    let black = sb.name("black");
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 -q fd00:77::b2");
+    let pins = format!("/run/netbridge/bpf/{}dual-stack", sb.prefix());
+    let map = format!("{pins}/{}", netbridge_common::MAP_PORT_PROGS);
+    let slot = netbridge_common::PORT_PROG_IPV6;
+    sb.sh(
+        &sb.host,
+        &format!("bpftool map delete pinned {map} key {slot} 0 0 0"),
+    );
+
+    let before = drops(&sb, &file, "port_program_missing");
+    let out = sb.sh_output(&black, "ping -6 -c 3 -i 0.2 -W 1 -q fd00:77::b2");
+    assert!(
+        !out.status.success(),
+        "IPv6 bridged without its checks: {out:?}"
+    );
+    assert!(drops(&sb, &file, "port_program_missing") >= before + 3);
+    sb.sh(&black, "ping -c 2 -i 0.2 -W 2 -q 192.168.2.1");
+
+    up(&sb, &file);
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 -q fd00:77::b2");
+
+    // An older build's array: one slot.
+    let arr = netbridge_common::MAP_PORT_PROGS;
+    sb.sh(
+        &sb.host,
+        &format!("rm {map} && bpftool map create {map} type prog_array key 4 value 4 entries 1 name {arr}"),
+    );
+    let prefix = sb.prefix();
+    let out = sb.netbridge(&["up", "-f", &file, "--prefix", &prefix]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains(arr) && err.contains("netbridge down"), "{err}");
+    down(&sb, &file);
+}

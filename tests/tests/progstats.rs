@@ -144,3 +144,29 @@ fn nat_programs_are_listed_with_their_uplink() {
     );
     sb.nb_ok(&["down", "--name", &topo]);
 }
+
+/// IPv6 frames run their own program: nb_port_ingress tail-calls
+/// nb_port_ipv6 (slot `PORT_PROG_IPV6` of the port's tail-call array),
+/// listed with that slot; the kernel counts its runs and time in the
+/// port program (the caller), so IPv6 echoes show there ("in caller").
+/// That IPv6 frames depend on it and IPv4 ones do not:
+/// ipv6::ipv6_without_its_program_fails_closed_and_up_repairs.
+#[test]
+fn ipv6_program_is_listed_as_the_port_programs_tail_call() {
+    require_root!();
+    let sb = Sandbox::new();
+    let (_, prefix) = sb.up_example("dual-stack.toml");
+    let (black, topo) = (sb.name("black"), format!("{prefix}dual-stack"));
+    sb.sh(&black, "ping -6 -c 2 -i 0.2 -W 2 -q fd00:77::b2");
+    let v = sample(&sb, &topo, 3, || {
+        sb.sh(&black, "ping -6 -c 100 -i 0.01 -W 2 -q fd00:77::b2");
+    });
+    let ipv6 = program(&v, netbridge_common::PROG_PORT_IPV6);
+    let tail = format!("tail_call@{}[1]", netbridge_common::MAP_PORT_PROGS);
+    assert_eq!(attached(ipv6), [tail], "{v:#}");
+    assert_eq!(ipv6["tail_called"], true, "{v:#}");
+    assert_eq!(ipv6["runs"], 0, "{v:#}");
+    let port = program(&v, netbridge_common::PROG_PORT_INGRESS);
+    assert!(port["runs"].as_u64().unwrap() >= 200, "{v:#}");
+    sb.nb_ok(&["down", "--name", &topo]);
+}

@@ -1013,6 +1013,7 @@ fn full_prog_name(kernel: &str) -> String {
     use netbridge_common::*;
     [
         PROG_PORT_INGRESS,
+        PROG_PORT_IPV6,
         PROG_PORT_XDP,
         PROG_PEER_XDP,
         PROG_PORT_NAT,
