@@ -193,6 +193,9 @@ pub struct Program {
     /// `hook@interface` of each attachment.
     pub attached: Vec<String>,
     pub counters: Counters,
+    /// Instructions the kernel's verifier walked to accept the program
+    /// (its limit is 1,000,000): the load's cost, and the room left.
+    pub verified_insns: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +216,7 @@ pub fn snapshot(pins: &PinDir) -> Result<Snapshot, ProgStatsError> {
                 name: String::new(),
                 attached: Vec::new(),
                 counters: Counters::default(),
+                verified_insns: None,
             })
             .attached
             .push(format!("{}@{}", a.hook, a.ifname));
@@ -226,6 +230,7 @@ pub fn snapshot(pins: &PinDir) -> Result<Snapshot, ProgStatsError> {
                 run_cnt: info.run_count(),
                 run_time_ns: info.run_time().as_nanos() as u64,
             };
+            p.verified_insns = info.verified_instruction_count();
         }
     }
     Ok(Snapshot { at, programs })
@@ -245,6 +250,8 @@ pub struct ProgramRate {
     /// Only reached by tail calls: the kernel counts its runs and time in
     /// the program that jumped to it, never here.
     pub tail_called: bool,
+    /// See [`Program::verified_insns`].
+    pub verified_insns: Option<u32>,
 }
 
 /// Per-program deltas from `before` to `after`, for programs present in
@@ -274,6 +281,7 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Vec<ProgramRate> {
                     .attached
                     .iter()
                     .all(|a| a.starts_with(&format!("{TAIL_CALL}@"))),
+                verified_insns: p.verified_insns,
             })
         })
         .collect()
@@ -293,13 +301,14 @@ pub fn sample(pins: &PinDir, interval: Duration) -> Result<Vec<ProgramRate>, Pro
 pub fn table(rates: &[ProgramRate], interval: Duration) -> String {
     use std::fmt::Write as _;
     let mut s = format!(
-        "BPF programs over {:.1}s (run time measured by the kernel)\n{:>6} {:<16} {:>10} {:>10} {:>9}  attached to\n",
+        "BPF programs over {:.1}s (run time measured by the kernel)\n{:>6} {:<16} {:>10} {:>10} {:>9} {:>9}  attached to\n",
         interval.as_secs_f64(),
         "id",
         "program",
         "runs",
         "runs/s",
-        "ns/run"
+        "ns/run",
+        "verified"
     );
     for r in rates {
         let ns = match r.ns_per_run {
@@ -309,12 +318,13 @@ pub fn table(rates: &[ProgramRate], interval: Duration) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>6} {:<16} {:>10} {:>10.0} {:>9}  {}",
+            "{:>6} {:<16} {:>10} {:>10.0} {:>9} {:>9}  {}",
             r.id,
             r.name,
             r.runs,
             r.runs_per_sec,
             ns,
+            r.verified_insns.map_or("-".into(), |v| v.to_string()),
             r.attached.join(", ")
         );
     }
@@ -341,6 +351,7 @@ mod tests {
                                 run_cnt,
                                 run_time_ns,
                             },
+                            verified_insns: Some(1000 + id),
                         },
                     )
                 })
@@ -381,6 +392,8 @@ mod tests {
         assert_eq!(d[1].ns_per_run, None, "did not run");
         let t = table(&d, Duration::from_secs(2));
         assert!(t.contains("p1") && t.contains("120") && t.contains("tc_ingress@nb-1"));
+        assert_eq!(d[0].verified_insns, Some(1001), "the newer snapshot's");
+        assert!(t.contains(" 1001 "), "{t}");
         assert!(!d[0].tail_called);
         // A tail-call target never runs on its own: its time is its caller's.
         let mut tail = snap(t0, &[(5, 0, 0)]);

@@ -168,5 +168,18 @@ fn ipv6_program_is_listed_as_the_port_programs_tail_call() {
     assert_eq!(ipv6["runs"], 0, "{v:#}");
     let port = program(&v, netbridge_common::PROG_PORT_INGRESS);
     assert!(port["runs"].as_u64().unwrap() >= 200, "{v:#}");
+    // The verifier's work for each (what an `up` waits for): at least one
+    // step per instruction the kernel kept (bpftool's translated size).
+    for p in [port, ipv6] {
+        let verified = p["verified_insns"].as_u64().expect("verified_insns");
+        let id = p["id"].as_u64().unwrap();
+        let shown = sb.sh(&sb.host, &format!("bpftool -j prog show id {id}"));
+        let shown: Value = serde_json::from_str(&shown).unwrap();
+        let insns = shown["bytes_xlated"].as_u64().unwrap() / 8;
+        assert!(
+            verified >= insns && insns > 100,
+            "{verified} < {insns}: {v:#}"
+        );
+    }
     sb.nb_ok(&["down", "--name", &topo]);
 }
