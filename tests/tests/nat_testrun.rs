@@ -17,11 +17,11 @@ use netbridge::{
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ORIGINAL, CT_HAIRPIN, CT_SNAT, CT_TCP_CLOSED,
-    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry, CtKey,
-    CtStateView, CtlCmd, EimKey, FwdTarget, HostEntry, MAP_CT_GRAVES, NAT_EIM, NAT_FAST_PATH,
-    NAT_FORWARDS, NAT_MASQUERADE, NatConfig, PROG_CT_CTL, PROG_PORT_INGRESS, PROG_UPLINK_EGRESS,
-    PROG_UPLINK_INGRESS, ctl,
+    CT_DIR_IN, CT_DIR_OUT, CT_DNAT, CT_F_ASSURED, CT_F_ORIGINAL, CT_F_REPLIED, CT_HAIRPIN, CT_SNAT,
+    CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN, CT_UDP, CT_UDP_REPLIED, CtEntry,
+    CtKey, CtStateView, CtlCmd, EimKey, FwdTarget, HostEntry, MAP_CT_GRAVES, NAT_EIM,
+    NAT_FAST_PATH, NAT_FORWARDS, NAT_MASQUERADE, NatConfig, PROG_CT_CTL, PROG_PORT_INGRESS,
+    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS, ctl,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -1002,6 +1002,102 @@ fn fast_path_translates_and_redirects_both_ways() {
             (&MAC_BLACK[..], &MAC_GW[..])
         );
         assert_eq!(moved, counts(&[("translated_in", 1), ("fast_path_in", 1)]));
+    });
+}
+
+/// Issue 16: TCP and UDP leaving with the uplink address as source
+/// (translated at a bridge port by the fast path, or the host's own) pass
+/// the uplink egress untouched before its L4 parse and conntrack lookup:
+/// no session's outbound key has that source, so the lookup could only
+/// miss. To see that it is not made, entries keyed by the uplink source
+/// are planted (nothing real makes them): a lookup would rewrite the
+/// packet to them and refresh them (the build before the change did:
+/// `translated_out`, source 198.51.100.99). A TCP header whose data
+/// offset runs past the packet passes too (its L4 header is not read; a
+/// lab host's is dropped, `malformed_packets_are_dropped_with_their_reason`),
+/// a bad IPv4 header is still dropped. ICMP still goes through (the host's
+/// error about a DNATed packet gets its quote translated, RFC 5508), and
+/// lab sources are translated as before: SNAT, and the forward target's
+/// reply (DNAT out, the slow path).
+#[test]
+fn uplink_sourced_tcp_and_udp_skip_the_egress_lookup() {
+    require_root!();
+    scenario(|nat| {
+        let fwd = forward(pkt::TCP, 8080, 8080, WHITE, 5000);
+        nat.setup(base_config(), &[fwd], &[]);
+        let (own, srv) = (ep(UPLINK, 40000), ep(SERVER, 7));
+        let then = monotonic_ns() - 30_000_000_000;
+        let planted = |proto, state| {
+            let k = key(proto, own, srv, CT_DIR_OUT);
+            let e = CtEntry {
+                reverse: key(proto, srv, ep(UPLINK, 1), CT_DIR_IN),
+                nat_addr: Ipv4Addr::new(198, 51, 100, 99).into(),
+                nat_port: netbridge_common::Be16::from_host(1),
+                state,
+                kind: CT_SNAT,
+                flags: CT_F_ORIGINAL | CT_F_REPLIED | CT_F_ASSURED,
+                created_ns: then,
+                last_seen_ns: then,
+                ..CtEntry::default()
+            };
+            (k, e)
+        };
+        let plants = [
+            planted(pkt::UDP, CT_UDP_REPLIED),
+            planted(pkt::TCP, CT_TCP_ESTABLISHED),
+        ];
+        for (k, e) in plants {
+            nat.dp.maps.nat.ct.insert(k, e, 0).unwrap();
+        }
+        let udp = pkt::udp(own, srv, b"x", true);
+        let tcp = pkt::tcp(own, srv, ACK, 5);
+        let [first, later] = fragments(&pkt::udp(own, srv, &[7; 64], true), 24, 0x7777);
+        let past = pkt::tcp(own, srv, ACK, 15);
+        let cases = [
+            ("UDP", udp),
+            ("TCP", tcp),
+            ("first fragment", first),
+            ("TCP data offset past the packet", past),
+        ];
+        for (what, p) in cases {
+            let (out, moved) = nat.moved(|| nat.egress(&p));
+            assert_eq!(out.verdict, TC_ACT_OK, "{what}");
+            assert_eq!(out.frame, pkt::frame(MAC_ROUTER, MAC_GW, &p), "{what}");
+            assert!(moved.is_empty(), "{what}: {moved:?}");
+        }
+        // Its datagram's later fragment: nothing to translate it by.
+        let (out, moved) = nat.moved(|| nat.egress(&later));
+        assert_eq!(out.frame, pkt::frame(MAC_ROUTER, MAC_GW, &later));
+        assert_eq!((out.verdict, moved.len()), (TC_ACT_OK, 0));
+        for (k, e) in plants {
+            assert_eq!(nat.entry(&k), Some(e), "not looked up");
+        }
+        let mut bad_ihl = pkt::udp(own, srv, b"x", true);
+        bad_ihl[0] = 0x44;
+        let (out, moved) = nat.moved(|| nat.egress(&bad_ihl));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(moved, counts(&[("bad_ipv4_header", 1)]));
+
+        // ICMP still goes through: the host's own error about a packet
+        // DNATed to the target quotes it as it arrived.
+        let syn = pkt::tcp(ep(SERVER, 33333), ep(UPLINK, 8080), SYN, 5);
+        let delivered = nat.ingress(&syn).passed().0.to_vec();
+        let err = pkt::icmp_error(UPLINK, SERVER, pkt::ICMP_DEST_UNREACH, 4, &delivered);
+        let (out, moved) = nat.moved(|| nat.egress(&err));
+        let q = out.passed().quoted();
+        assert_eq!(q.dst_ep(), ep(UPLINK, 8080));
+        assert_eq!(moved, counts(&[("icmp_errors_translated", 1)]));
+        // Lab sources: the target's SYN-ACK (DNAT out) and a new SNAT flow.
+        let synack = pkt::tcp(ep(WHITE, 5000), ep(SERVER, 33333), SYN | ACK, 5);
+        let (out, moved) = nat.moved(|| nat.egress(&synack));
+        assert_eq!(out.passed().src_ep(), ep(UPLINK, 8080));
+        assert_eq!(moved, counts(&[("translated_out", 1)]));
+        let (out, moved) = nat.moved(|| nat.egress(&pkt::udp(ep(BLACK, 40000), srv, b"q", true)));
+        assert_eq!(out.passed().src_ep(), own);
+        let want = [("snat_new", 1), ("port_kept", 1), ("translated_out", 1)];
+        assert_eq!(moved, counts(&want));
+        // The planted two, the DNAT session's and the SNAT session's halves.
+        assert_eq!((nat.entries().len(), nat.live()), (6, 2));
     });
 }
 

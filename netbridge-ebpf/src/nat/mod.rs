@@ -33,7 +33,7 @@ use netbridge_common::{
 
 use crate::{
     nat::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip4, TCP_ACK, TCP_SYN},
-    parse::ETH_HLEN,
+    parse::{ETH_HLEN, ptr_at},
 };
 
 #[map]
@@ -132,10 +132,46 @@ fn from_uplink(ctx: &TcContext, cfg: &NatConfig) -> bool {
     iif != 0 && iif == cfg.uplink_ifindex
 }
 
+/// 1 if NAT is on and the frame is TCP or UDP, unfragmented or a first
+/// fragment, from the uplink address: translated at a bridge port (the fast
+/// path) or the host's own. No session's outbound key has that source
+/// (SNAT and hairpin sessions key lab sources, DNAT ones their lab
+/// target), so the egress's parse and lookup could only miss. ICMP is not
+/// skipped: the host's errors may quote a translated packet (RFC 5508);
+/// nor is a later fragment (`frag`). The L4 header is not read (a
+/// malformed one is the host's own business). Read from the linear head,
+/// no helper calls (0 if the header is not there: the full path
+/// decides). Its own BPF function: the egress program's frame is at its
+/// limit.
+#[inline(never)]
+fn uplink_sourced(ctx: &TcContext) -> u32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    if unsafe { (*ctx.skb.skb).protocol } != Be16::from_host(0x0800).raw() as u32 {
+        return 0;
+    }
+    let Some(h) = ptr_at::<[u8; 20]>(ctx.data(), ctx.data_end(), ETH_HLEN) else {
+        return 0;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let h = unsafe { &*h };
+    let ok = h[0] >> 4 == 4
+        && h[0] & 0x0f >= 5
+        && u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0
+        && (h[9] == IPPROTO_TCP || h[9] == IPPROTO_UDP)
+        && Be32::from_bytes([h[12], h[13], h[14], h[15]]) == cfg.uplink_ipv4;
+    ok as u32
+}
+
 /// Uplink egress: rewrite the source of established sessions (SNAT and
 /// DNAT replies), open SNAT sessions for lab traffic, translate ICMP errors.
 #[inline(always)]
 pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
+    if uplink_sourced(ctx) != 0 {
+        return Ok(TC_ACT_OK);
+    }
     let Some(cfg) = config() else {
         return Ok(TC_ACT_OK);
     };

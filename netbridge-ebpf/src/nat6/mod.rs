@@ -24,10 +24,10 @@ pub mod refuse;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::Array, programs::TcContext};
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, In6, NAT6_MASQUERADE, Nat6Config, drop_reason, nat_stat,
+    Be32, CT_DIR_IN, CT_DIR_OUT, In6, NAT6_MASQUERADE, Nat6Config, drop_reason, nat_stat,
 };
 
-use crate::nat::count;
+use crate::{nat::count, parse::ETH_HLEN};
 use packet::{
     ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt6,
 };
@@ -82,7 +82,40 @@ pub fn port_hook(ctx: &TcContext) -> Result<Option<crate::nat::Hook>, u32> {
 /// Uplink egress of an IPv6 packet (the caller checked the ethertype).
 #[inline(always)]
 pub fn uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
+    if uplink_sourced(ctx) != 0 {
+        return Ok(TC_ACT_OK);
+    }
     decode(egress_entry(ctx))
+}
+
+/// 1 if NAT66 is on and the frame is TCP or UDP (no extension header)
+/// from the uplink address: translated at a bridge port (the fast path)
+/// or the host's own, not a lab source, so [`try_egress`] would pass it
+/// after its parse (the IPv4 NAT's shortcut, `nat::uplink_sourced`).
+/// Read from the linear head without helper calls; the header checks of
+/// [`packet::parse`] are kept (0 if they fail: the full path drops it).
+#[inline(never)]
+fn uplink_sourced(ctx: &TcContext) -> u32 {
+    let Some(cfg) = config() else {
+        return 0;
+    };
+    let Some(h) = crate::parse::ptr_at::<[u8; 40]>(ctx.data(), ctx.data_end(), ETH_HLEN) else {
+        return 0;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let h = unsafe { &*h };
+    let plen = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let word = |i: usize| Be32::from_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let up = &cfg.uplink_ipv6;
+    let ok = h[0] >> 4 == 6
+        && ETH_HLEN + packet::IP6_HLEN + plen <= ctx.len() as usize
+        && (h[6] == IPPROTO_TCP || h[6] == IPPROTO_UDP)
+        && word(8) == up[0]
+        && word(12) == up[1]
+        && word(16) == up[2]
+        && word(20) == up[3]
+        && !is_lab(cfg, up);
+    ok as u32
 }
 
 /// [`try_ingress`]'s result for a packet translated to a lab endpoint
