@@ -270,6 +270,12 @@ code_table! {
         /// first fragment takes). One per datagram; each fragment it
         /// translates counts in `fragments_translated`.
         36 FragEarlyOut FRAG_EARLY_OUT "fragments_translated_early",
+        /// Fast-path packets (IPv4 and IPv6) handed straight to the
+        /// ingress of a veth uplink's peer, with the next hop's MACs from
+        /// the FIB (`NAT_UPLINK_PEER`); the others of the fast path (no
+        /// neighbour entry yet, another uplink kind) take the kernel's
+        /// neighbour output.
+        37 UplinkPeer UPLINK_PEER "fast_path_to_uplink_peer",
     }
 }
 

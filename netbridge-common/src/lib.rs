@@ -23,7 +23,7 @@ pub use crate::{
     nat6::{
         CT6_QUOTA_SIZE, CT6_SIZE, Ct6Entry, Ct6Key, Fwd6Target, In6, MAP_CT6, MAP_CT6_QUOTA,
         MAP_CT6_STATE, MAP_FWD6, MAP_NAT6_CONFIG, MAX_FWD6, NAT6_FAST_PATH, NAT6_MASQUERADE,
-        NAT6_PREFIXES, Nat6Config, Prefix6,
+        NAT6_PREFIXES, NAT6_UPLINK_PEER, Nat6Config, Prefix6,
     },
 };
 
@@ -536,6 +536,11 @@ pub const NAT_INBOUND_REFRESH: u32 = 16;
 /// port range, is dropped (`nat_unsolicited_syn`) rather than answered
 /// with a RST by the host's stack (RFC 5382 REQ-4; `unsolicited_syn`).
 pub const NAT_SYN_DROP: u32 = 32;
+/// [`NatConfig::flags`]: the uplink is a veth: the fast path hands a
+/// translated packet straight to the ingress of its peer (in the upstream
+/// namespace) with the next hop's MACs from the FIB, instead of the
+/// kernel's neighbour output and the veth's transmit queue.
+pub const NAT_UPLINK_PEER: u32 = 64;
 
 /// [`CtKey::dir`]: seen leaving through the uplink (or, for hairpin
 /// replies, entering a bridge port): the source is rewritten.

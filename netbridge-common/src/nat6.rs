@@ -43,6 +43,9 @@ pub const NAT6_MASQUERADE: u32 = 1;
 /// [`Nat6Config::flags`]: the NAT66 fast path (the uplink's `fast_path`;
 /// its own bit, so it needs no IPv4 NAT beside it).
 pub const NAT6_FAST_PATH: u32 = 2;
+/// [`Nat6Config::flags`]: the uplink is a veth (see
+/// [`crate::NAT_UPLINK_PEER`]).
+pub const NAT6_UPLINK_PEER: u32 = 4;
 
 /// A lab prefix: `addr & mask == addr`.
 #[repr(C)]

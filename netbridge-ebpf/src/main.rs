@@ -15,7 +15,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_peer},
     macros::{classifier, map, xdp},
     maps::ProgramArray,
     programs::{TcContext, XdpContext},
@@ -246,8 +246,7 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
         // Translated and routed here: out of the uplink.
         nat::Hook::Neigh(uplink) => {
             capture::port(ctx, ifindex, uplink);
-            // SAFETY: a helper call with an ifindex and no neighbour params (NULL, 0).
-            unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) as i32 }
+            nat::out::send(ctx, uplink) as i32
         }
         // SNAT hairpin's first packet: the uplink's egress program opens
         // the session and delivers it.

@@ -650,12 +650,16 @@ fn describe_config(cfg: &NatConfig, asked: u32, capacity: u32) -> String {
         _ => "",
     };
     format!(
-        "NAT on {} ({}{}{filtering}{}{}ports {}-{}, {limit}, sweep every {} ms)",
+        "NAT on {} ({}{}{filtering}{}{}{}ports {}-{}, {limit}, sweep every {} ms)",
         ip(cfg.uplink_ipv4),
         flag(netbridge_common::NAT_MASQUERADE, "masquerade, "),
         flag(netbridge_common::NAT_EIM, "endpoint-independent, "),
         flag(netbridge_common::NAT_INBOUND_REFRESH, "inbound refresh, "),
         flag(netbridge_common::NAT_SYN_DROP, "unsolicited SYNs dropped, "),
+        flag(
+            netbridge_common::NAT_UPLINK_PEER,
+            "fast path into the veth uplink's peer, "
+        ),
         cfg.port_min,
         cfg.port_max,
         cfg.sweep_ms

@@ -1034,6 +1034,7 @@ fn fast_path66_skips_the_kernel_with_valid_checksums() {
         lab.counter("fast_path_in"),
         forwarded6(&lab),
     );
+    let peer0 = lab.counter("fast_path_to_uplink_peer");
 
     lab.sh("black", &format!("ping -6 -c 10 -i 0.2 -W 2 {SERVER6}"));
     assert_eq!(
@@ -1065,6 +1066,13 @@ fn fast_path66_skips_the_kernel_with_valid_checksums() {
         "kernel-forwarded: {kernel} (fast {fast_out}/{fast_in})"
     );
     assert!(fast_out >= 9 + 3, "fast path out: {fast_out}");
+    // The uplink is a veth: straight into its peer, once the router's
+    // neighbour entry exists (the kernel-forwarded first packets made it).
+    let peer = lab.counter("fast_path_to_uplink_peer") - peer0;
+    assert!(
+        peer >= 9 && peer <= fast_out,
+        "to the peer {peer} of {fast_out}"
+    );
     assert!(fast_in > 10 + 3, "fast path in: {fast_in}");
     let srcs = sources(&lab, "server", &pcap_s);
     assert!(

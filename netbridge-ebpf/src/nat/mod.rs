@@ -12,6 +12,7 @@ pub mod ct;
 pub mod dnat;
 pub mod frag;
 pub mod icmp;
+pub mod out;
 pub mod packet;
 pub mod quota;
 pub mod refuse;

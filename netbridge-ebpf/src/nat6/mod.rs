@@ -36,7 +36,7 @@ use packet::{
 static NB_NAT6_CONFIG: Array<Nat6Config> = Array::pinned(1, 0);
 
 #[inline(always)]
-fn config() -> Option<&'static Nat6Config> {
+pub fn config() -> Option<&'static Nat6Config> {
     config_any().filter(|c| c.flags & NAT6_MASQUERADE != 0)
 }
 

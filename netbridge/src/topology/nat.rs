@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use netbridge_common::{
     Fwd6Target, FwdTarget, MAX_FWD6, NAT_EIM, NAT_FAST_PATH, NAT_FORWARDS, NAT_INBOUND_REFRESH,
-    NAT_MASQUERADE, NAT_SYN_DROP, NAT6_FAST_PATH, NatConfig,
+    NAT_MASQUERADE, NAT_SYN_DROP, NAT_UPLINK_PEER, NAT6_FAST_PATH, NAT6_UPLINK_PEER, NatConfig,
 };
 
 use crate::config::UnsolicitedSyn;
@@ -182,7 +182,7 @@ pub(super) fn apply(
                 let up = phases::find(&links, &inp.uplink)?;
                 let addrs = netlink::addresses(&h, up.index).await?;
                 let addr = ipv4s(&addrs).next();
-                let plan6 = plan6(inp, up.index, &addrs, &lab6, gateway6);
+                let plan6 = plan6(inp, up, &addrs, &lab6, gateway6);
                 let mapped = if addr.is_some() {
                     forwards.len()
                 } else {
@@ -299,7 +299,7 @@ fn plan(
         config: NatConfig {
             uplink_ipv4: addr.into(),
             uplink_ifindex: up.index,
-            flags: inp.flags,
+            flags: inp.flags | uplink_peer(inp, up, NAT_UPLINK_PEER),
             port_min: inp.ports.0,
             port_max: inp.ports.1,
             range_count: 0,
@@ -317,7 +317,7 @@ fn plan(
 /// `gateway6`: the bridge's address, the source of its ICMPv6 errors.
 fn plan6(
     inp: &NatInputs,
-    ifindex: u32,
+    up: &LinkInfoLite,
     uplink_addrs: &[ipnet::IpNet],
     lab6: &[ipnet::Ipv6Net],
     gateway6: Option<std::net::Ipv6Addr>,
@@ -325,9 +325,9 @@ fn plan6(
     match crate::nat6::masquerade_addr(uplink_addrs) {
         Some(a) if inp.flags & NAT_MASQUERADE != 0 && !lab6.is_empty() => {
             let timeouts = crate::nat::timeouts_by_state(&inp.timeouts);
-            let mut cfg = crate::nat6::config(a, ifindex, lab6, inp.ports, timeouts);
+            let mut cfg = crate::nat6::config(a, up.index, lab6, inp.ports, timeouts);
             if inp.flags & NAT_FAST_PATH != 0 {
-                cfg.flags |= NAT6_FAST_PATH;
+                cfg.flags |= NAT6_FAST_PATH | uplink_peer(inp, up, NAT6_UPLINK_PEER);
             }
             if let Some(g) = gateway6 {
                 cfg.lab_gateway = crate::nat6::in6(g);
@@ -335,6 +335,17 @@ fn plan6(
             cfg
         }
         _ => Default::default(),
+    }
+}
+
+/// `flag` if the fast path is on and the uplink is a veth: its packets go
+/// straight to the veth's peer (see `NAT_UPLINK_PEER`).
+fn uplink_peer(inp: &NatInputs, up: &LinkInfoLite, flag: u32) -> u32 {
+    let veth = up.kind.as_deref() == Some("veth");
+    if veth && inp.flags & NAT_FAST_PATH != 0 {
+        flag
+    } else {
+        0
     }
 }
 
