@@ -150,7 +150,7 @@ fn uplink_sourced(ctx: &TcContext) -> u32 {
         return 0;
     };
     // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
-    if unsafe { (*ctx.skb.skb).protocol } != Be16::from_host(0x0800).raw() as u32 {
+    if unsafe { (*ctx.skb.skb).protocol } != packet::ETH_P_IP.raw() as u32 {
         return 0;
     }
     let Some(h) = ptr_at::<[u8; 20]>(ctx.data(), ctx.data_end(), ETH_HLEN) else {

@@ -19,7 +19,8 @@ const ICMP_ADDRESS: u8 = 17;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETERPROB: u8 = 12;
-const ETH_P_IP: Be16 = Be16::from_host(0x0800);
+/// The IPv4 ethertype, as `__sk_buff.protocol` holds it (network order).
+pub const ETH_P_IP: Be16 = Be16::from_host(0x0800);
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
