@@ -416,11 +416,12 @@ impl NatMaps {
     /// Starts the sweep timer with this program's callback: see
     /// [`start_sweep`]. Returns the `ctl::ARMED`.. status.
     fn arm(&self, takeover: bool) -> Result<u32, BpfError> {
-        self.control(CtlCmd {
+        let cmd = CtlCmd {
             op: ctl::OP_ARM,
             flags: if takeover { ctl::F_TAKEOVER } else { 0 },
             ..CtlCmd::default()
-        })
+        };
+        retry_enomem(ARM_DELAYS_MS, || self.control(cmd))
     }
 
     /// Removes the sessions of the forward `proto` `first..=last`
@@ -730,6 +731,36 @@ pub fn start_sweep(
     })
 }
 
+/// Waits between tries of arming the sweep (ms): 5 tries in all, under 1 s.
+const ARM_DELAYS_MS: &[u64] = &[10, 40, 150, 600];
+
+/// Runs `f`, again after each of `delays_ms` while it fails with ENOMEM
+/// from inside the kernel. `bpf_timer_init` allocates its timer without
+/// sleeping, so it can fail for a moment where a sleeping allocation
+/// would have waited (seen once in a crash loop of `up`s); arming again is
+/// harmless (a timer already set up is restarted). Other errors, and the
+/// last ENOMEM, are returned as they are.
+fn retry_enomem<T>(
+    delays_ms: &[u64],
+    mut f: impl FnMut() -> Result<T, BpfError>,
+) -> Result<T, BpfError> {
+    for &ms in delays_ms {
+        match f() {
+            Err(e) if is_enomem(&e) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+            r => return r,
+        }
+    }
+    f()
+}
+
+/// The control program's (or its syscall's) error is ENOMEM.
+fn is_enomem(e: &BpfError) -> bool {
+    const ENOMEM: i32 = 12;
+    matches!(e, BpfError::Program { source, .. }
+        if matches!(&**source, ProgramError::SyscallError(SyscallError { io_error, .. })
+            if io_error.raw_os_error() == Some(ENOMEM)))
+}
+
 /// The test-run frame carrying `cmd` to the control program.
 pub fn ctl_frame(cmd: &CtlCmd) -> Vec<u8> {
     let mut frame = vec![0u8; 12];
@@ -811,5 +842,50 @@ pub fn port_label(f: &FwdTarget) -> String {
         f.first.to_string()
     } else {
         format!("{}-{}", f.first, f.last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The control program's error for `errno`, as `control` builds it.
+    fn ctl_errno(errno: i32) -> BpfError {
+        BpfError::Program {
+            name: PROG_CT_CTL,
+            ifname: "-".into(),
+            source: Box::new(ProgramError::SyscallError(SyscallError {
+                call: PROG_CT_CTL,
+                io_error: io::Error::from_raw_os_error(errno),
+            })),
+        }
+    }
+
+    #[test]
+    fn arming_is_retried_on_enomem_only_and_boundedly() {
+        let mut calls = 0;
+        let r = retry_enomem(&[0, 0, 0], || {
+            calls += 1;
+            if calls < 3 { Err(ctl_errno(12)) } else { Ok(7) }
+        });
+        assert_eq!((r.ok(), calls), (Some(7), 3), "ENOMEM twice, then armed");
+
+        let mut calls = 0;
+        let r: Result<u32, _> = retry_enomem(&[0, 0], || {
+            calls += 1;
+            Err(ctl_errno(12))
+        });
+        assert!(r.as_ref().is_err_and(is_enomem), "the last ENOMEM returned");
+        assert_eq!(calls, 3, "one try per delay and a last one");
+
+        let mut calls = 0;
+        let r: Result<u32, _> = retry_enomem(&[0, 0], || {
+            calls += 1;
+            Err(ctl_errno(22))
+        });
+        assert!(
+            r.is_err_and(|e| !is_enomem(&e)) && calls == 1,
+            "EINVAL not retried"
+        );
     }
 }
