@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     bench_scale::{BIG_NAMESPACES, UP_NAMESPACES},
-    crr::{Blast, Target},
+    crr::{Blast, Target, Wait},
 };
 
 const SERVER_IP: &str = "192.168.50.2";
@@ -69,8 +69,8 @@ impl Setup {
 
 /// Workloads and their unit; higher is better except latency. udp64_pps
 /// and rr_* use iperf3 and ping; udp64_pps_rust and udp_rr_* the tools in
-/// crr.rs.
-const WORKLOADS: [(&str, &str, bool); 10] = [
+/// crr.rs (udp_rr_spin_*: both ends polling, see [`crate::crr::Wait`]).
+const WORKLOADS: [(&str, &str, bool); 11] = [
     ("tcp_stream", "Gbit/s", true),
     ("udp64_pps", "kpps", true),
     ("udp64_pps_rust", "kpps", true),
@@ -78,6 +78,7 @@ const WORKLOADS: [(&str, &str, bool); 10] = [
     ("rr_p99", "us", false),
     ("udp_rr_tps", "ktps", true),
     ("udp_rr_p50", "us", false),
+    ("udp_rr_spin_p50", "us", false),
     ("udp64_pps_v6", "kpps", true),
     ("udp64_pps_rust_v6", "kpps", true),
     ("udp_rr_p50_v6", "us", false),
@@ -314,18 +315,20 @@ impl NatSetup {
 }
 
 /// NAT workloads: (name, unit, higher is better).
-const NAT_WORKLOADS: [(&str, &str, bool); 17] = [
+const NAT_WORKLOADS: [(&str, &str, bool); 19] = [
     ("snat_tcp_stream", "Gbit/s", true),
     ("snat_udp64_pps", "kpps", true),
     ("snat_udp64_pps_rust", "kpps", true),
     ("snat_rr_p50", "us", false),
     ("snat_udp_rr_tps", "ktps", true),
     ("snat_udp_rr_p50", "us", false),
+    ("snat_udp_rr_spin_p50", "us", false),
     ("dnat_tcp_stream", "Gbit/s", true),
     ("dnat_udp64_pps", "kpps", true),
     ("dnat_udp64_pps_rust", "kpps", true),
     ("dnat_udp_rr_tps", "ktps", true),
     ("dnat_udp_rr_p50", "us", false),
+    ("dnat_udp_rr_spin_p50", "us", false),
     ("dnat_crr", "kconn/s", true),
     ("dnat_crr_1000fwd", "kconn/s", true),
     ("snat66_udp64_pps_rust", "kpps", true),
@@ -588,9 +591,35 @@ fn rust_tools(
         tx_cpu: pin.client(),
         rx_cpu: pin.server(),
     })?;
-    let _echo = crate::crr::UdpEcho::start(sv, bind, pin.server())?;
-    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs, pin.client())?;
+    let (tps, p50) = udp_rr(c, sv, bind, target, secs, pin, Wait::Block)?;
     Ok((pps / 1e3, tps / 1e3, p50))
+}
+
+/// UDP request/response from namespace `c` to an echo server in `sv`
+/// bound to `bind`, addressed to `target`, both ends waiting `wait`'s way.
+/// Returns (ktps, p50 us).
+fn udp_rr(
+    c: &str,
+    sv: &str,
+    bind: SocketAddr,
+    target: SocketAddr,
+    secs: f64,
+    pin: Pin,
+    wait: Wait,
+) -> Result<(f64, f64)> {
+    let _echo = crate::crr::UdpEcho::start(sv, bind, pin.server(), wait)?;
+    let (tps, p50, _) = crate::crr::udp_rr(c, target, secs, pin.client(), wait)?;
+    Ok((tps / 1e3, p50))
+}
+
+/// p50 (us) of [`udp_rr`] with both ends polling, port 5201 (a forwarded
+/// port on the NAT paths).
+fn spin_rr_p50(c: &str, sv: &str, bind: &str, target: &str, secs: f64, pin: Pin) -> Result<f64> {
+    let (bind, target) = (
+        SocketAddr::new(bind.parse()?, 5201),
+        SocketAddr::new(target.parse()?, 5201),
+    );
+    Ok(udp_rr(c, sv, bind, target, secs, pin, Wait::Spin)?.1)
 }
 
 /// Any local address and port.
@@ -627,10 +656,14 @@ fn nat_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result<()>
     put("snat_udp64_pps_rust", pps);
     put("snat_udp_rr_tps", tps);
     put("snat_udp_rr_p50", p50);
+    let spin = spin_rr_p50(&c, &sv, NAT_SERVER, NAT_SERVER, secs, pin)?;
+    put("snat_udp_rr_spin_p50", spin);
     let (pps, tps, p50) = rust_tools(&sv, &c, CLIENT_IP, NAT_UPLINK, secs, pin)?;
     put("dnat_udp64_pps_rust", pps);
     put("dnat_udp_rr_tps", tps);
     put("dnat_udp_rr_p50", p50);
+    let spin = spin_rr_p50(&sv, &c, CLIENT_IP, NAT_UPLINK, secs, pin)?;
+    put("dnat_udp_rr_spin_p50", spin);
     // NAT66: the same tools over IPv6 (masquerade, the forward of 5201).
     let (pps, _, p50) = rust_tools(&c, &sv, NAT_SERVER6, NAT_SERVER6, secs, pin)?;
     put("snat66_udp64_pps_rust", pps);
@@ -823,6 +856,8 @@ fn bridged_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result
     put("udp64_pps_rust", pps);
     put("udp_rr_tps", tps);
     put("udp_rr_p50", rr50);
+    let spin = spin_rr_p50(&c, &sv, SERVER_IP, SERVER_IP, opts.tool_secs(pin), pin)?;
+    put("udp_rr_spin_p50", spin);
     // The same over IPv6 (the port programs' IPv6 checks and fast path).
     if opts.iperf(pin) {
         let v6 = iperf_between(&c, &sv, Some(SERVER_IP6), SERVER_IP6, opts.secs, true, pin)?;
