@@ -10,6 +10,7 @@
 //! (`sweep`). `max_sessions` bounds the live count kept there.
 pub mod ct;
 pub mod dnat;
+pub mod fast;
 pub mod frag;
 pub mod icmp;
 pub mod out;
@@ -376,6 +377,12 @@ pub enum Hook {
 /// uplink. None: carry on with bridging (and the kernel).
 #[inline(always)]
 pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
+    // The common case first: an established session's packet, out.
+    match fast::port_out(ctx) {
+        0 => {}
+        r if r < 0 => return Err((-r) as u32),
+        uplink => return Ok(Some(Hook::Neigh(uplink as u32))),
+    }
     let main = port_hook_main(ctx, l3_off);
     if main.kind != HOOK_SNAT_HAIRPIN {
         return main.into_result();
