@@ -76,6 +76,12 @@ fn decode(r: i64) -> Result<i32, u32> {
 /// path out): where to send it, if anywhere but on (see [`port`]).
 #[inline(always)]
 pub fn port_hook(ctx: &TcContext) -> Result<Option<crate::nat::Hook>, u32> {
+    // The common case first: an established session's packet, out.
+    match fast::port_out(ctx) {
+        0 => {}
+        r if r < 0 => return Err((-r) as u32),
+        uplink => return Ok(Some(crate::nat::Hook::Neigh(uplink as u32))),
+    }
     port::decode(port::port_hook(ctx))
 }
 
