@@ -1011,6 +1011,9 @@ fn fast_path_translates_and_redirects_both_ways() {
 /// long enough for its header read: `nat::fast`), TCP whose source port
 /// the SNAT remaps (the port's checksum update), a DNAT reply whose
 /// source becomes the forwarded port; TTL 1 is left to the kernel.
+/// Inbound the same (`nat::fast::inbound`): the replies and a forwarded
+/// packet into the lab host's namespace (TTL, MACs), and a reply to a
+/// host without a lab host entry, translated only.
 #[test]
 fn fast_path_rewrites_in_place_byte_for_byte() {
     require_root!();
@@ -1065,6 +1068,48 @@ fn fast_path_rewrites_in_place_byte_for_byte() {
         fix_ip_csum(&mut last_hop);
         let out = nat.untouched(|| nat.port(MAC_BLACK, &last_hop));
         assert_eq!(Ip::of_frame(&out.frame).0, &last_hop[..]);
+
+        // Inbound, the same sessions: into BLACK's namespace (TTL, MACs),
+        // and to WHITE, no lab host entry: the kernel's (TTL kept).
+        nat.egress(&pkt::udp(ep(WHITE, 40003), srv, data, true))
+            .passed();
+        let fast_in = [("translated_in", 1), ("fast_path_in", 1)];
+        let cases = [
+            (40001, ep(BLACK, 40001), true, &fast_in[..]),
+            (40002, ep(BLACK, 40002), false, &fast_in[..]),
+            (40003, ep(WHITE, 40003), true, &[("translated_in", 1)][..]),
+        ];
+        let mut cases: Vec<_> = cases
+            .into_iter()
+            .map(|(ext, to, csum, moved)| {
+                let sent = pkt::udp(srv, ep(UPLINK, ext), data, csum);
+                let want = pkt::udp(srv, to, data, csum);
+                (sent, want, moved)
+            })
+            .collect();
+        let (sent, want) = (
+            pkt::tcp(srv, ep(UPLINK, mapped), ACK, 5),
+            pkt::tcp(srv, lab, ACK, 5),
+        );
+        cases.push((sent, want, &fast_in[..]));
+        let (sent, want) = (
+            pkt::udp(client, ep(UPLINK, 5201), data, true),
+            pkt::udp(client, ep(BLACK, 6000), data, true),
+        );
+        cases.push((sent, want, &fast_in[..]));
+        for (sent, want, want_moved) in cases {
+            let (out, moved) = nat.moved(|| nat.ingress(&sent));
+            out.ip().verify().unwrap();
+            assert_eq!(moved, counts(want_moved));
+            if want_moved.len() == 1 {
+                assert_eq!(out.verdict, TC_ACT_OK);
+                assert_eq!(Ip::of_frame(&out.frame).0, &want[..]);
+                continue;
+            }
+            assert_eq!(out.verdict, TC_ACT_REDIRECT);
+            assert_eq!(Ip::of_frame(&out.frame).0, &routed(want)[..]);
+            assert_eq!(out.frame[..12], [MAC_BLACK, MAC_GW].concat());
+        }
     });
 }
 

@@ -283,6 +283,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     if ip.more_fragments() {
         frag::remember(ctx, ip.ip_off, CT_DIR_IN, addr);
     }
+    match fast::inbound(ctx, &t, addr, port) {
+        fast::IN_GENERAL => {}
+        r if r < 0 => return Err((-r) as u32),
+        action => return Ok(action as i32),
+    }
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
     fast_in(ctx, &ip, cfg, addr)
