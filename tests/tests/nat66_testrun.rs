@@ -335,7 +335,9 @@ fn uplink_sourced_tcp_and_udp_pass_the_egress() {
 /// byte against packets built whole: UDP and TCP of SNAT66 sessions, and
 /// a DNAT66 reply whose source port changes (8001 -> 8081); each
 /// redirected out of the uplink (here lo, whose MTU the fast path checks)
-/// with its hop limit decremented.
+/// with its hop limit decremented. Inbound, the replies and a forwarded
+/// segment rewritten in place (no lab host entry: not delivered here;
+/// `nat66`'s fast path tests deliver them).
 #[test]
 fn fast_path_out_rewrites_in_place_byte_for_byte() {
     require_root!();
@@ -388,6 +390,22 @@ fn fast_path_out_rewrites_in_place_byte_for_byte() {
             assert!(l4_valid(&r.data[14..]));
             let fast = counts(&[("translated6_out", 1), ("fast_path_out", 1)]);
             assert_eq!(moved, fast);
+        }
+        // Inbound, the same sessions (`nat6::fast::inbound`): translated
+        // in place; no lab host entry here, so not delivered (hop kept).
+        let cases = [
+            (udp(srv, 7, up, 40000, data), udp(srv, 7, b, 40000, data)),
+            (tcp(srv, 80, up, 40001, 0x10), tcp(srv, 80, b, 40001, 0x10)),
+            (
+                tcp(srv, 40002, up, 8081, 0x10),
+                tcp(srv, 40002, b, 8001, 0x10),
+            ),
+        ];
+        for (sent, want) in cases {
+            let (out, moved) = lab.moved(|| lab.run(lab.ingress, &sent));
+            assert_eq!((out.0, &out.1), (TC_ACT_OK, &want));
+            assert!(l4_valid(&out.1));
+            assert_eq!(moved, counts(&[("translated6_in", 1)]));
         }
     });
 }

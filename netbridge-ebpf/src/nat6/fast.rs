@@ -160,8 +160,12 @@ pub fn port_out(ctx: &TcContext) -> i64 {
     // SAFETY: bounds-checked by ptr_at; written before any helper call.
     let h = unsafe { &mut *(h as *mut Hdrs6) };
     let has_csum = p.key.proto == IPPROTO_TCP || h[46] | h[47] != 0;
-    let diff = rewrite_src(h, &p.key.saddr, &p.nat_addr, p.nat_port);
-    match l4_fix(ctx, p, has_csum, diff) {
+    let diff = rewrite_addr(h, 8, &p.key.saddr, &p.nat_addr);
+    let port = p.nat_port.to_bytes();
+    h[40] = port[0];
+    h[41] = port[1];
+    h[7] -= 1;
+    match l4_fix(ctx, p, has_csum, (&p.key.saddr, p.key.sport), diff) {
         Ok(()) => {
             count(nat_stat::XLATE6_OUT);
             count(nat_stat::FAST_OUT);
@@ -210,33 +214,35 @@ fn out_key(ctx: &TcContext, cfg: &Nat6Config, p: &mut Pkt6) -> Option<u8> {
     Some(flags)
 }
 
-/// Source address `old` to `new` and port to `port`, hop limit
-/// decremented; returns the address's one's complement difference (the
-/// pseudo-header's change, as bpf_csum_diff gives it, folded). Sums do not
-/// depend on byte order: words are taken as they sit in memory.
-#[inline(always)]
-fn rewrite_src(h: &mut Hdrs6, old: &In6, new: &In6, port: Be16) -> u32 {
+/// The address at `off` (8: source, 24: destination) from `old` to
+/// `new`; returns their one's complement difference (the pseudo-header's
+/// change, as bpf_csum_diff gives it, folded). Sums do not depend on byte
+/// order: words are taken as they sit in memory.
+/// Its own BPF function: its eight words stay off the callers' frames.
+#[inline(never)]
+fn rewrite_addr(h: &mut Hdrs6, off: usize, old: &In6, new: &In6) -> u32 {
     let mut sum = 0u32;
     let mut i = 0;
     while i < 4 {
         let (o, n) = (old[i].raw(), new[i].raw());
         sum += (!o & 0xffff) + (!o >> 16) + (n & 0xffff) + (n >> 16);
-        h[8 + i * 4..12 + i * 4].copy_from_slice(&new[i].to_bytes());
+        h[off + i * 4..off + 4 + i * 4].copy_from_slice(&new[i].to_bytes());
         i += 1;
     }
     sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let p = port.to_bytes();
-    h[40] = p[0];
-    h[41] = p[1];
-    h[7] -= 1;
-    sum
+    (sum & 0xffff) + (sum >> 16)
 }
 
-/// The TCP/UDP checksum after the source moved from `p.key`'s to the
-/// mapping (address difference `diff`), as `packet::rewrite`.
+/// The TCP/UDP checksum after an endpoint moved from `old` to the
+/// mapping in `p` (address difference `diff`), as `packet::rewrite`.
 #[inline(always)]
-fn l4_fix(ctx: &TcContext, p: &Pkt6, has_csum: bool, diff: u32) -> Result<(), u32> {
+fn l4_fix(
+    ctx: &TcContext,
+    p: &Pkt6,
+    has_csum: bool,
+    (old_addr, old_port): (&In6, Be16),
+    diff: u32,
+) -> Result<(), u32> {
     if !has_csum {
         return Ok(());
     }
@@ -247,12 +253,86 @@ fn l4_fix(ctx: &TcContext, p: &Pkt6, has_csum: bool, diff: u32) -> Result<(), u3
     } else {
         0
     };
-    if p.key.saddr != p.nat_addr {
+    if *old_addr != p.nat_addr {
         pseudo_csum(ctx, csum_off, diff, mangled0)?;
     }
-    if p.key.sport != p.nat_port {
-        let (from, to) = (p.key.sport.raw() as u32, p.nat_port.raw() as u32);
+    if old_port != p.nat_port {
+        let (from, to) = (old_port.raw() as u32, p.nat_port.raw() as u32);
         l4_csum(ctx, csum_off, from, to, mangled0 | 2)?;
     }
     Ok(())
+}
+
+/// [`inbound`]: the headers are not in the linear data; [`rewrite_in`]'s.
+pub(super) const IN_GENERAL: i64 = 1 << 40;
+
+/// [`inbound`]'s way with the headers out of the linear data: the
+/// helpers' rewrite, then `TRANSLATED` (for [`into_lab`]). Its own BPF
+/// function: off [`inbound`]'s frame.
+#[inline(never)]
+pub(super) fn rewrite_in(ctx: &TcContext) -> i64 {
+    let Ok(p) = packet::pkt() else {
+        return encode(Err(netbridge_common::drop_reason::NAT_REWRITE));
+    };
+    let ip = Ip6 {
+        l4_off: ETH_HLEN + packet::IP6_HLEN,
+        proto: p.key.proto,
+    };
+    if let Err(reason) = packet::rewrite(ctx, &ip, p, false) {
+        return -(reason as i64);
+    }
+    count(nat_stat::XLATE6_IN);
+    super::TRANSLATED as i64
+}
+
+/// Inbound, a TCP/UDP packet right after the fixed header whose session
+/// `try_ingress` found (the mapping in `Pkt6`): the destination address
+/// and port rewritten in place and, on the fast path (as [`into_lab`]),
+/// the hop limit and MACs too, then into the lab host's namespace; the
+/// address's checksum difference summed here, the L4 checksum through
+/// `bpf_l4_csum_replace`. The TC action, a drop reason negated, or
+/// [`IN_GENERAL`] (short linear data). Its own BPF function, off the
+/// ingress's frame.
+#[inline(never)]
+pub(super) fn inbound(ctx: &TcContext) -> i64 {
+    let Ok(p) = packet::pkt() else {
+        return encode(Err(netbridge_common::drop_reason::NAT_REWRITE));
+    };
+    let host = if enabled() {
+        port::host(&p.nat_addr).filter(|h| fits(ctx, h.ifindex))
+    } else {
+        None
+    };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let (Some(macs), Some(h)) = (
+        ptr_at::<[u8; 12]>(start, end, 0),
+        ptr_at::<Hdrs6>(start, end, ETH_HLEN),
+    ) else {
+        return IN_GENERAL;
+    };
+    // SAFETY: bounds-checked by ptr_at; written before any helper call.
+    let (macs, h) = unsafe { (&mut *(macs as *mut [u8; 12]), &mut *(h as *mut Hdrs6)) };
+    let host = host.filter(|_| h[7] > 1);
+    let has_csum = p.key.proto == IPPROTO_TCP || h[46] | h[47] != 0;
+    let diff = rewrite_addr(h, 24, &p.key.daddr, &p.nat_addr);
+    let port = p.nat_port.to_bytes();
+    h[42] = port[0];
+    h[43] = port[1];
+    if let Some(host) = &host {
+        h[7] -= 1;
+        macs[..6].copy_from_slice(&host.mac);
+        macs[6..].copy_from_slice(&crate::bridge::gateway_mac());
+    }
+    let old = (&p.key.daddr, p.key.dport);
+    if let Err(reason) = l4_fix(ctx, p, has_csum, old, diff) {
+        return -(reason as i64);
+    }
+    count(nat_stat::XLATE6_IN);
+    let Some(host) = host else {
+        return TC_ACT_OK as i64;
+    };
+    count(nat_stat::FAST_IN);
+    crate::stats::count_tx(host.ifindex, ctx.len() as u64);
+    // SAFETY: a helper call with a plain ifindex; no memory passed.
+    unsafe { bpf_redirect_peer(host.ifindex, 0) }
 }
