@@ -435,7 +435,7 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FragEntry {
-    /// When the first fragment was translated (ns, CLOCK_MONOTONIC).
+    /// When the first fragment was translated (ns, CLOCK_MONOTONIC, coarse).
     pub at_ns: u64,
     /// The new source (OUT) or destination (IN) address, wire order.
     pub addr: Be32,
@@ -652,9 +652,9 @@ pub struct CtEntry {
     /// `CT_F_*`.
     pub flags: u8,
     pub _pad: [u8; 7],
-    /// `bpf_ktime_get_ns()` at creation.
+    /// `bpf_ktime_get_coarse_ns()` (NAT clock, `nat::ct::now`) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most every
+    /// `bpf_ktime_get_coarse_ns()` of the last packet (refreshed at most every
     /// [`CT_REFRESH_NS`]).
     pub last_seen_ns: u64,
 }
@@ -727,7 +727,7 @@ pub struct CtCounts {
     pub high_water: u64,
     /// Sweeps run (by the timer, or forced by `netbridge gc`).
     pub sweeps: u64,
-    /// `bpf_ktime_get_ns()` at the end of the last sweep.
+    /// `bpf_ktime_get_coarse_ns()` at the end of the last sweep.
     pub last_sweep_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtCounts>() == 32);

@@ -138,9 +138,9 @@ pub struct Ct6Entry {
     /// `CT_F_*` (ORIGINAL, REPLIED, ASSURED).
     pub flags: u8,
     pub _pad: [u8; 4],
-    /// `bpf_ktime_get_ns()` at creation.
+    /// `bpf_ktime_get_coarse_ns()` (NAT clock, `nat::ct::now`) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most every
+    /// `bpf_ktime_get_coarse_ns()` of the last packet (refreshed at most every
     /// [`crate::CT_REFRESH_NS`]).
     pub last_seen_ns: u64,
 }

@@ -5,13 +5,13 @@
 use std::{collections::BTreeMap, net::Ipv6Addr};
 
 use netbridge::{
-    bpf::{Datapath, PinDir, ensure_bpffs},
+    bpf::{Datapath, Gateway, PinDir, ensure_bpffs},
     nat6::{self, Nat6Maps},
     netns::{Netns, run_blocking_in},
 };
 use netbridge_common::{
-    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, NatConfig,
-    PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
+    CT_DIR_IN, CT_DIR_OUT, CT_F_ORIGINAL, CT_TCP_SYN, CT_UDP, Fwd6Target, NAT6_FAST_PATH,
+    NatConfig, PROG_PORT_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
 };
 use netbridge_tests::{
     Sandbox, require_root,
@@ -327,6 +327,86 @@ fn uplink_sourced_tcp_and_udp_pass_the_egress() {
         let want = [("snat6_new", 1), ("port_kept", 1), ("translated6_out", 1)];
         assert_eq!(moved, counts(&want));
         assert_eq!(lab.nat6().ct.iter().count(), 2);
+    });
+}
+
+/// Issue 16: the NAT66 fast path at a bridge port (direct packet access,
+/// the address's checksum difference computed in the program) byte for
+/// byte against packets built whole: UDP and TCP of SNAT66 sessions, and
+/// a DNAT66 reply whose source port changes (8001 -> 8081); each
+/// redirected out of the uplink (here lo, whose MTU the fast path checks)
+/// with its hop limit decremented. Inbound, the replies and a forwarded
+/// segment rewritten in place (no lab host entry: not delivered here;
+/// `nat66`'s fast path tests deliver them).
+#[test]
+fn fast_path_out_rewrites_in_place_byte_for_byte() {
+    require_root!();
+    scenario(|lab| {
+        const MAC_GW: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
+        let gw = Gateway {
+            ifindex: 0,
+            mac: MAC_GW,
+            ipv4: None,
+        };
+        lab.dp.maps.configure(&[], 300, Some(gw)).unwrap();
+        let prefixes = ["fd00:77::/64".parse().unwrap()];
+        let timeouts = [0, 60, 7440, 120, 10, 30, 180, 30];
+        let mut cfg = nat6::config(uplink(), 1, &prefixes, (1024, 65535), timeouts);
+        cfg.flags |= NAT6_FAST_PATH;
+        lab.nat6().apply(cfg).unwrap();
+        let fwd = Fwd6Target {
+            addr: nat6::in6(black()),
+            port: 8000,
+            first: 8080,
+            last: 8081,
+            proto: TCP,
+            _pad: 0,
+        };
+        lab.nat6().set_forwards(&[fwd]).unwrap();
+        let port = lab.dp.prog_fd(PROG_PORT_INGRESS).unwrap();
+        let data = b"0123456789abcdef0123456789abcdef";
+        let (b, up, srv) = (black(), uplink(), server());
+        let routed = |mut ip: Vec<u8>| {
+            ip[7] -= 1;
+            ip
+        };
+        let mut cases = Vec::new();
+        let sent = udp(b, 40000, srv, 7, data);
+        assert_eq!(lab.run(lab.egress, &sent).0, TC_ACT_OK);
+        cases.push((sent, routed(udp(up, 40000, srv, 7, data))));
+        let sent = tcp(b, 40001, srv, 80, 0x10);
+        assert_eq!(lab.run(lab.egress, &sent).0, TC_ACT_OK);
+        cases.push((sent, routed(tcp(up, 40001, srv, 80, 0x10))));
+        let syn = lab.run(lab.ingress, &tcp(srv, 40002, up, 8081, 0x02));
+        assert_eq!((addr_at(&syn.1, 24), port_at(&syn.1, 42)), (b, 8001));
+        let sent = tcp(b, 8001, srv, 40002, 0x12);
+        cases.push((sent, routed(tcp(up, 8081, srv, 40002, 0x12))));
+        for (sent, want) in cases {
+            let mut f = frame::eth(MAC_GW, [2, 0, 0, 0, 0, 0x0b], &[], 0x86dd);
+            f.extend_from_slice(&sent);
+            let (r, moved) = lab.moved(|| run_out(port, &f).unwrap());
+            assert_eq!(r.retval, 7, "TC_ACT_REDIRECT");
+            assert_eq!(&r.data[14..], &want[..]);
+            assert!(l4_valid(&r.data[14..]));
+            let fast = counts(&[("translated6_out", 1), ("fast_path_out", 1)]);
+            assert_eq!(moved, fast);
+        }
+        // Inbound, the same sessions (`nat6::fast::inbound`): translated
+        // in place; no lab host entry here, so not delivered (hop kept).
+        let cases = [
+            (udp(srv, 7, up, 40000, data), udp(srv, 7, b, 40000, data)),
+            (tcp(srv, 80, up, 40001, 0x10), tcp(srv, 80, b, 40001, 0x10)),
+            (
+                tcp(srv, 40002, up, 8081, 0x10),
+                tcp(srv, 40002, b, 8001, 0x10),
+            ),
+        ];
+        for (sent, want) in cases {
+            let (out, moved) = lab.moved(|| lab.run(lab.ingress, &sent));
+            assert_eq!((out.0, &out.1), (TC_ACT_OK, &want));
+            assert!(l4_valid(&out.1));
+            assert_eq!(moved, counts(&[("translated6_in", 1)]));
+        }
     });
 }
 

@@ -1005,6 +1005,114 @@ fn fast_path_translates_and_redirects_both_ways() {
     });
 }
 
+/// Issue 16: the fast path's in-place rewrite (direct packet access, the
+/// IPv4 header checksum computed in the program, RFC 1624) byte for byte
+/// against packets built whole: UDP with and without checksum (payloads
+/// long enough for its header read: `nat::fast`), TCP whose source port
+/// the SNAT remaps (the port's checksum update), a DNAT reply whose
+/// source becomes the forwarded port; TTL 1 is left to the kernel.
+/// Inbound the same (`nat::fast::inbound`): the replies and a forwarded
+/// packet into the lab host's namespace (TTL, MACs), and a reply to a
+/// host without a lab host entry, translated only.
+#[test]
+fn fast_path_rewrites_in_place_byte_for_byte() {
+    require_root!();
+    scenario(|nat| {
+        let cfg = NatConfig {
+            flags: NAT_MASQUERADE | NAT_FAST_PATH,
+            port_min: 40000,
+            port_max: 40009,
+            ..base_config()
+        };
+        let fwd = forward(pkt::UDP, 5201, 5201, BLACK, 6000);
+        nat.setup(cfg, &[fwd], &[(BLACK, host(BLACK_PORT, MAC_BLACK))]);
+        let data = b"0123456789abcdef0123456789abcdef";
+        // (packet from the lab host, as it must leave)
+        let routed = |mut ip: Vec<u8>| {
+            ip[8] -= 1;
+            fix_ip_csum(&mut ip);
+            ip
+        };
+        let srv = ep(SERVER, 7);
+        let mut cases = Vec::new();
+        for (sport, csum) in [(40001, true), (40002, false)] {
+            let lab = ep(BLACK, sport);
+            nat.egress(&pkt::udp(lab, srv, data, csum)).passed();
+            let want = routed(pkt::udp(ep(UPLINK, sport), srv, data, csum));
+            cases.push((pkt::udp(lab, srv, data, csum), want));
+        }
+        let lab = ep(BLACK, 5000);
+        let out = nat.egress(&pkt::tcp(lab, srv, ACK, 5));
+        let mapped = out.passed().sport();
+        assert_ne!(mapped, 5000);
+        let want = routed(pkt::tcp(ep(UPLINK, mapped), srv, ACK, 5));
+        cases.push((pkt::tcp(lab, srv, ACK, 5), want));
+        let client = ep(SERVER, 33333);
+        let out = nat.ingress(&pkt::udp(client, ep(UPLINK, 5201), data, true));
+        assert_eq!(out.ip().dst_ep(), ep(BLACK, 6000));
+        let reply = pkt::udp(ep(BLACK, 6000), client, data, true);
+        cases.push((
+            reply,
+            routed(pkt::udp(ep(UPLINK, 5201), client, data, true)),
+        ));
+        for (sent, want) in cases {
+            let (out, moved) = nat.moved(|| nat.port(MAC_BLACK, &sent));
+            assert_eq!(out.verdict, TC_ACT_REDIRECT);
+            assert_eq!(Ip::of_frame(&out.frame).0, &want[..]);
+            out.ip().verify().unwrap();
+            let fast = counts(&[("translated_out", 1), ("fast_path_out", 1)]);
+            assert_eq!(moved, fast);
+        }
+        let mut last_hop = pkt::udp(ep(BLACK, 40001), srv, data, true);
+        last_hop[8] = 1;
+        fix_ip_csum(&mut last_hop);
+        let out = nat.untouched(|| nat.port(MAC_BLACK, &last_hop));
+        assert_eq!(Ip::of_frame(&out.frame).0, &last_hop[..]);
+
+        // Inbound, the same sessions: into BLACK's namespace (TTL, MACs),
+        // and to WHITE, no lab host entry: the kernel's (TTL kept).
+        nat.egress(&pkt::udp(ep(WHITE, 40003), srv, data, true))
+            .passed();
+        let fast_in = [("translated_in", 1), ("fast_path_in", 1)];
+        let cases = [
+            (40001, ep(BLACK, 40001), true, &fast_in[..]),
+            (40002, ep(BLACK, 40002), false, &fast_in[..]),
+            (40003, ep(WHITE, 40003), true, &[("translated_in", 1)][..]),
+        ];
+        let mut cases: Vec<_> = cases
+            .into_iter()
+            .map(|(ext, to, csum, moved)| {
+                let sent = pkt::udp(srv, ep(UPLINK, ext), data, csum);
+                let want = pkt::udp(srv, to, data, csum);
+                (sent, want, moved)
+            })
+            .collect();
+        let (sent, want) = (
+            pkt::tcp(srv, ep(UPLINK, mapped), ACK, 5),
+            pkt::tcp(srv, lab, ACK, 5),
+        );
+        cases.push((sent, want, &fast_in[..]));
+        let (sent, want) = (
+            pkt::udp(client, ep(UPLINK, 5201), data, true),
+            pkt::udp(client, ep(BLACK, 6000), data, true),
+        );
+        cases.push((sent, want, &fast_in[..]));
+        for (sent, want, want_moved) in cases {
+            let (out, moved) = nat.moved(|| nat.ingress(&sent));
+            out.ip().verify().unwrap();
+            assert_eq!(moved, counts(want_moved));
+            if want_moved.len() == 1 {
+                assert_eq!(out.verdict, TC_ACT_OK);
+                assert_eq!(Ip::of_frame(&out.frame).0, &want[..]);
+                continue;
+            }
+            assert_eq!(out.verdict, TC_ACT_REDIRECT);
+            assert_eq!(Ip::of_frame(&out.frame).0, &routed(want)[..]);
+            assert_eq!(out.frame[..12], [MAC_BLACK, MAC_GW].concat());
+        }
+    });
+}
+
 /// Issue 16: TCP and UDP leaving with the uplink address as source
 /// (translated at a bridge port by the fast path, or the host's own) pass
 /// the uplink egress untouched before its L4 parse and conntrack lookup:

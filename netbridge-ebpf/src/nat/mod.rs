@@ -10,6 +10,7 @@
 //! (`sweep`). `max_sessions` bounds the live count kept there.
 pub mod ct;
 pub mod dnat;
+pub mod fast;
 pub mod frag;
 pub mod icmp;
 pub mod out;
@@ -282,6 +283,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     if ip.more_fragments() {
         frag::remember(ctx, ip.ip_off, CT_DIR_IN, addr);
     }
+    match fast::inbound(ctx, &t, addr, port) {
+        fast::IN_GENERAL => {}
+        r if r < 0 => return Err((-r) as u32),
+        action => return Ok(action as i32),
+    }
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
     fast_in(ctx, &ip, cfg, addr)
@@ -376,6 +382,12 @@ pub enum Hook {
 /// uplink. None: carry on with bridging (and the kernel).
 #[inline(always)]
 pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
+    // The common case first: an established session's packet, out.
+    match fast::port_out(ctx) {
+        0 => {}
+        r if r < 0 => return Err((-r) as u32),
+        uplink => return Ok(Some(Hook::Neigh(uplink as u32))),
+    }
     let main = port_hook_main(ctx, l3_off);
     if main.kind != HOOK_SNAT_HAIRPIN {
         return main.into_result();

@@ -76,6 +76,12 @@ fn decode(r: i64) -> Result<i32, u32> {
 /// path out): where to send it, if anywhere but on (see [`port`]).
 #[inline(always)]
 pub fn port_hook(ctx: &TcContext) -> Result<Option<crate::nat::Hook>, u32> {
+    // The common case first: an established session's packet, out.
+    match fast::port_out(ctx) {
+        0 => {}
+        r if r < 0 => return Err((-r) as u32),
+        uplink => return Ok(Some(crate::nat::Hook::Neigh(uplink as u32))),
+    }
     port::decode(port::port_hook(ctx))
 }
 
@@ -121,6 +127,10 @@ fn uplink_sourced(ctx: &TcContext) -> u32 {
 /// [`try_ingress`]'s result for a packet translated to a lab endpoint
 /// (`Pkt6::nat_addr`), which the fast path may deliver: no TC action.
 const TRANSLATED: i32 = i32::MAX;
+/// [`try_ingress`]'s result for a TCP/UDP packet right after the fixed
+/// header, found in a session (its mapping in `Pkt6`) but not rewritten
+/// yet: [`fast::inbound`] rewrites it in place and delivers it.
+const FOUND_DIRECT: i32 = i32::MAX - 1;
 
 /// Uplink ingress of an IPv6 packet.
 #[inline(always)]
@@ -129,6 +139,13 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     // the ingress's (DNAT66 sessions).
     match decode(ingress_entry(ctx))? {
         TRANSLATED => decode(fast::into_lab(ctx)),
+        FOUND_DIRECT => match fast::inbound(ctx) {
+            fast::IN_GENERAL => match decode(fast::rewrite_in(ctx))? {
+                TRANSLATED => decode(fast::into_lab(ctx)),
+                action => Ok(action),
+            },
+            r => decode(r),
+        },
         action => Ok(action),
     }
 }
@@ -342,6 +359,9 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         }
         _ => false,
     };
+    if hit && ip.proto != IPPROTO_ICMPV6 && ip.l4_off == ETH_HLEN + packet::IP6_HLEN {
+        return Ok(FOUND_DIRECT);
+    }
     if hit {
         packet::rewrite(ctx, &ip, p, false)?;
         count(nat_stat::XLATE6_IN);

@@ -1,0 +1,231 @@
+//! The per-packet work of established sessions by direct packet access:
+//! headers in the skb's linear data read and rewritten in place
+//! (addresses, ports, TTL, MACs, the IPv4 header checksum by RFC 1624)
+//! with no helper call; only the TCP/UDP checksum goes through
+//! `bpf_l4_csum_replace`, which alone knows whether the skb carries a
+//! partial (offload) or complete checksum. Out at a bridge port
+//! ([`port_out`]) and in at the uplink once the mapping is known
+//! ([`inbound`]). Anything they do not take (IP options, short linear
+//! data, fragments, hairpin, ICMP...) goes the general way, which decides
+//! as before.
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_peer, programs::TcContext};
+use netbridge_common::{Be16, Be32, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, nat_stat};
+
+use crate::{
+    bridge,
+    nat::{
+        Tuple, config, count, ct, dnat,
+        packet::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, l4_csum, l4_csum_off},
+    },
+    parse::{ETH_HLEN, ptr_at},
+};
+
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+/// IPv4 header without options and the first 20 bytes of TCP (UDP: its
+/// header and 12 bytes of payload): what the fast path reads.
+const HDRS: usize = 40;
+
+/// The headers as bytes, in the linear data after Ethernet.
+type Hdrs = [u8; HDRS];
+
+/// An outbound packet of an established SNAT session or a DNAT reply,
+/// translated here: returns the uplink's ifindex to send it out of, 0 if
+/// the general path is to decide, or a drop reason negated. Its own BPF
+/// function, off the port hook's frames.
+#[inline(never)]
+pub fn port_out(ctx: &TcContext) -> i64 {
+    let Some(cfg) = config() else { return 0 };
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let skb = unsafe { &*ctx.skb.skb };
+    if cfg.flags & NAT_FAST_PATH == 0 || skb.protocol != ETH_P_IP.raw() as u32 {
+        return 0;
+    }
+    let Some(p) = ptr_at::<Hdrs>(ctx.data(), ctx.data_end(), ETH_HLEN) else {
+        return 0;
+    };
+    // SAFETY: bounds-checked by ptr_at; TC programs may write packet data
+    // (the verifier unclones the skb first). No helper runs while it lives.
+    let h = unsafe { &mut *(p as *mut Hdrs) };
+    let proto = h[9];
+    // No options; an atomic datagram (DF, no fragment: others get a new IP
+    // ID in the uplink egress); a TTL to decrement; TCP or UDP.
+    if h[0] != 0x45
+        || u16::from_be_bytes([h[6], h[7]]) & 0x7fff != 0x4000
+        || h[8] <= 1
+        || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+    {
+        return 0;
+    }
+    let (l4_len, flags) = if proto == IPPROTO_TCP {
+        (((h[32] >> 4) as u32) * 4, h[33])
+    } else {
+        (8, 0)
+    };
+    // A sound L4 header (as `check_l4`) that fits the uplink (as `fits`).
+    let size = match skb.gso_size {
+        0 => skb.len - ETH_HLEN as u32,
+        gso => gso + 20 + l4_len,
+    };
+    if l4_len < 20 && proto == IPPROTO_TCP
+        || (ETH_HLEN + 20) as u32 + l4_len > skb.len
+        || size > cfg.uplink_mtu as u32
+    {
+        return 0;
+    }
+    let t = Tuple {
+        saddr: Be32::from_bytes([h[12], h[13], h[14], h[15]]),
+        daddr: Be32::from_bytes([h[16], h[17], h[18], h[19]]),
+        sport: Be16::from_bytes([h[20], h[21]]),
+        dport: Be16::from_bytes([h[22], h[23]]),
+        proto,
+    };
+    if t.daddr == cfg.uplink_ipv4 {
+        // Hairpin: the general path.
+        return 0;
+    }
+    let (addr, port) = match ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
+        // A hairpin session: the general path looks it up again (its
+        // state and refresh are the same for the same packet).
+        ct::Found::Hit(_, _, CT_HAIRPIN) => return 0,
+        ct::Found::Hit(addr, port, _) => (addr, port),
+        _ => return 0,
+    };
+    let has_csum = proto == IPPROTO_TCP || h[26] | h[27] != 0;
+    rewrite(h, true, (addr, port), true);
+    // Packet pointers are invalid from here (the helpers may move data).
+    match l4_fix(ctx, proto, has_csum, (t.saddr, t.sport), (addr, port)) {
+        Ok(()) => {
+            count(nat_stat::XLATE_OUT);
+            count(nat_stat::FAST_OUT);
+            cfg.uplink_ifindex as i64
+        }
+        Err(reason) => -(reason as i64),
+    }
+}
+
+/// The source (`src`) or destination address and port to `addr`:`port`,
+/// the TTL decremented if `ttl`, the IPv4 header checksum updated for
+/// both (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')). One's complement sums
+/// do not depend on byte order: words are taken as they sit in memory.
+#[inline(always)]
+fn rewrite(h: &mut Hdrs, src: bool, (addr, port): (Be32, Be16), ttl: bool) {
+    let (a_off, p_off) = if src { (12, 20) } else { (16, 22) };
+    let w = |h: &Hdrs, i: usize| u16::from_ne_bytes([h[i], h[i + 1]]) as u32;
+    let a = addr.to_bytes();
+    let (new_hi, new_lo) = (
+        u16::from_ne_bytes([a[0], a[1]]) as u32,
+        u16::from_ne_bytes([a[2], a[3]]) as u32,
+    );
+    let mut sum = (!w(h, 10) & 0xffff) + (!w(h, a_off) & 0xffff) + (!w(h, a_off + 2) & 0xffff);
+    sum += new_hi + new_lo;
+    if ttl {
+        sum += !w(h, 8) & 0xffff;
+        h[8] -= 1;
+        sum += w(h, 8);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let csum = (!sum as u16).to_ne_bytes();
+    h[10] = csum[0];
+    h[11] = csum[1];
+    h[a_off..a_off + 4].copy_from_slice(&a);
+    let p = port.to_bytes();
+    h[p_off] = p[0];
+    h[p_off + 1] = p[1];
+}
+
+/// The TCP/UDP checksum after an endpoint moved from `old` to `new`
+/// (as `packet::rewrite`: the address through the pseudo-header, the port
+/// as data; a UDP checksum of 0, "none", left so).
+#[inline(always)]
+fn l4_fix(
+    ctx: &TcContext,
+    proto: u8,
+    has_csum: bool,
+    old: (Be32, Be16),
+    new: (Be32, Be16),
+) -> Result<(), u32> {
+    if !has_csum {
+        return Ok(());
+    }
+    let csum_off = ETH_HLEN + 20 + l4_csum_off(proto);
+    let mangled0 = if proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0
+    } else {
+        0
+    };
+    if old.0 != new.0 {
+        let flags = BPF_F_PSEUDO_HDR | mangled0 | 4;
+        l4_csum(ctx, csum_off, old.0.raw(), new.0.raw(), flags)?;
+    }
+    if old.1 != new.1 {
+        let (from, to) = (old.1.raw() as u32, new.1.raw() as u32);
+        l4_csum(ctx, csum_off, from, to, mangled0 | 2)?;
+    }
+    Ok(())
+}
+
+/// [`inbound`]: not taken, the general path rewrites the packet.
+pub const IN_GENERAL: i64 = 1 << 40;
+
+/// Inbound, a TCP/UDP packet `t` for mapping `addr`:`port` (found by the
+/// uplink ingress): its destination rewritten in place and, on the fast
+/// path (`fast_in`'s conditions), its TTL and MACs too, then straight into
+/// the lab host's namespace. Returns the TC action, a drop reason negated,
+/// or [`IN_GENERAL`] (IP options, short linear data, ICMP). Its own BPF
+/// function, off the ingress program's frame.
+#[inline(never)]
+pub fn inbound(ctx: &TcContext, t: &Tuple, addr: Be32, port: Be16) -> i64 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let (Some(cfg), Some(macs), Some(p)) = (
+        config(),
+        ptr_at::<[u8; 12]>(start, end, 0),
+        ptr_at::<Hdrs>(start, end, ETH_HLEN),
+    ) else {
+        return IN_GENERAL;
+    };
+    // SAFETY: bounds-checked by ptr_at; written before any helper call.
+    let (macs, h) = unsafe { (&mut *(macs as *mut [u8; 12]), &mut *(p as *mut Hdrs)) };
+    if h[0] != 0x45 || (t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP) || h[9] != t.proto {
+        return IN_GENERAL;
+    }
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let skb = unsafe { &*ctx.skb.skb };
+    let l4_len = if t.proto == IPPROTO_TCP {
+        ((h[32] >> 4) as u32) * 4
+    } else {
+        8
+    };
+    let size = match skb.gso_size {
+        0 => skb.len - ETH_HLEN as u32,
+        gso => gso + 20 + l4_len,
+    };
+    let host = match dnat::host(addr) {
+        Some(host) if cfg.flags & NAT_FAST_PATH != 0 && size <= host.mtu as u32 && h[8] > 1 => {
+            Some(host)
+        }
+        _ => None,
+    };
+    let has_csum = t.proto == IPPROTO_TCP || h[26] | h[27] != 0;
+    rewrite(h, false, (addr, port), host.is_some());
+    let Some(host) = host else {
+        return match l4_fix(ctx, t.proto, has_csum, (t.daddr, t.dport), (addr, port)) {
+            Ok(()) => {
+                count(nat_stat::XLATE_IN);
+                TC_ACT_OK as i64
+            }
+            Err(reason) => -(reason as i64),
+        };
+    };
+    macs[..6].copy_from_slice(&host.mac);
+    macs[6..].copy_from_slice(&bridge::gateway_mac());
+    if let Err(reason) = l4_fix(ctx, t.proto, has_csum, (t.daddr, t.dport), (addr, port)) {
+        return -(reason as i64);
+    }
+    count(nat_stat::XLATE_IN);
+    count(nat_stat::FAST_IN);
+    crate::stats::count_tx(host.ifindex, ctx.len() as u64);
+    // SAFETY: a helper call with a plain ifindex; no memory passed.
+    unsafe { bpf_redirect_peer(host.ifindex, 0) }
+}
