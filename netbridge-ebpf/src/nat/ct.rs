@@ -146,8 +146,9 @@ pub fn next_flags(flags: u8, proto: u8, tcp_flags: u8, original: bool) -> u8 {
 }
 
 /// Idle timeout of a session in `state` with `flags`, from the NAT
-/// config. A TCP session answered (SYN-ACK) but never assured keeps the
-/// SYN timeout: a half-open handshake is no established connection.
+/// config, plus [`TICK_SLACK_NS`]. A TCP session answered (SYN-ACK) but
+/// never assured keeps the SYN timeout: a half-open handshake is no
+/// established connection.
 #[inline(always)]
 pub fn timeout_ns(timeouts: &[u32; 8], state: u8, flags: u8) -> u64 {
     let state = if state == CT_TCP_ESTABLISHED && flags & CT_F_ASSURED == 0 {
@@ -155,8 +156,14 @@ pub fn timeout_ns(timeouts: &[u32; 8], state: u8, flags: u8) -> u64 {
     } else {
         state
     };
-    timeouts[(state & 7) as usize] as u64 * 1_000_000_000
+    timeouts[(state & 7) as usize] as u64 * 1_000_000_000 + TICK_SLACK_NS
 }
+
+/// [`now`] lags real time by up to one tick (10 ms at HZ=100), by a
+/// different amount at each reading: two readings a timeout apart can
+/// differ by a tick less. Waiting a tick longer keeps every mapping for
+/// at least its configured timeout (RFC 4787 REQ-5: never less).
+pub const TICK_SLACK_NS: u64 = 10_000_000;
 
 /// A lookup's outcome.
 pub enum Found {
