@@ -15,13 +15,14 @@ use crate::{
     bridge,
     nat::{
         Tuple, config, count, ct, dnat,
-        packet::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, l4_csum, l4_csum_off},
+        packet::{
+            BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, l4_csum,
+            l4_csum_off,
+        },
     },
     parse::{ETH_HLEN, ptr_at},
 };
 
-const BPF_F_PSEUDO_HDR: u64 = 0x10;
-const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 /// IPv4 header without options and the first 20 bytes of TCP (UDP: its
 /// header and 12 bytes of payload): what the fast path reads.
 const HDRS: usize = 40;
@@ -209,21 +210,18 @@ pub fn inbound(ctx: &TcContext, t: &Tuple, addr: Be32, port: Be16) -> i64 {
     };
     let has_csum = t.proto == IPPROTO_TCP || h[26] | h[27] != 0;
     rewrite(h, false, (addr, port), host.is_some());
-    let Some(host) = host else {
-        return match l4_fix(ctx, t.proto, has_csum, (t.daddr, t.dport), (addr, port)) {
-            Ok(()) => {
-                count(nat_stat::XLATE_IN);
-                TC_ACT_OK as i64
-            }
-            Err(reason) => -(reason as i64),
-        };
-    };
-    macs[..6].copy_from_slice(&host.mac);
-    macs[6..].copy_from_slice(&bridge::gateway_mac());
+    if let Some(host) = host {
+        macs[..6].copy_from_slice(&host.mac);
+        macs[6..].copy_from_slice(&bridge::gateway_mac());
+    }
+    // Packet pointers are invalid from here (the helpers may move data).
     if let Err(reason) = l4_fix(ctx, t.proto, has_csum, (t.daddr, t.dport), (addr, port)) {
         return -(reason as i64);
     }
     count(nat_stat::XLATE_IN);
+    let Some(host) = host else {
+        return TC_ACT_OK as i64;
+    };
     count(nat_stat::FAST_IN);
     crate::stats::count_tx(host.ifindex, ctx.len() as u64);
     // SAFETY: a helper call with a plain ifindex; no memory passed.

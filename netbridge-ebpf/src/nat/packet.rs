@@ -22,8 +22,8 @@ const ICMP_PARAMETERPROB: u8 = 12;
 /// The IPv4 ethertype, as `__sk_buff.protocol` holds it (network order).
 pub const ETH_P_IP: Be16 = Be16::from_host(0x0800);
 
-const BPF_F_PSEUDO_HDR: u64 = 0x10;
-const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+pub const BPF_F_PSEUDO_HDR: u64 = 0x10;
+pub const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;

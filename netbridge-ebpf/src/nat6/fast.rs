@@ -25,7 +25,10 @@ use super::{
     port,
 };
 use crate::{
-    nat::{Hook, count, dnat, packet::l4_csum},
+    nat::{
+        Hook, count, dnat,
+        packet::{BPF_F_MARK_MANGLED_0, l4_csum},
+    },
     parse::{ETH_HLEN, ptr_at},
 };
 
@@ -122,8 +125,6 @@ fn try_into_lab(ctx: &TcContext) -> Result<i32, u32> {
 /// The IPv6 header and the first 20 bytes of TCP (UDP: its header and 12
 /// bytes of payload): what [`port_out`] reads.
 type Hdrs6 = [u8; 60];
-
-const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 
 /// [`out`] by direct packet access, for the common case: TCP or UDP right
 /// after the fixed header, in the skb's linear data. The source address,

@@ -13,7 +13,10 @@ use aya_ebpf::{
 use netbridge_common::{Be16, Ct6Entry, Ct6Key, In6, drop_reason};
 
 use crate::{
-    nat::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, l4_csum, load, store},
+    nat::packet::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, l4_csum, load,
+        store,
+    },
     parse::ETH_HLEN,
 };
 
@@ -24,8 +27,6 @@ pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 const ETH_P_IPV6: Be16 = Be16::from_host(0x86dd);
 
-const BPF_F_PSEUDO_HDR: u64 = 0x10;
-const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 /// The pseudo-header is IPv6's (kernel 6.16+): a CHECKSUM_COMPLETE skb's
 /// csum is then left alone, as an IPv6 address change does not alter it.
 const BPF_F_IPV6: u64 = 0x80;
