@@ -104,6 +104,47 @@ gateway = "203.0.113.254"
         self.sb.sh(&self.ns(ns), script)
     }
 
+    /// Echo replies to `n` pings from lab host `ns` to `dst` (IPv6 if it
+    /// has a colon), 10 ms apart.
+    pub fn ping_replies(&self, ns: &str, dst: &str, n: u32) -> u32 {
+        let v6 = if dst.contains(':') { "-6" } else { "" };
+        let out = self.sh(
+            ns,
+            &format!("ping {v6} -c {n} -i 0.01 -W 1 -q {dst} || true"),
+        );
+        out.split(" received")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no ping summary: {out}"))
+    }
+
+    /// Runs `f` while capturing on `dev` in lab namespace `ns` (tcpdump
+    /// `filter`); its result and the captured frames' destination MACs.
+    pub fn dst_macs<T>(
+        &mut self,
+        ns: &str,
+        dev: &str,
+        filter: &str,
+        f: impl FnOnce(&Self) -> T,
+    ) -> (T, Vec<String>) {
+        let file = self.sb.tmp_file(&format!("{ns}-{dev}.txt"));
+        let ns = self.ns(ns);
+        let dump = self
+            .sb
+            .tcpdump(&ns, &["-e", "-l", "-i", dev, filter], Some(&file));
+        let r = f(self);
+        self.sb.stop_tcpdump(dump);
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        // "TIME SRC > DST, ethertype ...".
+        let macs = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .map(|m| m.trim_end_matches(',').to_string())
+            .collect();
+        (r, macs)
+    }
+
     pub fn spawn(&mut self, ns: &str, argv: &[&str]) -> u32 {
         let ns = self.ns(ns);
         self.sb.spawn(&ns, argv)
