@@ -66,7 +66,9 @@ pub fn lookup(cfg: &Nat6Config, p: &mut Pkt6, tcp_flags: u8) -> Found {
     } else if p.key.dir == CT_DIR_OUT && idle > (tmo >> 4).min(CT_REFRESH_NS) {
         e.last_seen_ns = now;
     }
-    p.nat_addr = e.nat_addr;
+    // SAFETY: a map value and this CPU's scratch: distinct memory. (An
+    // assignment is a byte-by-byte memmove call here, unsure they are.)
+    unsafe { core::ptr::copy_nonoverlapping(&e.nat_addr, &mut p.nat_addr, 1) };
     p.nat_port = e.nat_port;
     Found::Hit
 }
