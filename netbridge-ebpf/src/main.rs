@@ -90,8 +90,7 @@ fn try_port_ingress<const IPV6: bool>(ctx: &mut TcContext) -> Result<i32, u32> {
     }
     let port = bridge::port(ifindex);
     let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
-    let counters = stats::counters(ifindex, slot);
-    stats::count_rx(counters, len, &eth);
+    stats::count_rx(stats::counters(ifindex, slot), len, &eth);
     let v6 = l3_checks(port, &eth, start, end, len as usize)?;
     // The kernel moves the outer VLAN tag out of the frame before TC runs.
     // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
@@ -100,15 +99,6 @@ fn try_port_ingress<const IPV6: bool>(ctx: &mut TcContext) -> Result<i32, u32> {
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge)?;
     policy::check(flags, ifindex, &eth, start, end, &verdict, v6.as_ref())?;
     if !tagged && wants_nat(&eth.l3, eth.dst, bridge.gateway) {
-        if IPV6 {
-            // The common case, here without a second tail call: a packet
-            // of an established NAT66 session, out (its own BPF function).
-            match nat6::fast::port_out(ctx) {
-                0 => {}
-                r if r < 0 => return Err((-r) as u32),
-                uplink => return Ok(nat_out(ctx, ifindex, counters, uplink as u32)),
-            }
-        }
         // The NAT part runs as its own program: bridged frames never pay
         // for it, and neither program's stack or verification has to hold
         // both. It finishes with `verdict` if the frame is not for NAT.
@@ -244,35 +234,27 @@ fn try_port_nat(ctx: &TcContext) -> Result<i32, u32> {
     let Some(hook) = hook else {
         return Ok(finish(ctx, ifindex, slot, verdict, len));
     };
-    let counters = stats::counters(ifindex, slot);
+    stats::count_redirected(stats::counters(ifindex, slot));
     Ok(match hook {
-        // Translated and routed here: out of the uplink.
-        nat::Hook::Neigh(uplink) => nat_out(ctx, ifindex, counters, uplink),
         // Hairpin NAT readdressed the frame to another port's host.
         nat::Hook::Peer(out) => {
-            stats::count_redirected(counters);
             capture::port(ctx, ifindex, out);
             stats::count_tx(out, len);
             // SAFETY: a helper call with a plain ifindex; the kernel checks it.
             unsafe { bpf_redirect_peer(out, 0) as i32 }
         }
+        // Translated and routed here: out of the uplink.
+        nat::Hook::Neigh(uplink) => {
+            capture::port(ctx, ifindex, uplink);
+            nat::out::send(ctx, uplink) as i32
+        }
         // SNAT hairpin's first packet: the uplink's egress program opens
         // the session and delivers it.
         nat::Hook::Egress(uplink) => {
-            stats::count_redirected(counters);
             // SAFETY: a helper call with an ifindex and flags, no pointers.
             unsafe { aya_ebpf::helpers::bpf_redirect(uplink, 0) as i32 }
         }
     })
-}
-
-/// A frame from port `ifindex` (its `counters`) translated and routed
-/// here: counted and sent out of `uplink`.
-#[inline(always)]
-fn nat_out(ctx: &TcContext, ifindex: u32, counters: stats::Counters, uplink: u32) -> i32 {
-    stats::count_redirected(counters);
-    capture::port(ctx, ifindex, uplink);
-    nat::out::send(ctx, uplink) as i32
 }
 
 /// TC egress of the uplink: SNAT (masquerade) and reverse DNAT; IPv6:
@@ -376,8 +358,7 @@ fn try_port_xdp(ctx: &XdpContext, ifindex: u32) -> Result<u32, u32> {
     let eth = parse_eth(start, end)?;
     let port = bridge::port(ifindex);
     let (slot, flags) = (stats::slot_of(port), port.map_or(0, |p| p.flags));
-    let counters = stats::counters(ifindex, slot);
-    stats::count_rx(counters, len, &eth);
+    stats::count_rx(stats::counters(ifindex, slot), len, &eth);
     let v6 = l3_checks(port, &eth, start, end, len as usize)?;
     let tagged = eth.vlan_tags > 0;
     let verdict = bridge::decide(port, ifindex, &eth, start, end, tagged, &bridge::config())?;

@@ -73,11 +73,15 @@ fn decode(r: i64) -> Result<i32, u32> {
 }
 
 /// The bridge-port hook of an IPv6 frame to the gateway (hairpin, fast
-/// path out): where to send it, if anywhere but on (see [`port`]). The
-/// common case, an established session's packet out by direct packet
-/// access ([`fast::port_out`]), nb_port_ipv6 tried before.
+/// path out): where to send it, if anywhere but on (see [`port`]).
 #[inline(always)]
 pub fn port_hook(ctx: &TcContext) -> Result<Option<crate::nat::Hook>, u32> {
+    // The common case first: an established session's packet, out.
+    match fast::port_out(ctx) {
+        0 => {}
+        r if r < 0 => return Err((-r) as u32),
+        uplink => return Ok(Some(crate::nat::Hook::Neigh(uplink as u32))),
+    }
     port::decode(port::port_hook(ctx))
 }
 
