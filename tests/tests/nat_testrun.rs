@@ -1113,6 +1113,65 @@ fn fast_path_rewrites_in_place_byte_for_byte() {
     });
 }
 
+/// Issue 16: a DNAT hairpin reply on the fast path (`nat::fast`, direct
+/// packet access; `hairpin_through_the_bridge_ports` runs the general
+/// path, without `fast_path`) byte for byte against packets built whole:
+/// source back to the uplink's address and forwarded port, TTL kept
+/// (bridged), the client's and the gateway's MACs, for the client's port.
+/// UDP with and without checksum, TCP. With no lab host entry for the
+/// client the general path decides (and drops it, as it always did).
+#[test]
+fn fast_path_hairpin_reply_byte_for_byte() {
+    require_root!();
+    scenario(|nat| {
+        let cfg = NatConfig {
+            flags: NAT_MASQUERADE | NAT_FAST_PATH,
+            ..base_config()
+        };
+        let fwds = [
+            forward(pkt::UDP, 5201, 5201, BLACK, 6000),
+            forward(pkt::TCP, 8080, 8080, BLACK, 5000),
+        ];
+        let hosts = [
+            (BLACK, host(BLACK_PORT, MAC_BLACK)),
+            (WHITE, host(WHITE_PORT, MAC_WHITE)),
+        ];
+        nat.setup(cfg, &fwds, &hosts);
+        let data = b"0123456789abcdef0123456789abcdef";
+        let mut cases = Vec::new();
+        for (client, csum) in [(ep(WHITE, 41001), true), (ep(WHITE, 41002), false)] {
+            let out = nat.port(MAC_WHITE, &pkt::udp(client, ep(UPLINK, 5201), data, csum));
+            assert_eq!(out.ip().dst_ep(), ep(BLACK, 6000));
+            cases.push((
+                pkt::udp(ep(BLACK, 6000), client, data, csum),
+                pkt::udp(ep(UPLINK, 5201), client, data, csum),
+            ));
+        }
+        let client = ep(WHITE, 41003);
+        let out = nat.port(MAC_WHITE, &pkt::tcp(client, ep(UPLINK, 8080), SYN, 5));
+        assert_eq!(out.ip().dst_ep(), ep(BLACK, 5000));
+        cases.push((
+            pkt::tcp(ep(BLACK, 5000), client, SYN | ACK, 5),
+            pkt::tcp(ep(UPLINK, 8080), client, SYN | ACK, 5),
+        ));
+        for (sent, want) in &cases {
+            let (out, moved) = nat.moved(|| nat.port(MAC_BLACK, sent));
+            assert_eq!(out.verdict, TC_ACT_REDIRECT);
+            assert_eq!(Ip::of_frame(&out.frame).0, &want[..]);
+            out.ip().verify().unwrap();
+            assert_eq!(out.frame[..12], [MAC_WHITE, MAC_GW].concat());
+            assert_eq!(moved, counts(&[("translated_hairpin", 1)]));
+        }
+        nat.setup(cfg, &fwds, &hosts[..1]);
+        let (out, moved) = nat.moved(|| nat.port(MAC_BLACK, &cases[0].0));
+        assert_eq!(out.verdict, TC_ACT_SHOT);
+        assert_eq!(
+            moved,
+            counts(&[("translated_hairpin", 1), ("nat_no_route", 1)])
+        );
+    });
+}
+
 /// Issue 16: TCP and UDP leaving with the uplink address as source
 /// (translated at a bridge port by the fast path, or the host's own) pass
 /// the uplink egress untouched before its L4 parse and conntrack lookup:

@@ -4,10 +4,10 @@
 //! with no helper call; only the TCP/UDP checksum goes through
 //! `bpf_l4_csum_replace`, which alone knows whether the skb carries a
 //! partial (offload) or complete checksum. Out at a bridge port
-//! ([`port_out`]) and in at the uplink once the mapping is known
-//! ([`inbound`]). Anything they do not take (IP options, short linear
-//! data, fragments, hairpin, ICMP...) goes the general way, which decides
-//! as before.
+//! ([`port_out`], DNAT hairpin replies too) and in at the uplink once the
+//! mapping is known ([`inbound`]). Anything they do not take (IP options,
+//! short linear data, fragments, hairpin requests, ICMP...) goes the
+//! general way, which decides as before.
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_peer, programs::TcContext};
 use netbridge_common::{Be16, Be32, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, nat_stat};
 
@@ -31,8 +31,9 @@ const HDRS: usize = 40;
 type Hdrs = [u8; HDRS];
 
 /// An outbound packet of an established SNAT session or a DNAT reply,
-/// translated here: returns the uplink's ifindex to send it out of, 0 if
-/// the general path is to decide, or a drop reason negated. Its own BPF
+/// translated here: returns the uplink's ifindex to send it out of,
+/// [`PEER`] | a lab host's port for a DNAT hairpin reply, 0 if the
+/// general path is to decide, or a drop reason negated. Its own BPF
 /// function, off the port hook's frames.
 #[inline(never)]
 pub fn port_out(ctx: &TcContext) -> i64 {
@@ -85,14 +86,13 @@ pub fn port_out(ctx: &TcContext) -> i64 {
         // Hairpin: the general path.
         return 0;
     }
-    let (addr, port) = match ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
-        // A hairpin session: the general path looks it up again (its
-        // state and refresh are the same for the same packet).
-        ct::Found::Hit(_, _, CT_HAIRPIN) => return 0,
-        ct::Found::Hit(addr, port, _) => (addr, port),
-        _ => return 0,
+    let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) else {
+        return 0;
     };
     let has_csum = proto == IPPROTO_TCP || h[26] | h[27] != 0;
+    if kind == CT_HAIRPIN {
+        return hairpin_reply(ctx, h, &t, (addr, port), has_csum);
+    }
     rewrite(h, true, (addr, port), true);
     // Packet pointers are invalid from here (the helpers may move data).
     match l4_fix(ctx, proto, has_csum, (t.saddr, t.sport), (addr, port)) {
@@ -100,6 +100,45 @@ pub fn port_out(ctx: &TcContext) -> i64 {
             count(nat_stat::XLATE_OUT);
             count(nat_stat::FAST_OUT);
             cfg.uplink_ifindex as i64
+        }
+        Err(reason) => -(reason as i64),
+    }
+}
+
+/// [`port_out`]'s result for a frame to hand to a lab host's port:
+/// `PEER` | the port's ifindex.
+pub const PEER: i64 = 1 << 32;
+
+/// A DNAT hairpin reply (a forward's target answering a lab host that
+/// reached it at the uplink's address), as the general path's
+/// `port_established`: its source back to the forwarded address and port
+/// (`new`), the client's and the gateway's MACs, no TTL change (bridged),
+/// for the client's port. `PEER` | that port, 0 for the general path (no
+/// lab host entry: it drops the frame), or a drop reason negated.
+#[inline(always)]
+fn hairpin_reply(
+    ctx: &TcContext,
+    h: &mut Hdrs,
+    t: &Tuple,
+    new: (Be32, Be16),
+    has_csum: bool,
+) -> i64 {
+    let (Some(host), Some(macs)) = (
+        dnat::host(t.daddr),
+        ptr_at::<[u8; 12]>(ctx.data(), ctx.data_end(), 0),
+    ) else {
+        return 0;
+    };
+    // SAFETY: bounds-checked by ptr_at; written before any helper call.
+    let macs = unsafe { &mut *(macs as *mut [u8; 12]) };
+    rewrite(h, true, new, false);
+    macs[..6].copy_from_slice(&host.mac);
+    macs[6..].copy_from_slice(&bridge::gateway_mac());
+    // Packet pointers are invalid from here (the helpers may move data).
+    match l4_fix(ctx, t.proto, has_csum, (t.saddr, t.sport), new) {
+        Ok(()) => {
+            count(nat_stat::XLATE_HAIRPIN);
+            PEER | host.ifindex as i64
         }
         Err(reason) => -(reason as i64),
     }

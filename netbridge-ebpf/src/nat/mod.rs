@@ -386,6 +386,7 @@ pub fn port_hook(ctx: &TcContext, l3_off: usize) -> Result<Option<Hook>, u32> {
     match fast::port_out(ctx) {
         0 => {}
         r if r < 0 => return Err((-r) as u32),
+        r if r & fast::PEER != 0 => return Ok(Some(Hook::Peer(r as u32))),
         uplink => return Ok(Some(Hook::Neigh(uplink as u32))),
     }
     let main = port_hook_main(ctx, l3_off);
