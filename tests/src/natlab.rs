@@ -145,6 +145,49 @@ gateway = "203.0.113.254"
         (r, macs)
     }
 
+    /// The fast path's FIB answers for a veth uplink are kept 100 ms, not
+    /// for good (`nat::fast_path_follows_the_routers_new_mac`, and its
+    /// NAT66 twin): with a session through the fast path to `dst`, the
+    /// router (its end of the uplink at `router_ip`) gets a new MAC, the
+    /// host's neighbour entry too; 300 ms later, every echo request (from
+    /// "black", captured at the router with tcpdump `filter`) carries the
+    /// new MAC and is answered, still through the uplink's peer. A frame
+    /// redirected into the peer has its MAC never checked there, so the
+    /// replies alone could not tell a stale cache.
+    pub fn assert_fast_path_follows_new_router_mac(
+        &mut self,
+        dst: &str,
+        router_ip: &str,
+        filter: &str,
+    ) {
+        const NEW_MAC: &str = "02:00:5e:00:53:fe";
+        self.ping_replies("black", dst, 2);
+        let peer0 = self.counter("fast_path_to_uplink_peer");
+        assert_eq!(self.ping_replies("black", dst, 50), 50);
+        self.sh("router", &format!("ip link set eth0 address {NEW_MAC}"));
+        self.sh(
+            "gw",
+            &format!("ip neigh replace {router_ip} lladdr {NEW_MAC} dev uplink0 nud reachable"),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let peer1 = self.counter("fast_path_to_uplink_peer");
+        let (got, macs) = self.dst_macs("router", "eth0", filter, |lab| {
+            lab.ping_replies("black", dst, 50)
+        });
+        let peer = self.counter("fast_path_to_uplink_peer") - peer1;
+        assert_eq!(got, 50, "replies after the MAC change ({peer} to the peer)");
+        assert!(peer >= 45, "to the peer after the change: {peer}");
+        assert!(peer1 - peer0 >= 45, "to the peer before: {}", peer1 - peer0);
+        let stale: Vec<_> = macs.iter().filter(|m| *m != NEW_MAC).collect();
+        assert!(
+            macs.len() >= 50 && stale.is_empty(),
+            "{} requests, {} to old MACs (first: {:?})",
+            macs.len(),
+            stale.len(),
+            stale.first()
+        );
+    }
+
     pub fn spawn(&mut self, ns: &str, argv: &[&str]) -> u32 {
         let ns = self.ns(ns);
         self.sb.spawn(&ns, argv)
