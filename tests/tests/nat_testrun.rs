@@ -923,7 +923,7 @@ fn malformed_packets_are_dropped_with_their_reason() {
             fix_ip_csum(&mut p);
             p
         };
-        let cases: [(&str, Vec<u8>, bool, &str); 8] = [
+        let cases: [(&str, Vec<u8>, bool, &str); 9] = [
             (
                 "doff 15, 20 bytes",
                 pkt::tcp(lab, srv, SYN, 15),
@@ -931,6 +931,14 @@ fn malformed_packets_are_dropped_with_their_reason() {
                 "bad_l4_header",
             ),
             ("doff 4", pkt::tcp(lab, srv, SYN, 4), false, "bad_l4_header"),
+            // Inbound, past the uplink ingress's direct parse
+            // (`nat::fast::in_parse`) to the helpers' checks.
+            (
+                "doff 4 to a forward",
+                pkt::tcp(srv, ep(UPLINK, 8080), SYN, 4),
+                true,
+                "bad_l4_header",
+            ),
             ("TCP cut before doff", cut_tcp, false, "bad_l4_header"),
             ("IHL past the packet", ihl_past, false, "truncated_l3"),
             (

@@ -16,8 +16,8 @@ use crate::{
     nat::{
         Tuple, config, count, ct, dnat,
         packet::{
-            BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, l4_csum,
-            l4_csum_off,
+            BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ip4,
+            l4_csum, l4_csum_off,
         },
     },
     parse::{ETH_HLEN, ptr_at},
@@ -204,6 +204,53 @@ fn l4_fix(
         l4_csum(ctx, csum_off, from, to, mangled0 | 2)?;
     }
     Ok(())
+}
+
+/// The uplink ingress's parse by direct packet access (the helpers'
+/// `ingress_parse` otherwise): a TCP/UDP packet to the uplink's address
+/// `uplink`, IPv4 without options, not a fragment, with a sound L4 header
+/// (as `check_l4`) and 40 header bytes in the linear data. Its header,
+/// tuple and TCP flags; None: the general parse decides.
+#[inline(always)]
+pub fn in_parse(ctx: &TcContext, uplink: Be32) -> Option<(Ip4, Tuple, u8)> {
+    // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
+    let skb = unsafe { &*ctx.skb.skb };
+    if skb.protocol != ETH_P_IP.raw() as u32 {
+        return None;
+    }
+    let p = ptr_at::<Hdrs>(ctx.data(), ctx.data_end(), ETH_HLEN)?;
+    // SAFETY: bounds-checked by ptr_at; read only.
+    let h = unsafe { &*p };
+    let (proto, frag) = (h[9], u16::from_be_bytes([h[6], h[7]]));
+    let daddr = Be32::from_bytes([h[16], h[17], h[18], h[19]]);
+    if h[0] != 0x45 || frag & 0x3fff != 0 || daddr != uplink {
+        return None;
+    }
+    let (l4_len, flags) = match proto {
+        IPPROTO_TCP => (((h[32] >> 4) as u32) * 4, h[33]),
+        IPPROTO_UDP => (8, 0),
+        _ => return None,
+    };
+    let min = if proto == IPPROTO_TCP { 20 } else { 8 };
+    if l4_len < min || (ETH_HLEN + 20) as u32 + l4_len > skb.len {
+        return None;
+    }
+    let ip = Ip4 {
+        ip_off: ETH_HLEN,
+        l4_off: ETH_HLEN + 20,
+        proto,
+        saddr: Be32::from_bytes([h[12], h[13], h[14], h[15]]),
+        daddr,
+        frag,
+    };
+    let t = Tuple {
+        saddr: ip.saddr,
+        daddr,
+        sport: Be16::from_bytes([h[20], h[21]]),
+        dport: Be16::from_bytes([h[22], h[23]]),
+        proto,
+    };
+    Some((ip, t, flags))
 }
 
 /// [`inbound`]: not taken, the general path rewrites the packet.

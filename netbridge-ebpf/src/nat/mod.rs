@@ -235,33 +235,14 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     let Some(cfg) = config() else {
         return Ok(TC_ACT_OK);
     };
-    let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
-        return Ok(TC_ACT_OK);
+    // The common case by direct packet access, else the helpers' parse.
+    let (ip, t, flags) = match fast::in_parse(ctx, cfg.uplink_ipv4) {
+        Some(parsed) => parsed,
+        None => match ingress_parse(ctx, cfg)? {
+            Ok(parsed) => parsed,
+            Err(action) => return Ok(action),
+        },
     };
-    if ip.daddr != cfg.uplink_ipv4 {
-        // Not for a mapping.
-        return Ok(TC_ACT_OK);
-    }
-    if ip.non_first_fragment() {
-        // Of a datagram whose first fragment was translated, or the
-        // host's; else its first fragment is late (out of order):
-        // requeued to come back after it, or finally the host's.
-        return match frag::translate(ctx, ip.ip_off, CT_DIR_IN, Be32::from_raw(0)) {
-            r if r < 0 => Err((-r) as u32),
-            0 if ip.is_nat_proto() => Ok(frag::requeue(ctx, ip.ip_off)),
-            _ => Ok(TC_ACT_OK),
-        };
-    }
-    if ip.more_fragments() && ip.is_nat_proto() {
-        // A first fragment: its later ones are the host's unless the
-        // translation below replaces this identity entry.
-        frag::remember(ctx, ip.ip_off, CT_DIR_IN, ip.daddr);
-    }
-    // Inbound ICMP queries (and other ICMP) are for the host itself.
-    let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_IN)? else {
-        return Ok(TC_ACT_OK);
-    };
-    let flags = ip.tcp_flags(ctx);
     let inbound = match dnat::mapping(cfg, &t, false, flags)? {
         dnat::Inbound::Mapped(addr, port) => dnat::Inbound::Mapped(addr, port),
         other => match filter_admit(cfg, &t) {
@@ -291,6 +272,41 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, u32> {
     packet::rewrite(ctx, &ip, &t, false, addr, port)?;
     count(nat_stat::XLATE_IN);
     fast_in(ctx, &ip, cfg, addr)
+}
+
+/// The uplink ingress's parse through the helpers: the IPv4 header, the
+/// tuple and TCP flags of a packet for a mapping, or the TC action if it
+/// is not one (fragments: as their first fragment went).
+#[inline(always)]
+fn ingress_parse(ctx: &TcContext, cfg: &NatConfig) -> Result<Result<(Ip4, Tuple, u8), i32>, u32> {
+    let Some(ip) = packet::parse_ipv4(ctx, ETH_HLEN)? else {
+        return Ok(Err(TC_ACT_OK));
+    };
+    if ip.daddr != cfg.uplink_ipv4 {
+        // Not for a mapping.
+        return Ok(Err(TC_ACT_OK));
+    }
+    if ip.non_first_fragment() {
+        // Of a datagram whose first fragment was translated, or the
+        // host's; else its first fragment is late (out of order):
+        // requeued to come back after it, or finally the host's.
+        return match frag::translate(ctx, ip.ip_off, CT_DIR_IN, Be32::from_raw(0)) {
+            r if r < 0 => Err((-r) as u32),
+            0 if ip.is_nat_proto() => Ok(Err(frag::requeue(ctx, ip.ip_off))),
+            _ => Ok(Err(TC_ACT_OK)),
+        };
+    }
+    if ip.more_fragments() && ip.is_nat_proto() {
+        // A first fragment: its later ones are the host's unless the
+        // translation below replaces this identity entry.
+        frag::remember(ctx, ip.ip_off, CT_DIR_IN, ip.daddr);
+    }
+    // Inbound ICMP queries (and other ICMP) are for the host itself.
+    let Some(t) = uplink_tuple(ctx, &ip, cfg, CT_DIR_IN)? else {
+        return Ok(Err(TC_ACT_OK));
+    };
+    let flags = ip.tcp_flags(ctx);
+    Ok(Ok((ip, t, flags)))
 }
 
 /// Filtering of an inbound TCP/UDP packet `t` to the uplink address with
