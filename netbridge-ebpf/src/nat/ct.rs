@@ -165,13 +165,47 @@ pub fn timeout_ns(timeouts: &[u32; 8], state: u8, flags: u8) -> u64 {
 /// at least its configured timeout (RFC 4787 REQ-5: never less).
 pub const TICK_SLACK_NS: u64 = 10_000_000;
 
-/// A lookup's outcome.
-pub enum Found {
-    /// The mapping and the session kind.
-    Hit(Be32, Be16, u8),
-    Miss,
-    /// The session was past its timeout: it is gone now (kind given).
-    Expired(u8),
+/// A lookup's outcome: a hit (the mapping and the session kind), a miss,
+/// or a session past its timeout, gone now (its kind given). A struct with
+/// every field set, not an enum: LLVM packed an enum's miss with its
+/// undefined payload into a register never written, which the verifier
+/// refuses (`R3 !read_ok` in `nat::fast::port_out`).
+#[derive(Clone, Copy)]
+pub struct Found {
+    what: u8,
+    kind: u8,
+    port: Be16,
+    addr: Be32,
+}
+
+const HIT: u8 = 0;
+const MISS: u8 = 1;
+const EXPIRED: u8 = 2;
+
+impl Found {
+    const MISS: Found = Found::new(MISS, Be32::ZERO, Be16::ZERO, 0);
+
+    #[inline(always)]
+    const fn new(what: u8, addr: Be32, port: Be16, kind: u8) -> Self {
+        Found {
+            what,
+            kind,
+            port,
+            addr,
+        }
+    }
+
+    /// A hit's mapping and session kind.
+    #[inline(always)]
+    pub fn hit(self) -> Option<(Be32, Be16, u8)> {
+        (self.what == HIT).then_some((self.addr, self.port, self.kind))
+    }
+
+    /// The kind of a session found past its timeout.
+    #[inline(always)]
+    pub fn expired(self) -> Option<u8> {
+        (self.what == EXPIRED).then_some(self.kind)
+    }
 }
 
 /// The mapping for `t` seen in `dir`. An entry past its timeout is never
@@ -192,7 +226,7 @@ pub fn lookup(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8) -> Found {
 fn lookup_as(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8, refresh: bool) -> Found {
     let k = key(t, dir);
     let Some(e) = NB_CT.get_ptr_mut(&k) else {
-        return Found::Miss;
+        return Found::MISS;
     };
     // SAFETY: a value of the map; an LRU map value stays valid memory for
     // the program's run (RCU), even if evicted meanwhile.
@@ -204,7 +238,7 @@ fn lookup_as(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8, refresh: bool) 
     // Rare: this half is idle past the timeout; the session may still be
     // alive through its other half.
     if idle > tmo && expire_if_idle(cfg, &k, now) {
-        return Found::Expired(kind);
+        return Found::new(EXPIRED, Be32::ZERO, Be16::ZERO, kind);
     }
     let original = flags & CT_F_ORIGINAL != 0;
     let next = next_state(t.proto, tcp_flags, state, original);
@@ -229,7 +263,7 @@ fn lookup_as(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8, refresh: bool) 
     {
         e.last_seen_ns = now;
     }
-    Found::Hit(e.nat_addr, e.nat_port, e.kind)
+    Found::new(HIT, e.nat_addr, e.nat_port, e.kind)
 }
 
 /// The mapping for `t` seen in `dir` for a packet that must neither keep
@@ -240,14 +274,14 @@ pub fn peek(cfg: &NatConfig, t: &Tuple, dir: u8) -> Found {
     let k = key(t, dir);
     // SAFETY: a copy of the value is taken right away.
     let Some(e) = (unsafe { NB_CT.get(&k) }).copied() else {
-        return Found::Miss;
+        return Found::MISS;
     };
     let now = now();
     let tmo = timeout_ns(&cfg.timeouts, e.state, e.flags);
     if now.saturating_sub(e.last_seen_ns) > tmo && expire_if_idle(cfg, &k, now) {
-        return Found::Expired(e.kind);
+        return Found::new(EXPIRED, Be32::ZERO, Be16::ZERO, e.kind);
     }
-    Found::Hit(e.nat_addr, e.nat_port, e.kind)
+    Found::new(HIT, e.nat_addr, e.nat_port, e.kind)
 }
 
 /// Does an inbound packet keep a `kind` session alive? A SNAT

@@ -116,11 +116,11 @@ pub enum Inbound {
 /// from a lab host, which never meets a SNAT mapping).
 #[inline(always)]
 pub fn mapping(cfg: &NatConfig, t: &Tuple, hairpin: bool, tcp_flags: u8) -> Result<Inbound, u32> {
-    let dead = match ct::lookup(cfg, t, CT_DIR_IN, tcp_flags) {
-        ct::Found::Hit(addr, port, _) => return Ok(Inbound::Mapped(addr, port)),
-        ct::Found::Expired(kind) => kind == CT_SNAT,
-        ct::Found::Miss => false,
-    };
+    let found = ct::lookup(cfg, t, CT_DIR_IN, tcp_flags);
+    if let Some((addr, port, _)) = found.hit() {
+        return Ok(Inbound::Mapped(addr, port));
+    }
+    let dead = found.expired() == Some(CT_SNAT);
     if cfg.flags & NAT_FORWARDS != 0
         && t.proto != IPPROTO_ICMP
         && let Some(fwd) = find_forward(cfg, t.proto, t.dport.get())

@@ -51,42 +51,27 @@ pub fn port_out(ctx: &TcContext) -> i64 {
     let h = unsafe { &mut *(p as *mut Hdrs) };
     let proto = h[9];
     // No options; an atomic datagram (DF, no fragment: others get a new IP
-    // ID in the uplink egress); a TTL to decrement; TCP or UDP.
-    if h[0] != 0x45
-        || u16::from_be_bytes([h[6], h[7]]) & 0x7fff != 0x4000
-        || h[8] <= 1
-        || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-    {
+    // ID in the uplink egress); a TTL to decrement; a sound TCP/UDP header.
+    if h[0] != 0x45 || u16::from_be_bytes([h[6], h[7]]) & 0x7fff != 0x4000 || h[8] <= 1 {
         return 0;
     }
-    let (l4_len, flags) = if proto == IPPROTO_TCP {
-        (((h[32] >> 4) as u32) * 4, h[33])
-    } else {
-        (8, 0)
+    let Some((l4_len, flags)) = l4_header(h, skb.len) else {
+        return 0;
     };
-    // A sound L4 header (as `check_l4`) that fits the uplink (as `fits`).
+    // Fits the uplink (as `fits`).
     let size = match skb.gso_size {
         0 => skb.len - ETH_HLEN as u32,
         gso => gso + 20 + l4_len,
     };
-    if l4_len < 20 && proto == IPPROTO_TCP
-        || (ETH_HLEN + 20) as u32 + l4_len > skb.len
-        || size > cfg.uplink_mtu as u32
-    {
+    if size > cfg.uplink_mtu as u32 {
         return 0;
     }
-    let t = Tuple {
-        saddr: Be32::from_bytes([h[12], h[13], h[14], h[15]]),
-        daddr: Be32::from_bytes([h[16], h[17], h[18], h[19]]),
-        sport: Be16::from_bytes([h[20], h[21]]),
-        dport: Be16::from_bytes([h[22], h[23]]),
-        proto,
-    };
+    let t = tuple_of(h);
     if t.daddr == cfg.uplink_ipv4 {
         // Hairpin: the general path.
         return 0;
     }
-    let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, &t, CT_DIR_OUT, flags) else {
+    let Some((addr, port, kind)) = ct::lookup(cfg, &t, CT_DIR_OUT, flags).hit() else {
         return 0;
     };
     let has_csum = proto == IPPROTO_TCP || h[26] | h[27] != 0;
@@ -226,31 +211,45 @@ pub fn in_parse(ctx: &TcContext, uplink: Be32) -> Option<(Ip4, Tuple, u8)> {
     if h[0] != 0x45 || frag & 0x3fff != 0 || daddr != uplink {
         return None;
     }
-    let (l4_len, flags) = match proto {
-        IPPROTO_TCP => (((h[32] >> 4) as u32) * 4, h[33]),
-        IPPROTO_UDP => (8, 0),
-        _ => return None,
-    };
-    let min = if proto == IPPROTO_TCP { 20 } else { 8 };
-    if l4_len < min || (ETH_HLEN + 20) as u32 + l4_len > skb.len {
-        return None;
-    }
+    let (_, flags) = l4_header(h, skb.len)?;
+    let t = tuple_of(h);
     let ip = Ip4 {
         ip_off: ETH_HLEN,
         l4_off: ETH_HLEN + 20,
         proto,
-        saddr: Be32::from_bytes([h[12], h[13], h[14], h[15]]),
+        saddr: t.saddr,
         daddr,
         frag,
     };
-    let t = Tuple {
-        saddr: ip.saddr,
-        daddr,
+    Some((ip, t, flags))
+}
+
+/// The L4 header's length and TCP flags when `h` (IPv4 without options)
+/// carries TCP or UDP with a sound header (as `check_l4`: TCP's at least
+/// 20 bytes) that ends within the skb's `len` bytes; None otherwise.
+#[inline(always)]
+fn l4_header(h: &Hdrs, len: u32) -> Option<(u32, u8)> {
+    let (l4_len, flags) = match h[9] {
+        IPPROTO_TCP if h[32] >> 4 >= 5 => (((h[32] >> 4) as u32) * 4, h[33]),
+        IPPROTO_UDP => (8, 0),
+        _ => return None,
+    };
+    if (ETH_HLEN + 20) as u32 + l4_len > len {
+        return None;
+    }
+    Some((l4_len, flags))
+}
+
+/// The TCP/UDP tuple of `h` (IPv4 without options).
+#[inline(always)]
+fn tuple_of(h: &Hdrs) -> Tuple {
+    Tuple {
+        saddr: Be32::from_bytes([h[12], h[13], h[14], h[15]]),
+        daddr: Be32::from_bytes([h[16], h[17], h[18], h[19]]),
         sport: Be16::from_bytes([h[20], h[21]]),
         dport: Be16::from_bytes([h[22], h[23]]),
-        proto,
-    };
-    Some((ip, t, flags))
+        proto: h[9],
+    }
 }
 
 /// [`inbound`]: not taken, the general path rewrites the packet.
@@ -274,15 +273,13 @@ pub fn inbound(ctx: &TcContext, t: &Tuple, addr: Be32, port: Be16) -> i64 {
     };
     // SAFETY: bounds-checked by ptr_at; written before any helper call.
     let (macs, h) = unsafe { (&mut *(macs as *mut [u8; 12]), &mut *(p as *mut Hdrs)) };
-    if h[0] != 0x45 || (t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP) || h[9] != t.proto {
-        return IN_GENERAL;
-    }
     // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let skb = unsafe { &*ctx.skb.skb };
-    let l4_len = if t.proto == IPPROTO_TCP {
-        ((h[32] >> 4) as u32) * 4
-    } else {
-        8
+    if h[0] != 0x45 || h[9] != t.proto {
+        return IN_GENERAL;
+    }
+    let Some((l4_len, _)) = l4_header(h, skb.len) else {
+        return IN_GENERAL;
     };
     let size = match skb.gso_size {
         0 => skb.len - ETH_HLEN as u32,

@@ -55,7 +55,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ip4, cfg: &NatConfig, dir: u8) -> R
     };
     // An error neither refreshes nor answers the session (RFC 5508 REQ-6,
     // RFC 7857 sec. 7.1 for outbound ones).
-    let ct::Found::Hit(addr, port, _) = ct::peek(cfg, &answer, dir) else {
+    let Some((addr, port, _)) = ct::peek(cfg, &answer, dir).hit() else {
         return Ok(false);
     };
     // Checked only now: errors of no session are not ours to judge.

@@ -206,8 +206,8 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, u32> {
     };
     let flags = ip.tcp_flags(ctx);
     // Expired: a late packet opens a new session, never reuses the old one.
-    let (addr, port) = match ct::lookup(cfg, &t, CT_DIR_OUT, flags) {
-        ct::Found::Hit(addr, port, _) => (addr, port),
+    let (addr, port) = match ct::lookup(cfg, &t, CT_DIR_OUT, flags).hit() {
+        Some((addr, port, _)) => (addr, port),
         _ if masq => snat::new_session_logged(cfg, &t, flags)?,
         _ => return Ok(TC_ACT_OK),
     };
@@ -553,7 +553,7 @@ fn port_established(
         return Ok(None);
     }
     let flags = ip.tcp_flags(ctx);
-    let ct::Found::Hit(addr, port, kind) = ct::lookup(cfg, t, CT_DIR_OUT, flags) else {
+    let Some((addr, port, kind)) = ct::lookup(cfg, t, CT_DIR_OUT, flags).hit() else {
         return Ok(None);
     };
     ip.check_l4(ctx)?;
@@ -612,8 +612,8 @@ fn port_hairpin_snat(
     }
     ip.check_l4(ctx)?;
     let flags = ip.tcp_flags(ctx);
-    let (src_addr, src_port) = match ct::lookup(cfg, t, CT_DIR_OUT, flags) {
-        ct::Found::Hit(addr, port, _) => (addr, port),
+    let (src_addr, src_port) = match ct::lookup(cfg, t, CT_DIR_OUT, flags).hit() {
+        Some((addr, port, _)) => (addr, port),
         // The sender's first packet there: the uplink egress opens its
         // session (this program's stack cannot hold the allocator) and
         // hairpins it (`egress_hairpin`).
@@ -688,8 +688,8 @@ fn hairpin_receiver(
         dport: t.dport,
         proto: t.proto,
     };
-    match ct::lookup(cfg, &back, CT_DIR_IN, flags) {
-        ct::Found::Hit(addr, port, _) => Some((addr, port)),
+    match ct::lookup(cfg, &back, CT_DIR_IN, flags).hit() {
+        Some((addr, port, _)) => Some((addr, port)),
         _ => filter_admit(cfg, &back),
     }
 }

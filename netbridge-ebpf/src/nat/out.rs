@@ -35,7 +35,6 @@ const NEXT_HOP_SLOTS: u32 = 16;
 /// first, as in the frame) the frame gets. Addresses as they sit in the
 /// packet (network byte order, compared only).
 #[repr(C)]
-#[derive(Clone, Copy)]
 struct NextHop {
     addrs: [[u32; 4]; 2],
     uplink: u32,
