@@ -730,7 +730,8 @@ fn udp_at(ip: &[u8], at: usize) -> (Ipv6Addr, u16, Ipv6Addr, u16, bool) {
 /// routing headers with segments left, AH), and a chain NAT66 can follow
 /// (hop-by-hop, destination options, a routing header done with) is
 /// translated with a valid checksum. Upstream fragments and routed packets
-/// to the uplink address are the host's (`untranslated6_in`). The valid
+/// to the uplink address are the host's (`untranslated6_in`); a session's
+/// reply with a broken header is dropped, not translated. The valid
 /// session keeps working afterwards. (A frame shorter than an IPv6 header
 /// is refused by BPF_PROG_TEST_RUN itself: nat66.rs sends those.)
 #[test]
@@ -868,7 +869,19 @@ fn hostile_ipv6_frames_into_the_uplink_programs() {
         let reply = |port| udp(srv, 7, up, port, b"r")[40..].to_vec();
         let mut up_cut = ipv6x(srv, up, &[ext(DSTOPTS, 0)], UDP, reply(41000), 6);
         up_cut[41] = 255;
+        // The session's reply with a broken header (the ingress's direct
+        // parse must leave these to the checks of the general one).
+        let session_reply = udp(srv, 7, up, 41000, b"r");
+        let mut up_long = session_reply.clone();
+        up_long[4..6].copy_from_slice(&(session_reply.len() as u16).to_be_bytes());
+        let mut up_v4 = session_reply.clone();
+        up_v4[0] = 0x45;
+        let mut doff4 = tcp(srv, 80, up, 41003, 0x10);
+        doff4[52] = 0x40;
         let up_drops: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("payload length past the frame", up_long, "bad_ipv6_header"),
+            ("version 4", up_v4, "bad_ipv6_header"),
+            ("TCP data offset 4", doff4, "bad_l4_header"),
             (
                 "five options headers",
                 ipv6x(srv, up, &five, UDP, reply(41000), 6),

@@ -15,7 +15,9 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_redirect_peer},
     programs::TcContext,
 };
-use netbridge_common::{Be16, Be32, CT_DIR_OUT, In6, NAT6_FAST_PATH, Nat6Config, nat_stat};
+use netbridge_common::{
+    Be16, Be32, CT_DIR_IN, CT_DIR_OUT, In6, NAT6_FAST_PATH, Nat6Config, nat_stat,
+};
 
 use super::{
     ct, encode, is_lab,
@@ -184,33 +186,64 @@ fn out_key(ctx: &TcContext, cfg: &Nat6Config, p: &mut Pkt6) -> Option<u8> {
     let h = ptr_at::<Hdrs6>(ctx.data(), ctx.data_end(), ETH_HLEN)?;
     // SAFETY: bounds-checked by ptr_at.
     let h = unsafe { &*h };
-    let (proto, plen) = (h[6], u16::from_be_bytes([h[4], h[5]]) as u32);
-    if h[0] >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || h[7] <= 1 {
+    if h[7] <= 1 {
         return None;
     }
-    let (l4_len, flags) = if proto == IPPROTO_TCP {
-        (((h[52] >> 4) as u32) * 4, h[53] & 0x17)
-    } else {
-        (8, 0)
+    let flags = key_of(ctx, h, p, CT_DIR_OUT)?;
+    if !is_lab(cfg, &p.key.saddr) || p.key.daddr == cfg.uplink_ipv6 {
+        return None;
+    }
+    Some(flags)
+}
+
+/// The uplink ingress's parse by direct packet access (the helpers'
+/// otherwise): a TCP/UDP packet right after the fixed header, to the
+/// uplink's address, with a sound L4 header in the linear data; its tuple
+/// in `p.key`. Its header and TCP flags; None: the general parse decides.
+#[inline(always)]
+pub(super) fn in_key(ctx: &TcContext, cfg: &Nat6Config, p: &mut Pkt6) -> Option<(Ip6, u8)> {
+    if !packet::is_ipv6(ctx) {
+        return None;
+    }
+    let h = ptr_at::<Hdrs6>(ctx.data(), ctx.data_end(), ETH_HLEN)?;
+    // SAFETY: bounds-checked by ptr_at; read only.
+    let h = unsafe { &*h };
+    let flags = key_of(ctx, h, p, CT_DIR_IN)?;
+    if p.key.daddr != cfg.uplink_ipv6 {
+        return None;
+    }
+    let ip = Ip6 {
+        l4_off: ETH_HLEN + packet::IP6_HLEN,
+        proto: p.key.proto,
+    };
+    Some((ip, flags))
+}
+
+/// An IPv6 packet `h` carrying TCP or UDP right after the fixed header,
+/// whole in the skb, with a sound L4 header (as `check_l4`): its tuple in
+/// `p.key` for direction `dir`, and its TCP flags (as `tcp_flags`). None
+/// for anything else (a payload length of 0, BIG TCP, included).
+#[inline(always)]
+fn key_of(ctx: &TcContext, h: &Hdrs6, p: &mut Pkt6, dir: u8) -> Option<u8> {
+    let (proto, plen) = (h[6], u16::from_be_bytes([h[4], h[5]]) as u32);
+    let (l4_len, flags) = match proto {
+        IPPROTO_TCP if h[52] >> 4 >= 5 => (((h[52] >> 4) as u32) * 4, h[53] & 0x17),
+        IPPROTO_UDP => (8, 0),
+        _ => return None,
     };
     // SAFETY: `ctx.skb.skb` is the program's valid __sk_buff context.
     let len = unsafe { (*ctx.skb.skb).len };
-    let l4_off = (ETH_HLEN + 40) as u32;
-    // (A payload length of 0: BIG TCP, the general path's.)
-    let min_l4 = if proto == IPPROTO_TCP { 20 } else { 8 };
-    if plen == 0 || l4_off + plen > len || l4_len < min_l4 || l4_off + l4_len > len {
+    let l4_off = (ETH_HLEN + packet::IP6_HLEN) as u32;
+    if h[0] >> 4 != 6 || plen == 0 || l4_off + plen > len || l4_off + l4_len > len {
         return None;
     }
     let word = |i: usize| Be32::from_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     p.key.saddr = [word(8), word(12), word(16), word(20)];
     p.key.daddr = [word(24), word(28), word(32), word(36)];
-    if !is_lab(cfg, &p.key.saddr) || p.key.daddr == cfg.uplink_ipv6 {
-        return None;
-    }
     p.key.sport = Be16::from_bytes([h[40], h[41]]);
     p.key.dport = Be16::from_bytes([h[42], h[43]]);
     p.key.proto = proto;
-    p.key.dir = CT_DIR_OUT;
+    p.key.dir = dir;
     p.key._pad = [0; 2];
     Some(flags)
 }

@@ -29,7 +29,7 @@ use netbridge_common::{
 
 use crate::{nat::count, parse::ETH_HLEN};
 use packet::{
-    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt6,
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ip6, Pkt6,
 };
 
 #[map]
@@ -319,33 +319,14 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         return Ok(TC_ACT_OK);
     };
     let p = packet::pkt()?;
-    let Some(mut ip) = packet::parse(ctx, p)? else {
-        return Ok(TC_ACT_OK);
-    };
-    if p.key.daddr != cfg.uplink_ipv6 {
-        return Ok(TC_ACT_OK);
-    }
-    if ip.walk(ctx, p)? != 0 {
-        // The host's to reassemble (or route on): never translated.
-        count(nat_stat::UNTRANSLATED6_IN);
-        return Ok(TC_ACT_OK);
-    }
-    match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            ip.check_l4(ctx)?;
-            ip.ports(ctx, p, false, CT_DIR_IN)?;
-        }
-        IPPROTO_ICMPV6 => match ip.icmp_type(ctx)? {
-            ICMPV6_ECHO_REPLY => ip.ports(ctx, p, true, CT_DIR_IN)?,
-            ty if packet::is_icmp_error(ty) => {
-                icmp::translate_error(ctx, &ip, cfg, p, true)?;
-                return Ok(TC_ACT_OK);
-            }
-            _ => return Ok(TC_ACT_OK),
+    // The common case by direct packet access, else the helpers' parse.
+    let (ip, flags) = match fast::in_key(ctx, cfg, p) {
+        Some(parsed) => parsed,
+        None => match ingress_parse(ctx, cfg, p)? {
+            Ok(parsed) => parsed,
+            Err(action) => return Ok(action),
         },
-        _ => return Ok(TC_ACT_OK),
-    }
-    let flags = ip.tcp_flags(ctx);
+    };
     let found = ct::lookup(cfg, p, flags);
     let hit = match found {
         ct::Found::Hit => true,
@@ -374,4 +355,44 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, u32> {
         _ if limits::late_reply(ctx, &p.key) => Err(drop_reason::NAT_EXPIRED),
         _ => Ok(TC_ACT_OK),
     }
+}
+
+/// The uplink ingress's parse through the helpers: the header (past its
+/// extension headers) and TCP flags of a TCP/UDP packet or echo reply to
+/// the uplink's address, its tuple in `p.key`; else the TC action (ICMPv6
+/// errors translated here).
+#[inline(always)]
+fn ingress_parse(
+    ctx: &TcContext,
+    cfg: &Nat6Config,
+    p: &mut Pkt6,
+) -> Result<Result<(Ip6, u8), i32>, u32> {
+    let Some(mut ip) = packet::parse(ctx, p)? else {
+        return Ok(Err(TC_ACT_OK));
+    };
+    if p.key.daddr != cfg.uplink_ipv6 {
+        return Ok(Err(TC_ACT_OK));
+    }
+    if ip.walk(ctx, p)? != 0 {
+        // The host's to reassemble (or route on): never translated.
+        count(nat_stat::UNTRANSLATED6_IN);
+        return Ok(Err(TC_ACT_OK));
+    }
+    match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            ip.check_l4(ctx)?;
+            ip.ports(ctx, p, false, CT_DIR_IN)?;
+        }
+        IPPROTO_ICMPV6 => match ip.icmp_type(ctx)? {
+            ICMPV6_ECHO_REPLY => ip.ports(ctx, p, true, CT_DIR_IN)?,
+            ty if packet::is_icmp_error(ty) => {
+                icmp::translate_error(ctx, &ip, cfg, p, true)?;
+                return Ok(Err(TC_ACT_OK));
+            }
+            _ => return Ok(Err(TC_ACT_OK)),
+        },
+        _ => return Ok(Err(TC_ACT_OK)),
+    }
+    let flags = ip.tcp_flags(ctx);
+    Ok(Ok((ip, flags)))
 }
