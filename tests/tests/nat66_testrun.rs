@@ -870,8 +870,9 @@ fn hostile_ipv6_frames_into_the_uplink_programs() {
         let mut up_cut = ipv6x(srv, up, &[ext(DSTOPTS, 0)], UDP, reply(41000), 6);
         up_cut[41] = 255;
         // The session's reply with a broken header (the ingress's direct
-        // parse must leave these to the checks of the general one).
-        let session_reply = udp(srv, 7, up, 41000, b"r");
+        // parse must leave these to the checks of the general one; it
+        // reads 60 header bytes, so a payload of 12 at least).
+        let session_reply = udp(srv, 7, up, 41000, b"a reply of 16 b.");
         let mut up_long = session_reply.clone();
         up_long[4..6].copy_from_slice(&(session_reply.len() as u16).to_be_bytes());
         let mut up_v4 = session_reply.clone();
