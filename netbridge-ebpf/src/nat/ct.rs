@@ -195,6 +195,12 @@ impl Found {
         }
     }
 
+    /// A session of `kind` found past its timeout (gone now).
+    #[inline(always)]
+    const fn gone(kind: u8) -> Self {
+        Found::new(EXPIRED, Be32::ZERO, Be16::ZERO, kind)
+    }
+
     /// A hit's mapping and session kind.
     #[inline(always)]
     pub fn hit(self) -> Option<(Be32, Be16, u8)> {
@@ -238,7 +244,7 @@ fn lookup_as(cfg: &NatConfig, t: &Tuple, dir: u8, tcp_flags: u8, refresh: bool) 
     // Rare: this half is idle past the timeout; the session may still be
     // alive through its other half.
     if idle > tmo && expire_if_idle(cfg, &k, now) {
-        return Found::new(EXPIRED, Be32::ZERO, Be16::ZERO, kind);
+        return Found::gone(kind);
     }
     let original = flags & CT_F_ORIGINAL != 0;
     let next = next_state(t.proto, tcp_flags, state, original);
@@ -279,7 +285,7 @@ pub fn peek(cfg: &NatConfig, t: &Tuple, dir: u8) -> Found {
     let now = now();
     let tmo = timeout_ns(&cfg.timeouts, e.state, e.flags);
     if now.saturating_sub(e.last_seen_ns) > tmo && expire_if_idle(cfg, &k, now) {
-        return Found::new(EXPIRED, Be32::ZERO, Be16::ZERO, e.kind);
+        return Found::gone(e.kind);
     }
     Found::new(HIT, e.nat_addr, e.nat_port, e.kind)
 }

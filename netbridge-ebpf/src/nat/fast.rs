@@ -8,7 +8,11 @@
 //! mapping is known ([`inbound`]). Anything they do not take (IP options,
 //! short linear data, fragments, hairpin requests, ICMP...) goes the
 //! general way, which decides as before.
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_peer, programs::TcContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_OK},
+    helpers::bpf_redirect_peer,
+    programs::TcContext,
+};
 use netbridge_common::{Be16, Be32, CT_DIR_OUT, CT_HAIRPIN, NAT_FAST_PATH, nat_stat};
 
 use crate::{
@@ -58,12 +62,7 @@ pub fn port_out(ctx: &TcContext) -> i64 {
     let Some((l4_len, flags)) = l4_header(h, skb.len) else {
         return 0;
     };
-    // Fits the uplink (as `fits`).
-    let size = match skb.gso_size {
-        0 => skb.len - ETH_HLEN as u32,
-        gso => gso + 20 + l4_len,
-    };
-    if size > cfg.uplink_mtu as u32 {
+    if !fits(skb, l4_len, cfg.uplink_mtu) {
         return 0;
     }
     let t = tuple_of(h);
@@ -117,8 +116,7 @@ fn hairpin_reply(
     // SAFETY: bounds-checked by ptr_at; written before any helper call.
     let macs = unsafe { &mut *(macs as *mut [u8; 12]) };
     rewrite(h, true, new, false);
-    macs[..6].copy_from_slice(&host.mac);
-    macs[6..].copy_from_slice(&bridge::gateway_mac());
+    to_host_macs(macs, &host.mac);
     // Packet pointers are invalid from here (the helpers may move data).
     match l4_fix(ctx, t.proto, has_csum, (t.saddr, t.sport), new) {
         Ok(()) => {
@@ -206,19 +204,17 @@ pub fn in_parse(ctx: &TcContext, uplink: Be32) -> Option<(Ip4, Tuple, u8)> {
     let p = ptr_at::<Hdrs>(ctx.data(), ctx.data_end(), ETH_HLEN)?;
     // SAFETY: bounds-checked by ptr_at; read only.
     let h = unsafe { &*p };
-    let (proto, frag) = (h[9], u16::from_be_bytes([h[6], h[7]]));
-    let daddr = Be32::from_bytes([h[16], h[17], h[18], h[19]]);
-    if h[0] != 0x45 || frag & 0x3fff != 0 || daddr != uplink {
+    let (t, frag) = (tuple_of(h), u16::from_be_bytes([h[6], h[7]]));
+    if h[0] != 0x45 || frag & 0x3fff != 0 || t.daddr != uplink {
         return None;
     }
     let (_, flags) = l4_header(h, skb.len)?;
-    let t = tuple_of(h);
     let ip = Ip4 {
         ip_off: ETH_HLEN,
         l4_off: ETH_HLEN + 20,
-        proto,
+        proto: t.proto,
         saddr: t.saddr,
-        daddr,
+        daddr: t.daddr,
         frag,
     };
     Some((ip, t, flags))
@@ -238,6 +234,26 @@ fn l4_header(h: &Hdrs, len: u32) -> Option<(u32, u8)> {
         return None;
     }
     Some((l4_len, flags))
+}
+
+/// Does the packet (IPv4 without options, an L4 header of `l4_len`
+/// bytes) fit `mtu` once forwarded? As `packet::fits`: GSO packets per
+/// segment.
+#[inline(always)]
+fn fits(skb: &__sk_buff, l4_len: u32, mtu: u16) -> bool {
+    let size = match skb.gso_size {
+        0 => skb.len - ETH_HLEN as u32,
+        gso => gso + 20 + l4_len,
+    };
+    size <= mtu as u32
+}
+
+/// Readdresses a frame (its 12 MAC bytes, in place) to a lab host's
+/// `mac` from the gateway, as `dnat::readdress` does through the helpers.
+#[inline(always)]
+pub fn to_host_macs(macs: &mut [u8; 12], mac: &[u8; 6]) {
+    macs[..6].copy_from_slice(mac);
+    macs[6..].copy_from_slice(&bridge::gateway_mac());
 }
 
 /// The TCP/UDP tuple of `h` (IPv4 without options).
@@ -281,12 +297,8 @@ pub fn inbound(ctx: &TcContext, t: &Tuple, addr: Be32, port: Be16) -> i64 {
     let Some((l4_len, _)) = l4_header(h, skb.len) else {
         return IN_GENERAL;
     };
-    let size = match skb.gso_size {
-        0 => skb.len - ETH_HLEN as u32,
-        gso => gso + 20 + l4_len,
-    };
     let host = match dnat::host(addr) {
-        Some(host) if cfg.flags & NAT_FAST_PATH != 0 && size <= host.mtu as u32 && h[8] > 1 => {
+        Some(host) if cfg.flags & NAT_FAST_PATH != 0 && fits(skb, l4_len, host.mtu) && h[8] > 1 => {
             Some(host)
         }
         _ => None,
@@ -294,8 +306,7 @@ pub fn inbound(ctx: &TcContext, t: &Tuple, addr: Be32, port: Be16) -> i64 {
     let has_csum = t.proto == IPPROTO_TCP || h[26] | h[27] != 0;
     rewrite(h, false, (addr, port), host.is_some());
     if let Some(host) = host {
-        macs[..6].copy_from_slice(&host.mac);
-        macs[6..].copy_from_slice(&bridge::gateway_mac());
+        to_host_macs(macs, &host.mac);
     }
     // Packet pointers are invalid from here (the helpers may move data).
     if let Err(reason) = l4_fix(ctx, t.proto, has_csum, (t.daddr, t.dport), (addr, port)) {

@@ -354,8 +354,7 @@ pub(super) fn inbound(ctx: &TcContext) -> i64 {
     h[43] = port[1];
     if let Some(host) = &host {
         h[7] -= 1;
-        macs[..6].copy_from_slice(&host.mac);
-        macs[6..].copy_from_slice(&crate::bridge::gateway_mac());
+        crate::nat::fast::to_host_macs(macs, &host.mac);
     }
     let old = (&p.key.daddr, p.key.dport);
     if let Err(reason) = l4_fix(ctx, p, has_csum, old, diff) {
