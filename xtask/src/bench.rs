@@ -36,6 +36,9 @@ enum Setup {
     Direct,
     /// B: two veths on a Linux bridge.
     LinuxBridge,
+    /// F: the floor, host-side ports whose TC program only redirects
+    /// (crate::floor): the best any TC port datapath can do.
+    Floor,
     /// D: netbridge, TC programs with bpf_redirect_peer.
     NetbridgeTc,
     /// D': netbridge, XDP programs with XDP_REDIRECT.
@@ -43,9 +46,10 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [
+    const ALL: [Setup; 5] = [
         Setup::Direct,
         Setup::LinuxBridge,
+        Setup::Floor,
         Setup::NetbridgeTc,
         Setup::NetbridgeXdp,
     ];
@@ -53,6 +57,7 @@ impl Setup {
         match self {
             Setup::Direct => "A direct veth",
             Setup::LinuxBridge => "B linux bridge",
+            Setup::Floor => "F floor (redirect)",
             Setup::NetbridgeTc => "D netbridge tc",
             Setup::NetbridgeXdp => "D' netbridge xdp",
         }
@@ -61,6 +66,7 @@ impl Setup {
         match self {
             Setup::Direct => "direct",
             Setup::LinuxBridge => "bridge",
+            Setup::Floor => "floor",
             Setup::NetbridgeTc => "netbridge_tc",
             Setup::NetbridgeXdp => "netbridge_xdp",
         }
@@ -207,26 +213,33 @@ impl Lab {
                     )?;
                 }
             }
-            Setup::LinuxBridge => {
+            Setup::LinuxBridge | Setup::Floor => {
                 add_netns(&[&c, &s, &h])?;
-                sh(
-                    None,
-                    &format!("ip -n {h} link add br0 type bridge && ip -n {h} link set br0 up"),
-                )?;
+                let bridge = setup == Setup::LinuxBridge;
+                if bridge {
+                    sh(
+                        None,
+                        &format!("ip -n {h} link add br0 type bridge && ip -n {h} link set br0 up"),
+                    )?;
+                }
                 let ends = [
                     (&c, "p-client", CLIENT_IP, CLIENT_IP6),
                     (&s, "p-server", SERVER_IP, SERVER_IP6),
                 ];
                 for (n, port, ip, ip6) in ends {
+                    let master = if bridge { "master br0" } else { "" };
                     sh(
                         None,
                         &format!(
                             "ip -n {h} link add {port} type veth peer name eth0 netns {n} && \
-                             ip -n {h} link set {port} master br0 up && \
+                             ip -n {h} link set {port} {master} up && \
                              ip -n {n} addr add {ip}/24 dev eth0 && \
                              ip -n {n} addr add {ip6}/64 dev eth0 nodad && ip -n {n} link set eth0 up"
                         ),
                     )?;
+                }
+                if !bridge {
+                    crate::floor::attach(&h, "p-client", "p-server")?;
                 }
             }
             Setup::NetbridgeTc | Setup::NetbridgeXdp => {
@@ -1310,32 +1323,37 @@ impl Results {
     ) -> serde_json::Map<String, serde_json::Value> {
         let _ = writeln!(
             table,
-            "\nbridged, {}\n{:<18} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "\nbridged, {}\n{:<18} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
             pin_label(pin),
             "workload",
             "unit",
             "A direct",
             "B bridge",
+            "F floor",
             "D tc",
             "D' xdp",
             "D/A",
             "D/B",
+            "D/F",
+            "F/B",
             "D'/A",
             "D'/B"
         );
         let mut json = serde_json::Map::new();
         for (w, unit, _) in WORKLOADS {
             let key = pin.key(w);
-            let [a, b, d, x] = Setup::ALL.map(|s| self.med(s, &key));
-            if [a, b, d, x].iter().all(|v| v.is_nan()) {
+            let [a, b, f, d, x] = Setup::ALL.map(|s| self.med(s, &key));
+            if [a, b, f, d, x].iter().all(|v| v.is_nan()) {
                 // Not run this way (see Options::iperf).
                 continue;
             }
             let _ = writeln!(
                 table,
-                "{w:<18} {unit:>7} {a:>10.2} {b:>10.2} {d:>10.2} {x:>10.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{w:<18} {unit:>7} {a:>10.2} {b:>10.2} {f:>10.2} {d:>10.2} {x:>10.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
                 d / a,
                 d / b,
+                d / f,
+                f / b,
                 x / a,
                 x / b
             );
@@ -1357,7 +1375,9 @@ impl Results {
             json.insert(
                 key,
                 serde_json::json!({"unit": unit, "pinned": pin == Pin::Pinned, "setups": per_setup,
-                    "ratios": {"tc_vs_direct": d / a, "tc_vs_bridge": d / b, "xdp_vs_direct": x / a, "xdp_vs_bridge": x / b}}),
+                    "ratios": {"tc_vs_direct": d / a, "tc_vs_bridge": d / b, "tc_vs_floor": d / f,
+                        "floor_vs_bridge": f / b, "floor_vs_direct": f / a,
+                        "xdp_vs_direct": x / a, "xdp_vs_bridge": x / b}}),
             );
         }
         json
@@ -1508,7 +1528,7 @@ fn svg(
     labels: &[&str],
     val: &dyn Fn(usize, &str) -> f64,
 ) -> String {
-    let colors = ["#888888", "#4477aa", "#228833", "#ccbb44"];
+    let colors = ["#888888", "#4477aa", "#aa3377", "#228833", "#ccbb44"];
     let (pw, ph, pad) = (230.0, 220.0, 40.0);
     let width = pad + workloads.len() as f64 * (pw + pad);
     let mut s = format!(

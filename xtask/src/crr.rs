@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 
 /// Moves the calling thread into network namespace `ns` and onto `cpu`
 /// (None: wherever the scheduler puts it).
-fn enter(ns: &str, cpu: Option<usize>) -> Result<()> {
+pub(crate) fn enter(ns: &str, cpu: Option<usize>) -> Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{ns}"))
         .with_context(|| format!("opening namespace {ns}"))?;
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

@@ -11,6 +11,7 @@ mod clippy;
 mod crr;
 mod dist;
 mod ebpf_build;
+mod floor;
 mod rootns;
 mod soak;
 
