@@ -164,6 +164,8 @@ pub(crate) struct Lab {
     prefix: String,
     netbridge: PathBuf,
     topo_file: Option<PathBuf>,
+    /// Setup F: the floor program's id.
+    floor: Option<u32>,
 }
 
 impl Lab {
@@ -194,6 +196,7 @@ impl Lab {
             prefix: format!("nbb{id}{}-", setup.key().chars().next().unwrap_or('x')),
             netbridge: netbridge.to_path_buf(),
             topo_file: None,
+            floor: None,
         };
         let (c, s, h) = (lab.ns("client"), lab.ns("server"), lab.ns("host"));
         match setup {
@@ -239,7 +242,7 @@ impl Lab {
                     )?;
                 }
                 if !bridge {
-                    crate::floor::attach(&h, "p-client", "p-server")?;
+                    lab.floor = Some(crate::floor::attach(&h, "p-client", "p-server")?);
                 }
             }
             Setup::NetbridgeTc | Setup::NetbridgeXdp => {
@@ -398,6 +401,7 @@ fn nat_lab_with(
         prefix: format!("nbn{id}{}{tag}-", &setup.key()[..1]),
         netbridge: netbridge.to_path_buf(),
         topo_file: None,
+        floor: None,
     };
     let (c, s, h) = (lab.ns("client"), lab.ns("server"), lab.ns("host"));
     // Dual-stack but with the 999 extra forwards: more than the IPv6
@@ -886,8 +890,9 @@ fn bridged_round(lab: &Lab, opts: &Options, s: &mut Samples, pin: Pin) -> Result
 struct Cost(BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>);
 
 /// The paths, in the order they are reported.
-const COST_PATHS: [(&str, &str); 12] = [
+const COST_PATHS: [(&str, &str); 13] = [
     ("bridged", "lab host -> lab host, TC"),
+    ("bridged_floor", "the same through F (redirect only)"),
     ("bridged_xdp", "lab host -> lab host, XDP"),
     ("snat_out", "lab host -> upstream"),
     ("snat_in", "upstream replies -> lab host"),
@@ -1144,6 +1149,15 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
                 let blast = blast_to(&c, &sv, &format!("{SERVER_IP}:5201"), opts.cost_secs())?;
                 let topo = format!("{}bench", lab.prefix);
                 cost.add(path, prog_cost(netbridge, &topo, &blast)?);
+            }
+            if let Some(id) = lab.floor {
+                let (c, sv) = (lab.ns("client"), lab.ns("server"));
+                let blast = blast_to(&c, &sv, &format!("{SERVER_IP}:5201"), opts.cost_secs())?;
+                let ns = crate::floor::ns_per_run(id, &blast)?;
+                cost.add(
+                    "bridged_floor",
+                    BTreeMap::from([("nb_floor".to_string(), ns)]),
+                );
             }
             drop(lab);
         }

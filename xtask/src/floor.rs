@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 /// (include/uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
 const FN_REDIRECT_PEER: i32 = 155;
@@ -25,18 +27,18 @@ const SKB_IFINDEX: i16 = 40;
 
 /// Attaches the floor program to the TC ingress of `a` and `b`, two
 /// interfaces of namespace `ns`: a frame arriving on one leaves through
-/// the other's peer.
-pub(crate) fn attach(ns: &str, a: &str, b: &str) -> Result<()> {
+/// the other's peer. Returns the program's id.
+pub(crate) fn attach(ns: &str, a: &str, b: &str) -> Result<u32> {
     let (ns, a, b) = (ns.to_string(), a.to_string(), b.to_string());
     // setns on a thread of its own: the bench's thread stays where it is.
-    std::thread::spawn(move || -> Result<()> {
+    std::thread::spawn(move || -> Result<u32> {
         crate::crr::enter(&ns, None)?;
         let (ia, ib) = (ifindex(&a)?, ifindex(&b)?);
         let prog = load(&program(ia, ib)).context("loading the floor program")?;
         for (name, index) in [(&a, ia), (&b, ib)] {
             attach_tcx(&prog, index).with_context(|| format!("attaching to {name} in {ns}"))?;
         }
-        Ok(())
+        prog_id(&prog)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the floor program's thread panicked"))?
@@ -125,4 +127,49 @@ fn attach_tcx(prog: &std::os::fd::OwnedFd, ifindex: u32) -> Result<()> {
     attr.extend(0u32.to_ne_bytes());
     bpf(BPF_PROG_ATTACH, &attr)?;
     Ok(())
+}
+
+/// The kernel's id of program `prog` (struct bpf_prog_info's second field).
+fn prog_id(prog: &std::os::fd::OwnedFd) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 256];
+    let mut attr = Vec::with_capacity(16);
+    attr.extend((prog.as_raw_fd() as u32).to_ne_bytes());
+    attr.extend((info.len() as u32).to_ne_bytes());
+    attr.extend((info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr).context("the floor program's info")?;
+    Ok(u32::from_ne_bytes([info[4], info[5], info[6], info[7]]))
+}
+
+/// (run_time_ns, run_cnt) of program `id`, from bpftool (0 before any run).
+fn run_stats(id: u32) -> Result<(f64, f64)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "-j"])
+        .output()
+        .context("bpftool")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show id {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    let get = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok((get("run_time_ns"), get("run_cnt")))
+}
+
+/// Mean ns per run of the floor program `id` during `blast`, with the
+/// kernel's BPF statistics on for that time only (BPF_ENABLE_STATS: they
+/// go off when its descriptor closes, even if this process dies).
+pub(crate) fn ns_per_run(id: u32, blast: &crate::crr::Blast) -> Result<f64> {
+    let stats = bpf(BPF_ENABLE_STATS, &0u32.to_ne_bytes()).context("BPF_ENABLE_STATS")?;
+    // SAFETY: a new file descriptor the kernel just returned, owned here.
+    let _stats = unsafe { std::os::fd::OwnedFd::from_raw_fd(stats) };
+    let (t0, n0) = run_stats(id)?;
+    crate::crr::udp_blast(blast).context("UDP-64 through the floor")?;
+    let (t1, n1) = run_stats(id)?;
+    if n1 - n0 < 1000.0 {
+        bail!("the floor program ran {} times during the blast", n1 - n0);
+    }
+    Ok((t1 - t0) / (n1 - n0))
 }
