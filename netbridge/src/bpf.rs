@@ -115,6 +115,37 @@ struct PortTable {
     ports: BTreeMap<u32, PortConfig>,
     /// Counter slots in use.
     used: std::collections::BTreeSet<u16>,
+    /// [`MAP_HOSTS6`], read once per change of the port set, not once per
+    /// port (that was quadratic: 500,000 map reads for 1,000 ports).
+    hosts6: Hosts6,
+}
+
+/// [`MAP_HOSTS6`] as userspace knows it: the addresses of each port and
+/// the port of each address (an address belongs to one port at a time).
+#[derive(Default)]
+struct Hosts6 {
+    by_port: std::collections::HashMap<u32, Vec<[u8; 16]>>,
+    owner: std::collections::HashMap<[u8; 16], u32>,
+}
+
+impl Hosts6 {
+    /// Port `ifindex`'s addresses become `now`; returns those it had.
+    fn replace(&mut self, ifindex: u32, now: &[[u8; 16]]) -> Vec<[u8; 16]> {
+        let had = self.by_port.remove(&ifindex).unwrap_or_default();
+        for a in &had {
+            self.owner.remove(a);
+        }
+        for a in now {
+            // Moved here from another port: no longer that port's.
+            if let Some(other) = self.owner.insert(*a, ifindex)
+                && let Some(v) = self.by_port.get_mut(&other)
+            {
+                v.retain(|b| b != a);
+            }
+        }
+        self.by_port.insert(ifindex, now.to_vec());
+        had
+    }
 }
 
 /// `p` flagged PORT_ISOLATED iff it is in `isolated`.
@@ -193,14 +224,15 @@ impl Maps {
             .filter_map(|k| k.ok())
             .filter(|k| !wanted.contains(k))
             .collect();
+        let mut hosts6 = self.hosts6_by_port();
         for k in stale {
             // Out of the index first: from then on the datapath looks in
             // the hash, where the port goes next.
             self.unindex(k)?;
             self.ports.remove(&k).map_err(map_err(MAP_PORTS))?;
-            self.set_hosts6(k, &[])?;
+            self.set_hosts6(k, &[], &mut hosts6)?;
         }
-        let mut table = self.port_table();
+        let mut table = self.port_table(hosts6);
         let isolated = self.isolated_ports();
         for p in ports {
             self.put_port(*p, &mut table, &isolated)?;
@@ -219,17 +251,31 @@ impl Maps {
 
     /// Adds (or updates) one port, leaving the others as they are.
     pub fn add_port(&mut self, p: PortConfig) -> Result<(), BpfError> {
-        let mut table = self.port_table();
+        let mut table = self.port_table(self.hosts6_by_port());
         let isolated = self.isolated_ports();
         self.put_port(p, &mut table, &isolated)?;
         self.fdb_changed()
     }
 
-    /// The port table as it is, read once.
-    fn port_table(&self) -> PortTable {
+    /// The port table as it is, read once (with `hosts6`, read before).
+    fn port_table(&self, hosts6: Hosts6) -> PortTable {
         let ports: BTreeMap<u32, PortConfig> = self.ports.iter().filter_map(|r| r.ok()).collect();
         let used = ports.values().map(|p| p.slot).filter(|&s| s != 0).collect();
-        PortTable { ports, used }
+        PortTable {
+            ports,
+            used,
+            hosts6,
+        }
+    }
+
+    /// [`MAP_HOSTS6`] as it is, read once.
+    fn hosts6_by_port(&self) -> Hosts6 {
+        let mut h = Hosts6::default();
+        for (a, i) in self.hosts6.iter().filter_map(|r| r.ok()) {
+            h.by_port.entry(i).or_default().push(a);
+            h.owner.insert(a, i);
+        }
+        h
     }
 
     /// Writes port `p` (hash and index) given the table as it is: a port
@@ -257,25 +303,26 @@ impl Maps {
         self.ports
             .insert(p.ifindex, p, 0)
             .map_err(map_err(MAP_PORTS))?;
-        self.set_hosts6(p.ifindex, &p.ipv6)?;
+        self.set_hosts6(p.ifindex, &p.ipv6, &mut table.hosts6)?;
         table.ports.insert(p.ifindex, p);
         self.index(&p, &|i| table.ports.contains_key(&i))
     }
 
     /// Makes `addrs` (:: slots skipped) exactly the IPv6 hosts of port
-    /// `ifindex` in [`MAP_HOSTS6`].
-    fn set_hosts6(&mut self, ifindex: u32, addrs: &[[u8; 16]]) -> Result<(), BpfError> {
-        let stale: Vec<[u8; 16]> = self
-            .hosts6
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(a, i)| *i == ifindex && !addrs.contains(a))
-            .map(|(a, _)| a)
-            .collect();
-        for a in &stale {
+    /// `ifindex` in [`MAP_HOSTS6`], whose contents `have` holds (and is
+    /// kept up to date).
+    fn set_hosts6(
+        &mut self,
+        ifindex: u32,
+        addrs: &[[u8; 16]],
+        have: &mut Hosts6,
+    ) -> Result<(), BpfError> {
+        let now: Vec<[u8; 16]> = addrs.iter().copied().filter(|a| *a != [0; 16]).collect();
+        let had = have.replace(ifindex, &now);
+        for a in had.iter().filter(|a| !now.contains(a)) {
             self.hosts6.remove(a).map_err(map_err(MAP_HOSTS6))?;
         }
-        for a in addrs.iter().filter(|a| **a != [0; 16]) {
+        for a in &now {
             self.hosts6
                 .insert(a, ifindex, 0)
                 .map_err(map_err(MAP_HOSTS6))?;
@@ -366,7 +413,8 @@ impl Maps {
         // then on and zeroed before another port uses it.
         self.unindex(ifindex)?;
         gone(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS))?;
-        self.set_hosts6(ifindex, &[])?;
+        let mut hosts6 = self.hosts6_by_port();
+        self.set_hosts6(ifindex, &[], &mut hosts6)?;
         gone(self.port_stats.remove(&ifindex)).map_err(map_err(MAP_PORT_STATS))?;
         let macs: Vec<FdbKey> = self
             .fdb
@@ -1205,5 +1253,25 @@ pub fn prog_array_id(map: &MapData, index: u32) -> std::io::Result<Option<u32>> 
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hosts6;
+
+    /// An address that moved to another port is no longer the old port's:
+    /// updating the old port must not take it out of the map.
+    #[test]
+    fn hosts6_follows_an_address_to_its_new_port() {
+        let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        let mut h = Hosts6::default();
+        assert!(h.replace(1, &[a, b]).is_empty());
+        assert!(h.replace(2, &[b]).is_empty());
+        // Port 1 had a and b; b went to port 2.
+        assert_eq!(h.replace(1, &[a, c]), vec![a]);
+        assert_eq!(h.replace(2, &[]), vec![b]);
+        assert_eq!(h.owner.get(&c), Some(&1));
+        assert_eq!(h.owner.get(&b), None);
     }
 }
