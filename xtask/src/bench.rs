@@ -1142,22 +1142,22 @@ fn run_rounds(root: &Path, netbridge: &Path, opts: &Options, id: &str) -> Result
             let path = match setup {
                 Setup::NetbridgeTc => Some("bridged"),
                 Setup::NetbridgeXdp => Some("bridged_xdp"),
+                Setup::Floor => Some("bridged_floor"),
                 _ => None,
             };
             if let Some(path) = path {
                 let (c, sv) = (lab.ns("client"), lab.ns("server"));
                 let blast = blast_to(&c, &sv, &format!("{SERVER_IP}:5201"), opts.cost_secs())?;
-                let topo = format!("{}bench", lab.prefix);
-                cost.add(path, prog_cost(netbridge, &topo, &blast)?);
-            }
-            if let Some(id) = lab.floor {
-                let (c, sv) = (lab.ns("client"), lab.ns("server"));
-                let blast = blast_to(&c, &sv, &format!("{SERVER_IP}:5201"), opts.cost_secs())?;
-                let ns = crate::floor::ns_per_run(id, &blast)?;
-                cost.add(
-                    "bridged_floor",
-                    BTreeMap::from([("nb_floor".to_string(), ns)]),
-                );
+                // F's program is the bench's own: its statistics are read
+                // directly, netbridge's through `stats --programs`.
+                let programs = match lab.floor {
+                    Some(id) => BTreeMap::from([(
+                        "nb_floor".to_string(),
+                        crate::floor::ns_per_run(id, &blast)?,
+                    )]),
+                    None => prog_cost(netbridge, &format!("{}bench", lab.prefix), &blast)?,
+                };
+                cost.add(path, programs);
             }
             drop(lab);
         }
